@@ -1,0 +1,339 @@
+//! Messages between shards: a bounded SPSC queue for every ordered pair of shards, plus a
+//! small control mailbox per shard for the main thread (start-up, shutdown).
+//!
+//! A message is a closure run on the target shard. The sender pushes it, marks the target,
+//! and once per loop turn wakes each marked target through its own ring: MSG_RING (a WAKE
+//! completion appears on the target's ring) or, as fallback, a write to the target's eventfd,
+//! on which every shard keeps a read armed. The target drains its queues every turn.
+
+use crate::driver;
+use crate::op;
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Work for another shard.
+pub type Message = Box<dyn FnOnce() + Send>;
+
+/// Capacity of each shard-to-shard queue; a full queue makes the sender wait (back-pressure).
+pub const QUEUE_MESSAGES_MAX: usize = 4096;
+/// Messages run per queue per loop turn, so one busy peer cannot starve local work.
+const DRAIN_PER_TURN_MAX: usize = 1024;
+
+struct Peer {
+    eventfd: OwnedFd,
+    ring_fd: AtomicI32,
+    control: Mutex<Vec<Message>>,
+    control_pending: AtomicBool,
+}
+
+/// The shared part of the mesh: how to wake each shard, and the traffic counters.
+pub struct Mesh {
+    peers: Vec<Peer>,
+    use_msg_ring: bool,
+    /// Messages sent, indexed `from * n + to`.
+    sent: Vec<AtomicU64>,
+}
+
+/// One shard's ends of the queues; moved into the shard thread and installed there.
+pub struct Endpoint {
+    shard: usize,
+    mesh: Arc<Mesh>,
+    tx: Vec<Option<rtrb::Producer<Message>>>,
+    rx: Vec<Option<rtrb::Consumer<Message>>>,
+}
+
+struct Installed {
+    shard: usize,
+    mesh: Arc<Mesh>,
+    tx: Vec<Option<rtrb::Producer<Message>>>,
+    rx: Vec<Option<rtrb::Consumer<Message>>>,
+    wake_pending: Vec<bool>,
+    eventfd_buf: Box<u64>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<Installed>> = const { RefCell::new(None) };
+}
+
+impl Mesh {
+    /// Builds the mesh for `shards` shards; returns the shared handle and one endpoint each.
+    pub fn build(shards: usize, use_msg_ring: bool) -> io::Result<(Arc<Mesh>, Vec<Endpoint>)> {
+        let mut peers = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            // SAFETY: plain eventfd creation; the returned fd is owned by the OwnedFd.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            peers.push(Peer {
+                eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+                ring_fd: AtomicI32::new(-1),
+                control: Mutex::new(Vec::new()),
+                control_pending: AtomicBool::new(false),
+            });
+        }
+        let sent = (0..shards * shards).map(|_| AtomicU64::new(0)).collect();
+        let mesh = Arc::new(Mesh {
+            peers,
+            use_msg_ring,
+            sent,
+        });
+        let mut tx: Vec<Vec<Option<rtrb::Producer<Message>>>> = (0..shards)
+            .map(|_| (0..shards).map(|_| None).collect())
+            .collect();
+        let mut rx: Vec<Vec<Option<rtrb::Consumer<Message>>>> = (0..shards)
+            .map(|_| (0..shards).map(|_| None).collect())
+            .collect();
+        for from in 0..shards {
+            for to in 0..shards {
+                if from != to {
+                    let (p, c) = rtrb::RingBuffer::new(QUEUE_MESSAGES_MAX);
+                    tx[from][to] = Some(p);
+                    rx[to][from] = Some(c);
+                }
+            }
+        }
+        let endpoints = tx
+            .into_iter()
+            .zip(rx)
+            .enumerate()
+            .map(|(shard, (tx, rx))| Endpoint {
+                shard,
+                mesh: mesh.clone(),
+                tx,
+                rx,
+            })
+            .collect();
+        Ok((mesh, endpoints))
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Sends control work to a shard from any thread (not the data path: takes a mutex and
+    /// makes a plain eventfd write).
+    pub fn send_control(&self, to: usize, message: Message) {
+        let peer = &self.peers[to];
+        peer.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(message);
+        peer.control_pending.store(true, Ordering::Release);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a local to an eventfd we own.
+        unsafe { libc::write(peer.eventfd.as_raw_fd(), &one as *const u64 as *const _, 8) };
+    }
+
+    /// Messages sent from shard `from` to shard `to` so far.
+    pub fn sent_count(&self, from: usize, to: usize) -> u64 {
+        self.sent[from * self.peers.len() + to].load(Ordering::Relaxed)
+    }
+}
+
+impl Endpoint {
+    /// Installs this endpoint on the current shard thread (after its `Runtime` exists):
+    /// publishes the ring fd for MSG_RING, arms the eventfd read, hooks the drain into the
+    /// executor's loop.
+    pub fn install(self) {
+        let ring_fd = driver::ring_fd();
+        self.mesh.peers[self.shard]
+            .ring_fd
+            .store(ring_fd, Ordering::Release);
+        let n = self.mesh.peers.len();
+        let mut installed = Installed {
+            shard: self.shard,
+            mesh: self.mesh,
+            tx: self.tx,
+            rx: self.rx,
+            wake_pending: vec![false; n],
+            eventfd_buf: Box::new(0),
+        };
+        arm_eventfd(&mut installed);
+        LOCAL.with(|l| *l.borrow_mut() = Some(installed));
+        crate::executor::add_turn_hook(Rc::new(on_turn));
+    }
+}
+
+fn arm_eventfd(inst: &mut Installed) {
+    let fd = inst.mesh.peers[inst.shard].eventfd.as_raw_fd();
+    // SAFETY: eventfd_buf is a Box owned by the thread-local Installed, which lives until
+    // the runtime is dropped (and the driver leaks in-flight buffers at exit).
+    unsafe { op::arm_eventfd_read(fd, &mut *inst.eventfd_buf) };
+}
+
+/// This shard's id, or `None` off the shard threads.
+pub fn shard_id() -> Option<usize> {
+    LOCAL.with(|l| l.borrow().as_ref().map(|i| i.shard))
+}
+
+/// The number of shards in the mesh this thread belongs to.
+pub fn shard_count() -> usize {
+    LOCAL.with(|l| l.borrow().as_ref().map_or(1, |i| i.mesh.peers.len()))
+}
+
+/// Queues `message` for shard `to`; gives it back if that queue is full.
+pub fn try_send(to: usize, message: Message) -> Result<(), Message> {
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        let inst = l.as_mut().expect("mesh not installed on this thread");
+        if to == inst.shard {
+            drop(l);
+            crate::executor::spawn(async move { message() });
+            return Ok(());
+        }
+        let producer = inst.tx[to].as_mut().expect("no queue to that shard");
+        match producer.push(message) {
+            Ok(()) => {
+                inst.wake_pending[to] = true;
+                inst.mesh.sent[inst.shard * inst.mesh.peers.len() + to]
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(rtrb::PushError::Full(m)) => Err(m),
+        }
+    })
+}
+
+/// Queues `message` for shard `to`, waiting while that queue is full.
+pub async fn send(to: usize, mut message: Message) {
+    loop {
+        match try_send(to, message) {
+            Ok(()) => return,
+            Err(m) => {
+                message = m;
+                flush_wakes();
+                op::sleep(std::time::Duration::from_micros(50)).await;
+            }
+        }
+    }
+}
+
+fn flush_wakes() {
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        let Some(inst) = l.as_mut() else { return };
+        for to in 0..inst.wake_pending.len() {
+            if std::mem::take(&mut inst.wake_pending[to]) {
+                let peer = &inst.mesh.peers[to];
+                let ring_fd = peer.ring_fd.load(Ordering::Acquire);
+                if inst.mesh.use_msg_ring && ring_fd >= 0 {
+                    op::wake_ring(ring_fd);
+                } else {
+                    op::wake_eventfd(peer.eventfd.as_raw_fd());
+                }
+            }
+        }
+    });
+}
+
+/// Runs once per loop turn: drains incoming queues and control, sends pending wake-ups.
+fn on_turn() {
+    let mut batch: Vec<Message> = Vec::new();
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        let Some(inst) = l.as_mut() else { return };
+        let fired = driver::with(|d| {
+            d.take_wake();
+            d.take_eventfd_fired()
+        });
+        if fired {
+            arm_eventfd(inst);
+        }
+        for rx in inst.rx.iter_mut().flatten() {
+            let n = rx.slots().min(DRAIN_PER_TURN_MAX);
+            for _ in 0..n {
+                match rx.pop() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+        }
+        let peer = &inst.mesh.peers[inst.shard];
+        if peer.control_pending.swap(false, Ordering::Acquire) {
+            batch.append(&mut peer.control.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    });
+    for m in batch {
+        m();
+    }
+    flush_wakes();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::Runtime;
+    use crate::RingConfig;
+    use std::sync::mpsc;
+
+    /// Two shards ping-pong `rounds` messages; run with MSG_RING and with the eventfd path.
+    fn ping_pong(use_msg_ring: bool, taskrun_flags: bool) {
+        let rounds = 2000u32;
+        let (mesh, endpoints) = Mesh::build(2, use_msg_ring).unwrap();
+        let (done_tx, done_rx) = mpsc::channel::<u32>();
+        let mut threads = Vec::new();
+        for ep in endpoints {
+            let done_tx = done_tx.clone();
+            threads.push(std::thread::spawn(move || {
+                let cfg = RingConfig {
+                    use_taskrun_flags: taskrun_flags,
+                    ..RingConfig::default()
+                };
+                let rt = Runtime::new(&cfg).unwrap();
+                let me = ep.shard;
+                ep.install();
+                rt.block_on(async move {
+                    let stop = Rc::new(crate::notify::Notify::default());
+                    STOP.with(|s| *s.borrow_mut() = Some(stop.clone()));
+                    if me == 0 {
+                        send(1, Box::new(move || bounce(1, rounds))).await;
+                    }
+                    stop.notified().await;
+                    let _ = done_tx.send(me as u32);
+                });
+            }));
+        }
+        let mut got = vec![done_rx.recv().unwrap()];
+        // The shard that received the last message tells the other to stop via control.
+        let other = 1 - got[0] as usize;
+        mesh.send_control(
+            other,
+            Box::new(|| STOP.with(|s| s.borrow().as_ref().unwrap().notify_all())),
+        );
+        got.push(done_rx.recv().unwrap());
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(mesh.sent_count(0, 1) + mesh.sent_count(1, 0), rounds as u64);
+    }
+
+    thread_local! {
+        static STOP: RefCell<Option<Rc<crate::notify::Notify>>> = const { RefCell::new(None) };
+    }
+
+    fn bounce(hops: u32, rounds: u32) {
+        if hops == rounds {
+            STOP.with(|s| s.borrow().as_ref().unwrap().notify_all());
+            return;
+        }
+        let to = 1 - shard_id().unwrap();
+        crate::executor::spawn(async move {
+            send(to, Box::new(move || bounce(hops + 1, rounds))).await
+        });
+    }
+
+    #[test]
+    fn messages_cross_shards_with_msg_ring() {
+        ping_pong(true, true);
+    }
+
+    #[test]
+    fn messages_cross_shards_with_eventfd_fallback() {
+        ping_pong(false, false);
+    }
+}

@@ -1,0 +1,437 @@
+//! Operations as futures. `Op::submit` queues an SQE at once and owns `data` (the buffers
+//! and fds the SQE points into) until the completion arrives; the future then yields the
+//! result and gives `data` back. Dropping the future early cancels the SQE and parks `data`
+//! in the driver until the kernel is done with it.
+
+use crate::driver::{self, Slot, IGNORE};
+use bytes::{Bytes, BytesMut};
+use io_uring::{opcode, squeue, types};
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// A submitted operation; resolves to `(result, data)` where `result` is the CQE's `res`.
+pub struct Op<T: 'static> {
+    key: usize,
+    data: Option<T>,
+}
+
+impl<T: 'static> Op<T> {
+    /// Queues `entry` on this thread's ring.
+    ///
+    /// # Safety
+    /// Every pointer in `entry` must point into memory owned by `data` (heap memory that does
+    /// not move when `data` moves) or into `'static` memory.
+    pub unsafe fn submit(entry: squeue::Entry, data: T) -> Op<T> {
+        let key = driver::with(|d| d.submit_op(entry));
+        Op {
+            key,
+            data: Some(data),
+        }
+    }
+}
+
+impl<T: Unpin + 'static> Future for Op<T> {
+    type Output = (i32, T);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(i32, T)> {
+        let key = self.key;
+        let done = driver::with(|d| match d.slot_mut(key) {
+            Slot::Pending(waker) => {
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                None
+            }
+            Slot::Done { result, .. } => {
+                let result = *result;
+                d.remove_slot(key);
+                Some(result)
+            }
+            Slot::Orphaned(_) => unreachable!("polled an orphaned op"),
+        });
+        match done {
+            Some(result) => {
+                let data = self.data.take().expect("op polled after completion");
+                Poll::Ready((result, data))
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl<T: 'static> Drop for Op<T> {
+    fn drop(&mut self) {
+        let Some(data) = self.data.take() else { return };
+        let key = self.key;
+        // The thread's ring may already be gone at exit; then there is nothing to cancel.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            driver::with(|d| match d.slot_mut(key) {
+                Slot::Done { .. } => {
+                    d.remove_slot(key);
+                }
+                slot @ Slot::Pending(_) => {
+                    *slot = Slot::Orphaned(Box::new(data));
+                    let cancel = opcode::AsyncCancel::new(key as u64)
+                        .build()
+                        .user_data(IGNORE);
+                    d.push(cancel);
+                }
+                Slot::Orphaned(_) => unreachable!(),
+            })
+        }));
+    }
+}
+
+fn cvt(result: i32) -> io::Result<usize> {
+    if result < 0 {
+        Err(io::Error::from_raw_os_error(-result))
+    } else {
+        Ok(result as usize)
+    }
+}
+
+/// An fd shared by the ops that use it: it stays open until the last op completes.
+pub type SharedFd = Arc<OwnedFd>;
+
+/// Accepts one connection on a listening socket.
+pub async fn accept(listener: &SharedFd) -> io::Result<OwnedFd> {
+    let fd = listener.clone();
+    let entry = opcode::Accept::new(
+        types::Fd(fd.as_raw_fd()),
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+    )
+    .flags(libc::SOCK_CLOEXEC)
+    .build();
+    // SAFETY: no pointers besides the fd, which `fd` keeps open.
+    let (result, _fd) = unsafe { Op::submit(entry, fd) }.await;
+    let raw = cvt(result)? as i32;
+    // SAFETY: the kernel just returned this fresh fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Receives into the spare capacity of `buf` (at most `buf.capacity() - buf.len()` bytes).
+pub async fn recv(fd: &SharedFd, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+    let spare = buf.capacity() - buf.len();
+    // SAFETY: the pointer is within buf's allocation; the op owns buf until completion.
+    let ptr = unsafe { buf.as_mut_ptr().add(buf.len()) };
+    let entry = opcode::Recv::new(types::Fd(fd.as_raw_fd()), ptr, spare as u32).build();
+    let (result, (mut buf, _fd)) = unsafe { Op::submit(entry, (buf, fd.clone())) }.await;
+    match cvt(result) {
+        Ok(n) => {
+            debug_assert!(n <= spare);
+            // SAFETY: the kernel initialised n bytes after the old length.
+            unsafe { buf.set_len(buf.len() + n) };
+            (Ok(n), buf)
+        }
+        Err(e) => (Err(e), buf),
+    }
+}
+
+/// Sends from several buffers with one `sendmsg`; returns how many bytes went out.
+pub async fn sendv(fd: &SharedFd, bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>) {
+    let iovecs: Box<[libc::iovec]> = bufs
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut _,
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: zeroed msghdr is valid; it points at the boxed iovecs kept in the op's data.
+    let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+    msg.msg_iov = iovecs.as_ptr() as *mut _;
+    msg.msg_iovlen = iovecs.len();
+    let entry = opcode::SendMsg::new(types::Fd(fd.as_raw_fd()), &*msg as *const _)
+        .flags(libc::MSG_NOSIGNAL as u32)
+        .build();
+    // SAFETY: msg, iovecs and every buffer they point to are owned by the op's data.
+    let (result, (bufs, _iov, _msg, _fd)) =
+        unsafe { Op::submit(entry, (bufs, iovecs, msg, fd.clone())) }.await;
+    (cvt(result), bufs)
+}
+
+/// Sends every byte of `bufs`, resubmitting after short sends.
+pub async fn send_all(fd: &SharedFd, mut bufs: Vec<Bytes>) -> io::Result<()> {
+    bufs.retain(|b| !b.is_empty());
+    while !bufs.is_empty() {
+        // Bound one sendmsg to IOV_MAX buffers.
+        let rest = if bufs.len() > 512 {
+            bufs.split_off(512)
+        } else {
+            Vec::new()
+        };
+        let (result, mut sent_bufs) = sendv(fd, bufs).await;
+        let mut sent = result?;
+        if sent == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "peer stopped reading",
+            ));
+        }
+        while sent > 0 {
+            let first = &mut sent_bufs[0];
+            if first.len() <= sent {
+                sent -= first.len();
+                sent_bufs.remove(0);
+            } else {
+                let _ = first.split_to(sent);
+                sent = 0;
+            }
+        }
+        sent_bufs.extend(rest);
+        bufs = sent_bufs;
+    }
+    Ok(())
+}
+
+/// Writes all of `buf` at `offset` of a file.
+pub async fn write_all_at(fd: &SharedFd, mut buf: Bytes, mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        let entry = opcode::Write::new(types::Fd(fd.as_raw_fd()), buf.as_ptr(), buf.len() as u32)
+            .offset(offset)
+            .build();
+        // SAFETY: buf is owned by the op until completion.
+        let (result, (b, _fd)) = unsafe { Op::submit(entry, (buf, fd.clone())) }.await;
+        buf = b;
+        let n = cvt(result)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
+        }
+        let _ = buf.split_to(n);
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// Reads up to `len` bytes at `offset` into the spare capacity of `buf` (reserving as needed).
+pub async fn read_at(
+    fd: &SharedFd,
+    mut buf: BytesMut,
+    offset: u64,
+    len: usize,
+) -> (io::Result<usize>, BytesMut) {
+    buf.reserve(len);
+    // SAFETY: reserve guarantees `len` writable bytes after buf.len().
+    let ptr = unsafe { buf.as_mut_ptr().add(buf.len()) };
+    let entry = opcode::Read::new(types::Fd(fd.as_raw_fd()), ptr, len as u32)
+        .offset(offset)
+        .build();
+    let (result, (mut buf, _fd)) = unsafe { Op::submit(entry, (buf, fd.clone())) }.await;
+    match cvt(result) {
+        Ok(n) => {
+            // SAFETY: the kernel initialised n <= len bytes.
+            unsafe { buf.set_len(buf.len() + n) };
+            (Ok(n), buf)
+        }
+        Err(e) => (Err(e), buf),
+    }
+}
+
+/// Reads exactly `len` bytes at `offset` (short reads are continued; EOF is an error).
+pub async fn read_exact_at(
+    fd: &SharedFd,
+    mut buf: BytesMut,
+    offset: u64,
+    len: usize,
+) -> io::Result<BytesMut> {
+    let start = buf.len();
+    while buf.len() - start < len {
+        let done = buf.len() - start;
+        let (result, b) = read_at(fd, buf, offset + done as u64, len - done).await;
+        buf = b;
+        if result? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shorter than expected",
+            ));
+        }
+    }
+    Ok(buf)
+}
+
+/// fdatasync through the ring.
+pub async fn fdatasync(fd: &SharedFd) -> io::Result<()> {
+    let entry = opcode::Fsync::new(types::Fd(fd.as_raw_fd()))
+        .flags(types::FsyncFlags::DATASYNC)
+        .build();
+    // SAFETY: only the fd, kept open by the op's data.
+    let (result, _) = unsafe { Op::submit(entry, fd.clone()) }.await;
+    cvt(result).map(|_| ())
+}
+
+/// Sleeps for `duration` with a ring timeout (cancelled if the future is dropped).
+pub async fn sleep(duration: Duration) {
+    let ts = Box::new(
+        types::Timespec::new()
+            .sec(duration.as_secs())
+            .nsec(duration.subsec_nanos()),
+    );
+    let entry = opcode::Timeout::new(&*ts as *const _).build();
+    // SAFETY: the timespec is boxed and owned by the op's data.
+    let (result, _ts) = unsafe { Op::submit(entry, ts) }.await;
+    debug_assert!(
+        result == -libc::ETIME || result == 0 || result == -libc::ECANCELED,
+        "timeout: {result}"
+    );
+}
+
+/// Writes the 8-byte value 1 to an eventfd (a cross-shard wake-up), completion ignored.
+pub fn wake_eventfd(fd: i32) {
+    static ONE: u64 = 1;
+    let entry = opcode::Write::new(types::Fd(fd), &ONE as *const u64 as *const u8, 8)
+        .offset(u64::MAX) // -1: use the file position (eventfds have none)
+        .build()
+        .user_data(IGNORE);
+    driver::with(|d| d.push(entry));
+}
+
+/// Posts a WAKE completion on another ring (MSG_RING), completion on ours ignored.
+pub fn wake_ring(ring_fd: i32) {
+    let entry = opcode::MsgRingData::new(types::Fd(ring_fd), 0, crate::driver::WAKE, None)
+        .build()
+        .user_data(IGNORE);
+    driver::with(|d| d.push(entry));
+}
+
+/// Arms an 8-byte read on an eventfd whose completion is a WAKE for this ring.
+/// The completion only sets the driver's wake flags; the mesh re-arms it.
+///
+/// # Safety
+/// `buf` must point to 8 writable bytes that outlive the completion.
+pub unsafe fn arm_eventfd_read(fd: i32, buf: *mut u64) {
+    let entry = opcode::Read::new(types::Fd(fd), buf as *mut u8, 8)
+        .offset(u64::MAX)
+        .build()
+        .user_data(crate::driver::EVENTFD);
+    driver::with(|d| d.push(entry));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::{spawn, Runtime};
+    use crate::RingConfig;
+    use std::io::Write;
+    use std::time::Instant;
+
+    fn rt() -> Runtime {
+        Runtime::new(&RingConfig::default()).unwrap()
+    }
+
+    fn file_fd(f: &std::fs::File) -> SharedFd {
+        Arc::new(f.try_clone().unwrap().into())
+    }
+
+    #[test]
+    fn write_then_read_back_through_the_ring() {
+        let tmp = tempfile::tempfile().unwrap();
+        let fd = file_fd(&tmp);
+        rt().block_on(async move {
+            write_all_at(&fd, Bytes::from_static(b"hello ring"), 0)
+                .await
+                .unwrap();
+            write_all_at(&fd, Bytes::from_static(b"!"), 10)
+                .await
+                .unwrap();
+            fdatasync(&fd).await.unwrap();
+            let buf = read_exact_at(&fd, BytesMut::new(), 0, 11).await.unwrap();
+            assert_eq!(&buf[..], b"hello ring!");
+            let (n, _) = read_at(&fd, BytesMut::new(), 11, 10).await;
+            assert_eq!(n.unwrap(), 0);
+        });
+    }
+
+    #[test]
+    fn timeout_sleeps_and_dropped_timeout_is_cancelled() {
+        rt().block_on(async {
+            let start = Instant::now();
+            sleep(Duration::from_millis(30)).await;
+            assert!(start.elapsed() >= Duration::from_millis(30));
+            // Drop a long timeout before it fires: it must not keep the loop busy or crash.
+            let long = sleep(Duration::from_secs(60));
+            drop(long);
+            let start = Instant::now();
+            sleep(Duration::from_millis(1)).await;
+            assert!(start.elapsed() < Duration::from_secs(5));
+        });
+    }
+
+    #[test]
+    fn dropped_recv_is_cancelled_and_its_slot_freed() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let a: SharedFd = Arc::new(a.into());
+        let mut b = b;
+        rt().block_on(async move {
+            let before = crate::driver::stats().inflight;
+            {
+                // Submit a recv, then drop its future while the kernel still holds the buffer.
+                let mut pending = Box::pin(recv(&a, BytesMut::with_capacity(64)));
+                let waker = std::task::Waker::noop();
+                let mut cx = Context::from_waker(waker);
+                assert!(pending.as_mut().poll(&mut cx).is_pending());
+                assert_eq!(crate::driver::stats().inflight, before + 1);
+            }
+            // The orphaned slot disappears once the cancellation completes.
+            for _ in 0..100 {
+                if crate::driver::stats().inflight == before {
+                    break;
+                }
+                sleep(Duration::from_millis(1)).await;
+            }
+            assert_eq!(crate::driver::stats().inflight, before);
+            // The cancelled recv consumed nothing: a new one gets the bytes.
+            b.write_all(b"late data").unwrap();
+            let (n, buf) = recv(&a, BytesMut::with_capacity(64)).await;
+            assert_eq!(n.unwrap(), 9);
+            assert_eq!(&buf[..], b"late data");
+        });
+    }
+
+    #[test]
+    fn send_all_delivers_every_byte_over_a_socket() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let a: SharedFd = Arc::new(a.into());
+        let b: SharedFd = Arc::new(b.into());
+        rt().block_on(async move {
+            let payload: Vec<Bytes> = (0..100u8).map(|i| Bytes::from(vec![i; 10_000])).collect();
+            let expected: Vec<u8> = payload.iter().flat_map(|b| b.iter().copied()).collect();
+            let reader = spawn(async move {
+                let mut got = BytesMut::with_capacity(expected.len() + 1);
+                while got.len() < expected.len() {
+                    got.reserve(65536);
+                    let (n, g) = recv(&b, got).await;
+                    got = g;
+                    assert!(n.unwrap() > 0);
+                }
+                assert_eq!(&got[..], &expected[..]);
+            });
+            send_all(&a, payload).await.unwrap();
+            reader.await.unwrap();
+        });
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        #[test]
+        fn writes_at_offsets_read_back(chunks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 1..5000), 1..8)) {
+            let tmp = tempfile::tempfile().unwrap();
+            let fd = file_fd(&tmp);
+            let expected: Vec<u8> = chunks.concat();
+            rt().block_on(async move {
+                let mut offset = 0u64;
+                for c in chunks {
+                    let len = c.len() as u64;
+                    write_all_at(&fd, Bytes::from(c), offset).await.unwrap();
+                    offset += len;
+                }
+                let buf = read_exact_at(&fd, BytesMut::new(), 0, expected.len()).await.unwrap();
+                assert_eq!(&buf[..], &expected[..]);
+            });
+        }
+    }
+}
