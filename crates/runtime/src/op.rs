@@ -208,6 +208,51 @@ pub async fn write_all_at(fd: &SharedFd, mut buf: Bytes, mut offset: u64) -> io:
     Ok(())
 }
 
+/// Writes every byte of `bufs` at `offset` of a file with `pwritev` through the ring,
+/// continuing after short writes.
+pub async fn writev_all_at(fd: &SharedFd, mut bufs: Vec<Bytes>, mut offset: u64) -> io::Result<()> {
+    bufs.retain(|b| !b.is_empty());
+    while !bufs.is_empty() {
+        let iovecs: Box<[libc::iovec]> = bufs
+            .iter()
+            .take(512)
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut _,
+                iov_len: b.len(),
+            })
+            .collect();
+        let entry = opcode::Writev::new(
+            types::Fd(fd.as_raw_fd()),
+            iovecs.as_ptr(),
+            iovecs.len() as u32,
+        )
+        .offset(offset)
+        .build();
+        // SAFETY: the iovecs and the buffers they point to are owned by the op's data.
+        let (result, (b, _iov, _fd)) =
+            unsafe { Op::submit(entry, (bufs, iovecs, fd.clone())) }.await;
+        bufs = b;
+        let mut written = cvt(result)?;
+        if written == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "writev returned 0",
+            ));
+        }
+        offset += written as u64;
+        while written > 0 {
+            if bufs[0].len() <= written {
+                written -= bufs[0].len();
+                bufs.remove(0);
+            } else {
+                let _ = bufs[0].split_to(written);
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads up to `len` bytes at `offset` into the spare capacity of `buf` (reserving as needed).
 pub async fn read_at(
     fd: &SharedFd,

@@ -1,1 +1,20 @@
+//! Partition logs: append-only, segmented, with the bytes of each record batch stored exactly
+//! as they arrived (Kafka's RecordBatch v2), so reads hand out file bytes unchanged.
+//!
+//! - [`frame`]: the little of the batch format storage must know to scan and recover a log
+//!   (length, offset delta, CRC). Full produce-side validation lives in `protocol`.
+//! - [`index`]: the sparse offset index (relative offset, position), in memory and on disk.
+//! - [`segment`]: one `.log` file plus its `.index`, named by base offset.
+//! - [`log`]: `PartitionLog`: offset assignment, ordered appends through the ring, the high
+//!   watermark, group-commit fdatasync, reads by offset, recovery at open.
+//! - [`atomic_file`]: write-new + fsync + rename, for metadata.
+//!
+//! A `PartitionLog` lives on the shard that owns its partition (`!Send`).
 
+pub mod atomic_file;
+pub mod frame;
+pub mod index;
+pub mod log;
+pub mod segment;
+
+pub use log::{AppendError, LogConfig, PartitionLog, ReadError, ReadResult};

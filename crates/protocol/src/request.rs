@@ -1,0 +1,131 @@
+//! The request header, read before the body so that routing errors (unknown API key,
+//! unsupported version) are decided without decoding anything the broker cannot handle.
+
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::Decodable;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("frame of {0} bytes is too short for a request header")]
+    Truncated(usize),
+    #[error("unknown API key {api_key}")]
+    UnknownApi { api_key: i16, correlation_id: i32 },
+    #[error("{api:?} v{version} is not supported")]
+    UnsupportedVersion {
+        api: ApiKey,
+        version: i16,
+        correlation_id: i32,
+    },
+    #[error("malformed request header for {api:?} v{version}: {reason}")]
+    BadHeader {
+        api: ApiKey,
+        version: i16,
+        reason: String,
+    },
+}
+
+/// A request whose header is decoded; `body` is the rest of the frame, still encoded.
+#[derive(Debug)]
+pub struct Request {
+    pub api: ApiKey,
+    pub version: i16,
+    pub header: RequestHeader,
+    pub body: Bytes,
+}
+
+/// Reads the header of `frame`. `supported` answers whether the broker implements a version.
+pub fn decode_header(
+    mut frame: Bytes,
+    supported: impl Fn(ApiKey, i16) -> bool,
+) -> Result<Request, RequestError> {
+    if frame.len() < 8 {
+        return Err(RequestError::Truncated(frame.len()));
+    }
+    let api_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api = ApiKey::try_from(api_key).map_err(|_| RequestError::UnknownApi {
+        api_key,
+        correlation_id,
+    })?;
+    if !supported(api, version) {
+        return Err(RequestError::UnsupportedVersion {
+            api,
+            version,
+            correlation_id,
+        });
+    }
+    let header_version = api.request_header_version(version);
+    let header =
+        RequestHeader::decode(&mut frame, header_version).map_err(|e| RequestError::BadHeader {
+            api,
+            version,
+            reason: e.to_string(),
+        })?;
+    Ok(Request {
+        api,
+        version,
+        header,
+        body: frame,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+
+    fn header_bytes(api: ApiKey, version: i16) -> Bytes {
+        let h = RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(42)
+            .with_client_id(Some(StrBytes::from_static_str("test")));
+        let mut buf = BytesMut::new();
+        h.encode(&mut buf, api.request_header_version(version))
+            .unwrap();
+        buf.extend_from_slice(b"body");
+        buf.freeze()
+    }
+
+    #[test]
+    fn decodes_flexible_and_classic_headers() {
+        for (api, v) in [
+            (ApiKey::Produce, 7),
+            (ApiKey::Fetch, 12),
+            (ApiKey::ApiVersions, 3),
+        ] {
+            let r = decode_header(header_bytes(api, v), |_, _| true).unwrap();
+            assert_eq!((r.api, r.version, r.header.correlation_id), (api, v, 42));
+            assert_eq!(r.header.client_id.as_deref(), Some("test"));
+            assert_eq!(&r.body[..], b"body");
+        }
+    }
+
+    #[test]
+    fn routing_errors_keep_the_correlation_id() {
+        match decode_header(header_bytes(ApiKey::Fetch, 99), |_, v| v < 20) {
+            Err(RequestError::UnsupportedVersion {
+                correlation_id: 42,
+                version: 99,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        let mut raw = header_bytes(ApiKey::Fetch, 1).to_vec();
+        raw[0..2].copy_from_slice(&999i16.to_be_bytes());
+        assert!(matches!(
+            decode_header(Bytes::from(raw), |_, _| true),
+            Err(RequestError::UnknownApi {
+                api_key: 999,
+                correlation_id: 42
+            })
+        ));
+        assert!(matches!(
+            decode_header(Bytes::from_static(b"abc"), |_, _| true),
+            Err(RequestError::Truncated(3))
+        ));
+    }
+}

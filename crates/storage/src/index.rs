@@ -1,0 +1,75 @@
+//! The sparse offset index of a segment: `(offset - base_offset) as u32, position as u32`
+//! every `index_interval_bytes` of log, as in Kafka's `.index` files (8 bytes per entry).
+
+#[derive(Debug, Default, Clone)]
+pub struct OffsetIndex {
+    entries: Vec<(u32, u32)>,
+}
+
+impl OffsetIndex {
+    pub fn push(&mut self, relative_offset: u32, position: u32) {
+        debug_assert!(self
+            .entries
+            .last()
+            .is_none_or(|&(o, p)| o < relative_offset && p < position));
+        self.entries.push((relative_offset, position));
+    }
+
+    /// The position of the last indexed batch starting at or before `relative_offset`
+    /// (0 when none is): a scan from there finds the batch holding the offset.
+    pub fn lookup(&self, relative_offset: u32) -> u32 {
+        let i = self.entries.partition_point(|&(o, _)| o <= relative_offset);
+        if i == 0 {
+            0
+        } else {
+            self.entries[i - 1].1
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The on-disk form of one entry.
+    pub fn encode_entry(relative_offset: u32, position: u32) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&relative_offset.to_be_bytes());
+        b[4..].copy_from_slice(&position.to_be_bytes());
+        b
+    }
+
+    pub fn encode_all(&self) -> Vec<u8> {
+        self.entries
+            .iter()
+            .flat_map(|&(o, p)| Self::encode_entry(o, p))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// lookup returns the greatest indexed position whose offset is <= the target.
+        #[test]
+        fn lookup_finds_the_floor_entry(gaps in proptest::collection::vec((1u32..100, 1u32..5000), 0..200), target in 0u32..30_000) {
+            let mut idx = OffsetIndex::default();
+            let (mut o, mut p) = (0u32, 0u32);
+            let mut all = Vec::new();
+            for (go, gp) in gaps {
+                o += go;
+                p += gp;
+                idx.push(o, p);
+                all.push((o, p));
+            }
+            let expected = all.iter().rev().find(|&&(eo, _)| eo <= target).map_or(0, |&(_, ep)| ep);
+            prop_assert_eq!(idx.lookup(target), expected);
+        }
+    }
+}
