@@ -1,1 +1,23 @@
+//! The broker: shards, connections, Kafka APIs, topic metadata.
+//!
+//! - [`config`]: everything a broker is started with.
+//! - [`metadata`]: the topic table (names, ids, partition owners), persisted under `meta/`.
+//! - [`server`]: start-up (lock the data dir, bind listeners, start and pin one shard thread per
+//!   CPU) and orderly shutdown.
+//! - [`shard`]: one shard's state (its view of the topic table, the partition logs it owns)
+//!   and the cross-shard operations on partitions and topics.
+//! - [`connection`]: one client connection: frames in, responses out in request order.
+//! - [`api`]: one module per Kafka API, plus the table of versions we advertise.
+//! - [`errors`]: Kafka error codes used here.
+//!
+//! Flow of a Produce: the connection's shard decodes and validates, then each partition's
+//! batch goes to its owner shard (a mesh message carrying the `Bytes` slice of the receive
+//! buffer), which appends it through its own ring and answers.
 
+pub mod api;
+pub mod config;
+pub mod connection;
+pub mod errors;
+pub mod metadata;
+pub mod server;
+pub mod shard;

@@ -1,1 +1,84 @@
-fn main() {}
+//! `ringbroker`: a Kafka-compatible broker, thread-per-core on io_uring.
+//!
+//! `ringbroker serve` reads its settings (flags > `RINGBROKER_*` env > `--config` TOML >
+//! defaults), probes the kernel, starts one pinned shard per CPU, then waits for SIGINT or
+//! SIGTERM and stops in order (flush, fsync, clean-shutdown marker).
+
+mod config;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use ringbroker_broker::server::Broker;
+use ringbroker_runtime::KernelFeatures;
+
+fn main() {
+    let cli = config::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        config::Command::Serve(args) => serve(args),
+    };
+    if let Err(e) = result {
+        eprintln!("ringbroker: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn serve(args: config::ServeArgs) -> Result<()> {
+    let settings = args.resolve()?;
+    let mut features = KernelFeatures::get()
+        .map_err(anyhow::Error::msg)
+        .context("io_uring is not usable")?;
+    if settings.uring_fallback {
+        features = features.without_optional();
+    }
+    let config = settings.broker;
+
+    // Block the stop signals before any shard starts, so only sigwait below receives them.
+    let signals = stop_signal_set();
+    // SAFETY: the set is initialised; this changes only the calling thread's mask (inherited
+    // by the threads it spawns).
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
+
+    let broker = Broker::start(config.clone(), &features)?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        shards = config.cores.len(),
+        cores = ?config.cores,
+        rings = config.cores.len(),
+        kernel = %features.kernel_release,
+        features = %features.summary(),
+        wakeups = if config.use_msg_ring && features.msg_ring { "MSG_RING" } else { "eventfd" },
+        data_dir = %config.data_dir.display(),
+        advertised = %format!("{}:{}", broker.shared.advertised_host, broker.shared.advertised_port),
+        previous_shutdown = if broker.previous_shutdown_clean { "clean" } else { "unclean or first start" },
+        "listening on {}",
+        broker.listen_addr
+    );
+
+    let mut signal: libc::c_int = 0;
+    // SAFETY: waits for one of the blocked signals in the initialised set.
+    unsafe { libc::sigwait(&signals, &mut signal) };
+    tracing::info!(signal, "stopping: flushing partitions");
+    broker
+        .shutdown()
+        .context("writing the clean-shutdown marker")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn stop_signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}

@@ -55,8 +55,12 @@ struct Installed {
     eventfd_buf: Box<u64>,
 }
 
+type Reply = Box<dyn std::any::Any + Send>;
+
 thread_local! {
     static LOCAL: RefCell<Option<Installed>> = const { RefCell::new(None) };
+    /// Callers on this shard waiting for a `call` to come back, keyed by the id they sent.
+    static REPLIES: RefCell<slab::Slab<crate::oneshot::Sender<Reply>>> = const { RefCell::new(slab::Slab::new()) };
 }
 
 impl Mesh {
@@ -213,6 +217,38 @@ pub async fn send(to: usize, mut message: Message) {
     }
 }
 
+/// Runs `f` on shard `to` (a task there, so it may do I/O on that shard's ring) and returns
+/// its result here. Runs in place when `to` is this shard.
+pub async fn call<R, F, Fut>(to: usize, f: F) -> R
+where
+    R: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = R> + 'static,
+{
+    let me = shard_id().expect("mesh not installed on this thread");
+    if to == me {
+        return f().await;
+    }
+    let (tx, rx) = crate::oneshot::channel::<Reply>();
+    let key = REPLIES.with(|r| r.borrow_mut().insert(tx));
+    let job: Message = Box::new(move || {
+        crate::executor::spawn(async move {
+            let out: Reply = Box::new(f().await);
+            let reply: Message = Box::new(move || {
+                // The caller may be gone (its future dropped): then the value is dropped here.
+                if let Some(tx) = REPLIES.with(|r| r.borrow_mut().try_remove(key)) {
+                    tx.send(out);
+                }
+            });
+            send(me, reply).await;
+        });
+    });
+    send(to, job).await;
+    let out = rx.await.expect("a shard dropped a call without replying");
+    *out.downcast::<R>()
+        .expect("reply of the type the call returns")
+}
+
 fn flush_wakes() {
     LOCAL.with(|l| {
         let mut l = l.borrow_mut();
@@ -325,6 +361,46 @@ mod tests {
         crate::executor::spawn(async move {
             send(to, Box::new(move || bounce(hops + 1, rounds))).await
         });
+    }
+
+    #[test]
+    fn call_returns_values_across_shards() {
+        let (mesh, endpoints) = Mesh::build(2, true).unwrap();
+        let (done_tx, done_rx) = mpsc::channel::<u64>();
+        let mut threads = Vec::new();
+        for ep in endpoints {
+            let done_tx = done_tx.clone();
+            threads.push(std::thread::spawn(move || {
+                let rt = Runtime::new(&RingConfig::default()).unwrap();
+                let me = ep.shard;
+                ep.install();
+                rt.block_on(async move {
+                    let stop = Rc::new(crate::notify::Notify::default());
+                    STOP.with(|s| *s.borrow_mut() = Some(stop.clone()));
+                    if me == 0 {
+                        let mut sum = 0u64;
+                        for i in 0..500u64 {
+                            sum += call(1, move || async move {
+                                crate::op::sleep(std::time::Duration::from_micros(1)).await;
+                                i * shard_id().unwrap() as u64
+                            })
+                            .await;
+                        }
+                        let _ = done_tx.send(sum);
+                    } else {
+                        stop.notified().await;
+                    }
+                });
+            }));
+        }
+        assert_eq!(done_rx.recv().unwrap(), (0..500u64).sum::<u64>());
+        mesh.send_control(
+            1,
+            Box::new(|| STOP.with(|s| s.borrow().as_ref().unwrap().notify_all())),
+        );
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 
     #[test]

@@ -325,6 +325,22 @@ pub async fn sleep(duration: Duration) {
     );
 }
 
+/// Runs `future` for at most `duration`; `None` if the time ran out first.
+pub async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut timer = std::pin::pin!(sleep(duration));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// Writes the 8-byte value 1 to an eventfd (a cross-shard wake-up), completion ignored.
 pub fn wake_eventfd(fd: i32) {
     static ONE: u64 = 1;

@@ -1,0 +1,235 @@
+//! Fetch: whole batches from each partition's owner, bounded by the high watermark, the
+//! partition and response byte limits (always at least one batch, KIP-74), with long polling:
+//! when fewer than `min_bytes` are ready the request waits for an append on any of its
+//! partitions, or for `max_wait_ms`. Sessions (KIP-227) are not offered: every response has
+//! session id 0, which tells clients to send full requests.
+
+use super::{decode_body, respond, Outcome};
+use crate::errors;
+use crate::metadata::TopicInfo;
+use crate::shard;
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use ringbroker_protocol::request::Request;
+use ringbroker_runtime::executor::spawn;
+use ringbroker_runtime::notify::Notify;
+use ringbroker_runtime::op;
+use ringbroker_storage::ReadError;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// First Fetch version that names topics by id.
+const TOPIC_ID_VERSION: i16 = 13;
+const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+
+struct Wanted {
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+}
+
+struct Got {
+    error: i16,
+    high_watermark: i64,
+    log_start_offset: i64,
+    records: Bytes,
+}
+
+async fn read_partition(topic: &Option<Arc<TopicInfo>>, unknown_code: i16, w: &Wanted) -> Got {
+    let missing = Got {
+        error: unknown_code,
+        high_watermark: -1,
+        log_start_offset: -1,
+        records: Bytes::new(),
+    };
+    let Some(topic) = topic else { return missing };
+    let (offset, max_bytes) = (w.offset, w.max_bytes);
+    let result = shard::on_partition(topic, w.partition, move |log| async move {
+        match log.read(offset, max_bytes).await {
+            Ok(r) => Got {
+                error: errors::NONE,
+                high_watermark: r.high_watermark,
+                log_start_offset: r.log_start_offset,
+                records: r.records,
+            },
+            Err(e) => {
+                let error = match e {
+                    ReadError::OutOfRange { .. } => errors::OFFSET_OUT_OF_RANGE,
+                    ReadError::Io(_) | ReadError::Corrupt { .. } => {
+                        tracing::error!(dir = %log.dir().display(), error = %e, "read failed");
+                        errors::KAFKA_STORAGE_ERROR
+                    }
+                };
+                Got {
+                    error,
+                    high_watermark: log.high_watermark(),
+                    log_start_offset: log.log_start_offset(),
+                    records: Bytes::new(),
+                }
+            }
+        }
+    })
+    .await;
+    result.unwrap_or(missing)
+}
+
+pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+    let body: FetchRequest = decode_body(&mut req)?;
+    let v = req.version;
+    let shard = shard::current();
+    if body.session_id != 0 {
+        let response = FetchResponse::default().with_error_code(FETCH_SESSION_ID_NOT_FOUND);
+        return Ok(respond(&req, &response));
+    }
+    let unknown_code = if v >= TOPIC_ID_VERSION {
+        errors::UNKNOWN_TOPIC_ID
+    } else {
+        errors::UNKNOWN_TOPIC_OR_PARTITION
+    };
+    let wanted: Vec<_> = body
+        .topics
+        .into_iter()
+        .map(|t| {
+            let info = if v >= TOPIC_ID_VERSION {
+                shard.topic_by_id(&t.topic_id)
+            } else {
+                shard.topic(&t.topic.0)
+            };
+            let parts: Vec<Wanted> = t
+                .partitions
+                .iter()
+                .map(|p| Wanted {
+                    partition: p.partition,
+                    offset: p.fetch_offset,
+                    max_bytes: p.partition_max_bytes.max(0) as usize,
+                })
+                .collect();
+            (t.topic, t.topic_id, info, parts)
+        })
+        .collect();
+    let wanted = Rc::new(wanted);
+    let max_wait = Duration::from_millis(body.max_wait_ms.max(0) as u64);
+    let deadline = Instant::now() + max_wait;
+    let min_bytes = body.min_bytes.max(0) as usize;
+    let max_bytes = if body.max_bytes <= 0 {
+        usize::MAX
+    } else {
+        body.max_bytes as usize
+    };
+    let results = loop {
+        let results = read_all(&wanted, unknown_code).await;
+        let ready: usize = results.iter().flatten().map(|g| g.records.len()).sum();
+        let any_error = results.iter().flatten().any(|g| g.error != errors::NONE);
+        let now = Instant::now();
+        if ready >= min_bytes || any_error || now >= deadline {
+            break results;
+        }
+        wait_for_append(&wanted, &results, deadline - now).await;
+    };
+    // Trim to the response limit, keeping at least the first non-empty partition.
+    let mut budget_used = 0usize;
+    let topics = wanted
+        .iter()
+        .zip(results)
+        .map(|((name, id, _, parts), got)| {
+            let partitions = parts
+                .iter()
+                .zip(got)
+                .map(|(w, g)| {
+                    let mut records = g.records;
+                    if budget_used > 0 && budget_used + records.len() > max_bytes {
+                        records = Bytes::new();
+                    }
+                    budget_used += records.len();
+                    let mut pd = PartitionData::default()
+                        .with_partition_index(w.partition)
+                        .with_error_code(g.error)
+                        .with_high_watermark(g.high_watermark)
+                        .with_last_stable_offset(g.high_watermark)
+                        .with_aborted_transactions(Some(vec![]))
+                        // librdkafka rejects a null records field: always send bytes.
+                        .with_records(Some(records));
+                    if v >= 5 {
+                        pd = pd.with_log_start_offset(g.log_start_offset);
+                    }
+                    if v >= 11 {
+                        pd = pd.with_preferred_read_replica(BrokerId(-1));
+                    }
+                    pd
+                })
+                .collect();
+            let t = FetchableTopicResponse::default().with_partitions(partitions);
+            if v >= TOPIC_ID_VERSION {
+                t.with_topic_id(*id)
+            } else {
+                t.with_topic(name.clone())
+            }
+        })
+        .collect();
+    Ok(respond(
+        &req,
+        &FetchResponse::default().with_responses(topics),
+    ))
+}
+
+type WantedTopics = Vec<(
+    kafka_protocol::messages::TopicName,
+    uuid::Uuid,
+    Option<Arc<TopicInfo>>,
+    Vec<Wanted>,
+)>;
+
+/// Reads every wanted partition, in parallel across their owner shards.
+async fn read_all(wanted: &Rc<WantedTopics>, unknown_code: i16) -> Vec<Vec<Got>> {
+    let mut handles = Vec::new();
+    for (ti, (_, _, info, parts)) in wanted.iter().enumerate() {
+        for pi in 0..parts.len() {
+            let wanted = wanted.clone();
+            let info = info.clone();
+            handles.push((
+                ti,
+                spawn(async move { read_partition(&info, unknown_code, &wanted[ti].3[pi]).await }),
+            ));
+        }
+    }
+    let mut out: Vec<Vec<Got>> = wanted.iter().map(|_| Vec::new()).collect();
+    for (ti, h) in handles {
+        out[ti].push(h.await.expect("read task finished"));
+    }
+    out
+}
+
+/// Waits until any wanted partition's high watermark moves past what the last read saw (so
+/// new data exists), or for `wait`.
+async fn wait_for_append(wanted: &WantedTopics, seen: &[Vec<Got>], wait: Duration) {
+    let woke = Notify::new();
+    let released = woke.notified();
+    for ((_, _, info, parts), got) in wanted.iter().zip(seen) {
+        let Some(topic) = info.clone() else { continue };
+        for (w, g) in parts.iter().zip(got) {
+            let (partition, woke) = (w.partition, woke.clone());
+            let offset = w.offset.max(g.high_watermark);
+            let topic = topic.clone();
+            spawn(async move {
+                shard::on_partition(&topic, partition, move |log| async move {
+                    let appended = log.appended();
+                    op::timeout(wait, async {
+                        loop {
+                            let next = appended.notified();
+                            if log.high_watermark() > offset {
+                                return;
+                            }
+                            next.await;
+                        }
+                    })
+                    .await;
+                })
+                .await;
+                woke.notify_all();
+            });
+        }
+    }
+    op::timeout(wait, released).await;
+}

@@ -1,0 +1,154 @@
+//! Metadata: this broker as node 0 of a one-node cluster, and the requested topics (all of
+//! them when none are named). Unknown topics are created when auto-creation is on and the
+//! client allows it.
+
+use super::{decode_body, respond, Outcome};
+use crate::errors;
+use crate::metadata::TopicInfo;
+use crate::shard::{self, NewTopic};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use ringbroker_protocol::request::Request;
+use std::collections::BTreeMap;
+
+/// Kafka's "authorized operations not requested" value.
+const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+
+pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+    let body: MetadataRequest = decode_body(&mut req)?;
+    let v = req.version;
+    let shard = shard::current();
+    let shared = shard.shared.clone();
+    let mut topics = Vec::new();
+    // v0: empty list = all topics; v1+: null = all topics.
+    let requested: Option<Vec<(Option<String>, uuid::Uuid)>> = match body.topics {
+        None => None,
+        Some(list) if list.is_empty() && v == 0 => None,
+        Some(list) => Some(
+            list.into_iter()
+                .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
+                .collect(),
+        ),
+    };
+    match requested {
+        None => {
+            for t in shard.all_topics() {
+                topics.push(topic_entry(&t, v));
+            }
+        }
+        Some(list) => {
+            let allow_create =
+                shared.config.auto_create_topics && (v < 4 || body.allow_auto_topic_creation);
+            let mut missing = Vec::new();
+            for (name, id) in &list {
+                let known = match name {
+                    Some(n) => shard.topic(n),
+                    None => shard.topic_by_id(id),
+                };
+                if known.is_none() {
+                    if let Some(n) = name {
+                        if allow_create {
+                            missing.push(NewTopic {
+                                name: n.clone(),
+                                partitions: shared.config.default_partitions,
+                                replication_factor: -1,
+                                configs: BTreeMap::new(),
+                            });
+                        }
+                    }
+                }
+            }
+            let mut create_errors = BTreeMap::new();
+            if !missing.is_empty() {
+                for (t, result) in missing
+                    .clone()
+                    .into_iter()
+                    .zip(shard::create_topics(missing, false).await)
+                {
+                    if let Err((code, msg)) = result {
+                        if code != errors::TOPIC_ALREADY_EXISTS {
+                            tracing::info!(topic = %t.name, code, %msg, "auto-creation refused");
+                            create_errors.insert(t.name, code);
+                        }
+                    }
+                }
+            }
+            for (name, id) in list {
+                let known = match &name {
+                    Some(n) => shard.topic(n),
+                    None => shard.topic_by_id(&id),
+                };
+                topics.push(match known {
+                    Some(t) => topic_entry(&t, v),
+                    None => {
+                        let code = name
+                            .as_ref()
+                            .and_then(|n| create_errors.get(n).copied())
+                            .unwrap_or(if name.is_some() {
+                                errors::UNKNOWN_TOPIC_OR_PARTITION
+                            } else {
+                                errors::UNKNOWN_TOPIC_ID
+                            });
+                        let mut entry = MetadataResponseTopic::default()
+                            .with_error_code(code)
+                            .with_name(name.map(|n| TopicName(StrBytes::from_string(n))));
+                        if v >= 10 {
+                            entry = entry.with_topic_id(id);
+                        }
+                        if v >= 8 {
+                            entry = entry
+                                .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
+                        }
+                        entry
+                    }
+                });
+            }
+        }
+    }
+    let broker = MetadataResponseBroker::default()
+        .with_node_id(BrokerId(0))
+        .with_host(StrBytes::from_string(shared.advertised_host.clone()))
+        .with_port(shared.advertised_port as i32);
+    let mut response = MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_topics(topics);
+    if v >= 1 {
+        response = response.with_controller_id(BrokerId(0));
+    }
+    if v >= 2 {
+        response = response.with_cluster_id(Some(StrBytes::from_string(shared.cluster_id.clone())));
+    }
+    if (8..=10).contains(&v) {
+        response = response.with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
+    }
+    Ok(respond(&req, &response))
+}
+
+fn topic_entry(t: &TopicInfo, v: i16) -> MetadataResponseTopic {
+    let partitions = (0..t.partition_count())
+        .map(|p| {
+            let mut entry = MetadataResponsePartition::default()
+                .with_partition_index(p)
+                .with_leader_id(BrokerId(0))
+                .with_replica_nodes(vec![BrokerId(0)])
+                .with_isr_nodes(vec![BrokerId(0)]);
+            if v >= 7 {
+                entry = entry.with_leader_epoch(0);
+            }
+            entry
+        })
+        .collect();
+    let mut entry = MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(t.name.clone()))))
+        .with_partitions(partitions);
+    if v >= 10 {
+        entry = entry.with_topic_id(t.id);
+    }
+    if v >= 8 {
+        entry = entry.with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
+    }
+    entry
+}

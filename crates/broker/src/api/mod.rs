@@ -1,0 +1,98 @@
+//! Kafka APIs, one module each, and the versions the broker advertises.
+//!
+//! Only versions that are implemented and tested are listed, with one deliberate exception:
+//! Produce is advertised from v0 because librdkafka before 2.10 (Debian's kcat among them)
+//! stops compressing when a broker's Produce minimum is above 0 (KAFKA-18659,
+//! librdkafka#4956). Kafka 4 does the same; like it, we refuse v0-2 requests (their message
+//! format predates RecordBatch v2) by closing the connection.
+
+pub mod api_versions;
+pub mod create_topics;
+pub mod delete_topics;
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::{Decodable, Encodable};
+use ringbroker_protocol::request::{decode_header, Request, RequestError};
+use ringbroker_protocol::response::encode_response;
+
+/// `(api, min version, max version)` advertised in ApiVersions.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 0, 11),
+    (ApiKey::Fetch, 4, 16),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+];
+
+pub fn supported(api: ApiKey, version: i16) -> bool {
+    SUPPORTED
+        .iter()
+        .any(|&(a, min, max)| a == api && (min..=max).contains(&version))
+}
+
+/// What the connection does after a request.
+pub enum Outcome {
+    /// Send this response frame.
+    Respond(Bytes),
+    /// No response (Produce with acks=0).
+    Silent,
+    /// Close the connection, logging why.
+    Close(String),
+}
+
+/// Decodes a request body of type `T`; a body that does not decode closes the connection.
+pub(crate) fn decode_body<T: Decodable>(req: &mut Request) -> Result<T, Outcome> {
+    T::decode(&mut req.body, req.version).map_err(|e| {
+        Outcome::Close(format!(
+            "malformed {:?} v{} request: {e}",
+            req.api, req.version
+        ))
+    })
+}
+
+/// Encodes the response to `req`.
+pub(crate) fn respond<T: Encodable>(req: &Request, body: &T) -> Outcome {
+    match encode_response(req.api, req.version, req.header.correlation_id, body) {
+        Ok(frame) => Outcome::Respond(frame),
+        Err(e) => {
+            tracing::error!(api = ?req.api, version = req.version, error = %e, "could not encode a response");
+            Outcome::Close(format!(
+                "internal error encoding {:?} v{}",
+                req.api, req.version
+            ))
+        }
+    }
+}
+
+/// Handles one request frame.
+pub async fn handle(frame: Bytes) -> Outcome {
+    let req = match decode_header(frame, supported) {
+        Ok(req) => req,
+        Err(RequestError::UnsupportedVersion {
+            api: ApiKey::ApiVersions,
+            version,
+            correlation_id,
+        }) => {
+            return api_versions::unsupported_version(version, correlation_id);
+        }
+        Err(e) => return Outcome::Close(e.to_string()),
+    };
+    let result = match req.api {
+        ApiKey::ApiVersions => api_versions::handle(req).await,
+        ApiKey::Metadata => metadata::handle(req).await,
+        ApiKey::Produce => produce::handle(req).await,
+        ApiKey::Fetch => fetch::handle(req).await,
+        ApiKey::ListOffsets => list_offsets::handle(req).await,
+        ApiKey::CreateTopics => create_topics::handle(req).await,
+        ApiKey::DeleteTopics => delete_topics::handle(req).await,
+        other => Err(Outcome::Close(format!("{other:?} is not implemented"))),
+    };
+    result.unwrap_or_else(|outcome| outcome)
+}

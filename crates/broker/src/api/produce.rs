@@ -1,0 +1,178 @@
+//! Produce: validate each partition's batch here, append it on the partition's owner shard,
+//! answer once written (acks=1), once fdatasync'd (acks=-1), or not at all (acks=0).
+
+use super::{decode_body, respond, Outcome};
+use crate::errors;
+use crate::metadata::TopicInfo;
+use crate::shard;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use ringbroker_protocol::batch::{validate_produced, BatchError};
+use ringbroker_protocol::request::Request;
+use ringbroker_runtime::executor::spawn;
+use ringbroker_storage::AppendError;
+use std::sync::Arc;
+
+/// The first Produce version whose records are RecordBatch v2.
+const PRODUCE_VERSION_MIN_HANDLED: i16 = 3;
+
+struct PartitionResult {
+    error: i16,
+    base_offset: i64,
+    log_start_offset: i64,
+    message: Option<String>,
+}
+
+impl PartitionResult {
+    fn error(code: i16, message: String) -> PartitionResult {
+        PartitionResult {
+            error: code,
+            base_offset: -1,
+            log_start_offset: -1,
+            message: Some(message),
+        }
+    }
+}
+
+fn batch_error_code(e: &BatchError) -> i16 {
+    match e {
+        BatchError::TrailingBytes(_) => errors::INVALID_RECORD,
+        _ => errors::CORRUPT_MESSAGE,
+    }
+}
+
+pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+    if req.version < PRODUCE_VERSION_MIN_HANDLED {
+        return Err(Outcome::Close(format!(
+            "Produce v{} (message format v0/v1) is not supported; use v3 or newer",
+            req.version
+        )));
+    }
+    let body: ProduceRequest = decode_body(&mut req)?;
+    let shard = shard::current();
+    let message_bytes_max = shard.shared.config.message_bytes_max;
+    let acks = body.acks;
+    if !matches!(acks, -1..=1) {
+        return Err(Outcome::Close(format!("invalid acks value {acks}")));
+    }
+    if body.transactional_id.is_some() {
+        return Err(Outcome::Close(
+            "transactional produce is not supported".into(),
+        ));
+    }
+    // Start every partition's append, then collect the results in request order.
+    let mut topics = Vec::with_capacity(body.topic_data.len());
+    for topic_data in body.topic_data {
+        let topic: Option<Arc<TopicInfo>> = shard.topic(&topic_data.name.0);
+        let mut partitions = Vec::with_capacity(topic_data.partition_data.len());
+        for pd in topic_data.partition_data {
+            let index = pd.index;
+            let records = pd.records.unwrap_or_default();
+            let early = match &topic {
+                None => Some(PartitionResult::error(
+                    errors::UNKNOWN_TOPIC_OR_PARTITION,
+                    "unknown topic".into(),
+                )),
+                Some(t) if t.owner(index).is_none() => Some(PartitionResult::error(
+                    errors::UNKNOWN_TOPIC_OR_PARTITION,
+                    "unknown partition".into(),
+                )),
+                _ if records.len() > message_bytes_max => Some(PartitionResult::error(
+                    errors::MESSAGE_TOO_LARGE,
+                    format!(
+                        "batch of {} bytes exceeds max.message.bytes {message_bytes_max}",
+                        records.len()
+                    ),
+                )),
+                _ => match validate_produced(&records) {
+                    Err(e) => {
+                        tracing::warn!(topic = %topic_data.name.0, partition = index, error = %e, "rejected record batch");
+                        Some(PartitionResult::error(batch_error_code(&e), e.to_string()))
+                    }
+                    Ok(h) if h.is_transactional() || h.is_control() => {
+                        Some(PartitionResult::error(
+                            errors::INVALID_RECORD,
+                            "transactional and control batches are not supported".into(),
+                        ))
+                    }
+                    Ok(_) => None,
+                },
+            };
+            let pending = match early {
+                Some(result) => Err(result),
+                None => {
+                    let topic = topic.clone().expect("checked above");
+                    let count = validate_count(&records);
+                    Ok(spawn(async move {
+                        shard::on_partition(&topic, index, move |log| async move {
+                            let base = log.append_batch(records, count).await?;
+                            if acks == -1 {
+                                log.sync_to(base + count as i64).await?;
+                            }
+                            Ok::<_, AppendError>((base, log.log_start_offset()))
+                        })
+                        .await
+                    }))
+                }
+            };
+            partitions.push((index, pending));
+        }
+        topics.push((topic_data.name, partitions));
+    }
+    let mut responses = Vec::with_capacity(topics.len());
+    for (name, partitions) in topics {
+        let mut partition_responses = Vec::with_capacity(partitions.len());
+        for (index, pending) in partitions {
+            let result = match pending {
+                Err(r) => r,
+                Ok(handle) => match handle.await {
+                    Ok(Some(Ok((base_offset, log_start_offset)))) => PartitionResult {
+                        error: errors::NONE,
+                        base_offset,
+                        log_start_offset,
+                        message: None,
+                    },
+                    Ok(Some(Err(e))) => {
+                        PartitionResult::error(errors::KAFKA_STORAGE_ERROR, e.to_string())
+                    }
+                    Ok(None) | Err(_) => PartitionResult::error(
+                        errors::UNKNOWN_TOPIC_OR_PARTITION,
+                        "partition went away".into(),
+                    ),
+                },
+            };
+            let mut r = PartitionProduceResponse::default()
+                .with_index(index)
+                .with_error_code(result.error)
+                .with_base_offset(result.base_offset);
+            if req.version >= 5 {
+                r = r.with_log_start_offset(result.log_start_offset);
+            }
+            if req.version >= 8 {
+                r = r.with_error_message(
+                    result
+                        .message
+                        .map(kafka_protocol::protocol::StrBytes::from_string),
+                );
+            }
+            partition_responses.push(r);
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_partition_responses(partition_responses),
+        );
+    }
+    if acks == 0 {
+        return Ok(Outcome::Silent);
+    }
+    Ok(respond(
+        &req,
+        &ProduceResponse::default().with_responses(responses),
+    ))
+}
+
+/// Record count of a batch that already passed `validate_produced`.
+fn validate_count(records: &bytes::Bytes) -> u32 {
+    ringbroker_protocol::batch::BatchHeader::parse(records).map_or(1, |h| h.records_count as u32)
+}

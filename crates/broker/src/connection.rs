@@ -1,0 +1,70 @@
+//! One client connection: read frames, handle each request in order, send the responses in
+//! request order (several per `sendmsg` when the client pipelines). A frame that cannot be
+//! parsed closes this connection only.
+
+use crate::api::{self, Outcome};
+use crate::shard;
+use bytes::{Bytes, BytesMut};
+use ringbroker_protocol::frame::{next_frame, Next};
+use ringbroker_runtime::op::{self, SharedFd};
+use std::net::SocketAddr;
+
+/// Receive buffer growth step.
+const RECV_BYTES_MIN: usize = 64 * 1024;
+
+pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>) {
+    let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+    let frame_bytes_max = shard::current().shared.config.frame_bytes_max;
+    let mut buf = BytesMut::with_capacity(RECV_BYTES_MIN);
+    tracing::debug!(%peer, "connection opened");
+    loop {
+        let mut responses: Vec<Bytes> = Vec::new();
+        let mut close: Option<String> = None;
+        loop {
+            match next_frame(&mut buf, frame_bytes_max) {
+                Ok(Next::Frame(frame)) => match api::handle(frame).await {
+                    Outcome::Respond(bytes) => responses.push(bytes),
+                    Outcome::Silent => {}
+                    Outcome::Close(reason) => {
+                        close = Some(reason);
+                        break;
+                    }
+                },
+                Ok(Next::NeedMore { total }) => {
+                    let want = total.unwrap_or(0).max(buf.len() + RECV_BYTES_MIN);
+                    if buf.capacity() < want {
+                        buf.reserve(want - buf.len());
+                    }
+                    break;
+                }
+                Err(e) => {
+                    close = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if !responses.is_empty() {
+            if let Err(e) = op::send_all(&fd, responses).await {
+                tracing::debug!(%peer, error = %e, "send failed; closing");
+                return;
+            }
+        }
+        if let Some(reason) = close {
+            tracing::warn!(%peer, %reason, "closing connection");
+            return;
+        }
+        let (result, b) = op::recv(&fd, buf).await;
+        buf = b;
+        match result {
+            Ok(0) => {
+                tracing::debug!(%peer, "connection closed by peer");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "recv failed; closing");
+                return;
+            }
+        }
+    }
+}

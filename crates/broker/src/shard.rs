@@ -1,0 +1,312 @@
+//! One shard's state and the operations that cross shards.
+//!
+//! Each shard holds its own copy of the topic table (changed only by messages from shard 0,
+//! the table's single writer) and the partition logs it owns. Work on a partition always runs
+//! on its owner: `on_partition` sends it there through the mesh when it is elsewhere.
+
+use crate::config::BrokerConfig;
+use crate::errors;
+use crate::metadata::{partition_dir, valid_topic_name, ClusterMeta, TopicInfo};
+use ringbroker_runtime::mesh;
+use ringbroker_storage::PartitionLog;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// What every shard shares, read-only after start-up.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: BrokerConfig,
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    pub cluster_id: String,
+    pub shard_count: usize,
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    topics: RefCell<HashMap<String, Arc<TopicInfo>>>,
+    topic_ids: RefCell<HashMap<Uuid, Arc<TopicInfo>>>,
+    logs: RefCell<HashMap<(String, i32), Rc<PartitionLog>>>,
+    /// Shard 0 only: the authoritative table it persists.
+    table: Option<RefCell<ClusterMeta>>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+/// The shard running on this thread.
+pub fn current() -> Rc<Shard> {
+    CURRENT.with(|c| c.borrow().clone().expect("not on a shard thread"))
+}
+
+impl Shard {
+    /// Creates this thread's shard, opening the logs of the partitions it owns (start-up:
+    /// blocking file I/O, recovery scans).
+    pub fn install(
+        id: usize,
+        shared: Arc<Shared>,
+        meta: &ClusterMeta,
+    ) -> std::io::Result<Rc<Shard>> {
+        let shard = Rc::new(Shard {
+            id,
+            shared,
+            topics: RefCell::new(HashMap::new()),
+            topic_ids: RefCell::new(HashMap::new()),
+            logs: RefCell::new(HashMap::new()),
+            table: (id == 0).then(|| RefCell::new(meta.clone())),
+        });
+        for topic in &meta.topics {
+            shard.apply_topic(topic.clone())?;
+        }
+        CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
+        Ok(shard)
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Arc<TopicInfo>> {
+        self.topics.borrow().get(name).cloned()
+    }
+
+    pub fn topic_by_id(&self, id: &Uuid) -> Option<Arc<TopicInfo>> {
+        self.topic_ids.borrow().get(id).cloned()
+    }
+
+    /// Every topic, sorted by name.
+    pub fn all_topics(&self) -> Vec<Arc<TopicInfo>> {
+        let mut v: Vec<_> = self.topics.borrow().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn log(&self, topic: &str, partition: i32) -> Option<Rc<PartitionLog>> {
+        self.logs
+            .borrow()
+            .get(&(topic.to_string(), partition))
+            .cloned()
+    }
+
+    /// Logs owned by this shard.
+    pub fn owned_logs(&self) -> Vec<Rc<PartitionLog>> {
+        self.logs.borrow().values().cloned().collect()
+    }
+
+    /// Adds a topic to this shard's view and opens the partitions it owns.
+    fn apply_topic(&self, topic: Arc<TopicInfo>) -> std::io::Result<()> {
+        for (p, &owner) in topic.owners.iter().enumerate() {
+            if owner == self.id {
+                let dir = partition_dir(&self.shared.config.data_dir, &topic.name, p as i32);
+                let log = PartitionLog::open(&dir, self.shared.config.log.clone())?;
+                self.logs
+                    .borrow_mut()
+                    .insert((topic.name.clone(), p as i32), Rc::new(log));
+            }
+        }
+        self.topic_ids.borrow_mut().insert(topic.id, topic.clone());
+        self.topics.borrow_mut().insert(topic.name.clone(), topic);
+        Ok(())
+    }
+
+    /// Removes a topic from this shard's view, deleting the files of partitions it owns.
+    fn remove_topic(&self, name: &str) {
+        let Some(topic) = self.topics.borrow_mut().remove(name) else {
+            return;
+        };
+        self.topic_ids.borrow_mut().remove(&topic.id);
+        for p in 0..topic.partition_count() {
+            if let Some(log) = self.logs.borrow_mut().remove(&(name.to_string(), p)) {
+                if let Err(e) = log.remove_files() {
+                    tracing::error!(topic = name, partition = p, error = %e, "could not delete partition files");
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f` with the log of `topic`/`partition` on the shard that owns it.
+/// `None` when that shard does not have the partition (deleted meanwhile).
+pub async fn on_partition<R, F, Fut>(topic: &TopicInfo, partition: i32, f: F) -> Option<R>
+where
+    R: Send + 'static,
+    F: FnOnce(Rc<PartitionLog>) -> Fut + Send + 'static,
+    Fut: Future<Output = R> + 'static,
+{
+    let owner = topic.owner(partition)?;
+    let name = topic.name.clone();
+    mesh::call(owner, move || async move {
+        let log = current().log(&name, partition)?;
+        Some(f(log).await)
+    })
+    .await
+}
+
+/// A topic to create.
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    pub configs: BTreeMap<String, String>,
+}
+
+/// Why a topic operation was refused: a Kafka error code and a message.
+pub type TopicError = (i16, String);
+
+/// Creates topics (through shard 0, which persists the table and tells every shard).
+/// With `validate_only`, checks without creating.
+pub async fn create_topics(
+    topics: Vec<NewTopic>,
+    validate_only: bool,
+) -> Vec<Result<Arc<TopicInfo>, TopicError>> {
+    mesh::call(0, move || async move {
+        coordinator_create(topics, validate_only).await
+    })
+    .await
+}
+
+async fn coordinator_create(
+    topics: Vec<NewTopic>,
+    validate_only: bool,
+) -> Vec<Result<Arc<TopicInfo>, TopicError>> {
+    let shard = current();
+    let table = shard.table.as_ref().expect("shard 0 holds the topic table");
+    let mut results = Vec::with_capacity(topics.len());
+    let mut created = Vec::new();
+    for t in topics {
+        let result = {
+            let mut meta = table.borrow_mut();
+            let partitions = if t.partitions == -1 {
+                shard.shared.config.default_partitions
+            } else {
+                t.partitions
+            };
+            if !valid_topic_name(&t.name) {
+                Err((
+                    errors::INVALID_TOPIC_EXCEPTION,
+                    format!("invalid topic name {:?}", t.name),
+                ))
+            } else if meta.topics.iter().any(|x| x.name == t.name) {
+                Err((
+                    errors::TOPIC_ALREADY_EXISTS,
+                    format!("topic {:?} already exists", t.name),
+                ))
+            } else if partitions <= 0 || partitions > 100_000 {
+                Err((
+                    errors::INVALID_PARTITIONS,
+                    format!("{partitions} partitions requested"),
+                ))
+            } else if t.replication_factor != -1 && t.replication_factor != 1 {
+                Err((
+                    errors::INVALID_REPLICATION_FACTOR,
+                    "this broker is a single node: replication factor must be 1".into(),
+                ))
+            } else {
+                let info = Arc::new(TopicInfo {
+                    name: t.name.clone(),
+                    id: Uuid::new_v4(),
+                    owners: meta.place(partitions as usize, shard.shared.shard_count),
+                    configs: t.configs.clone(),
+                });
+                if !validate_only {
+                    meta.topics.push(info.clone());
+                    created.push(info.clone());
+                }
+                Ok(info)
+            }
+        };
+        results.push(result);
+    }
+    if !created.is_empty() {
+        let saved = table.borrow().save(&shard.shared.config.data_dir);
+        if let Err(e) = saved {
+            tracing::error!(error = %e, "could not persist the topic table");
+            let mut meta = table.borrow_mut();
+            meta.topics
+                .retain(|t| !created.iter().any(|c| c.name == t.name));
+            return results
+                .into_iter()
+                .map(|r| {
+                    r.and(Err((
+                        errors::KAFKA_STORAGE_ERROR,
+                        format!("could not persist metadata: {e}"),
+                    )))
+                })
+                .collect();
+        }
+        for s in 0..shard.shared.shard_count {
+            let created = created.clone();
+            let ok = mesh::call(s, move || async move {
+                let shard = current();
+                for t in created {
+                    if let Err(e) = shard.apply_topic(t.clone()) {
+                        tracing::error!(topic = %t.name, error = %e, "could not open partition logs");
+                        return false;
+                    }
+                }
+                true
+            })
+            .await;
+            if !ok {
+                return results
+                    .into_iter()
+                    .map(|r| {
+                        r.and(Err((
+                            errors::KAFKA_STORAGE_ERROR,
+                            "could not create partition logs".to_string(),
+                        )))
+                    })
+                    .collect();
+            }
+        }
+        for t in &created {
+            tracing::info!(topic = %t.name, partitions = t.partition_count(), owners = ?t.owners, "created topic");
+        }
+    }
+    results
+}
+
+/// Deletes topics by name (through shard 0); returns one result per name.
+pub async fn delete_topics(names: Vec<String>) -> Vec<Result<Arc<TopicInfo>, TopicError>> {
+    mesh::call(0, move || async move {
+        let shard = current();
+        let table = shard.table.as_ref().expect("shard 0 holds the topic table");
+        let mut results = Vec::new();
+        let mut deleted = Vec::new();
+        for name in names {
+            let mut meta = table.borrow_mut();
+            match meta.topics.iter().position(|t| t.name == name) {
+                Some(i) => {
+                    let t = meta.topics.remove(i);
+                    deleted.push(t.name.clone());
+                    results.push(Ok(t));
+                }
+                None => results.push(Err((
+                    errors::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("unknown topic {name:?}"),
+                ))),
+            }
+        }
+        if !deleted.is_empty() {
+            if let Err(e) = table.borrow().save(&shard.shared.config.data_dir) {
+                tracing::error!(error = %e, "could not persist the topic table after deletion");
+            }
+            for s in 0..shard.shared.shard_count {
+                let deleted = deleted.clone();
+                mesh::call(s, move || async move {
+                    let shard = current();
+                    for name in deleted {
+                        shard.remove_topic(&name);
+                    }
+                })
+                .await;
+            }
+            tracing::info!(topics = ?deleted, "deleted topics");
+        }
+        results
+    })
+    .await
+}

@@ -1,0 +1,204 @@
+//! Command line, environment and TOML settings, merged into a `BrokerConfig`.
+//! Precedence: flags > `RINGBROKER_*` environment > `--config` file > defaults.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ringbroker_broker::config::BrokerConfig;
+use ringbroker_runtime::affinity;
+use serde::Deserialize;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ringbroker",
+    version,
+    about = "A Kafka-compatible message broker, thread-per-core on io_uring"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the broker until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// Address to accept Kafka clients on (every shard listens here with SO_REUSEPORT).
+    /// Port 0 picks a free port, printed in the start-up line. [default: 127.0.0.1:9092]
+    #[arg(long, env = "RINGBROKER_LISTEN")]
+    pub listen: Option<String>,
+
+    /// Directory for partition logs and metadata; locked while the broker runs.
+    /// [default: ./ringbroker-data]
+    #[arg(long, env = "RINGBROKER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// CPUs to run on, one pinned shard (thread + io_uring ring) per CPU, e.g. `0-3,6`.
+    /// [default: every CPU this process may use]
+    #[arg(long, env = "RINGBROKER_CORES")]
+    pub cores: Option<String>,
+
+    /// host:port that Metadata tells clients to connect to. [default: the listen address]
+    #[arg(long, env = "RINGBROKER_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Create unknown topics when a client asks Metadata about them. [default: true]
+    #[arg(long, env = "RINGBROKER_AUTO_CREATE_TOPICS", num_args = 0..=1, default_missing_value = "true")]
+    pub auto_create_topics: Option<bool>,
+
+    /// Partitions of an auto-created topic (and of CreateTopics asking for -1). [default: 1]
+    #[arg(long, env = "RINGBROKER_DEFAULT_PARTITIONS")]
+    pub default_partitions: Option<i32>,
+
+    /// Turn off optional io_uring features (SINGLE_ISSUER/DEFER_TASKRUN/COOP_TASKRUN setup,
+    /// MSG_RING wake-ups: eventfd instead) to run or test the fallback paths.
+    #[arg(long, env = "RINGBROKER_URING_FALLBACK", num_args = 0..=1, default_missing_value = "true")]
+    pub uring_fallback: Option<bool>,
+
+    /// TOML file with the same keys (listen, data_dir, cores, advertise, auto_create_topics,
+    /// default_partitions, uring_fallback).
+    #[arg(long, env = "RINGBROKER_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    cores: Option<String>,
+    advertise: Option<String>,
+    auto_create_topics: Option<bool>,
+    default_partitions: Option<i32>,
+    uring_fallback: Option<bool>,
+}
+
+pub struct Settings {
+    pub broker: BrokerConfig,
+    pub uring_fallback: bool,
+}
+
+impl ServeArgs {
+    pub fn resolve(self) -> Result<Settings> {
+        let file: FileConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let listen_text = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:9092".into());
+        let listen: SocketAddr = listen_text
+            .to_socket_addrs()
+            .with_context(|| format!("--listen {listen_text:?}"))?
+            .next()
+            .with_context(|| format!("--listen {listen_text:?} resolves to no address"))?;
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("ringbroker-data"));
+        let cores = match self.cores.or(file.cores) {
+            Some(text) => affinity::parse_cpu_list(&text)
+                .map_err(anyhow::Error::msg)
+                .context("--cores")?,
+            None => affinity::allowed_cpus().context("reading this process's CPU affinity")?,
+        };
+        let allowed = affinity::allowed_cpus().context("reading this process's CPU affinity")?;
+        if let Some(cpu) = cores.iter().find(|c| !allowed.contains(c)) {
+            bail!("--cores: CPU {cpu} is not available to this process (allowed: {allowed:?})");
+        }
+        let advertise = match self.advertise.or(file.advertise) {
+            Some(text) => {
+                let (host, port) = text
+                    .rsplit_once(':')
+                    .with_context(|| format!("--advertise {text:?}: expected host:port"))?;
+                let port: u16 = port
+                    .parse()
+                    .with_context(|| format!("--advertise {text:?}: bad port"))?;
+                Some((
+                    host.trim_matches(|c| c == '[' || c == ']').to_string(),
+                    port,
+                ))
+            }
+            None => None,
+        };
+        let default_partitions = self
+            .default_partitions
+            .or(file.default_partitions)
+            .unwrap_or(1);
+        if default_partitions < 1 {
+            bail!("--default-partitions must be at least 1");
+        }
+        let mut broker = BrokerConfig::new(listen, data_dir, cores);
+        broker.advertise = advertise;
+        broker.auto_create_topics = self
+            .auto_create_topics
+            .or(file.auto_create_topics)
+            .unwrap_or(true);
+        broker.default_partitions = default_partitions;
+        let uring_fallback = self.uring_fallback.or(file.uring_fallback).unwrap_or(false);
+        if uring_fallback {
+            broker.ring.use_taskrun_flags = false;
+            broker.use_msg_ring = false;
+        }
+        Ok(Settings {
+            broker,
+            uring_fallback,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rb.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1234\"\ndefault_partitions = 3\nauto_create_topics = false\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            default_partitions: Some(5),
+            ..Default::default()
+        };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.broker.listen, "127.0.0.1:1234".parse().unwrap());
+        assert_eq!(s.broker.default_partitions, 5);
+        assert!(!s.broker.auto_create_topics);
+        assert_eq!(s.broker.data_dir, PathBuf::from("ringbroker-data"));
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let e = ServeArgs {
+            cores: Some("5-1".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .err()
+        .unwrap();
+        assert!(format!("{e:#}").contains("--cores"));
+        let e = ServeArgs {
+            advertise: Some("nohost".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .err()
+        .unwrap();
+        assert!(format!("{e:#}").contains("host:port"));
+    }
+}
