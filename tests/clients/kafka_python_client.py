@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""kafka-python (a pure-Python Kafka client) driven from the end-to-end tests.
+
+  create BOOTSTRAP TOPIC PARTITIONS      CreateTopics through the admin client
+  topics BOOTSTRAP                       print "topic<TAB>partitions" for every topic
+  produce BOOTSTRAP TOPIC COMPRESSION    read "key<TAB>value" lines on stdin, produce them
+                                         keyed (acks=all), print how many were acknowledged
+  consume BOOTSTRAP TOPIC                print "partition<TAB>offset<TAB>key<TAB>value" for
+                                         every record from the beginning to the end offsets
+"""
+import sys
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+
+
+def create(bootstrap, topic, partitions):
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    admin.create_topics([NewTopic(topic, num_partitions=int(partitions), replication_factor=1)])
+    admin.close()
+    print("created", topic)
+
+
+def topics(bootstrap):
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    for t in sorted(consumer.topics()):
+        print(f"{t}\t{len(consumer.partitions_for_topic(t))}")
+    consumer.close()
+
+
+def produce(bootstrap, topic, compression):
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        compression_type=None if compression == "none" else compression,
+        linger_ms=5,
+        # Idempotence (InitProducerId) is not implemented yet; kafka-python 3 enables it by default.
+        enable_idempotence=False,
+    )
+    futures = []
+    for line in sys.stdin:
+        key, value = line.rstrip("\n").split("\t", 1)
+        futures.append(producer.send(topic, key=key.encode(), value=value.encode()))
+    producer.flush()
+    acked = sum(1 for f in futures if f.get(timeout=30) is not None)
+    producer.close()
+    print(f"acked\t{acked}")
+
+
+def consume(bootstrap, topic):
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+    if not parts:
+        raise SystemExit(f"topic {topic} has no partitions")
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    end = consumer.end_offsets(parts)
+    out = []
+    while any(consumer.position(tp) < end[tp] for tp in parts):
+        for tp, records in consumer.poll(timeout_ms=1000).items():
+            for r in records:
+                out.append(f"{tp.partition}\t{r.offset}\t{r.key.decode()}\t{r.value.decode()}")
+    consumer.close()
+    sys.stdout.write("".join(line + "\n" for line in out))
+
+
+if __name__ == "__main__":
+    command, args = sys.argv[1], sys.argv[2:]
+    {"create": create, "topics": topics, "produce": produce, "consume": consume}[command](*args)
