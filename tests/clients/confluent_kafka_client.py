@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""confluent-kafka (the recent librdkafka shipped in PyPI's wheel) driven from the tests.
+
+  produce BOOTSTRAP TOPIC COMPRESSION   "key<TAB>value" lines on stdin, keyed, acks=all;
+                                        prints "acked<TAB>N"
+  consume BOOTSTRAP TOPIC PARTITIONS    "partition<TAB>offset<TAB>key<TAB>value" for every
+                                        record from the start to the end offsets (assign, no group)
+"""
+import sys
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+
+def produce(bootstrap, topic, compression):
+    p = Producer({
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "compression.type": compression,
+        "linger.ms": 5,
+        # Idempotence (InitProducerId) is not implemented yet.
+        "enable.idempotence": False,
+    })
+    acked = [0]
+    failed = []
+
+    def report(err, _msg):
+        if err is None:
+            acked[0] += 1
+        else:
+            failed.append(str(err))
+
+    for line in sys.stdin:
+        key, value = line.rstrip("\n").split("\t", 1)
+        while True:
+            try:
+                p.produce(topic, key=key.encode(), value=value.encode(), on_delivery=report)
+                break
+            except BufferError:
+                p.poll(0.1)
+        p.poll(0)
+    remaining = p.flush(60)
+    if failed or remaining:
+        raise SystemExit(f"delivery failed: {failed[:3]} remaining={remaining}")
+    print(f"acked\t{acked[0]}")
+
+
+def consume(bootstrap, topic, partitions):
+    c = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": "unused-assign-only",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+    })
+    parts = [TopicPartition(topic, p, 0) for p in range(int(partitions))]
+    ends = {p.partition: c.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+    c.assign(parts)
+    done = {p for p, end in ends.items() if end == 0}
+    out = []
+    while len(done) < len(parts):
+        m = c.poll(5)
+        if m is None:
+            continue
+        if m.error():
+            if m.error().code() == -191:  # _PARTITION_EOF
+                if m.offset() >= ends[m.partition()]:
+                    done.add(m.partition())
+                continue
+            raise SystemExit(f"consume error: {m.error()}")
+        out.append(f"{m.partition()}\t{m.offset()}\t{m.key().decode()}\t{m.value().decode()}")
+    c.close()
+    sys.stdout.write("".join(line + "\n" for line in out))
+
+
+if __name__ == "__main__":
+    command, args = sys.argv[1], sys.argv[2:]
+    {"produce": produce, "consume": consume}[command](*args)
