@@ -241,7 +241,10 @@ fn api_versions_above_our_range_gets_unsupported_version_and_unknown_apis_close(
 }
 
 fn confluent_kafka(args: &[&str], input: &str) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/clients/confluent_kafka_client.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/clients/confluent_kafka_client.py"
+    );
     let mut full = vec![script];
     full.extend_from_slice(args);
     run("python3", &full, input)
@@ -257,12 +260,18 @@ fn recent_librdkafka_batches_in_every_codec_are_stored_as_sent_and_read_by_all_c
     for codec in ["gzip", "snappy", "lz4", "zstd"] {
         let input = keyed_input(codec, 1500);
         expected.extend(input.lines().map(str::to_string));
-        assert_eq!(confluent_kafka(&["produce", &addr, "codecs", codec], &input).trim(), "acked\t1500");
+        assert_eq!(
+            confluent_kafka(&["produce", &addr, "codecs", codec], &input).trim(),
+            "acked\t1500"
+        );
     }
     let by_librdkafka = sorted_lines(&confluent_kafka(&["consume", &addr, "codecs", "4"], ""));
     assert_eq!(by_librdkafka.len(), 6000);
     assert_eq!(kcat_consume_all(&addr, "codecs"), by_librdkafka);
     assert_eq!(kafka_python_consume_all(&addr, "codecs"), by_librdkafka);
-    let got: BTreeSet<String> = by_librdkafka.iter().map(|l| l.splitn(3, '\t').nth(2).unwrap().to_string()).collect();
+    let got: BTreeSet<String> = by_librdkafka
+        .iter()
+        .map(|l| l.splitn(3, '\t').nth(2).unwrap().to_string())
+        .collect();
     assert_eq!(got, expected);
 }

@@ -20,11 +20,21 @@ struct Client {
 impl Client {
     fn connect(addr: &str) -> Client {
         let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(std::time::Duration::from_secs(15))).unwrap();
-        Client { stream, correlation_id: 0 }
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(15)))
+            .unwrap();
+        Client {
+            stream,
+            correlation_id: 0,
+        }
     }
 
-    fn call<Req: Encodable, Resp: Decodable>(&mut self, api: ApiKey, version: i16, request: &Req) -> Resp {
+    fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> Resp {
         self.correlation_id += 1;
         let header = RequestHeader::default()
             .with_request_api_key(api as i16)
@@ -32,21 +42,32 @@ impl Client {
             .with_correlation_id(self.correlation_id)
             .with_client_id(Some(StrBytes::from_static_str("every-version")));
         let mut body = BytesMut::new();
-        header.encode(&mut body, api.request_header_version(version)).unwrap();
-        request.encode(&mut body, version).unwrap_or_else(|e| panic!("encode {api:?} v{version}: {e}"));
+        header
+            .encode(&mut body, api.request_header_version(version))
+            .unwrap();
+        request
+            .encode(&mut body, version)
+            .unwrap_or_else(|e| panic!("encode {api:?} v{version}: {e}"));
         let mut frame = BytesMut::new();
         frame.put_i32(body.len() as i32);
         frame.extend_from_slice(&body);
         self.stream.write_all(&frame).unwrap();
         let mut size = [0u8; 4];
-        self.stream.read_exact(&mut size).unwrap_or_else(|e| panic!("{api:?} v{version}: no response ({e})"));
+        self.stream
+            .read_exact(&mut size)
+            .unwrap_or_else(|e| panic!("{api:?} v{version}: no response ({e})"));
         let mut buf = vec![0u8; i32::from_be_bytes(size) as usize];
         self.stream.read_exact(&mut buf).unwrap();
         let mut buf = Bytes::from(buf);
         let rh = ResponseHeader::decode(&mut buf, api.response_header_version(version)).unwrap();
         assert_eq!(rh.correlation_id, self.correlation_id);
-        let resp = Resp::decode(&mut buf, version).unwrap_or_else(|e| panic!("decode {api:?} v{version}: {e}"));
-        assert!(!buf.has_remaining(), "{api:?} v{version}: {} bytes left over", buf.remaining());
+        let resp = Resp::decode(&mut buf, version)
+            .unwrap_or_else(|e| panic!("decode {api:?} v{version}: {e}"));
+        assert!(
+            !buf.has_remaining(),
+            "{api:?} v{version}: {} bytes left over",
+            buf.remaining()
+        );
         resp
     }
 }
@@ -85,17 +106,23 @@ fn every_advertised_version_of_every_api_answers_and_decodes() {
 
     for v in range(ApiKey::CreateTopics) {
         let topic = creatable(&format!("v{v}"), 2);
-        let req = CreateTopicsRequest::default().with_topics(vec![topic]).with_timeout_ms(5000);
+        let req = CreateTopicsRequest::default()
+            .with_topics(vec![topic])
+            .with_timeout_ms(5000);
         let r: CreateTopicsResponse = c.call(ApiKey::CreateTopics, v, &req);
         assert_eq!(r.topics[0].error_code, 0, "CreateTopics v{v}");
     }
-    let again: CreateTopicsResponse =
-        c.call(ApiKey::CreateTopics, 7, &CreateTopicsRequest::default().with_topics(vec![creatable("v7", 2)]));
+    let again: CreateTopicsResponse = c.call(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default().with_topics(vec![creatable("v7", 2)]),
+    );
     assert_eq!(again.topics[0].error_code, 36, "TOPIC_ALREADY_EXISTS");
 
     let mut topic_id = uuid::Uuid::nil();
     for v in range(ApiKey::Metadata) {
-        let topics = vec![metadata_request::MetadataRequestTopic::default().with_name(Some(name("v7")))];
+        let topics =
+            vec![metadata_request::MetadataRequestTopic::default().with_name(Some(name("v7")))];
         let mut req = MetadataRequest::default().with_topics(Some(topics));
         if v >= 4 {
             req = req.with_allow_auto_topic_creation(false);
@@ -111,21 +138,44 @@ fn every_advertised_version_of_every_api_answers_and_decodes() {
     assert!(!topic_id.is_nil());
 
     for v in range(ApiKey::Produce) {
-        let batch = ringbroker_protocol::batch::build_batch(0, 1000, &[format!("produce v{v}").as_bytes()]);
-        let pd = produce_request::PartitionProduceData::default().with_index(1).with_records(Some(Bytes::from(batch)));
-        let td = produce_request::TopicProduceData::default().with_name(name("v7")).with_partition_data(vec![pd]);
-        let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![td]);
+        let batch =
+            ringbroker_protocol::batch::build_batch(0, 1000, &[format!("produce v{v}").as_bytes()]);
+        let pd = produce_request::PartitionProduceData::default()
+            .with_index(1)
+            .with_records(Some(Bytes::from(batch)));
+        let td = produce_request::TopicProduceData::default()
+            .with_name(name("v7"))
+            .with_partition_data(vec![pd]);
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![td]);
         let r: ProduceResponse = c.call(ApiKey::Produce, v, &req);
         let p = &r.responses[0].partition_responses[0];
-        assert_eq!((p.error_code, p.base_offset), (0, (v - 3) as i64), "Produce v{v}");
+        assert_eq!(
+            (p.error_code, p.base_offset),
+            (0, (v - 3) as i64),
+            "Produce v{v}"
+        );
     }
     let produced = range(ApiKey::Produce).count() as i64;
 
     for v in range(ApiKey::Fetch) {
-        let part = fetch_request::FetchPartition::default().with_partition(1).with_fetch_offset(0).with_partition_max_bytes(1 << 20);
+        let part = fetch_request::FetchPartition::default()
+            .with_partition(1)
+            .with_fetch_offset(0)
+            .with_partition_max_bytes(1 << 20);
         let mut topic = fetch_request::FetchTopic::default().with_partitions(vec![part]);
-        topic = if v >= 13 { topic.with_topic_id(topic_id) } else { topic.with_topic(name("v7")) };
-        let mut req = FetchRequest::default().with_max_wait_ms(10).with_min_bytes(1).with_max_bytes(1 << 20).with_topics(vec![topic]);
+        topic = if v >= 13 {
+            topic.with_topic_id(topic_id)
+        } else {
+            topic.with_topic(name("v7"))
+        };
+        let mut req = FetchRequest::default()
+            .with_max_wait_ms(10)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![topic]);
         if v < 15 {
             req = req.with_replica_id(BrokerId(-1));
         }
@@ -133,32 +183,59 @@ fn every_advertised_version_of_every_api_answers_and_decodes() {
         let p = &r.responses[0].partitions[0];
         assert_eq!(p.error_code, 0, "Fetch v{v}");
         assert_eq!(p.high_watermark, produced);
-        assert!(p.records.as_ref().unwrap().len() > 61 * produced as usize, "Fetch v{v} returned the batches");
+        assert!(
+            p.records.as_ref().unwrap().len() > 61 * produced as usize,
+            "Fetch v{v} returned the batches"
+        );
     }
 
     for v in range(ApiKey::ListOffsets) {
-        let parts = [-1i64, -2].map(|ts| list_offsets_request::ListOffsetsPartition::default().with_partition_index(1).with_timestamp(ts));
-        let topic = list_offsets_request::ListOffsetsTopic::default().with_name(name("v7")).with_partitions(parts.to_vec());
-        let req = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![topic]);
+        let parts = [-1i64, -2].map(|ts| {
+            list_offsets_request::ListOffsetsPartition::default()
+                .with_partition_index(1)
+                .with_timestamp(ts)
+        });
+        let topic = list_offsets_request::ListOffsetsTopic::default()
+            .with_name(name("v7"))
+            .with_partitions(parts.to_vec());
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![topic]);
         let r: ListOffsetsResponse = c.call(ApiKey::ListOffsets, v, &req);
         let ps = &r.topics[0].partitions;
-        assert_eq!((ps[0].error_code, ps[0].offset), (0, produced), "ListOffsets v{v} latest");
-        assert_eq!((ps[1].error_code, ps[1].offset), (0, 0), "ListOffsets v{v} earliest");
+        assert_eq!(
+            (ps[0].error_code, ps[0].offset),
+            (0, produced),
+            "ListOffsets v{v} latest"
+        );
+        assert_eq!(
+            (ps[1].error_code, ps[1].offset),
+            (0, 0),
+            "ListOffsets v{v} earliest"
+        );
     }
 
     for v in range(ApiKey::DeleteTopics) {
         let topic = format!("v{}", v + 1);
         let req = if v >= 6 {
-            DeleteTopicsRequest::default().with_topics(vec![delete_topics_request::DeleteTopicState::default().with_name(Some(name(&topic)))])
+            DeleteTopicsRequest::default()
+                .with_topics(vec![delete_topics_request::DeleteTopicState::default()
+                    .with_name(Some(name(&topic)))])
         } else {
             DeleteTopicsRequest::default().with_topic_names(vec![name(&topic)])
         };
         let r: DeleteTopicsResponse = c.call(ApiKey::DeleteTopics, v, &req.with_timeout_ms(5000));
         assert_eq!(r.responses[0].error_code, 0, "DeleteTopics v{v} of {topic}");
     }
-    assert!(!broker.data_dir.join("v3-0").exists(), "deleted topic's files are gone");
+    assert!(
+        !broker.data_dir.join("v3-0").exists(),
+        "deleted topic's files are gone"
+    );
 }
 
 fn creatable(topic: &str, partitions: i32) -> create_topics_request::CreatableTopic {
-    create_topics_request::CreatableTopic::default().with_name(name(topic)).with_num_partitions(partitions).with_replication_factor(1)
+    create_topics_request::CreatableTopic::default()
+        .with_name(name(topic))
+        .with_num_partitions(partitions)
+        .with_replication_factor(1)
 }

@@ -308,19 +308,23 @@ impl PartitionLog {
     pub async fn sync_to(&self, offset: i64) -> Result<(), AppendError> {
         loop {
             let notified = self.synced.notified();
-            let (fds, target) = {
-                let mut st = self.state.borrow_mut();
+            let running = {
+                let st = self.state.borrow();
                 if st.synced_offset >= offset {
                     return Ok(());
                 }
                 if let Some(why) = &st.failed {
                     return Err(AppendError::Failed(why.clone()));
                 }
-                if st.sync_running {
-                    drop(st);
-                    notified.await;
-                    continue;
-                }
+                st.sync_running
+            };
+            if running {
+                // A sync is under way; it may not cover us, so check again after it.
+                notified.await;
+                continue;
+            }
+            let (fds, target) = {
+                let mut st = self.state.borrow_mut();
                 st.sync_running = true;
                 let active = st.segments.last().expect("active").log.clone();
                 let mut fds = std::mem::replace(&mut st.unsynced, vec![active.clone()]);

@@ -33,7 +33,7 @@ impl Broker {
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir);
-        if !extra.iter().any(|a| *a == "--cores") {
+        if !extra.contains(&"--cores") {
             cmd.args(["--cores", &two_cores()]);
         }
         cmd.args(extra)
