@@ -240,16 +240,6 @@ fn api_versions_above_our_range_gets_unsupported_version_and_unknown_apis_close(
     assert!(ok, "{listing}");
 }
 
-fn confluent_kafka(args: &[&str], input: &str) -> String {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/clients/confluent_kafka_client.py"
-    );
-    let mut full = vec![script];
-    full.extend_from_slice(args);
-    run("python3", &full, input)
-}
-
 #[test]
 fn recent_librdkafka_batches_in_every_codec_are_stored_as_sent_and_read_by_all_clients() {
     let dir = tempfile::tempdir().unwrap();

@@ -243,6 +243,11 @@ impl Driver {
         self.ops.remove(key)
     }
 
+    /// A wake-up arrived that the mesh has not handled yet: the loop must not block.
+    pub(crate) fn wake_pending(&self) -> bool {
+        self.woken
+    }
+
     pub(crate) fn take_wake(&mut self) -> bool {
         std::mem::take(&mut self.woken)
     }

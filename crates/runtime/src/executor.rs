@@ -189,17 +189,23 @@ impl Runtime {
         let mut cx = Context::from_waker(main_waker);
         loop {
             run_ready_tasks();
-            if let Poll::Ready(out) = Pin::new(&mut main).poll(&mut cx) {
-                return out.expect("main task dropped its output");
-            }
+            let finished = Pin::new(&mut main).poll(&mut cx);
             let hooks: Vec<Rc<dyn Fn()>> = TURN_HOOKS.with(|h| h.borrow().clone());
             for hook in hooks {
                 hook();
             }
+            if let Poll::Ready(out) = finished {
+                // The hooks above flushed wake-ups for messages sent in this last turn; make
+                // sure their SQEs reach the kernel before the ring goes away.
+                driver::with(|d| d.submit(false)).expect("io_uring enter failed");
+                return out.expect("main task dropped its output");
+            }
             let wait = !has_ready();
             driver::with(|d| {
                 d.reap();
-                let wait = wait && !has_ready();
+                // A wake-up reaped here arrived after this turn's mesh drain: its message is
+                // still queued, so go round again instead of blocking.
+                let wait = wait && !has_ready() && !d.wake_pending();
                 if let Err(e) = d.submit(wait) {
                     panic!("io_uring enter failed: {e}");
                 }

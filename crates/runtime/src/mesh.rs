@@ -307,45 +307,68 @@ mod tests {
     use crate::RingConfig;
     use std::sync::mpsc;
 
-    /// Two shards ping-pong `rounds` messages; run with MSG_RING and with the eventfd path.
-    fn ping_pong(use_msg_ring: bool, taskrun_flags: bool) {
-        let rounds = 2000u32;
+    /// Runs `body(shard)` on two shard threads wired by a mesh; `body` returns when that shard
+    /// is done. Returns the mesh (for its counters) after both threads exit.
+    fn two_shards<F, Fut>(use_msg_ring: bool, taskrun_flags: bool, body: F) -> Arc<Mesh>
+    where
+        F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
         let (mesh, endpoints) = Mesh::build(2, use_msg_ring).unwrap();
-        let (done_tx, done_rx) = mpsc::channel::<u32>();
-        let mut threads = Vec::new();
-        for ep in endpoints {
-            let done_tx = done_tx.clone();
-            threads.push(std::thread::spawn(move || {
-                let cfg = RingConfig {
-                    use_taskrun_flags: taskrun_flags,
-                    ..RingConfig::default()
-                };
-                let rt = Runtime::new(&cfg).unwrap();
-                let me = ep.shard;
-                ep.install();
-                rt.block_on(async move {
+        let threads: Vec<_> = endpoints
+            .into_iter()
+            .map(|ep| {
+                let body = body.clone();
+                std::thread::spawn(move || {
+                    let cfg = RingConfig {
+                        use_taskrun_flags: taskrun_flags,
+                        ..RingConfig::default()
+                    };
+                    let rt = Runtime::new(&cfg).unwrap();
+                    let me = ep.shard;
+                    ep.install();
                     let stop = Rc::new(crate::notify::Notify::default());
-                    STOP.with(|s| *s.borrow_mut() = Some(stop.clone()));
-                    if me == 0 {
-                        send(1, Box::new(move || bounce(1, rounds))).await;
-                    }
-                    stop.notified().await;
-                    let _ = done_tx.send(me as u32);
-                });
-            }));
-        }
-        let mut got = vec![done_rx.recv().unwrap()];
-        // The shard that received the last message tells the other to stop via control.
-        let other = 1 - got[0] as usize;
-        mesh.send_control(
-            other,
-            Box::new(|| STOP.with(|s| s.borrow().as_ref().unwrap().notify_all())),
-        );
-        got.push(done_rx.recv().unwrap());
+                    STOP.with(|s| *s.borrow_mut() = Some(stop));
+                    rt.block_on(body(me));
+                })
+            })
+            .collect();
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(mesh.sent_count(0, 1) + mesh.sent_count(1, 0), rounds as u64);
+        mesh
+    }
+
+    /// Waits until this shard is told to stop (by `stop_other`).
+    async fn until_stopped() {
+        let stop = STOP.with(|s| s.borrow().clone().unwrap());
+        stop.notified().await;
+    }
+
+    /// Tells the other shard to stop, through the mesh.
+    async fn stop_other() {
+        let other = 1 - shard_id().unwrap();
+        send(
+            other,
+            Box::new(|| STOP.with(|s| s.borrow().as_ref().unwrap().notify_all())),
+        )
+        .await;
+    }
+
+    /// Two shards ping-pong `rounds` messages; run with MSG_RING and with the eventfd path.
+    fn ping_pong(use_msg_ring: bool, taskrun_flags: bool) {
+        let rounds = 2000u32;
+        let mesh = two_shards(use_msg_ring, taskrun_flags, move |me| async move {
+            if me == 0 {
+                send(1, Box::new(move || bounce(1, rounds))).await;
+            }
+            until_stopped().await;
+        });
+        // Each hop is one message, plus one stop message from the last shard to the other.
+        assert_eq!(
+            mesh.sent_count(0, 1) + mesh.sent_count(1, 0),
+            rounds as u64 + 1
+        );
     }
 
     thread_local! {
@@ -354,7 +377,10 @@ mod tests {
 
     fn bounce(hops: u32, rounds: u32) {
         if hops == rounds {
-            STOP.with(|s| s.borrow().as_ref().unwrap().notify_all());
+            crate::executor::spawn(async {
+                stop_other().await;
+                STOP.with(|s| s.borrow().as_ref().unwrap().notify_all());
+            });
             return;
         }
         let to = 1 - shard_id().unwrap();
@@ -365,42 +391,28 @@ mod tests {
 
     #[test]
     fn call_returns_values_across_shards() {
-        let (mesh, endpoints) = Mesh::build(2, true).unwrap();
         let (done_tx, done_rx) = mpsc::channel::<u64>();
-        let mut threads = Vec::new();
-        for ep in endpoints {
+        let done_tx = std::sync::Arc::new(std::sync::Mutex::new(done_tx));
+        two_shards(true, true, move |me| {
             let done_tx = done_tx.clone();
-            threads.push(std::thread::spawn(move || {
-                let rt = Runtime::new(&RingConfig::default()).unwrap();
-                let me = ep.shard;
-                ep.install();
-                rt.block_on(async move {
-                    let stop = Rc::new(crate::notify::Notify::default());
-                    STOP.with(|s| *s.borrow_mut() = Some(stop.clone()));
-                    if me == 0 {
-                        let mut sum = 0u64;
-                        for i in 0..500u64 {
-                            sum += call(1, move || async move {
-                                crate::op::sleep(std::time::Duration::from_micros(1)).await;
-                                i * shard_id().unwrap() as u64
-                            })
-                            .await;
-                        }
-                        let _ = done_tx.send(sum);
-                    } else {
-                        stop.notified().await;
+            async move {
+                if me == 0 {
+                    let mut sum = 0u64;
+                    for i in 0..500u64 {
+                        sum += call(1, move || async move {
+                            crate::op::sleep(std::time::Duration::from_micros(1)).await;
+                            i * shard_id().unwrap() as u64
+                        })
+                        .await;
                     }
-                });
-            }));
-        }
+                    done_tx.lock().unwrap().send(sum).unwrap();
+                    stop_other().await;
+                } else {
+                    until_stopped().await;
+                }
+            }
+        });
         assert_eq!(done_rx.recv().unwrap(), (0..500u64).sum::<u64>());
-        mesh.send_control(
-            1,
-            Box::new(|| STOP.with(|s| s.borrow().as_ref().unwrap().notify_all())),
-        );
-        for t in threads {
-            t.join().unwrap();
-        }
     }
 
     #[test]

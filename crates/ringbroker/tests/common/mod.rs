@@ -140,14 +140,25 @@ pub fn run_unchecked(program: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-pub fn kafka_python(args: &[&str], input: &str) -> String {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/clients/kafka_python_client.py"
+/// Runs one of the client scripts in `tests/clients/` with python3.
+fn python_client(script: &str, args: &[&str], input: &str) -> String {
+    let path = format!(
+        "{}/../../tests/clients/{script}",
+        env!("CARGO_MANIFEST_DIR")
     );
-    let mut full = vec![script];
+    let mut full = vec![path.as_str()];
     full.extend_from_slice(args);
     run("python3", &full, input)
+}
+
+/// kafka-python, the pure-Python client.
+pub fn kafka_python(args: &[&str], input: &str) -> String {
+    python_client("kafka_python_client.py", args, input)
+}
+
+/// confluent-kafka, the recent librdkafka from PyPI's wheel.
+pub fn confluent_kafka(args: &[&str], input: &str) -> String {
+    python_client("confluent_kafka_client.py", args, input)
 }
 
 /// `partition<TAB>offset<TAB>key<TAB>value` lines of every record, via kcat, sorted.
