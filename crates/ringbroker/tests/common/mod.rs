@@ -47,11 +47,15 @@ impl Broker {
         let log2 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Record the line before announcing the address, so the log has it.
+                {
+                    let mut log = log2.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
                 }
-                log2.lock().unwrap().push_str(&line);
-                log2.lock().unwrap().push('\n');
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(30)) {
