@@ -142,6 +142,24 @@ impl Driver {
         key
     }
 
+    /// Makes room for `count` consecutive SQEs (a linked chain must not be split across
+    /// submissions, or its head would be submitted with a dangling IO_LINK).
+    pub(crate) fn reserve(&mut self, count: usize) {
+        while {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len() < count
+        } {
+            self.sq_full += 1;
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    self.reap();
+                } else {
+                    panic!("io_uring submit failed: {e}");
+                }
+            }
+        }
+    }
+
     /// Queues an SQE whose `user_data` is already set (IGNORE, or a key).
     pub(crate) fn push(&mut self, entry: squeue::Entry) {
         let opcode = entry.get_opcode() as usize;

@@ -13,6 +13,7 @@
 //!   io_uring is missing or disabled.
 //! - [`affinity`]: CPU lists (`0-3,6`) and pinning.
 //! - [`oneshot`], [`notify`]: small `!Send` synchronisation primitives for tasks on one shard.
+//! - [`splice`]: file ranges to sockets through pooled pipes, with linked SPLICE SQEs.
 //! - [`chunk`]: the gather-list element shared by `protocol` (which places them) and the
 //!   send path (which consumes them).
 
@@ -25,6 +26,7 @@ pub mod notify;
 pub mod oneshot;
 pub mod op;
 pub mod probe;
+pub mod splice;
 
 pub use driver::{RingConfig, RingStats};
 pub use executor::{block_on, spawn, yield_now, Runtime};

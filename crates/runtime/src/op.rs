@@ -35,6 +35,37 @@ impl<T: 'static> Op<T> {
     }
 }
 
+impl<A: 'static, B: 'static> Op<(A, B)> {
+    /// Queues two SQEs linked with IO_LINK (the second starts when the first completes in
+    /// full; a short first result cancels it) and returns one op per SQE.
+    ///
+    /// # Safety
+    /// As for [`Op::submit`], for each entry and its data.
+    pub unsafe fn submit_linked(
+        first: squeue::Entry,
+        first_data: A,
+        second: squeue::Entry,
+        second_data: B,
+    ) -> (Op<A>, Op<B>) {
+        let (k1, k2) = driver::with(|d| {
+            d.reserve(2);
+            let k1 = d.submit_op(first.flags(squeue::Flags::IO_LINK));
+            let k2 = d.submit_op(second);
+            (k1, k2)
+        });
+        (
+            Op {
+                key: k1,
+                data: Some(first_data),
+            },
+            Op {
+                key: k2,
+                data: Some(second_data),
+            },
+        )
+    }
+}
+
 impl<T: Unpin + 'static> Future for Op<T> {
     type Output = (i32, T);
 
