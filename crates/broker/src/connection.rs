@@ -4,9 +4,11 @@
 
 use crate::api::{self, Outcome};
 use crate::shard;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use ringbroker_protocol::frame::{next_frame, Next};
+use ringbroker_runtime::chunk::Chunk;
 use ringbroker_runtime::op::{self, SharedFd};
+use ringbroker_runtime::splice::send_chunks;
 use std::net::SocketAddr;
 
 /// Receive buffer growth step.
@@ -18,12 +20,13 @@ pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>) {
     let mut buf = BytesMut::with_capacity(RECV_BYTES_MIN);
     tracing::debug!(%peer, "connection opened");
     loop {
-        let mut responses: Vec<Bytes> = Vec::new();
+        let mut responses: Vec<Chunk> = Vec::new();
         let mut close: Option<String> = None;
         loop {
             match next_frame(&mut buf, frame_bytes_max) {
                 Ok(Next::Frame(frame)) => match api::handle(frame).await {
-                    Outcome::Respond(bytes) => responses.push(bytes),
+                    Outcome::Respond(bytes) => responses.push(Chunk::Mem(bytes)),
+                    Outcome::RespondChunks(chunks) => responses.extend(chunks),
                     Outcome::Silent => {}
                     Outcome::Close(reason) => {
                         close = Some(reason);
@@ -44,7 +47,7 @@ pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>) {
             }
         }
         if !responses.is_empty() {
-            if let Err(e) = op::send_all(&fd, responses).await {
+            if let Err(e) = send_chunks(&fd, responses).await {
                 tracing::debug!(%peer, error = %e, "send failed; closing");
                 return;
             }

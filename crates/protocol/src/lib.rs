@@ -5,6 +5,7 @@
 //! - [`request`]: the request header (API key, version, correlation id, client id), routing
 //!   errors (unknown API, unsupported version) decided before the body is decoded.
 //! - [`response`]: a response frame (size, header, body) encoded with kafka-protocol types.
+//! - [`gather`]: responses whose record sections stay in files (holes filled by splice).
 //! - [`batch`]: RecordBatch v2 validation (magic, lengths, CRC32C, record count) and the
 //!   offset patch (baseOffset sits outside the CRC, so it is replaced without re-hashing).
 //!
@@ -12,6 +13,7 @@
 
 pub mod batch;
 pub mod frame;
+pub mod gather;
 pub mod request;
 pub mod response;
 

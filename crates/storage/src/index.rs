@@ -26,6 +26,16 @@ impl OffsetIndex {
         }
     }
 
+    /// The greatest indexed position `p` with `after < p <= at_most` (every indexed position
+    /// is a batch start, so a read may end there).
+    pub fn last_position_in(&self, after: u32, at_most: u32) -> Option<u32> {
+        let i = self.entries.partition_point(|&(_, p)| p <= at_most);
+        self.entries[..i]
+            .last()
+            .map(|&(_, p)| p)
+            .filter(|&p| p > after)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -70,6 +80,9 @@ mod tests {
             }
             let expected = all.iter().rev().find(|&&(eo, _)| eo <= target).map_or(0, |&(_, ep)| ep);
             prop_assert_eq!(idx.lookup(target), expected);
+            let (after, at_most) = (target, target.saturating_add(7000));
+            let expected_end = all.iter().rev().find(|&&(_, p)| p > after && p <= at_most).map(|&(_, p)| p);
+            prop_assert_eq!(idx.last_position_in(after, at_most), expected_end);
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::frame::{BatchFrame, HEADER_BYTES};
 use crate::index::OffsetIndex;
 use crate::segment::{parse_log_name, Segment};
 use bytes::{Bytes, BytesMut};
+use ringbroker_runtime::chunk::FileSlice;
 use ringbroker_runtime::notify::Notify;
 use ringbroker_runtime::op::{self, SharedFd};
 use std::cell::RefCell;
@@ -62,12 +63,31 @@ pub enum ReadError {
     Corrupt { segment: i64, position: u64 },
 }
 
+/// Whole batches as a range of a segment file, for zero-copy sends.
+#[derive(Debug, Clone)]
+pub struct SliceResult {
+    /// `None` when there is nothing to read at that offset yet.
+    pub slice: Option<FileSlice>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
 /// Whole batches read from the log, with the partition's offsets at read time.
 #[derive(Debug, Clone)]
 pub struct ReadResult {
     pub records: Bytes,
     pub high_watermark: i64,
     pub log_start_offset: i64,
+}
+
+struct Located {
+    log_fd: SharedFd,
+    seg_base: i64,
+    position: u64,
+    first_len: u64,
+    end: u64,
+    high_watermark: i64,
+    log_start_offset: i64,
 }
 
 struct PendingAppend {
@@ -356,9 +376,9 @@ impl PartitionLog {
         }
     }
 
-    /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes`
-    /// (always at least one batch when any is available, as Kafka does, KIP-74).
-    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, ReadError> {
+    /// Finds the batch holding `offset`: (segment file, segment base, batch position, batch
+    /// length, committed end of that segment), or an early answer when nothing is to be read.
+    async fn locate(&self, offset: i64) -> Result<Result<Located, ReadResult>, ReadError> {
         let (log_fd, seg_base, mut position, end, high_watermark, log_start_offset) = {
             let st = self.state.borrow();
             let (hw, start) = (st.high_watermark, st.log_start_offset);
@@ -370,11 +390,11 @@ impl PartitionLog {
                 });
             }
             if offset == hw {
-                return Ok(ReadResult {
+                return Ok(Err(ReadResult {
                     records: Bytes::new(),
                     high_watermark: hw,
                     log_start_offset: start,
-                });
+                }));
             }
             let i = st.segments.partition_point(|s| s.base_offset <= offset) - 1;
             let seg = &st.segments[i];
@@ -388,8 +408,8 @@ impl PartitionLog {
                 start,
             )
         };
-        // Find the batch holding `offset`: walk headers from the indexed position, reading
-        // windows large enough to cover an index interval in one go.
+        // Walk batch headers from the indexed position, reading windows large enough to cover
+        // an index interval in one go.
         let window = (self.config.index_interval_bytes as usize * 2).max(16 * 1024);
         let mut buf = BytesMut::new();
         let mut buf_pos = position;
@@ -414,21 +434,30 @@ impl PartitionLog {
                 position,
             })?;
             if frame.next_offset() > offset {
-                break;
+                return Ok(Ok(Located {
+                    log_fd,
+                    seg_base,
+                    position,
+                    first_len: frame.total_bytes as u64,
+                    end,
+                    high_watermark,
+                    log_start_offset,
+                }));
             }
             position += frame.total_bytes as u64;
         }
-        // Read from the batch start; keep whole batches within max_bytes (at least one).
-        let available = (end - position) as usize;
-        let first_len = {
-            let in_buf = (position - buf_pos) as usize;
-            BatchFrame::parse(&buf[in_buf..])
-                .map(|f| f.total_bytes)
-                .expect("parsed above")
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes`
+    /// (always at least one batch when any is available, as Kafka does, KIP-74).
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, ReadError> {
+        let at = match self.locate(offset).await? {
+            Ok(at) => at,
+            Err(empty) => return Ok(empty),
         };
-        let want = available.min(max_bytes.max(first_len));
+        let want = (at.end - at.position).min((max_bytes as u64).max(at.first_len)) as usize;
         let data =
-            op::read_exact_at(&log_fd, BytesMut::with_capacity(want), position, want).await?;
+            op::read_exact_at(&at.log_fd, BytesMut::with_capacity(want), at.position, want).await?;
         let mut keep = 0;
         while keep < data.len() {
             match BatchFrame::parse(&data[keep..]) {
@@ -438,16 +467,79 @@ impl PartitionLog {
         }
         if keep == 0 {
             return Err(ReadError::Corrupt {
-                segment: seg_base,
-                position,
+                segment: at.seg_base,
+                position: at.position,
             });
         }
         let mut data = data;
         data.truncate(keep);
         Ok(ReadResult {
             records: data.freeze(),
-            high_watermark,
-            log_start_offset,
+            high_watermark: at.high_watermark,
+            log_start_offset: at.log_start_offset,
+        })
+    }
+
+    /// Like `read`, but hands out the file range instead of its bytes, for splice. The range
+    /// ends on a batch boundary: the committed end of the segment, an indexed batch start, or
+    /// (for ranges shorter than an index interval) a boundary found by reading headers.
+    pub async fn read_slice(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<SliceResult, ReadError> {
+        let at = match self.locate(offset).await? {
+            Ok(at) => at,
+            Err(empty) => {
+                return Ok(SliceResult {
+                    slice: None,
+                    high_watermark: empty.high_watermark,
+                    log_start_offset: empty.log_start_offset,
+                })
+            }
+        };
+        let limit = at.position + (max_bytes as u64).max(at.first_len);
+        let indexed_end = || {
+            let st = self.state.borrow();
+            let seg = st.segments.iter().find(|s| s.base_offset == at.seg_base)?;
+            seg.index
+                .last_position_in((at.position + at.first_len - 1) as u32, limit as u32)
+        };
+        let end = if at.end <= limit {
+            at.end
+        } else if let Some(p) = indexed_end() {
+            p as u64
+        } else {
+            // Fewer bytes than an index interval: extend batch by batch, reading headers.
+            let mut end = at.position + at.first_len;
+            while end + HEADER_BYTES as u64 <= at.end {
+                let header = op::read_exact_at(
+                    &at.log_fd,
+                    BytesMut::with_capacity(HEADER_BYTES),
+                    end,
+                    HEADER_BYTES,
+                )
+                .await?;
+                let f = BatchFrame::parse(&header).ok_or(ReadError::Corrupt {
+                    segment: at.seg_base,
+                    position: end,
+                })?;
+                if end + f.total_bytes as u64 > limit {
+                    break;
+                }
+                end += f.total_bytes as u64;
+            }
+            end
+        };
+        debug_assert!(end > at.position && end <= at.end);
+        Ok(SliceResult {
+            slice: Some(FileSlice {
+                file: at.log_fd,
+                position: at.position,
+                len: (end - at.position) as u32,
+            }),
+            high_watermark: at.high_watermark,
+            log_start_offset: at.log_start_offset,
         })
     }
 
@@ -667,6 +759,67 @@ mod tests {
             let r = log.read(4, one.len() * 3 + 5).await.unwrap();
             assert_eq!(offsets_in(&r.records), vec![(3, 6), (6, 9), (9, 12)]);
             assert_eq!(&r.records[8..one.len()], &one[8..]);
+        })
+        .unwrap();
+    }
+
+    /// The bytes of a slice, read back with plain file I/O.
+    fn slice_bytes(r: &SliceResult) -> Vec<u8> {
+        let s = r.slice.as_ref().expect("a slice");
+        let mut buf = vec![0u8; s.len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &std::fs::File::from(s.file.try_clone().unwrap()),
+            &mut buf,
+            s.position,
+        )
+        .unwrap();
+        buf
+    }
+
+    #[test]
+    fn slices_end_on_batch_boundaries_and_match_copied_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        block_on(async move {
+            let log = PartitionLog::open(
+                &path,
+                LogConfig {
+                    segment_bytes: 1 << 20,
+                    index_interval_bytes: 1024,
+                },
+            )
+            .unwrap();
+            for i in 0..300 {
+                log.append_batch(batch(1 + i % 4, 40, 0), 1 + (i % 4) as u32)
+                    .await
+                    .unwrap();
+            }
+            let hw = log.high_watermark();
+            for (offset, max) in [
+                (0, 1),
+                (0, 500),
+                (7, 3000),
+                (100, 20_000),
+                (hw - 1, 1 << 20),
+                (0, 1 << 30),
+            ] {
+                let sliced = log.read_slice(offset, max).await.unwrap();
+                let copied = log.read(offset, max).await.unwrap();
+                let bytes = slice_bytes(&sliced);
+                let batches = offsets_in(&bytes);
+                assert!(batches[0].0 <= offset && offset < batches[0].1);
+                assert!(
+                    bytes.len() <= max.max(bytes.len().min(200)),
+                    "at most max_bytes, or one batch"
+                );
+                // The slice is a prefix of what a copied read returns (the copy is exact to max_bytes).
+                assert_eq!(&copied.records[..bytes.len()], &bytes[..]);
+            }
+            assert!(log.read_slice(hw, 100).await.unwrap().slice.is_none());
+            assert!(matches!(
+                log.read_slice(hw + 1, 100).await,
+                Err(ReadError::OutOfRange { .. })
+            ));
         })
         .unwrap();
     }

@@ -11,7 +11,10 @@ use crate::shard;
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use ringbroker_protocol::gather::{placeholder, Piece};
 use ringbroker_protocol::request::Request;
+use ringbroker_protocol::response::encode_response_gather;
+use ringbroker_runtime::chunk::{Chunk, FileSlice};
 use ringbroker_runtime::executor::spawn;
 use ringbroker_runtime::notify::Notify;
 use ringbroker_runtime::op;
@@ -34,7 +37,14 @@ struct Got {
     error: i16,
     high_watermark: i64,
     log_start_offset: i64,
-    records: Bytes,
+    /// The partition's batches, still in their segment file.
+    slice: Option<FileSlice>,
+}
+
+impl Got {
+    fn len(&self) -> usize {
+        self.slice.as_ref().map_or(0, |s| s.len as usize)
+    }
 }
 
 async fn read_partition(topic: &Option<Arc<TopicInfo>>, unknown_code: i16, w: &Wanted) -> Got {
@@ -42,17 +52,17 @@ async fn read_partition(topic: &Option<Arc<TopicInfo>>, unknown_code: i16, w: &W
         error: unknown_code,
         high_watermark: -1,
         log_start_offset: -1,
-        records: Bytes::new(),
+        slice: None,
     };
     let Some(topic) = topic else { return missing };
     let (offset, max_bytes) = (w.offset, w.max_bytes);
     let result = shard::on_partition(topic, w.partition, move |log| async move {
-        match log.read(offset, max_bytes).await {
+        match log.read_slice(offset, max_bytes).await {
             Ok(r) => Got {
                 error: errors::NONE,
                 high_watermark: r.high_watermark,
                 log_start_offset: r.log_start_offset,
-                records: r.records,
+                slice: r.slice,
             },
             Err(e) => {
                 let error = match e {
@@ -66,7 +76,7 @@ async fn read_partition(topic: &Option<Arc<TopicInfo>>, unknown_code: i16, w: &W
                     error,
                     high_watermark: log.high_watermark(),
                     log_start_offset: log.log_start_offset(),
-                    records: Bytes::new(),
+                    slice: None,
                 }
             }
         }
@@ -120,7 +130,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     };
     let results = loop {
         let results = read_all(&wanted, unknown_code).await;
-        let ready: usize = results.iter().flatten().map(|g| g.records.len()).sum();
+        let ready: usize = results.iter().flatten().map(Got::len).sum();
         let any_error = results.iter().flatten().any(|g| g.error != errors::NONE);
         let now = Instant::now();
         if ready >= min_bytes || any_error || now >= deadline {
@@ -128,8 +138,10 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         }
         wait_for_append(&wanted, &results, deadline - now).await;
     };
-    // Trim to the response limit, keeping at least the first non-empty partition.
+    // Trim to the response limit, keeping at least the first non-empty partition. Each
+    // partition's records are a placeholder of the slice's length, filled from the file below.
     let mut budget_used = 0usize;
+    let mut slices: Vec<FileSlice> = Vec::new();
     let topics = wanted
         .iter()
         .zip(results)
@@ -138,11 +150,21 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                 .iter()
                 .zip(got)
                 .map(|(w, g)| {
-                    let mut records = g.records;
-                    if budget_used > 0 && budget_used + records.len() > max_bytes {
-                        records = Bytes::new();
+                    let mut slice = g.slice;
+                    if budget_used > 0
+                        && budget_used + slice.as_ref().map_or(0, |s| s.len as usize) > max_bytes
+                    {
+                        slice = None;
                     }
-                    budget_used += records.len();
+                    let records = match slice {
+                        Some(s) => {
+                            budget_used += s.len as usize;
+                            let p = placeholder(s.len as usize);
+                            slices.push(s);
+                            p
+                        }
+                        None => Bytes::new(),
+                    };
                     let mut pd = PartitionData::default()
                         .with_partition_index(w.partition)
                         .with_error_code(g.error)
@@ -168,10 +190,28 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             }
         })
         .collect();
-    Ok(respond(
-        &req,
-        &FetchResponse::default().with_responses(topics),
-    ))
+    let response = FetchResponse::default().with_responses(topics);
+    let pieces = match encode_response_gather(req.api, v, req.header.correlation_id, &response) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(version = v, error = %e, "could not encode a Fetch response");
+            return Err(Outcome::Close("internal error encoding Fetch".into()));
+        }
+    };
+    let mut slices = slices.into_iter();
+    let chunks = pieces
+        .into_iter()
+        .map(|piece| match piece {
+            Piece::Mem(b) => Chunk::Mem(b),
+            Piece::Hole(len) => {
+                let s = slices.next().expect("one hole per file slice");
+                debug_assert_eq!(len, s.len as usize);
+                Chunk::File(s)
+            }
+        })
+        .collect();
+    debug_assert!(slices.next().is_none());
+    Ok(Outcome::RespondChunks(chunks))
 }
 
 type WantedTopics = Vec<(

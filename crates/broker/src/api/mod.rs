@@ -41,6 +41,8 @@ pub fn supported(api: ApiKey, version: i16) -> bool {
 pub enum Outcome {
     /// Send this response frame.
     Respond(Bytes),
+    /// Send this response frame, given as memory pieces and file ranges (zero-copy Fetch).
+    RespondChunks(Vec<ringbroker_runtime::chunk::Chunk>),
     /// No response (Produce with acks=0).
     Silent,
     /// Close the connection, logging why.
