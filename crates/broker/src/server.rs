@@ -246,7 +246,12 @@ async fn shard_main(listener: SharedFd, stop: Rc<Notify>) {
             tracing::error!(dir = %log.dir().display(), error = %e, "flush at shutdown failed");
         }
     }
-    tracing::debug!(shard = shard.id, "shard stopped");
+    tracing::info!(
+        shard = shard.id,
+        ring_ops = %ringbroker_runtime::driver::stats().summary(),
+        spliced_bytes_all_shards = ringbroker_runtime::splice::SPLICED_BYTES.load(std::sync::atomic::Ordering::Relaxed),
+        "shard stopped"
+    );
 }
 
 async fn accept_loop(listener: SharedFd) {

@@ -265,3 +265,53 @@ fn recent_librdkafka_batches_in_every_codec_are_stored_as_sent_and_read_by_all_c
         .collect();
     assert_eq!(got, expected);
 }
+
+/// Reads `spliced_bytes_all_shards=N` from the shutdown log (until /metrics exists).
+fn spliced_bytes_in(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.split("spliced_bytes_all_shards=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .max()
+        .expect("shutdown log line with spliced bytes")
+}
+
+#[test]
+fn a_large_fetch_goes_out_by_splice_and_arrives_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    kafka_python(&["create", &broker.addr, "big", "2"], "");
+    // ~24 MB of incompressible-ish values, uncompressed, from the recent librdkafka.
+    let input: String = (0..12_000)
+        .map(|i| {
+            format!(
+                "k{i}\t{}\n",
+                (0..2000)
+                    .map(|j| (b'a' + ((i * 7 + j * 13) % 26) as u8) as char)
+                    .collect::<String>()
+            )
+        })
+        .collect();
+    let produced_bytes = input.len() as u64;
+    assert_eq!(
+        confluent_kafka(&["produce", &broker.addr, "big", "none"], &input).trim(),
+        "acked\t12000"
+    );
+    let got = kcat_consume_all(&broker.addr, "big");
+    assert_eq!(got.len(), 12_000);
+    let values: BTreeSet<String> = got
+        .iter()
+        .map(|l| l.splitn(3, '\t').nth(2).unwrap().to_string())
+        .collect();
+    let expected: BTreeSet<String> = input.lines().map(str::to_string).collect();
+    assert!(
+        values == expected,
+        "consumed records differ from produced ones"
+    );
+    let status = broker.stop();
+    assert!(status.success());
+    let spliced = spliced_bytes_in(&broker.log());
+    assert!(
+        spliced >= produced_bytes,
+        "Fetch used splice: {spliced} bytes spliced for {produced_bytes} produced"
+    );
+}

@@ -320,6 +320,40 @@ impl Drop for Driver {
     }
 }
 
+/// The name of an io_uring opcode, for logs and metrics.
+pub fn opcode_name(code: usize) -> &'static str {
+    use io_uring::opcode::*;
+    match code as u8 {
+        c if c == Accept::CODE => "ACCEPT",
+        c if c == Recv::CODE => "RECV",
+        c if c == SendMsg::CODE => "SENDMSG",
+        c if c == Read::CODE => "READ",
+        c if c == Write::CODE => "WRITE",
+        c if c == Writev::CODE => "WRITEV",
+        c if c == Fsync::CODE => "FSYNC",
+        c if c == Timeout::CODE => "TIMEOUT",
+        c if c == AsyncCancel::CODE => "ASYNC_CANCEL",
+        c if c == Splice::CODE => "SPLICE",
+        c if c == MsgRingData::CODE => "MSG_RING",
+        _ => "OTHER",
+    }
+}
+
+impl RingStats {
+    /// `OPCODE=count` for every opcode submitted at least once.
+    pub fn summary(&self) -> String {
+        let mut parts: Vec<String> = self
+            .submitted_by_opcode
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(code, n)| format!("{}={n}", opcode_name(code)))
+            .collect();
+        parts.sort();
+        parts.join(",")
+    }
+}
+
 /// Runs `f` with the current thread's ring statistics.
 pub fn stats() -> RingStats {
     with(|d| d.stats())
