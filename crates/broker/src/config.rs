@@ -8,6 +8,50 @@ use std::path::PathBuf;
 /// Kafka's default `message.max.bytes`: the largest record batch a Produce may carry.
 pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 1_048_588;
 
+/// When appended data is fdatasync'd (`--flush`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Only for Produce with acks=-1, before answering it (group commit).
+    Acks,
+    /// Before answering every Produce (acks 1 and -1).
+    Always,
+    /// Every so often in the background; no Produce waits for it.
+    Interval(std::time::Duration),
+    /// Only at clean shutdown (the OS writes back when it likes).
+    Never,
+}
+
+impl std::str::FromStr for FlushPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<FlushPolicy, String> {
+        match s {
+            "acks" => Ok(FlushPolicy::Acks),
+            "always" => Ok(FlushPolicy::Always),
+            "never" => Ok(FlushPolicy::Never),
+            _ => match s.strip_prefix("interval=").map(str::parse::<u64>) {
+                Some(Ok(ms)) if ms > 0 => {
+                    Ok(FlushPolicy::Interval(std::time::Duration::from_millis(ms)))
+                }
+                _ => Err(format!(
+                    "--flush {s:?}: expected acks, always, interval=<ms> (ms > 0) or never"
+                )),
+            },
+        }
+    }
+}
+
+impl FlushPolicy {
+    /// Whether a Produce with these acks waits for an fdatasync before it is answered.
+    pub fn sync_before_ack(&self, acks: i16) -> bool {
+        match self {
+            FlushPolicy::Acks => acks == -1,
+            FlushPolicy::Always => acks != 0,
+            FlushPolicy::Interval(_) | FlushPolicy::Never => false,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
     pub listen: SocketAddr,
@@ -24,6 +68,7 @@ pub struct BrokerConfig {
     /// Wake other shards with MSG_RING (else eventfd writes).
     pub use_msg_ring: bool,
     pub log: LogConfig,
+    pub flush: FlushPolicy,
 }
 
 impl BrokerConfig {
@@ -41,6 +86,7 @@ impl BrokerConfig {
             ring: RingConfig::default(),
             use_msg_ring: true,
             log: LogConfig::default(),
+            flush: FlushPolicy::Acks,
         }
     }
 }

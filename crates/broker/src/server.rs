@@ -3,6 +3,7 @@
 //! mesh endpoint and partitions), and on shutdown flush every log and leave a clean marker.
 
 use crate::config::BrokerConfig;
+use crate::config::FlushPolicy;
 use crate::metadata::ClusterMeta;
 use crate::shard::{Shard, Shared};
 use ringbroker_runtime::executor::{spawn, Runtime};
@@ -10,6 +11,7 @@ use ringbroker_runtime::mesh::Mesh;
 use ringbroker_runtime::notify::Notify;
 use ringbroker_runtime::op::{self, SharedFd};
 use ringbroker_runtime::{affinity, KernelFeatures, RingConfig};
+use ringbroker_storage::Recovery;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::cell::RefCell;
 use std::fs::File;
@@ -144,6 +146,7 @@ impl Broker {
                 iowq_cpu: Some(cpu),
                 ..config.ring.clone()
             };
+            let clean = previous_shutdown_clean;
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
                 .spawn(move || {
@@ -153,7 +156,12 @@ impl Broker {
                         let rt = Runtime::with_features(&ring, &features)
                             .map_err(|e| format!("io_uring setup: {e}"))?;
                         endpoint.install();
-                        Shard::install(id, shared, &meta)
+                        let recovery = if clean {
+                            Recovery::TrustCleanShutdown
+                        } else {
+                            Recovery::Scan
+                        };
+                        Shard::install(id, shared, &meta, recovery)
                             .map_err(|e| format!("opening partitions: {e}"))?;
                         Ok(rt)
                     })();
@@ -238,11 +246,16 @@ impl Broker {
 async fn shard_main(listener: SharedFd, stop: Rc<Notify>) {
     let stopped = stop.notified();
     let acceptor = spawn(accept_loop(listener));
+    let shard = crate::shard::current();
+    let flusher = match shard.shared.config.flush {
+        FlushPolicy::Interval(every) => Some(spawn(flush_every(every))),
+        _ => None,
+    };
     stopped.await;
     drop(acceptor);
-    let shard = crate::shard::current();
+    drop(flusher);
     for log in shard.owned_logs() {
-        if let Err(e) = log.sync_to(log.high_watermark()).await {
+        if let Err(e) = log.close().await {
             tracing::error!(dir = %log.dir().display(), error = %e, "flush at shutdown failed");
         }
     }
@@ -252,6 +265,18 @@ async fn shard_main(listener: SharedFd, stop: Rc<Notify>) {
         spliced_bytes_all_shards = ringbroker_runtime::splice::SPLICED_BYTES.load(std::sync::atomic::Ordering::Relaxed),
         "shard stopped"
     );
+}
+
+/// `--flush interval=<ms>`: fdatasync every owned partition with new data, periodically.
+async fn flush_every(every: Duration) {
+    loop {
+        op::sleep(every).await;
+        for log in crate::shard::current().owned_logs() {
+            if let Err(e) = log.sync_to(log.high_watermark()).await {
+                tracing::error!(dir = %log.dir().display(), error = %e, "periodic flush failed");
+            }
+        }
+    }
 }
 
 async fn accept_loop(listener: SharedFd) {

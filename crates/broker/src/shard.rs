@@ -8,7 +8,7 @@ use crate::config::BrokerConfig;
 use crate::errors;
 use crate::metadata::{partition_dir, valid_topic_name, ClusterMeta, TopicInfo};
 use ringbroker_runtime::mesh;
-use ringbroker_storage::PartitionLog;
+use ringbroker_storage::{PartitionLog, Recovery};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -52,6 +52,7 @@ impl Shard {
         id: usize,
         shared: Arc<Shared>,
         meta: &ClusterMeta,
+        recovery: Recovery,
     ) -> std::io::Result<Rc<Shard>> {
         let shard = Rc::new(Shard {
             id,
@@ -62,7 +63,7 @@ impl Shard {
             table: (id == 0).then(|| RefCell::new(meta.clone())),
         });
         for topic in &meta.topics {
-            shard.apply_topic(topic.clone())?;
+            shard.apply_topic(topic.clone(), recovery)?;
         }
         CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
         Ok(shard)
@@ -96,11 +97,11 @@ impl Shard {
     }
 
     /// Adds a topic to this shard's view and opens the partitions it owns.
-    fn apply_topic(&self, topic: Arc<TopicInfo>) -> std::io::Result<()> {
+    fn apply_topic(&self, topic: Arc<TopicInfo>, recovery: Recovery) -> std::io::Result<()> {
         for (p, &owner) in topic.owners.iter().enumerate() {
             if owner == self.id {
                 let dir = partition_dir(&self.shared.config.data_dir, &topic.name, p as i32);
-                let log = PartitionLog::open(&dir, self.shared.config.log.clone())?;
+                let log = PartitionLog::open_with(&dir, self.shared.config.log.clone(), recovery)?;
                 self.logs
                     .borrow_mut()
                     .insert((topic.name.clone(), p as i32), Rc::new(log));
@@ -242,7 +243,7 @@ async fn coordinator_create(
             let ok = mesh::call(s, move || async move {
                 let shard = current();
                 for t in created {
-                    if let Err(e) = shard.apply_topic(t.clone()) {
+                    if let Err(e) = shard.apply_topic(t.clone(), Recovery::Scan) {
                         tracing::error!(topic = %t.name, error = %e, "could not open partition logs");
                         return false;
                     }

@@ -55,13 +55,19 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGBROKER_DEFAULT_PARTITIONS")]
     pub default_partitions: Option<i32>,
 
+    /// When data reaches the disk: `acks` (fdatasync before answering acks=-1 produces, shared
+    /// by concurrent requests), `always` (before answering any acks>0 produce), `interval=<ms>`
+    /// (in the background), `never` (only at shutdown). [default: acks]
+    #[arg(long, env = "RINGBROKER_FLUSH")]
+    pub flush: Option<String>,
+
     /// Turn off optional io_uring features (SINGLE_ISSUER/DEFER_TASKRUN/COOP_TASKRUN setup,
     /// MSG_RING wake-ups: eventfd instead) to run or test the fallback paths.
     #[arg(long, env = "RINGBROKER_URING_FALLBACK", num_args = 0..=1, default_missing_value = "true")]
     pub uring_fallback: Option<bool>,
 
     /// TOML file with the same keys (listen, data_dir, cores, advertise, auto_create_topics,
-    /// default_partitions, uring_fallback).
+    /// default_partitions, flush, uring_fallback).
     #[arg(long, env = "RINGBROKER_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -75,6 +81,7 @@ struct FileConfig {
     advertise: Option<String>,
     auto_create_topics: Option<bool>,
     default_partitions: Option<i32>,
+    flush: Option<String>,
     uring_fallback: Option<bool>,
 }
 
@@ -145,6 +152,9 @@ impl ServeArgs {
             .or(file.auto_create_topics)
             .unwrap_or(true);
         broker.default_partitions = default_partitions;
+        if let Some(flush) = self.flush.or(file.flush) {
+            broker.flush = flush.parse().map_err(anyhow::Error::msg)?;
+        }
         let uring_fallback = self.uring_fallback.or(file.uring_fallback).unwrap_or(false);
         if uring_fallback {
             broker.ring.use_taskrun_flags = false;
@@ -200,5 +210,23 @@ mod tests {
         .err()
         .unwrap();
         assert!(format!("{e:#}").contains("host:port"));
+        let e = ServeArgs {
+            flush: Some("sometimes".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .err()
+        .unwrap();
+        assert!(format!("{e:#}").contains("interval=<ms>"));
+        let s = ServeArgs {
+            flush: Some("interval=250".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            s.broker.flush,
+            ringbroker_broker::config::FlushPolicy::Interval(std::time::Duration::from_millis(250))
+        );
     }
 }

@@ -57,7 +57,8 @@ fn serve(args: config::ServeArgs) -> Result<()> {
         wakeups = if config.use_msg_ring && features.msg_ring { "MSG_RING" } else { "eventfd" },
         data_dir = %config.data_dir.display(),
         advertised = %format!("{}:{}", broker.shared.advertised_host, broker.shared.advertised_port),
-        previous_shutdown = if broker.previous_shutdown_clean { "clean" } else { "unclean or first start" },
+        flush = ?config.flush,
+        recovery = if broker.previous_shutdown_clean { "trusted clean shutdown" } else { "scanned every segment" },
         "listening on {}",
         broker.listen_addr
     );

@@ -17,4 +17,4 @@ pub mod index;
 pub mod log;
 pub mod segment;
 
-pub use log::{AppendError, LogConfig, PartitionLog, ReadError, ReadResult, SliceResult};
+pub use log::{AppendError, LogConfig, PartitionLog, ReadError, ReadResult, Recovery, SliceResult};

@@ -39,6 +39,15 @@ impl Default for LogConfig {
     }
 }
 
+/// How `open_with` treats existing segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Re-read every batch and check its CRC (after an unclean stop).
+    Scan,
+    /// Trust index files and segment lengths (after a clean shutdown).
+    TrustCleanShutdown,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
     #[error("the log is unavailable after an earlier I/O error: {0}")]
@@ -126,6 +135,18 @@ impl PartitionLog {
     /// offsets and indexes; a torn or corrupt tail is cut off (and logged).
     /// Start-up / control plane: uses plain blocking file I/O.
     pub fn open(dir: &Path, config: LogConfig) -> io::Result<PartitionLog> {
+        Self::open_with(dir, config, Recovery::Scan)
+    }
+
+    /// Opens the log; with `Recovery::TrustCleanShutdown` (the broker stopped cleanly, so
+    /// every file was flushed whole) segments are loaded from their index files and only the
+    /// bytes after the last index entry are walked, without CRC checks. Any inconsistency
+    /// found that way falls back to a full scan of that segment.
+    pub fn open_with(
+        dir: &Path,
+        config: LogConfig,
+        recovery: Recovery,
+    ) -> io::Result<PartitionLog> {
         std::fs::create_dir_all(dir)?;
         let mut bases: Vec<i64> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
@@ -143,7 +164,11 @@ impl PartitionLog {
                 tracing::warn!(dir = %dir.display(), base, expected = next_offset, "segment does not continue the previous one; later segments ignored");
                 break;
             }
-            recover_segment(&mut seg, &config)?;
+            let loaded =
+                recovery == Recovery::TrustCleanShutdown && load_clean_segment(&mut seg, &config)?;
+            if !loaded {
+                recover_segment(&mut seg, &config)?;
+            }
             next_offset = seg.next_offset;
             segments.push(seg);
         }
@@ -543,10 +568,89 @@ impl PartitionLog {
         })
     }
 
+    /// Flushes everything for a clean shutdown: the log data and every index file.
+    pub async fn close(&self) -> Result<(), AppendError> {
+        self.sync_to(self.high_watermark()).await?;
+        let index_files: Vec<SharedFd> = self
+            .state
+            .borrow()
+            .segments
+            .iter()
+            .map(|s| s.index_file.clone())
+            .collect();
+        for fd in index_files {
+            op::fdatasync(&fd).await?;
+        }
+        Ok(())
+    }
+
     /// Deletes the log's directory (control plane; plain blocking calls).
     pub fn remove_files(&self) -> io::Result<()> {
         std::fs::remove_dir_all(&self.dir)
     }
+}
+
+/// Loads a cleanly closed segment from its index file, walking only the batch headers after
+/// the last index entry. Returns false (nothing changed) if what it finds is inconsistent.
+fn load_clean_segment(seg: &mut Segment, config: &LogConfig) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let log = std::fs::File::from(seg.log.try_clone()?);
+    let index_file = std::fs::File::from(seg.index_file.try_clone()?);
+    let log_len = log.metadata()?.len();
+    let index_len = index_file.metadata()?.len();
+    if index_len % 8 != 0 || (index_len == 0 && log_len > 0) {
+        return Ok(false);
+    }
+    let mut raw = vec![0u8; index_len as usize];
+    index_file.read_exact_at(&mut raw, 0)?;
+    let mut index = OffsetIndex::default();
+    let mut last: Option<(u32, u32)> = None;
+    for entry in raw.chunks_exact(8) {
+        let rel = u32::from_be_bytes(entry[..4].try_into().expect("4 bytes"));
+        let pos = u32::from_be_bytes(entry[4..].try_into().expect("4 bytes"));
+        if last.is_some_and(|(o, p)| o >= rel || p >= pos) || pos as u64 >= log_len {
+            return Ok(false);
+        }
+        index.push(rel, pos);
+        last = Some((rel, pos));
+    }
+    let (mut next_offset, mut position) = match last {
+        Some((rel, pos)) => (seg.base_offset + rel as i64, pos as u64),
+        None => (seg.base_offset, 0),
+    };
+    let mut last_indexed = last.map(|(_, p)| p as u64);
+    let mut header = [0u8; HEADER_BYTES];
+    while position < log_len {
+        if log_len - position < HEADER_BYTES as u64 {
+            return Ok(false);
+        }
+        log.read_exact_at(&mut header, position)?;
+        let Some(frame) = BatchFrame::parse(&header) else {
+            return Ok(false);
+        };
+        if frame.base_offset != next_offset || position + frame.total_bytes as u64 > log_len {
+            return Ok(false);
+        }
+        // Appends after the last persisted entry may have earned entries of their own.
+        if last_indexed.is_none_or(|p| position >= p + config.index_interval_bytes) {
+            if last_indexed != Some(position) {
+                index.push((next_offset - seg.base_offset) as u32, position as u32);
+            }
+            last_indexed = Some(position);
+        }
+        position += frame.total_bytes as u64;
+        next_offset = frame.next_offset();
+    }
+    if index.len() * 8 != index_len as usize {
+        // Entries the walk added must be on disk too, so later appends continue the file.
+        index_file.write_all_at(&index.encode_all(), 0)?;
+    }
+    seg.index = index;
+    seg.last_indexed_position = last_indexed;
+    seg.reserved_bytes = position;
+    seg.committed_bytes = position;
+    seg.next_offset = next_offset;
+    Ok(true)
 }
 
 /// Scans a segment from the start: rebuilds its index and next offset, and truncates the
@@ -740,6 +844,52 @@ mod tests {
             let r = log.read(0, 1 << 20).await.unwrap();
             assert_eq!(offsets_in(&r.records).len(), 10);
             assert_eq!(log.append_batch(batch(1, 5, 0), 1).await.unwrap(), 20);
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_clean_close_reopens_without_a_scan_to_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        let cfg = LogConfig {
+            segment_bytes: 8192,
+            index_interval_bytes: 300,
+        };
+        let (p1, c1) = (path.clone(), cfg.clone());
+        let first = block_on(async move {
+            let log = PartitionLog::open(&p1, c1).unwrap();
+            for i in 0..200 {
+                log.append_batch(batch(1 + i % 3, 30, i as i64), 1 + (i % 3) as u32)
+                    .await
+                    .unwrap();
+            }
+            log.close().await.unwrap();
+            let all = log.read(0, 1 << 30).await.unwrap().records;
+            (log.high_watermark(), log.segment_count(), all)
+        })
+        .unwrap();
+        let (p2, c2) = (path.clone(), cfg.clone());
+        block_on(async move {
+            let log = PartitionLog::open_with(&p2, c2, Recovery::TrustCleanShutdown).unwrap();
+            assert_eq!(
+                (log.high_watermark(), log.segment_count()),
+                (first.0, first.1)
+            );
+            for offset in (0..first.0).step_by(7) {
+                let r = log.read(offset, 100).await.unwrap();
+                let (base, next) = offsets_in(&r.records)[0];
+                assert!(base <= offset && offset < next);
+            }
+            assert_eq!(log.append_batch(batch(1, 5, 0), 1).await.unwrap(), first.0);
+        })
+        .unwrap();
+        // A damaged index is noticed and the segment is scanned instead.
+        let idx = path.join("00000000000000000000.index");
+        std::fs::write(&idx, [0xFFu8; 16]).unwrap();
+        block_on(async move {
+            let log = PartitionLog::open_with(&path, cfg, Recovery::TrustCleanShutdown).unwrap();
+            assert_eq!(log.high_watermark(), first.0 + 1);
         })
         .unwrap();
     }

@@ -52,6 +52,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let shard = shard::current();
     let message_bytes_max = shard.shared.config.message_bytes_max;
     let acks = body.acks;
+    let sync = shard.shared.config.flush.sync_before_ack(acks);
     if !matches!(acks, -1..=1) {
         return Err(Outcome::Close(format!("invalid acks value {acks}")));
     }
@@ -106,7 +107,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                     Ok(spawn(async move {
                         shard::on_partition(&topic, index, move |log| async move {
                             let base = log.append_batch(records, count).await?;
-                            if acks == -1 {
+                            if sync {
                                 log.sync_to(base + count as i64).await?;
                             }
                             Ok::<_, AppendError>((base, log.log_start_offset()))
