@@ -3,6 +3,10 @@
 
   produce BOOTSTRAP TOPIC COMPRESSION   "key<TAB>value" lines on stdin, keyed, acks=all;
                                         prints "acked<TAB>N"
+  produce-until-killed BOOTSTRAP TOPIC PREFIX ACKED_FILE
+                                        produce "PREFIX-i" values (acks=all) until killed; every
+                                        acknowledged record is appended to ACKED_FILE as
+                                        "partition<TAB>offset<TAB>key<TAB>value", flushed at once
   consume BOOTSTRAP TOPIC PARTITIONS    "partition<TAB>offset<TAB>key<TAB>value" for every
                                         record from the start to the end offsets (assign, no group)
 """
@@ -44,6 +48,31 @@ def produce(bootstrap, topic, compression):
     print(f"acked\t{acked[0]}")
 
 
+def produce_until_killed(bootstrap, topic, prefix, acked_file):
+    p = Producer({
+        "bootstrap.servers": bootstrap,
+        "acks": "all",
+        "linger.ms": 1,
+        "enable.idempotence": False,
+        "retries": 0,
+    })
+    out = open(acked_file, "a", buffering=1)
+
+    def report(err, msg):
+        if err is None:
+            out.write(f"{msg.partition()}\t{msg.offset()}\t{msg.key().decode()}\t{msg.value().decode()}\n")
+            out.flush()
+
+    i = 0
+    while True:
+        try:
+            p.produce(topic, key=f"{prefix}-k{i}".encode(), value=f"{prefix}-value-{i}".encode(), on_delivery=report)
+            i += 1
+        except BufferError:
+            pass
+        p.poll(0.0005 if i % 50 else 0.01)
+
+
 def consume(bootstrap, topic, partitions):
     c = Consumer({
         "bootstrap.servers": bootstrap,
@@ -73,4 +102,4 @@ def consume(bootstrap, topic, partitions):
 
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    {"produce": produce, "consume": consume}[command](*args)
+    {"produce": produce, "produce-until-killed": produce_until_killed, "consume": consume}[command](*args)
