@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """kafka-python (a pure-Python Kafka client) driven from the end-to-end tests.
 
-  create BOOTSTRAP TOPIC PARTITIONS      CreateTopics through the admin client
+  create BOOTSTRAP TOPIC PARTITIONS [k=v,...]  CreateTopics through the admin client
+  produce-timed BOOTSTRAP TOPIC          "timestamp_ms<TAB>value" lines on stdin to partition 0
+  offsets BOOTSTRAP TOPIC PARTITION TS   print "earliest<TAB>latest<TAB>offset-for-TS"
+                                         (offset-for-TS is -1 when no record is that recent)
   topics BOOTSTRAP                       print "topic<TAB>partitions" for every topic
   produce BOOTSTRAP TOPIC COMPRESSION    read "key<TAB>value" lines on stdin, produce them
                                          keyed (acks=all), print how many were acknowledged
@@ -14,9 +17,10 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
 
-def create(bootstrap, topic, partitions):
+def create(bootstrap, topic, partitions, configs=""):
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
-    admin.create_topics([NewTopic(topic, num_partitions=int(partitions), replication_factor=1)])
+    topic_configs = dict(kv.split("=", 1) for kv in configs.split(",") if kv)
+    admin.create_topics([NewTopic(topic, num_partitions=int(partitions), replication_factor=1, topic_configs=topic_configs)])
     admin.close()
     print("created", topic)
 
@@ -47,6 +51,24 @@ def produce(bootstrap, topic, compression):
     print(f"acked\t{acked}")
 
 
+def produce_timed(bootstrap, topic):
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    for line in sys.stdin:
+        ts, value = line.rstrip("\n").split("\t", 1)
+        producer.send(topic, value=value.encode(), partition=0, timestamp_ms=int(ts)).get(timeout=30)
+    producer.close()
+
+
+def offsets(bootstrap, topic, partition, ts):
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    tp = TopicPartition(topic, int(partition))
+    earliest = consumer.beginning_offsets([tp])[tp]
+    latest = consumer.end_offsets([tp])[tp]
+    found = consumer.offsets_for_times({tp: int(ts)})[tp]
+    consumer.close()
+    print(f"{earliest}\t{latest}\t{found.offset if found else -1}")
+
+
 def consume(bootstrap, topic):
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
@@ -66,4 +88,12 @@ def consume(bootstrap, topic):
 
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    {"create": create, "topics": topics, "produce": produce, "consume": consume}[command](*args)
+    commands = {
+        "create": create,
+        "topics": topics,
+        "produce": produce,
+        "produce-timed": produce_timed,
+        "offsets": offsets,
+        "consume": consume,
+    }
+    commands[command](*args)

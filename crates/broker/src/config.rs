@@ -69,6 +69,8 @@ pub struct BrokerConfig {
     pub use_msg_ring: bool,
     pub log: LogConfig,
     pub flush: FlushPolicy,
+    /// How often each shard applies retention to the partitions it owns.
+    pub retention_check_interval: std::time::Duration,
 }
 
 impl BrokerConfig {
@@ -87,6 +89,47 @@ impl BrokerConfig {
             use_msg_ring: true,
             log: LogConfig::default(),
             flush: FlushPolicy::Acks,
+            retention_check_interval: std::time::Duration::from_secs(60),
         }
     }
+}
+
+/// Topic configs (CreateTopics) that change how a partition's log behaves.
+pub const TOPIC_LOG_CONFIGS: &[&str] = &[
+    "retention.ms",
+    "retention.bytes",
+    "segment.bytes",
+    "segment.ms",
+];
+
+/// The log settings of a topic: the broker's, overridden by the topic's configs. `-1` means
+/// unlimited for `retention.ms`/`retention.bytes`, as in Kafka.
+pub fn topic_log_config(
+    base: &LogConfig,
+    configs: &std::collections::BTreeMap<String, String>,
+) -> Result<LogConfig, String> {
+    let mut log = base.clone();
+    for (name, value) in configs {
+        let number = || {
+            value
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| format!("{name}={value:?} is not a number"))
+        };
+        let limit = |n: i64| if n < 0 { None } else { Some(n as u64) };
+        match name.as_str() {
+            "retention.ms" => log.retention_ms = limit(number()?),
+            "retention.bytes" => log.retention_bytes = limit(number()?),
+            "segment.bytes" => match number()? {
+                n if n >= 14 => log.segment_bytes = n as u64,
+                n => return Err(format!("segment.bytes={n} is too small")),
+            },
+            "segment.ms" => match number()? {
+                n if n >= 1 => log.segment_ms = Some(n as u64),
+                n => return Err(format!("segment.ms={n} must be at least 1")),
+            },
+            _ => {} // stored and ignored: other Kafka topic configs do not apply here yet
+        }
+    }
+    Ok(log)
 }

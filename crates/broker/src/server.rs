@@ -251,9 +251,13 @@ async fn shard_main(listener: SharedFd, stop: Rc<Notify>) {
         FlushPolicy::Interval(every) => Some(spawn(flush_every(every))),
         _ => None,
     };
+    let retention = spawn(retention_every(
+        shard.shared.config.retention_check_interval,
+    ));
     stopped.await;
     drop(acceptor);
     drop(flusher);
+    drop(retention);
     for log in shard.owned_logs() {
         if let Err(e) = log.close().await {
             tracing::error!(dir = %log.dir().display(), error = %e, "flush at shutdown failed");
@@ -274,6 +278,21 @@ async fn flush_every(every: Duration) {
         for log in crate::shard::current().owned_logs() {
             if let Err(e) = log.sync_to(log.high_watermark()).await {
                 tracing::error!(dir = %log.dir().display(), error = %e, "periodic flush failed");
+            }
+        }
+    }
+}
+
+/// Applies retention to every partition this shard owns, periodically.
+async fn retention_every(every: Duration) {
+    loop {
+        op::sleep(every).await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for log in crate::shard::current().owned_logs() {
+            if let Err(e) = log.enforce_retention(now_ms) {
+                tracing::error!(dir = %log.dir().display(), error = %e, "retention failed");
             }
         }
     }

@@ -101,7 +101,10 @@ impl Shard {
         for (p, &owner) in topic.owners.iter().enumerate() {
             if owner == self.id {
                 let dir = partition_dir(&self.shared.config.data_dir, &topic.name, p as i32);
-                let log = PartitionLog::open_with(&dir, self.shared.config.log.clone(), recovery)?;
+                let config =
+                    crate::config::topic_log_config(&self.shared.config.log, &topic.configs)
+                        .map_err(std::io::Error::other)?;
+                let log = PartitionLog::open_with(&dir, config, recovery)?;
                 self.logs
                     .borrow_mut()
                     .insert((topic.name.clone(), p as i32), Rc::new(log));
@@ -200,6 +203,10 @@ async fn coordinator_create(
                     errors::INVALID_PARTITIONS,
                     format!("{partitions} partitions requested"),
                 ))
+            } else if let Err(why) =
+                crate::config::topic_log_config(&shard.shared.config.log, &t.configs)
+            {
+                Err((errors::INVALID_CONFIG, why))
             } else if t.replication_factor != -1 && t.replication_factor != 1 {
                 Err((
                     errors::INVALID_REPLICATION_FACTOR,

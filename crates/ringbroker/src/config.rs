@@ -61,13 +61,36 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGBROKER_FLUSH")]
     pub flush: Option<String>,
 
+    /// Roll a partition's active segment at this size. [default: 1073741824 (1 GiB)]
+    #[arg(long, env = "RINGBROKER_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
+
+    /// Roll a partition's active segment at this age, in ms. [default: none]
+    #[arg(long, env = "RINGBROKER_SEGMENT_MS")]
+    pub segment_ms: Option<u64>,
+
+    /// Delete whole segments whose newest record is older than this, in ms; -1 keeps them
+    /// forever. [default: 604800000 (7 days)]
+    #[arg(long, env = "RINGBROKER_RETENTION_MS", allow_hyphen_values = true)]
+    pub retention_ms: Option<i64>,
+
+    /// Delete the oldest segments while a partition still holds this many bytes without them;
+    /// -1: no size limit. [default: -1]
+    #[arg(long, env = "RINGBROKER_RETENTION_BYTES", allow_hyphen_values = true)]
+    pub retention_bytes: Option<i64>,
+
+    /// How often retention runs, in ms. [default: 60000]
+    #[arg(long, env = "RINGBROKER_RETENTION_CHECK_MS")]
+    pub retention_check_ms: Option<u64>,
+
     /// Turn off optional io_uring features (SINGLE_ISSUER/DEFER_TASKRUN/COOP_TASKRUN setup,
     /// MSG_RING wake-ups: eventfd instead) to run or test the fallback paths.
     #[arg(long, env = "RINGBROKER_URING_FALLBACK", num_args = 0..=1, default_missing_value = "true")]
     pub uring_fallback: Option<bool>,
 
     /// TOML file with the same keys (listen, data_dir, cores, advertise, auto_create_topics,
-    /// default_partitions, flush, uring_fallback).
+    /// default_partitions, flush, segment_bytes, segment_ms, retention_ms, retention_bytes,
+    /// retention_check_ms, uring_fallback).
     #[arg(long, env = "RINGBROKER_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -82,6 +105,11 @@ struct FileConfig {
     auto_create_topics: Option<bool>,
     default_partitions: Option<i32>,
     flush: Option<String>,
+    segment_bytes: Option<u64>,
+    segment_ms: Option<u64>,
+    retention_ms: Option<i64>,
+    retention_bytes: Option<i64>,
+    retention_check_ms: Option<u64>,
     uring_fallback: Option<bool>,
 }
 
@@ -152,6 +180,24 @@ impl ServeArgs {
             .or(file.auto_create_topics)
             .unwrap_or(true);
         broker.default_partitions = default_partitions;
+        if let Some(b) = self.segment_bytes.or(file.segment_bytes) {
+            if b < 1024 {
+                bail!("--segment-bytes must be at least 1024");
+            }
+            broker.log.segment_bytes = b;
+        }
+        if let Some(ms) = self.segment_ms.or(file.segment_ms) {
+            broker.log.segment_ms = Some(ms.max(1));
+        }
+        if let Some(ms) = self.retention_ms.or(file.retention_ms) {
+            broker.log.retention_ms = u64::try_from(ms).ok();
+        }
+        if let Some(b) = self.retention_bytes.or(file.retention_bytes) {
+            broker.log.retention_bytes = u64::try_from(b).ok();
+        }
+        if let Some(ms) = self.retention_check_ms.or(file.retention_check_ms) {
+            broker.retention_check_interval = std::time::Duration::from_millis(ms.max(10));
+        }
         if let Some(flush) = self.flush.or(file.flush) {
             broker.flush = flush.parse().map_err(anyhow::Error::msg)?;
         }

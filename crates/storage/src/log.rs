@@ -11,7 +11,7 @@
 
 use crate::frame::{BatchFrame, HEADER_BYTES};
 use crate::index::OffsetIndex;
-use crate::segment::{parse_log_name, Segment};
+use crate::segment::{encode_time_entry, parse_log_name, Segment};
 use bytes::{Bytes, BytesMut};
 use ringbroker_runtime::chunk::FileSlice;
 use ringbroker_runtime::notify::Notify;
@@ -26,14 +26,26 @@ use std::rc::Rc;
 pub struct LogConfig {
     /// Roll to a new segment when the active one would exceed this.
     pub segment_bytes: u64,
+    /// Roll when the active segment is older than this (and holds data).
+    pub segment_ms: Option<u64>,
+    /// Delete whole segments whose newest record is older than this.
+    pub retention_ms: Option<u64>,
+    /// Delete the oldest segments while the rest still hold at least this many bytes.
+    pub retention_bytes: Option<u64>,
     /// Add an index entry once this many bytes were appended since the last one.
     pub index_interval_bytes: u64,
 }
+
+/// Kafka's default `retention.ms`: 7 days.
+pub const RETENTION_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             segment_bytes: 1 << 30,
+            segment_ms: None,
+            retention_ms: Some(RETENTION_MS_DEFAULT),
+            retention_bytes: None,
             index_interval_bytes: 4096,
         }
     }
@@ -240,7 +252,12 @@ impl PartitionLog {
             }
             let needs_roll = {
                 let active = st.segments.last().expect("active segment");
-                active.reserved_bytes > 0 && active.reserved_bytes + len > self.config.segment_bytes
+                let too_old = self
+                    .config
+                    .segment_ms
+                    .is_some_and(|ms| active.created.elapsed().as_millis() as u64 >= ms);
+                active.reserved_bytes > 0
+                    && (active.reserved_bytes + len > self.config.segment_bytes || too_old)
             };
             if needs_roll {
                 let base = st.next_offset;
@@ -259,22 +276,27 @@ impl PartitionLog {
             let position = active.reserved_bytes;
             active.reserved_bytes += len;
             active.next_offset = end_offset;
+            let max_timestamp = BatchFrame::parse(&batch).map_or(i64::MIN, |f| f.max_timestamp);
             let index_write = if active
                 .last_indexed_position
                 .is_none_or(|p| position >= p + interval)
             {
                 let rel = (base_offset - active.base_offset) as u32;
-                let entry_at = active.index.len() as u64 * 8;
+                let entry_at = active.index.len() as u64;
                 active.index.push(rel, position as u32);
+                active.time_index.push((active.max_timestamp, rel));
                 active.last_indexed_position = Some(position);
                 Some((
                     active.index_file.clone(),
+                    active.time_index_file.clone(),
                     entry_at,
                     OffsetIndex::encode_entry(rel, position as u32),
+                    encode_time_entry(active.max_timestamp, rel),
                 ))
             } else {
                 None
             };
+            active.max_timestamp = active.max_timestamp.max(max_timestamp);
             let segment_base = active.base_offset;
             let log_fd = active.log.clone();
             st.pending.push_back(PendingAppend {
@@ -290,8 +312,14 @@ impl PartitionLog {
         let head = Bytes::copy_from_slice(&base_offset.to_be_bytes());
         let written = op::writev_all_at(&log_fd, vec![head, batch.slice(8..)], position).await;
         let written = match (written, index_write) {
-            (Ok(()), Some((fd, at, entry))) => {
-                op::write_all_at(&fd, Bytes::copy_from_slice(&entry), at).await
+            (Ok(()), Some((index_fd, time_fd, n, entry, time_entry))) => {
+                match op::write_all_at(&index_fd, Bytes::copy_from_slice(&entry), n * 8).await {
+                    Ok(()) => {
+                        op::write_all_at(&time_fd, Bytes::copy_from_slice(&time_entry), n * 12)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
             }
             (result, _) => result,
         };
@@ -568,6 +596,117 @@ impl PartitionLog {
         })
     }
 
+    /// Deletes whole old segments (never the active one) that retention no longer keeps:
+    /// newest record older than `retention_ms` before `now_ms`, or beyond `retention_bytes`.
+    /// The log start offset moves to the first remaining segment. A file still being read
+    /// (an in-flight splice holds its fd) stays readable until that read ends.
+    /// Returns how many segments were deleted. Unlinks are plain syscalls (rare, small).
+    pub fn enforce_retention(&self, now_ms: i64) -> io::Result<usize> {
+        let removed: Vec<Segment> = {
+            let mut st = self.state.borrow_mut();
+            let mut total: u64 = st.segments.iter().map(|s| s.committed_bytes).sum();
+            let mut count = 0;
+            while count + 1 < st.segments.len() {
+                let seg = &st.segments[count];
+                let expired = self
+                    .config
+                    .retention_ms
+                    .is_some_and(|ms| seg.max_timestamp < now_ms - ms as i64);
+                let over = self
+                    .config
+                    .retention_bytes
+                    .is_some_and(|b| total - seg.committed_bytes >= b);
+                if !(expired || over) {
+                    break;
+                }
+                total -= seg.committed_bytes;
+                count += 1;
+            }
+            let removed: Vec<Segment> = st.segments.drain(..count).collect();
+            if count > 0 {
+                st.log_start_offset = st.segments[0].base_offset;
+            }
+            removed
+        };
+        for seg in &removed {
+            for ext in ["log", "index", "timeindex"] {
+                let path = self
+                    .dir
+                    .join(crate::segment::file_name(seg.base_offset, ext));
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not delete a retired segment file");
+                }
+            }
+        }
+        if !removed.is_empty() {
+            tracing::info!(dir = %self.dir.display(), segments = removed.len(), log_start_offset = self.log_start_offset(), "retention deleted old segments");
+        }
+        Ok(removed.len())
+    }
+
+    /// The first offset whose record timestamp is at or after `timestamp`, with that
+    /// record's timestamp; `None` when every record is older. Exact for uncompressed batches;
+    /// for compressed ones (never decompressed here) the answer is the batch's first offset and
+    /// its max timestamp.
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+    ) -> Result<Option<(i64, i64)>, ReadError> {
+        let (log_fd, seg_base, mut position, end) = {
+            let st = self.state.borrow();
+            let Some(seg) = st
+                .segments
+                .iter()
+                .find(|s| s.max_timestamp >= timestamp && s.committed_bytes > 0)
+            else {
+                return Ok(None);
+            };
+            let i = seg.time_index.partition_point(|&(t, _)| t < timestamp);
+            let position = if i == 0 {
+                0
+            } else {
+                seg.index.lookup(seg.time_index[i - 1].1) as u64
+            };
+            (
+                seg.log.clone(),
+                seg.base_offset,
+                position,
+                seg.committed_bytes,
+            )
+        };
+        while position + HEADER_BYTES as u64 <= end {
+            let header = op::read_exact_at(
+                &log_fd,
+                BytesMut::with_capacity(HEADER_BYTES),
+                position,
+                HEADER_BYTES,
+            )
+            .await?;
+            let f = BatchFrame::parse(&header).ok_or(ReadError::Corrupt {
+                segment: seg_base,
+                position,
+            })?;
+            if f.max_timestamp >= timestamp {
+                if f.compression() != 0 {
+                    return Ok(Some((f.base_offset, f.max_timestamp)));
+                }
+                let batch = op::read_exact_at(
+                    &log_fd,
+                    BytesMut::with_capacity(f.total_bytes),
+                    position,
+                    f.total_bytes,
+                )
+                .await?;
+                return Ok(Some(
+                    crate::frame::first_record_at_or_after(&batch, timestamp)
+                        .unwrap_or((f.base_offset, f.max_timestamp)),
+                ));
+            }
+            position += f.total_bytes as u64;
+        }
+        Ok(None)
+    }
+
     /// Flushes everything for a clean shutdown: the log data and every index file.
     pub async fn close(&self) -> Result<(), AppendError> {
         self.sync_to(self.high_watermark()).await?;
@@ -614,6 +753,25 @@ fn load_clean_segment(seg: &mut Segment, config: &LogConfig) -> io::Result<bool>
         index.push(rel, pos);
         last = Some((rel, pos));
     }
+    let time_file = std::fs::File::from(seg.time_index_file.try_clone()?);
+    if time_file.metadata()?.len() != index.len() as u64 * 12 {
+        return Ok(false);
+    }
+    let mut raw_time = vec![0u8; index.len() * 12];
+    time_file.read_exact_at(&mut raw_time, 0)?;
+    let mut time_index: Vec<(i64, u32)> = raw_time
+        .chunks_exact(12)
+        .map(|e| {
+            (
+                i64::from_be_bytes(e[..8].try_into().expect("8")),
+                u32::from_be_bytes(e[8..].try_into().expect("4")),
+            )
+        })
+        .collect();
+    if time_index.windows(2).any(|w| w[0].0 > w[1].0) {
+        return Ok(false);
+    }
+    let mut max_timestamp = time_index.last().map_or(i64::MIN, |&(t, _)| t);
     let (mut next_offset, mut position) = match last {
         Some((rel, pos)) => (seg.base_offset + rel as i64, pos as u64),
         None => (seg.base_offset, 0),
@@ -635,16 +793,25 @@ fn load_clean_segment(seg: &mut Segment, config: &LogConfig) -> io::Result<bool>
         if last_indexed.is_none_or(|p| position >= p + config.index_interval_bytes) {
             if last_indexed != Some(position) {
                 index.push((next_offset - seg.base_offset) as u32, position as u32);
+                time_index.push((max_timestamp, (next_offset - seg.base_offset) as u32));
             }
             last_indexed = Some(position);
         }
+        max_timestamp = max_timestamp.max(frame.max_timestamp);
         position += frame.total_bytes as u64;
         next_offset = frame.next_offset();
     }
     if index.len() * 8 != index_len as usize {
-        // Entries the walk added must be on disk too, so later appends continue the file.
+        // Entries the walk added must be on disk too, so later appends continue the files.
         index_file.write_all_at(&index.encode_all(), 0)?;
+        let encoded: Vec<u8> = time_index
+            .iter()
+            .flat_map(|&(t, o)| encode_time_entry(t, o))
+            .collect();
+        time_file.write_all_at(&encoded, 0)?;
     }
+    seg.time_index = time_index;
+    seg.max_timestamp = max_timestamp;
     seg.index = index;
     seg.last_indexed_position = last_indexed;
     seg.reserved_bytes = position;
@@ -666,6 +833,8 @@ fn recover_segment(seg: &mut Segment, config: &LogConfig) -> io::Result<()> {
     let mut last_indexed: Option<u64> = None;
     let mut batch = Vec::new();
     let mut header = [0u8; HEADER_BYTES];
+    let mut time_index: Vec<(i64, u32)> = Vec::new();
+    let mut max_timestamp = i64::MIN;
     let stop_reason = loop {
         if position == file_len {
             break None;
@@ -692,8 +861,10 @@ fn recover_segment(seg: &mut Segment, config: &LogConfig) -> io::Result<()> {
         }
         if last_indexed.is_none_or(|p| position >= p + config.index_interval_bytes) {
             index.push((next_offset - seg.base_offset) as u32, position as u32);
+            time_index.push((max_timestamp, (next_offset - seg.base_offset) as u32));
             last_indexed = Some(position);
         }
+        max_timestamp = max_timestamp.max(frame.max_timestamp);
         position += frame.total_bytes as u64;
         next_offset = frame.next_offset();
     };
@@ -713,6 +884,15 @@ fn recover_segment(seg: &mut Segment, config: &LogConfig) -> io::Result<()> {
     let index_file = std::fs::File::from(seg.index_file.try_clone()?);
     index_file.set_len(0)?;
     std::os::unix::fs::FileExt::write_all_at(&index_file, &index.encode_all(), 0)?;
+    let time_file = std::fs::File::from(seg.time_index_file.try_clone()?);
+    time_file.set_len(0)?;
+    let encoded: Vec<u8> = time_index
+        .iter()
+        .flat_map(|&(t, o)| encode_time_entry(t, o))
+        .collect();
+    std::os::unix::fs::FileExt::write_all_at(&time_file, &encoded, 0)?;
+    seg.time_index = time_index;
+    seg.max_timestamp = max_timestamp;
     seg.index = index;
     seg.last_indexed_position = last_indexed;
     seg.reserved_bytes = position;
@@ -772,6 +952,7 @@ mod tests {
         LogConfig {
             segment_bytes: 4096,
             index_interval_bytes: 256,
+            ..LogConfig::default()
         }
     }
 
@@ -855,6 +1036,7 @@ mod tests {
         let cfg = LogConfig {
             segment_bytes: 8192,
             index_interval_bytes: 300,
+            ..LogConfig::default()
         };
         let (p1, c1) = (path.clone(), cfg.clone());
         let first = block_on(async move {
@@ -890,6 +1072,117 @@ mod tests {
         block_on(async move {
             let log = PartitionLog::open_with(&path, cfg, Recovery::TrustCleanShutdown).unwrap();
             assert_eq!(log.high_watermark(), first.0 + 1);
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn timestamps_find_the_first_record_at_or_after_them_before_and_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        let cfg = LogConfig {
+            segment_bytes: 4096,
+            index_interval_bytes: 200,
+            ..LogConfig::default()
+        };
+        for round in 0..3 {
+            let (path, cfg) = (path.clone(), cfg.clone());
+            block_on(async move {
+                let recovery = if round == 2 {
+                    Recovery::TrustCleanShutdown
+                } else {
+                    Recovery::Scan
+                };
+                let log = PartitionLog::open_with(&path, cfg, recovery).unwrap();
+                if round == 0 {
+                    // Batch i holds 2 records at timestamp 1000 + 10 i (offsets 2i, 2i+1).
+                    for i in 0..200 {
+                        log.append_batch(batch(2, 20, 1000 + 10 * i), 2)
+                            .await
+                            .unwrap();
+                    }
+                    log.close().await.unwrap();
+                }
+                assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some((0, 1000)));
+                assert_eq!(
+                    log.offset_for_timestamp(1000).await.unwrap(),
+                    Some((0, 1000))
+                );
+                assert_eq!(
+                    log.offset_for_timestamp(1001).await.unwrap(),
+                    Some((2, 1010))
+                );
+                assert_eq!(
+                    log.offset_for_timestamp(1995).await.unwrap(),
+                    Some((200, 2000))
+                );
+                assert_eq!(
+                    log.offset_for_timestamp(2990).await.unwrap(),
+                    Some((398, 2990))
+                );
+                assert_eq!(log.offset_for_timestamp(2991).await.unwrap(), None);
+            })
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn retention_deletes_whole_old_segments_and_moves_the_log_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        block_on(async move {
+            let cfg = LogConfig {
+                segment_bytes: 2048,
+                retention_ms: Some(1000),
+                retention_bytes: Some(5000),
+                ..LogConfig::default()
+            };
+            let log = PartitionLog::open(&path, cfg).unwrap();
+            for i in 0..100 {
+                log.append_batch(batch(1, 40, 10_000 + i), 1).await.unwrap();
+            }
+            let segments = log.segment_count();
+            assert!(segments > 5);
+            // By bytes: at least 5000 bytes stay.
+            assert!(log.enforce_retention(0).unwrap() > 0);
+            assert!(log.size_bytes() >= 5000 && log.size_bytes() < 5000 + 2048);
+            let start = log.log_start_offset();
+            assert!(start > 0);
+            assert!(matches!(
+                log.read(start - 1, 100).await,
+                Err(ReadError::OutOfRange { .. })
+            ));
+            assert!(log.read(start, 100).await.is_ok());
+            assert!(!path.join("00000000000000000000.log").exists());
+            // By time: everything but the active segment is older than now - 1 s.
+            log.enforce_retention(1_000_000).unwrap();
+            assert_eq!(log.segment_count(), 1);
+            assert_eq!(log.high_watermark(), 100);
+            assert_eq!(log.append_batch(batch(1, 5, 0), 1).await.unwrap(), 100);
+        })
+        .unwrap();
+        // The log start survives a reopen (it is the first segment's base offset).
+        let log = PartitionLog::open(&dir.path().join("t-0"), LogConfig::default()).unwrap();
+        assert!(log.log_start_offset() > 0);
+    }
+
+    #[test]
+    fn segments_roll_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        block_on(async move {
+            let log = PartitionLog::open(
+                &path,
+                LogConfig {
+                    segment_ms: Some(20),
+                    ..LogConfig::default()
+                },
+            )
+            .unwrap();
+            log.append_batch(batch(1, 5, 0), 1).await.unwrap();
+            ringbroker_runtime::op::sleep(std::time::Duration::from_millis(30)).await;
+            log.append_batch(batch(1, 5, 0), 1).await.unwrap();
+            assert_eq!(log.segment_count(), 2);
         })
         .unwrap();
     }
@@ -936,6 +1229,7 @@ mod tests {
                 LogConfig {
                     segment_bytes: 1 << 20,
                     index_interval_bytes: 1024,
+                    ..LogConfig::default()
                 },
             )
             .unwrap();
@@ -982,7 +1276,7 @@ mod tests {
         fn every_offset_reads_back_across_rolls_and_reopen(counts in proptest::collection::vec(1usize..6, 1..60), seg_kib in 1u64..8) {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("p-0");
-            let cfg = LogConfig { segment_bytes: seg_kib * 1024, index_interval_bytes: 200 };
+            let cfg = LogConfig { segment_bytes: seg_kib * 1024, index_interval_bytes: 200, ..LogConfig::default() };
             let total: i64 = counts.iter().map(|&c| c as i64).sum();
             for round in 0..2 {
                 let path = path.clone();

@@ -7,6 +7,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The on-disk form of a time index entry: timestamp i64, relative offset u32.
+pub fn encode_time_entry(timestamp: i64, relative_offset: u32) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..8].copy_from_slice(&timestamp.to_be_bytes());
+    b[8..].copy_from_slice(&relative_offset.to_be_bytes());
+    b
+}
+
 pub fn file_name(base_offset: i64, extension: &str) -> String {
     format!("{base_offset:020}.{extension}")
 }
@@ -26,6 +34,14 @@ pub struct Segment {
     pub log: SharedFd,
     pub index_file: SharedFd,
     pub index: OffsetIndex,
+    pub time_index_file: SharedFd,
+    /// `(largest timestamp of all batches before this one, relative offset)`, one per offset
+    /// index entry: a timestamp lookup starts at the last entry below its target.
+    pub time_index: Vec<(i64, u32)>,
+    /// Largest batch max-timestamp in the segment (`i64::MIN` when empty).
+    pub max_timestamp: i64,
+    /// Wall-clock creation (or opening) time, for `segment_ms` rolls.
+    pub created: std::time::Instant,
     /// Bytes handed out to appends (some may still be in flight).
     pub reserved_bytes: u64,
     /// Bytes written and visible to readers (below the high watermark).
@@ -54,7 +70,17 @@ impl Segment {
             .create(true)
             .truncate(false)
             .open(index_path)?;
+        let time_index_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(file_name(base_offset, "timeindex")))?;
         Ok(Segment {
+            time_index_file: Arc::new(time_index_file.into()),
+            time_index: Vec::new(),
+            max_timestamp: i64::MIN,
+            created: std::time::Instant::now(),
             base_offset,
             log_path,
             log: Arc::new(log.into()),

@@ -1,6 +1,6 @@
-//! ListOffsets: the earliest (-2) and latest (-1) offsets of partitions. Lookups by
-//! timestamp need the time index, which comes with the log engine; until then they are
-//! answered with INVALID_REQUEST and said so in the log.
+//! ListOffsets: the earliest (-2) and latest (-1) offsets of partitions, and the first offset
+//! at or after a timestamp (through each segment's time index; exact for uncompressed batches,
+//! the batch's first offset for compressed ones).
 
 use super::{decode_body, respond, Outcome};
 use crate::errors;
@@ -23,35 +23,35 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
             let index = p.partition_index;
-            let (error, offset) = match &topic {
-                None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1),
-                Some(_) if p.timestamp != LATEST && p.timestamp != EARLIEST => {
-                    tracing::info!(
-                        timestamp = p.timestamp,
-                        "ListOffsets by timestamp is not implemented yet"
-                    );
-                    (errors::INVALID_REQUEST, -1)
-                }
+            let (error, offset, timestamp) = match &topic {
+                None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1, -1),
+                Some(_) if p.timestamp < EARLIEST => (errors::INVALID_REQUEST, -1, -1),
                 Some(topic) => {
                     let which = p.timestamp;
-                    let offsets = shard::on_partition(topic, index, move |log| async move {
-                        if which == LATEST {
-                            log.high_watermark()
-                        } else {
-                            log.log_start_offset()
+                    let found = shard::on_partition(topic, index, move |log| async move {
+                        match which {
+                            LATEST => Ok(Some((log.high_watermark(), -1))),
+                            EARLIEST => Ok(Some((log.log_start_offset(), -1))),
+                            ts => log.offset_for_timestamp(ts).await,
                         }
                     })
                     .await;
-                    match offsets {
-                        Some(o) => (errors::NONE, o),
-                        None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1),
+                    match found {
+                        None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1, -1),
+                        Some(Ok(Some((offset, ts)))) => (errors::NONE, offset, ts),
+                        // No record that recent: Kafka answers offset -1.
+                        Some(Ok(None)) => (errors::NONE, -1, -1),
+                        Some(Err(e)) => {
+                            tracing::error!(error = %e, "timestamp lookup failed");
+                            (errors::KAFKA_STORAGE_ERROR, -1, -1)
+                        }
                     }
                 }
             };
             let mut r = ListOffsetsPartitionResponse::default()
                 .with_partition_index(index)
                 .with_error_code(error)
-                .with_timestamp(-1)
+                .with_timestamp(timestamp)
                 .with_offset(offset);
             if req.version >= 4 && error == errors::NONE {
                 r = r.with_leader_epoch(0);
