@@ -1,0 +1,1 @@
+//! criterion benchmarks live in benches/hot_paths.rs
