@@ -259,3 +259,167 @@ fn retention_deletes_old_segments_and_the_earliest_offset_moves() {
     );
     assert!(out.to_lowercase().contains("out of range"), "{out}");
 }
+
+#[test]
+fn a_long_poll_fetch_returns_as_soon_as_a_record_arrives() {
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    kafka_python(&["create", &broker.addr, "poll", "2"], "");
+    let addr = broker.addr.clone();
+    let fetcher = std::thread::spawn(move || {
+        let mut c = Client::connect(&addr);
+        let name = TopicName(StrBytes::from_static_str("poll"));
+        let parts = (0..2)
+            .map(|p| {
+                fetch_request::FetchPartition::default()
+                    .with_partition(p)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)
+            })
+            .collect();
+        let topic = fetch_request::FetchTopic::default()
+            .with_topic(name)
+            .with_partitions(parts);
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(5000)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![topic]);
+        let start = std::time::Instant::now();
+        let r: FetchResponse = c.call(ApiKey::Fetch, 12, &req);
+        let bytes: usize = r.responses[0]
+            .partitions
+            .iter()
+            .map(|p| p.records.as_ref().map_or(0, |b| b.len()))
+            .sum();
+        (start.elapsed(), bytes)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    run(
+        "timeout",
+        &[
+            "20",
+            "kcat",
+            "-b",
+            &broker.addr,
+            "-t",
+            "poll",
+            "-P",
+            "-p",
+            "1",
+        ],
+        "wake up\n",
+    );
+    let (elapsed, bytes) = fetcher.join().unwrap();
+    assert!(bytes > 0, "the fetch returned the new record");
+    assert!(
+        elapsed < Duration::from_millis(2500),
+        "returned {elapsed:?} after it was sent, well before max_wait 5 s"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "it waited for the record ({elapsed:?})"
+    );
+}
+
+/// Mounts a small tmpfs (needs root); `None` with the reason printed where that is impossible.
+fn small_filesystem(dir: &std::path::Path, size: &str) -> Option<()> {
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(()),
+        Ok(o) => {
+            eprintln!(
+                "SKIPPED: cannot mount a small tmpfs here: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: cannot run mount: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_answers_kafka_storage_error_and_keeps_what_was_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    if small_filesystem(dir.path(), "3m").is_none() {
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path().to_path_buf());
+    let data = dir.path().join("data");
+    let broker = Broker::start(&data, &["--cores", "0"]);
+    kafka_python(&["create", &broker.addr, "full", "1"], "");
+    let first: String = (0..100).map(|i| format!("k{i}\tfirst-{i}\n")).collect();
+    run(
+        "timeout",
+        &[
+            "30",
+            "kcat",
+            "-b",
+            &broker.addr,
+            "-t",
+            "full",
+            "-P",
+            "-K",
+            "\t",
+        ],
+        &first,
+    );
+    let stored = kcat_consume_all(&broker.addr, "full");
+    assert_eq!(stored.len(), 100);
+    // ~6 MB more than the filesystem holds.
+    let flood: String = (0..1500)
+        .map(|i| format!("f{i}\t{}\n", "z".repeat(4000)))
+        .collect();
+    let flood_args = [
+        "60",
+        "kcat",
+        "-b",
+        &broker.addr,
+        "-t",
+        "full",
+        "-P",
+        "-K",
+        "\t",
+        "-X",
+        "message.send.max.retries=0",
+    ];
+    let (ok, stdout, stderr) = run_status("timeout", &flood_args, &flood);
+    let out = format!("{stdout}{stderr}");
+    assert!(
+        !ok || out.contains("Disk error"),
+        "the flood cannot all fit: {out}"
+    );
+    assert!(
+        out.contains("Disk error when trying to access log file on disk"),
+        "KAFKA_STORAGE_ERROR reached the client: {out}"
+    );
+    assert!(
+        broker.log().contains("append failed"),
+        "the broker logged the failure"
+    );
+    // Everything stored before the disk filled is intact and readable; the broker still serves.
+    let after = kcat_consume_all(&broker.addr, "full");
+    let after: BTreeSet<String> = after.into_iter().collect();
+    let missing = stored.iter().filter(|l| !after.contains(*l)).count();
+    assert_eq!(
+        missing, 0,
+        "every record stored before the disk filled is still there, unchanged"
+    );
+    let (listed, listing) = run_unchecked("kcat", &["-b", &broker.addr, "-L"]);
+    assert!(listed, "{listing}");
+}

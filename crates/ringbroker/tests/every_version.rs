@@ -4,73 +4,11 @@
 
 mod common;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use common::Broker;
+use bytes::Bytes;
+use common::{Broker, Client};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use ringbroker_broker::api::SUPPORTED;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
-struct Client {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
-impl Client {
-    fn connect(addr: &str) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(std::time::Duration::from_secs(15)))
-            .unwrap();
-        Client {
-            stream,
-            correlation_id: 0,
-        }
-    }
-
-    fn call<Req: Encodable, Resp: Decodable>(
-        &mut self,
-        api: ApiKey,
-        version: i16,
-        request: &Req,
-    ) -> Resp {
-        self.correlation_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("every-version")));
-        let mut body = BytesMut::new();
-        header
-            .encode(&mut body, api.request_header_version(version))
-            .unwrap();
-        request
-            .encode(&mut body, version)
-            .unwrap_or_else(|e| panic!("encode {api:?} v{version}: {e}"));
-        let mut frame = BytesMut::new();
-        frame.put_i32(body.len() as i32);
-        frame.extend_from_slice(&body);
-        self.stream.write_all(&frame).unwrap();
-        let mut size = [0u8; 4];
-        self.stream
-            .read_exact(&mut size)
-            .unwrap_or_else(|e| panic!("{api:?} v{version}: no response ({e})"));
-        let mut buf = vec![0u8; i32::from_be_bytes(size) as usize];
-        self.stream.read_exact(&mut buf).unwrap();
-        let mut buf = Bytes::from(buf);
-        let rh = ResponseHeader::decode(&mut buf, api.response_header_version(version)).unwrap();
-        assert_eq!(rh.correlation_id, self.correlation_id);
-        let resp = Resp::decode(&mut buf, version)
-            .unwrap_or_else(|e| panic!("decode {api:?} v{version}: {e}"));
-        assert!(
-            !buf.has_remaining(),
-            "{api:?} v{version}: {} bytes left over",
-            buf.remaining()
-        );
-        resp
-    }
-}
 
 fn range(api: ApiKey) -> std::ops::RangeInclusive<i16> {
     let &(_, min, max) = SUPPORTED.iter().find(|(a, _, _)| *a == api).unwrap();

@@ -1269,6 +1269,39 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// After retention by size: the kept segments hold at least `retention_bytes` (unless
+        /// only the active one is left), the log start is the first kept segment's base, and
+        /// every offset from it to the high watermark still reads back.
+        #[test]
+        fn retention_keeps_a_readable_suffix(counts in proptest::collection::vec(1usize..5, 1..80), seg in 512u64..4096, keep in 0u64..10_000) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("r-0");
+            block_on(async move {
+                let cfg = LogConfig { segment_bytes: seg, retention_bytes: Some(keep), retention_ms: None, index_interval_bytes: 100, ..LogConfig::default() };
+                let log = PartitionLog::open(&path, cfg).unwrap();
+                let before_bytes: u64 = {
+                    for &c in &counts {
+                        log.append_batch(batch(c, 9, 0), c as u32).await.unwrap();
+                    }
+                    log.size_bytes()
+                };
+                log.enforce_retention(0).unwrap();
+                let (start, hw) = (log.log_start_offset(), log.high_watermark());
+                assert!(log.size_bytes() >= keep.min(before_bytes) || log.segment_count() == 1);
+                for offset in start..hw {
+                    let r = log.read(offset, 50).await.unwrap();
+                    let (base, next) = offsets_in(&r.records)[0];
+                    assert!(base <= offset && offset < next);
+                }
+                if start > 0 {
+                    assert!(matches!(log.read(start - 1, 10).await, Err(ReadError::OutOfRange { .. })));
+                }
+            }).unwrap();
+        }
+    }
+
+    proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
         /// Whatever the batch sizes and segment size, every offset below the high watermark
         /// reads back, before and after reopening.

@@ -2,7 +2,10 @@
 //! port with a temporary data dir, run real Kafka clients (kcat, kafka-python) against it.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -107,8 +110,9 @@ impl Drop for Broker {
     }
 }
 
-/// Runs a client command with `input` on stdin; panics with its output unless it succeeds.
-pub fn run(program: &str, args: &[&str], input: &str) -> String {
+/// Runs a command with `input` on stdin (fed from a thread, so a child that stops reading
+/// cannot block us); returns (success, stdout, stderr).
+pub fn run_status(program: &str, args: &[&str], input: &str) -> (bool, String, String) {
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
@@ -123,14 +127,21 @@ pub fn run(program: &str, args: &[&str], input: &str) -> String {
     });
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
-    assert!(
+    (
         out.status.success(),
-        "{program} {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a client command with `input` on stdin; panics with its output unless it succeeds.
+pub fn run(program: &str, args: &[&str], input: &str) -> String {
+    let (ok, stdout, stderr) = run_status(program, args, input);
+    assert!(
+        ok,
+        "{program} {args:?} failed:\nstdout: {stdout}\nstderr: {stderr}"
     );
-    String::from_utf8(out.stdout).unwrap()
+    stdout
 }
 
 /// Like `run` but returns (success, stdout + stderr) instead of asserting.
@@ -199,4 +210,69 @@ pub fn sorted_lines(text: &str) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// A raw Kafka protocol client: requests encoded and responses decoded with kafka-protocol.
+pub struct Client {
+    stream: TcpStream,
+    correlation_id: i32,
+}
+
+impl Client {
+    pub fn connect(addr: &str) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(15)))
+            .unwrap();
+        Client {
+            stream,
+            correlation_id: 0,
+        }
+    }
+
+    pub fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        api: kafka_protocol::messages::ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> Resp {
+        self.correlation_id += 1;
+        let header = kafka_protocol::messages::RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("every-version")));
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, api.request_header_version(version))
+            .unwrap();
+        request
+            .encode(&mut body, version)
+            .unwrap_or_else(|e| panic!("encode {api:?} v{version}: {e}"));
+        let mut frame = BytesMut::new();
+        frame.put_i32(body.len() as i32);
+        frame.extend_from_slice(&body);
+        self.stream.write_all(&frame).unwrap();
+        let mut size = [0u8; 4];
+        self.stream
+            .read_exact(&mut size)
+            .unwrap_or_else(|e| panic!("{api:?} v{version}: no response ({e})"));
+        let mut buf = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.stream.read_exact(&mut buf).unwrap();
+        let mut buf = Bytes::from(buf);
+        let rh = kafka_protocol::messages::ResponseHeader::decode(
+            &mut buf,
+            api.response_header_version(version),
+        )
+        .unwrap();
+        assert_eq!(rh.correlation_id, self.correlation_id);
+        let resp = Resp::decode(&mut buf, version)
+            .unwrap_or_else(|e| panic!("decode {api:?} v{version}: {e}"));
+        assert!(
+            !buf.has_remaining(),
+            "{api:?} v{version}: {} bytes left over",
+            buf.remaining()
+        );
+        resp
+    }
 }
