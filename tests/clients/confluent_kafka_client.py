@@ -7,6 +7,9 @@
                                         produce "PREFIX-i" values (acks=all) until killed; every
                                         acknowledged record is appended to ACKED_FILE as
                                         "partition<TAB>offset<TAB>key<TAB>value", flushed at once
+  group-consume BOOTSTRAP TOPIC GROUP COUNT
+                                        subscribe() in GROUP until COUNT records arrived, commit,
+                                        print "partition<TAB>offset<TAB>value" per record
   consume BOOTSTRAP TOPIC PARTITIONS    "partition<TAB>offset<TAB>key<TAB>value" for every
                                         record from the start to the end offsets (assign, no group)
 """
@@ -73,6 +76,27 @@ def produce_until_killed(bootstrap, topic, prefix, acked_file):
         p.poll(0.0005 if i % 50 else 0.01)
 
 
+def group_consume(bootstrap, topic, group, count):
+    import time
+    c = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+    })
+    c.subscribe([topic])
+    out = []
+    deadline = time.time() + 60
+    while len(out) < int(count) and time.time() < deadline:
+        m = c.poll(1.0)
+        if m is None or m.error():
+            continue
+        out.append(f"{m.partition()}\t{m.offset()}\t{m.value().decode()}")
+    c.commit(asynchronous=False)
+    c.close()
+    sys.stdout.write("".join(line + "\n" for line in out))
+
+
 def consume(bootstrap, topic, partitions):
     c = Consumer({
         "bootstrap.servers": bootstrap,
@@ -102,4 +126,10 @@ def consume(bootstrap, topic, partitions):
 
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    {"produce": produce, "produce-until-killed": produce_until_killed, "consume": consume}[command](*args)
+    commands = {
+        "produce": produce,
+        "produce-until-killed": produce_until_killed,
+        "group-consume": group_consume,
+        "consume": consume,
+    }
+    commands[command](*args)

@@ -8,6 +8,10 @@
   topics BOOTSTRAP                       print "topic<TAB>partitions" for every topic
   produce BOOTSTRAP TOPIC COMPRESSION    read "key<TAB>value" lines on stdin, produce them
                                          keyed (acks=all), print how many were acknowledged
+  group-member BOOTSTRAP TOPIC GROUP OUT SECONDS [SESSION_MS]
+                                         subscribe() in GROUP for SECONDS, committing after each
+                                         poll; appends "assigned<TAB>p,p" on each assignment and
+                                         "record<TAB>p<TAB>offset<TAB>value" per record to OUT
   consume BOOTSTRAP TOPIC                print "partition<TAB>offset<TAB>key<TAB>value" for
                                          every record from the beginning to the end offsets
 """
@@ -69,6 +73,39 @@ def offsets(bootstrap, topic, partition, ts):
     print(f"{earliest}\t{latest}\t{found.offset if found else -1}")
 
 
+def group_member(bootstrap, topic, group, out_path, seconds, session_ms="10000"):
+    import time
+    from kafka import ConsumerRebalanceListener
+
+    out = open(out_path, "a", buffering=1)
+
+    class Listener(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked):
+            pass
+
+        def on_partitions_assigned(self, assigned):
+            out.write("assigned\t" + ",".join(str(tp.partition) for tp in sorted(assigned)) + "\n")
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=int(session_ms),
+        heartbeat_interval_ms=max(100, int(session_ms) // 5),
+    )
+    consumer.subscribe([topic], listener=Listener())
+    deadline = time.time() + float(seconds)
+    while time.time() < deadline:
+        batch = consumer.poll(timeout_ms=200)
+        for tp, records in batch.items():
+            for r in records:
+                out.write(f"record\t{tp.partition}\t{r.offset}\t{r.value.decode()}\n")
+        if batch:
+            consumer.commit()
+    consumer.close()
+
+
 def consume(bootstrap, topic):
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
@@ -94,6 +131,7 @@ if __name__ == "__main__":
         "produce": produce,
         "produce-timed": produce_timed,
         "offsets": offsets,
+        "group-member": group_member,
         "consume": consume,
     }
     commands[command](*args)

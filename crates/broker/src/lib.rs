@@ -18,6 +18,7 @@ pub mod api;
 pub mod config;
 pub mod connection;
 pub mod errors;
+pub mod groups;
 pub mod metadata;
 pub mod server;
 pub mod shard;

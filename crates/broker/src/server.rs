@@ -96,6 +96,23 @@ impl Broker {
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
         let _ = std::fs::remove_file(&marker);
         let shards = config.cores.len();
+        if !meta
+            .topics
+            .iter()
+            .any(|t| t.name == crate::groups::OFFSETS_TOPIC)
+        {
+            let owners = meta.place(crate::groups::OFFSETS_PARTITIONS, shards);
+            let mut configs = std::collections::BTreeMap::new();
+            configs.insert("retention.ms".to_string(), "-1".to_string());
+            meta.topics.push(Arc::new(crate::metadata::TopicInfo {
+                name: crate::groups::OFFSETS_TOPIC.to_string(),
+                id: uuid::Uuid::new_v4(),
+                owners,
+                configs,
+            }));
+            meta.save(&config.data_dir)
+                .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+        }
         if meta.reassign_orphans(shards) {
             tracing::info!(
                 shards,
@@ -245,8 +262,29 @@ impl Broker {
 
 async fn shard_main(listener: SharedFd, stop: Rc<Notify>) {
     let stopped = stop.notified();
-    let acceptor = spawn(accept_loop(listener));
     let shard = crate::shard::current();
+    // Committed offsets of the groups this shard coordinates, before any client is served.
+    let offsets_topic = shard.topic(crate::groups::OFFSETS_TOPIC);
+    for p in 0..offsets_topic.as_ref().map_or(0, |t| t.partition_count()) {
+        if let Some(log) = shard.log(crate::groups::OFFSETS_TOPIC, p) {
+            let n = crate::groups::load_offsets(log).await;
+            if n > 0 {
+                tracing::info!(
+                    shard = shard.id,
+                    partition = p,
+                    records = n,
+                    "loaded committed offsets"
+                );
+            }
+        }
+    }
+    let sweeper = spawn(async {
+        loop {
+            op::sleep(crate::groups::SWEEP_INTERVAL).await;
+            crate::groups::sweep();
+        }
+    });
+    let acceptor = spawn(accept_loop(listener));
     let flusher = match shard.shared.config.flush {
         FlushPolicy::Interval(every) => Some(spawn(flush_every(every))),
         _ => None,
@@ -258,6 +296,7 @@ async fn shard_main(listener: SharedFd, stop: Rc<Notify>) {
     drop(acceptor);
     drop(flusher);
     drop(retention);
+    drop(sweeper);
     for log in shard.owned_logs() {
         if let Err(e) = log.close().await {
             tracing::error!(dir = %log.dir().display(), error = %e, "flush at shutdown failed");

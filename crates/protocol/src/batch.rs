@@ -178,6 +178,55 @@ fn records_fill_exactly(mut records: &[u8], count: i32) -> bool {
     records.is_empty()
 }
 
+/// The values of the records of a whole uncompressed batch (empty for a compressed or
+/// malformed one). Records: length, attributes, timestampDelta, offsetDelta, key, value, headers.
+pub fn record_values(batch: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let Ok(h) = BatchHeader::parse(batch) else {
+        return out;
+    };
+    if h.compression() != 0 || batch.len() < h.total_bytes {
+        return out;
+    }
+    let mut rest = &batch[HEADER_BYTES..h.total_bytes];
+    while !rest.is_empty() {
+        let Some((len, used)) = read_varint(rest) else {
+            break;
+        };
+        let Some(record) = usize::try_from(len)
+            .ok()
+            .and_then(|l| rest.get(used..used + l))
+        else {
+            break;
+        };
+        rest = &rest[used + len as usize..];
+        let mut r = record.get(1..).unwrap_or_default(); // attributes
+        let mut field = || -> Option<i64> {
+            let (v, n) = read_varint(r)?;
+            r = &r[n..];
+            Some(v)
+        };
+        let (Some(_ts), Some(_od), Some(key_len)) = (field(), field(), field()) else {
+            break;
+        };
+        if key_len > 0 {
+            let Some(rest_after_key) = r.get(key_len as usize..) else {
+                break;
+            };
+            r = rest_after_key;
+        }
+        let Some((value_len, n)) = read_varint(r) else {
+            break;
+        };
+        if value_len >= 0 {
+            if let Some(v) = r.get(n..n + value_len as usize) {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
 /// The 8 bytes that replace a batch's baseOffset when it is given `base_offset`.
 pub fn base_offset_bytes(base_offset: i64) -> [u8; 8] {
     base_offset.to_be_bytes()
@@ -282,6 +331,16 @@ mod tests {
             Err(BatchError::RecordsMismatch { count: 3 })
         );
         assert_eq!(validate_produced(&Bytes::new()), Err(BatchError::Empty));
+    }
+
+    #[test]
+    fn record_values_come_back_from_a_built_batch() {
+        let b = build_batch(0, 1, &[b"one", b"", b"three"]);
+        assert_eq!(
+            record_values(&b),
+            vec![&b"one"[..], &b""[..], &b"three"[..]]
+        );
+        assert!(record_values(&b[..20]).is_empty());
     }
 
     #[test]

@@ -150,5 +150,8 @@ fn topic_entry(t: &TopicInfo, v: i16) -> MetadataResponseTopic {
     if v >= 8 {
         entry = entry.with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
     }
+    if v >= 1 {
+        entry = entry.with_is_internal(t.name == crate::groups::OFFSETS_TOPIC);
+    }
     entry
 }

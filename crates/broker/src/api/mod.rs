@@ -8,11 +8,21 @@
 
 pub mod api_versions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_topics;
+pub mod describe_groups;
 pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_fetch;
 pub mod produce;
+pub mod sync_group;
 
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
@@ -29,6 +39,16 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 pub fn supported(api: ApiKey, version: i16) -> bool {
@@ -94,6 +114,16 @@ pub async fn handle(frame: Bytes) -> Outcome {
         ApiKey::ListOffsets => list_offsets::handle(req).await,
         ApiKey::CreateTopics => create_topics::handle(req).await,
         ApiKey::DeleteTopics => delete_topics::handle(req).await,
+        ApiKey::FindCoordinator => find_coordinator::handle(req).await,
+        ApiKey::JoinGroup => join_group::handle(req).await,
+        ApiKey::SyncGroup => sync_group::handle(req).await,
+        ApiKey::Heartbeat => heartbeat::handle(req).await,
+        ApiKey::LeaveGroup => leave_group::handle(req).await,
+        ApiKey::OffsetCommit => offset_commit::handle(req).await,
+        ApiKey::OffsetFetch => offset_fetch::handle(req).await,
+        ApiKey::ListGroups => list_groups::handle(req).await,
+        ApiKey::DescribeGroups => describe_groups::handle(req).await,
+        ApiKey::DeleteGroups => delete_groups::handle(req).await,
         other => Err(Outcome::Close(format!("{other:?} is not implemented"))),
     };
     result.unwrap_or_else(|outcome| outcome)

@@ -1,0 +1,54 @@
+//! DescribeGroups: state, protocol and members of each group (unknown groups are "Dead").
+
+use super::{decode_body, respond, Outcome};
+use crate::groups;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
+use kafka_protocol::protocol::StrBytes;
+use ringbroker_protocol::request::Request;
+use ringbroker_runtime::mesh;
+
+pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+    let body: DescribeGroupsRequest = decode_body(&mut req)?;
+    let mut described = Vec::new();
+    for group in body.groups {
+        let name = group.0.to_string();
+        let n = name.clone();
+        let found = mesh::call(groups::group_shard(&name), move || async move {
+            groups::describe(&n)
+        })
+        .await;
+        let mut d = DescribedGroup::default().with_group_id(group);
+        match found {
+            None => d = d.with_group_state(StrBytes::from_static_str("Dead")),
+            Some((state, ptype, protocol, members)) => {
+                let members = members
+                    .into_iter()
+                    .map(|(id, instance, client_id, host, metadata, assignment)| {
+                        let m = DescribedGroupMember::default()
+                            .with_member_id(StrBytes::from_string(id))
+                            .with_client_id(StrBytes::from_string(client_id))
+                            .with_client_host(StrBytes::from_string(host))
+                            .with_member_metadata(metadata)
+                            .with_member_assignment(assignment);
+                        if req.version >= 4 {
+                            m.with_group_instance_id(instance.map(StrBytes::from_string))
+                        } else {
+                            m
+                        }
+                    })
+                    .collect();
+                d = d
+                    .with_group_state(StrBytes::from_static_str(state))
+                    .with_protocol_type(StrBytes::from_string(ptype))
+                    .with_protocol_data(StrBytes::from_string(protocol))
+                    .with_members(members);
+            }
+        }
+        described.push(d);
+    }
+    Ok(respond(
+        &req,
+        &DescribeGroupsResponse::default().with_groups(described),
+    ))
+}

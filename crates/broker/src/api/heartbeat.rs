@@ -1,0 +1,22 @@
+//! Heartbeat: keeps a member's session alive; tells it when a rebalance started.
+
+use super::{decode_body, respond, Outcome};
+use crate::groups;
+use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
+use ringbroker_protocol::request::Request;
+use ringbroker_runtime::mesh;
+
+pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+    let body: HeartbeatRequest = decode_body(&mut req)?;
+    let group = body.group_id.0.to_string();
+    let (generation, member) = (body.generation_id, body.member_id.to_string());
+    let g = group.clone();
+    let error = mesh::call(groups::group_shard(&group), move || async move {
+        groups::heartbeat(&g, generation, &member)
+    })
+    .await;
+    Ok(respond(
+        &req,
+        &HeartbeatResponse::default().with_error_code(error),
+    ))
+}

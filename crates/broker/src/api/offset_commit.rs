@@ -1,0 +1,97 @@
+//! OffsetCommit: checked against the group's generation on its shard, appended durably to
+//! the group's `__consumer_offsets` partition, then visible to OffsetFetch.
+
+use super::{decode_body, respond, Outcome};
+use crate::groups::{self, Committed};
+use crate::{errors, shard};
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
+use ringbroker_protocol::request::Request;
+use ringbroker_runtime::mesh;
+
+pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+    let body: OffsetCommitRequest = decode_body(&mut req)?;
+    let shard = shard::current();
+    let group = body.group_id.0.to_string();
+    // (topic, partition, error known here, commit)
+    let mut asked = Vec::new();
+    for t in &body.topics {
+        let topic = shard.topic(&t.name.0);
+        for p in &t.partitions {
+            let known = topic
+                .as_ref()
+                .is_some_and(|ti| ti.owner(p.partition_index).is_some());
+            let commit = Committed {
+                offset: p.committed_offset,
+                leader_epoch: p.committed_leader_epoch,
+                metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+            };
+            asked.push((
+                t.name.0.to_string(),
+                p.partition_index,
+                if known {
+                    errors::NONE
+                } else {
+                    errors::UNKNOWN_TOPIC_OR_PARTITION
+                },
+                commit,
+            ));
+        }
+    }
+    let (g, generation, member) = (
+        group.clone(),
+        body.generation_id_or_member_epoch,
+        body.member_id.to_string(),
+    );
+    let valid: Vec<(String, i32, Option<Committed>)> = asked
+        .iter()
+        .filter(|a| a.2 == errors::NONE)
+        .map(|(t, p, _, c)| (t.clone(), *p, Some(c.clone())))
+        .collect();
+    let group_error = mesh::call(groups::group_shard(&group), move || async move {
+        let allowed = groups::commit_allowed(&g, generation, &member);
+        if allowed != errors::NONE {
+            return allowed;
+        }
+        match groups::store_offsets(&g, valid).await {
+            Ok(()) => errors::NONE,
+            Err(e) => {
+                tracing::error!(group = %g, error = %e, "could not store committed offsets");
+                errors::KAFKA_STORAGE_ERROR
+            }
+        }
+    })
+    .await;
+    let mut topics: Vec<OffsetCommitResponseTopic> = Vec::new();
+    for t in body.topics {
+        let partitions = t
+            .partitions
+            .iter()
+            .map(|p| {
+                let known = asked
+                    .iter()
+                    .find(|a| a.0 == *t.name.0 && a.1 == p.partition_index)
+                    .map_or(errors::NONE, |a| a.2);
+                let code = if known != errors::NONE {
+                    known
+                } else {
+                    group_error
+                };
+                OffsetCommitResponsePartition::default()
+                    .with_partition_index(p.partition_index)
+                    .with_error_code(code)
+            })
+            .collect();
+        topics.push(
+            OffsetCommitResponseTopic::default()
+                .with_name(t.name)
+                .with_partitions(partitions),
+        );
+    }
+    Ok(respond(
+        &req,
+        &OffsetCommitResponse::default().with_topics(topics),
+    ))
+}

@@ -1,0 +1,124 @@
+//! OffsetFetch: a group's committed offsets, for named partitions or all of them (topics
+//! null, v2+), for one group (v1-7) or several (v8).
+
+use super::{decode_body, respond, Outcome};
+use crate::groups::{self, Committed};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use ringbroker_protocol::request::Request;
+use ringbroker_runtime::mesh;
+use std::collections::BTreeMap;
+
+type Found = Vec<(String, i32, Option<Committed>)>;
+
+async fn fetch(group: String, wanted: Option<Vec<(String, i32)>>) -> Found {
+    let g = group.clone();
+    mesh::call(groups::group_shard(&group), move || async move {
+        groups::fetch_offsets(&g, wanted)
+    })
+    .await
+}
+
+fn by_topic(found: Found) -> BTreeMap<String, Vec<(i32, Option<Committed>)>> {
+    let mut out: BTreeMap<String, Vec<(i32, Option<Committed>)>> = BTreeMap::new();
+    for (t, p, c) in found {
+        out.entry(t).or_default().push((p, c));
+    }
+    out
+}
+
+pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+    let body: OffsetFetchRequest = decode_body(&mut req)?;
+    let v = req.version;
+    let metadata = |c: &Option<Committed>| {
+        Some(StrBytes::from_string(
+            c.as_ref()
+                .and_then(|c| c.metadata.clone())
+                .unwrap_or_default(),
+        ))
+    };
+    if v >= 8 {
+        let mut groups_out = Vec::new();
+        for g in body.groups {
+            let wanted = g.topics.map(|ts| {
+                ts.iter()
+                    .flat_map(|t| {
+                        t.partition_indexes
+                            .iter()
+                            .map(|&p| (t.name.0.to_string(), p))
+                    })
+                    .collect()
+            });
+            let found = fetch(g.group_id.0.to_string(), wanted).await;
+            let topics = by_topic(found)
+                .into_iter()
+                .map(|(t, ps)| {
+                    let partitions = ps
+                        .into_iter()
+                        .map(|(p, c)| {
+                            OffsetFetchResponsePartitions::default()
+                                .with_partition_index(p)
+                                .with_committed_offset(c.as_ref().map_or(-1, |c| c.offset))
+                                .with_committed_leader_epoch(
+                                    c.as_ref().map_or(-1, |c| c.leader_epoch),
+                                )
+                                .with_metadata(metadata(&c))
+                        })
+                        .collect();
+                    OffsetFetchResponseTopics::default()
+                        .with_name(TopicName(StrBytes::from_string(t)))
+                        .with_partitions(partitions)
+                })
+                .collect();
+            groups_out.push(
+                OffsetFetchResponseGroup::default()
+                    .with_group_id(GroupId(g.group_id.0))
+                    .with_topics(topics),
+            );
+        }
+        return Ok(respond(
+            &req,
+            &OffsetFetchResponse::default().with_groups(groups_out),
+        ));
+    }
+    let wanted = body.topics.map(|ts| {
+        ts.iter()
+            .flat_map(|t| {
+                t.partition_indexes
+                    .iter()
+                    .map(|&p| (t.name.0.to_string(), p))
+            })
+            .collect()
+    });
+    let found = fetch(body.group_id.0.to_string(), wanted).await;
+    let topics = by_topic(found)
+        .into_iter()
+        .map(|(t, ps)| {
+            let partitions = ps
+                .into_iter()
+                .map(|(p, c)| {
+                    let r = OffsetFetchResponsePartition::default()
+                        .with_partition_index(p)
+                        .with_committed_offset(c.as_ref().map_or(-1, |c| c.offset))
+                        .with_metadata(metadata(&c));
+                    if v >= 5 {
+                        r.with_committed_leader_epoch(c.as_ref().map_or(-1, |c| c.leader_epoch))
+                    } else {
+                        r
+                    }
+                })
+                .collect();
+            OffsetFetchResponseTopic::default()
+                .with_name(TopicName(StrBytes::from_string(t)))
+                .with_partitions(partitions)
+        })
+        .collect();
+    Ok(respond(
+        &req,
+        &OffsetFetchResponse::default().with_topics(topics),
+    ))
+}

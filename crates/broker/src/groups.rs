@@ -1,0 +1,934 @@
+//! Consumer groups (the classic protocol) and their committed offsets.
+//!
+//! A group lives on one shard: the owner of partition `crc32c(group) % OFFSETS_PARTITIONS` of
+//! the internal `__consumer_offsets` topic, so its coordination and its durable offsets share
+//! an owner. Group APIs arriving on other shards are forwarded there (`mesh::call`).
+//!
+//! State machine: Empty → PreparingRebalance (members (re)join; completes when all known
+//! members joined or the rebalance timeout passes) → CompletingRebalance (the leader computes
+//! assignments) → Stable (SyncGroup delivered them). Session timeouts and rebalance deadlines
+//! are enforced by a per-shard sweep on ring timers. Committed offsets are appended to the
+//! group's offsets partition (one record per partition commit, tombstones for deletes) and
+//! rebuilt in memory when the shard starts.
+
+use crate::errors;
+use crate::shard;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use ringbroker_runtime::oneshot;
+use ringbroker_storage::PartitionLog;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+pub const OFFSETS_PARTITIONS: usize = 8;
+/// How often each shard checks session timeouts and rebalance deadlines.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+
+pub const UNKNOWN_MEMBER_ID: i16 = 25;
+pub const ILLEGAL_GENERATION: i16 = 22;
+pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+pub const REBALANCE_IN_PROGRESS: i16 = 27;
+pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+pub const MEMBER_ID_REQUIRED: i16 = 79;
+pub const NON_EMPTY_GROUP: i16 = 68;
+pub const GROUP_ID_NOT_FOUND: i16 = 69;
+pub const INVALID_GROUP_ID: i16 = 24;
+pub const FENCED_INSTANCE_ID: i16 = 82;
+
+/// The offsets partition that holds `group`.
+pub fn offsets_partition(group: &str) -> i32 {
+    (crc32c::crc32c(group.as_bytes()) % OFFSETS_PARTITIONS as u32) as i32
+}
+
+/// The shard coordinating `group`.
+pub fn group_shard(group: &str) -> usize {
+    shard::current()
+        .topic(OFFSETS_TOPIC)
+        .and_then(|t| t.owner(offsets_partition(group)))
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+impl GroupState {
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupState::Empty => "Empty",
+            GroupState::PreparingRebalance => "PreparingRebalance",
+            GroupState::CompletingRebalance => "CompletingRebalance",
+            GroupState::Stable => "Stable",
+        }
+    }
+}
+
+/// What a JoinGroup gets back.
+#[derive(Debug, Clone, Default)]
+pub struct JoinResult {
+    pub error: i16,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// (member id, group instance id, metadata): only for the leader.
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+/// What a SyncGroup gets back.
+#[derive(Debug, Clone, Default)]
+pub struct SyncResult {
+    pub error: i16,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub assignment: Bytes,
+}
+
+pub struct JoinRequest {
+    pub group: String,
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    /// KIP-394: from JoinGroup v4 a new member first gets its id with MEMBER_ID_REQUIRED.
+    pub require_known_member_id: bool,
+}
+
+struct Member {
+    instance_id: Option<String>,
+    client_id: String,
+    client_host: String,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    protocols: Vec<(String, Bytes)>,
+    assignment: Bytes,
+    last_seen: Instant,
+    joined: bool,
+    join_waiter: Option<oneshot::Sender<JoinResult>>,
+    sync_waiter: Option<oneshot::Sender<SyncResult>>,
+}
+
+struct Group {
+    state: GroupState,
+    generation: i32,
+    protocol_type: Option<String>,
+    protocol: Option<String>,
+    leader: Option<String>,
+    /// In join order (the first member leads when no leader remains).
+    members: Vec<(String, Member)>,
+    /// KIP-394: ids handed out with MEMBER_ID_REQUIRED, not yet joined.
+    pending: Vec<(String, Instant)>,
+    rebalance_deadline: Option<Instant>,
+}
+
+impl Group {
+    fn new() -> Group {
+        Group {
+            state: GroupState::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol: None,
+            leader: None,
+            members: Vec::new(),
+            pending: Vec::new(),
+            rebalance_deadline: None,
+        }
+    }
+
+    fn member(&mut self, id: &str) -> Option<&mut Member> {
+        self.members
+            .iter_mut()
+            .find(|(m, _)| m == id)
+            .map(|(_, m)| m)
+    }
+
+    fn start_rebalance(&mut self) {
+        if self.state == GroupState::PreparingRebalance {
+            return;
+        }
+        self.state = GroupState::PreparingRebalance;
+        let timeout = self
+            .members
+            .iter()
+            .map(|(_, m)| m.rebalance_timeout)
+            .max()
+            .unwrap_or(Duration::ZERO);
+        self.rebalance_deadline = Some(Instant::now() + timeout);
+        for (_, m) in &mut self.members {
+            m.joined = m.join_waiter.is_some();
+            if let Some(w) = m.sync_waiter.take() {
+                w.send(SyncResult {
+                    error: REBALANCE_IN_PROGRESS,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+
+    fn maybe_complete_join(&mut self, force: bool) {
+        if self.state != GroupState::PreparingRebalance {
+            return;
+        }
+        if !force && !self.members.iter().all(|(_, m)| m.joined) {
+            return;
+        }
+        // Members that did not rejoin in time are out.
+        self.members.retain(|(_, m)| m.joined);
+        self.rebalance_deadline = None;
+        self.generation += 1;
+        if self.members.is_empty() {
+            self.state = GroupState::Empty;
+            self.leader = None;
+            self.protocol = None;
+            return;
+        }
+        if !self
+            .leader
+            .as_ref()
+            .is_some_and(|l| self.members.iter().any(|(m, _)| m == l))
+        {
+            self.leader = Some(self.members[0].0.clone());
+        }
+        let leader = self.leader.clone().expect("set above");
+        // The leader's first protocol that every member supports.
+        let leader_protocols: Vec<String> = self
+            .members
+            .iter()
+            .find(|(m, _)| *m == leader)
+            .map(|(_, m)| m.protocols.iter().map(|(n, _)| n.clone()).collect())
+            .unwrap_or_default();
+        let protocol = leader_protocols.into_iter().find(|p| {
+            self.members
+                .iter()
+                .all(|(_, m)| m.protocols.iter().any(|(n, _)| n == p))
+        });
+        self.protocol = protocol.clone();
+        self.state = GroupState::CompletingRebalance;
+        let metadata: Vec<(String, Option<String>, Bytes)> = self
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let meta = m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| Some(n) == protocol.as_ref())
+                    .map(|(_, b)| b.clone());
+                (id.clone(), m.instance_id.clone(), meta.unwrap_or_default())
+            })
+            .collect();
+        for (id, m) in &mut self.members {
+            m.last_seen = Instant::now();
+            if let Some(w) = m.join_waiter.take() {
+                w.send(JoinResult {
+                    error: errors::NONE,
+                    generation: self.generation,
+                    protocol_type: self.protocol_type.clone(),
+                    protocol: protocol.clone(),
+                    leader: leader.clone(),
+                    member_id: id.clone(),
+                    members: if *id == leader {
+                        metadata.clone()
+                    } else {
+                        Vec::new()
+                    },
+                });
+            }
+        }
+    }
+
+    fn remove_member(&mut self, id: &str) {
+        if let Some(i) = self.members.iter().position(|(m, _)| m == id) {
+            let (_, m) = self.members.remove(i);
+            if let Some(w) = m.join_waiter {
+                w.send(JoinResult {
+                    error: UNKNOWN_MEMBER_ID,
+                    ..Default::default()
+                });
+            }
+            if let Some(w) = m.sync_waiter {
+                w.send(SyncResult {
+                    error: UNKNOWN_MEMBER_ID,
+                    ..Default::default()
+                });
+            }
+        }
+        if self.members.is_empty() {
+            if self.state != GroupState::Empty {
+                self.generation += 1;
+            }
+            self.state = GroupState::Empty;
+            self.leader = None;
+            self.protocol = None;
+            self.rebalance_deadline = None;
+        } else {
+            self.start_rebalance();
+            self.maybe_complete_join(false);
+        }
+    }
+}
+
+/// A committed offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+}
+
+#[derive(Default)]
+struct Coordinator {
+    groups: HashMap<String, Group>,
+    offsets: HashMap<String, BTreeMap<(String, i32), Committed>>,
+}
+
+thread_local! {
+    static COORDINATOR: RefCell<Coordinator> = RefCell::new(Coordinator::default());
+}
+
+fn with<R>(f: impl FnOnce(&mut Coordinator) -> R) -> R {
+    COORDINATOR.with(|c| f(&mut c.borrow_mut()))
+}
+
+fn new_member_id(client_id: &str) -> String {
+    format!("{client_id}-{}", uuid::Uuid::new_v4())
+}
+
+/// JoinGroup, run on the group's shard.
+pub async fn join(req: JoinRequest) -> JoinResult {
+    if req.group.is_empty() {
+        return JoinResult {
+            error: INVALID_GROUP_ID,
+            ..Default::default()
+        };
+    }
+    if !(1..=30 * 60 * 1000).contains(&req.session_timeout_ms) {
+        return JoinResult {
+            error: INVALID_SESSION_TIMEOUT,
+            ..Default::default()
+        };
+    }
+    let waiter = with(|c| {
+        let g = c.groups.entry(req.group.clone()).or_insert_with(Group::new);
+        if g.state != GroupState::Empty && g.protocol_type.as_deref() != Some(&req.protocol_type) {
+            return Err(JoinResult {
+                error: INCONSISTENT_GROUP_PROTOCOL,
+                ..Default::default()
+            });
+        }
+        let mut member_id = req.member_id.clone();
+        if member_id.is_empty() {
+            // A static member coming back takes its old place under a new id.
+            let static_old = req.instance_id.as_ref().and_then(|iid| {
+                g.members
+                    .iter()
+                    .find(|(_, m)| m.instance_id.as_ref() == Some(iid))
+                    .map(|(id, _)| id.clone())
+            });
+            member_id = new_member_id(&req.client_id);
+            if let Some(old) = static_old {
+                let slot = g
+                    .members
+                    .iter_mut()
+                    .find(|(id, _)| *id == old)
+                    .expect("found above");
+                slot.0 = member_id.clone();
+                if g.leader.as_ref() == Some(&old) {
+                    g.leader = Some(member_id.clone());
+                }
+            } else if req.require_known_member_id && req.instance_id.is_none() {
+                g.pending.push((member_id.clone(), Instant::now()));
+                return Err(JoinResult {
+                    error: MEMBER_ID_REQUIRED,
+                    member_id,
+                    ..Default::default()
+                });
+            }
+        } else if g.member(&member_id).is_none() {
+            match g.pending.iter().position(|(id, _)| *id == member_id) {
+                Some(i) => {
+                    g.pending.remove(i);
+                }
+                None => {
+                    return Err(JoinResult {
+                        error: UNKNOWN_MEMBER_ID,
+                        member_id,
+                        ..Default::default()
+                    })
+                }
+            }
+        }
+        if g.member(&member_id).is_none() {
+            g.members.push((
+                member_id.clone(),
+                Member {
+                    instance_id: req.instance_id.clone(),
+                    client_id: req.client_id.clone(),
+                    client_host: req.client_host.clone(),
+                    session_timeout: Duration::ZERO,
+                    rebalance_timeout: Duration::ZERO,
+                    protocols: Vec::new(),
+                    assignment: Bytes::new(),
+                    last_seen: Instant::now(),
+                    joined: false,
+                    join_waiter: None,
+                    sync_waiter: None,
+                },
+            ));
+        }
+        g.protocol_type = Some(req.protocol_type.clone());
+        let (tx, rx) = oneshot::channel();
+        let m = g.member(&member_id).expect("added above");
+        m.session_timeout = Duration::from_millis(req.session_timeout_ms as u64);
+        m.rebalance_timeout =
+            Duration::from_millis(req.rebalance_timeout_ms.max(req.session_timeout_ms) as u64);
+        m.protocols = req.protocols.clone();
+        m.last_seen = Instant::now();
+        m.joined = true;
+        if let Some(old) = m.join_waiter.replace(tx) {
+            old.send(JoinResult {
+                error: UNKNOWN_MEMBER_ID,
+                ..Default::default()
+            });
+        }
+        g.start_rebalance();
+        g.maybe_complete_join(false);
+        Ok(rx)
+    });
+    match waiter {
+        Err(result) => result,
+        Ok(rx) => rx.await.unwrap_or(JoinResult {
+            error: UNKNOWN_MEMBER_ID,
+            ..Default::default()
+        }),
+    }
+}
+
+/// SyncGroup, run on the group's shard.
+pub async fn sync(
+    group: String,
+    generation: i32,
+    member_id: String,
+    assignments: Vec<(String, Bytes)>,
+) -> SyncResult {
+    let waiter = with(|c| {
+        let Some(g) = c.groups.get_mut(&group) else {
+            return Err(SyncResult {
+                error: UNKNOWN_MEMBER_ID,
+                ..Default::default()
+            });
+        };
+        if g.member(&member_id).is_none() {
+            return Err(SyncResult {
+                error: UNKNOWN_MEMBER_ID,
+                ..Default::default()
+            });
+        }
+        if generation != g.generation {
+            return Err(SyncResult {
+                error: ILLEGAL_GENERATION,
+                ..Default::default()
+            });
+        }
+        let result = |g: &Group, assignment: Bytes| SyncResult {
+            error: errors::NONE,
+            protocol_type: g.protocol_type.clone(),
+            protocol: g.protocol.clone(),
+            assignment,
+        };
+        match g.state {
+            GroupState::PreparingRebalance | GroupState::Empty => Err(SyncResult {
+                error: REBALANCE_IN_PROGRESS,
+                ..Default::default()
+            }),
+            GroupState::Stable => {
+                let a = g.member(&member_id).expect("checked").assignment.clone();
+                Err(result(g, a))
+            }
+            GroupState::CompletingRebalance => {
+                let (tx, rx) = oneshot::channel();
+                g.member(&member_id).expect("checked").sync_waiter = Some(tx);
+                if g.leader.as_ref() == Some(&member_id) {
+                    for (id, m) in &mut g.members {
+                        m.assignment = assignments
+                            .iter()
+                            .find(|(a, _)| a == id)
+                            .map(|(_, b)| b.clone())
+                            .unwrap_or_default();
+                    }
+                    g.state = GroupState::Stable;
+                    let snapshot: Vec<(Option<oneshot::Sender<SyncResult>>, Bytes)> = g
+                        .members
+                        .iter_mut()
+                        .map(|(_, m)| (m.sync_waiter.take(), m.assignment.clone()))
+                        .collect();
+                    let (ptype, proto) = (g.protocol_type.clone(), g.protocol.clone());
+                    for (w, assignment) in snapshot {
+                        if let Some(w) = w {
+                            w.send(SyncResult {
+                                error: errors::NONE,
+                                protocol_type: ptype.clone(),
+                                protocol: proto.clone(),
+                                assignment,
+                            });
+                        }
+                    }
+                }
+                Ok(rx)
+            }
+        }
+    });
+    match waiter {
+        Err(result) => result,
+        Ok(rx) => rx.await.unwrap_or(SyncResult {
+            error: REBALANCE_IN_PROGRESS,
+            ..Default::default()
+        }),
+    }
+}
+
+/// Heartbeat, run on the group's shard.
+pub fn heartbeat(group: &str, generation: i32, member_id: &str) -> i16 {
+    with(|c| {
+        let Some(g) = c.groups.get_mut(group) else {
+            return UNKNOWN_MEMBER_ID;
+        };
+        let (state, current) = (g.state, g.generation);
+        let Some(m) = g.member(member_id) else {
+            return UNKNOWN_MEMBER_ID;
+        };
+        m.last_seen = Instant::now();
+        if state == GroupState::PreparingRebalance {
+            REBALANCE_IN_PROGRESS
+        } else if generation != current {
+            ILLEGAL_GENERATION
+        } else {
+            errors::NONE
+        }
+    })
+}
+
+/// LeaveGroup for each (member id, instance id); returns one error code each.
+pub fn leave(group: &str, members: Vec<(String, Option<String>)>) -> Vec<i16> {
+    with(|c| {
+        let Some(g) = c.groups.get_mut(group) else {
+            return members.iter().map(|_| UNKNOWN_MEMBER_ID).collect();
+        };
+        members
+            .into_iter()
+            .map(|(id, instance)| {
+                let id = if id.is_empty() {
+                    let found = instance.as_ref().and_then(|iid| {
+                        g.members
+                            .iter()
+                            .find(|(_, m)| m.instance_id.as_ref() == Some(iid))
+                            .map(|(id, _)| id.clone())
+                    });
+                    match found {
+                        Some(id) => id,
+                        None => return UNKNOWN_MEMBER_ID,
+                    }
+                } else {
+                    id
+                };
+                if g.member(&id).is_none() {
+                    return UNKNOWN_MEMBER_ID;
+                }
+                tracing::debug!(group, member = %id, "member left");
+                g.remove_member(&id);
+                errors::NONE
+            })
+            .collect()
+    })
+}
+
+/// Expires members whose session ran out and completes rebalances whose deadline passed.
+pub fn sweep() {
+    with(|c| {
+        let now = Instant::now();
+        for (name, g) in c.groups.iter_mut() {
+            g.pending
+                .retain(|(_, since)| now.duration_since(*since) < Duration::from_secs(300));
+            let expired: Vec<String> = g
+                .members
+                .iter()
+                .filter(|(_, m)| {
+                    m.join_waiter.is_none() && now.duration_since(m.last_seen) > m.session_timeout
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in expired {
+                tracing::info!(group = %name, member = %id, "session timed out; removing member");
+                g.remove_member(&id);
+            }
+            if g.rebalance_deadline.is_some_and(|d| now >= d) {
+                g.maybe_complete_join(true);
+            }
+        }
+    })
+}
+
+/// (group id, protocol type, state) of every group on this shard.
+pub fn list() -> Vec<(String, String, &'static str)> {
+    with(|c| {
+        let mut names: Vec<&String> = c.groups.keys().chain(c.offsets.keys()).collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|n| {
+                let g = c.groups.get(n);
+                (
+                    n.clone(),
+                    g.and_then(|g| g.protocol_type.clone())
+                        .unwrap_or_else(|| "consumer".into()),
+                    g.map_or("Empty", |g| g.state.name()),
+                )
+            })
+            .collect()
+    })
+}
+
+/// A described group: state, protocol type, protocol, members
+/// (id, instance id, client id, host, metadata, assignment).
+#[allow(clippy::type_complexity)]
+pub fn describe(
+    group: &str,
+) -> Option<(
+    &'static str,
+    String,
+    String,
+    Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
+)> {
+    with(|c| {
+        let g = c.groups.get(group)?;
+        let protocol = g.protocol.clone().unwrap_or_default();
+        let members = g
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let meta = m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| Some(n) == g.protocol.as_ref())
+                    .map(|(_, b)| b.clone());
+                (
+                    id.clone(),
+                    m.instance_id.clone(),
+                    m.client_id.clone(),
+                    m.client_host.clone(),
+                    meta.unwrap_or_default(),
+                    m.assignment.clone(),
+                )
+            })
+            .collect();
+        Some((
+            g.state.name(),
+            g.protocol_type.clone().unwrap_or_default(),
+            protocol,
+            members,
+        ))
+    })
+}
+
+/// Whether the group has live members (such a group cannot be deleted).
+pub fn has_members(group: &str) -> bool {
+    with(|c| c.groups.get(group).is_some_and(|g| !g.members.is_empty()))
+}
+
+/// Checks that a commit comes from a current member (generation -1: a simple, group-less commit).
+pub fn commit_allowed(group: &str, generation: i32, member_id: &str) -> i16 {
+    if generation < 0 {
+        return if has_members(group) {
+            ILLEGAL_GENERATION
+        } else {
+            errors::NONE
+        };
+    }
+    with(|c| {
+        let Some(g) = c.groups.get_mut(group) else {
+            return UNKNOWN_MEMBER_ID;
+        };
+        let (state, current) = (g.state, g.generation);
+        let Some(m) = g.member(member_id) else {
+            return UNKNOWN_MEMBER_ID;
+        };
+        m.last_seen = Instant::now();
+        if generation != current {
+            ILLEGAL_GENERATION
+        } else if state == GroupState::PreparingRebalance {
+            REBALANCE_IN_PROGRESS
+        } else {
+            errors::NONE
+        }
+    })
+}
+
+// --- committed offsets -------------------------------------------------------------------
+
+const RECORD_VERSION: u8 = 1;
+
+/// One offset record: version, group, topic, partition, offset (-1: deleted), leader epoch,
+/// metadata (length -1: none).
+pub fn encode_offset_record(
+    group: &str,
+    topic: &str,
+    partition: i32,
+    c: Option<&Committed>,
+) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_u8(RECORD_VERSION);
+    for s in [group, topic] {
+        b.put_u16(s.len() as u16);
+        b.put_slice(s.as_bytes());
+    }
+    b.put_i32(partition);
+    b.put_i64(c.map_or(-1, |c| c.offset));
+    b.put_i32(c.map_or(-1, |c| c.leader_epoch));
+    match c.and_then(|c| c.metadata.as_ref()) {
+        Some(m) => {
+            b.put_i32(m.len() as i32);
+            b.put_slice(m.as_bytes());
+        }
+        None => b.put_i32(-1),
+    }
+    b.to_vec()
+}
+
+/// Parses an offset record; `None` if it is not one (so a foreign record is skipped).
+pub fn decode_offset_record(mut b: &[u8]) -> Option<(String, String, i32, Option<Committed>)> {
+    let string = |b: &mut &[u8]| -> Option<String> {
+        if b.remaining() < 2 {
+            return None;
+        }
+        let n = b.get_u16() as usize;
+        if b.remaining() < n {
+            return None;
+        }
+        let s = std::str::from_utf8(&b[..n]).ok()?.to_string();
+        b.advance(n);
+        Some(s)
+    };
+    if b.remaining() < 1 || b.get_u8() != RECORD_VERSION {
+        return None;
+    }
+    let group = string(&mut b)?;
+    let topic = string(&mut b)?;
+    if b.remaining() < 20 {
+        return None;
+    }
+    let partition = b.get_i32();
+    let offset = b.get_i64();
+    let leader_epoch = b.get_i32();
+    let meta_len = b.get_i32();
+    let metadata = if meta_len < 0 {
+        None
+    } else {
+        let n = meta_len as usize;
+        if b.remaining() < n {
+            return None;
+        }
+        Some(std::str::from_utf8(&b[..n]).ok()?.to_string())
+    };
+    let committed = (offset >= 0).then_some(Committed {
+        offset,
+        leader_epoch,
+        metadata,
+    });
+    Some((group, topic, partition, committed))
+}
+
+/// Appends offset records to the group's offsets partition (on this shard) and applies them.
+pub async fn store_offsets(
+    group: &str,
+    entries: Vec<(String, i32, Option<Committed>)>,
+) -> Result<(), String> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let sh = shard::current();
+    let log = sh
+        .log(OFFSETS_TOPIC, offsets_partition(group))
+        .ok_or("offsets partition not on this shard")?;
+    let values: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|(t, p, c)| encode_offset_record(group, t, *p, c.as_ref()))
+        .collect();
+    let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let batch = Bytes::from(ringbroker_protocol::batch::build_batch(0, now_ms, &refs));
+    let base = log
+        .append_batch(batch, refs.len() as u32)
+        .await
+        .map_err(|e| e.to_string())?;
+    if sh.shared.config.flush.sync_before_ack(-1) {
+        log.sync_to(base + refs.len() as i64)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    with(|c| {
+        let map = c.offsets.entry(group.to_string()).or_default();
+        for (t, p, committed) in entries {
+            match committed {
+                Some(v) => {
+                    map.insert((t, p), v);
+                }
+                None => {
+                    map.remove(&(t, p));
+                }
+            }
+        }
+        if map.is_empty() {
+            c.offsets.remove(group);
+        }
+    });
+    Ok(())
+}
+
+/// Committed offsets of a group (all of them when `wanted` is `None`).
+pub fn fetch_offsets(
+    group: &str,
+    wanted: Option<Vec<(String, i32)>>,
+) -> Vec<(String, i32, Option<Committed>)> {
+    with(|c| {
+        let map = c.offsets.get(group);
+        match wanted {
+            Some(list) => list
+                .into_iter()
+                .map(|(t, p)| {
+                    let v = map.and_then(|m| m.get(&(t.clone(), p)).cloned());
+                    (t, p, v)
+                })
+                .collect(),
+            None => map
+                .map(|m| {
+                    m.iter()
+                        .map(|((t, p), v)| (t.clone(), *p, Some(v.clone())))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    })
+}
+
+/// Removes a group (its offsets get tombstones). Fails for a group with members.
+pub async fn delete_group(group: &str) -> i16 {
+    if has_members(group) {
+        return NON_EMPTY_GROUP;
+    }
+    let known = with(|c| c.groups.contains_key(group) || c.offsets.contains_key(group));
+    if !known {
+        return GROUP_ID_NOT_FOUND;
+    }
+    let entries: Vec<(String, i32, Option<Committed>)> = fetch_offsets(group, None)
+        .into_iter()
+        .map(|(t, p, _)| (t, p, None))
+        .collect();
+    if let Err(e) = store_offsets(group, entries).await {
+        tracing::error!(group, error = %e, "could not write offset tombstones");
+        return errors::KAFKA_STORAGE_ERROR;
+    }
+    with(|c| {
+        c.groups.remove(group);
+        c.offsets.remove(group);
+    });
+    errors::NONE
+}
+
+/// Rebuilds committed offsets from an offsets partition log (shard start-up).
+pub async fn load_offsets(log: Rc<PartitionLog>) -> usize {
+    let mut offset = log.log_start_offset();
+    let mut applied = 0;
+    while offset < log.high_watermark() {
+        let chunk = match log.read(offset, 4 << 20).await {
+            Ok(r) => r.records,
+            Err(e) => {
+                tracing::error!(dir = %log.dir().display(), error = %e, "could not read committed offsets");
+                return applied;
+            }
+        };
+        let mut at = 0;
+        while at < chunk.len() {
+            let Ok(h) = ringbroker_protocol::batch::BatchHeader::parse(&chunk[at..]) else {
+                break;
+            };
+            let batch = &chunk[at..at + h.total_bytes.min(chunk.len() - at)];
+            for value in ringbroker_protocol::batch::record_values(batch) {
+                if let Some((group, topic, partition, committed)) = decode_offset_record(value) {
+                    with(|c| {
+                        let map = c.offsets.entry(group.clone()).or_default();
+                        match committed {
+                            Some(v) => {
+                                map.insert((topic, partition), v);
+                            }
+                            None => {
+                                map.remove(&(topic, partition));
+                            }
+                        }
+                        if map.is_empty() {
+                            c.offsets.remove(&group);
+                        }
+                    });
+                    applied += 1;
+                }
+            }
+            offset = h.base_offset + h.last_offset_delta as i64 + 1;
+            at += h.total_bytes;
+        }
+        if at == 0 {
+            break;
+        }
+    }
+    applied
+}
+
+/// Committed offset of every (group, topic, partition) on this shard, for lag metrics.
+pub fn all_committed() -> Vec<(String, String, i32, i64)> {
+    with(|c| {
+        c.offsets
+            .iter()
+            .flat_map(|(g, m)| {
+                m.iter()
+                    .map(move |((t, p), v)| (g.clone(), t.clone(), *p, v.offset))
+            })
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_records_round_trip() {
+        let c = Committed {
+            offset: 42,
+            leader_epoch: 3,
+            metadata: Some("m".into()),
+        };
+        let r = encode_offset_record("g", "t", 7, Some(&c));
+        assert_eq!(
+            decode_offset_record(&r),
+            Some(("g".into(), "t".into(), 7, Some(c)))
+        );
+        let tomb = encode_offset_record("g", "t", 7, None);
+        assert_eq!(
+            decode_offset_record(&tomb),
+            Some(("g".into(), "t".into(), 7, None))
+        );
+        assert_eq!(decode_offset_record(b"garbage"), None);
+        assert_eq!(decode_offset_record(&r[..r.len() - 2]), None);
+    }
+}
