@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """confluent-kafka (the recent librdkafka shipped in PyPI's wheel) driven from the tests.
 
-  produce BOOTSTRAP TOPIC COMPRESSION   "key<TAB>value" lines on stdin, keyed, acks=all;
+  produce BOOTSTRAP TOPIC COMPRESSION [idempotent]
+                                        "key<TAB>value" lines on stdin, keyed, acks=all
+                                        (enable.idempotence=true with "idempotent");
                                         prints "acked<TAB>N"
   produce-until-killed BOOTSTRAP TOPIC PREFIX ACKED_FILE
                                         produce "PREFIX-i" values (acks=all) until killed; every
@@ -18,14 +20,13 @@ import sys
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 
-def produce(bootstrap, topic, compression):
+def produce(bootstrap, topic, compression, mode="plain"):
     p = Producer({
         "bootstrap.servers": bootstrap,
         "acks": "all",
         "compression.type": compression,
         "linger.ms": 5,
-        # Idempotence (InitProducerId) is not implemented yet.
-        "enable.idempotence": False,
+        "enable.idempotence": mode == "idempotent",
     })
     acked = [0]
     failed = []

@@ -42,8 +42,6 @@ def produce(bootstrap, topic, compression):
         acks="all",
         compression_type=None if compression == "none" else compression,
         linger_ms=5,
-        # Idempotence (InitProducerId) is not implemented yet; kafka-python 3 enables it by default.
-        enable_idempotence=False,
     )
     futures = []
     for line in sys.stdin:
@@ -56,7 +54,7 @@ def produce(bootstrap, topic, compression):
 
 
 def produce_timed(bootstrap, topic):
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     for line in sys.stdin:
         ts, value = line.rstrip("\n").split("\t", 1)
         producer.send(topic, value=value.encode(), partition=0, timestamp_ms=int(ts)).get(timeout=30)

@@ -321,10 +321,10 @@ pub async fn join(req: JoinRequest) -> JoinResult {
     let waiter = with(|c| {
         let g = c.groups.entry(req.group.clone()).or_insert_with(Group::new);
         if g.state != GroupState::Empty && g.protocol_type.as_deref() != Some(&req.protocol_type) {
-            return Err(JoinResult {
+            return Err(Box::new(JoinResult {
                 error: INCONSISTENT_GROUP_PROTOCOL,
                 ..Default::default()
-            });
+            }));
         }
         let mut member_id = req.member_id.clone();
         if member_id.is_empty() {
@@ -348,11 +348,11 @@ pub async fn join(req: JoinRequest) -> JoinResult {
                 }
             } else if req.require_known_member_id && req.instance_id.is_none() {
                 g.pending.push((member_id.clone(), Instant::now()));
-                return Err(JoinResult {
+                return Err(Box::new(JoinResult {
                     error: MEMBER_ID_REQUIRED,
                     member_id,
                     ..Default::default()
-                });
+                }));
             }
         } else if g.member(&member_id).is_none() {
             match g.pending.iter().position(|(id, _)| *id == member_id) {
@@ -360,11 +360,11 @@ pub async fn join(req: JoinRequest) -> JoinResult {
                     g.pending.remove(i);
                 }
                 None => {
-                    return Err(JoinResult {
+                    return Err(Box::new(JoinResult {
                         error: UNKNOWN_MEMBER_ID,
                         member_id,
                         ..Default::default()
-                    })
+                    }))
                 }
             }
         }
@@ -406,7 +406,7 @@ pub async fn join(req: JoinRequest) -> JoinResult {
         Ok(rx)
     });
     match waiter {
-        Err(result) => result,
+        Err(result) => *result,
         Ok(rx) => rx.await.unwrap_or(JoinResult {
             error: UNKNOWN_MEMBER_ID,
             ..Default::default()

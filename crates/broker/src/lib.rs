@@ -20,5 +20,6 @@ pub mod connection;
 pub mod errors;
 pub mod groups;
 pub mod metadata;
+pub mod producer_state;
 pub mod server;
 pub mod shard;

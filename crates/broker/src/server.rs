@@ -148,6 +148,7 @@ impl Broker {
             advertised_host,
             advertised_port,
             cluster_id: meta.cluster_id.clone(),
+            recovered_clean: previous_shutdown_clean,
             shard_count: shards,
         });
         let meta = Arc::new(meta);
@@ -278,6 +279,15 @@ async fn shard_main(listener: SharedFd, stop: Rc<Notify>) {
             }
         }
     }
+    // Producer state of idempotent producers, for every partition this shard owns.
+    for topic in shard.all_topics() {
+        for p in 0..topic.partition_count() {
+            if let Some(log) = shard.log(&topic.name, p) {
+                crate::producer_state::restore(&topic.name, p, &log, shard.shared.recovered_clean)
+                    .await;
+            }
+        }
+    }
     let sweeper = spawn(async {
         loop {
             op::sleep(crate::groups::SWEEP_INTERVAL).await;
@@ -297,6 +307,7 @@ async fn shard_main(listener: SharedFd, stop: Rc<Notify>) {
     drop(flusher);
     drop(retention);
     drop(sweeper);
+    crate::producer_state::snapshot_all();
     for log in shard.owned_logs() {
         if let Err(e) = log.close().await {
             tracing::error!(dir = %log.dir().display(), error = %e, "flush at shutdown failed");

@@ -24,6 +24,8 @@ pub struct Shared {
     pub advertised_port: u16,
     pub cluster_id: String,
     pub shard_count: usize,
+    /// The previous run stopped cleanly (its snapshots can be trusted).
+    pub recovered_clean: bool,
 }
 
 pub struct Shard {

@@ -278,6 +278,22 @@ pub fn build_batch(base_offset: i64, timestamp_ms: i64, values: &[&[u8]]) -> Vec
     b
 }
 
+/// Test and tooling helper: like `build_batch`, from an idempotent producer.
+pub fn build_idempotent_batch(
+    producer_id: i64,
+    epoch: i16,
+    base_sequence: i32,
+    values: &[&[u8]],
+) -> Vec<u8> {
+    let mut b = build_batch(0, 1_700_000_000_000, values);
+    b[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    b[51..53].copy_from_slice(&epoch.to_be_bytes());
+    b[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&b[CRC_START..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::Client;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -217,5 +218,100 @@ fn librdkafka_subscribe_consumes_and_commits() {
             .unwrap()
             >= 3000),
         "the group resumed after its commit"
+    );
+}
+
+#[test]
+fn librdkafka_idempotent_producer_sends_10000_records_without_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    kafka_python(&["create", &broker.addr, "idem", "4"], "");
+    let input: String = (0..10_000).map(|i| format!("k{i}\tv{i}\n")).collect();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/clients/confluent_kafka_client.py"
+    );
+    let out = run(
+        "python3",
+        &[script, "produce", &broker.addr, "idem", "lz4", "idempotent"],
+        &input,
+    );
+    assert_eq!(out.trim(), "acked\t10000");
+    let stored = kcat_consume_all(&broker.addr, "idem");
+    assert_eq!(stored.len(), 10_000, "each record stored exactly once");
+}
+
+#[test]
+fn a_replayed_idempotent_batch_is_stored_once_and_a_gap_is_refused() {
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    kafka_python(&["create", &broker.addr, "dedup", "1"], "");
+    let mut c = Client::connect(&broker.addr);
+    let init: InitProducerIdResponse = c.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(init.error_code, 0);
+    let pid = init.producer_id.0;
+    let mut produce = |seq: i32, epoch: i16, n: usize| -> (i16, i64) {
+        let values: Vec<Vec<u8>> = (0..n).map(|i| format!("s{seq}-{i}").into_bytes()).collect();
+        let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+        let batch = ringbroker_protocol::batch::build_idempotent_batch(pid, epoch, seq, &refs);
+        let pd = produce_request::PartitionProduceData::default()
+            .with_index(0)
+            .with_records(Some(bytes::Bytes::from(batch)));
+        let td = produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("dedup")))
+            .with_partition_data(vec![pd]);
+        let r: ProduceResponse = c.call(
+            ApiKey::Produce,
+            9,
+            &ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(5000)
+                .with_topic_data(vec![td]),
+        );
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    };
+    assert_eq!(produce(0, 0, 3), (0, 0));
+    assert_eq!(produce(3, 0, 2), (0, 3));
+    assert_eq!(
+        produce(0, 0, 3),
+        (0, 0),
+        "a replay gets its original offset"
+    );
+    assert_eq!(
+        produce(3, 0, 2),
+        (0, 3),
+        "a replay gets its original offset"
+    );
+    assert_eq!(
+        produce(9, 0, 1).0,
+        45,
+        "a sequence gap is OUT_OF_ORDER_SEQUENCE_NUMBER"
+    );
+    assert_eq!(produce(5, 0, 1), (0, 5));
+    assert_eq!(
+        produce(0, 1, 1),
+        (0, 6),
+        "a new epoch starts again at sequence 0"
+    );
+    assert_eq!(
+        produce(6, 0, 1).0,
+        47,
+        "an older epoch is INVALID_PRODUCER_EPOCH"
+    );
+    assert_eq!(
+        kcat_consume_all(&broker.addr, "dedup").len(),
+        7,
+        "replays were not written again"
     );
 }

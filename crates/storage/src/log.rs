@@ -214,6 +214,16 @@ impl PartitionLog {
         self.state.borrow().high_watermark
     }
 
+    /// Base offset of the active (last) segment.
+    pub fn active_segment_base(&self) -> i64 {
+        self.state
+            .borrow()
+            .segments
+            .last()
+            .expect("active segment")
+            .base_offset
+    }
+
     pub fn log_start_offset(&self) -> i64 {
         self.state.borrow().log_start_offset
     }

@@ -14,6 +14,7 @@ pub mod describe_groups;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
+pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
@@ -49,6 +50,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 pub fn supported(api: ApiKey, version: i16) -> bool {
@@ -124,6 +126,7 @@ pub async fn handle(frame: Bytes) -> Outcome {
         ApiKey::ListGroups => list_groups::handle(req).await,
         ApiKey::DescribeGroups => describe_groups::handle(req).await,
         ApiKey::DeleteGroups => delete_groups::handle(req).await,
+        ApiKey::InitProducerId => init_producer_id::handle(req).await,
         other => Err(Outcome::Close(format!("{other:?} is not implemented"))),
     };
     result.unwrap_or_else(|outcome| outcome)

@@ -4,10 +4,11 @@
 use super::{decode_body, respond, Outcome};
 use crate::errors;
 use crate::metadata::TopicInfo;
+use crate::producer_state::{self, Decision};
 use crate::shard;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
-use ringbroker_protocol::batch::{validate_produced, BatchError};
+use ringbroker_protocol::batch::{validate_produced, BatchError, BatchHeader};
 use ringbroker_protocol::request::Request;
 use ringbroker_runtime::executor::spawn;
 use ringbroker_storage::AppendError;
@@ -103,14 +104,60 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                 Some(result) => Err(result),
                 None => {
                     let topic = topic.clone().expect("checked above");
-                    let count = validate_count(&records);
+                    let header = BatchHeader::parse(&records).expect("validated above");
+                    let count = header.records_count as u32;
+                    let name = topic.name.clone();
                     Ok(spawn(async move {
                         shard::on_partition(&topic, index, move |log| async move {
-                            let base = log.append_batch(records, count).await?;
-                            if sync {
-                                log.sync_to(base + count as i64).await?;
+                            let idempotent = header.producer_id >= 0;
+                            if idempotent {
+                                let decision = producer_state::with_partition(&name, index, |p| {
+                                    p.check(
+                                        header.producer_id,
+                                        header.producer_epoch,
+                                        header.base_sequence,
+                                        header.records_count,
+                                    )
+                                });
+                                match decision {
+                                    Decision::Append => {}
+                                    Decision::Duplicate(base) => {
+                                        return Ok((base, log.log_start_offset()))
+                                    }
+                                    Decision::Reject(code) => {
+                                        return Err((
+                                            code,
+                                            format!(
+                                                "producer {} sequence {} rejected",
+                                                header.producer_id, header.base_sequence
+                                            ),
+                                        ))
+                                    }
+                                }
                             }
-                            Ok::<_, AppendError>((base, log.log_start_offset()))
+                            let storage_error =
+                                |e: AppendError| (errors::KAFKA_STORAGE_ERROR, e.to_string());
+                            let base = log
+                                .append_batch(records, count)
+                                .await
+                                .map_err(storage_error)?;
+                            if idempotent {
+                                producer_state::with_partition(&name, index, |p| {
+                                    p.record(
+                                        header.producer_id,
+                                        header.producer_epoch,
+                                        header.base_sequence,
+                                        header.records_count,
+                                        base,
+                                    )
+                                });
+                            }
+                            if sync {
+                                log.sync_to(base + count as i64)
+                                    .await
+                                    .map_err(storage_error)?;
+                            }
+                            Ok((base, log.log_start_offset()))
                         })
                         .await
                     }))
@@ -133,9 +180,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                         log_start_offset,
                         message: None,
                     },
-                    Ok(Some(Err(e))) => {
-                        PartitionResult::error(errors::KAFKA_STORAGE_ERROR, e.to_string())
-                    }
+                    Ok(Some(Err((code, message)))) => PartitionResult::error(code, message),
                     Ok(None) | Err(_) => PartitionResult::error(
                         errors::UNKNOWN_TOPIC_OR_PARTITION,
                         "partition went away".into(),
@@ -171,9 +216,4 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         &req,
         &ProduceResponse::default().with_responses(responses),
     ))
-}
-
-/// Record count of a batch that already passed `validate_produced`.
-fn validate_count(records: &bytes::Bytes) -> u32 {
-    ringbroker_protocol::batch::BatchHeader::parse(records).map_or(1, |h| h.records_count as u32)
 }
