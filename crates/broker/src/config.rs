@@ -71,6 +71,8 @@ pub struct BrokerConfig {
     pub flush: FlushPolicy,
     /// How often each shard applies retention to the partitions it owns.
     pub retention_check_interval: std::time::Duration,
+    /// Where `/metrics` and `/health` are served (off the shard cores); `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl BrokerConfig {
@@ -90,6 +92,7 @@ impl BrokerConfig {
             log: LogConfig::default(),
             flush: FlushPolicy::Acks,
             retention_check_interval: std::time::Duration::from_secs(60),
+            metrics_listen: None,
         }
     }
 }

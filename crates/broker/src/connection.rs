@@ -18,6 +18,7 @@ pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>) {
     let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
     let frame_bytes_max = shard::current().shared.config.frame_bytes_max;
     let mut buf = BytesMut::with_capacity(RECV_BYTES_MIN);
+    let _counted = crate::stats::ConnectionGuard::open();
     tracing::debug!(%peer, "connection opened");
     loop {
         let mut responses: Vec<Chunk> = Vec::new();
@@ -47,6 +48,7 @@ pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>) {
             }
         }
         if !responses.is_empty() {
+            crate::stats::bytes_sent(responses.iter().map(Chunk::len).sum());
             if let Err(e) = send_chunks(&fd, responses).await {
                 tracing::debug!(%peer, error = %e, "send failed; closing");
                 return;
@@ -63,7 +65,7 @@ pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>) {
                 tracing::debug!(%peer, "connection closed by peer");
                 return;
             }
-            Ok(_) => {}
+            Ok(n) => crate::stats::bytes_received(n),
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "recv failed; closing");
                 return;

@@ -20,6 +20,8 @@ pub mod connection;
 pub mod errors;
 pub mod groups;
 pub mod metadata;
+pub mod metrics;
 pub mod producer_state;
 pub mod server;
 pub mod shard;
+pub mod stats;

@@ -34,6 +34,8 @@ pub enum StartError {
     Locked(PathBuf),
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    #[error("cannot serve metrics on {0}: {1}")]
+    MetricsListen(SocketAddr, std::io::Error),
     #[error("shard {shard} on CPU {cpu}: {reason}")]
     Shard {
         shard: usize,
@@ -47,6 +49,10 @@ pub enum StartError {
 /// A running broker: its shard threads and how to stop them.
 pub struct Broker {
     pub listen_addr: SocketAddr,
+    /// Where `/metrics` and `/health` answer, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics: Option<crate::metrics::MetricsServer>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
     pub shared: Arc<Shared>,
     pub previous_shutdown_clean: bool,
     mesh: Arc<Mesh>,
@@ -130,6 +136,12 @@ impl Broker {
             .ok()
             .and_then(|a| a.as_socket())
             .ok_or_else(|| StartError::Other("listener has no local address".into()))?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => {
+                Some(crate::metrics::bind(addr).map_err(|e| StartError::MetricsListen(addr, e))?)
+            }
+            None => None,
+        };
         let mut listeners = vec![first];
         for _ in 1..shards {
             listeners
@@ -150,6 +162,7 @@ impl Broker {
             cluster_id: meta.cluster_id.clone(),
             recovered_clean: previous_shutdown_clean,
             shard_count: shards,
+            shutdown_flush_failed: std::sync::atomic::AtomicBool::new(false),
         });
         let meta = Arc::new(meta);
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
@@ -200,8 +213,28 @@ impl Broker {
             threads.push(thread);
         }
         drop(ready_tx);
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let metrics = match metrics_listener {
+            Some(l) => {
+                let addr = l.local_addr().ok();
+                Some(
+                    crate::metrics::MetricsServer::start(l, mesh.clone(), ready.clone()).map_err(
+                        |e| {
+                            StartError::MetricsListen(
+                                addr.unwrap_or(listen_addr),
+                                std::io::Error::other(e),
+                            )
+                        },
+                    )?,
+                )
+            }
+            None => None,
+        };
         let broker = Broker {
             listen_addr,
+            metrics_addr: metrics.as_ref().map(|m| m.addr),
+            metrics,
+            ready: ready.clone(),
             shared,
             previous_shutdown_clean,
             mesh,
@@ -226,6 +259,7 @@ impl Broker {
                 }
             }
         }
+        ready.store(true, std::sync::atomic::Ordering::Release);
         Ok(broker)
     }
 
@@ -244,7 +278,16 @@ impl Broker {
         }
     }
 
-    fn join(self) {
+    fn stop_metrics(&mut self) {
+        self.ready
+            .store(false, std::sync::atomic::Ordering::Release);
+        if let Some(m) = self.metrics.take() {
+            m.stop();
+        }
+    }
+
+    fn join(mut self) {
+        self.stop_metrics();
         for t in self.threads {
             let _ = t.join();
         }
@@ -252,10 +295,20 @@ impl Broker {
 
     /// Orderly stop: every shard stops accepting, flushes its logs, and exits; then the
     /// clean-shutdown marker is written.
-    pub fn shutdown(self) -> std::io::Result<()> {
+    pub fn shutdown(mut self) -> std::io::Result<()> {
+        self.stop_metrics();
         self.stop_shards();
         let data_dir = self.shared.config.data_dir.clone();
+        let shared = self.shared.clone();
         self.join();
+        if shared
+            .shutdown_flush_failed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(std::io::Error::other(
+                "a partition could not be flushed; no clean-shutdown marker written",
+            ));
+        }
         std::fs::write(data_dir.join("meta").join(CLEAN_SHUTDOWN_MARKER), b"")?;
         Ok(())
     }
@@ -310,13 +363,17 @@ async fn shard_main(listener: SharedFd, stop: Rc<Notify>) {
     crate::producer_state::snapshot_all();
     for log in shard.owned_logs() {
         if let Err(e) = log.close().await {
-            tracing::error!(dir = %log.dir().display(), error = %e, "flush at shutdown failed");
+            shard
+                .shared
+                .shutdown_flush_failed
+                .store(true, std::sync::atomic::Ordering::Release);
+            tracing::error!(dir = %log.dir().display(), error = %e, "flush at shutdown failed; the next start will scan every segment");
         }
     }
     tracing::info!(
         shard = shard.id,
         ring_ops = %ringbroker_runtime::driver::stats().summary(),
-        spliced_bytes_all_shards = ringbroker_runtime::splice::SPLICED_BYTES.load(std::sync::atomic::Ordering::Relaxed),
+        spliced_bytes = ringbroker_runtime::splice::spliced_bytes(),
         "shard stopped"
     );
 }

@@ -26,6 +26,8 @@ pub struct Shared {
     pub shard_count: usize,
     /// The previous run stopped cleanly (its snapshots can be trusted).
     pub recovered_clean: bool,
+    /// A log could not be flushed at shutdown: the clean-shutdown marker must not be written.
+    pub shutdown_flush_failed: std::sync::atomic::AtomicBool,
 }
 
 pub struct Shard {
@@ -96,6 +98,15 @@ impl Shard {
     /// Logs owned by this shard.
     pub fn owned_logs(&self) -> Vec<Rc<PartitionLog>> {
         self.logs.borrow().values().cloned().collect()
+    }
+
+    /// (topic, partition) and log of every partition this shard owns.
+    pub fn owned_partitions(&self) -> Vec<((String, i32), Rc<PartitionLog>)> {
+        self.logs
+            .borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Adds a topic to this shard's view and opens the partitions it owns.

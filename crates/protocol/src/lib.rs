@@ -11,6 +11,7 @@
 //!
 //! Message types come from the `kafka-protocol` crate; this crate owns what it does not do.
 
+pub mod alloc;
 pub mod batch;
 pub mod frame;
 pub mod gather;

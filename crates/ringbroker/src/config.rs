@@ -88,9 +88,15 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGBROKER_URING_FALLBACK", num_args = 0..=1, default_missing_value = "true")]
     pub uring_fallback: Option<bool>,
 
+    /// Address of the HTTP endpoint for Prometheus (`/metrics`) and health checks
+    /// (`/health`), served by a thread off the shard cores; `off` disables it.
+    /// [default: 127.0.0.1:9644]
+    #[arg(long, env = "RINGBROKER_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+
     /// TOML file with the same keys (listen, data_dir, cores, advertise, auto_create_topics,
     /// default_partitions, flush, segment_bytes, segment_ms, retention_ms, retention_bytes,
-    /// retention_check_ms, uring_fallback).
+    /// retention_check_ms, uring_fallback, metrics_listen).
     #[arg(long, env = "RINGBROKER_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -111,6 +117,7 @@ struct FileConfig {
     retention_bytes: Option<i64>,
     retention_check_ms: Option<u64>,
     uring_fallback: Option<bool>,
+    metrics_listen: Option<String>,
 }
 
 pub struct Settings {
@@ -201,6 +208,23 @@ impl ServeArgs {
         if let Some(flush) = self.flush.or(file.flush) {
             broker.flush = flush.parse().map_err(anyhow::Error::msg)?;
         }
+        let metrics_text = self
+            .metrics_listen
+            .or(file.metrics_listen)
+            .unwrap_or_else(|| "127.0.0.1:9644".to_string());
+        broker.metrics_listen = if metrics_text == "off" {
+            None
+        } else {
+            Some(
+                metrics_text
+                    .to_socket_addrs()
+                    .with_context(|| format!("--metrics-listen {metrics_text:?}"))?
+                    .next()
+                    .with_context(|| {
+                        format!("--metrics-listen {metrics_text:?} resolves to no address")
+                    })?,
+            )
+        };
         let uring_fallback = self.uring_fallback.or(file.uring_fallback).unwrap_or(false);
         if uring_fallback {
             broker.ring.use_taskrun_flags = false;

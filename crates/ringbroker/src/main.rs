@@ -11,6 +11,10 @@ use clap::Parser;
 use ringbroker_broker::server::Broker;
 use ringbroker_runtime::KernelFeatures;
 
+/// Survives hostile array counts in request bodies (see `ringbroker_protocol::alloc`).
+#[global_allocator]
+static ALLOC: ringbroker_protocol::alloc::GuardedAlloc = ringbroker_protocol::alloc::GuardedAlloc;
+
 fn main() {
     let cli = config::Cli::parse();
     tracing_subscriber::fmt()
@@ -59,6 +63,7 @@ fn serve(args: config::ServeArgs) -> Result<()> {
         advertised = %format!("{}:{}", broker.shared.advertised_host, broker.shared.advertised_port),
         flush = ?config.flush,
         recovery = if broker.previous_shutdown_clean { "trusted clean shutdown" } else { "scanned every segment" },
+        metrics = %broker.metrics_addr.map_or_else(|| "off".to_string(), |a| format!("http://{a}/metrics")),
         "listening on {}",
         broker.listen_addr
     );

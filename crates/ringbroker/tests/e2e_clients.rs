@@ -266,13 +266,14 @@ fn recent_librdkafka_batches_in_every_codec_are_stored_as_sent_and_read_by_all_c
     assert_eq!(got, expected);
 }
 
-/// Reads `spliced_bytes_all_shards=N` from the shutdown log (until /metrics exists).
-fn spliced_bytes_in(log: &str) -> u64 {
-    log.lines()
-        .filter_map(|l| l.split("spliced_bytes_all_shards=").nth(1))
-        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
-        .max()
-        .expect("shutdown log line with spliced bytes")
+/// `ringbroker_fetch_spliced_bytes_total`, summed over shards, from /metrics.
+fn spliced_bytes(broker: &Broker) -> u64 {
+    let (status, text) = broker.http_get("/metrics");
+    assert_eq!(status, 200);
+    text.lines()
+        .filter(|l| l.starts_with("ringbroker_fetch_spliced_bytes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 #[test]
@@ -307,9 +308,9 @@ fn a_large_fetch_goes_out_by_splice_and_arrives_byte_identical() {
         values == expected,
         "consumed records differ from produced ones"
     );
+    let spliced = spliced_bytes(&broker);
     let status = broker.stop();
     assert!(status.success());
-    let spliced = spliced_bytes_in(&broker.log());
     assert!(
         spliced >= produced_bytes,
         "Fetch used splice: {spliced} bytes spliced for {produced_bytes} produced"

@@ -27,6 +27,7 @@ pub mod oneshot;
 pub mod op;
 pub mod probe;
 pub mod splice;
+pub mod stats;
 
 pub use driver::{RingConfig, RingStats};
 pub use executor::{block_on, spawn, yield_now, Runtime};

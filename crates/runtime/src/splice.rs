@@ -16,15 +16,20 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Pipe capacity asked for with F_SETPIPE_SZ.
 pub const PIPE_BYTES: usize = 1 << 20;
 /// Pipes one shard may hold at once; sends wait for a free one beyond that.
 pub const PIPES_PER_SHARD_MAX: usize = 16;
 
-/// Bytes moved file→socket by splice, all shards (for metrics and tests).
-pub static SPLICED_BYTES: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    static SPLICED_BYTES: crate::stats::LocalCounter = crate::stats::LocalCounter::default();
+}
+
+/// Bytes this thread moved file→socket by splice (for metrics and tests).
+pub fn spliced_bytes() -> u64 {
+    SPLICED_BYTES.with(|c| c.get())
+}
 
 struct Pipe {
     read: SharedFd,
@@ -171,7 +176,7 @@ async fn splice_with(pipe: &Pipe, slice: &FileSlice, socket: &SharedFd) -> io::R
         };
         debug_assert!(moved_out <= moved_in);
         drain(pipe, socket, moved_in - moved_out).await?;
-        SPLICED_BYTES.fetch_add(moved_in as u64, Ordering::Relaxed);
+        SPLICED_BYTES.with(|c| c.add(moved_in as u64));
         position += moved_in as u64;
         remaining -= moved_in;
     }
@@ -227,8 +232,8 @@ mod tests {
             b.read_to_end(&mut got).unwrap();
             got
         });
-        let before = SPLICED_BYTES.load(Ordering::Relaxed);
         block_on(async move {
+            let before = spliced_bytes();
             let slice = |position: u64, len: u32| {
                 Chunk::File(FileSlice {
                     file: file.clone(),
@@ -259,6 +264,7 @@ mod tests {
             });
             send_chunks(&a, chunks).await.unwrap();
             other.await.unwrap().unwrap();
+            assert!(spliced_bytes() - before >= 3_000_008);
         })
         .unwrap();
         let got = reader.join().unwrap();
@@ -270,7 +276,6 @@ mod tests {
         expected.extend_from_slice(b"tail");
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "bytes differ");
-        assert!(SPLICED_BYTES.load(Ordering::Relaxed) - before >= 3_000_008);
     }
 
     #[test]

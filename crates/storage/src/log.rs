@@ -36,6 +36,17 @@ pub struct LogConfig {
     pub index_interval_bytes: u64,
 }
 
+thread_local! {
+    /// Durations of this thread's group-commit fdatasyncs, for the metrics layer.
+    static FSYNC_SECONDS: ringbroker_runtime::stats::LocalHistogram =
+        ringbroker_runtime::stats::LocalHistogram::default();
+}
+
+/// The fdatasync durations recorded on this thread since the last call.
+pub fn take_fsync_seconds() -> ringbroker_runtime::stats::HistogramDelta {
+    FSYNC_SECONDS.with(|h| h.take())
+}
+
 /// Kafka's default `retention.ms`: 7 days.
 pub const RETENTION_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
 
@@ -418,7 +429,10 @@ impl PartitionLog {
             };
             let mut result = Ok(());
             for fd in &fds {
-                if let Err(e) = op::fdatasync(fd).await {
+                let started = std::time::Instant::now();
+                let synced = op::fdatasync(fd).await;
+                FSYNC_SECONDS.with(|h| h.record(started.elapsed().as_secs_f64()));
+                if let Err(e) = synced {
                     result = Err(e);
                     break;
                 }

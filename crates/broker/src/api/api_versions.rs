@@ -37,6 +37,7 @@ pub fn unsupported_version(version: i16, correlation_id: i32) -> Outcome {
     let response = ApiVersionsResponse::default()
         .with_error_code(errors::UNSUPPORTED_VERSION)
         .with_api_keys(table());
+    crate::stats::response_errors(ApiKey::ApiVersions as i16, &response);
     match encode_response(ApiKey::ApiVersions, 0, correlation_id, &response) {
         Ok(frame) => Outcome::Respond(frame),
         Err(e) => Outcome::Close(e.to_string()),

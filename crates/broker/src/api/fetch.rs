@@ -191,6 +191,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         })
         .collect();
     let response = FetchResponse::default().with_responses(topics);
+    crate::stats::response_errors(req.api as i16, &response);
     let pieces = match encode_response_gather(req.api, v, req.header.correlation_id, &response) {
         Ok(p) => p,
         Err(e) => {

@@ -82,7 +82,8 @@ pub(crate) fn decode_body<T: Decodable>(req: &mut Request) -> Result<T, Outcome>
 }
 
 /// Encodes the response to `req`.
-pub(crate) fn respond<T: Encodable>(req: &Request, body: &T) -> Outcome {
+pub(crate) fn respond<T: Encodable + crate::stats::ErrorCodes>(req: &Request, body: &T) -> Outcome {
+    crate::stats::response_errors(req.api as i16, body);
     match encode_response(req.api, req.version, req.header.correlation_id, body) {
         Ok(frame) => Outcome::Respond(frame),
         Err(e) => {
@@ -95,8 +96,21 @@ pub(crate) fn respond<T: Encodable>(req: &Request, body: &T) -> Outcome {
     }
 }
 
-/// Handles one request frame.
+/// Handles one request frame, counting it for the metrics layer.
 pub async fn handle(frame: Bytes) -> Outcome {
+    let started = std::time::Instant::now();
+    let api = frame.get(..2).map_or(crate::stats::UNKNOWN_API_SLOT, |k| {
+        i16::from_be_bytes([k[0], k[1]])
+    });
+    let outcome = dispatch(frame).await;
+    if let Outcome::Close(_) = outcome {
+        crate::stats::error(api, crate::stats::CLOSED_CODE);
+    }
+    crate::stats::request_done(api, started);
+    outcome
+}
+
+async fn dispatch(frame: Bytes) -> Outcome {
     let req = match decode_header(frame, supported) {
         Ok(req) => req,
         Err(RequestError::UnsupportedVersion {

@@ -141,6 +141,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                                 .append_batch(records, count)
                                 .await
                                 .map_err(storage_error)?;
+                            crate::stats::produce_records(count);
                             if idempotent {
                                 producer_state::with_partition(&name, index, |p| {
                                     p.record(
@@ -209,11 +210,10 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                 .with_partition_responses(partition_responses),
         );
     }
+    let response = ProduceResponse::default().with_responses(responses);
     if acks == 0 {
+        crate::stats::response_errors(req.api as i16, &response);
         return Ok(Outcome::Silent);
     }
-    Ok(respond(
-        &req,
-        &ProduceResponse::default().with_responses(responses),
-    ))
+    Ok(respond(&req, &response))
 }

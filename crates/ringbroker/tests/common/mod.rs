@@ -36,6 +36,9 @@ impl Broker {
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir);
+        if !extra.contains(&"--metrics-listen") {
+            cmd.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
         if !extra.contains(&"--cores") {
             cmd.args(["--cores", &two_cores()]);
         }
@@ -82,6 +85,21 @@ impl Broker {
         self.log.lock().unwrap().clone()
     }
 
+    /// host:port of the metrics endpoint, from the start-up line.
+    pub fn metrics_addr(&self) -> String {
+        let log = self.log();
+        let rest = log
+            .split("metrics=http://")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no metrics address in the start-up line:\n{log}"));
+        rest.split('/').next().unwrap().to_string()
+    }
+
+    /// GET `path` from the metrics endpoint: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(&self.metrics_addr(), path)
+    }
+
     /// SIGTERM, then wait (bounded) for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         // SAFETY: signalling our own child process.
@@ -108,6 +126,22 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A minimal HTTP/1.0 GET: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad HTTP response: {text:?}"));
+    (status, body.to_string())
 }
 
 /// Runs a command with `input` on stdin (fed from a thread, so a child that stops reading

@@ -1,0 +1,561 @@
+//! Prometheus metrics and the health check, served off the shard cores.
+//!
+//! One plain thread owns a `metrics-exporter-prometheus` recorder and a blocking listener for
+//! `GET /metrics` and `GET /health`. Shards never touch the recorder: they count into their
+//! own cells ([`crate::stats`], the ring's statistics, the storage fsync histogram). Every
+//! [`PUBLISH_INTERVAL`], and on every scrape, the metrics thread sends each shard a control
+//! message that snapshots those cells on the shard, then publishes the snapshots (counters as
+//! absolute values, histogram deltas, gauges) and renders.
+//!
+//! Consumer-group lag is computed here from two snapshots: committed offsets (from the shard
+//! coordinating each group) and log end offsets (from the shard owning each partition).
+
+use crate::stats::{RequestSnapshot, CLOSED_CODE, UNKNOWN_API_SLOT};
+use kafka_protocol::messages::ApiKey;
+use metrics::{counter, gauge, histogram, with_local_recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
+use metrics_util::MetricKindMask;
+use ringbroker_runtime::driver::{opcode_name, RingStats};
+use ringbroker_runtime::mesh::Mesh;
+use ringbroker_runtime::stats::{HistogramDelta, LATENCY_BOUNDS};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How often shard statistics are published even when nobody scrapes (keeps each publish
+/// small: histogram samples are handed over per bucket).
+pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a publish waits for a shard's snapshot before rendering without it.
+const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Gauges of partitions and groups that disappear stop being published and leave the
+/// exposition after this long.
+const GAUGE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const HTTP_IO_TIMEOUT: Duration = Duration::from_secs(5);
+const HTTP_REQUEST_BYTES_MAX: usize = 8 * 1024;
+
+/// Everything one shard reports, taken on that shard.
+#[derive(Debug, Default)]
+pub struct ShardSnapshot {
+    pub shard: usize,
+    pub requests: RequestSnapshot,
+    pub ring: Option<RingStats>,
+    pub spliced_bytes: u64,
+    pub fsync: HistogramDelta,
+    /// (topic, partition, log start, log end, size in bytes) of every partition it owns.
+    pub partitions: Vec<(String, i32, i64, i64, u64)>,
+    /// (group, topic, partition, committed offset) of the groups it coordinates.
+    pub committed: Vec<(String, String, i32, i64)>,
+}
+
+/// Runs on a shard thread.
+fn take_snapshot() -> ShardSnapshot {
+    let shard = crate::shard::current();
+    ShardSnapshot {
+        shard: shard.id,
+        requests: crate::stats::snapshot(),
+        ring: Some(ringbroker_runtime::driver::stats()),
+        spliced_bytes: ringbroker_runtime::splice::spliced_bytes(),
+        fsync: ringbroker_storage::log::take_fsync_seconds(),
+        partitions: shard
+            .owned_partitions()
+            .into_iter()
+            .map(|((t, p), log)| {
+                (
+                    t,
+                    p,
+                    log.log_start_offset(),
+                    log.high_watermark(),
+                    log.size_bytes(),
+                )
+            })
+            .collect(),
+        committed: crate::groups::all_committed(),
+    }
+}
+
+/// The running metrics thread.
+pub struct MetricsServer {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Binds the metrics address (so a bad address fails start-up early).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+}
+
+fn build_recorder() -> PrometheusRecorder {
+    let mut builder =
+        PrometheusBuilder::new().idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE_TIMEOUT));
+    for name in [
+        "ringbroker_request_duration_seconds",
+        "ringbroker_fsync_duration_seconds",
+    ] {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.into()), &LATENCY_BOUNDS)
+            .expect("latency buckets are not empty");
+    }
+    let recorder = builder.build_recorder();
+    with_local_recorder(&recorder, describe);
+    recorder
+}
+
+/// HELP texts (and units) of every series.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "ringbroker_requests_total",
+        "Kafka requests handled, by API and shard."
+    );
+    describe_counter!(
+        "ringbroker_request_errors_total",
+        "Error codes in responses (one per partition, topic or group they name), and requests that closed their connection (code CONNECTION_CLOSED)."
+    );
+    describe_histogram!(
+        "ringbroker_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a request's decoding to its response being ready, by API."
+    );
+    describe_counter!(
+        "ringbroker_bytes_received_total",
+        Unit::Bytes,
+        "Bytes read from client sockets."
+    );
+    describe_counter!(
+        "ringbroker_bytes_sent_total",
+        Unit::Bytes,
+        "Response bytes sent to clients (memory and spliced)."
+    );
+    describe_counter!(
+        "ringbroker_fetch_spliced_bytes_total",
+        Unit::Bytes,
+        "Record bytes moved from segment files to sockets by splice (zero copy)."
+    );
+    describe_counter!(
+        "ringbroker_produce_records_total",
+        "Records appended by Produce requests."
+    );
+    describe_gauge!("ringbroker_connections", "Open client connections.");
+    describe_counter!(
+        "ringbroker_uring_submissions_total",
+        "io_uring submissions by opcode and shard."
+    );
+    describe_counter!(
+        "ringbroker_uring_cq_overflow_total",
+        "Completions the kernel could not post because the completion queue was full."
+    );
+    describe_gauge!(
+        "ringbroker_uring_inflight",
+        "io_uring operations submitted and not yet completed."
+    );
+    describe_counter!(
+        "ringbroker_cross_shard_messages_total",
+        "Messages sent from one shard to another."
+    );
+    describe_gauge!(
+        "ringbroker_partition_log_end_offset",
+        "Offset the next record of the partition will get (high watermark)."
+    );
+    describe_gauge!(
+        "ringbroker_partition_log_start_offset",
+        "First offset still held by the partition."
+    );
+    describe_gauge!(
+        "ringbroker_partition_size_bytes",
+        Unit::Bytes,
+        "Bytes in the partition's segment files."
+    );
+    describe_histogram!(
+        "ringbroker_fsync_duration_seconds",
+        Unit::Seconds,
+        "Duration of fdatasync calls of group commit."
+    );
+    describe_gauge!(
+        "ringbroker_consumer_group_lag",
+        "Log end offset minus the group's committed offset, per partition."
+    );
+    describe_gauge!(
+        "ringbroker_build_info",
+        "Version of the running broker (value 1)."
+    );
+}
+
+impl MetricsServer {
+    /// Starts serving `listener`. `/health` answers 200 once `ready` is set.
+    pub fn start(
+        listener: TcpListener,
+        mesh: Arc<Mesh>,
+        ready: Arc<AtomicBool>,
+    ) -> std::io::Result<MetricsServer> {
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        listener.set_nonblocking(false)?;
+        let thread = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                let mut publisher = Publisher {
+                    recorder: build_recorder(),
+                    mesh,
+                };
+                let (conn_tx, conn_rx) = mpsc::channel::<TcpStream>();
+                let stop3 = stop2.clone();
+                // Accepting on its own thread lets publishing run on a timer in between.
+                let acceptor = std::thread::Builder::new()
+                    .name("metrics-accept".into())
+                    .spawn(move || {
+                        for conn in listener.incoming() {
+                            if stop3.load(Ordering::Acquire) {
+                                break;
+                            }
+                            match conn {
+                                Ok(c) => {
+                                    if conn_tx.send(c).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "metrics accept failed");
+                                    std::thread::sleep(Duration::from_millis(50));
+                                }
+                            }
+                        }
+                    });
+                if let Err(e) = acceptor {
+                    tracing::error!(error = %e, "cannot start the metrics accept thread");
+                    return;
+                }
+                let mut next_publish = Instant::now();
+                while !stop2.load(Ordering::Acquire) {
+                    let wait = next_publish.saturating_duration_since(Instant::now());
+                    match conn_rx.recv_timeout(wait) {
+                        Ok(conn) => {
+                            if let Err(e) = serve_http(conn, &mut publisher, &ready) {
+                                tracing::debug!(error = %e, "metrics request failed");
+                            }
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if ready.load(Ordering::Acquire) {
+                                publisher.publish();
+                            }
+                            next_publish = Instant::now() + PUBLISH_INTERVAL;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            })?;
+        Ok(MetricsServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the metrics threads (before the shards go away).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wake the blocking accept so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Publisher {
+    recorder: PrometheusRecorder,
+    mesh: Arc<Mesh>,
+}
+
+impl Publisher {
+    /// Collects a snapshot from every shard and hands it to the recorder.
+    fn publish(&mut self) {
+        let shards = self.mesh.shard_count();
+        let (tx, rx) = mpsc::channel::<ShardSnapshot>();
+        for s in 0..shards {
+            let tx = tx.clone();
+            self.mesh.send_control(
+                s,
+                Box::new(move || {
+                    let _ = tx.send(take_snapshot());
+                }),
+            );
+        }
+        drop(tx);
+        let deadline = Instant::now() + SHARD_REPLY_TIMEOUT;
+        let mut snapshots = Vec::with_capacity(shards);
+        while snapshots.len() < shards {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(s) => snapshots.push(s),
+                Err(_) => {
+                    tracing::warn!(
+                        answered = snapshots.len(),
+                        shards,
+                        "a shard did not answer the metrics snapshot in time"
+                    );
+                    break;
+                }
+            }
+        }
+        let mesh = self.mesh.clone();
+        with_local_recorder(&self.recorder, || apply(&snapshots, &mesh));
+        self.recorder.handle().run_upkeep();
+    }
+
+    fn render(&mut self) -> String {
+        self.publish();
+        self.recorder.handle().render()
+    }
+}
+
+fn api_name(key: i16) -> String {
+    if key == UNKNOWN_API_SLOT {
+        return "Unknown".into();
+    }
+    ApiKey::try_from(key).map_or_else(|_| format!("Api{key}"), |k| format!("{k:?}"))
+}
+
+/// `UnknownTopicOrPartition` → `UNKNOWN_TOPIC_OR_PARTITION`, as Kafka documents its errors.
+fn error_name(code: i16) -> String {
+    if code == CLOSED_CODE {
+        return "CONNECTION_CLOSED".into();
+    }
+    let Some(e) = kafka_protocol::error::ResponseError::try_from_code(code) else {
+        return "NONE".into();
+    };
+    let camel = format!("{e:?}");
+    if camel.starts_with("Unknown(") {
+        return format!("CODE_{code}");
+    }
+    let mut out = String::with_capacity(camel.len() + 8);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+fn record_delta(h: &metrics::Histogram, delta: &HistogramDelta) {
+    for (value, count) in delta.samples() {
+        h.record_many(value, count as usize);
+    }
+}
+
+fn apply(snapshots: &[ShardSnapshot], mesh: &Mesh) {
+    gauge!("ringbroker_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    let mut log_ends: HashMap<(&str, i32), i64> = HashMap::new();
+    for s in snapshots {
+        let shard = s.shard.to_string();
+        let r = &s.requests;
+        for &(api, n) in &r.requests {
+            counter!("ringbroker_requests_total", "api" => api_name(api), "shard" => shard.clone())
+                .absolute(n);
+        }
+        for ((api, code), n) in &r.errors {
+            counter!(
+                "ringbroker_request_errors_total",
+                "api" => api_name(*api),
+                "code" => error_name(*code),
+                "shard" => shard.clone()
+            )
+            .absolute(*n);
+        }
+        for (api, delta) in &r.durations {
+            record_delta(
+                &histogram!("ringbroker_request_duration_seconds", "api" => api_name(*api)),
+                delta,
+            );
+        }
+        counter!("ringbroker_bytes_received_total", "shard" => shard.clone())
+            .absolute(r.bytes_received);
+        counter!("ringbroker_bytes_sent_total", "shard" => shard.clone()).absolute(r.bytes_sent);
+        counter!("ringbroker_fetch_spliced_bytes_total", "shard" => shard.clone())
+            .absolute(s.spliced_bytes);
+        counter!("ringbroker_produce_records_total", "shard" => shard.clone())
+            .absolute(r.produce_records);
+        gauge!("ringbroker_connections", "shard" => shard.clone()).set(r.connections as f64);
+        if let Some(ring) = &s.ring {
+            // Opcodes without a name of their own add up under "OTHER".
+            let mut by_name: std::collections::BTreeMap<&'static str, u64> = Default::default();
+            for (code, &n) in ring.submitted_by_opcode.iter().enumerate() {
+                if n > 0 {
+                    *by_name.entry(opcode_name(code)).or_default() += n;
+                }
+            }
+            for (op, n) in by_name {
+                counter!(
+                    "ringbroker_uring_submissions_total",
+                    "op" => op,
+                    "shard" => shard.clone()
+                )
+                .absolute(n);
+            }
+            counter!("ringbroker_uring_cq_overflow_total", "shard" => shard.clone())
+                .absolute(ring.cq_overflow);
+            gauge!("ringbroker_uring_inflight", "shard" => shard.clone()).set(ring.inflight as f64);
+        }
+        record_delta(
+            &histogram!("ringbroker_fsync_duration_seconds", "shard" => shard.clone()),
+            &s.fsync,
+        );
+        for (topic, partition, start, end, size) in &s.partitions {
+            let labels = [
+                ("topic", topic.clone()),
+                ("partition", partition.to_string()),
+            ];
+            gauge!("ringbroker_partition_log_end_offset", &labels).set(*end as f64);
+            gauge!("ringbroker_partition_log_start_offset", &labels).set(*start as f64);
+            gauge!("ringbroker_partition_size_bytes", &labels).set(*size as f64);
+            log_ends.insert((topic.as_str(), *partition), *end);
+        }
+    }
+    for s in snapshots {
+        for (group, topic, partition, committed) in &s.committed {
+            if let Some(&end) = log_ends.get(&(topic.as_str(), *partition)) {
+                gauge!(
+                    "ringbroker_consumer_group_lag",
+                    "group" => group.clone(),
+                    "topic" => topic.clone(),
+                    "partition" => partition.to_string()
+                )
+                .set(lag(end, *committed) as f64);
+            }
+        }
+    }
+    let n = mesh.shard_count();
+    for from in 0..n {
+        for to in (0..n).filter(|&to| to != from) {
+            counter!(
+                "ringbroker_cross_shard_messages_total",
+                "from" => from.to_string(),
+                "to" => to.to_string()
+            )
+            .absolute(mesh.sent_count(from, to));
+        }
+    }
+}
+
+/// Records a consumer still has to read: log end minus committed, never negative (a commit
+/// can be ahead of the log after a retention reset or a manual commit).
+pub fn lag(log_end: i64, committed: i64) -> i64 {
+    (log_end - committed).max(0)
+}
+
+/// Answers one HTTP/1.x request and closes.
+fn serve_http(
+    mut conn: TcpStream,
+    publisher: &mut Publisher,
+    ready: &AtomicBool,
+) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(HTTP_IO_TIMEOUT))?;
+    conn.set_write_timeout(Some(HTTP_IO_TIMEOUT))?;
+    let mut request = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+        if request.len() > HTTP_REQUEST_BYTES_MAX {
+            return respond(
+                &mut conn,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                b"",
+            );
+        }
+    }
+    let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let head = method == "HEAD";
+    if method != "GET" && !head {
+        return respond(
+            &mut conn,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"use GET\n",
+        );
+    }
+    let (status, content_type, body): (&str, &str, Vec<u8>) = match path {
+        "/metrics" => {
+            if ready.load(Ordering::Acquire) {
+                (
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    publisher.render().into_bytes(),
+                )
+            } else {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    b"starting\n".to_vec(),
+                )
+            }
+        }
+        "/health" => {
+            if ready.load(Ordering::Acquire) {
+                ("200 OK", "text/plain", b"ok\n".to_vec())
+            } else {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    b"not ready\n".to_vec(),
+                )
+            }
+        }
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            b"try /metrics or /health\n".to_vec(),
+        ),
+    };
+    let body = if head { &[][..] } else { &body[..] };
+    respond(&mut conn, status, content_type, body)
+}
+
+fn respond(
+    conn: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body)?;
+    conn.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_names_follow_kafka() {
+        assert_eq!(error_name(3), "UNKNOWN_TOPIC_OR_PARTITION");
+        assert_eq!(error_name(35), "UNSUPPORTED_VERSION");
+        assert_eq!(error_name(CLOSED_CODE), "CONNECTION_CLOSED");
+        assert_eq!(api_name(0), "Produce");
+        assert_eq!(api_name(UNKNOWN_API_SLOT), "Unknown");
+    }
+
+    #[test]
+    fn lag_is_never_negative() {
+        assert_eq!(lag(100, 40), 60);
+        assert_eq!(lag(100, 100), 0);
+        assert_eq!(lag(5, 9), 0);
+    }
+}
