@@ -348,7 +348,7 @@ fn small_filesystem(dir: &std::path::Path, size: &str) -> Option<()> {
 }
 
 #[test]
-fn a_full_disk_answers_kafka_storage_error_and_keeps_what_was_stored() {
+fn a_full_disk_answers_kafka_storage_error_keeps_what_was_stored_and_recovers_when_space_returns() {
     let dir = tempfile::tempdir().unwrap();
     if small_filesystem(dir.path(), "3m").is_none() {
         return;
@@ -381,6 +381,9 @@ fn a_full_disk_answers_kafka_storage_error_and_keeps_what_was_stored() {
     );
     let stored = kcat_consume_all(&broker.addr, "full");
     assert_eq!(stored.len(), 100);
+    // Ballast to delete later, so that space can come back.
+    let ballast = dir.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; 512 * 1024]).unwrap();
     // ~6 MB more than the filesystem holds.
     let flood: String = (0..1500)
         .map(|i| format!("f{i}\t{}\n", "z".repeat(4000)))
@@ -422,4 +425,26 @@ fn a_full_disk_answers_kafka_storage_error_and_keeps_what_was_stored() {
     );
     let (listed, listing) = run_unchecked("kcat", &["-b", &broker.addr, "-L"]);
     assert!(listed, "{listing}");
+
+    // Space comes back: the partition is cut back to its high watermark and takes writes.
+    std::fs::remove_file(&ballast).unwrap();
+    let again: String = (0..100).map(|i| format!("a{i}\tagain-{i}\n")).collect();
+    let out = kafka_python(&["produce", &broker.addr, "full", "none"], &again);
+    assert!(out.contains("acked\t100"), "{out}");
+    assert!(
+        broker.log().contains("accepting writes again"),
+        "the broker logged the recovery"
+    );
+    let last = kcat_consume_all(&broker.addr, "full");
+    let last_set: BTreeSet<String> = last.iter().cloned().collect();
+    assert_eq!(last_set.len(), last.len(), "no record twice");
+    assert!(stored.iter().all(|l| last_set.contains(l)));
+    assert!(
+        after.iter().all(|l| last_set.contains(l)),
+        "nothing acknowledged was lost"
+    );
+    for i in 0..100 {
+        let want = format!("\ta{i}\tagain-{i}");
+        assert!(last.iter().any(|l| l.ends_with(&want)), "a{i} missing");
+    }
 }

@@ -36,6 +36,16 @@ impl OffsetIndex {
             .filter(|&p| p > after)
     }
 
+    /// Drops the entries at `position` or beyond; returns how many remain.
+    pub fn truncate_at_position(&mut self, position: u32) -> usize {
+        self.entries.retain(|&(_, p)| p < position);
+        self.entries.len()
+    }
+
+    pub fn last_position(&self) -> Option<u32> {
+        self.entries.last().map(|&(_, p)| p)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

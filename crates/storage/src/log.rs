@@ -19,6 +19,7 @@ use ringbroker_runtime::op::{self, SharedFd};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -138,6 +139,14 @@ struct State {
     pending: VecDeque<PendingAppend>,
     next_seq: u64,
     failed: Option<String>,
+    /// The failure was a write (ENOSPC, EIO on write): once no write is in flight, the next
+    /// append cuts the log back to the high watermark and tries again. A failed fdatasync is
+    /// not repairable (the page cache may have dropped the dirty pages).
+    repairable: bool,
+    /// Bumped by every write failure: an append that started before it must not report
+    /// success later, when offsets past the failure are handed out again.
+    failure_epoch: u64,
+    writes_in_flight: usize,
     synced_offset: i64,
     sync_running: bool,
     /// Segments written since the last completed sync (the active one, and any rolled away).
@@ -208,6 +217,9 @@ impl PartitionLog {
                 pending: VecDeque::new(),
                 next_seq: 0,
                 failed: None,
+                repairable: false,
+                failure_epoch: 0,
+                writes_in_flight: 0,
                 synced_offset: next_offset,
                 sync_running: false,
                 unsynced: vec![active_log],
@@ -266,8 +278,11 @@ impl PartitionLog {
         if len > self.config.segment_bytes.max(1 << 20) || len > u32::MAX as u64 / 2 {
             return Err(AppendError::TooLarge(batch.len()));
         }
-        let (base_offset, end_offset, seq, log_fd, position, index_write) = {
+        let (base_offset, end_offset, seq, log_fd, position, index_write, epoch) = {
             let mut st = self.state.borrow_mut();
+            if st.failed.is_some() {
+                self.try_repair(&mut st);
+            }
             if let Some(why) = &st.failed {
                 return Err(AppendError::Failed(why.clone()));
             }
@@ -327,7 +342,17 @@ impl PartitionLog {
                 end_position: position + len,
                 done: false,
             });
-            (base_offset, end_offset, seq, log_fd, position, index_write)
+            st.writes_in_flight += 1;
+            let epoch = st.failure_epoch;
+            (
+                base_offset,
+                end_offset,
+                seq,
+                log_fd,
+                position,
+                index_write,
+                epoch,
+            )
         };
         // baseOffset is outside the CRC: write our 8 bytes, then the batch from byte 8 on.
         let head = Bytes::copy_from_slice(&base_offset.to_be_bytes());
@@ -344,11 +369,24 @@ impl PartitionLog {
             }
             (result, _) => result,
         };
+        self.state.borrow_mut().writes_in_flight -= 1;
         if let Err(e) = written {
-            let mut st = self.state.borrow_mut();
-            tracing::error!(dir = %self.dir.display(), error = %e, "append failed; partition stops accepting writes");
-            st.failed = Some(e.to_string());
+            {
+                let mut st = self.state.borrow_mut();
+                if st.failed.is_none() {
+                    tracing::error!(dir = %self.dir.display(), error = %e, high_watermark = st.high_watermark, "append failed; partition refuses writes until the log is cut back to its high watermark");
+                    st.failed = Some(e.to_string());
+                    st.repairable = true;
+                }
+                st.failure_epoch += 1;
+            }
+            self.appended.notify_all();
             return Err(AppendError::Io(e));
+        }
+        if self.state.borrow().failure_epoch != epoch {
+            return Err(AppendError::Failed(
+                "an earlier append of this partition failed".into(),
+            ));
         }
         self.complete(seq);
         // Wait until every earlier append is written too, so the caller's data is visible.
@@ -356,6 +394,11 @@ impl PartitionLog {
             let notified = self.appended.notified();
             {
                 let st = self.state.borrow();
+                if st.failure_epoch != epoch {
+                    return Err(AppendError::Failed(
+                        "an earlier append of this partition failed".into(),
+                    ));
+                }
                 if st.high_watermark >= end_offset {
                     return Ok(base_offset);
                 }
@@ -365,6 +408,47 @@ impl PartitionLog {
             }
             notified.await;
         }
+    }
+
+    /// After a failed write, once no write is in flight: cut the active segment (and its
+    /// indexes) back to the high watermark and accept appends again. Rare control path: plain
+    /// ftruncate calls.
+    fn try_repair(&self, st: &mut State) {
+        if !st.repairable || st.writes_in_flight > 0 {
+            return;
+        }
+        let hw = st.high_watermark;
+        let active = st.segments.last_mut().expect("active segment");
+        if active.base_offset > hw {
+            // The failure came right after a roll; a restart's recovery scan handles that.
+            return;
+        }
+        let keep = active.committed_bytes;
+        let entries = active.index.truncate_at_position(keep as u32);
+        active.time_index.truncate(entries);
+        active.last_indexed_position = active.index.last_position().map(u64::from);
+        let cut = |fd: &SharedFd, len: u64| -> io::Result<()> {
+            // SAFETY: ftruncate on an fd the segment owns.
+            if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        let result = cut(&active.log, keep)
+            .and_then(|()| cut(&active.index_file, entries as u64 * 8))
+            .and_then(|()| cut(&active.time_index_file, entries as u64 * 12));
+        if let Err(e) = result {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot cut the log back yet; still refusing writes");
+            return;
+        }
+        let dropped = active.reserved_bytes - keep;
+        active.reserved_bytes = keep;
+        active.next_offset = hw;
+        st.next_offset = hw;
+        st.pending.clear();
+        st.failed = None;
+        st.repairable = false;
+        tracing::warn!(dir = %self.dir.display(), high_watermark = hw, dropped_bytes = dropped, "partition cut back to its high watermark after a failed write; accepting writes again");
     }
 
     fn complete(&self, seq: u64) {
