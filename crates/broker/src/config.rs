@@ -73,7 +73,14 @@ pub struct BrokerConfig {
     pub retention_check_interval: std::time::Duration,
     /// Where `/metrics` and `/health` are served (off the shard cores); `None`: nowhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Client connections open at once, all shards together; more are accepted and closed.
+    pub max_connections: usize,
+    /// Receive-buffer bytes per shard for frames larger than a connection's own buffer.
+    pub recv_budget_bytes: usize,
 }
+
+/// Default `--max-connections`.
+pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
 
 impl BrokerConfig {
     /// Defaults for a broker on `listen` with data in `data_dir`, on `cores`.
@@ -93,6 +100,8 @@ impl BrokerConfig {
             flush: FlushPolicy::Acks,
             retention_check_interval: std::time::Duration::from_secs(60),
             metrics_listen: None,
+            max_connections: MAX_CONNECTIONS_DEFAULT,
+            recv_budget_bytes: crate::limits::RECV_BUDGET_BYTES_DEFAULT,
         }
     }
 }

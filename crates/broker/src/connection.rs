@@ -1,9 +1,17 @@
 //! One client connection: read frames, handle each request in order, send the responses in
 //! request order (several per `sendmsg` when the client pipelines). A frame that cannot be
 //! parsed closes this connection only.
+//!
+//! Bounds: the socket is not read while requests are handled, and at most
+//! [`INFLIGHT_REQUESTS_MAX`] responses wait before they are sent, so a client that pipelines
+//! without reading its responses stalls only itself (TCP back-pressure). Each connection has a
+//! [`RECV_BYTES_MIN`] buffer; larger frames take their extra space from the shard's receive
+//! budget ([`crate::limits::RecvGrant`]) and give it back once handled.
 
 use crate::api::{self, Outcome};
+use crate::limits::{ConnectionSlot, RecvGrant};
 use crate::shard;
+use crate::warn_limited;
 use bytes::BytesMut;
 use ringbroker_protocol::frame::{next_frame, Next};
 use ringbroker_runtime::chunk::Chunk;
@@ -11,32 +19,47 @@ use ringbroker_runtime::op::{self, SharedFd};
 use ringbroker_runtime::splice::send_chunks;
 use std::net::SocketAddr;
 
-/// Receive buffer growth step.
-const RECV_BYTES_MIN: usize = 64 * 1024;
+/// The receive buffer every connection has; larger frames borrow from the shard's budget.
+pub const RECV_BYTES_MIN: usize = 64 * 1024;
+/// Responses a connection may have waiting before they are sent (requests read ahead).
+pub const INFLIGHT_REQUESTS_MAX: usize = 64;
 
-pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>) {
+pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>, _slot: ConnectionSlot) {
     let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
-    let frame_bytes_max = shard::current().shared.config.frame_bytes_max;
+    let shared = shard::current().shared.clone();
+    let frame_bytes_max = shared.config.frame_bytes_max;
+    let budget_max = shared.config.recv_budget_bytes;
     let mut buf = BytesMut::with_capacity(RECV_BYTES_MIN);
+    let mut grant = RecvGrant::none();
     let _counted = crate::stats::ConnectionGuard::open();
     tracing::debug!(%peer, "connection opened");
     loop {
         let mut responses: Vec<Chunk> = Vec::new();
+        let mut handled = 0;
         let mut close: Option<String> = None;
-        loop {
+        let mut reading_large_frame = false;
+        while handled < INFLIGHT_REQUESTS_MAX {
             match next_frame(&mut buf, frame_bytes_max) {
-                Ok(Next::Frame(frame)) => match api::handle(frame).await {
-                    Outcome::Respond(bytes) => responses.push(Chunk::Mem(bytes)),
-                    Outcome::RespondChunks(chunks) => responses.extend(chunks),
-                    Outcome::Silent => {}
-                    Outcome::Close(reason) => {
-                        close = Some(reason);
-                        break;
+                Ok(Next::Frame(frame)) => {
+                    handled += 1;
+                    match api::handle(frame, &peer).await {
+                        Outcome::Respond(bytes) => responses.push(Chunk::Mem(bytes)),
+                        Outcome::RespondChunks(chunks) => responses.extend(chunks),
+                        Outcome::Silent => {}
+                        Outcome::Close(reason) => {
+                            close = Some(reason);
+                            break;
+                        }
                     }
-                },
+                }
                 Ok(Next::NeedMore { total }) => {
-                    let want = total.unwrap_or(0).max(buf.len() + RECV_BYTES_MIN);
+                    let total = total.unwrap_or(0);
+                    reading_large_frame = total > RECV_BYTES_MIN;
+                    let want = total.max(buf.len() + RECV_BYTES_MIN);
                     if buf.capacity() < want {
+                        if reading_large_frame {
+                            grant.grow_to(total - RECV_BYTES_MIN, budget_max).await;
+                        }
                         buf.reserve(want - buf.len());
                     }
                     break;
@@ -55,8 +78,19 @@ pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>) {
             }
         }
         if let Some(reason) = close {
-            tracing::warn!(%peer, %reason, "closing connection");
+            warn_limited!(%peer, %reason, "closing connection");
             return;
+        }
+        if handled >= INFLIGHT_REQUESTS_MAX {
+            // Answered a full window: handle what is already buffered before reading more.
+            continue;
+        }
+        // A large frame is handled: give its space back to the shard.
+        if grant.bytes() > 0 && !reading_large_frame {
+            let mut small = BytesMut::with_capacity(RECV_BYTES_MIN);
+            small.extend_from_slice(&buf);
+            buf = small;
+            grant.release();
         }
         let (result, b) = op::recv(&fd, buf).await;
         buf = b;

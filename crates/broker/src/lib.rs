@@ -19,6 +19,7 @@ pub mod config;
 pub mod connection;
 pub mod errors;
 pub mod groups;
+pub mod limits;
 pub mod metadata;
 pub mod metrics;
 pub mod producer_state;

@@ -163,6 +163,7 @@ impl Broker {
             recovered_clean: previous_shutdown_clean,
             shard_count: shards,
             shutdown_flush_failed: std::sync::atomic::AtomicBool::new(false),
+            connections: Arc::default(),
         });
         let meta = Arc::new(meta);
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
@@ -406,13 +407,25 @@ async fn retention_every(every: Duration) {
 }
 
 async fn accept_loop(listener: SharedFd) {
+    let shared = crate::shard::current().shared.clone();
     loop {
         match op::accept(&listener).await {
             Ok(fd) => {
                 let sock = socket2::SockRef::from(&fd);
-                let _ = sock.set_tcp_nodelay(true);
                 let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
-                spawn(crate::connection::serve(Arc::new(fd), peer));
+                let max = shared.config.max_connections;
+                let Some(slot) = shared.connections.try_take(max) else {
+                    // Over the limit: close at once (the client sees EOF and can back off).
+                    crate::warn_limited!(
+                        peer = %peer.map_or_else(|| "unknown".into(), |p| p.to_string()),
+                        max_connections = max,
+                        "connection limit reached; closing a new connection"
+                    );
+                    drop(fd);
+                    continue;
+                };
+                let _ = sock.set_tcp_nodelay(true);
+                spawn(crate::connection::serve(Arc::new(fd), peer, slot));
             }
             Err(e) => {
                 // EMFILE and friends: log, back off a little, keep serving existing clients.

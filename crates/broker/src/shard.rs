@@ -28,6 +28,8 @@ pub struct Shared {
     pub recovered_clean: bool,
     /// A log could not be flushed at shutdown: the clean-shutdown marker must not be written.
     pub shutdown_flush_failed: std::sync::atomic::AtomicBool,
+    /// Client connections open on every shard together.
+    pub connections: Arc<crate::limits::ConnectionCount>,
 }
 
 pub struct Shard {

@@ -94,9 +94,30 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGBROKER_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
 
+    /// Client connections open at once (all shards); further connections are accepted and
+    /// closed at once. [default: 10000]
+    #[arg(long, env = "RINGBROKER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Largest request frame accepted; a larger size prefix closes the connection before
+    /// anything is allocated. [default: 104857600 (100 MiB)]
+    #[arg(long, env = "RINGBROKER_FRAME_BYTES_MAX")]
+    pub frame_bytes_max: Option<usize>,
+
+    /// Largest record batch a Produce may carry (Kafka's `max.message.bytes`); larger ones
+    /// get MESSAGE_TOO_LARGE. [default: 1048588]
+    #[arg(long, env = "RINGBROKER_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+
+    /// Receive-buffer bytes per shard for frames larger than 64 KiB (Kafka's
+    /// `queued.max.request.bytes`); a connection waits for space. [default: 536870912]
+    #[arg(long, env = "RINGBROKER_RECV_BUDGET_BYTES")]
+    pub recv_budget_bytes: Option<usize>,
+
     /// TOML file with the same keys (listen, data_dir, cores, advertise, auto_create_topics,
     /// default_partitions, flush, segment_bytes, segment_ms, retention_ms, retention_bytes,
-    /// retention_check_ms, uring_fallback, metrics_listen).
+    /// retention_check_ms, uring_fallback, metrics_listen, max_connections, frame_bytes_max,
+    /// max_message_bytes, recv_budget_bytes).
     #[arg(long, env = "RINGBROKER_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -118,6 +139,10 @@ struct FileConfig {
     retention_check_ms: Option<u64>,
     uring_fallback: Option<bool>,
     metrics_listen: Option<String>,
+    max_connections: Option<usize>,
+    frame_bytes_max: Option<usize>,
+    max_message_bytes: Option<usize>,
+    recv_budget_bytes: Option<usize>,
 }
 
 pub struct Settings {
@@ -225,6 +250,27 @@ impl ServeArgs {
                     })?,
             )
         };
+        if let Some(n) = self.max_connections.or(file.max_connections) {
+            if n == 0 {
+                bail!("--max-connections must be at least 1");
+            }
+            broker.max_connections = n;
+        }
+        if let Some(n) = self.frame_bytes_max.or(file.frame_bytes_max) {
+            if !(1024..=i32::MAX as usize).contains(&n) {
+                bail!("--frame-bytes-max must be between 1024 and {}", i32::MAX);
+            }
+            broker.frame_bytes_max = n;
+        }
+        if let Some(n) = self.max_message_bytes.or(file.max_message_bytes) {
+            if n < 61 {
+                bail!("--max-message-bytes must be at least 61 (one empty record batch)");
+            }
+            broker.message_bytes_max = n;
+        }
+        if let Some(n) = self.recv_budget_bytes.or(file.recv_budget_bytes) {
+            broker.recv_budget_bytes = n;
+        }
         let uring_fallback = self.uring_fallback.or(file.uring_fallback).unwrap_or(false);
         if uring_fallback {
             broker.ring.use_taskrun_flags = false;

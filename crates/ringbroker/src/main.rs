@@ -50,6 +50,7 @@ fn serve(args: config::ServeArgs) -> Result<()> {
     // by the threads it spawns).
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
 
+    raise_fd_limit(config.max_connections);
     let broker = Broker::start(config.clone(), &features)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -77,6 +78,36 @@ fn serve(args: config::ServeArgs) -> Result<()> {
         .context("writing the clean-shutdown marker")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Raises the soft open-files limit towards the hard one, so `--max-connections` (plus
+/// partition files) fits; warns when the hard limit is too low for it.
+fn raise_fd_limit(max_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                lim.rlim_cur = old;
+            }
+        }
+    }
+    let wanted = max_connections as u64 + 1024;
+    if (lim.rlim_cur as u64) < wanted {
+        tracing::warn!(
+            open_files_limit = lim.rlim_cur as u64,
+            max_connections,
+            "the open-files limit is below --max-connections + 1024; accepts will fail with EMFILE before the connection limit (raise LimitNOFILE / ulimit -n)"
+        );
+    }
 }
 
 fn stop_signal_set() -> libc::sigset_t {

@@ -42,7 +42,7 @@ fn batch_error_code(e: &BatchError) -> i16 {
     }
 }
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, peer: &str) -> Result<Outcome, Outcome> {
     if req.version < PRODUCE_VERSION_MIN_HANDLED {
         return Err(Outcome::Close(format!(
             "Produce v{} (message format v0/v1) is not supported; use v3 or newer",
@@ -79,16 +79,19 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                     errors::UNKNOWN_TOPIC_OR_PARTITION,
                     "unknown partition".into(),
                 )),
-                _ if records.len() > message_bytes_max => Some(PartitionResult::error(
-                    errors::MESSAGE_TOO_LARGE,
-                    format!(
-                        "batch of {} bytes exceeds max.message.bytes {message_bytes_max}",
-                        records.len()
-                    ),
-                )),
+                _ if records.len() > message_bytes_max => {
+                    crate::warn_limited!(%peer, topic = %topic_data.name.0, partition = index, bytes = records.len(), message_bytes_max, "rejected record batch: MESSAGE_TOO_LARGE");
+                    Some(PartitionResult::error(
+                        errors::MESSAGE_TOO_LARGE,
+                        format!(
+                            "batch of {} bytes exceeds max.message.bytes {message_bytes_max}",
+                            records.len()
+                        ),
+                    ))
+                }
                 _ => match validate_produced(&records) {
                     Err(e) => {
-                        tracing::warn!(topic = %topic_data.name.0, partition = index, error = %e, "rejected record batch");
+                        crate::warn_limited!(%peer, topic = %topic_data.name.0, partition = index, error = %e, "rejected record batch");
                         Some(PartitionResult::error(batch_error_code(&e), e.to_string()))
                     }
                     Ok(h) if h.is_transactional() || h.is_control() => {
