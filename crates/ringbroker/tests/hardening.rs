@@ -602,3 +602,65 @@ fn sigterm_under_load_exits_zero_quickly_and_a_second_broker_cannot_take_the_dat
         broker.log()
     );
 }
+
+#[test]
+fn a_consumer_that_never_reads_costs_no_broker_memory_and_blocks_no_one() {
+    use kafka_protocol::messages::fetch_request::*;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    kafka_python(&["create", &broker.addr, "wide", "1"], "");
+    let value = "v".repeat(10_000);
+    let input: String = (0..3000).map(|i| format!("k{i}\t{value}\n")).collect();
+    run(
+        "timeout",
+        &[
+            "60",
+            "kcat",
+            "-b",
+            &broker.addr,
+            "-t",
+            "wide",
+            "-P",
+            "-K",
+            "\t",
+        ],
+        &input,
+    );
+    // ~30 MB per Fetch, 200 Fetches pipelined on one socket that is never read: ~6 GB asked for.
+    let name = TopicName(StrBytes::from_static_str("wide"));
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(64 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(name)
+            .with_partitions(vec![
+                FetchPartition::default().with_partition_max_bytes(64 << 20)
+            ])]);
+    let one = frame(&header(ApiKey::Fetch, 12), &encode(&fetch, 12).unwrap());
+    let rss_before = vm_kib(broker.pid, "VmRSS:");
+    let mut stalled = TcpStream::connect(&broker.addr).unwrap();
+    stalled
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    for _ in 0..200 {
+        if stalled.write_all(&one).is_err() {
+            break; // the broker stopped reading: back-pressure reached us
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_during = vm_kib(broker.pid, "VmRSS:");
+    // Everyone else is still served.
+    run(
+        "timeout",
+        &["30", "kcat", "-b", &broker.addr, "-t", "other", "-P"],
+        "a\nb\n",
+    );
+    assert_eq!(kcat_consume_all(&broker.addr, "other").len(), 2);
+    let grown = rss_during.saturating_sub(rss_before);
+    eprintln!("stalled consumer: broker RSS {rss_before} KiB -> {rss_during} KiB");
+    assert!(
+        grown < 64 * 1024,
+        "RSS grew by {grown} KiB for a consumer that never reads"
+    );
+    drop(stalled);
+}
