@@ -101,9 +101,9 @@ fn raise_fd_limit(max_connections: usize) {
         }
     }
     let wanted = max_connections as u64 + 1024;
-    if (lim.rlim_cur as u64) < wanted {
+    if lim.rlim_cur < wanted {
         tracing::warn!(
-            open_files_limit = lim.rlim_cur as u64,
+            open_files_limit = lim.rlim_cur,
             max_connections,
             "the open-files limit is below --max-connections + 1024; accepts will fail with EMFILE before the connection limit (raise LimitNOFILE / ulimit -n)"
         );
