@@ -191,6 +191,7 @@ impl MetricsServer {
         listener: TcpListener,
         mesh: Arc<Mesh>,
         ready: Arc<AtomicBool>,
+        shard_cpus: Vec<usize>,
     ) -> std::io::Result<MetricsServer> {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -199,16 +200,19 @@ impl MetricsServer {
         let thread = std::thread::Builder::new()
             .name("metrics".into())
             .spawn(move || {
+                keep_off(&shard_cpus);
                 let mut publisher = Publisher {
                     recorder: build_recorder(),
                     mesh,
                 };
                 let (conn_tx, conn_rx) = mpsc::channel::<TcpStream>();
                 let stop3 = stop2.clone();
+                let shard_cpus2 = shard_cpus.clone();
                 // Accepting on its own thread lets publishing run on a timer in between.
                 let acceptor = std::thread::Builder::new()
                     .name("metrics-accept".into())
                     .spawn(move || {
+                        keep_off(&shard_cpus2);
                         for conn in listener.incoming() {
                             if stop3.load(Ordering::Acquire) {
                                 break;
@@ -263,6 +267,23 @@ impl MetricsServer {
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// Moves the calling thread onto the CPUs no shard uses, when there are any (with every CPU
+/// given to shards it shares them, as the kernel sees fit).
+fn keep_off(shard_cpus: &[usize]) {
+    let Ok(allowed) = ringbroker_runtime::affinity::allowed_cpus() else {
+        return;
+    };
+    let free: Vec<usize> = allowed
+        .into_iter()
+        .filter(|c| !shard_cpus.contains(c))
+        .collect();
+    if !free.is_empty() {
+        if let Err(e) = ringbroker_runtime::affinity::pin_current_thread_to_set(&free) {
+            tracing::debug!(error = %e, "metrics thread stays unpinned");
         }
     }
 }

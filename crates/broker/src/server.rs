@@ -219,14 +219,18 @@ impl Broker {
             Some(l) => {
                 let addr = l.local_addr().ok();
                 Some(
-                    crate::metrics::MetricsServer::start(l, mesh.clone(), ready.clone()).map_err(
-                        |e| {
-                            StartError::MetricsListen(
-                                addr.unwrap_or(listen_addr),
-                                std::io::Error::other(e),
-                            )
-                        },
-                    )?,
+                    crate::metrics::MetricsServer::start(
+                        l,
+                        mesh.clone(),
+                        ready.clone(),
+                        config.cores.clone(),
+                    )
+                    .map_err(|e| {
+                        StartError::MetricsListen(
+                            addr.unwrap_or(listen_addr),
+                            std::io::Error::other(e),
+                        )
+                    })?,
                 )
             }
             None => None,

@@ -73,6 +73,29 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Restricts the calling thread to `cpus` (which must not be empty).
+pub fn pin_current_thread_to_set(cpus: &[usize]) -> io::Result<()> {
+    if cpus.is_empty() || cpus.iter().any(|&c| c >= libc::CPU_SETSIZE as usize) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad CPU set {cpus:?}"),
+        ));
+    }
+    // SAFETY: zeroed cpu_set_t is the empty set; every CPU was checked to be in range.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        set
+    };
+    // SAFETY: pid 0 is the calling thread; the set is a valid cpu_set_t of the size passed.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The CPUs the calling thread may run on.
 pub fn current_thread_cpus() -> io::Result<Vec<usize>> {
     allowed_cpus()
