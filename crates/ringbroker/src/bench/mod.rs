@@ -108,6 +108,9 @@ pub struct LoadArgs {
     /// A name for this run in the JSON output.
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Process id of a broker on this machine: its CPU time during the run is reported too.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
 }
 
 impl LoadArgs {
@@ -191,24 +194,49 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    match args.command {
-        BenchCommand::Produce(a) => {
-            a.check()?;
-            let r = produce::run(&a)?;
-            report::emit(&r, a.json.as_deref())
-        }
-        BenchCommand::Consume(a) => {
-            a.check()?;
-            let r = consume::run(&a)?;
-            report::emit(&r, a.json.as_deref())
-        }
-        BenchCommand::E2e(a) => {
-            a.check()?;
-            let r = e2e::run(&a)?;
-            report::emit(&r, a.json.as_deref())
-        }
-        BenchCommand::Report(r) => report::render(&r),
+    let (a, load): (LoadArgs, fn(&LoadArgs) -> Result<report::RunReport>) = match args.command {
+        BenchCommand::Produce(a) => (a, produce::run),
+        BenchCommand::Consume(a) => (a, consume::run),
+        BenchCommand::E2e(a) => (a, e2e::run),
+        BenchCommand::Report(r) => return report::render(&r),
+    };
+    a.check()?;
+    let wall = Instant::now();
+    let client_cpu = process_cpu_s();
+    let broker_cpu = a.broker_pid.and_then(pid_cpu_s);
+    let mut r = load(&a)?;
+    let wall_s = wall.elapsed().as_secs_f64().max(1e-9);
+    r.client_cores = process_cpu_s().map(|c| (c - client_cpu.unwrap_or(0.0)) / wall_s);
+    r.broker_cores = match (a.broker_pid.and_then(pid_cpu_s), broker_cpu) {
+        (Some(after), Some(before)) => Some((after - before) / wall_s),
+        _ => None,
+    };
+    report::emit(&r, a.json.as_deref())
+}
+
+/// CPU seconds (user + system) this process has used, all threads.
+fn process_cpu_s() -> Option<f64> {
+    // SAFETY: getrusage fills the zeroed struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
     }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(tv(usage.ru_utime) + tv(usage.ru_stime))
+}
+
+/// CPU seconds (user + system) of another process, all its threads (io_uring's io-wq workers
+/// included), from /proc/PID/stat.
+fn pid_cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks > 0.0).then(|| (utime + stime) / ticks)
 }
 
 /// Latency histogram in nanoseconds, 1 ns to 1 h at 3 significant digits.

@@ -68,6 +68,10 @@ pub struct RunReport {
     pub ack_latency_ms: Option<Latency>,
     /// e2e only: records the consumers saw.
     pub consumed_records: Option<u64>,
+    /// CPU cores the load generator used on average over the command's run time.
+    pub client_cores: Option<f64>,
+    /// The same for the broker named by `--broker-pid`.
+    pub broker_cores: Option<f64>,
 }
 
 impl RunReport {
@@ -96,6 +100,8 @@ impl RunReport {
             latency_ms: None,
             ack_latency_ms: None,
             consumed_records: None,
+            client_cores: None,
+            broker_cores: None,
         }
     }
 
@@ -137,6 +143,12 @@ impl RunReport {
         if let Some(l) = &self.ack_latency_ms {
             out.push_str(&line("ack", l));
         }
+        if let Some(c) = self.client_cores {
+            out.push_str(&format!("\nCPU cores used: load generator {c:.2}"));
+            if let Some(b) = self.broker_cores {
+                out.push_str(&format!(", broker {b:.2}"));
+            }
+        }
         if let Some(c) = self.consumed_records {
             out.push_str(&format!("\nconsumed {c} records"));
         }
@@ -168,7 +180,7 @@ pub struct ReportArgs {
 }
 
 /// The runs `scripts/bench` makes per shard count, by result file name.
-const RUNS: [&str; 7] = [
+const RUNS: [&str; 13] = [
     "produce-acks1",
     "produce-acksall",
     "consume",
@@ -176,6 +188,12 @@ const RUNS: [&str; 7] = [
     "latency-acksall",
     "e2e",
     "produce-100b",
+    "tmpfs-produce-acks1",
+    "tmpfs-latency-acks1",
+    "produce-16k-acks1",
+    "produce-16k-acksall",
+    "latency-16k-acks1",
+    "latency-16k-acksall",
 ];
 
 /// Everything one `scripts/bench` run left in its directory.
@@ -184,6 +202,7 @@ struct Inputs {
     loopback_gbps: Option<f64>,
     loopback_zerocopy_gbps: Option<f64>,
     disk_write_gbps: Option<f64>,
+    disk_sustained_gbps: Option<f64>,
     disk_sync_1m_gbps: Option<f64>,
     fdatasync_per_s: Option<f64>,
     fdatasync_p99_ms: Option<f64>,
@@ -238,6 +257,8 @@ impl Inputs {
             loopback_gbps: gbps("iperf3.json"),
             loopback_zerocopy_gbps: gbps("iperf3-zerocopy.json"),
             disk_write_gbps: fio("fio-write.json", "/jobs/0/write/bw_bytes").map(|b| b * 8.0 / 1e9),
+            disk_sustained_gbps: fio("fio-write-sustained.json", "/jobs/0/write/bw_bytes")
+                .map(|b| b * 8.0 / 1e9),
             disk_sync_1m_gbps: fio("fio-sync-1m.json", "/jobs/0/write/bw_bytes")
                 .map(|b| b * 8.0 / 1e9),
             fdatasync_per_s: fio("fio-sync-4k.json", "/jobs/0/write/iops"),
@@ -271,6 +292,12 @@ impl Inputs {
             "e2e_p99_ms": self.get(n, "e2e", "/latency_ms/p99"),
             "small_records_per_s": self.get(n, "produce-100b", "/records_per_s"),
             "small_gbps": self.get(n, "produce-100b", "/gbit_per_s"),
+            "tmpfs_produce_gbps": self.get(n, "tmpfs-produce-acks1", "/gbit_per_s"),
+            "tmpfs_produce_p99_ms": self.get(n, "tmpfs-latency-acks1", "/latency_ms/p99"),
+            "produce_16k_gbps": self.get(n, "produce-16k-acks1", "/gbit_per_s"),
+            "produce_16k_acks_all_gbps": self.get(n, "produce-16k-acksall", "/gbit_per_s"),
+            "produce_16k_p99_ms": self.get(n, "latency-16k-acks1", "/latency_ms/p99"),
+            "produce_16k_acks_all_p99_ms": self.get(n, "latency-16k-acksall", "/latency_ms/p99"),
         })
     }
 
@@ -300,17 +327,28 @@ impl Inputs {
             "loopback_gbps": self.loopback_gbps,
             "loopback_zerocopy_gbps": self.loopback_zerocopy_gbps,
             "disk_write_gbps": self.disk_write_gbps,
+            "disk_sustained_gbps": self.disk_sustained_gbps,
             "disk_fdatasync_1m_gbps": self.disk_sync_1m_gbps,
             "fdatasync_per_s": self.fdatasync_per_s,
             "fdatasync_p99_ms": self.fdatasync_p99_ms,
             "produce_gbps": produce,
             "produce_ratio_to_loopback": ratio(produce, self.loopback_gbps),
+            "produce_ratio_to_disk_sustained": ratio(produce, self.disk_sustained_gbps),
+            "tmpfs_produce_gbps": top("tmpfs-produce-acks1", "/gbit_per_s"),
+            "tmpfs_produce_ratio_to_loopback": ratio(top("tmpfs-produce-acks1", "/gbit_per_s"), self.loopback_gbps),
+            "tmpfs_produce_p99_ms": top("tmpfs-latency-acks1", "/latency_ms/p99"),
+            "tmpfs_produce_2_vs_1_shards": ratio(
+                self.get(2, "tmpfs-produce-acks1", "/gbit_per_s"),
+                self.get(1, "tmpfs-produce-acks1", "/gbit_per_s"),
+            ),
             "produce_acks_all_gbps": top("produce-acksall", "/gbit_per_s"),
             "fetch_gbps": fetch,
             "fetch_ratio_to_loopback": ratio(fetch, self.loopback_gbps),
             "produce_p99_ms": p99,
             "produce_acks_all_p99_ms": p99_all,
             "e2e_p99_ms": top("e2e", "/latency_ms/p99"),
+            "produce_16k_p99_ms": top("latency-16k-acks1", "/latency_ms/p99"),
+            "produce_16k_acks_all_p99_ms": top("latency-16k-acksall", "/latency_ms/p99"),
             "shards": {
                 "1": self.shard_summary(1),
                 "2": self.shard_summary(2),
@@ -327,6 +365,14 @@ impl Inputs {
                 target("produce p99 ms, acks=1 at 50%", self.get(2, "latency-acks1", "/latency_ms/p99"), "<=", 1.0),
                 target("produce p99 ms, acks=all at 50%", self.get(2, "latency-acksall", "/latency_ms/p99"), "<=", 5.0),
                 target("2 shards / 1 shard, produce acks=1", scaling, ">=", 1.7),
+                target("(16 KiB batches) produce p99 ms, acks=1 at 50%", self.get(2, "latency-16k-acks1", "/latency_ms/p99"), "<=", 1.0),
+                target("(16 KiB batches) produce p99 ms, acks=all at 50%", self.get(2, "latency-16k-acksall", "/latency_ms/p99"), "<=", 5.0),
+                target("(tmpfs) produce acks=1, 2 shards / loopback", ratio(self.get(2, "tmpfs-produce-acks1", "/gbit_per_s"), self.loopback_gbps), ">=", 0.40),
+                target("(tmpfs) produce p99 ms, acks=1 at 50%", self.get(2, "tmpfs-latency-acks1", "/latency_ms/p99"), "<=", 1.0),
+                target("(tmpfs) 2 shards / 1 shard, produce acks=1", ratio(
+                    self.get(2, "tmpfs-produce-acks1", "/gbit_per_s"),
+                    self.get(1, "tmpfs-produce-acks1", "/gbit_per_s"),
+                ), ">=", 1.7),
             ],
         })
     }
@@ -421,8 +467,13 @@ fn markdown(inputs: &Inputs, summary: &Value, svg_name: &str, kept: Option<&str>
     );
     let _ = writeln!(
         m,
-        "| sequential buffered write (1 MiB blocks) | {} Gbit/s | `fio --rw=write --bs=1M` |",
+        "| sequential buffered write (1 MiB blocks, into the page cache) | {} Gbit/s | `fio --rw=write --bs=1M` |",
         fmt(inputs.disk_write_gbps, 2)
+    );
+    let _ = writeln!(
+        m,
+        "| sequential write, sustained (final flush counted) | {} Gbit/s | `fio --rw=write --bs=1M --end_fsync=1` |",
+        fmt(inputs.disk_sustained_gbps, 2)
     );
     let _ = writeln!(
         m,
@@ -440,45 +491,92 @@ fn markdown(inputs: &Inputs, summary: &Value, svg_name: &str, kept: Option<&str>
     let _ = writeln!(m, "## Throughput\n");
     let _ = writeln!(
         m,
-        "2 partitions, 2 producer connections (2 consumers for fetch), 1 KiB records in 1 MiB batches unless noted; \
-         ratio = figure / loopback TCP (or / the fio limit named).\n"
+        "2 partitions, 4 producer connections (2 consumers for fetch), 1 KiB records in 1 MiB batches unless noted. \
+         Each run starts after `sync`, so earlier runs' writeback does not slow it.\n"
     );
     let _ = writeln!(
         m,
-        "| run | 1 shard | ratio | 2 shards | ratio | 2 / 1 shards |\n|---|---|---|---|---|---|"
+        "| run | limit (ratio = figure / limit) | 1 shard | ratio | CPU client / broker | 2 shards | ratio | CPU client / broker | 2 / 1 shards |\n|---|---|---|---|---|---|---|---|---|"
     );
-    let rows: [(&str, &str, Option<f64>, &str); 4] = [
-        ("produce acks=1", "produce-acks1", lo, "loopback"),
+    let rows: [(&str, &str, Option<f64>, &str); 9] = [
+        ("produce acks=1", "produce-acks1", lo, "loopback TCP"),
         (
-            "produce acks=all (fdatasync)",
+            "produce acks=1",
+            "produce-acks1",
+            inputs.disk_sustained_gbps,
+            "sustained disk write",
+        ),
+        (
+            "produce acks=1, data on tmpfs",
+            "tmpfs-produce-acks1",
+            lo,
+            "loopback TCP",
+        ),
+        (
+            "produce acks=all",
             "produce-acksall",
             inputs.disk_sync_1m_gbps,
-            "fio write+fdatasync 1 MiB",
+            "write+fdatasync 1 MiB",
         ),
-        ("fetch from page cache", "consume", lo, "loopback"),
-        ("produce 100-byte records", "produce-100b", lo, "loopback"),
+        (
+            "produce acks=1, 16 KiB batches",
+            "produce-16k-acks1",
+            lo,
+            "loopback TCP",
+        ),
+        (
+            "produce acks=all, 16 KiB batches",
+            "produce-16k-acksall",
+            inputs.disk_sync_1m_gbps,
+            "write+fdatasync 1 MiB",
+        ),
+        ("fetch from page cache", "consume", lo, "loopback TCP"),
+        (
+            "produce 100-byte records",
+            "produce-100b",
+            lo,
+            "loopback TCP",
+        ),
+        (
+            "produce 100-byte records",
+            "produce-100b",
+            inputs.disk_sustained_gbps,
+            "sustained disk write",
+        ),
     ];
     for (label, name, limit, limit_name) in rows {
-        let a = inputs.get(1, name, "/gbit_per_s");
-        let b = inputs.get(2, name, "/gbit_per_s");
-        let ra = inputs.get(1, name, "/records_per_s");
-        let rb = inputs.get(2, name, "/records_per_s");
+        let cell = |n: u32| {
+            let g = inputs.get(n, name, "/gbit_per_s");
+            let r = inputs.get(n, name, "/records_per_s");
+            (
+                format!(
+                    "{} Gbit/s ({} k rec/s)",
+                    fmt(g, 2),
+                    fmt(r.map(|r| r / 1e3), 0)
+                ),
+                fmt_ratio(g, limit),
+                format!(
+                    "{} / {}",
+                    fmt(inputs.get(n, name, "/client_cores"), 2),
+                    fmt(inputs.get(n, name, "/broker_cores"), 2)
+                ),
+                g,
+            )
+        };
+        let (a, ra, ca, ga) = cell(1);
+        let (b, rb, cb, gb) = cell(2);
         let _ = writeln!(
             m,
-            "| {label} | {} Gbit/s ({} k rec/s) | {} | {} Gbit/s ({} k rec/s) | {} | {} |",
-            fmt(a, 2),
-            fmt(ra.map(|r| r / 1e3), 0),
-            fmt_ratio(a, limit),
-            fmt(b, 2),
-            fmt(rb.map(|r| r / 1e3), 0),
-            fmt_ratio(b, limit),
-            fmt_ratio(b, a),
+            "| {label} | {limit_name} {} Gbit/s | {a} | {ra} | {ca} | {b} | {rb} | {cb} | {} |",
+            fmt(limit, 2),
+            fmt_ratio(gb, ga)
         );
-        if limit_name != "loopback" {
-            let _ = writeln!(m, "| ↳ ratio above is to | {limit_name} | | | | |");
-        }
     }
-    let _ = writeln!(m);
+    let _ = writeln!(
+        m,
+        "\nCPU: cores used on average over each command (load generator from getrusage, broker from \
+         /proc/PID/stat with its io_uring io-wq workers); the machine has 2 in all.\n"
+    );
 
     let _ = writeln!(m, "## Latency at 50% of the measured maximum\n");
     let _ = writeln!(
@@ -492,6 +590,9 @@ fn markdown(inputs: &Inputs, summary: &Value, svg_name: &str, kept: Option<&str>
         ("produce acks=1", "latency-acks1"),
         ("produce acks=all", "latency-acksall"),
         ("end-to-end acks=1", "e2e"),
+        ("produce acks=1, data on tmpfs", "tmpfs-latency-acks1"),
+        ("produce acks=1, 16 KiB batches", "latency-16k-acks1"),
+        ("produce acks=all, 16 KiB batches", "latency-16k-acksall"),
     ] {
         for n in [1u32, 2] {
             if inputs.get(n, name, "/elapsed_s").is_none() {
