@@ -492,7 +492,9 @@ fn markdown(inputs: &Inputs, summary: &Value, svg_name: &str, kept: Option<&str>
     let _ = writeln!(
         m,
         "2 partitions, 4 producer connections (2 consumers for fetch), 1 KiB records in 1 MiB batches unless noted. \
-         Each run starts after `sync`, so earlier runs' writeback does not slow it.\n"
+         Each run starts after `sync`, so earlier runs' writeback does not slow it. \
+         1 shard: broker on CPU 0, load generator pinned to CPU 1; 2 shards: broker on CPUs 0 and 1, generator \
+         unpinned on the same CPUs.\n"
     );
     let _ = writeln!(
         m,
@@ -689,7 +691,7 @@ fn markdown(inputs: &Inputs, summary: &Value, svg_name: &str, kept: Option<&str>
 /// Two panels: throughput bars against the machine's limits, and latency percentiles.
 fn svg(inputs: &Inputs) -> String {
     const W: f64 = 900.0;
-    const H: f64 = 760.0;
+    const H: f64 = 900.0;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -719,6 +721,11 @@ fn svg(inputs: &Inputs) -> String {
             "#888888",
         ),
         (
+            "sustained write (fio)".into(),
+            inputs.disk_sustained_gbps,
+            "#aaaaaa",
+        ),
+        (
             "write+fdatasync 1 MiB (fio)".into(),
             inputs.disk_sync_1m_gbps,
             "#aaaaaa",
@@ -726,6 +733,7 @@ fn svg(inputs: &Inputs) -> String {
     ];
     for (label, name, colour) in [
         ("produce acks=1", "produce-acks1", "#1f77b4"),
+        ("produce acks=1 tmpfs", "tmpfs-produce-acks1", "#17becf"),
         ("produce acks=all", "produce-acksall", "#ff7f0e"),
         ("fetch (page cache)", "consume", "#2ca02c"),
         ("produce 100 B records", "produce-100b", "#9467bd"),
@@ -781,7 +789,7 @@ fn svg(inputs: &Inputs) -> String {
         s,
         r#"<text x="20" y="{top}" font-size="16" font-weight="bold">Latency at 50% of max rate (ms, log scale, from the scheduled send time)</text>"#
     );
-    let (px, py, pw, ph) = (90.0, top + 20.0, 560.0, H - top - 70.0);
+    let (px, py, pw, ph) = (90.0, top + 20.0, 520.0, H - top - 70.0);
     let quantiles = [
         ("p50", "p50"),
         ("p90", "p90"),
@@ -793,6 +801,8 @@ fn svg(inputs: &Inputs) -> String {
         ("produce acks=1", "latency-acks1", "#1f77b4"),
         ("produce acks=all", "latency-acksall", "#ff7f0e"),
         ("end-to-end acks=1", "e2e", "#2ca02c"),
+        ("acks=1, 16 KiB batches", "latency-16k-acks1", "#9467bd"),
+        ("acks=all, 16 KiB batches", "latency-16k-acksall", "#8c564b"),
     ]
     .iter()
     .flat_map(|(label, name, colour)| {
