@@ -24,6 +24,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Load generator for any Kafka-compatible broker (produce, consume, e2e), and the
+    /// benchmark report renderer.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args, Debug, Default)]

@@ -4,6 +4,7 @@
 //! defaults), probes the kernel, starts one pinned shard per CPU, then waits for SIGINT or
 //! SIGTERM and stops in order (flush, fsync, clean-shutdown marker).
 
+mod bench;
 mod config;
 
 use anyhow::{Context, Result};
@@ -27,6 +28,7 @@ fn main() {
         .init();
     let result = match cli.command {
         config::Command::Serve(args) => serve(args),
+        config::Command::Bench(args) => bench::run(args),
     };
     if let Err(e) = result {
         eprintln!("ringbroker: {e:#}");
