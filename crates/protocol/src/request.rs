@@ -71,6 +71,65 @@ pub fn decode_header(
     })
 }
 
+/// Decodes `body` as the request of `api` at `version` with kafka-protocol and drops it: the
+/// decode the broker's handlers run, for the fuzz target and its regression replays. `Ok(false)`
+/// for an API the broker does not serve.
+pub fn decode_request_body(
+    api: ApiKey,
+    version: i16,
+    mut body: Bytes,
+) -> Result<bool, String> {
+    use kafka_protocol::messages::*;
+    macro_rules! decode {
+        ($t:ty) => {{
+            <$t>::decode(&mut body, version).map_err(|e| e.to_string())?;
+        }};
+    }
+    match api {
+        ApiKey::Produce => decode!(ProduceRequest),
+        ApiKey::Fetch => decode!(FetchRequest),
+        ApiKey::ListOffsets => decode!(ListOffsetsRequest),
+        ApiKey::Metadata => decode!(MetadataRequest),
+        ApiKey::ApiVersions => decode!(ApiVersionsRequest),
+        ApiKey::CreateTopics => decode!(CreateTopicsRequest),
+        ApiKey::DeleteTopics => decode!(DeleteTopicsRequest),
+        ApiKey::FindCoordinator => decode!(FindCoordinatorRequest),
+        ApiKey::JoinGroup => decode!(JoinGroupRequest),
+        ApiKey::SyncGroup => decode!(SyncGroupRequest),
+        ApiKey::Heartbeat => decode!(HeartbeatRequest),
+        ApiKey::LeaveGroup => decode!(LeaveGroupRequest),
+        ApiKey::OffsetCommit => decode!(OffsetCommitRequest),
+        ApiKey::OffsetFetch => decode!(OffsetFetchRequest),
+        ApiKey::ListGroups => decode!(ListGroupsRequest),
+        ApiKey::DescribeGroups => decode!(DescribeGroupsRequest),
+        ApiKey::DeleteGroups => decode!(DeleteGroupsRequest),
+        ApiKey::InitProducerId => decode!(InitProducerIdRequest),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// The whole request path on raw bytes, as the fuzz target runs it: frames (bounded by
+/// `frame_bytes_max`), headers routed by `supported`, bodies decoded. Returns how many frames
+/// decoded completely.
+pub fn decode_stream(
+    data: &[u8],
+    frame_bytes_max: usize,
+    supported: impl Fn(ApiKey, i16) -> bool,
+) -> usize {
+    use crate::frame::{next_frame, Next};
+    let mut buf = bytes::BytesMut::from(data);
+    let mut decoded = 0;
+    while let Ok(Next::Frame(frame)) = next_frame(&mut buf, frame_bytes_max) {
+        if let Ok(req) = decode_header(frame, &supported) {
+            if let Ok(true) = decode_request_body(req.api, req.version, req.body) {
+                decoded += 1;
+            }
+        }
+    }
+    decoded
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
