@@ -14,5 +14,9 @@ static ALLOC: ringbroker_protocol::alloc::GuardedAlloc = ringbroker_protocol::al
 const FRAME_BYTES_MAX: usize = 1 << 20;
 
 fuzz_target!(|data: &[u8]| {
-    ringbroker_protocol::request::decode_stream(data, FRAME_BYTES_MAX, ringbroker_broker::api::supported);
+    ringbroker_protocol::request::decode_stream(
+        data,
+        FRAME_BYTES_MAX,
+        ringbroker_broker::api::supported,
+    );
 });

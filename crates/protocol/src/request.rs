@@ -74,11 +74,7 @@ pub fn decode_header(
 /// Decodes `body` as the request of `api` at `version` with kafka-protocol and drops it: the
 /// decode the broker's handlers run, for the fuzz target and its regression replays. `Ok(false)`
 /// for an API the broker does not serve.
-pub fn decode_request_body(
-    api: ApiKey,
-    version: i16,
-    mut body: Bytes,
-) -> Result<bool, String> {
+pub fn decode_request_body(api: ApiKey, version: i16, mut body: Bytes) -> Result<bool, String> {
     use kafka_protocol::messages::*;
     macro_rules! decode {
         ($t:ty) => {{
