@@ -15,6 +15,7 @@ use crate::warn_limited;
 use bytes::BytesMut;
 use ringbroker_protocol::frame::{next_frame, Next};
 use ringbroker_runtime::chunk::Chunk;
+use ringbroker_runtime::executor::spawn;
 use ringbroker_runtime::op::{self, SharedFd};
 use ringbroker_runtime::splice::send_chunks;
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ pub const RECV_BYTES_MIN: usize = 64 * 1024;
 pub const INFLIGHT_REQUESTS_MAX: usize = 64;
 
 pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>, _slot: ConnectionSlot) {
-    let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+    let peer: std::rc::Rc<str> = peer.map_or_else(|| "unknown".into(), |p| p.to_string().into());
     let shared = shard::current().shared.clone();
     let frame_bytes_max = shared.config.frame_bytes_max;
     let budget_max = shared.config.recv_budget_bytes;
@@ -38,19 +39,17 @@ pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>, _slot: ConnectionSlot
         let mut handled = 0;
         let mut close: Option<String> = None;
         let mut reading_large_frame = false;
+        // Every request already received runs at once, each as its own task started in
+        // arrival order (the executor is FIFO and handlers start their partition work before
+        // their first await, so appends keep the connection's order); the answers are taken
+        // in that order too.
+        let mut running = Vec::new();
         while handled < INFLIGHT_REQUESTS_MAX {
             match next_frame(&mut buf, frame_bytes_max) {
                 Ok(Next::Frame(frame)) => {
                     handled += 1;
-                    match api::handle(frame, &peer).await {
-                        Outcome::Respond(bytes) => responses.push(Chunk::Mem(bytes)),
-                        Outcome::RespondChunks(chunks) => responses.extend(chunks),
-                        Outcome::Silent => {}
-                        Outcome::Close(reason) => {
-                            close = Some(reason);
-                            break;
-                        }
-                    }
+                    let peer = peer.clone();
+                    running.push(spawn(async move { api::handle(frame, &peer).await }));
                 }
                 Ok(Next::NeedMore { total }) => {
                     let total = total.unwrap_or(0);
@@ -68,6 +67,18 @@ pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>, _slot: ConnectionSlot
                     close = Some(e.to_string());
                     break;
                 }
+            }
+        }
+        for task in running {
+            if close.is_some() {
+                break;
+            }
+            match task.await {
+                Ok(Outcome::Respond(bytes)) => responses.push(Chunk::Mem(bytes)),
+                Ok(Outcome::RespondChunks(chunks)) => responses.extend(chunks),
+                Ok(Outcome::Silent) => {}
+                Ok(Outcome::Close(reason)) => close = Some(reason),
+                Err(_) => close = Some("request task vanished".into()),
             }
         }
         if !responses.is_empty() {
