@@ -205,14 +205,90 @@ pub fn try_send(to: usize, message: Message) -> Result<(), Message> {
 
 /// Queues `message` for shard `to`, waiting while that queue is full.
 pub async fn send(to: usize, mut message: Message) {
+    // Messages to one shard leave in the order `send` was called, even when the queue is
+    // full and senders have to wait: each takes a ticket and may enqueue only on its turn.
+    let mut ticket = Ticket::take(to);
     loop {
-        match try_send(to, message) {
-            Ok(()) => return,
-            Err(m) => {
-                message = m;
-                flush_wakes();
-                op::sleep(std::time::Duration::from_micros(50)).await;
+        if ticket.is_turn() {
+            match try_send(to, message) {
+                Ok(()) => {
+                    ticket.done();
+                    return;
+                }
+                Err(m) => message = m,
             }
+        }
+        flush_wakes();
+        op::sleep(std::time::Duration::from_micros(50)).await;
+    }
+}
+
+#[derive(Default, Clone)]
+struct TicketLine {
+    next: u64,
+    serving: u64,
+    /// Tickets whose sender went away before its turn: skipped when reached.
+    abandoned: std::collections::BTreeSet<u64>,
+}
+
+impl TicketLine {
+    fn advance(&mut self) {
+        self.serving += 1;
+        while self.abandoned.remove(&self.serving) {
+            self.serving += 1;
+        }
+    }
+}
+
+thread_local! {
+    static TICKETS: RefCell<Vec<TicketLine>> = const { RefCell::new(Vec::new()) };
+}
+
+struct Ticket {
+    to: usize,
+    number: u64,
+    finished: bool,
+}
+
+impl Ticket {
+    fn take(to: usize) -> Ticket {
+        let number = TICKETS.with(|t| {
+            let mut t = t.borrow_mut();
+            if t.len() <= to {
+                t.resize(to + 1, TicketLine::default());
+            }
+            t[to].next += 1;
+            t[to].next - 1
+        });
+        Ticket {
+            to,
+            number,
+            finished: false,
+        }
+    }
+
+    fn is_turn(&self) -> bool {
+        TICKETS.with(|t| t.borrow()[self.to].serving == self.number)
+    }
+
+    fn done(&mut self) {
+        self.finished = true;
+        TICKETS.with(|t| t.borrow_mut()[self.to].advance());
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.finished {
+            TICKETS.with(|t| {
+                let mut t = t.borrow_mut();
+                let line = &mut t[self.to];
+                if line.serving == self.number {
+                    line.advance();
+                } else {
+                    line.abandoned.insert(self.number);
+                }
+            });
         }
     }
 }
@@ -413,6 +489,40 @@ mod tests {
             }
         });
         assert_eq!(done_rx.recv().unwrap(), (0..500u64).sum::<u64>());
+    }
+
+    static ORDER: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+    #[test]
+    fn messages_to_one_shard_arrive_in_send_order_under_load() {
+        let n = 3 * QUEUE_MESSAGES_MAX as u64;
+        two_shards(true, true, move |me| async move {
+            if me == 0 {
+                let mut tasks = Vec::new();
+                for i in 0..n {
+                    if i == n / 2 {
+                        // Let the receiver drain part of the queue while senders wait: new
+                        // senders must not overtake the waiting ones.
+                        crate::op::sleep(std::time::Duration::from_micros(200)).await;
+                    }
+                    tasks.push(crate::executor::spawn(async move {
+                        send(1, Box::new(move || ORDER.lock().unwrap().push(i))).await
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                stop_other().await;
+            } else {
+                until_stopped().await;
+            }
+        });
+        let order = ORDER.lock().unwrap();
+        assert_eq!(order.len() as u64, n);
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "messages overtook each other"
+        );
     }
 
     #[test]
