@@ -106,6 +106,15 @@ impl BrokerConfig {
     }
 }
 
+/// A topic's `max.message.bytes`, when it sets a valid one.
+pub fn topic_message_bytes_max(
+    configs: &std::collections::BTreeMap<String, String>,
+) -> Option<usize> {
+    configs
+        .get("max.message.bytes")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+}
+
 /// Topic configs (CreateTopics) that change how a partition's log behaves.
 pub const TOPIC_LOG_CONFIGS: &[&str] = &[
     "retention.ms",
@@ -139,6 +148,14 @@ pub fn topic_log_config(
             "segment.ms" => match number()? {
                 n if n >= 1 => log.segment_ms = Some(n as u64),
                 n => return Err(format!("segment.ms={n} must be at least 1")),
+            },
+            "max.message.bytes" => match number()? {
+                n if n >= 61 => {}
+                n => {
+                    return Err(format!(
+                        "max.message.bytes={n} is below one empty batch (61)"
+                    ))
+                }
             },
             _ => {} // stored and ignored: other Kafka topic configs do not apply here yet
         }

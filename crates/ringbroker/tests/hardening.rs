@@ -429,6 +429,16 @@ fn bad_frames_and_batches_get_their_answer_and_write_nothing() {
     let got = kcat_consume_all(&addr, "probe");
     assert_eq!(got.len(), 2);
     assert!(got[0].starts_with("0\t0\t"), "{got:?}");
+    // A topic's own max.message.bytes wins over the broker's.
+    kafka_python(
+        &["create", &addr, "small", "1", "max.message.bytes=600"],
+        "",
+    );
+    let kilo = vec![b'k'; 1000];
+    let one_kib = ringbroker_protocol::batch::build_batch(0, 1, &[&kilo]);
+    assert_eq!(produce_one(&addr, "small", one_kib.clone()), 10);
+    assert_eq!(produce_one(&addr, "probe", one_kib), 0);
+    assert_eq!(produce_one(&addr, "small", good.clone()), 0);
     let log = broker.log();
     assert!(log.contains("rejected record batch"), "{log}");
     assert!(log.contains("peer=127.0.0.1:"), "warnings name the peer");

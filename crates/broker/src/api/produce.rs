@@ -51,7 +51,7 @@ pub async fn handle(mut req: Request, peer: &str) -> Result<Outcome, Outcome> {
     }
     let body: ProduceRequest = decode_body(&mut req)?;
     let shard = shard::current();
-    let message_bytes_max = shard.shared.config.message_bytes_max;
+    let broker_message_bytes_max = shard.shared.config.message_bytes_max;
     let acks = body.acks;
     let sync = shard.shared.config.flush.sync_before_ack(acks);
     if !matches!(acks, -1..=1) {
@@ -66,6 +66,11 @@ pub async fn handle(mut req: Request, peer: &str) -> Result<Outcome, Outcome> {
     let mut topics = Vec::with_capacity(body.topic_data.len());
     for topic_data in body.topic_data {
         let topic: Option<Arc<TopicInfo>> = shard.topic(&topic_data.name.0);
+        // The topic's `max.message.bytes` (CreateTopics config) overrides the broker's.
+        let message_bytes_max = topic
+            .as_ref()
+            .and_then(|t| crate::config::topic_message_bytes_max(&t.configs))
+            .unwrap_or(broker_message_bytes_max);
         let mut partitions = Vec::with_capacity(topic_data.partition_data.len());
         for pd in topic_data.partition_data {
             let index = pd.index;
