@@ -115,14 +115,6 @@ pub fn topic_message_bytes_max(
         .and_then(|v| v.trim().parse::<usize>().ok())
 }
 
-/// Topic configs (CreateTopics) that change how a partition's log behaves.
-pub const TOPIC_LOG_CONFIGS: &[&str] = &[
-    "retention.ms",
-    "retention.bytes",
-    "segment.bytes",
-    "segment.ms",
-];
-
 /// The log settings of a topic: the broker's, overridden by the topic's configs. `-1` means
 /// unlimited for `retention.ms`/`retention.bytes`, as in Kafka.
 pub fn topic_log_config(

@@ -1,6 +1,7 @@
-//! One client connection: read frames, handle each request in order, send the responses in
-//! request order (several per `sendmsg` when the client pipelines). A frame that cannot be
-//! parsed closes this connection only.
+//! One client connection: read frames, start the requests in arrival order (pipelined ones run
+//! at once), send the responses in request order (several per `sendmsg` when the client
+//! pipelines). A frame that cannot be parsed closes this connection only, after the answers to
+//! the requests before it.
 //!
 //! Bounds: the socket is not read while requests are handled, and at most
 //! [`INFLIGHT_REQUESTS_MAX`] responses wait before they are sent, so a client that pipelines
@@ -12,7 +13,7 @@ use crate::api::{self, Outcome};
 use crate::limits::{ConnectionSlot, RecvGrant};
 use crate::shard;
 use crate::warn_limited;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use ringbroker_protocol::frame::{next_frame, Next};
 use ringbroker_runtime::chunk::Chunk;
 use ringbroker_runtime::executor::spawn;
@@ -34,23 +35,14 @@ pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>, _slot: ConnectionSlot
     let mut grant = RecvGrant::none();
     let _counted = crate::stats::ConnectionGuard::open();
     tracing::debug!(%peer, "connection opened");
+    let mut frames: Vec<Bytes> = Vec::new();
     loop {
         let mut responses: Vec<Chunk> = Vec::new();
-        let mut handled = 0;
-        let mut close: Option<String> = None;
+        let mut frame_error: Option<String> = None;
         let mut reading_large_frame = false;
-        // Every request already received runs at once, each as its own task started in
-        // arrival order (the executor is FIFO and handlers start their partition work before
-        // their first await, so appends keep the connection's order); the answers are taken
-        // in that order too.
-        let mut running = Vec::new();
-        while handled < INFLIGHT_REQUESTS_MAX {
+        while frames.len() < INFLIGHT_REQUESTS_MAX {
             match next_frame(&mut buf, frame_bytes_max) {
-                Ok(Next::Frame(frame)) => {
-                    handled += 1;
-                    let peer = peer.clone();
-                    running.push(spawn(async move { api::handle(frame, &peer).await }));
-                }
+                Ok(Next::Frame(frame)) => frames.push(frame),
                 Ok(Next::NeedMore { total }) => {
                     let total = total.unwrap_or(0);
                     reading_large_frame = total > RECV_BYTES_MIN;
@@ -64,23 +56,40 @@ pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>, _slot: ConnectionSlot
                     break;
                 }
                 Err(e) => {
-                    close = Some(e.to_string());
+                    frame_error = Some(e.to_string());
                     break;
                 }
             }
         }
-        for task in running {
-            if close.is_some() {
-                break;
+        let window_full = frames.len() >= INFLIGHT_REQUESTS_MAX;
+        // One request is handled in place. Several (pipelined) run at once, each as its own
+        // task started in arrival order (the executor is FIFO and handlers start their
+        // partition work before their first await, so appends keep the connection's order);
+        // the answers are taken in that order, up to the first that closes the connection.
+        let mut close = if frames.len() == 1 {
+            let frame = frames.pop().expect("one frame");
+            take(api::handle(frame, &peer).await, &mut responses)
+        } else {
+            let running: Vec<_> = frames
+                .drain(..)
+                .map(|frame| {
+                    let peer = peer.clone();
+                    spawn(async move { api::handle(frame, &peer).await })
+                })
+                .collect();
+            let mut close = None;
+            for task in running {
+                close = match task.await {
+                    Ok(outcome) => take(outcome, &mut responses),
+                    Err(_) => Some("request task vanished".into()),
+                };
+                if close.is_some() {
+                    break;
+                }
             }
-            match task.await {
-                Ok(Outcome::Respond(bytes)) => responses.push(Chunk::Mem(bytes)),
-                Ok(Outcome::RespondChunks(chunks)) => responses.extend(chunks),
-                Ok(Outcome::Silent) => {}
-                Ok(Outcome::Close(reason)) => close = Some(reason),
-                Err(_) => close = Some("request task vanished".into()),
-            }
-        }
+            close
+        };
+        close = close.or(frame_error);
         if !responses.is_empty() {
             crate::stats::bytes_sent(responses.iter().map(Chunk::len).sum());
             if let Err(e) = send_chunks(&fd, responses).await {
@@ -92,7 +101,7 @@ pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>, _slot: ConnectionSlot
             warn_limited!(%peer, %reason, "closing connection");
             return;
         }
-        if handled >= INFLIGHT_REQUESTS_MAX {
+        if window_full {
             // Answered a full window: handle what is already buffered before reading more.
             continue;
         }
@@ -117,4 +126,15 @@ pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>, _slot: ConnectionSlot
             }
         }
     }
+}
+
+/// Adds a request's outcome to the responses; the reason when it closes the connection.
+fn take(outcome: Outcome, responses: &mut Vec<Chunk>) -> Option<String> {
+    match outcome {
+        Outcome::Respond(bytes) => responses.push(Chunk::Mem(bytes)),
+        Outcome::RespondChunks(chunks) => responses.extend(chunks),
+        Outcome::Silent => {}
+        Outcome::Close(reason) => return Some(reason),
+    }
+    None
 }

@@ -292,6 +292,35 @@ struct Coordinator {
     offsets: HashMap<String, BTreeMap<(String, i32), Committed>>,
 }
 
+impl Coordinator {
+    /// Applies one offset record: a committed offset, or a tombstone (`None`) that removes it
+    /// (and the group's entry once it holds none).
+    fn apply_offset(
+        &mut self,
+        group: &str,
+        topic: String,
+        partition: i32,
+        committed: Option<Committed>,
+    ) {
+        match committed {
+            Some(v) => {
+                self.offsets
+                    .entry(group.to_string())
+                    .or_default()
+                    .insert((topic, partition), v);
+            }
+            None => {
+                if let Some(map) = self.offsets.get_mut(group) {
+                    map.remove(&(topic, partition));
+                    if map.is_empty() {
+                        self.offsets.remove(group);
+                    }
+                }
+            }
+        }
+    }
+}
+
 thread_local! {
     static COORDINATOR: RefCell<Coordinator> = RefCell::new(Coordinator::default());
 }
@@ -779,19 +808,8 @@ pub async fn store_offsets(
             .map_err(|e| e.to_string())?;
     }
     with(|c| {
-        let map = c.offsets.entry(group.to_string()).or_default();
         for (t, p, committed) in entries {
-            match committed {
-                Some(v) => {
-                    map.insert((t, p), v);
-                }
-                None => {
-                    map.remove(&(t, p));
-                }
-            }
-        }
-        if map.is_empty() {
-            c.offsets.remove(group);
+            c.apply_offset(group, t, p, committed);
         }
     });
     Ok(())
@@ -867,20 +885,7 @@ pub async fn load_offsets(log: Rc<PartitionLog>) -> usize {
             let batch = &chunk[at..at + h.total_bytes.min(chunk.len() - at)];
             for value in ringbroker_protocol::batch::record_values(batch) {
                 if let Some((group, topic, partition, committed)) = decode_offset_record(value) {
-                    with(|c| {
-                        let map = c.offsets.entry(group.clone()).or_default();
-                        match committed {
-                            Some(v) => {
-                                map.insert((topic, partition), v);
-                            }
-                            None => {
-                                map.remove(&(topic, partition));
-                            }
-                        }
-                        if map.is_empty() {
-                            c.offsets.remove(&group);
-                        }
-                    });
+                    with(|c| c.apply_offset(&group, topic, partition, committed));
                     applied += 1;
                 }
             }

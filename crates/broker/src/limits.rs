@@ -126,11 +126,6 @@ impl Drop for RecvGrant {
     }
 }
 
-/// Receive-buffer bytes in use on this shard beyond each connection's first buffer.
-pub fn recv_budget_in_use() -> usize {
-    RECV_BUDGET.with(|b| b.in_use.get())
-}
-
 /// The broker-wide connection count, shared by every shard's accept loop.
 #[derive(Debug, Default)]
 pub struct ConnectionCount(AtomicUsize);
@@ -154,10 +149,6 @@ impl ConnectionCount {
                 Err(now) => n = now,
             }
         }
-    }
-
-    pub fn open(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
     }
 }
 

@@ -91,11 +91,6 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Connections open on this shard.
-pub fn connections() -> i64 {
-    STATS.with(|s| s.connections.get())
-}
-
 /// One shard's request counters, taken on that shard.
 #[derive(Debug, Default)]
 pub struct RequestSnapshot {

@@ -86,21 +86,7 @@ fn a_clean_stop_is_trusted_and_a_torn_tail_is_cut() {
     let mut broker = Broker::start(dir.path(), &[]);
     kafka_python(&["create", &broker.addr, "torn", "1"], "");
     let input: String = (0..3000).map(|i| format!("k{i}\tv{i}\n")).collect();
-    run(
-        "timeout",
-        &[
-            "60",
-            "kcat",
-            "-b",
-            &broker.addr,
-            "-t",
-            "torn",
-            "-P",
-            "-K",
-            "\t",
-        ],
-        &input,
-    );
+    kcat_produce(&broker.addr, "torn", &input);
     let before = kcat_consume_all(&broker.addr, "torn");
     assert_eq!(before.len(), 3000);
     assert!(broker.stop().success());
@@ -364,21 +350,7 @@ fn a_full_disk_answers_kafka_storage_error_keeps_what_was_stored_and_recovers_wh
     let broker = Broker::start(&data, &["--cores", "0"]);
     kafka_python(&["create", &broker.addr, "full", "1"], "");
     let first: String = (0..100).map(|i| format!("k{i}\tfirst-{i}\n")).collect();
-    run(
-        "timeout",
-        &[
-            "30",
-            "kcat",
-            "-b",
-            &broker.addr,
-            "-t",
-            "full",
-            "-P",
-            "-K",
-            "\t",
-        ],
-        &first,
-    );
+    kcat_produce(&broker.addr, "full", &first);
     let stored = kcat_consume_all(&broker.addr, "full");
     assert_eq!(stored.len(), 100);
     // Ballast to delete later, so that space can come back.

@@ -169,21 +169,7 @@ fn the_forced_fallback_ring_mode_serves_clients_too() {
         broker.log()
     );
     kafka_python(&["create", &broker.addr, "fb", "4"], "");
-    run(
-        "timeout",
-        &[
-            "60",
-            "kcat",
-            "-b",
-            &broker.addr,
-            "-t",
-            "fb",
-            "-P",
-            "-K",
-            "\t",
-        ],
-        &keyed_input("fb", 2000),
-    );
+    kcat_produce(&broker.addr, "fb", &keyed_input("fb", 2000));
     let got = kcat_consume_all(&broker.addr, "fb");
     assert_eq!(got.len(), 2000);
     assert_eq!(kafka_python_consume_all(&broker.addr, "fb"), got);

@@ -64,11 +64,7 @@ fn wait_until(what: &str, deadline_s: u64, mut f: impl FnMut() -> bool) {
 
 fn produce(addr: &str, topic: &str, from: usize, n: usize) {
     let input: String = (from..from + n).map(|i| format!("k{i}\tv{i}\n")).collect();
-    run(
-        "timeout",
-        &["60", "kcat", "-b", addr, "-t", topic, "-P", "-K", "\t"],
-        &input,
-    );
+    kcat_produce(addr, topic, &input);
 }
 
 #[test]

@@ -273,21 +273,7 @@ fn hostile_array_counts_in_every_advertised_request_cost_only_their_connection()
     // Still alive, still serving real clients, memory bounded.
     assert!(hwm < 512 * 1024, "peak RSS {hwm} KiB");
     let input: String = (0..50).map(|i| format!("k{i}\tv{i}\n")).collect();
-    run(
-        "timeout",
-        &[
-            "30",
-            "kcat",
-            "-b",
-            &broker.addr,
-            "-t",
-            "after-hostile",
-            "-P",
-            "-K",
-            "\t",
-        ],
-        &input,
-    );
+    kcat_produce(&broker.addr, "after-hostile", &input);
     assert_eq!(kcat_consume_all(&broker.addr, "after-hostile").len(), 50);
     // Warnings are rate limited: far fewer lines than closed connections.
     let log = broker.log();
@@ -621,21 +607,7 @@ fn a_consumer_that_never_reads_costs_no_broker_memory_and_blocks_no_one() {
     kafka_python(&["create", &broker.addr, "wide", "1"], "");
     let value = "v".repeat(10_000);
     let input: String = (0..3000).map(|i| format!("k{i}\t{value}\n")).collect();
-    run(
-        "timeout",
-        &[
-            "60",
-            "kcat",
-            "-b",
-            &broker.addr,
-            "-t",
-            "wide",
-            "-P",
-            "-K",
-            "\t",
-        ],
-        &input,
-    );
+    kcat_produce(&broker.addr, "wide", &input);
     // ~30 MB per Fetch, 200 Fetches pipelined on one socket that is never read: ~6 GB asked for.
     let name = TopicName(StrBytes::from_static_str("wide"));
     let fetch = FetchRequest::default()

@@ -48,8 +48,8 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
 
 /// A `cpu_set_t` holding exactly `cpu`.
 pub fn cpu_set_of(cpu: usize) -> libc::cpu_set_t {
-    // SAFETY: zeroed cpu_set_t is the empty set; CPU_SET writes inside it (cpu < CPU_SETSIZE
-    // is checked by the caller through pin_current_thread's error path in the kernel).
+    // SAFETY: zeroed cpu_set_t is the empty set; CPU_SET writes inside it (callers pass CPUs
+    // below CPU_SETSIZE: ones this process may use).
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
@@ -59,27 +59,19 @@ pub fn cpu_set_of(cpu: usize) -> libc::cpu_set_t {
 
 /// Pins the calling thread to exactly `cpu`.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("CPU {cpu} out of range"),
-        ));
-    }
-    let set = cpu_set_of(cpu);
-    // SAFETY: pid 0 is the calling thread; the set is a valid cpu_set_t of the size passed.
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    pin_current_thread_to_set(&[cpu])
 }
 
 /// Restricts the calling thread to `cpus` (which must not be empty).
 pub fn pin_current_thread_to_set(cpus: &[usize]) -> io::Result<()> {
-    if cpus.is_empty() || cpus.iter().any(|&c| c >= libc::CPU_SETSIZE as usize) {
+    if let Some(bad) = cpus.iter().find(|&&c| c >= libc::CPU_SETSIZE as usize) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("bad CPU set {cpus:?}"),
+            format!("CPU {bad} out of range"),
         ));
+    }
+    if cpus.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty CPU set"));
     }
     // SAFETY: zeroed cpu_set_t is the empty set; every CPU was checked to be in range.
     let set = unsafe {

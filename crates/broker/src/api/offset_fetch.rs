@@ -23,6 +23,13 @@ async fn fetch(group: String, wanted: Option<Vec<(String, i32)>>) -> Found {
     .await
 }
 
+/// The (topic, partition) pairs a request names, from its topics' names and partition indexes.
+fn wanted<'a>(topics: impl Iterator<Item = (&'a str, &'a [i32])>) -> Vec<(String, i32)> {
+    topics
+        .flat_map(|(name, partitions)| partitions.iter().map(move |&p| (name.to_string(), p)))
+        .collect()
+}
+
 fn by_topic(found: Found) -> BTreeMap<String, Vec<(i32, Option<Committed>)>> {
     let mut out: BTreeMap<String, Vec<(i32, Option<Committed>)>> = BTreeMap::new();
     for (t, p, c) in found {
@@ -44,15 +51,9 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     if v >= 8 {
         let mut groups_out = Vec::new();
         for g in body.groups {
-            let wanted = g.topics.map(|ts| {
-                ts.iter()
-                    .flat_map(|t| {
-                        t.partition_indexes
-                            .iter()
-                            .map(|&p| (t.name.0.to_string(), p))
-                    })
-                    .collect()
-            });
+            let wanted = g
+                .topics
+                .map(|ts| wanted(ts.iter().map(|t| (&*t.name.0, &t.partition_indexes[..]))));
             let found = fetch(g.group_id.0.to_string(), wanted).await;
             let topics = by_topic(found)
                 .into_iter()
@@ -85,15 +86,9 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             &OffsetFetchResponse::default().with_groups(groups_out),
         ));
     }
-    let wanted = body.topics.map(|ts| {
-        ts.iter()
-            .flat_map(|t| {
-                t.partition_indexes
-                    .iter()
-                    .map(|&p| (t.name.0.to_string(), p))
-            })
-            .collect()
-    });
+    let wanted = body
+        .topics
+        .map(|ts| wanted(ts.iter().map(|t| (&*t.name.0, &t.partition_indexes[..]))));
     let found = fetch(body.group_id.0.to_string(), wanted).await;
     let topics = by_topic(found)
         .into_iter()

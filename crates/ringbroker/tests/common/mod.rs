@@ -211,6 +211,15 @@ pub fn confluent_kafka(args: &[&str], input: &str) -> String {
 }
 
 /// `partition<TAB>offset<TAB>key<TAB>value` lines of every record, via kcat, sorted.
+/// Produces `input` ("key<TAB>value" lines) with kcat; panics unless every line is delivered.
+pub fn kcat_produce(addr: &str, topic: &str, input: &str) {
+    run(
+        "timeout",
+        &["60", "kcat", "-b", addr, "-t", topic, "-P", "-K", "\t"],
+        input,
+    );
+}
+
 pub fn kcat_consume_all(addr: &str, topic: &str) -> Vec<String> {
     let out = run(
         "timeout",
