@@ -63,7 +63,12 @@ impl OffsetIndex {
     }
 
     pub fn encode_all(&self) -> Vec<u8> {
-        self.entries
+        self.encode_from(0)
+    }
+
+    /// The on-disk form of the entries from index `first` on.
+    pub fn encode_from(&self, first: usize) -> Vec<u8> {
+        self.entries[first.min(self.entries.len())..]
             .iter()
             .flat_map(|&(o, p)| Self::encode_entry(o, p))
             .collect()

@@ -278,7 +278,7 @@ impl PartitionLog {
         if len > self.config.segment_bytes.max(1 << 20) || len > u32::MAX as u64 / 2 {
             return Err(AppendError::TooLarge(batch.len()));
         }
-        let (base_offset, end_offset, seq, log_fd, position, index_write, epoch) = {
+        let (base_offset, end_offset, seq, log_fd, position, index_flushes, epoch) = {
             let mut st = self.state.borrow_mut();
             if st.failed.is_some() {
                 self.try_repair(&mut st);
@@ -295,9 +295,12 @@ impl PartitionLog {
                 active.reserved_bytes > 0
                     && (active.reserved_bytes + len > self.config.segment_bytes || too_old)
             };
+            let mut index_flushes = Vec::new();
             if needs_roll {
                 let base = st.next_offset;
                 let seg = Segment::open(&self.dir, base)?;
+                let old = st.segments.last_mut().expect("active segment");
+                index_flushes.extend(old.take_index_flush(true));
                 st.unsynced.push(seg.log.clone());
                 st.segments.push(seg);
                 tracing::debug!(dir = %self.dir.display(), base, "rolled to a new segment");
@@ -313,25 +316,16 @@ impl PartitionLog {
             active.reserved_bytes += len;
             active.next_offset = end_offset;
             let max_timestamp = BatchFrame::parse(&batch).map_or(i64::MIN, |f| f.max_timestamp);
-            let index_write = if active
+            if active
                 .last_indexed_position
                 .is_none_or(|p| position >= p + interval)
             {
                 let rel = (base_offset - active.base_offset) as u32;
-                let entry_at = active.index.len() as u64;
                 active.index.push(rel, position as u32);
                 active.time_index.push((active.max_timestamp, rel));
                 active.last_indexed_position = Some(position);
-                Some((
-                    active.index_file.clone(),
-                    active.time_index_file.clone(),
-                    entry_at,
-                    OffsetIndex::encode_entry(rel, position as u32),
-                    encode_time_entry(active.max_timestamp, rel),
-                ))
-            } else {
-                None
-            };
+                index_flushes.extend(active.take_index_flush(false));
+            }
             active.max_timestamp = active.max_timestamp.max(max_timestamp);
             let segment_base = active.base_offset;
             let log_fd = active.log.clone();
@@ -350,25 +344,20 @@ impl PartitionLog {
                 seq,
                 log_fd,
                 position,
-                index_write,
+                index_flushes,
                 epoch,
             )
         };
         // baseOffset is outside the CRC: write our 8 bytes, then the batch from byte 8 on.
         let head = Bytes::copy_from_slice(&base_offset.to_be_bytes());
         let written = op::writev_all_at(&log_fd, vec![head, batch.slice(8..)], position).await;
-        let written = match (written, index_write) {
-            (Ok(()), Some((index_fd, time_fd, n, entry, time_entry))) => {
-                match op::write_all_at(&index_fd, Bytes::copy_from_slice(&entry), n * 8).await {
-                    Ok(()) => {
-                        op::write_all_at(&time_fd, Bytes::copy_from_slice(&time_entry), n * 12)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                }
+        let mut written = written;
+        for flush in index_flushes {
+            if written.is_err() {
+                break;
             }
-            (result, _) => result,
-        };
+            written = flush.write().await;
+        }
         self.state.borrow_mut().writes_in_flight -= 1;
         if let Err(e) = written {
             {
@@ -427,6 +416,8 @@ impl PartitionLog {
         let entries = active.index.truncate_at_position(keep as u32);
         active.time_index.truncate(entries);
         active.last_indexed_position = active.index.last_position().map(u64::from);
+        active.index_on_disk = active.index_on_disk.min(entries);
+        let entries = active.index_on_disk;
         let cut = |fd: &SharedFd, len: u64| -> io::Result<()> {
             // SAFETY: ftruncate on an fd the segment owns.
             if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
@@ -818,13 +809,23 @@ impl PartitionLog {
     /// Flushes everything for a clean shutdown: the log data and every index file.
     pub async fn close(&self) -> Result<(), AppendError> {
         self.sync_to(self.high_watermark()).await?;
-        let index_files: Vec<SharedFd> = self
-            .state
-            .borrow()
-            .segments
-            .iter()
-            .map(|s| s.index_file.clone())
-            .collect();
+        let (flushes, index_files): (Vec<_>, Vec<_>) = {
+            let mut st = self.state.borrow_mut();
+            let flushes = st
+                .segments
+                .iter_mut()
+                .filter_map(|s| s.take_index_flush(true))
+                .collect();
+            let files = st
+                .segments
+                .iter()
+                .flat_map(|s| [s.index_file.clone(), s.time_index_file.clone()])
+                .collect();
+            (flushes, files)
+        };
+        for flush in flushes {
+            flush.write().await?;
+        }
         for fd in index_files {
             op::fdatasync(&fd).await?;
         }
@@ -922,6 +923,7 @@ fn load_clean_segment(seg: &mut Segment, config: &LogConfig) -> io::Result<bool>
     seg.max_timestamp = max_timestamp;
     seg.index = index;
     seg.last_indexed_position = last_indexed;
+    seg.index_on_disk = seg.index.len();
     seg.reserved_bytes = position;
     seg.committed_bytes = position;
     seg.next_offset = next_offset;
@@ -1003,6 +1005,7 @@ fn recover_segment(seg: &mut Segment, config: &LogConfig) -> io::Result<()> {
     seg.max_timestamp = max_timestamp;
     seg.index = index;
     seg.last_indexed_position = last_indexed;
+    seg.index_on_disk = seg.index.len();
     seg.reserved_bytes = position;
     seg.committed_bytes = position;
     seg.next_offset = next_offset;
@@ -1182,6 +1185,48 @@ mod tests {
             assert_eq!(log.high_watermark(), first.0 + 1);
         })
         .unwrap();
+    }
+
+    #[test]
+    fn index_entries_are_written_in_chunks_and_a_short_index_file_is_completed_at_open() {
+        use crate::segment::INDEX_FLUSH_ENTRIES;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        let cfg = LogConfig {
+            index_interval_bytes: 1,
+            ..LogConfig::default()
+        };
+        let n = INDEX_FLUSH_ENTRIES * 2 + 100;
+        let idx = path.join("00000000000000000000.index");
+        let tidx = path.join("00000000000000000000.timeindex");
+        let (p1, c1) = (path.clone(), cfg.clone());
+        let (idx1, tidx1) = (idx.clone(), tidx.clone());
+        block_on(async move {
+            let log = PartitionLog::open(&p1, c1).unwrap();
+            for i in 0..n {
+                log.append_batch(batch(1, 20, i as i64), 1).await.unwrap();
+            }
+            // One write per INDEX_FLUSH_ENTRIES entries; the last 100 are only in memory.
+            let on_disk = (INDEX_FLUSH_ENTRIES * 2) as u64;
+            assert_eq!(std::fs::metadata(&idx1).unwrap().len(), on_disk * 8);
+            assert_eq!(std::fs::metadata(&tidx1).unwrap().len(), on_disk * 12);
+            // Not closed: as after a crash that the clean-shutdown check missed.
+        })
+        .unwrap();
+        let (p2, c2) = (path.clone(), cfg.clone());
+        block_on(async move {
+            let log = PartitionLog::open_with(&p2, c2, Recovery::TrustCleanShutdown).unwrap();
+            assert_eq!(log.high_watermark(), n as i64);
+            for offset in [0, 1, 700, n as i64 - 50, n as i64 - 1] {
+                let r = log.read(offset, 1).await.unwrap();
+                assert_eq!(offsets_in(&r.records)[0].0, offset);
+            }
+            log.append_batch(batch(1, 20, 0), 1).await.unwrap();
+            log.close().await.unwrap();
+        })
+        .unwrap();
+        assert_eq!(std::fs::metadata(&idx).unwrap().len(), (n as u64 + 1) * 8);
+        assert_eq!(std::fs::metadata(&tidx).unwrap().len(), (n as u64 + 1) * 12);
     }
 
     #[test]

@@ -15,6 +15,25 @@ pub fn encode_time_entry(timestamp: i64, relative_offset: u32) -> [u8; 12] {
     b
 }
 
+/// Index entries gathered in memory before one write of both index files (4 KiB of `.index`).
+pub const INDEX_FLUSH_ENTRIES: usize = 512;
+
+/// A write of a segment's index entries not yet on disk: `(file, bytes, position)` for the
+/// offset index and the time index.
+pub struct IndexFlush {
+    pub index: (SharedFd, Vec<u8>, u64),
+    pub time_index: (SharedFd, Vec<u8>, u64),
+}
+
+impl IndexFlush {
+    pub async fn write(self) -> io::Result<()> {
+        let (fd, bytes, at) = self.index;
+        ringbroker_runtime::op::write_all_at(&fd, bytes.into(), at).await?;
+        let (fd, bytes, at) = self.time_index;
+        ringbroker_runtime::op::write_all_at(&fd, bytes.into(), at).await
+    }
+}
+
 pub fn file_name(base_offset: i64, extension: &str) -> String {
     format!("{base_offset:020}.{extension}")
 }
@@ -48,11 +67,38 @@ pub struct Segment {
     pub committed_bytes: u64,
     /// Position of the last index entry (`None` before the first).
     pub last_indexed_position: Option<u64>,
+    /// Index entries whose write to the index files has been issued. The rest exist only in
+    /// memory until `INDEX_FLUSH_ENTRIES` of them gather, the segment rolls or the log
+    /// closes: index files are derived data, rebuilt past their end at start-up.
+    pub index_on_disk: usize,
     /// Offset one past the last batch appended to this segment.
     pub next_offset: i64,
 }
 
 impl Segment {
+    /// Takes the index entries not yet written, if there are any and either `force` is set
+    /// or at least `INDEX_FLUSH_ENTRIES` are waiting.
+    pub fn take_index_flush(&mut self, force: bool) -> Option<IndexFlush> {
+        let first = self.index_on_disk;
+        let waiting = self.index.len() - first;
+        if waiting == 0 || (!force && waiting < INDEX_FLUSH_ENTRIES) {
+            return None;
+        }
+        self.index_on_disk = self.index.len();
+        let time: Vec<u8> = self.time_index[first..]
+            .iter()
+            .flat_map(|&(t, o)| encode_time_entry(t, o))
+            .collect();
+        Some(IndexFlush {
+            index: (
+                self.index_file.clone(),
+                self.index.encode_from(first),
+                first as u64 * 8,
+            ),
+            time_index: (self.time_index_file.clone(), time, first as u64 * 12),
+        })
+    }
+
     /// Opens (creating when missing) the files of the segment starting at `base_offset`.
     /// Control plane: plain blocking `open` calls at start-up and on roll.
     pub fn open(dir: &Path, base_offset: i64) -> io::Result<Segment> {
@@ -89,6 +135,7 @@ impl Segment {
             reserved_bytes: 0,
             committed_bytes: 0,
             last_indexed_position: None,
+            index_on_disk: 0,
             next_offset: base_offset,
         })
     }
