@@ -180,7 +180,7 @@ pub struct ReportArgs {
 }
 
 /// The runs `scripts/bench` makes per shard count, by result file name.
-const RUNS: [&str; 13] = [
+const RUNS: [&str; 15] = [
     "produce-acks1",
     "produce-acksall",
     "consume",
@@ -194,6 +194,8 @@ const RUNS: [&str; 13] = [
     "produce-16k-acksall",
     "latency-16k-acks1",
     "latency-16k-acksall",
+    "floor-1m",
+    "floor-16k",
 ];
 
 /// Everything one `scripts/bench` run left in its directory.
@@ -206,6 +208,10 @@ struct Inputs {
     disk_sync_1m_gbps: Option<f64>,
     fdatasync_per_s: Option<f64>,
     fdatasync_p99_ms: Option<f64>,
+    fdatasync_p999_ms: Option<f64>,
+    fdatasync_max_ms: Option<f64>,
+    /// Buffered write into tmpfs: the rate this machine fills fresh page-cache memory.
+    memory_fill_gbps: Option<f64>,
     /// shard count -> run name -> report.
     shards: BTreeMap<u32, BTreeMap<String, Value>>,
     commands: String,
@@ -267,6 +273,14 @@ impl Inputs {
                 "/jobs/0/sync/lat_ns/percentile/99.000000",
             )
             .map(|ns| ns / 1e6),
+            fdatasync_p999_ms: fio(
+                "fio-sync-4k.json",
+                "/jobs/0/sync/lat_ns/percentile/99.900000",
+            )
+            .map(|ns| ns / 1e6),
+            fdatasync_max_ms: fio("fio-sync-4k.json", "/jobs/0/sync/lat_ns/max").map(|ns| ns / 1e6),
+            memory_fill_gbps: fio("fio-memfill.json", "/jobs/0/write/bw_bytes")
+                .map(|b| b * 8.0 / 1e9),
             shards,
             commands: std::fs::read_to_string(dir.join("commands.txt")).unwrap_or_default(),
             rdkafka: std::fs::read_to_string(dir.join("rdkafka_performance.txt")).ok(),
@@ -298,6 +312,10 @@ impl Inputs {
             "produce_16k_acks_all_gbps": self.get(n, "produce-16k-acksall", "/gbit_per_s"),
             "produce_16k_p99_ms": self.get(n, "latency-16k-acks1", "/latency_ms/p99"),
             "produce_16k_acks_all_p99_ms": self.get(n, "latency-16k-acksall", "/latency_ms/p99"),
+            "produce_unloaded_p50_ms": self.get(n, "floor-1m", "/latency_ms/p50"),
+            "produce_unloaded_p99_ms": self.get(n, "floor-1m", "/latency_ms/p99"),
+            "produce_16k_unloaded_p50_ms": self.get(n, "floor-16k", "/latency_ms/p50"),
+            "produce_16k_unloaded_p99_ms": self.get(n, "floor-16k", "/latency_ms/p99"),
         })
     }
 
@@ -331,7 +349,11 @@ impl Inputs {
             "disk_fdatasync_1m_gbps": self.disk_sync_1m_gbps,
             "fdatasync_per_s": self.fdatasync_per_s,
             "fdatasync_p99_ms": self.fdatasync_p99_ms,
+            "fdatasync_p999_ms": self.fdatasync_p999_ms,
+            "fdatasync_max_ms": self.fdatasync_max_ms,
+            "memory_fill_gbps": self.memory_fill_gbps,
             "produce_gbps": produce,
+            "produce_ratio_to_memory_fill": ratio(produce, self.memory_fill_gbps),
             "produce_ratio_to_loopback": ratio(produce, self.loopback_gbps),
             "produce_ratio_to_disk_sustained": ratio(produce, self.disk_sustained_gbps),
             "tmpfs_produce_gbps": top("tmpfs-produce-acks1", "/gbit_per_s"),
@@ -349,6 +371,8 @@ impl Inputs {
             "e2e_p99_ms": top("e2e", "/latency_ms/p99"),
             "produce_16k_p99_ms": top("latency-16k-acks1", "/latency_ms/p99"),
             "produce_16k_acks_all_p99_ms": top("latency-16k-acksall", "/latency_ms/p99"),
+            "produce_unloaded_p50_ms": top("floor-1m", "/latency_ms/p50"),
+            "produce_16k_unloaded_p50_ms": top("floor-16k", "/latency_ms/p50"),
             "shards": {
                 "1": self.shard_summary(1),
                 "2": self.shard_summary(2),
@@ -482,9 +506,16 @@ fn markdown(inputs: &Inputs, summary: &Value, svg_name: &str, kept: Option<&str>
     );
     let _ = writeln!(
         m,
-        "| write + fdatasync per 4 KiB | {} syncs/s, p99 {} ms | `fio --fdatasync=1 --bs=4k` |\n",
+        "| write + fdatasync per 4 KiB | {} syncs/s, p99 {} ms, p99.9 {} ms, max {} ms | `fio --fdatasync=1 --bs=4k` |",
         fmt(inputs.fdatasync_per_s, 0),
-        fmt(inputs.fdatasync_p99_ms, 3)
+        fmt(inputs.fdatasync_p99_ms, 3),
+        fmt(inputs.fdatasync_p999_ms, 3),
+        fmt(inputs.fdatasync_max_ms, 3)
+    );
+    let _ = writeln!(
+        m,
+        "| buffered write into tmpfs (the rate fresh page-cache memory is filled) | {} Gbit/s | `fio --directory=/dev/shm/... --rw=write --bs=1M` |\n",
+        fmt(inputs.memory_fill_gbps, 2)
     );
 
     let lo = inputs.loopback_gbps;
@@ -500,8 +531,14 @@ fn markdown(inputs: &Inputs, summary: &Value, svg_name: &str, kept: Option<&str>
         m,
         "| run | limit (ratio = figure / limit) | 1 shard | ratio | CPU client / broker | 2 shards | ratio | CPU client / broker | 2 / 1 shards |\n|---|---|---|---|---|---|---|---|---|"
     );
-    let rows: [(&str, &str, Option<f64>, &str); 9] = [
+    let rows: [(&str, &str, Option<f64>, &str); 10] = [
         ("produce acks=1", "produce-acks1", lo, "loopback TCP"),
+        (
+            "produce acks=1",
+            "produce-acks1",
+            inputs.memory_fill_gbps,
+            "tmpfs write",
+        ),
         (
             "produce acks=1",
             "produce-acks1",
@@ -595,6 +632,11 @@ fn markdown(inputs: &Inputs, summary: &Value, svg_name: &str, kept: Option<&str>
         ("produce acks=1, data on tmpfs", "tmpfs-latency-acks1"),
         ("produce acks=1, 16 KiB batches", "latency-16k-acks1"),
         ("produce acks=all, 16 KiB batches", "latency-16k-acksall"),
+        ("produce acks=1, unloaded (about 20 batches/s)", "floor-1m"),
+        (
+            "produce acks=1, 16 KiB batches, unloaded (about 500 batches/s)",
+            "floor-16k",
+        ),
     ] {
         for n in [1u32, 2] {
             if inputs.get(n, name, "/elapsed_s").is_none() {
