@@ -13,9 +13,9 @@ use kafka_protocol::messages::{
     fetch_request::FetchTopic, list_offsets_request::ListOffsetsPartition,
     list_offsets_request::ListOffsetsTopic, metadata_request::MetadataRequestTopic,
     produce_request::PartitionProduceData, produce_request::TopicProduceData, ApiKey, BrokerId,
-    CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    RequestHeader, ResponseHeader, TopicName,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
@@ -33,6 +33,7 @@ pub const FETCH_VERSION: i16 = 12;
 pub const LIST_OFFSETS_VERSION: i16 = 6;
 pub const METADATA_VERSION: i16 = 12;
 pub const CREATE_TOPICS_VERSION: i16 = 5;
+pub const DELETE_TOPICS_VERSION: i16 = 4;
 
 /// Largest response frame accepted (a Fetch answer is bounded by the request's max_bytes).
 pub const RESPONSE_BYTES_MAX: usize = 256 << 20;
@@ -330,6 +331,23 @@ pub async fn ensure_topic(
         op::sleep(Duration::from_millis(100)).await;
     }
     bail!("topic {topic:?} has no leader for every partition after 10 s")
+}
+
+/// Deletes `topics`; a topic that does not exist is not an error.
+pub async fn delete_topics(client: &mut Client, topics: &[String]) -> Result<()> {
+    let request = DeleteTopicsRequest::default()
+        .with_topic_names(topics.iter().map(|t| topic_name(t)).collect())
+        .with_timeout_ms(30_000);
+    let response: DeleteTopicsResponse = client
+        .call(ApiKey::DeleteTopics, DELETE_TOPICS_VERSION, &request)
+        .await?;
+    for r in &response.responses {
+        // 3 = UNKNOWN_TOPIC_OR_PARTITION: already gone.
+        if r.error_code != 0 && r.error_code != 3 {
+            return Err(kafka_error(r.error_code).context(format!("deleting topic {:?}", r.name)));
+        }
+    }
+    Ok(())
 }
 
 /// Waits (bounded) until the broker behind `client` knows the topic and a leader for each

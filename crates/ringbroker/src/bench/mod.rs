@@ -46,6 +46,18 @@ pub enum BenchCommand {
     /// Turn the results `scripts/bench` left in a directory into summary.json, the markdown
     /// page and the SVG plot.
     Report(report::ReportArgs),
+    /// Delete topics (DeleteTopics), e.g. to free a finished run's disk space.
+    DeleteTopics(DeleteArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DeleteArgs {
+    /// host:port of any broker of the cluster.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub bootstrap: String,
+    /// Topics to delete.
+    #[arg(required = true)]
+    pub topics: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -199,6 +211,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Consume(a) => (a, consume::run),
         BenchCommand::E2e(a) => (a, e2e::run),
         BenchCommand::Report(r) => return report::render(&r),
+        BenchCommand::DeleteTopics(d) => {
+            return block_on(async move {
+                let mut client = kafka::Client::connect(&d.bootstrap)?;
+                kafka::delete_topics(&mut client, &d.topics).await
+            })
+        }
     };
     a.check()?;
     let wall = Instant::now();
