@@ -3,6 +3,11 @@
 //! pipelines). A frame that cannot be parsed closes this connection only, after the answers to
 //! the requests before it.
 //!
+//! A connection whose Produce and Fetch requests all go to partitions of one other shard is
+//! handed to that shard ([`MOVE_AFTER_WINDOWS`] windows in a row, at most [`MOVES_MAX`] times):
+//! SO_REUSEPORT spreads connections without knowing their partitions, and serving a connection
+//! where its partitions live saves a cross-shard round trip per request.
+//!
 //! Bounds: the socket is not read while requests are handled, and at most
 //! [`INFLIGHT_REQUESTS_MAX`] responses wait before they are sent, so a client that pipelines
 //! without reading its responses stalls only itself (TCP back-pressure). Each connection has a
@@ -19,23 +24,82 @@ use ringbroker_runtime::chunk::Chunk;
 use ringbroker_runtime::executor::spawn;
 use ringbroker_runtime::op::{self, SharedFd};
 use ringbroker_runtime::splice::send_chunks;
+use std::cell::Cell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 /// The receive buffer every connection has; larger frames borrow from the shard's budget.
 pub const RECV_BYTES_MIN: usize = 64 * 1024;
 /// Responses a connection may have waiting before they are sent (requests read ahead).
 pub const INFLIGHT_REQUESTS_MAX: usize = 64;
+/// Request windows in a row whose partitions all live on one other shard before the
+/// connection moves there.
+pub const MOVE_AFTER_WINDOWS: u32 = 4;
+/// Moves a connection may make in its life (a client that switches between partitions of
+/// different shards must not bounce for ever).
+pub const MOVES_MAX: u32 = 3;
 
-pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>, _slot: ConnectionSlot) {
-    let peer: std::rc::Rc<str> = peer.map_or_else(|| "unknown".into(), |p| p.to_string().into());
+/// What a request handler may learn about the connection it serves.
+pub struct Conn {
+    pub peer: Rc<str>,
+    owners: Cell<Owners>,
+}
+
+/// The shards owning the partitions the requests of one window touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owners {
+    None,
+    One(usize),
+    Several,
+}
+
+impl Conn {
+    pub fn new(peer: Rc<str>) -> Conn {
+        Conn {
+            peer,
+            owners: Cell::new(Owners::None),
+        }
+    }
+
+    /// Records that a request of this connection reads or writes a partition of `shard`.
+    pub fn touched(&self, shard: usize) {
+        self.owners.set(match self.owners.get() {
+            Owners::None => Owners::One(shard),
+            Owners::One(s) if s == shard => Owners::One(s),
+            _ => Owners::Several,
+        });
+    }
+
+    fn take_owners(&self) -> Owners {
+        self.owners.replace(Owners::None)
+    }
+}
+
+pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>, slot: ConnectionSlot) {
+    let peer: Rc<str> = peer.map_or_else(|| "unknown".into(), |p| p.to_string().into());
+    tracing::debug!(%peer, "connection opened");
+    serve_here(fd, peer, slot, BytesMut::with_capacity(RECV_BYTES_MIN), 0).await
+}
+
+/// Serves the connection on this shard; `buf` holds bytes already received, `moves` how often
+/// it has moved between shards.
+async fn serve_here(
+    fd: SharedFd,
+    peer: Rc<str>,
+    slot: ConnectionSlot,
+    mut buf: BytesMut,
+    moves: u32,
+) {
     let shared = shard::current().shared.clone();
     let frame_bytes_max = shared.config.frame_bytes_max;
     let budget_max = shared.config.recv_budget_bytes;
-    let mut buf = BytesMut::with_capacity(RECV_BYTES_MIN);
+    let here = shard::current().id;
+    let conn = Rc::new(Conn::new(peer.clone()));
     let mut grant = RecvGrant::none();
     let _counted = crate::stats::ConnectionGuard::open();
-    tracing::debug!(%peer, "connection opened");
     let mut frames: Vec<Bytes> = Vec::new();
+    // (shard, windows in a row whose partitions all live there)
+    let mut elsewhere: Option<(usize, u32)> = None;
     loop {
         let mut responses: Vec<Chunk> = Vec::new();
         let mut frame_error: Option<String> = None;
@@ -68,13 +132,13 @@ pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>, _slot: ConnectionSlot
         // the answers are taken in that order, up to the first that closes the connection.
         let mut close = if frames.len() == 1 {
             let frame = frames.pop().expect("one frame");
-            take(api::handle(frame, &peer).await, &mut responses)
+            take(api::handle(frame, &conn).await, &mut responses)
         } else {
             let running: Vec<_> = frames
                 .drain(..)
                 .map(|frame| {
-                    let peer = peer.clone();
-                    spawn(async move { api::handle(frame, &peer).await })
+                    let conn = conn.clone();
+                    spawn(async move { api::handle(frame, &conn).await })
                 })
                 .collect();
             let mut close = None;
@@ -111,6 +175,30 @@ pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>, _slot: ConnectionSlot
             small.extend_from_slice(&buf);
             buf = small;
             grant.release();
+        }
+        elsewhere = match (conn.take_owners(), elsewhere) {
+            (Owners::None, kept) => kept,
+            (Owners::One(s), Some((t, n))) if s != here && s == t => Some((s, n + 1)),
+            (Owners::One(s), _) if s != here => Some((s, 1)),
+            _ => None,
+        };
+        if let Some((target, n)) = elsewhere {
+            // Nothing of this connection is in flight here now (every answer is sent, no
+            // receive is armed), so its socket can change rings.
+            if n >= MOVE_AFTER_WINDOWS && moves < MOVES_MAX && grant.bytes() == 0 {
+                tracing::debug!(%peer, from = here, to = target, "moving connection to the shard that owns its partitions");
+                crate::stats::connection_moved();
+                let peer = peer.to_string();
+                let fd = fd.clone();
+                ringbroker_runtime::mesh::send(
+                    target,
+                    Box::new(move || {
+                        drop(spawn(serve_here(fd, peer.into(), slot, buf, moves + 1)));
+                    }),
+                )
+                .await;
+                return;
+            }
         }
         let (result, b) = op::recv(&fd, buf).await;
         buf = b;

@@ -142,6 +142,10 @@ fn describe() {
     );
     describe_gauge!("ringbroker_connections", "Open client connections.");
     describe_counter!(
+        "ringbroker_connections_moved_total",
+        "Connections handed from this shard to the shard that owns the partitions they use."
+    );
+    describe_counter!(
         "ringbroker_uring_submissions_total",
         "io_uring submissions by opcode and shard."
     );
@@ -402,6 +406,8 @@ fn apply(snapshots: &[ShardSnapshot], mesh: &Mesh) {
         counter!("ringbroker_produce_records_total", "shard" => shard.clone())
             .absolute(r.produce_records);
         gauge!("ringbroker_connections", "shard" => shard.clone()).set(r.connections as f64);
+        counter!("ringbroker_connections_moved_total", "shard" => shard.clone())
+            .absolute(r.connections_moved);
         if let Some(ring) = &s.ring {
             // Opcodes without a name of their own add up under "OTHER".
             let mut by_name: std::collections::BTreeMap<&'static str, u64> = Default::default();

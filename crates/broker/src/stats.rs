@@ -23,6 +23,7 @@ struct ShardStats {
     bytes_sent: LocalCounter,
     produce_records: LocalCounter,
     connections: Cell<i64>,
+    connections_moved: LocalCounter,
 }
 
 thread_local! {
@@ -71,6 +72,11 @@ pub fn bytes_sent(n: usize) {
     STATS.with(|s| s.bytes_sent.add(n as u64));
 }
 
+/// A connection left this shard for the shard that owns its partitions.
+pub fn connection_moved() {
+    STATS.with(|s| s.connections_moved.add(1));
+}
+
 pub fn produce_records(n: u32) {
     STATS.with(|s| s.produce_records.add(n as u64));
 }
@@ -104,6 +110,7 @@ pub struct RequestSnapshot {
     pub bytes_sent: u64,
     pub produce_records: u64,
     pub connections: i64,
+    pub connections_moved: u64,
 }
 
 /// Reads this shard's counters (totals) and takes its histograms (since the last call).
@@ -128,6 +135,7 @@ pub fn snapshot() -> RequestSnapshot {
         bytes_sent: s.bytes_sent.get(),
         produce_records: s.produce_records.get(),
         connections: s.connections.get(),
+        connections_moved: s.connections_moved.get(),
     })
 }
 

@@ -334,3 +334,79 @@ fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+/// Connections that produce to a partition of one shard end up on that shard, whichever shard
+/// SO_REUSEPORT gave them, and keep working there.
+#[test]
+fn connections_move_to_the_shard_that_owns_their_partition() {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    kafka_python(&["create", &broker.addr, "routed", "2"], "");
+    // "created topic topic=routed partitions=2 owners=[0, 1]"
+    let log = broker.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("created topic") && l.contains("routed"))
+        .expect("creation logged");
+    let owners: Vec<usize> = line[line.find("owners=[").unwrap() + 8..]
+        .split(']')
+        .next()
+        .unwrap()
+        .split(", ")
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(owners.len(), 2);
+    let owner = owners[1].to_string();
+    let produce = |c: &mut Client, i: usize| {
+        let value = format!("v{i}");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let batch = ringbroker_protocol::batch::build_batch(0, now_ms, &[value.as_bytes()]);
+        let req = ProduceRequest::default()
+            .with_acks(1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("routed")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(1)
+                    .with_records(Some(bytes::Bytes::from(batch)))])]);
+        let r: ProduceResponse = c.call(ApiKey::Produce, 9, &req);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    };
+    let mut clients: Vec<Client> = (0..8).map(|_| Client::connect(&broker.addr)).collect();
+    let mut sent = 0;
+    for _ in 0..6 {
+        for c in &mut clients {
+            produce(c, sent);
+            sent += 1;
+        }
+    }
+    let text = metrics_until(&broker, "every connection on the partition's shard", |t| {
+        sum_where(t, "ringbroker_connections", ("shard", &owner)) == 8.0
+    });
+    let moved: f64 = samples(&text)
+        .iter()
+        .filter(|(n, _, _)| n == "ringbroker_connections_moved_total")
+        .map(|s| s.2)
+        .sum();
+    assert!(moved <= 8.0, "{moved} moves for 8 connections");
+    // Moved connections keep serving: one more batch each, then read everything back.
+    for c in &mut clients {
+        produce(c, sent);
+        sent += 1;
+    }
+    drop(clients);
+    let mut got: Vec<String> = kcat_consume_all(&broker.addr, "routed")
+        .iter()
+        .map(|l| l.rsplit('\t').next().unwrap().to_string())
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = (0..sent).map(|i| format!("v{i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+}

@@ -5,6 +5,7 @@
 //! session id 0, which tells clients to send full requests.
 
 use super::{decode_body, respond, Outcome};
+use crate::connection::Conn;
 use crate::errors;
 use crate::metadata::TopicInfo;
 use crate::shard;
@@ -85,7 +86,7 @@ async fn read_partition(topic: &Option<Arc<TopicInfo>>, unknown_code: i16, w: &W
     result.unwrap_or(missing)
 }
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
     let body: FetchRequest = decode_body(&mut req)?;
     let v = req.version;
     let shard = shard::current();
@@ -107,6 +108,13 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             } else {
                 shard.topic(&t.topic.0)
             };
+            if let Some(info) = &info {
+                for p in &t.partitions {
+                    if let Some(owner) = info.owner(p.partition) {
+                        conn.touched(owner);
+                    }
+                }
+            }
             let parts: Vec<Wanted> = t
                 .partitions
                 .iter()

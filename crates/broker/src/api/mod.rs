@@ -97,12 +97,12 @@ pub(crate) fn respond<T: Encodable + crate::stats::ErrorCodes>(req: &Request, bo
 }
 
 /// Handles one request frame, counting it for the metrics layer.
-pub async fn handle(frame: Bytes, peer: &str) -> Outcome {
+pub async fn handle(frame: Bytes, conn: &crate::connection::Conn) -> Outcome {
     let started = std::time::Instant::now();
     let api = frame.get(..2).map_or(crate::stats::UNKNOWN_API_SLOT, |k| {
         i16::from_be_bytes([k[0], k[1]])
     });
-    let outcome = dispatch(frame, peer).await;
+    let outcome = dispatch(frame, conn).await;
     if let Outcome::Close(_) = outcome {
         crate::stats::error(api, crate::stats::CLOSED_CODE);
     }
@@ -110,7 +110,7 @@ pub async fn handle(frame: Bytes, peer: &str) -> Outcome {
     outcome
 }
 
-async fn dispatch(frame: Bytes, peer: &str) -> Outcome {
+async fn dispatch(frame: Bytes, conn: &crate::connection::Conn) -> Outcome {
     let req = match decode_header(frame, supported) {
         Ok(req) => req,
         Err(RequestError::UnsupportedVersion {
@@ -125,8 +125,8 @@ async fn dispatch(frame: Bytes, peer: &str) -> Outcome {
     let result = match req.api {
         ApiKey::ApiVersions => api_versions::handle(req).await,
         ApiKey::Metadata => metadata::handle(req).await,
-        ApiKey::Produce => produce::handle(req, peer).await,
-        ApiKey::Fetch => fetch::handle(req).await,
+        ApiKey::Produce => produce::handle(req, conn).await,
+        ApiKey::Fetch => fetch::handle(req, conn).await,
         ApiKey::ListOffsets => list_offsets::handle(req).await,
         ApiKey::CreateTopics => create_topics::handle(req).await,
         ApiKey::DeleteTopics => delete_topics::handle(req).await,

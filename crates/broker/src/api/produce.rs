@@ -2,6 +2,7 @@
 //! answer once written (acks=1), once fdatasync'd (acks=-1), or not at all (acks=0).
 
 use super::{decode_body, respond, Outcome};
+use crate::connection::Conn;
 use crate::errors;
 use crate::metadata::TopicInfo;
 use crate::producer_state::{self, Decision};
@@ -42,7 +43,8 @@ fn batch_error_code(e: &BatchError) -> i16 {
     }
 }
 
-pub async fn handle(mut req: Request, peer: &str) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
+    let peer = &*conn.peer;
     if req.version < PRODUCE_VERSION_MIN_HANDLED {
         return Err(Outcome::Close(format!(
             "Produce v{} (message format v0/v1) is not supported; use v3 or newer",
@@ -112,6 +114,9 @@ pub async fn handle(mut req: Request, peer: &str) -> Result<Outcome, Outcome> {
                 Some(result) => Err(result),
                 None => {
                     let topic = topic.clone().expect("checked above");
+                    if let Some(owner) = topic.owner(index) {
+                        conn.touched(owner);
+                    }
                     let header = BatchHeader::parse(&records).expect("validated above");
                     let count = header.records_count as u32;
                     let name = topic.name.clone();
