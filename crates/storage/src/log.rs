@@ -11,7 +11,7 @@
 
 use crate::frame::{BatchFrame, HEADER_BYTES};
 use crate::index::OffsetIndex;
-use crate::segment::{encode_time_entry, parse_log_name, Segment};
+use crate::segment::{encode_time_entries, parse_log_name, Segment};
 use bytes::{Bytes, BytesMut};
 use ringbroker_runtime::chunk::FileSlice;
 use ringbroker_runtime::notify::Notify;
@@ -913,10 +913,7 @@ fn load_clean_segment(seg: &mut Segment, config: &LogConfig) -> io::Result<bool>
     if index.len() * 8 != index_len as usize {
         // Entries the walk added must be on disk too, so later appends continue the files.
         index_file.write_all_at(&index.encode_all(), 0)?;
-        let encoded: Vec<u8> = time_index
-            .iter()
-            .flat_map(|&(t, o)| encode_time_entry(t, o))
-            .collect();
+        let encoded = encode_time_entries(&time_index);
         time_file.write_all_at(&encoded, 0)?;
     }
     seg.time_index = time_index;
@@ -996,10 +993,7 @@ fn recover_segment(seg: &mut Segment, config: &LogConfig) -> io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(&index_file, &index.encode_all(), 0)?;
     let time_file = std::fs::File::from(seg.time_index_file.try_clone()?);
     time_file.set_len(0)?;
-    let encoded: Vec<u8> = time_index
-        .iter()
-        .flat_map(|&(t, o)| encode_time_entry(t, o))
-        .collect();
+    let encoded = encode_time_entries(&time_index);
     std::os::unix::fs::FileExt::write_all_at(&time_file, &encoded, 0)?;
     seg.time_index = time_index;
     seg.max_timestamp = max_timestamp;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The on-disk form of a time index entry: timestamp i64, relative offset u32.
-pub fn encode_time_entry(timestamp: i64, relative_offset: u32) -> [u8; 12] {
+fn encode_time_entry(timestamp: i64, relative_offset: u32) -> [u8; 12] {
     let mut b = [0u8; 12];
     b[..8].copy_from_slice(&timestamp.to_be_bytes());
     b[8..].copy_from_slice(&relative_offset.to_be_bytes());
@@ -32,6 +32,14 @@ impl IndexFlush {
         let (fd, bytes, at) = self.time_index;
         ringbroker_runtime::op::write_all_at(&fd, bytes.into(), at).await
     }
+}
+
+/// The on-disk form of time index entries.
+pub fn encode_time_entries(entries: &[(i64, u32)]) -> Vec<u8> {
+    entries
+        .iter()
+        .flat_map(|&(t, o)| encode_time_entry(t, o))
+        .collect()
 }
 
 pub fn file_name(base_offset: i64, extension: &str) -> String {
@@ -85,17 +93,17 @@ impl Segment {
             return None;
         }
         self.index_on_disk = self.index.len();
-        let time: Vec<u8> = self.time_index[first..]
-            .iter()
-            .flat_map(|&(t, o)| encode_time_entry(t, o))
-            .collect();
         Some(IndexFlush {
             index: (
                 self.index_file.clone(),
                 self.index.encode_from(first),
                 first as u64 * 8,
             ),
-            time_index: (self.time_index_file.clone(), time, first as u64 * 12),
+            time_index: (
+                self.time_index_file.clone(),
+                encode_time_entries(&self.time_index[first..]),
+                first as u64 * 12,
+            ),
         })
     }
 

@@ -108,20 +108,18 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
             } else {
                 shard.topic(&t.topic.0)
             };
-            if let Some(info) = &info {
-                for p in &t.partitions {
-                    if let Some(owner) = info.owner(p.partition) {
-                        conn.touched(owner);
-                    }
-                }
-            }
             let parts: Vec<Wanted> = t
                 .partitions
                 .iter()
-                .map(|p| Wanted {
-                    partition: p.partition,
-                    offset: p.fetch_offset,
-                    max_bytes: p.partition_max_bytes.max(0) as usize,
+                .map(|p| {
+                    if let Some(owner) = info.as_ref().and_then(|i| i.owner(p.partition)) {
+                        conn.touched(owner);
+                    }
+                    Wanted {
+                        partition: p.partition,
+                        offset: p.fetch_offset,
+                        max_bytes: p.partition_max_bytes.max(0) as usize,
+                    }
                 })
                 .collect();
             (t.topic, t.topic_id, info, parts)

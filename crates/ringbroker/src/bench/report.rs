@@ -246,6 +246,8 @@ impl Inputs {
         };
         let fio =
             |file: &str, pointer: &str| load_json(&dir.join(file)).and_then(|v| num(&v, pointer));
+        // A latency of fio's 4 KiB write+fdatasync job, in milliseconds.
+        let fio_ms = |pointer: &str| fio("fio-sync-4k.json", pointer).map(|ns| ns / 1e6);
         let mut shards = BTreeMap::new();
         for n in [1u32, 2] {
             let mut runs = BTreeMap::new();
@@ -268,17 +270,9 @@ impl Inputs {
             disk_sync_1m_gbps: fio("fio-sync-1m.json", "/jobs/0/write/bw_bytes")
                 .map(|b| b * 8.0 / 1e9),
             fdatasync_per_s: fio("fio-sync-4k.json", "/jobs/0/write/iops"),
-            fdatasync_p99_ms: fio(
-                "fio-sync-4k.json",
-                "/jobs/0/sync/lat_ns/percentile/99.000000",
-            )
-            .map(|ns| ns / 1e6),
-            fdatasync_p999_ms: fio(
-                "fio-sync-4k.json",
-                "/jobs/0/sync/lat_ns/percentile/99.900000",
-            )
-            .map(|ns| ns / 1e6),
-            fdatasync_max_ms: fio("fio-sync-4k.json", "/jobs/0/sync/lat_ns/max").map(|ns| ns / 1e6),
+            fdatasync_p99_ms: fio_ms("/jobs/0/sync/lat_ns/percentile/99.000000"),
+            fdatasync_p999_ms: fio_ms("/jobs/0/sync/lat_ns/percentile/99.900000"),
+            fdatasync_max_ms: fio_ms("/jobs/0/sync/lat_ns/max"),
             memory_fill_gbps: fio("fio-memfill.json", "/jobs/0/write/bw_bytes")
                 .map(|b| b * 8.0 / 1e9),
             shards,
