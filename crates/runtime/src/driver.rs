@@ -3,15 +3,19 @@
 //! Every submitted SQE carries the slab key of its slot as `user_data`. A slot is `Pending`
 //! until its CQE arrives, then `Done` until the future takes the result. A future dropped
 //! before completion turns its slot `Orphaned`, handing over the buffers and fds the kernel
-//! may still touch; they are freed only when the CQE arrives. Two `user_data` values are
+//! may still touch; they are freed only when the CQE arrives. The eventfd read a mesh shard
+//! keeps armed owns its 8-byte buffer through a slot too. Two `user_data` values are
 //! reserved: [`IGNORE`] (cancels, wake-ups we send) and [`WAKE`] (a wake-up sent to us).
+//! When the driver goes away with slots in flight, their buffers are leaked, never freed
+//! under the kernel.
 
 use crate::probe::KernelFeatures;
-use io_uring::{cqueue, squeue, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 use std::any::Any;
 use std::cell::RefCell;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Waker;
 
 /// `user_data` of completions nobody waits for.
@@ -20,8 +24,6 @@ pub const IGNORE: u64 = u64::MAX;
 const IORING_ENTER_GETEVENTS: u32 = 1;
 /// `user_data` of a cross-shard wake-up posted on our ring by another shard (MSG_RING).
 pub const WAKE: u64 = u64::MAX - 1;
-/// `user_data` of the read we keep armed on our eventfd (fallback wake-ups, control plane).
-pub const EVENTFD: u64 = u64::MAX - 2;
 
 /// How a shard's ring is set up.
 #[derive(Clone, Debug)]
@@ -56,13 +58,22 @@ pub struct RingStats {
 
 pub(crate) enum Slot {
     Pending(Option<Waker>),
-    Done { result: i32 },
+    Done {
+        result: i32,
+    },
     Orphaned(#[allow(dead_code)] Box<dyn Any>),
+    /// The read armed on this shard's eventfd (fallback wake-ups, control plane) and the
+    /// buffer the kernel writes into; its completion sets the wake flags.
+    EventfdRead(#[allow(dead_code)] Box<u64>),
 }
+
+/// Tells drivers apart, so an op that outlived its driver never touches another's slots.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 pub(crate) struct Driver {
     ring: IoUring,
     ops: Slab<Slot>,
+    generation: u64,
     defer_taskrun: bool,
     /// Set when a WAKE completion arrived since the last `take_wake`.
     woken: bool,
@@ -85,6 +96,18 @@ pub(crate) fn with<R>(f: impl FnOnce(&mut Driver) -> R) -> R {
             .expect("no ring on this thread: run inside Runtime::block_on");
         f(driver)
     })
+}
+
+/// Like [`with`], but `None` instead of a panic when this thread has no usable driver (none
+/// installed, or its thread-local already destroyed at exit, or already borrowed).
+pub(crate) fn try_with<R>(f: impl FnOnce(&mut Driver) -> R) -> Option<R> {
+    DRIVER
+        .try_with(|d| {
+            let mut d = d.try_borrow_mut().ok()?;
+            d.as_mut().map(f)
+        })
+        .ok()
+        .flatten()
 }
 
 pub(crate) fn install(driver: Driver) {
@@ -121,6 +144,7 @@ impl Driver {
         Ok(Driver {
             ring,
             ops: Slab::with_capacity(256),
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             defer_taskrun: defer,
             woken: false,
             eventfd_fired: false,
@@ -135,9 +159,33 @@ impl Driver {
         self.ring.as_raw_fd()
     }
 
+    /// Which driver this is; ops remember it with their slot key.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Queues `entry` with a fresh slot; returns the slot key.
     pub(crate) fn submit_op(&mut self, entry: squeue::Entry) -> usize {
-        let key = self.ops.insert(Slot::Pending(None));
+        self.submit_op_with(entry, Slot::Pending(None))
+    }
+
+    /// Arms an 8-byte read on the eventfd `fd` into a buffer owned by its slot; its
+    /// completion wakes this ring's loop (see [`Driver::take_eventfd_fired`]).
+    ///
+    /// # Safety
+    /// `fd` must stay an open eventfd until the read completes (the mesh keeps it open for as
+    /// long as the shard runs; at exit the slot and its buffer are leaked with the others).
+    pub(crate) unsafe fn arm_eventfd_read(&mut self, fd: i32) {
+        let mut buf = Box::new(0u64);
+        let entry = opcode::Read::new(types::Fd(fd), &mut *buf as *mut u64 as *mut u8, 8)
+            .offset(u64::MAX) // -1: use the file position (eventfds have none)
+            .build();
+        // The box's heap memory does not move when the box moves into the slot.
+        self.submit_op_with(entry, Slot::EventfdRead(buf));
+    }
+
+    fn submit_op_with(&mut self, entry: squeue::Entry, slot: Slot) -> usize {
+        let key = self.ops.insert(slot);
         self.push(entry.user_data(key as u64));
         key
     }
@@ -235,15 +283,14 @@ impl Driver {
             match cqe.user_data() {
                 IGNORE => {}
                 WAKE => *woken = true,
-                EVENTFD => {
-                    *woken = true;
-                    *eventfd_fired = true;
-                }
-                key => {
-                    if let Some(w) = complete_slot(ops, key as usize, &cqe) {
-                        wakers.push(w);
+                key => match complete_slot(ops, key as usize, &cqe) {
+                    Completed::Wake(w) => wakers.push(w),
+                    Completed::Eventfd => {
+                        *woken = true;
+                        *eventfd_fired = true;
                     }
-                }
+                    Completed::Quiet => {}
+                },
             }
         }
         self.completed += reaped as u64;
@@ -255,6 +302,14 @@ impl Driver {
 
     pub(crate) fn slot_mut(&mut self, key: usize) -> &mut Slot {
         self.ops.get_mut(key).expect("op slot vanished")
+    }
+
+    /// The slot `key` of this driver, if `generation` is this driver's and the slot exists.
+    pub(crate) fn slot_of(&mut self, generation: u64, key: usize) -> Option<&mut Slot> {
+        if generation != self.generation {
+            return None;
+        }
+        self.ops.get_mut(key)
     }
 
     pub(crate) fn remove_slot(&mut self, key: usize) -> Slot {
@@ -287,24 +342,38 @@ impl Driver {
     }
 }
 
-fn complete_slot(ops: &mut Slab<Slot>, key: usize, cqe: &cqueue::Entry) -> Option<Waker> {
-    let slot = ops.get_mut(key)?;
+/// What a completion asks of the loop.
+enum Completed {
+    Wake(Waker),
+    Eventfd,
+    Quiet,
+}
+
+fn complete_slot(ops: &mut Slab<Slot>, key: usize, cqe: &cqueue::Entry) -> Completed {
+    let Some(slot) = ops.get_mut(key) else {
+        return Completed::Quiet;
+    };
     match slot {
         Slot::Pending(waker) => {
             let waker = waker.take();
             *slot = Slot::Done {
                 result: cqe.result(),
             };
-            waker
+            waker.map_or(Completed::Quiet, Completed::Wake)
         }
         Slot::Orphaned(_) => {
             // The future is gone: its buffers may be freed now.
             ops.remove(key);
-            None
+            Completed::Quiet
+        }
+        Slot::EventfdRead(_) => {
+            // The kernel is done with the buffer; the mesh arms a fresh read.
+            ops.remove(key);
+            Completed::Eventfd
         }
         Slot::Done { .. } => {
             debug_assert!(false, "second completion for single-shot op {key}");
-            None
+            Completed::Quiet
         }
     }
 }

@@ -52,7 +52,6 @@ struct Installed {
     tx: Vec<Option<rtrb::Producer<Message>>>,
     rx: Vec<Option<rtrb::Consumer<Message>>>,
     wake_pending: Vec<bool>,
-    eventfd_buf: Box<u64>,
 }
 
 type Reply = Box<dyn std::any::Any + Send>;
@@ -149,25 +148,26 @@ impl Endpoint {
             .ring_fd
             .store(ring_fd, Ordering::Release);
         let n = self.mesh.peers.len();
-        let mut installed = Installed {
+        let installed = Installed {
             shard: self.shard,
             mesh: self.mesh,
             tx: self.tx,
             rx: self.rx,
             wake_pending: vec![false; n],
-            eventfd_buf: Box::new(0),
         };
-        arm_eventfd(&mut installed);
+        arm_eventfd(&installed);
         LOCAL.with(|l| *l.borrow_mut() = Some(installed));
         crate::executor::add_turn_hook(Rc::new(on_turn));
     }
 }
 
-fn arm_eventfd(inst: &mut Installed) {
+/// Arms the read on this shard's eventfd. Its buffer belongs to the driver's slot, so it
+/// lives until the read completes, or is leaked with the slot when the shard exits first.
+fn arm_eventfd(inst: &Installed) {
     let fd = inst.mesh.peers[inst.shard].eventfd.as_raw_fd();
-    // SAFETY: eventfd_buf is a Box owned by the thread-local Installed, which lives until
-    // the runtime is dropped (and the driver leaks in-flight buffers at exit).
-    unsafe { op::arm_eventfd_read(fd, &mut *inst.eventfd_buf) };
+    // SAFETY: the eventfd is owned by the mesh, which `inst` (this thread's mesh state) keeps
+    // alive for as long as the shard runs.
+    driver::with(|d| unsafe { d.arm_eventfd_read(fd) });
 }
 
 /// This shard's id, or `None` off the shard threads.
@@ -523,6 +523,41 @@ mod tests {
             order.windows(2).all(|w| w[0] < w[1]),
             "messages overtook each other"
         );
+    }
+
+    #[test]
+    fn the_armed_eventfd_read_owns_its_buffer_through_a_ring_slot() {
+        let (mesh, mut endpoints) = Mesh::build(1, false).unwrap();
+        let rt = Runtime::new(&RingConfig::default()).unwrap();
+        let before = driver::stats().inflight;
+        endpoints.pop().unwrap().install();
+        // The read is an in-flight slot of the ring, so its buffer is parked (or leaked at
+        // exit) with the other in-flight ops instead of being freed under the kernel.
+        assert_eq!(driver::stats().inflight, before + 1);
+        let rounds = 3u64;
+        let count = Arc::new(AtomicU64::new(0));
+        let sender = {
+            let (mesh, count) = (mesh.clone(), count.clone());
+            std::thread::spawn(move || {
+                for _ in 0..rounds {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    let c = count.clone();
+                    mesh.send_control(0, Box::new(move || _ = c.fetch_add(1, Ordering::Relaxed)));
+                }
+            })
+        };
+        rt.block_on(async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while count.load(Ordering::Relaxed) < rounds && std::time::Instant::now() < deadline {
+                crate::op::sleep(std::time::Duration::from_millis(1)).await;
+                // Re-armed with a fresh slot after each wake-up, never two at once.
+                assert!(driver::stats().inflight <= before + 1);
+            }
+            assert_eq!(count.load(Ordering::Relaxed), rounds);
+            // The hook that ran the last message re-armed the read first.
+            assert_eq!(driver::stats().inflight, before + 1);
+        });
+        sender.join().unwrap();
     }
 
     #[test]

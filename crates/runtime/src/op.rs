@@ -1,7 +1,8 @@
 //! Operations as futures. `Op::submit` queues an SQE at once and owns `data` (the buffers
 //! and fds the SQE points into) until the completion arrives; the future then yields the
 //! result and gives `data` back. Dropping the future early cancels the SQE and parks `data`
-//! in the driver until the kernel is done with it.
+//! in the driver until the kernel is done with it; when the driver cannot be reached (it is
+//! gone, at thread exit) `data` is leaked, since the kernel may still write into it.
 
 use crate::driver::{self, Slot, IGNORE};
 use bytes::{Bytes, BytesMut};
@@ -17,6 +18,8 @@ use std::time::Duration;
 /// A submitted operation; resolves to `(result, data)` where `result` is the CQE's `res`.
 pub struct Op<T: 'static> {
     key: usize,
+    /// The driver the slot belongs to (a later driver on this thread reuses keys).
+    generation: u64,
     data: Option<T>,
 }
 
@@ -27,9 +30,10 @@ impl<T: 'static> Op<T> {
     /// Every pointer in `entry` must point into memory owned by `data` (heap memory that does
     /// not move when `data` moves) or into `'static` memory.
     pub unsafe fn submit(entry: squeue::Entry, data: T) -> Op<T> {
-        let key = driver::with(|d| d.submit_op(entry));
+        let (key, generation) = driver::with(|d| (d.submit_op(entry), d.generation()));
         Op {
             key,
+            generation,
             data: Some(data),
         }
     }
@@ -47,19 +51,21 @@ impl<A: 'static, B: 'static> Op<(A, B)> {
         second: squeue::Entry,
         second_data: B,
     ) -> (Op<A>, Op<B>) {
-        let (k1, k2) = driver::with(|d| {
+        let (k1, k2, generation) = driver::with(|d| {
             d.reserve(2);
             let k1 = d.submit_op(first.flags(squeue::Flags::IO_LINK));
             let k2 = d.submit_op(second);
-            (k1, k2)
+            (k1, k2, d.generation())
         });
         (
             Op {
                 key: k1,
+                generation,
                 data: Some(first_data),
             },
             Op {
                 key: k2,
+                generation,
                 data: Some(second_data),
             },
         )
@@ -83,7 +89,7 @@ impl<T: Unpin + 'static> Future for Op<T> {
                 d.remove_slot(key);
                 Some(result)
             }
-            Slot::Orphaned(_) => unreachable!("polled an orphaned op"),
+            Slot::Orphaned(_) | Slot::EventfdRead(_) => unreachable!("polled a slot not ours"),
         });
         match done {
             Some(result) => {
@@ -98,23 +104,36 @@ impl<T: Unpin + 'static> Future for Op<T> {
 impl<T: 'static> Drop for Op<T> {
     fn drop(&mut self) {
         let Some(data) = self.data.take() else { return };
-        let key = self.key;
-        // The thread's ring may already be gone at exit; then there is nothing to cancel.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            driver::with(|d| match d.slot_mut(key) {
-                Slot::Done { .. } => {
+        let (key, generation) = (self.key, self.generation);
+        let mut data = Some(data);
+        // Where the data goes: into the slot (parked until the CQE), freed (the CQE came),
+        // or, when the driver cannot be reached, nowhere.
+        let kernel_done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            driver::try_with(|d| match d.slot_of(generation, key) {
+                Some(Slot::Done { .. }) => {
                     d.remove_slot(key);
+                    true
                 }
-                slot @ Slot::Pending(_) => {
-                    *slot = Slot::Orphaned(Box::new(data));
+                Some(slot @ Slot::Pending(_)) => {
+                    let parked = data.take().expect("data taken once");
+                    *slot = Slot::Orphaned(Box::new(parked));
                     let cancel = opcode::AsyncCancel::new(key as u64)
                         .build()
                         .user_data(IGNORE);
                     d.push(cancel);
+                    false
                 }
-                Slot::Orphaned(_) => unreachable!(),
+                Some(Slot::Orphaned(_) | Slot::EventfdRead(_)) => unreachable!("slot not ours"),
+                None => false,
             })
         }));
+        match data {
+            Some(data) if matches!(kernel_done, Ok(Some(true))) => drop(data),
+            // The driver is gone (thread exit), or its slot is, or reaching it panicked: the
+            // kernel may still write into these buffers, so they must never be freed.
+            Some(data) => std::mem::forget(data),
+            None => {}
+        }
     }
 }
 
@@ -390,19 +409,6 @@ pub fn wake_ring(ring_fd: i32) {
     driver::with(|d| d.push(entry));
 }
 
-/// Arms an 8-byte read on an eventfd whose completion is a WAKE for this ring.
-/// The completion only sets the driver's wake flags; the mesh re-arms it.
-///
-/// # Safety
-/// `buf` must point to 8 writable bytes that outlive the completion.
-pub unsafe fn arm_eventfd_read(fd: i32, buf: *mut u64) {
-    let entry = opcode::Read::new(types::Fd(fd), buf as *mut u8, 8)
-        .offset(u64::MAX)
-        .build()
-        .user_data(crate::driver::EVENTFD);
-    driver::with(|d| d.push(entry));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,6 +488,65 @@ mod tests {
             assert_eq!(n.unwrap(), 9);
             assert_eq!(&buf[..], b"late data");
         });
+    }
+
+    /// Sets its flag when dropped: tells whether an op's data was freed.
+    struct DropFlag(std::rc::Rc<std::cell::Cell<bool>>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.set(true);
+        }
+    }
+
+    /// A recv that stays in flight (nobody writes to the peer), owning a `DropFlag`.
+    fn pending_recv(
+        fd: &SharedFd,
+        freed: &std::rc::Rc<std::cell::Cell<bool>>,
+    ) -> Op<(Vec<u8>, SharedFd, DropFlag)> {
+        let mut buf = vec![0u8; 64];
+        let entry = opcode::Recv::new(types::Fd(fd.as_raw_fd()), buf.as_mut_ptr(), 64).build();
+        // SAFETY: the entry points into buf's heap memory, owned by the op's data.
+        unsafe { Op::submit(entry, (buf, fd.clone(), DropFlag(freed.clone()))) }
+    }
+
+    #[test]
+    fn an_op_dropped_after_its_driver_is_gone_leaks_its_buffers_and_touches_no_other_ring() {
+        let pair = || {
+            let (s, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+            (Arc::new(s.into()) as SharedFd, peer)
+        };
+        let ((a, _a_peer), (b, mut b_peer), (c, _c_peer)) = (pair(), pair(), pair());
+        let flag = || std::rc::Rc::new(std::cell::Cell::new(false));
+        let freed = [flag(), flag()];
+        let first = rt();
+        let f = freed.clone();
+        // Slots 0 and 1 of the first ring.
+        let (op_no_ring, op_other_ring) =
+            first.block_on(async move { (pending_recv(&a, &f[0]), pending_recv(&a, &f[1])) });
+        drop(first);
+        // No ring on this thread any more: the kernel may still write into the buffer.
+        drop(op_no_ring);
+        assert!(
+            !freed[0].get(),
+            "an op's buffers were freed with no ring to park them in"
+        );
+        // A new ring on this thread hands out the same slot keys: the old op must leave the
+        // new ring's op in slot 1 alone.
+        rt().block_on(async move {
+            let (unused, mine) = (flag(), flag());
+            let _slot0 = pending_recv(&c, &unused);
+            let slot1 = pending_recv(&b, &mine);
+            drop(op_other_ring);
+            b_peer.write_all(b"mine").unwrap();
+            let (n, (buf, _, _)) = slot1.await;
+            assert_eq!(n, 4);
+            assert_eq!(&buf[..4], b"mine");
+        });
+        assert!(
+            !freed[1].get(),
+            "an op's buffers were freed by another ring"
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! `pipe-user-pages-soft` near a thousand connections), sized with F_SETPIPE_SZ: 1 MiB pipes
 //! made splice 2-4x faster than 64 KiB ones on the machine we measured. A short first splice
 //! cancels the second (-ECANCELED); whatever sits in the pipe is then drained before the pipe
-//! goes back to the pool. A pipe whose send failed is closed, never reused.
+//! goes back to the pool. A pipe whose send failed, or whose send was dropped mid-flight
+//! (ops may still run on it, bytes may sit in it), is closed, never reused, and its place
+//! in the pool freed for a new one.
 
 use crate::chunk::{Chunk, FileSlice};
 use crate::notify::Notify;
@@ -64,6 +66,13 @@ impl Pipe {
             capacity: capacity as usize,
         })
     }
+
+    /// Both ends, for an op's data: an op keeps the whole pipe open, so a pipe is closed only
+    /// after its last op completed. (Closing an end takes the pipe's lock, which a splice
+    /// blocked on a full socket holds: a close while one runs would block the shard.)
+    fn ends(&self) -> (SharedFd, SharedFd) {
+        (self.read.clone(), self.write.clone())
+    }
 }
 
 struct Pool {
@@ -76,30 +85,61 @@ thread_local! {
     static POOL: Rc<Pool> = Rc::new(Pool { idle: RefCell::new(Vec::new()), created: Cell::new(0), released: Notify::default() });
 }
 
-async fn take_pipe() -> io::Result<Pipe> {
+/// A pipe taken from the pool. Dropping the lease closes the pipe (its in-flight ops keep
+/// their own fds until they complete) and frees its place in the pool; only [`give_back`],
+/// called when the pipe is known empty with no op in flight, returns it for reuse.
+///
+/// [`give_back`]: PipeLease::give_back
+struct PipeLease {
+    pipe: Option<Pipe>,
+}
+
+impl PipeLease {
+    fn pipe(&self) -> &Pipe {
+        self.pipe
+            .as_ref()
+            .expect("leased pipe present until given back")
+    }
+
+    /// Returns the pipe to the pool for reuse: only when it is empty and no op uses it.
+    fn give_back(mut self) {
+        let pipe = self.pipe.take();
+        POOL.with(|pool| {
+            pool.idle.borrow_mut().extend(pipe);
+            pool.released.notify_all();
+        });
+    }
+}
+
+impl Drop for PipeLease {
+    fn drop(&mut self) {
+        let Some(pipe) = self.pipe.take() else {
+            return;
+        };
+        // Closes our ends; an op still in flight holds its own clone of the fd it uses.
+        drop(pipe);
+        // At thread exit the pool may already be gone; then nobody waits for a pipe.
+        let _ = POOL.try_with(|pool| {
+            pool.created.set(pool.created.get() - 1);
+            pool.released.notify_all();
+        });
+    }
+}
+
+async fn take_pipe() -> io::Result<PipeLease> {
     let pool = POOL.with(|p| p.clone());
     loop {
         let released = pool.released.notified();
         if let Some(pipe) = pool.idle.borrow_mut().pop() {
-            return Ok(pipe);
+            return Ok(PipeLease { pipe: Some(pipe) });
         }
         if pool.created.get() < PIPES_PER_SHARD_MAX {
             let pipe = Pipe::new()?;
             pool.created.set(pool.created.get() + 1);
-            return Ok(pipe);
+            return Ok(PipeLease { pipe: Some(pipe) });
         }
         released.await;
     }
-}
-
-fn return_pipe(pipe: Option<Pipe>) {
-    POOL.with(|pool| {
-        match pipe {
-            Some(p) => pool.idle.borrow_mut().push(p),
-            None => pool.created.set(pool.created.get() - 1),
-        }
-        pool.released.notify_all();
-    });
 }
 
 fn splice_entry(
@@ -131,7 +171,7 @@ async fn drain(pipe: &Pipe, socket: &SharedFd, mut bytes: usize) -> io::Result<(
     while bytes > 0 {
         let entry = splice_entry(&pipe.read, -1, socket, bytes);
         // SAFETY: only fds, kept open by the op's data.
-        let (result, _) = unsafe { Op::submit(entry, (pipe.read.clone(), socket.clone())) }.await;
+        let (result, _) = unsafe { Op::submit(entry, (pipe.ends(), socket.clone())) }.await;
         let n = cvt(result)?;
         if n == 0 {
             return Err(io::Error::new(
@@ -155,9 +195,9 @@ async fn splice_with(pipe: &Pipe, slice: &FileSlice, socket: &SharedFd) -> io::R
         let (first, second) = unsafe {
             Op::submit_linked(
                 into_pipe,
-                (slice.file.clone(), pipe.write.clone()),
+                (slice.file.clone(), pipe.ends()),
                 out_of_pipe,
-                (pipe.read.clone(), socket.clone()),
+                (pipe.ends(), socket.clone()),
             )
         };
         let (r1, _) = first.await;
@@ -185,10 +225,13 @@ async fn splice_with(pipe: &Pipe, slice: &FileSlice, socket: &SharedFd) -> io::R
 
 /// Sends a file range to a socket through a pooled pipe.
 pub async fn splice_to_socket(slice: &FileSlice, socket: &SharedFd) -> io::Result<()> {
-    let pipe = take_pipe().await?;
-    let result = splice_with(&pipe, slice, socket).await;
-    // After an error the pipe may still hold bytes: close it rather than reuse it.
-    return_pipe(if result.is_ok() { Some(pipe) } else { None });
+    let lease = take_pipe().await?;
+    let result = splice_with(lease.pipe(), slice, socket).await;
+    // After an error the pipe may still hold bytes: dropping the lease closes it. Dropping
+    // this future mid-send does the same.
+    if result.is_ok() {
+        lease.give_back();
+    }
     result
 }
 
@@ -298,5 +341,61 @@ mod tests {
         })
         .unwrap();
         assert_eq!(err.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn sends_dropped_mid_flight_give_their_pipes_back_to_the_pool() {
+        use std::time::Duration;
+        let mut file = tempfile::tempfile().unwrap();
+        let content = vec![7u8; 4 << 20];
+        file.write_all(&content).unwrap();
+        let file: SharedFd = Arc::new(file.into());
+        // On its own thread: a shard that blocks (a close waiting behind a stalled splice)
+        // must fail the test, not hang it.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let shard = std::thread::spawn(move || {
+            block_on(async move {
+                let slice = FileSlice {
+                    file: file.clone(),
+                    position: 0,
+                    len: content.len() as u32,
+                };
+                // Each send stalls on a socket nobody reads (its buffer fills), holding a pipe
+                // with bytes in it, and is dropped there by the timeout.
+                let mut stalled = Vec::new();
+                for _ in 0..PIPES_PER_SHARD_MAX + 4 {
+                    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+                    let a: SharedFd = Arc::new(a.into());
+                    let sent = op::timeout(Duration::from_millis(20), splice_to_socket(&slice, &a));
+                    assert!(
+                        sent.await.is_none(),
+                        "a 4 MiB send to an unread socket stalls"
+                    );
+                    stalled.push((a, b));
+                }
+                // A send to a reader still gets a pipe, and its bytes arrive whole.
+                let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+                let a: SharedFd = Arc::new(a.into());
+                let reader = std::thread::spawn(move || {
+                    let mut got = vec![0u8; 4 << 20];
+                    b.read_exact(&mut got).map(|()| got)
+                });
+                let sent = op::timeout(Duration::from_secs(10), splice_to_socket(&slice, &a)).await;
+                assert!(
+                    matches!(sent, Some(Ok(()))),
+                    "the send after the dropped ones must not wait for a pipe for ever"
+                );
+                assert!(reader.join().unwrap().unwrap() == content);
+                drop(stalled);
+            })
+            .unwrap();
+            done_tx.send(()).unwrap();
+        });
+        match done_rx.recv_timeout(Duration::from_secs(60)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the shard thread blocked after sends were dropped mid-flight")
+            }
+            _ => shard.join().unwrap(),
+        }
     }
 }
