@@ -6,21 +6,26 @@
 //! group commit: one fdatasync covers every append written before it started, and callers
 //! that arrive while one runs wait for it and the next.
 //!
+//! Every operation is safe to drop at any await: an append's write and a sync's fdatasyncs
+//! run as tasks of their own once started, so they always end completed or failed in the
+//! log's state, whatever happens to the caller; reads only look at the state.
+//!
 //! Invariants: segments are sorted and contiguous in offsets; `committed_bytes <=
 //! reserved_bytes`; reads never see bytes at or above the high watermark.
 
 use crate::frame::{BatchFrame, HEADER_BYTES};
 use crate::index::OffsetIndex;
-use crate::segment::{encode_time_entries, parse_log_name, Segment};
+use crate::segment::{encode_time_entries, parse_log_name, IndexFlush, Segment};
 use bytes::{Bytes, BytesMut};
 use ringbroker_runtime::chunk::FileSlice;
 use ringbroker_runtime::notify::Notify;
 use ringbroker_runtime::op::{self, SharedFd};
+use ringbroker_runtime::spawn;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 
 #[derive(Clone, Debug)]
@@ -154,12 +159,13 @@ struct State {
 }
 
 pub struct PartitionLog {
-    dir: PathBuf,
+    dir: Rc<Path>,
     config: LogConfig,
-    state: RefCell<State>,
+    /// Shared with the tasks that finish appends and syncs.
+    state: Rc<RefCell<State>>,
     /// Released whenever the high watermark moves.
     appended: Rc<Notify>,
-    synced: Notify,
+    synced: Rc<Notify>,
 }
 
 impl PartitionLog {
@@ -207,9 +213,9 @@ impl PartitionLog {
         let log_start_offset = segments[0].base_offset;
         let active_log = segments.last().expect("at least one segment").log.clone();
         Ok(PartitionLog {
-            dir: dir.to_path_buf(),
+            dir: dir.into(),
             config,
-            state: RefCell::new(State {
+            state: Rc::new(RefCell::new(State {
                 segments,
                 next_offset,
                 high_watermark: next_offset,
@@ -223,9 +229,9 @@ impl PartitionLog {
                 synced_offset: next_offset,
                 sync_running: false,
                 unsynced: vec![active_log],
-            }),
+            })),
             appended: Notify::new(),
-            synced: Notify::default(),
+            synced: Notify::new(),
         })
     }
 
@@ -348,37 +354,22 @@ impl PartitionLog {
                 epoch,
             )
         };
-        // baseOffset is outside the CRC: write our 8 bytes, then the batch from byte 8 on.
-        let head = Bytes::copy_from_slice(&base_offset.to_be_bytes());
-        let written = op::writev_all_at(&log_fd, vec![head, batch.slice(8..)], position).await;
-        let mut written = written;
-        for flush in index_flushes {
-            if written.is_err() {
-                break;
-            }
-            written = flush.write().await;
-        }
-        self.state.borrow_mut().writes_in_flight -= 1;
-        if let Err(e) = written {
-            {
-                let mut st = self.state.borrow_mut();
-                if st.failed.is_none() {
-                    tracing::error!(dir = %self.dir.display(), error = %e, high_watermark = st.high_watermark, "append failed; partition refuses writes until the log is cut back to its high watermark");
-                    st.failed = Some(e.to_string());
-                    st.repairable = true;
-                }
-                st.failure_epoch += 1;
-            }
-            self.appended.notify_all();
-            return Err(AppendError::Io(e));
-        }
-        if self.state.borrow().failure_epoch != epoch {
-            return Err(AppendError::Failed(
-                "an earlier append of this partition failed".into(),
-            ));
-        }
-        self.complete(seq);
+        // The write and its bookkeeping run as a task of their own: once offsets are handed
+        // out, the append must end written or failed even if this future is dropped, or its
+        // pending entry would hold the high watermark back for ever.
+        let write = AppendWrite {
+            dir: self.dir.clone(),
+            state: self.state.clone(),
+            appended: self.appended.clone(),
+            seq,
+            epoch,
+            settled: false,
+        };
+        let written = spawn(write.run(log_fd, base_offset, batch, position, index_flushes)).await;
+        written
+            .unwrap_or_else(|_| Err(AppendError::Failed("the shard stopped mid-append".into())))?;
         // Wait until every earlier append is written too, so the caller's data is visible.
+        // (Only watching: a caller dropped here leaves nothing behind.)
         loop {
             let notified = self.appended.notified();
             {
@@ -442,36 +433,6 @@ impl PartitionLog {
         tracing::warn!(dir = %self.dir.display(), high_watermark = hw, dropped_bytes = dropped, "partition cut back to its high watermark after a failed write; accepting writes again");
     }
 
-    fn complete(&self, seq: u64) {
-        let moved = {
-            let mut st = self.state.borrow_mut();
-            let front_seq = st
-                .pending
-                .front()
-                .map(|p| p.seq)
-                .expect("completed append is pending");
-            st.pending[(seq - front_seq) as usize].done = true;
-            let mut moved = false;
-            while st.pending.front().is_some_and(|p| p.done) {
-                let p = st.pending.pop_front().expect("front exists");
-                st.high_watermark = p.end_offset;
-                if let Some(seg) = st
-                    .segments
-                    .iter_mut()
-                    .rev()
-                    .find(|s| s.base_offset == p.segment_base)
-                {
-                    seg.committed_bytes = p.end_position;
-                }
-                moved = true;
-            }
-            moved
-        };
-        if moved {
-            self.appended.notify_all();
-        }
-    }
-
     /// Returns once everything below `offset` is on stable storage (fdatasync through the
     /// ring). Concurrent callers share syncs: group commit.
     pub async fn sync_to(&self, offset: i64) -> Result<(), AppendError> {
@@ -502,28 +463,19 @@ impl PartitionLog {
                 }
                 (fds, st.high_watermark)
             };
-            let mut result = Ok(());
-            for fd in &fds {
-                let started = std::time::Instant::now();
-                let synced = op::fdatasync(fd).await;
-                FSYNC_SECONDS.with(|h| h.record(started.elapsed().as_secs_f64()));
-                if let Err(e) = synced {
-                    result = Err(e);
-                    break;
-                }
-            }
-            {
-                let mut st = self.state.borrow_mut();
-                st.sync_running = false;
-                match &result {
-                    Ok(()) => st.synced_offset = st.synced_offset.max(target),
-                    Err(e) => {
-                        tracing::error!(dir = %self.dir.display(), error = %e, "fdatasync failed; partition stops accepting writes");
-                        st.failed = Some(e.to_string());
-                    }
-                }
-            }
-            self.synced.notify_all();
+            // The fdatasyncs run as a task of their own, so a caller dropped mid-sync neither
+            // leaves the sync marked running for ever nor loses an fdatasync's error (the
+            // kernel reports a writeback error once per open file: lost, it never comes back).
+            let sync = SyncRun {
+                dir: self.dir.clone(),
+                state: self.state.clone(),
+                synced: self.synced.clone(),
+                fds,
+                settled: false,
+            };
+            let result = spawn(sync.run(target)).await;
+            let result =
+                result.unwrap_or_else(|_| Err(io::Error::other("the shard stopped mid-sync")));
             result?;
         }
     }
@@ -823,18 +775,195 @@ impl PartitionLog {
                 .collect();
             (flushes, files)
         };
-        for flush in flushes {
-            flush.write().await?;
-        }
-        for fd in index_files {
-            op::fdatasync(&fd).await?;
-        }
+        // The flushes were taken (the segments count them as written): they run to the end
+        // in a task of their own even if this future is dropped.
+        let flushed = spawn(async move {
+            for flush in flushes {
+                flush.write().await?;
+            }
+            for fd in index_files {
+                op::fdatasync(&fd).await?;
+            }
+            Ok::<(), io::Error>(())
+        })
+        .await;
+        flushed.unwrap_or_else(|_| Err(io::Error::other("the shard stopped mid-close")))?;
         Ok(())
     }
 
     /// Deletes the log's directory (control plane; plain blocking calls).
     pub fn remove_files(&self) -> io::Result<()> {
         std::fs::remove_dir_all(&self.dir)
+    }
+}
+
+/// Marks append `seq` written and moves the high watermark past every written append at the
+/// front of the queue.
+fn complete(state: &RefCell<State>, appended: &Notify, seq: u64) {
+    let moved = {
+        let mut st = state.borrow_mut();
+        let front_seq = st
+            .pending
+            .front()
+            .map(|p| p.seq)
+            .expect("completed append is pending");
+        st.pending[(seq - front_seq) as usize].done = true;
+        let mut moved = false;
+        while st.pending.front().is_some_and(|p| p.done) {
+            let p = st.pending.pop_front().expect("front exists");
+            st.high_watermark = p.end_offset;
+            if let Some(seg) = st
+                .segments
+                .iter_mut()
+                .rev()
+                .find(|s| s.base_offset == p.segment_base)
+            {
+                seg.committed_bytes = p.end_position;
+            }
+            moved = true;
+        }
+        moved
+    };
+    if moved {
+        appended.notify_all();
+    }
+}
+
+/// An append's write of its batch (and of the index entries it filled), then its bookkeeping:
+/// completed, or failed (repairable). Dropped unfinished (the shard's executor stopped),
+/// the write may still land, so the guard fails the log until a reopen recovers it.
+struct AppendWrite {
+    dir: Rc<Path>,
+    state: Rc<RefCell<State>>,
+    appended: Rc<Notify>,
+    seq: u64,
+    epoch: u64,
+    settled: bool,
+}
+
+impl AppendWrite {
+    async fn run(
+        mut self,
+        log_fd: SharedFd,
+        base_offset: i64,
+        batch: Bytes,
+        position: u64,
+        index_flushes: Vec<IndexFlush>,
+    ) -> Result<(), AppendError> {
+        // baseOffset is outside the CRC: write our 8 bytes, then the batch from byte 8 on.
+        let head = Bytes::copy_from_slice(&base_offset.to_be_bytes());
+        let mut written = op::writev_all_at(&log_fd, vec![head, batch.slice(8..)], position).await;
+        for flush in index_flushes {
+            if written.is_err() {
+                break;
+            }
+            written = flush.write().await;
+        }
+        // No await from here on.
+        self.settled = true;
+        self.state.borrow_mut().writes_in_flight -= 1;
+        if let Err(e) = written {
+            {
+                let mut st = self.state.borrow_mut();
+                if st.failed.is_none() {
+                    tracing::error!(dir = %self.dir.display(), error = %e, high_watermark = st.high_watermark, "append failed; partition refuses writes until the log is cut back to its high watermark");
+                    st.failed = Some(e.to_string());
+                    st.repairable = true;
+                }
+                st.failure_epoch += 1;
+            }
+            self.appended.notify_all();
+            return Err(AppendError::Io(e));
+        }
+        if self.state.borrow().failure_epoch != self.epoch {
+            return Err(AppendError::Failed(
+                "an earlier append of this partition failed".into(),
+            ));
+        }
+        complete(&self.state, &self.appended, self.seq);
+        Ok(())
+    }
+}
+
+impl Drop for AppendWrite {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // Its write may still be in the kernel: the log cannot be cut back under it, so it
+        // stays failed (and `writes_in_flight` stays up) until a reopen scans the files.
+        if let Ok(mut st) = self.state.try_borrow_mut() {
+            tracing::error!(dir = %self.dir.display(), "an append was abandoned mid-write; partition refuses writes until reopened");
+            if st.failed.is_none() {
+                st.failed = Some("an append was abandoned mid-write".into());
+            }
+            st.repairable = false;
+            st.failure_epoch += 1;
+        }
+        self.appended.notify_all();
+    }
+}
+
+/// One group-commit sync: an fdatasync of every file in `fds`, then the bookkeeping (synced
+/// offset, or the failure). Dropped unfinished (the shard's executor stopped), the guard
+/// clears the running flag, hands the files back for a later sync and fails the log: an
+/// fdatasync whose outcome nobody saw may have swallowed a writeback error.
+struct SyncRun {
+    dir: Rc<Path>,
+    state: Rc<RefCell<State>>,
+    synced: Rc<Notify>,
+    fds: Vec<SharedFd>,
+    settled: bool,
+}
+
+impl SyncRun {
+    async fn run(mut self, target: i64) -> io::Result<()> {
+        let mut result = Ok(());
+        for fd in &self.fds {
+            let started = std::time::Instant::now();
+            let synced = op::fdatasync(fd).await;
+            FSYNC_SECONDS.with(|h| h.record(started.elapsed().as_secs_f64()));
+            if let Err(e) = synced {
+                result = Err(e);
+                break;
+            }
+        }
+        // No await from here on.
+        self.settled = true;
+        {
+            let mut st = self.state.borrow_mut();
+            st.sync_running = false;
+            match &result {
+                Ok(()) => st.synced_offset = st.synced_offset.max(target),
+                Err(e) => {
+                    tracing::error!(dir = %self.dir.display(), error = %e, "fdatasync failed; partition stops accepting writes");
+                    st.failed = Some(e.to_string());
+                }
+            }
+        }
+        self.synced.notify_all();
+        result
+    }
+}
+
+impl Drop for SyncRun {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let Ok(mut st) = self.state.try_borrow_mut() {
+            tracing::error!(dir = %self.dir.display(), "an fdatasync was abandoned; partition refuses writes until reopened");
+            st.sync_running = false;
+            for fd in self.fds.drain(..) {
+                if !st.unsynced.iter().any(|f| std::sync::Arc::ptr_eq(f, &fd)) {
+                    st.unsynced.push(fd);
+                }
+            }
+            if st.failed.is_none() {
+                st.failed = Some("an fdatasync was abandoned before its outcome was seen".into());
+            }
+        }
+        self.synced.notify_all();
     }
 }
 
@@ -1009,7 +1138,8 @@ fn recover_segment(seg: &mut Segment, config: &LogConfig) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringbroker_runtime::{block_on, spawn};
+    use ringbroker_runtime::block_on;
+    use std::future::Future;
 
     /// An uncompressed v2 batch of `n` records of `size` bytes, CRC valid.
     pub(crate) fn batch(n: usize, size: usize, ts: i64) -> Bytes {
@@ -1411,6 +1541,148 @@ mod tests {
                 log.read_slice(hw + 1, 100).await,
                 Err(ReadError::OutOfRange { .. })
             ));
+        })
+        .unwrap();
+    }
+
+    /// Polls `future` once, then drops it: a caller that went away mid-flight.
+    fn poll_once_then_drop<F: Future>(future: F) {
+        let mut future = std::pin::pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let _ = future.as_mut().poll(&mut cx);
+    }
+
+    /// Awaits `future` for at most 10 s, so a log left stuck fails the test instead of
+    /// hanging it.
+    async fn within<F: Future>(future: F) -> F::Output {
+        op::timeout(std::time::Duration::from_secs(10), future)
+            .await
+            .expect("the log is stuck after an operation was dropped mid-flight")
+    }
+
+    #[test]
+    fn appends_dropped_mid_flight_still_end_written_and_later_appends_proceed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        let p1 = path.clone();
+        let total = block_on(async move {
+            let log = PartitionLog::open(&p1, small_config()).unwrap();
+            let mut next = 0i64;
+            for round in 0..24u32 {
+                // Dropped right after its first poll (offsets handed out), after its write
+                // was submitted, or after it completed but before the caller saw it.
+                let mut append = Box::pin(log.append_batch(batch(2, 20, 0), 2));
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                let _ = append.as_mut().poll(&mut cx);
+                for _ in 0..round % 4 {
+                    ringbroker_runtime::yield_now().await;
+                }
+                drop(append);
+                next += 2;
+            }
+            for round in 0..16u64 {
+                // Dropped by a timeout racing the write (always polled once first).
+                let limit = std::time::Duration::from_micros(1 + 20 * round);
+                let _ = op::timeout(limit, log.append_batch(batch(1, 20, 0), 1)).await;
+                next += 1;
+            }
+            let base = within(log.append_batch(batch(1, 5, 0), 1)).await.unwrap();
+            assert_eq!(base, next, "every dropped append kept its offsets");
+            assert_eq!(log.high_watermark(), next + 1);
+            assert!(log.segment_count() > 1, "4 KiB segments must have rolled");
+            for offset in 0..=next {
+                let r = log.read(offset, 1).await.unwrap();
+                let (first, end) = offsets_in(&r.records)[0];
+                assert!(first <= offset && offset < end);
+            }
+            within(log.sync_to(next + 1)).await.unwrap();
+            next + 1
+        })
+        .unwrap();
+        // The files hold every batch below the high watermark, with no hole.
+        block_on(async move {
+            let log = PartitionLog::open(&path, small_config()).unwrap();
+            assert_eq!(log.high_watermark(), total);
+            for offset in 0..total {
+                let r = log.read(offset, 1).await.unwrap();
+                let (first, end) = offsets_in(&r.records)[0];
+                assert!(first <= offset && offset < end);
+            }
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_sync_dropped_mid_fdatasync_does_not_stop_later_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        block_on(async move {
+            let log = PartitionLog::open(&path, small_config()).unwrap();
+            for round in 0..8 {
+                for i in 0..20 {
+                    log.append_batch(batch(1, 20, i), 1).await.unwrap();
+                }
+                let hw = log.high_watermark();
+                if round % 2 == 0 {
+                    poll_once_then_drop(log.sync_to(hw));
+                } else {
+                    let limit = std::time::Duration::from_micros(1 + 50 * round);
+                    let _ = op::timeout(limit, log.sync_to(hw)).await;
+                }
+                within(log.sync_to(hw)).await.unwrap();
+                assert!(!log.state.borrow().sync_running);
+            }
+            assert!(log.segment_count() > 1, "syncs covered rolled segments too");
+            log.append_batch(batch(1, 5, 0), 1).await.unwrap();
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn appends_and_syncs_torn_down_with_their_executor_fail_the_log_instead_of_hanging_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path_a, path_s) = (dir.path().join("a-0"), dir.path().join("s-0"));
+        let appending = Rc::new(PartitionLog::open(&path_a, small_config()).unwrap());
+        let syncing = Rc::new(PartitionLog::open(&path_s, small_config()).unwrap());
+        let config = ringbroker_runtime::RingConfig::default();
+        let first = ringbroker_runtime::Runtime::new(&config).unwrap();
+        let (a, s) = (appending.clone(), syncing.clone());
+        first.block_on(async move {
+            a.append_batch(batch(1, 5, 0), 1).await.unwrap();
+            s.append_batch(batch(1, 5, 0), 1).await.unwrap();
+            // Their tasks are spawned but have not run when the executor stops.
+            poll_once_then_drop(a.append_batch(batch(1, 5, 0), 1));
+            poll_once_then_drop(s.sync_to(1));
+        });
+        drop(first);
+        let second = ringbroker_runtime::Runtime::new(&config).unwrap();
+        let (a, s) = (appending.clone(), syncing.clone());
+        second.block_on(async move {
+            let appended = within(a.append_batch(batch(1, 5, 0), 1)).await;
+            assert!(
+                matches!(appended, Err(AppendError::Failed(_))),
+                "{appended:?}"
+            );
+            let synced = within(s.sync_to(1)).await;
+            assert!(matches!(synced, Err(AppendError::Failed(_))), "{synced:?}");
+        });
+        drop(second);
+        drop((appending, syncing));
+        // A reopen recovers both from their files (the abandoned write may have landed).
+        block_on(async move {
+            for path in [path_a, path_s] {
+                let log = PartitionLog::open(&path, small_config()).unwrap();
+                let hw = log.high_watermark();
+                assert!(hw == 1 || hw == 2, "{hw}");
+                for offset in 0..hw {
+                    assert_eq!(
+                        offsets_in(&log.read(offset, 1).await.unwrap().records)[0].0,
+                        offset
+                    );
+                }
+                assert_eq!(log.append_batch(batch(1, 5, 0), 1).await.unwrap(), hw);
+                log.sync_to(hw + 1).await.unwrap();
+            }
         })
         .unwrap();
     }
