@@ -75,7 +75,8 @@ pub fn start_watcher(mesh: Arc<Mesh>) {
             }
             let _ = std::fs::remove_file(&path);
             match parse(line) {
-                Some(fault) if target_shard(fault).map_or(true, |s| s < mesh.shard_count()) => {
+                Some(fault) if !matches!(target_shard(fault), Some(s) if s >= mesh.shard_count()) =>
+                {
                     tracing::warn!(?fault, "injecting a test fault");
                     apply(fault, &mesh);
                 }
@@ -104,9 +105,7 @@ fn apply(fault: Fault, mesh: &Mesh) {
             shard,
             Box::new(move || std::thread::sleep(Duration::from_millis(ms))),
         ),
-        Fault::FailClose(s) => {
-            mesh.send_control(s, Box::new(|| FAIL_CLOSE.with(|f| f.set(true))))
-        }
+        Fault::FailClose(s) => mesh.send_control(s, Box::new(|| FAIL_CLOSE.with(|f| f.set(true)))),
         Fault::DelayClose { ms } => {
             for s in 0..mesh.shard_count() {
                 mesh.send_control(s, Box::new(move || DELAY_CLOSE_MS.with(|d| d.set(ms))));
@@ -146,7 +145,10 @@ mod tests {
             Some(Fault::StallShard { shard: 0, ms: 3000 })
         );
         assert_eq!(parse("fail-close shard 1"), Some(Fault::FailClose(1)));
-        assert_eq!(parse("delay-close 500"), Some(Fault::DelayClose { ms: 500 }));
+        assert_eq!(
+            parse("delay-close 500"),
+            Some(Fault::DelayClose { ms: 500 })
+        );
         assert_eq!(parse("panic shard x"), None);
         assert_eq!(parse("reboot"), None);
     }

@@ -99,7 +99,10 @@ mod tests {
         h.stamps_ms[1].store(now_ms().saturating_sub(5_000), Ordering::Relaxed);
         let body = verdict(true, &h).unwrap_err();
         assert!(body.contains("shard 1 "), "{body}");
-        assert!(!body.contains("shard 0") && !body.contains("shard 2"), "{body}");
+        assert!(
+            !body.contains("shard 0") && !body.contains("shard 2"),
+            "{body}"
+        );
         h.beat(1);
         assert_eq!(verdict(true, &h), Ok(()));
     }

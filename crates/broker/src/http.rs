@@ -292,7 +292,8 @@ mod tests {
     #[test]
     fn routes() {
         let h = Heartbeats::new(1);
-        let get = |path: &str, ready| route(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes(), ready, &h);
+        let get =
+            |path: &str, ready| route(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes(), ready, &h);
         assert_eq!(get("/metrics", true), Route::Metrics { head: false });
         let Route::Respond(r) = get("/health", true) else {
             panic!()

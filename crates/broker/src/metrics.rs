@@ -12,6 +12,8 @@
 //! Consumer-group lag is computed here from two snapshots: committed offsets (from the shard
 //! coordinating each group) and log end offsets (from the shard owning each partition).
 
+use crate::health::Heartbeats;
+use crate::http::Scrape;
 use crate::stats::{RequestSnapshot, CLOSED_CODE, UNKNOWN_API_SLOT};
 use kafka_protocol::messages::ApiKey;
 use metrics::{counter, gauge, histogram, with_local_recorder};
@@ -21,8 +23,6 @@ use ringbroker_runtime::driver::{opcode_name, RingStats};
 use ringbroker_runtime::mesh::Mesh;
 use ringbroker_runtime::stats::{HistogramDelta, LATENCY_BOUNDS};
 use std::collections::HashMap;
-use crate::health::Heartbeats;
-use crate::http::Scrape;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -518,7 +518,10 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
     }
     if crate::faults::close_must_fail() {
         closed = false;
-        tracing::error!(shard = shard.id, "test fault: this shard reports that its logs failed to close");
+        tracing::error!(
+            shard = shard.id,
+            "test fault: this shard reports that its logs failed to close"
+        );
     }
     tracing::info!(
         shard = shard.id,
@@ -533,7 +536,10 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
 /// Ends the accept loop (shutting the listener down wakes its pending accept), then asks
 /// every connection accepted here to leave: shutting its read side wakes one waiting for a
 /// request; one handling requests sees [`draining`] once it has answered them.
-async fn stop_accepting(listener: &SharedFd, acceptor: ringbroker_runtime::executor::JoinHandle<()>) {
+async fn stop_accepting(
+    listener: &SharedFd,
+    acceptor: ringbroker_runtime::executor::JoinHandle<()>,
+) {
     // SAFETY: shutdown(2) on a socket this shard keeps open; no memory is passed.
     unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
     let _ = acceptor.await;

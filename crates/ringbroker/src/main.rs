@@ -13,9 +13,9 @@ mod config;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use std::io::Write as _;
 use ringbroker_broker::server::Broker;
 use ringbroker_runtime::KernelFeatures;
+use std::io::Write as _;
 
 /// Exit status of a process stopped by a panic (the status Rust gives a panicking `main`).
 const PANIC_EXIT_STATUS: i32 = 101;

@@ -61,7 +61,10 @@ fn assert_fail_stopped(broker: &mut Broker, thread: &str) {
     let fatal: Vec<&str> = log.lines().filter(|l| l.contains("FATAL")).collect();
     assert_eq!(fatal.len(), 1, "one FATAL line: {fatal:?}");
     assert!(fatal[0].contains("injected test fault"), "{}", fatal[0]);
-    assert!(!marker(&broker.data_dir).exists(), "no clean-shutdown marker");
+    assert!(
+        !marker(&broker.data_dir).exists(),
+        "no clean-shutdown marker"
+    );
 }
 
 #[test]
@@ -109,7 +112,10 @@ fn a_shard_panic_stops_the_process_and_a_restart_serves_every_acknowledged_recor
         "acknowledged records lost: {lost:?} (of {})",
         acked.len()
     );
-    eprintln!("acknowledged records checked after a shard panic: {}", acked.len());
+    eprintln!(
+        "acknowledged records checked after a shard panic: {}",
+        acked.len()
+    );
 }
 
 #[test]
@@ -117,8 +123,7 @@ fn a_metrics_thread_panic_stops_the_process() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let fault = dir.path().join("fault");
-    let mut broker =
-        Broker::start_with_env(&data, &[], &[(FAULT_ENV, fault.to_str().unwrap())]);
+    let mut broker = Broker::start_with_env(&data, &[], &[(FAULT_ENV, fault.to_str().unwrap())]);
     kcat_produce(&broker.addr, "m", "k\tv\n");
     inject(&fault, "panic metrics");
     assert_fail_stopped(&mut broker, "metrics");
@@ -278,11 +283,6 @@ fn shutdown_stops_accepting_and_reading_before_the_logs_close() {
     unsafe { libc::kill(broker.pid as i32, libc::SIGTERM) };
     let signalled = Instant::now();
 
-    // The idle connection is closed by the broker (EOF) while the process still runs.
-    idle.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let mut buf = [0u8; 16];
-    let eof = matches!(idle.read(&mut buf), Ok(0));
-    assert!(eof, "the idle connection is closed at shutdown");
     std::thread::sleep(Duration::from_millis(300));
     // New connections are refused, and a produce is not acknowledged.
     assert!(
@@ -307,6 +307,11 @@ fn shutdown_stops_accepting_and_reading_before_the_logs_close() {
         "late\tx\n",
     );
     assert!(!ok, "a produce during shutdown must fail: {err}");
+    // The idle connection was closed by the broker (EOF) while the process still runs.
+    idle.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 16];
+    let eof = matches!(idle.read(&mut buf), Ok(0));
+    assert!(eof, "the idle connection is closed at shutdown");
     assert!(
         signalled.elapsed() < Duration::from_secs(4),
         "checked while the shard was still closing ({:?})",
