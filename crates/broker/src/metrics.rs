@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a publish waits for a shard's snapshot before rendering without it.
 const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// While waiting for snapshots, how often a publish checks whether the shards it waits for
+/// have meanwhile become stuck (then it stops waiting for them).
+const STUCK_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Gauges of partitions and groups that disappear stop being published and leave the
 /// exposition after this long.
 const GAUGE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -326,10 +329,24 @@ impl Publisher {
         }
         drop(tx);
         let deadline = Instant::now() + SHARD_REPLY_TIMEOUT;
-        let mut snapshots = Vec::with_capacity(shards);
+        let mut snapshots: Vec<ShardSnapshot> = Vec::with_capacity(shards);
         while snapshots.len() < shards {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(STUCK_CHECK_INTERVAL);
+            match rx.recv_timeout(slice) {
                 Ok(s) => snapshots.push(s),
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    // Stop waiting once every shard yet to answer is stuck.
+                    let ages = self.heartbeats.ages();
+                    let waiting_on_live = live.iter().any(|&s| {
+                        ages[s] < crate::health::HEARTBEAT_STALE
+                            && !snapshots.iter().any(|x| x.shard == s)
+                    });
+                    if !waiting_on_live {
+                        break;
+                    }
+                }
                 Err(_) => {
                     tracing::warn!(
                         answered = snapshots.len(),
