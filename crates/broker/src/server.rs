@@ -33,9 +33,12 @@ use std::time::{Duration, Instant};
 const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
 const LISTEN_BACKLOG: i32 = 1024;
 /// At shutdown, connections have this long to finish the requests they have read (a long-poll
-/// Fetch waits out its `max_wait_ms`); past it, logs are closed anyway and no clean-shutdown
-/// marker is written.
+/// Fetch waits out its `max_wait_ms`).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Past [`DRAIN_TIMEOUT`], the connections still open are shut both ways (a response a client
+/// does not read can then fail), and get this long to leave; past it, logs are closed anyway
+/// and no clean-shutdown marker is written.
+pub const DRAIN_FORCE_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -383,16 +386,34 @@ impl Broker {
                 return false;
             }
         }
+        if self.connections_gone_by(deadline) {
+            return true;
+        }
+        tracing::warn!(
+            connections = self.shared.connections.open(),
+            "connections still busy after the drain timeout; shutting them"
+        );
+        for s in 0..shards {
+            self.mesh
+                .send_control(s, Box::new(|| shut_accepted(libc::SHUT_RDWR)));
+        }
+        if self.connections_gone_by(Instant::now() + DRAIN_FORCE_GRACE) {
+            return true;
+        }
+        tracing::error!(
+            connections = self.shared.connections.open(),
+            "connections still busy after being shut"
+        );
+        false
+    }
+
+    /// Waits until no client connection is open on any shard, or `deadline`.
+    fn connections_gone_by(&self, deadline: Instant) -> bool {
         loop {
-            let open = self.shared.connections.open();
-            if open == 0 {
+            if self.shared.connections.open() == 0 {
                 return true;
             }
             if Instant::now() >= deadline {
-                tracing::error!(
-                    connections = open,
-                    "connections still busy after the drain timeout"
-                );
                 return false;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -543,10 +564,15 @@ async fn stop_accepting(
     // SAFETY: shutdown(2) on a socket this shard keeps open; no memory is passed.
     unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
     let _ = acceptor.await;
-    let accepted = ACCEPTED.with(|a| std::mem::take(&mut *a.borrow_mut()));
+    shut_accepted(libc::SHUT_RD);
+}
+
+/// Shuts (`how`: `SHUT_RD` or `SHUT_RDWR`) every still-open connection accepted here.
+fn shut_accepted(how: libc::c_int) {
+    let accepted = ACCEPTED.with(|a| a.borrow().clone());
     for conn in accepted.iter().filter_map(Weak::upgrade) {
-        // SAFETY: shutdown(2) on a socket the upgraded Arc keeps open.
-        unsafe { libc::shutdown(conn.as_raw_fd(), libc::SHUT_RD) };
+        // SAFETY: shutdown(2) on a socket the upgraded Arc keeps open; no memory is passed.
+        unsafe { libc::shutdown(conn.as_raw_fd(), how) };
     }
 }
 

@@ -322,3 +322,67 @@ fn shutdown_stops_accepting_and_reading_before_the_logs_close() {
     let broker = Broker::start(&data, &[]);
     assert_eq!(kcat_consume_all(&broker.addr, "sd").len(), 2);
 }
+
+/// A Fetch v12 request frame for partition 0 of `topic`, asking for up to 64 MiB at once.
+fn big_fetch_frame(topic: &'static str) -> Vec<u8> {
+    use bytes::BufMut;
+    use kafka_protocol::messages::fetch_request::*;
+    use kafka_protocol::messages::{ApiKey, RequestHeader, TopicName};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let version = 12;
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(64 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str(topic)))
+            .with_partitions(vec![
+                FetchPartition::default().with_partition_max_bytes(64 << 20)
+            ])]);
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Fetch as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(1);
+    let mut body = bytes::BytesMut::new();
+    header
+        .encode(&mut body, ApiKey::Fetch.request_header_version(version))
+        .unwrap();
+    fetch.encode(&mut body, version).unwrap();
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.put_i32(body.len() as i32);
+    frame.extend_from_slice(&body);
+    frame
+}
+
+#[test]
+fn a_consumer_that_never_reads_its_response_does_not_cost_the_clean_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut broker = Broker::start(&data, &[]);
+    kafka_python(&["create", &broker.addr, "wide", "1"], "");
+    let value = "v".repeat(10_000);
+    let input: String = (0..3000).map(|i| format!("k{i}\t{value}\n")).collect();
+    kcat_produce(&broker.addr, "wide", &input);
+    // A ~30 MB Fetch response on a socket that is never read: the broker's send stays blocked.
+    let mut stalled = TcpStream::connect(&broker.addr).unwrap();
+    stalled.write_all(&big_fetch_frame("wide")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let status = broker.stop();
+    assert!(status.success(), "{status}: {}", broker.log());
+    assert!(
+        broker
+            .log()
+            .contains("connections still busy after the drain timeout"),
+        "the stalled connection held the drain: {}",
+        broker.log()
+    );
+    assert!(
+        marker(&data).exists(),
+        "a clean stop despite the stalled consumer"
+    );
+    eprintln!(
+        "stop with a consumer that never reads took {:?}",
+        started.elapsed()
+    );
+    drop(stalled);
+}
