@@ -504,8 +504,7 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
     }));
     // Background loops end by themselves once the shard drains (each checks after its sleep).
     drop(spawn(async {
-        while !draining() {
-            op::sleep(crate::groups::SWEEP_INTERVAL).await;
+        while sleep_unless_draining(crate::groups::SWEEP_INTERVAL).await {
             crate::groups::sweep();
         }
     }));
@@ -525,6 +524,27 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
     }
 
     close.await;
+    let closed = close_logs().await;
+    tracing::info!(
+        shard = shard.id,
+        closed,
+        ring_ops = %ringbroker_runtime::driver::stats().summary(),
+        spliced_bytes = ringbroker_runtime::splice::spliced_bytes(),
+        "shard stopped"
+    );
+    closed
+}
+
+/// Sleeps for `duration`; whether the shard still serves afterwards.
+async fn sleep_unless_draining(duration: Duration) -> bool {
+    op::sleep(duration).await;
+    !draining()
+}
+
+/// Close phase: snapshots producer state, syncs and closes every log this shard owns; whether
+/// all of them closed.
+async fn close_logs() -> bool {
+    let shard = crate::shard::current();
     let delay = crate::faults::close_delay();
     if !delay.is_zero() {
         op::sleep(delay).await;
@@ -544,13 +564,6 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
             "test fault: this shard reports that its logs failed to close"
         );
     }
-    tracing::info!(
-        shard = shard.id,
-        closed,
-        ring_ops = %ringbroker_runtime::driver::stats().summary(),
-        spliced_bytes = ringbroker_runtime::splice::spliced_bytes(),
-        "shard stopped"
-    );
     closed
 }
 
@@ -578,8 +591,7 @@ fn shut_accepted(how: libc::c_int) {
 
 /// `--flush interval=<ms>`: fdatasync every owned partition with new data, periodically.
 async fn flush_every(every: Duration) {
-    while !draining() {
-        op::sleep(every).await;
+    while sleep_unless_draining(every).await {
         for log in crate::shard::current().owned_logs() {
             if let Err(e) = log.sync_to(log.high_watermark()).await {
                 tracing::error!(dir = %log.dir().display(), error = %e, "periodic flush failed");
@@ -590,8 +602,7 @@ async fn flush_every(every: Duration) {
 
 /// Applies retention to every partition this shard owns, periodically.
 async fn retention_every(every: Duration) {
-    while !draining() {
-        op::sleep(every).await;
+    while sleep_unless_draining(every).await {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
