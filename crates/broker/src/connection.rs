@@ -169,6 +169,10 @@ async fn serve_here(
             // Answered a full window: handle what is already buffered before reading more.
             continue;
         }
+        if crate::server::draining() {
+            // The broker is stopping: every request read is answered; read no more.
+            return;
+        }
         // A large frame is handled: give its space back to the shard.
         if grant.bytes() > 0 && !reading_large_frame {
             let mut small = BytesMut::with_capacity(RECV_BYTES_MIN);

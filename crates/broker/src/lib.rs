@@ -9,6 +9,9 @@
 //! - [`connection`]: one client connection: frames in, responses out in request order.
 //! - [`api`]: one module per Kafka API, plus the table of versions we advertise.
 //! - [`errors`]: Kafka error codes used here.
+//! - [`metrics`], [`http`], [`health`]: Prometheus metrics, the HTTP endpoint that serves them
+//!   and `/health`, the shards' heartbeats.
+//! - [`faults`]: fault injection for the fail-stop tests (inert unless an env var is set).
 //!
 //! Flow of a Produce: the connection's shard decodes and validates, then each partition's
 //! batch goes to its owner shard (a mesh message carrying the `Bytes` slice of the receive
@@ -18,7 +21,10 @@ pub mod api;
 pub mod config;
 pub mod connection;
 pub mod errors;
+pub mod faults;
 pub mod groups;
+pub mod health;
+pub mod http;
 pub mod limits;
 pub mod metadata;
 pub mod metrics;

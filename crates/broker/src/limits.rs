@@ -134,6 +134,11 @@ pub struct ConnectionCount(AtomicUsize);
 pub struct ConnectionSlot(Arc<ConnectionCount>);
 
 impl ConnectionCount {
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
     /// Takes a slot unless `max` connections are open.
     pub fn try_take(self: &Arc<Self>, max: usize) -> Option<ConnectionSlot> {
         let mut n = self.0.load(Ordering::Relaxed);

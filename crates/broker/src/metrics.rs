@@ -1,15 +1,19 @@
 //! Prometheus metrics and the health check, served off the shard cores.
 //!
-//! One plain thread owns a `metrics-exporter-prometheus` recorder and a blocking listener for
-//! `GET /metrics` and `GET /health`. Shards never touch the recorder: they count into their
-//! own cells ([`crate::stats`], the ring's statistics, the storage fsync histogram). Every
-//! [`PUBLISH_INTERVAL`], and on every scrape, the metrics thread sends each shard a control
-//! message that snapshots those cells on the shard, then publishes the snapshots (counters as
-//! absolute values, histogram deltas, gauges) and renders.
+//! Two plain threads: `metrics-http` serves `GET /metrics` and `GET /health` to any number of
+//! clients at once ([`crate::http`]); `metrics` owns a `metrics-exporter-prometheus` recorder.
+//! Shards never touch the recorder: they count into their own cells ([`crate::stats`], the
+//! ring's statistics, the storage fsync histogram). Every [`PUBLISH_INTERVAL`], and on every
+//! scrape, the metrics thread sends each live shard a control message that snapshots those
+//! cells on the shard, then publishes the snapshots (counters as absolute values, histogram
+//! deltas, gauges) and renders. `/health` reads only the shards' heartbeats
+//! ([`crate::health`]), so neither a stuck shard nor a slow scrape can delay it.
 //!
 //! Consumer-group lag is computed here from two snapshots: committed offsets (from the shard
 //! coordinating each group) and log end offsets (from the shard owning each partition).
 
+use crate::health::Heartbeats;
+use crate::http::Scrape;
 use crate::stats::{RequestSnapshot, CLOSED_CODE, UNKNOWN_API_SLOT};
 use kafka_protocol::messages::ApiKey;
 use metrics::{counter, gauge, histogram, with_local_recorder};
@@ -19,8 +23,8 @@ use ringbroker_runtime::driver::{opcode_name, RingStats};
 use ringbroker_runtime::mesh::Mesh;
 use ringbroker_runtime::stats::{HistogramDelta, LATENCY_BOUNDS};
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -31,11 +35,12 @@ use std::time::{Duration, Instant};
 pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a publish waits for a shard's snapshot before rendering without it.
 const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// While waiting for snapshots, how often a publish checks whether the shards it waits for
+/// have meanwhile become stuck (then it stops waiting for them).
+const STUCK_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Gauges of partitions and groups that disappear stop being published and leave the
 /// exposition after this long.
 const GAUGE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-const HTTP_IO_TIMEOUT: Duration = Duration::from_secs(5);
-const HTTP_REQUEST_BYTES_MAX: usize = 8 * 1024;
 
 /// Everything one shard reports, taken on that shard.
 #[derive(Debug, Default)]
@@ -81,7 +86,7 @@ fn take_snapshot() -> ShardSnapshot {
 pub struct MetricsServer {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 /// Binds the metrics address (so a bad address fails start-up early).
@@ -184,92 +189,62 @@ fn describe() {
         "Log end offset minus the group's committed offset, per partition."
     );
     describe_gauge!(
+        "ringbroker_shard_heartbeat_age_seconds",
+        Unit::Seconds,
+        "Time since the shard's event loop last turned (/health fails above 2 s)."
+    );
+    describe_gauge!(
         "ringbroker_build_info",
         "Version of the running broker (value 1)."
     );
 }
 
 impl MetricsServer {
-    /// Starts serving `listener`. `/health` answers 200 once `ready` is set.
+    /// Starts serving `listener`: the HTTP thread ([`crate::http`]) and the publisher.
+    /// `/health` answers 200 once `ready` is set and while every shard's loop turns.
     pub fn start(
         listener: TcpListener,
         mesh: Arc<Mesh>,
         ready: Arc<AtomicBool>,
+        heartbeats: Arc<Heartbeats>,
         shard_cpus: Vec<usize>,
     ) -> std::io::Result<MetricsServer> {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        listener.set_nonblocking(false)?;
-        let thread = std::thread::Builder::new()
+        let (scrape_tx, scrape_rx) = mpsc::sync_channel::<Scrape>(crate::http::SCRAPES_QUEUED_MAX);
+        let cpus = shard_cpus.clone();
+        let (ready2, heartbeats2) = (ready.clone(), heartbeats.clone());
+        let publisher = std::thread::Builder::new()
             .name("metrics".into())
             .spawn(move || {
-                keep_off(&shard_cpus);
+                keep_off(&cpus);
                 let mut publisher = Publisher {
                     recorder: build_recorder(),
                     mesh,
+                    heartbeats: heartbeats2,
                 };
-                let (conn_tx, conn_rx) = mpsc::channel::<TcpStream>();
-                let stop3 = stop2.clone();
-                let shard_cpus2 = shard_cpus.clone();
-                // Accepting on its own thread lets publishing run on a timer in between.
-                let acceptor = std::thread::Builder::new()
-                    .name("metrics-accept".into())
-                    .spawn(move || {
-                        keep_off(&shard_cpus2);
-                        for conn in listener.incoming() {
-                            if stop3.load(Ordering::Acquire) {
-                                break;
-                            }
-                            match conn {
-                                Ok(c) => {
-                                    if conn_tx.send(c).is_err() {
-                                        break;
-                                    }
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "metrics accept failed");
-                                    std::thread::sleep(Duration::from_millis(50));
-                                }
-                            }
-                        }
-                    });
-                if let Err(e) = acceptor {
-                    tracing::error!(error = %e, "cannot start the metrics accept thread");
-                    return;
-                }
-                let mut next_publish = Instant::now();
-                while !stop2.load(Ordering::Acquire) {
-                    let wait = next_publish.saturating_duration_since(Instant::now());
-                    match conn_rx.recv_timeout(wait) {
-                        Ok(conn) => {
-                            if let Err(e) = serve_http(conn, &mut publisher, &ready) {
-                                tracing::debug!(error = %e, "metrics request failed");
-                            }
-                        }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            if ready.load(Ordering::Acquire) {
-                                publisher.publish();
-                            }
-                            next_publish = Instant::now() + PUBLISH_INTERVAL;
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                }
+                publisher.run(&scrape_rx, &ready2);
+            })?;
+        let stop2 = stop.clone();
+        let http = std::thread::Builder::new()
+            .name("metrics-http".into())
+            .spawn(move || {
+                keep_off(&shard_cpus);
+                crate::http::serve(listener, &stop2, &ready, &heartbeats, scrape_tx);
             })?;
         Ok(MetricsServer {
             addr,
             stop,
-            thread: Some(thread),
+            threads: vec![http, publisher],
         })
     }
 
     /// Stops the metrics threads (before the shards go away).
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        // The HTTP thread sees the flag within a poll timeout; its end closes the scrape
+        // queue, which ends the publisher.
         self.stop.store(true, Ordering::Release);
-        // Wake the blocking accept so it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-        if let Some(t) = self.thread.take() {
+        for t in self.threads {
             let _ = t.join();
         }
     }
@@ -295,14 +270,55 @@ fn keep_off(shard_cpus: &[usize]) {
 struct Publisher {
     recorder: PrometheusRecorder,
     mesh: Arc<Mesh>,
+    heartbeats: Arc<Heartbeats>,
 }
 
 impl Publisher {
-    /// Collects a snapshot from every shard and hands it to the recorder.
+    /// Publishes every [`PUBLISH_INTERVAL`] and answers scrapes, until the queue closes.
+    fn run(&mut self, scrapes: &mpsc::Receiver<Scrape>, ready: &AtomicBool) {
+        let mut next_publish = Instant::now();
+        loop {
+            crate::faults::metrics_turn();
+            let wait = next_publish.saturating_duration_since(Instant::now());
+            match scrapes.recv_timeout(wait) {
+                Ok(scrape) => {
+                    if let Err(e) = self.answer(scrape) {
+                        tracing::debug!(error = %e, "metrics request failed");
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if ready.load(Ordering::Acquire) {
+                        self.publish();
+                    }
+                    next_publish = Instant::now() + PUBLISH_INTERVAL;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn answer(&mut self, mut scrape: Scrape) -> std::io::Result<()> {
+        let body = self.render();
+        let r = crate::http::response(
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            body.as_bytes(),
+            scrape.head,
+        );
+        scrape.stream.write_all(&r)?;
+        scrape.stream.flush()
+    }
+
+    /// Collects a snapshot from every shard that is not stuck (a stuck one would only make
+    /// the scrape wait [`SHARD_REPLY_TIMEOUT`]) and hands them to the recorder.
     fn publish(&mut self) {
-        let shards = self.mesh.shard_count();
+        let ages = self.heartbeats.ages();
+        let live: Vec<usize> = (0..self.mesh.shard_count())
+            .filter(|&s| ages[s] < crate::health::HEARTBEAT_STALE)
+            .collect();
+        let shards = live.len();
         let (tx, rx) = mpsc::channel::<ShardSnapshot>();
-        for s in 0..shards {
+        for &s in &live {
             let tx = tx.clone();
             self.mesh.send_control(
                 s,
@@ -313,10 +329,24 @@ impl Publisher {
         }
         drop(tx);
         let deadline = Instant::now() + SHARD_REPLY_TIMEOUT;
-        let mut snapshots = Vec::with_capacity(shards);
+        let mut snapshots: Vec<ShardSnapshot> = Vec::with_capacity(shards);
         while snapshots.len() < shards {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(STUCK_CHECK_INTERVAL);
+            match rx.recv_timeout(slice) {
                 Ok(s) => snapshots.push(s),
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    // Stop waiting once every shard yet to answer is stuck.
+                    let ages = self.heartbeats.ages();
+                    let waiting_on_live = live.iter().any(|&s| {
+                        ages[s] < crate::health::HEARTBEAT_STALE
+                            && !snapshots.iter().any(|x| x.shard == s)
+                    });
+                    if !waiting_on_live {
+                        break;
+                    }
+                }
                 Err(_) => {
                     tracing::warn!(
                         answered = snapshots.len(),
@@ -328,7 +358,13 @@ impl Publisher {
             }
         }
         let mesh = self.mesh.clone();
-        with_local_recorder(&self.recorder, || apply(&snapshots, &mesh));
+        with_local_recorder(&self.recorder, || {
+            apply(&snapshots, &mesh);
+            for (shard, age) in ages.iter().enumerate() {
+                gauge!("ringbroker_shard_heartbeat_age_seconds", "shard" => shard.to_string())
+                    .set(age.as_secs_f64());
+            }
+        });
         self.recorder.handle().run_upkeep();
     }
 
@@ -473,97 +509,6 @@ fn apply(snapshots: &[ShardSnapshot], mesh: &Mesh) {
 /// can be ahead of the log after a retention reset or a manual commit).
 pub fn lag(log_end: i64, committed: i64) -> i64 {
     (log_end - committed).max(0)
-}
-
-/// Answers one HTTP/1.x request and closes.
-fn serve_http(
-    mut conn: TcpStream,
-    publisher: &mut Publisher,
-    ready: &AtomicBool,
-) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(HTTP_IO_TIMEOUT))?;
-    conn.set_write_timeout(Some(HTTP_IO_TIMEOUT))?;
-    let mut request = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = conn.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        request.extend_from_slice(&buf[..n]);
-        if request.len() > HTTP_REQUEST_BYTES_MAX {
-            return respond(
-                &mut conn,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                b"",
-            );
-        }
-    }
-    let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let head = method == "HEAD";
-    if method != "GET" && !head {
-        return respond(
-            &mut conn,
-            "405 Method Not Allowed",
-            "text/plain",
-            b"use GET\n",
-        );
-    }
-    let (status, content_type, body): (&str, &str, Vec<u8>) = match path {
-        "/metrics" => {
-            if ready.load(Ordering::Acquire) {
-                (
-                    "200 OK",
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    publisher.render().into_bytes(),
-                )
-            } else {
-                (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    b"starting\n".to_vec(),
-                )
-            }
-        }
-        "/health" => {
-            if ready.load(Ordering::Acquire) {
-                ("200 OK", "text/plain", b"ok\n".to_vec())
-            } else {
-                (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    b"not ready\n".to_vec(),
-                )
-            }
-        }
-        _ => (
-            "404 Not Found",
-            "text/plain",
-            b"try /metrics or /health\n".to_vec(),
-        ),
-    };
-    let body = if head { &[][..] } else { &body[..] };
-    respond(&mut conn, status, content_type, body)
-}
-
-fn respond(
-    conn: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &[u8],
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    conn.write_all(head.as_bytes())?;
-    conn.write_all(body)?;
-    conn.flush()
 }
 
 #[cfg(test)]

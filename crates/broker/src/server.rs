@@ -1,9 +1,16 @@
 //! Start-up and shutdown of a broker: lock the data dir, load the topic table, bind one
 //! SO_REUSEPORT listener per shard, start one pinned thread per CPU (each with its own ring,
 //! mesh endpoint and partitions), and on shutdown flush every log and leave a clean marker.
+//!
+//! Shutdown runs in two phases across all shards: *drain* (stop accepting, let every
+//! connection finish the requests it has read and leave, refuse to read more), then *close*
+//! (sync and close every log). The clean-shutdown marker is written, fsync'd with its
+//! directory, only when every shard drained in time and reported its logs closed; it is
+//! removed (with a directory fsync) at start before anything else is written.
 
 use crate::config::BrokerConfig;
 use crate::config::FlushPolicy;
+use crate::health::Heartbeats;
 use crate::metadata::ClusterMeta;
 use crate::shard::{Shard, Shared};
 use ringbroker_runtime::executor::{spawn, Runtime};
@@ -13,18 +20,25 @@ use ringbroker_runtime::op::{self, SharedFd};
 use ringbroker_runtime::{affinity, KernelFeatures, RingConfig};
 use ringbroker_storage::Recovery;
 use socket2::{Domain, Protocol, Socket, Type};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
 const LISTEN_BACKLOG: i32 = 1024;
+/// At shutdown, connections have this long to finish the requests they have read (a long-poll
+/// Fetch waits out its `max_wait_ms`).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Past [`DRAIN_TIMEOUT`], the connections still open are shut both ways (a response a client
+/// does not read can then fail), and get this long to leave; past it, logs are closed anyway
+/// and no clean-shutdown marker is written.
+pub const DRAIN_FORCE_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -56,12 +70,54 @@ pub struct Broker {
     pub shared: Arc<Shared>,
     pub previous_shutdown_clean: bool,
     mesh: Arc<Mesh>,
-    threads: Vec<JoinHandle<()>>,
+    /// One per shard; each returns whether its logs closed and synced.
+    threads: Vec<JoinHandle<bool>>,
     _lock: File,
 }
 
+/// How the main thread tells a shard to stop, in two steps.
+#[derive(Default)]
+struct StopSignals {
+    drain: Notify,
+    close: Notify,
+    /// Told when the shard has stopped accepting and asked its connections to leave.
+    drain_ack: RefCell<Option<mpsc::Sender<usize>>>,
+}
+
 thread_local! {
-    static STOP: RefCell<Option<Rc<Notify>>> = const { RefCell::new(None) };
+    static STOP: RefCell<Option<Rc<StopSignals>>> = const { RefCell::new(None) };
+    static DRAINING: Cell<bool> = const { Cell::new(false) };
+    /// Client connections accepted here (they may have moved to another shard since).
+    static ACCEPTED: RefCell<Vec<Weak<OwnedFd>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// On a shard: whether it is stopping. A connection then reads no further request; it answers
+/// those it has read and leaves.
+pub fn draining() -> bool {
+    DRAINING.with(Cell::get)
+}
+
+/// Removes the clean-shutdown marker (and makes the removal durable); whether it was there.
+fn take_marker(marker: &Path) -> std::io::Result<bool> {
+    match std::fs::remove_file(marker) {
+        Ok(()) => {
+            if let Some(dir) = marker.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the clean-shutdown marker durably (the file, then its directory entry).
+fn write_marker(marker: &Path) -> std::io::Result<()> {
+    File::create(marker)?.sync_all()?;
+    let dir = marker
+        .parent()
+        .ok_or_else(|| std::io::Error::other("marker path has no directory"))?;
+    File::open(dir)?.sync_all()
 }
 
 fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
@@ -97,10 +153,11 @@ impl Broker {
     pub fn start(config: BrokerConfig, features: &KernelFeatures) -> Result<Broker, StartError> {
         let lock = lock_data_dir(&config.data_dir)?;
         let marker = config.data_dir.join("meta").join(CLEAN_SHUTDOWN_MARKER);
-        let previous_shutdown_clean = marker.exists();
+        // Before anything is written: a crash from here on must make the next start recover.
+        let previous_shutdown_clean =
+            take_marker(&marker).map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
         let mut meta = ClusterMeta::load_or_create(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
-        let _ = std::fs::remove_file(&marker);
         let shards = config.cores.len();
         if !meta
             .topics
@@ -166,6 +223,7 @@ impl Broker {
             connections: Arc::default(),
         });
         let meta = Arc::new(meta);
+        let heartbeats = Arc::new(Heartbeats::new(shards));
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
         let mut threads = Vec::with_capacity(shards);
         for ((id, endpoint), listener) in endpoints.into_iter().enumerate().zip(listeners) {
@@ -179,6 +237,7 @@ impl Broker {
                 ..config.ring.clone()
             };
             let clean = previous_shutdown_clean;
+            let heartbeats = heartbeats.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
                 .spawn(move || {
@@ -187,6 +246,9 @@ impl Broker {
                             .map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))?;
                         let rt = Runtime::with_features(&ring, &features)
                             .map_err(|e| format!("io_uring setup: {e}"))?;
+                        ringbroker_runtime::executor::add_turn_hook(Rc::new(move || {
+                            heartbeats.beat(id)
+                        }));
                         endpoint.install();
                         let recovery = if clean {
                             Recovery::TrustCleanShutdown
@@ -201,14 +263,14 @@ impl Broker {
                         Ok(rt) => rt,
                         Err(reason) => {
                             let _ = ready_tx.send((id, Err(reason)));
-                            return;
+                            return false;
                         }
                     };
-                    let stop = Notify::new();
+                    let stop = Rc::new(StopSignals::default());
                     STOP.with(|s| *s.borrow_mut() = Some(stop.clone()));
                     let _ = ready_tx.send((id, Ok(())));
                     drop(ready_tx);
-                    rt.block_on(shard_main(Arc::new(listener), stop));
+                    rt.block_on(shard_main(Arc::new(listener), stop))
                 })
                 .map_err(|e| StartError::Other(format!("cannot start shard thread: {e}")))?;
             threads.push(thread);
@@ -223,6 +285,7 @@ impl Broker {
                         l,
                         mesh.clone(),
                         ready.clone(),
+                        heartbeats.clone(),
                         config.cores.clone(),
                     )
                     .map_err(|e| {
@@ -251,12 +314,12 @@ impl Broker {
                 Ok((_, Ok(()))) => {}
                 Ok((shard, Err(reason))) => {
                     let cpu = config.cores[shard];
-                    broker.stop_shards();
+                    broker.stop_shards(None);
                     broker.join();
                     return Err(StartError::Shard { shard, cpu, reason });
                 }
                 Err(_) => {
-                    broker.stop_shards();
+                    broker.stop_shards(None);
                     broker.join();
                     return Err(StartError::Other(
                         "a shard thread died during start-up".into(),
@@ -265,21 +328,95 @@ impl Broker {
             }
         }
         ready.store(true, std::sync::atomic::Ordering::Release);
+        crate::faults::start_watcher(broker.mesh.clone());
         Ok(broker)
     }
 
-    fn stop_shards(&self) {
+    /// Starts the drain phase on every shard (each tells `acks` once it stopped accepting);
+    /// without `acks`, the close phase follows at once.
+    fn stop_shards(&self, acks: Option<mpsc::Sender<usize>>) {
+        let close_too = acks.is_none();
+        for s in 0..self.mesh.shard_count() {
+            let ack = acks.clone();
+            self.mesh.send_control(
+                s,
+                Box::new(move || {
+                    STOP.with(|stop| {
+                        if let Some(n) = stop.borrow().as_ref() {
+                            *n.drain_ack.borrow_mut() = ack;
+                            n.drain.notify_all();
+                            if close_too {
+                                n.close.notify_all();
+                            }
+                        }
+                    })
+                }),
+            );
+        }
+    }
+
+    fn close_shards(&self) {
         for s in 0..self.mesh.shard_count() {
             self.mesh.send_control(
                 s,
                 Box::new(|| {
                     STOP.with(|stop| {
                         if let Some(n) = stop.borrow().as_ref() {
-                            n.notify_all()
+                            n.close.notify_all();
                         }
                     })
                 }),
             );
+        }
+    }
+
+    /// Drain phase, from the main thread: every shard stops accepting, then every connection
+    /// (wherever it moved) finishes and leaves. Whether all of that happened in time.
+    fn drain(&self) -> bool {
+        let shards = self.mesh.shard_count();
+        let (tx, rx) = mpsc::channel();
+        self.stop_shards(Some(tx));
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        for _ in 0..shards {
+            if rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .is_err()
+            {
+                tracing::error!("a shard did not stop accepting in time");
+                return false;
+            }
+        }
+        if self.connections_gone_by(deadline) {
+            return true;
+        }
+        tracing::warn!(
+            connections = self.shared.connections.open(),
+            "connections still busy after the drain timeout; shutting them"
+        );
+        for s in 0..shards {
+            self.mesh
+                .send_control(s, Box::new(|| shut_accepted(libc::SHUT_RDWR)));
+        }
+        if self.connections_gone_by(Instant::now() + DRAIN_FORCE_GRACE) {
+            return true;
+        }
+        tracing::error!(
+            connections = self.shared.connections.open(),
+            "connections still busy after being shut"
+        );
+        false
+    }
+
+    /// Waits until no client connection is open on any shard, or `deadline`.
+    fn connections_gone_by(&self, deadline: Instant) -> bool {
+        loop {
+            if self.shared.connections.open() == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -291,36 +428,49 @@ impl Broker {
         }
     }
 
-    fn join(mut self) {
+    /// Waits for every shard thread; how many did not report their logs closed.
+    fn join(mut self) -> usize {
         self.stop_metrics();
-        for t in self.threads {
-            let _ = t.join();
-        }
+        let threads = std::mem::take(&mut self.threads);
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or(false))
+            .filter(|closed| !closed)
+            .count()
     }
 
-    /// Orderly stop: every shard stops accepting, flushes its logs, and exits; then the
+    /// Orderly stop: every shard stops accepting and drains its connections, then every
+    /// shard closes its logs and exits; then, only if all of that succeeded, the
     /// clean-shutdown marker is written.
     pub fn shutdown(mut self) -> std::io::Result<()> {
         self.stop_metrics();
-        self.stop_shards();
-        let data_dir = self.shared.config.data_dir.clone();
-        let shared = self.shared.clone();
-        self.join();
-        if shared
-            .shutdown_flush_failed
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
+        let drained = self.drain();
+        self.close_shards();
+        let marker = self
+            .shared
+            .config
+            .data_dir
+            .join("meta")
+            .join(CLEAN_SHUTDOWN_MARKER);
+        let failed = self.join();
+        if failed > 0 {
+            return Err(std::io::Error::other(format!(
+                "{failed} shard(s) could not close their logs; no clean-shutdown marker written"
+            )));
+        }
+        if !drained {
             return Err(std::io::Error::other(
-                "a partition could not be flushed; no clean-shutdown marker written",
+                "connections were still busy when the logs closed; no clean-shutdown marker written",
             ));
         }
-        std::fs::write(data_dir.join("meta").join(CLEAN_SHUTDOWN_MARKER), b"")?;
-        Ok(())
+        write_marker(&marker)
     }
 }
 
-async fn shard_main(listener: SharedFd, stop: Rc<Notify>) {
-    let stopped = stop.notified();
+/// A shard's life after start-up; whether its logs closed and synced at the end.
+async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
+    let drain = stop.drain.notified();
+    let close = stop.close.notified();
     let shard = crate::shard::current();
     // Committed offsets of the groups this shard coordinates, before any client is served.
     let offsets_topic = shard.topic(crate::groups::OFFSETS_TOPIC);
@@ -346,47 +496,102 @@ async fn shard_main(listener: SharedFd, stop: Rc<Notify>) {
             }
         }
     }
-    let sweeper = spawn(async {
+    // The loop turns at least this often even when idle, so its heartbeat stays fresh.
+    drop(spawn(async {
         loop {
-            op::sleep(crate::groups::SWEEP_INTERVAL).await;
+            op::sleep(crate::health::HEARTBEAT_TICK).await;
+        }
+    }));
+    // Background loops end by themselves once the shard drains (each checks after its sleep).
+    drop(spawn(async {
+        while sleep_unless_draining(crate::groups::SWEEP_INTERVAL).await {
             crate::groups::sweep();
         }
-    });
-    let acceptor = spawn(accept_loop(listener));
-    let flusher = match shard.shared.config.flush {
-        FlushPolicy::Interval(every) => Some(spawn(flush_every(every))),
-        _ => None,
-    };
-    let retention = spawn(retention_every(
-        shard.shared.config.retention_check_interval,
-    ));
-    stopped.await;
-    drop(acceptor);
-    drop(flusher);
-    drop(retention);
-    drop(sweeper);
-    crate::producer_state::snapshot_all();
-    for log in shard.owned_logs() {
-        if let Err(e) = log.close().await {
-            shard
-                .shared
-                .shutdown_flush_failed
-                .store(true, std::sync::atomic::Ordering::Release);
-            tracing::error!(dir = %log.dir().display(), error = %e, "flush at shutdown failed; the next start will scan every segment");
-        }
+    }));
+    let acceptor = spawn(accept_loop(listener.clone()));
+    if let FlushPolicy::Interval(every) = shard.shared.config.flush {
+        drop(spawn(flush_every(every)));
     }
+    drop(spawn(retention_every(
+        shard.shared.config.retention_check_interval,
+    )));
+
+    drain.await;
+    DRAINING.with(|d| d.set(true));
+    stop_accepting(&listener, acceptor).await;
+    if let Some(ack) = stop.drain_ack.borrow_mut().take() {
+        let _ = ack.send(shard.id);
+    }
+
+    close.await;
+    let closed = close_logs().await;
     tracing::info!(
         shard = shard.id,
+        closed,
         ring_ops = %ringbroker_runtime::driver::stats().summary(),
         spliced_bytes = ringbroker_runtime::splice::spliced_bytes(),
         "shard stopped"
     );
+    closed
+}
+
+/// Sleeps for `duration`; whether the shard still serves afterwards.
+async fn sleep_unless_draining(duration: Duration) -> bool {
+    op::sleep(duration).await;
+    !draining()
+}
+
+/// Close phase: snapshots producer state, syncs and closes every log this shard owns; whether
+/// all of them closed.
+async fn close_logs() -> bool {
+    let shard = crate::shard::current();
+    let delay = crate::faults::close_delay();
+    if !delay.is_zero() {
+        op::sleep(delay).await;
+    }
+    crate::producer_state::snapshot_all();
+    let mut closed = true;
+    for log in shard.owned_logs() {
+        if let Err(e) = log.close().await {
+            closed = false;
+            tracing::error!(dir = %log.dir().display(), error = %e, "flush at shutdown failed; the next start will scan every segment");
+        }
+    }
+    if crate::faults::close_must_fail() {
+        closed = false;
+        tracing::error!(
+            shard = shard.id,
+            "test fault: this shard reports that its logs failed to close"
+        );
+    }
+    closed
+}
+
+/// Ends the accept loop (shutting the listener down wakes its pending accept), then asks
+/// every connection accepted here to leave: shutting its read side wakes one waiting for a
+/// request; one handling requests sees [`draining`] once it has answered them.
+async fn stop_accepting(
+    listener: &SharedFd,
+    acceptor: ringbroker_runtime::executor::JoinHandle<()>,
+) {
+    // SAFETY: shutdown(2) on a socket this shard keeps open; no memory is passed.
+    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    let _ = acceptor.await;
+    shut_accepted(libc::SHUT_RD);
+}
+
+/// Shuts (`how`: `SHUT_RD` or `SHUT_RDWR`) every still-open connection accepted here.
+fn shut_accepted(how: libc::c_int) {
+    let accepted = ACCEPTED.with(|a| a.borrow().clone());
+    for conn in accepted.iter().filter_map(Weak::upgrade) {
+        // SAFETY: shutdown(2) on a socket the upgraded Arc keeps open; no memory is passed.
+        unsafe { libc::shutdown(conn.as_raw_fd(), how) };
+    }
 }
 
 /// `--flush interval=<ms>`: fdatasync every owned partition with new data, periodically.
 async fn flush_every(every: Duration) {
-    loop {
-        op::sleep(every).await;
+    while sleep_unless_draining(every).await {
         for log in crate::shard::current().owned_logs() {
             if let Err(e) = log.sync_to(log.high_watermark()).await {
                 tracing::error!(dir = %log.dir().display(), error = %e, "periodic flush failed");
@@ -397,8 +602,7 @@ async fn flush_every(every: Duration) {
 
 /// Applies retention to every partition this shard owns, periodically.
 async fn retention_every(every: Duration) {
-    loop {
-        op::sleep(every).await;
+    while sleep_unless_draining(every).await {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -413,7 +617,11 @@ async fn retention_every(every: Duration) {
 async fn accept_loop(listener: SharedFd) {
     let shared = crate::shard::current().shared.clone();
     loop {
-        match op::accept(&listener).await {
+        let accepted = op::accept(&listener).await;
+        if draining() {
+            return; // a connection accepted as the listener shut is closed unserved
+        }
+        match accepted {
             Ok(fd) => {
                 let sock = socket2::SockRef::from(&fd);
                 let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
@@ -429,7 +637,9 @@ async fn accept_loop(listener: SharedFd) {
                     continue;
                 };
                 let _ = sock.set_tcp_nodelay(true);
-                spawn(crate::connection::serve(Arc::new(fd), peer, slot));
+                let fd = Arc::new(fd);
+                remember_accepted(&fd);
+                drop(spawn(crate::connection::serve(fd, peer, slot)));
             }
             Err(e) => {
                 // EMFILE and friends: log, back off a little, keep serving existing clients.
@@ -438,4 +648,17 @@ async fn accept_loop(listener: SharedFd) {
             }
         }
     }
+}
+
+/// Keeps a weak reference to an accepted connection, so shutdown can reach it; references to
+/// closed connections are dropped whenever the list doubles.
+fn remember_accepted(fd: &SharedFd) {
+    const PRUNE_AT_LEN_MIN: usize = 64;
+    ACCEPTED.with(|a| {
+        let mut a = a.borrow_mut();
+        if a.len() >= PRUNE_AT_LEN_MIN && a.len() == a.capacity() {
+            a.retain(|w| w.strong_count() > 0);
+        }
+        a.push(Arc::downgrade(fd));
+    });
 }

@@ -3,6 +3,10 @@
 //! `ringbroker serve` reads its settings (flags > `RINGBROKER_*` env > `--config` TOML >
 //! defaults), probes the kernel, starts one pinned shard per CPU, then waits for SIGINT or
 //! SIGTERM and stops in order (flush, fsync, clean-shutdown marker).
+//!
+//! Fail-stop: a panic on any thread of `serve` (a shard, the metrics threads, the main thread)
+//! logs one line and ends the process at once with [`PANIC_EXIT_STATUS`]; no clean-shutdown
+//! marker is written, so the next start recovers, and a supervisor restarts it.
 
 mod bench;
 mod config;
@@ -11,6 +15,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use ringbroker_broker::server::Broker;
 use ringbroker_runtime::KernelFeatures;
+use std::io::Write as _;
+
+/// Exit status of a process stopped by a panic (the status Rust gives a panicking `main`).
+const PANIC_EXIT_STATUS: i32 = 101;
 
 /// Survives hostile array counts in request bodies (see `ringbroker_protocol::alloc`).
 #[global_allocator]
@@ -37,6 +45,7 @@ fn main() {
 }
 
 fn serve(args: config::ServeArgs) -> Result<()> {
+    fail_stop_on_panic();
     let settings = args.resolve()?;
     let mut features = KernelFeatures::get()
         .map_err(anyhow::Error::msg)
@@ -80,6 +89,43 @@ fn serve(args: config::ServeArgs) -> Result<()> {
         .context("writing the clean-shutdown marker")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Makes a panic anywhere end the process: a shard that died would leave its partitions
+/// unserved behind an open port, and a later SIGTERM would mark the data dir clean.
+///
+/// `_exit` rather than `abort`: the line below says what happened, a supervisor sees a failed
+/// exit either way, and a core dump of a broker (its rings and buffers) would only delay the
+/// restart. Set `RUST_BACKTRACE=1` to add a backtrace after the line.
+fn fail_stop_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map_or_else(|| "unknown location".to_string(), ToString::to_string);
+        // Written directly (not through tracing, whose state the panic may have left
+        // borrowed) as one line, so a log reader finds it whole.
+        let line = format!(
+            "ringbroker: FATAL: thread '{}' panicked at {location}: {}; exiting with status {PANIC_EXIT_STATUS}, no clean-shutdown marker (the next start recovers)\n",
+            thread.name().unwrap_or("unnamed"),
+            payload.replace('\n', " "),
+        );
+        let mut stderr = std::io::stderr().lock();
+        let _ = std::io::Write::write_all(&mut stderr, line.as_bytes());
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            let _ = writeln!(stderr, "{backtrace}");
+        }
+        // SAFETY: _exit ends the process at once, without running atexit handlers or
+        // destructors (other threads may be mid-way through anything; nothing of theirs runs).
+        unsafe { libc::_exit(PANIC_EXIT_STATUS) };
+    }));
 }
 
 /// Raises the soft open-files limit towards the hard one, so `--max-connections` (plus

@@ -32,7 +32,13 @@ pub fn two_cores() -> String {
 
 impl Broker {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Broker {
+        Broker::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Like [`Broker::start`], with extra environment variables.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Broker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringbroker"));
+        cmd.envs(env.iter().copied());
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir);
@@ -98,6 +104,20 @@ impl Broker {
     /// GET `path` from the metrics endpoint: (status code, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
         http_get(&self.metrics_addr(), path)
+    }
+
+    /// The exit status, once the process has ended by itself within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM, then wait (bounded) for the exit status.
