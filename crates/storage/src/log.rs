@@ -941,7 +941,7 @@ impl PartitionLog {
             let hw = st.high_watermark;
             let hw_segment = st.segments.partition_point(|s| s.base_offset <= hw) - 1;
             let offset = st.synced_offset.max(st.segments[hw_segment].base_offset);
-            if st.checkpoint.is_some_and(|c| c.offset >= offset) {
+            if offset <= st.checkpoint.map_or(st.log_start_offset, |c| c.offset) {
                 return Ok(None);
             }
             (offset, hw)
@@ -1184,6 +1184,156 @@ mod tests {
             let r = log.read(0, 1 << 20).await.unwrap();
             assert_eq!(offsets_in(&r.records).len(), 10);
             assert_eq!(log.append_batch(batch(1, 5, 0), 1).await.unwrap(), 20);
+        })
+        .unwrap();
+    }
+
+    /// Flips one byte of a file (inside a record: the batch's CRC no longer matches).
+    fn flip_byte(path: &Path, position: u64) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, position).unwrap();
+        f.write_all_at(&[b[0] ^ 0x5A], position).unwrap();
+    }
+
+    /// Bytes of one `batch(2, 30, _)`: 61 of header, two records of 37.
+    const BATCH_2X30_BYTES: u64 = 135;
+
+    #[test]
+    fn after_a_crash_only_the_bytes_after_the_recovery_point_are_scanned() {
+        // 4 KiB segments hold 30 batches of 2 records: bases 0, 60, 120.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        let cfg = LogConfig {
+            segment_bytes: 4096,
+            index_interval_bytes: 256,
+            ..LogConfig::default()
+        };
+        let seg = |base: i64| path.join(crate::segment::file_name(base, "log"));
+        let (p1, c1) = (path.clone(), cfg.clone());
+        let checkpoint = block_on(async move {
+            let log = PartitionLog::open(&p1, c1).unwrap();
+            assert_eq!(log.checkpoint_recovery_point().await.unwrap(), None);
+            for i in 0..45 {
+                log.append_batch(batch(2, 30, i), 2).await.unwrap();
+            }
+            log.sync_to(90).await.unwrap();
+            let c = log
+                .checkpoint_recovery_point()
+                .await
+                .unwrap()
+                .expect("a checkpoint");
+            assert_eq!(
+                log.checkpoint_recovery_point().await.unwrap(),
+                None,
+                "nothing new"
+            );
+            // Written, not synced: a kill -9 keeps them in the page cache.
+            for i in 45..70 {
+                log.append_batch(batch(2, 30, i), 2).await.unwrap();
+            }
+            assert_eq!(log.segment_count(), 3);
+            c
+            // Dropped without close: as after kill -9.
+        })
+        .unwrap();
+        assert_eq!(
+            checkpoint,
+            crate::checkpoint::Checkpoint {
+                offset: 90,
+                segment_base: 60,
+                position: 15 * BATCH_2X30_BYTES,
+                index_entries: 8, // one entry per 2 batches (270 bytes >= 256)
+            }
+        );
+        let index_of_60 = path.join(crate::segment::file_name(60, "index"));
+        assert!(std::fs::metadata(&index_of_60).unwrap().len() >= 8 * 8);
+        // Damage below the recovery point goes unnoticed: those bytes are trusted, not read.
+        flip_byte(&seg(0), BATCH_2X30_BYTES + 70);
+        flip_byte(&seg(60), 3 * BATCH_2X30_BYTES + 100);
+        // Half of the durable index entries lost: the header walk covers the rest.
+        std::fs::File::options()
+            .write(true)
+            .open(&index_of_60)
+            .unwrap()
+            .set_len(4 * 8)
+            .unwrap();
+        // Damage after it is found: batch 5 of segment 120 (offset 130) ends the log.
+        flip_byte(&seg(120), 5 * BATCH_2X30_BYTES + 100);
+        let (p2, c2) = (path.clone(), cfg.clone());
+        block_on(async move {
+            let log = PartitionLog::open(&p2, c2).unwrap();
+            assert_eq!(
+                log.recovery_report(),
+                RecoveryReport {
+                    scanned_bytes: 15 * BATCH_2X30_BYTES + 10 * BATCH_2X30_BYTES,
+                    log_bytes: 70 * BATCH_2X30_BYTES,
+                }
+            );
+            assert_eq!(log.high_watermark(), 130);
+            for offset in 0..130 {
+                let r = log.read(offset, 1).await.unwrap();
+                let (base, next) = offsets_in(&r.records)[0];
+                assert!(
+                    base <= offset && offset < next,
+                    "{offset} in [{base},{next})"
+                );
+            }
+            assert_eq!(log.append_batch(batch(2, 30, 0), 2).await.unwrap(), 130);
+            log.sync_to(132).await.unwrap();
+            let c = log
+                .checkpoint_recovery_point()
+                .await
+                .unwrap()
+                .expect("a checkpoint");
+            assert_eq!((c.offset, c.segment_base), (132, 120));
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn without_syncs_the_recovery_point_follows_segment_rolls() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        let cfg = LogConfig {
+            segment_bytes: 4096,
+            index_interval_bytes: 256,
+            ..LogConfig::default()
+        };
+        let seg = |base: i64| path.join(crate::segment::file_name(base, "log"));
+        let (p1, c1) = (path.clone(), cfg.clone());
+        block_on(async move {
+            let log = PartitionLog::open(&p1, c1).unwrap();
+            for i in 0..20 {
+                log.append_batch(batch(2, 30, i), 2).await.unwrap();
+            }
+            // Nothing synced, nothing rolled: nothing to promise.
+            assert_eq!(log.checkpoint_recovery_point().await.unwrap(), None);
+            for i in 20..70 {
+                log.append_batch(batch(2, 30, i), 2).await.unwrap();
+            }
+            let c = log
+                .checkpoint_recovery_point()
+                .await
+                .unwrap()
+                .expect("a checkpoint");
+            // The rolled segments were synced by the checkpoint; the active one was not.
+            assert_eq!((c.offset, c.segment_base, c.position), (120, 120, 0));
+        })
+        .unwrap();
+        flip_byte(&seg(0), 2 * BATCH_2X30_BYTES + 100);
+        flip_byte(&seg(60), 29 * BATCH_2X30_BYTES + 100);
+        flip_byte(&seg(120), 3 * BATCH_2X30_BYTES + 100);
+        block_on(async move {
+            let log = PartitionLog::open(&path, cfg).unwrap();
+            assert_eq!(log.recovery_report().scanned_bytes, 10 * BATCH_2X30_BYTES);
+            assert_eq!(log.high_watermark(), 126);
+            assert_eq!(log.segment_count(), 3);
         })
         .unwrap();
     }
