@@ -360,10 +360,14 @@ async fn shard_main(listener: SharedFd, stop: Rc<Notify>) {
     let retention = spawn(retention_every(
         shard.shared.config.retention_check_interval,
     ));
+    let checkpointer = spawn(recovery_checkpoint_every(
+        shard.shared.config.recovery_checkpoint_interval,
+    ));
     stopped.await;
     drop(acceptor);
     drop(flusher);
     drop(retention);
+    drop(checkpointer);
     drop(sweeper);
     crate::producer_state::snapshot_all();
     for log in shard.owned_logs() {
@@ -390,6 +394,18 @@ async fn flush_every(every: Duration) {
         for log in crate::shard::current().owned_logs() {
             if let Err(e) = log.sync_to(log.high_watermark()).await {
                 tracing::error!(dir = %log.dir().display(), error = %e, "periodic flush failed");
+            }
+        }
+    }
+}
+
+/// Writes the recovery checkpoint of every partition this shard owns, periodically.
+async fn recovery_checkpoint_every(every: Duration) {
+    loop {
+        op::sleep(every).await;
+        for log in crate::shard::current().owned_logs() {
+            if let Err(e) = log.checkpoint_recovery_point().await {
+                tracing::warn!(dir = %log.dir().display(), error = %e, "recovery checkpoint not written");
             }
         }
     }
