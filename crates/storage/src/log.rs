@@ -939,7 +939,15 @@ impl PartitionLog {
                 return Ok(None);
             }
             let hw = st.high_watermark;
-            let hw_segment = st.segments.partition_point(|s| s.base_offset <= hw) - 1;
+            // Retention may have deleted the high watermark's segment while appends to a
+            // newer one are in flight; try again later.
+            let Some(hw_segment) = st
+                .segments
+                .partition_point(|s| s.base_offset <= hw)
+                .checked_sub(1)
+            else {
+                return Ok(None);
+            };
             let offset = st.synced_offset.max(st.segments[hw_segment].base_offset);
             if offset <= st.checkpoint.map_or(st.log_start_offset, |c| c.offset) {
                 return Ok(None);
@@ -966,16 +974,13 @@ impl PartitionLog {
             let (segment_base, position) = match at {
                 Some(at) => at,
                 None => {
-                    let seg = st
-                        .segments
-                        .iter()
-                        .rev()
-                        .find(|s| s.base_offset <= offset)
-                        .expect("the log start is at or below the high watermark");
-                    if st.high_watermark != offset {
-                        return Ok(None); // moved on while we looked; next time
+                    let seg = st.segments.iter().rev().find(|s| s.base_offset <= offset);
+                    match seg {
+                        Some(seg) if st.high_watermark == offset => {
+                            (seg.base_offset, seg.committed_bytes)
+                        }
+                        _ => return Ok(None), // moved on meanwhile; next time
                     }
-                    (seg.base_offset, seg.committed_bytes)
                 }
             };
             let Some(si) = st
