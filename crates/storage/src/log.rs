@@ -1344,6 +1344,24 @@ mod tests {
     }
 
     #[test]
+    fn a_deleted_log_writes_no_checkpoint_into_a_recreated_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        block_on(async move {
+            let log = PartitionLog::open(&path, LogConfig::default()).unwrap();
+            log.append_batch(batch(2, 30, 0), 2).await.unwrap();
+            log.sync_to(2).await.unwrap();
+            log.remove_files().unwrap();
+            // The topic is created again under the same name while the old log lingers.
+            let new = PartitionLog::open(&path, LogConfig::default()).unwrap();
+            assert_eq!(log.checkpoint_recovery_point().await.unwrap(), None);
+            assert!(!path.join(crate::checkpoint::FILE_NAME).exists());
+            assert_eq!(new.high_watermark(), 0);
+        })
+        .unwrap();
+    }
+
+    #[test]
     fn a_clean_close_reopens_without_a_scan_to_the_same_state() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t-0");
