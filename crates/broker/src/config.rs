@@ -71,6 +71,8 @@ pub struct BrokerConfig {
     pub flush: FlushPolicy,
     /// How often each shard applies retention to the partitions it owns.
     pub retention_check_interval: std::time::Duration,
+    /// How often each shard writes the recovery checkpoint of the partitions it owns.
+    pub recovery_checkpoint_interval: std::time::Duration,
     /// Where `/metrics` and `/health` are served (off the shard cores); `None`: nowhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Client connections open at once, all shards together; more are accepted and closed.
@@ -78,6 +80,12 @@ pub struct BrokerConfig {
     /// Receive-buffer bytes per shard for frames larger than a connection's own buffer.
     pub recv_budget_bytes: usize,
 }
+
+/// Default `--recovery-checkpoint-ms`: after a crash, recovery scans what was written since
+/// (at most this long ago, plus what was never fdatasync'd); each checkpoint costs a partition
+/// with new data a few small writes and fdatasyncs.
+pub const RECOVERY_CHECKPOINT_INTERVAL_DEFAULT: std::time::Duration =
+    std::time::Duration::from_secs(5);
 
 /// Default `--max-connections`.
 pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
@@ -99,6 +107,7 @@ impl BrokerConfig {
             log: LogConfig::default(),
             flush: FlushPolicy::Acks,
             retention_check_interval: std::time::Duration::from_secs(60),
+            recovery_checkpoint_interval: RECOVERY_CHECKPOINT_INTERVAL_DEFAULT,
             metrics_listen: None,
             max_connections: MAX_CONNECTIONS_DEFAULT,
             recv_budget_bytes: crate::limits::RECV_BUDGET_BYTES_DEFAULT,

@@ -512,6 +512,9 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
     if let FlushPolicy::Interval(every) = shard.shared.config.flush {
         drop(spawn(flush_every(every)));
     }
+    drop(spawn(recovery_checkpoint_every(
+        shard.shared.config.recovery_checkpoint_interval,
+    )));
     drop(spawn(retention_every(
         shard.shared.config.retention_check_interval,
     )));
@@ -548,6 +551,10 @@ async fn close_logs() -> bool {
     let delay = crate::faults::close_delay();
     if !delay.is_zero() {
         op::sleep(delay).await;
+    }
+    // A checkpoint pass in flight finishes first: it writes index files that close also writes.
+    while CHECKPOINTING.with(|c| c.get()) {
+        op::sleep(Duration::from_millis(10)).await;
     }
     crate::producer_state::snapshot_all();
     let mut closed = true;
@@ -598,6 +605,39 @@ async fn flush_every(every: Duration) {
             }
         }
     }
+}
+
+thread_local! {
+    /// A recovery checkpoint pass is running on this shard: closing the logs waits for it.
+    static CHECKPOINTING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Writes the recovery checkpoint of every partition this shard owns, periodically, until the
+/// shard drains.
+async fn recovery_checkpoint_every(every: Duration) {
+    while sleep_unless_draining(every).await {
+        CHECKPOINTING.with(|c| c.set(true));
+        // Cleared even if the task is dropped mid-pass, so closing never waits for ever.
+        let _busy = scopeguard(|| CHECKPOINTING.with(|c| c.set(false)));
+        for log in crate::shard::current().owned_logs() {
+            if let Err(e) = log.checkpoint_recovery_point().await {
+                tracing::warn!(dir = %log.dir().display(), error = %e, "recovery checkpoint not written");
+            }
+        }
+    }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// Applies retention to every partition this shard owns, periodically.

@@ -86,6 +86,11 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGBROKER_RETENTION_CHECK_MS")]
     pub retention_check_ms: Option<u64>,
 
+    /// How often each partition's recovery checkpoint is written, in ms: after a crash,
+    /// start-up scans only what follows it. [default: 5000]
+    #[arg(long, env = "RINGBROKER_RECOVERY_CHECKPOINT_MS")]
+    pub recovery_checkpoint_ms: Option<u64>,
+
     /// Turn off optional io_uring features (SINGLE_ISSUER/DEFER_TASKRUN/COOP_TASKRUN setup,
     /// MSG_RING wake-ups: eventfd instead) to run or test the fallback paths.
     #[arg(long, env = "RINGBROKER_URING_FALLBACK", num_args = 0..=1, default_missing_value = "true")]
@@ -119,7 +124,7 @@ pub struct ServeArgs {
 
     /// TOML file with the same keys (listen, data_dir, cores, advertise, auto_create_topics,
     /// default_partitions, flush, segment_bytes, segment_ms, retention_ms, retention_bytes,
-    /// retention_check_ms, uring_fallback, metrics_listen, max_connections, frame_bytes_max,
+    /// retention_check_ms, recovery_checkpoint_ms, uring_fallback, metrics_listen, max_connections, frame_bytes_max,
     /// max_message_bytes, recv_budget_bytes).
     #[arg(long, env = "RINGBROKER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -140,6 +145,7 @@ struct FileConfig {
     retention_ms: Option<i64>,
     retention_bytes: Option<i64>,
     retention_check_ms: Option<u64>,
+    recovery_checkpoint_ms: Option<u64>,
     uring_fallback: Option<bool>,
     metrics_listen: Option<String>,
     max_connections: Option<usize>,
@@ -232,6 +238,9 @@ impl ServeArgs {
         }
         if let Some(ms) = self.retention_check_ms.or(file.retention_check_ms) {
             broker.retention_check_interval = std::time::Duration::from_millis(ms.max(10));
+        }
+        if let Some(ms) = self.recovery_checkpoint_ms.or(file.recovery_checkpoint_ms) {
+            broker.recovery_checkpoint_interval = std::time::Duration::from_millis(ms.max(10));
         }
         if let Some(flush) = self.flush.or(file.flush) {
             broker.flush = flush.parse().map_err(anyhow::Error::msg)?;

@@ -62,7 +62,23 @@ fn serve(args: config::ServeArgs) -> Result<()> {
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
 
     raise_fd_limit(config.max_connections);
+    let started = std::time::Instant::now();
     let broker = Broker::start(config.clone(), &features)?;
+    if !broker.previous_shutdown_clean {
+        let r = ringbroker_storage::recovery::totals();
+        let elapsed_ms = started.elapsed().as_millis();
+        tracing::info!(
+            scanned_bytes = r.scanned_bytes,
+            log_bytes = r.log_bytes,
+            partitions = r.partitions,
+            elapsed_ms,
+            "recovery scanned {} bytes of {} in {} partitions in {} ms",
+            r.scanned_bytes,
+            r.log_bytes,
+            r.partitions,
+            elapsed_ms
+        );
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         shards = config.cores.len(),
@@ -74,7 +90,7 @@ fn serve(args: config::ServeArgs) -> Result<()> {
         data_dir = %config.data_dir.display(),
         advertised = %format!("{}:{}", broker.shared.advertised_host, broker.shared.advertised_port),
         flush = ?config.flush,
-        recovery = if broker.previous_shutdown_clean { "trusted clean shutdown" } else { "scanned every segment" },
+        recovery = if broker.previous_shutdown_clean { "trusted clean shutdown" } else { "scanned after the recovery checkpoints" },
         metrics = %broker.metrics_addr.map_or_else(|| "off".to_string(), |a| format!("http://{a}/metrics")),
         "listening on {}",
         broker.listen_addr

@@ -42,6 +42,12 @@ impl OffsetIndex {
         self.entries.len()
     }
 
+    /// How many entries point below `position` (entries are in position order).
+    pub fn entries_below(&self, position: u64) -> usize {
+        self.entries
+            .partition_point(|&(_, p)| (p as u64) < position)
+    }
+
     pub fn last_position(&self) -> Option<u32> {
         self.entries.last().map(|&(_, p)| p)
     }
@@ -68,7 +74,13 @@ impl OffsetIndex {
 
     /// The on-disk form of the entries from index `first` on.
     pub fn encode_from(&self, first: usize) -> Vec<u8> {
-        self.entries[first.min(self.entries.len())..]
+        self.encode_range(first, self.entries.len())
+    }
+
+    /// The on-disk form of the entries `first..end` (clamped to those that exist).
+    pub fn encode_range(&self, first: usize, end: usize) -> Vec<u8> {
+        let end = end.min(self.entries.len());
+        self.entries[first.min(end)..end]
             .iter()
             .flat_map(|&(o, p)| Self::encode_entry(o, p))
             .collect()

@@ -7,14 +7,20 @@
 //! - [`segment`]: one `.log` file plus its `.index`, named by base offset.
 //! - [`log`]: `PartitionLog`: offset assignment, ordered appends through the ring, the high
 //!   watermark, group-commit fdatasync, reads by offset, recovery at open.
+//! - [`recovery`]: rebuilding segments at open (trusted, from the recovery point, or scanned).
+//! - [`checkpoint`]: the per-partition recovery checkpoint (Kafka's recovery point).
 //! - [`atomic_file`]: write-new + fsync + rename, for metadata.
 //!
 //! A `PartitionLog` lives on the shard that owns its partition (`!Send`).
 
 pub mod atomic_file;
+pub mod checkpoint;
 pub mod frame;
 pub mod index;
 pub mod log;
+pub mod recovery;
 pub mod segment;
 
+pub use checkpoint::Checkpoint;
 pub use log::{AppendError, LogConfig, PartitionLog, ReadError, ReadResult, Recovery, SliceResult};
+pub use recovery::{RecoveryReport, RecoveryTotals};

@@ -13,9 +13,10 @@
 //! Invariants: segments are sorted and contiguous in offsets; `committed_bytes <=
 //! reserved_bytes`; reads never see bytes at or above the high watermark.
 
+use crate::checkpoint::{Checkpoint, CheckpointFile};
 use crate::frame::{BatchFrame, HEADER_BYTES};
-use crate::index::OffsetIndex;
-use crate::segment::{encode_time_entries, parse_log_name, IndexFlush, Segment};
+use crate::recovery::{self, RecoveryReport};
+use crate::segment::{parse_log_name, IndexFlush, Segment};
 use bytes::{Bytes, BytesMut};
 use ringbroker_runtime::chunk::FileSlice;
 use ringbroker_runtime::notify::Notify;
@@ -23,7 +24,7 @@ use ringbroker_runtime::op::{self, SharedFd};
 use ringbroker_runtime::spawn;
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::rc::Rc;
@@ -71,7 +72,8 @@ impl Default for LogConfig {
 /// How `open_with` treats existing segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recovery {
-    /// Re-read every batch and check its CRC (after an unclean stop).
+    /// After an unclean stop: trust what the recovery checkpoint covers, re-read every batch
+    /// after it and check its CRC (every batch when there is no usable checkpoint).
     Scan,
     /// Trust index files and segment lengths (after a clean shutdown).
     TrustCleanShutdown,
@@ -156,6 +158,18 @@ struct State {
     sync_running: bool,
     /// Segments written since the last completed sync (the active one, and any rolled away).
     unsynced: Vec<SharedFd>,
+    /// The recovery checkpoint on disk (read at open or last written).
+    checkpoint: Option<Checkpoint>,
+    /// Opened at the first checkpoint write; taken out while a write runs.
+    checkpoint_file: Option<CheckpointFile>,
+    /// Sequence number of the checkpoint read at open, for the first write.
+    checkpoint_sequence: u64,
+    checkpoint_running: bool,
+    /// Every segment below this base offset has its log and both index files durable as
+    /// they are in memory (made so by a checkpoint, or found so at open).
+    durable_segments_below: i64,
+    /// The files were deleted (topic deletion): no checkpoint may recreate them.
+    removed: bool,
 }
 
 pub struct PartitionLog {
@@ -166,10 +180,12 @@ pub struct PartitionLog {
     /// Released whenever the high watermark moves.
     appended: Rc<Notify>,
     synced: Rc<Notify>,
+    recovery_report: RecoveryReport,
 }
 
 impl PartitionLog {
-    /// Opens the log in `dir` (created when missing), scanning every segment to rebuild
+    /// Opens the log in `dir` (created when missing) after an unclean stop: segments the
+    /// recovery checkpoint covers are trusted, the bytes after it are scanned to rebuild
     /// offsets and indexes; a torn or corrupt tail is cut off (and logged).
     /// Start-up / control plane: uses plain blocking file I/O.
     pub fn open(dir: &Path, config: LogConfig) -> io::Result<PartitionLog> {
@@ -178,8 +194,10 @@ impl PartitionLog {
 
     /// Opens the log; with `Recovery::TrustCleanShutdown` (the broker stopped cleanly, so
     /// every file was flushed whole) segments are loaded from their index files and only the
-    /// bytes after the last index entry are walked, without CRC checks. Any inconsistency
-    /// found that way falls back to a full scan of that segment.
+    /// bytes after the last index entry are walked, without CRC checks. With `Recovery::Scan`
+    /// the same holds for the segments wholly below the recovery checkpoint; the segment
+    /// holding it is walked by headers up to it and scanned (CRC) after it, later segments
+    /// are scanned whole. Any inconsistency falls back to a full scan of that segment.
     pub fn open_with(
         dir: &Path,
         config: LogConfig,
@@ -194,24 +212,81 @@ impl PartitionLog {
         if bases.is_empty() {
             bases.push(0);
         }
-        let mut segments = Vec::with_capacity(bases.len());
+        let (checkpoint_sequence, checkpoint) = match crate::checkpoint::read(dir) {
+            Ok(found) => found.map_or((0, None), |(seq, c)| (seq, Some(c))),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot read the recovery checkpoint; scanning every segment");
+                (0, None)
+            }
+        };
+        // Usable only when the segment holding the recovery point is there.
+        let usable = checkpoint
+            .filter(|c| recovery == Recovery::Scan && bases.binary_search(&c.segment_base).is_ok());
+        let mut report = RecoveryReport::default();
+        let mut segments: Vec<Segment> = Vec::with_capacity(bases.len());
         let mut next_offset = bases[0];
+        // Base of the first segment whose files are not known durable as loaded.
+        let mut durable_segments_below: Option<i64> = None;
+        let mut checkpoint_used = false;
         for (i, &base) in bases.iter().enumerate() {
             let mut seg = Segment::open(dir, base)?;
             if i > 0 && base != next_offset {
                 tracing::warn!(dir = %dir.display(), base, expected = next_offset, "segment does not continue the previous one; later segments ignored");
                 break;
             }
-            let loaded =
-                recovery == Recovery::TrustCleanShutdown && load_clean_segment(&mut seg, &config)?;
+            report.log_bytes += std::fs::File::from(seg.log.try_clone()?).metadata()?.len();
+            let loaded = match (recovery, usable) {
+                (Recovery::TrustCleanShutdown, _) => {
+                    recovery::load_trusted_segment(&mut seg, &config)?
+                }
+                (Recovery::Scan, Some(c)) if base < c.segment_base => {
+                    recovery::load_trusted_segment(&mut seg, &config)?
+                }
+                (Recovery::Scan, Some(c)) if base == c.segment_base => {
+                    match recovery::load_checkpointed_segment(&mut seg, &config, &c)? {
+                        Some(scanned) => {
+                            report.scanned_bytes += scanned;
+                            durable_segments_below.get_or_insert(base);
+                            checkpoint_used = true;
+                            true
+                        }
+                        None => false,
+                    }
+                }
+                _ => false,
+            };
             if !loaded {
-                recover_segment(&mut seg, &config)?;
+                report.scanned_bytes += recovery::recover_segment(&mut seg, &config)?;
+                durable_segments_below.get_or_insert(base);
             }
             next_offset = seg.next_offset;
             segments.push(seg);
         }
         let log_start_offset = segments[0].base_offset;
-        let active_log = segments.last().expect("at least one segment").log.clone();
+        let active = segments.last().expect("at least one segment");
+        let durable_segments_below = durable_segments_below.unwrap_or(active.base_offset);
+        // Below what offset the log is known durable, and which segments may not be: after a
+        // clean stop everything was synced; after an unclean one only what the checkpoint
+        // covers (the rest may have been in the page cache only).
+        let (synced_offset, unsynced) = match recovery {
+            Recovery::TrustCleanShutdown => (next_offset, vec![active.log.clone()]),
+            Recovery::Scan => {
+                let synced = usable.map_or(log_start_offset, |c| c.offset.min(next_offset));
+                let from = usable.map_or(log_start_offset, |c| c.segment_base);
+                let unsynced = segments
+                    .iter()
+                    .filter(|s| s.base_offset >= from)
+                    .map(|s| s.log.clone())
+                    .collect();
+                (synced, unsynced)
+            }
+        };
+        if recovery == Recovery::Scan {
+            recovery::add_to_totals(&report);
+            if report.log_bytes > 0 {
+                tracing::debug!(dir = %dir.display(), scanned_bytes = report.scanned_bytes, log_bytes = report.log_bytes, recovery_point = ?usable.map(|c| c.offset), "recovered");
+            }
+        }
         Ok(PartitionLog {
             dir: dir.into(),
             config,
@@ -226,13 +301,29 @@ impl PartitionLog {
                 repairable: false,
                 failure_epoch: 0,
                 writes_in_flight: 0,
-                synced_offset: next_offset,
+                synced_offset,
                 sync_running: false,
-                unsynced: vec![active_log],
+                unsynced,
+                // A checkpoint this open could not use is replaced at the first chance.
+                checkpoint: match recovery {
+                    Recovery::TrustCleanShutdown => checkpoint,
+                    Recovery::Scan => usable.filter(|_| checkpoint_used),
+                },
+                checkpoint_file: None,
+                checkpoint_sequence,
+                checkpoint_running: false,
+                durable_segments_below,
+                removed: false,
             })),
             appended: Notify::new(),
             synced: Notify::new(),
+            recovery_report: report,
         })
+    }
+
+    /// What recovery at open read.
+    pub fn recovery_report(&self) -> RecoveryReport {
+        self.recovery_report
     }
 
     pub fn dir(&self) -> &Path {
@@ -791,8 +882,144 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Writes the recovery checkpoint if the durable part of the log grew since the last one;
+    /// returns the checkpoint written. The recovery point is the greater of the last
+    /// fdatasync'd offset and the base of the segment holding the high watermark (the
+    /// segments rolled away before it are complete, and are fdatasync'd here, as Kafka
+    /// flushes a segment when it rolls). Before the checkpoint is written, every segment it
+    /// newly covers gets its index files written whole and fdatasync'd, and so do the index
+    /// entries below the recovery point of the segment holding it: a checkpoint never
+    /// promises more than is on stable storage. Meant for a periodic per-shard task; cheap
+    /// when nothing changed.
+    pub async fn checkpoint_recovery_point(&self) -> io::Result<Option<Checkpoint>> {
+        let (offset, high_watermark) = {
+            let st = self.state.borrow();
+            if st.failed.is_some() || st.removed || st.checkpoint_running {
+                return Ok(None);
+            }
+            let hw = st.high_watermark;
+            // Retention may have deleted the high watermark's segment while appends to a
+            // newer one are in flight; try again later.
+            let Some(hw_segment) = st
+                .segments
+                .partition_point(|s| s.base_offset <= hw)
+                .checked_sub(1)
+            else {
+                return Ok(None);
+            };
+            let offset = st.synced_offset.max(st.segments[hw_segment].base_offset);
+            if offset <= st.checkpoint.map_or(st.log_start_offset, |c| c.offset) {
+                return Ok(None);
+            }
+            (offset, hw)
+        };
+        // Where the recovery point sits: the end of the committed bytes at the high watermark,
+        // else the start of the batch at that offset (always a batch boundary).
+        let at = if offset < high_watermark {
+            match self.locate(offset).await {
+                Ok(Ok(at)) => Some((at.seg_base, at.position)),
+                Ok(Err(_)) => None,
+                Err(ReadError::Io(e)) => return Err(e),
+                Err(e) => return Err(io::Error::other(e.to_string())),
+            }
+        } else {
+            None
+        };
+        let (checkpoint, index_writes, log_files, index_files, mut file) = {
+            let mut st = self.state.borrow_mut();
+            if st.failed.is_some() || st.removed || st.checkpoint_running {
+                return Ok(None);
+            }
+            let (segment_base, position) = match at {
+                Some(at) => at,
+                None => {
+                    let seg = st.segments.iter().rev().find(|s| s.base_offset <= offset);
+                    match seg {
+                        Some(seg) if st.high_watermark == offset => {
+                            (seg.base_offset, seg.committed_bytes)
+                        }
+                        _ => return Ok(None), // moved on meanwhile; next time
+                    }
+                }
+            };
+            let Some(si) = st
+                .segments
+                .iter()
+                .position(|s| s.base_offset == segment_base)
+            else {
+                return Ok(None); // deleted by retention meanwhile
+            };
+            let below = st.durable_segments_below;
+            let (mut index_writes, mut log_files, mut index_files) =
+                (Vec::new(), Vec::new(), Vec::new());
+            for seg in st.segments[..si].iter().filter(|s| s.base_offset >= below) {
+                index_writes.extend(seg.index_range_write(seg.index_durable, seg.index.len()));
+                log_files.push(seg.log.clone());
+                index_files.extend([seg.index_file.clone(), seg.time_index_file.clone()]);
+            }
+            let seg = &st.segments[si];
+            let index_entries = seg.index.entries_below(position);
+            if let Some(w) = seg.index_range_write(seg.index_durable, index_entries) {
+                index_writes.push(w);
+                index_files.extend([seg.index_file.clone(), seg.time_index_file.clone()]);
+            }
+            let file = match st.checkpoint_file.take() {
+                Some(f) => f,
+                None => CheckpointFile::open(&self.dir, st.checkpoint_sequence)?,
+            };
+            st.checkpoint_running = true;
+            let checkpoint = Checkpoint {
+                offset,
+                segment_base,
+                position,
+                index_entries: index_entries as u64,
+            };
+            (checkpoint, index_writes, log_files, index_files, file)
+        };
+        let mut log_failed = false;
+        let written = async {
+            for w in index_writes {
+                w.write().await?;
+            }
+            for fd in &log_files {
+                op::fdatasync(fd).await.inspect_err(|_| log_failed = true)?;
+            }
+            for fd in &index_files {
+                op::fdatasync(fd).await?;
+            }
+            file.write(&checkpoint).await
+        }
+        .await;
+        let mut st = self.state.borrow_mut();
+        st.checkpoint_running = false;
+        st.checkpoint_file = Some(file);
+        if let Err(e) = written {
+            if log_failed && st.failed.is_none() {
+                tracing::error!(dir = %self.dir.display(), error = %e, "fdatasync of a rolled segment failed; partition stops accepting writes");
+                st.failed = Some(e.to_string());
+                st.repairable = false;
+            }
+            return Err(e);
+        }
+        for seg in st.segments.iter_mut() {
+            if seg.base_offset >= checkpoint.segment_base {
+                if seg.base_offset == checkpoint.segment_base {
+                    let entries = checkpoint.index_entries as usize;
+                    seg.index_durable = seg.index_durable.max(entries);
+                    seg.index_on_disk = seg.index_on_disk.max(entries);
+                }
+                break;
+            }
+            seg.index_durable = seg.index.len();
+        }
+        st.durable_segments_below = st.durable_segments_below.max(checkpoint.segment_base);
+        st.checkpoint = Some(checkpoint);
+        Ok(Some(checkpoint))
+    }
+
     /// Deletes the log's directory (control plane; plain blocking calls).
     pub fn remove_files(&self) -> io::Result<()> {
+        self.state.borrow_mut().removed = true;
         std::fs::remove_dir_all(&self.dir)
     }
 }
@@ -967,174 +1194,6 @@ impl Drop for SyncRun {
     }
 }
 
-/// Loads a cleanly closed segment from its index file, walking only the batch headers after
-/// the last index entry. Returns false (nothing changed) if what it finds is inconsistent.
-fn load_clean_segment(seg: &mut Segment, config: &LogConfig) -> io::Result<bool> {
-    use std::os::unix::fs::FileExt;
-    let log = std::fs::File::from(seg.log.try_clone()?);
-    let index_file = std::fs::File::from(seg.index_file.try_clone()?);
-    let log_len = log.metadata()?.len();
-    let index_len = index_file.metadata()?.len();
-    if index_len % 8 != 0 || (index_len == 0 && log_len > 0) {
-        return Ok(false);
-    }
-    let mut raw = vec![0u8; index_len as usize];
-    index_file.read_exact_at(&mut raw, 0)?;
-    let mut index = OffsetIndex::default();
-    let mut last: Option<(u32, u32)> = None;
-    for entry in raw.chunks_exact(8) {
-        let rel = u32::from_be_bytes(entry[..4].try_into().expect("4 bytes"));
-        let pos = u32::from_be_bytes(entry[4..].try_into().expect("4 bytes"));
-        if last.is_some_and(|(o, p)| o >= rel || p >= pos) || pos as u64 >= log_len {
-            return Ok(false);
-        }
-        index.push(rel, pos);
-        last = Some((rel, pos));
-    }
-    let time_file = std::fs::File::from(seg.time_index_file.try_clone()?);
-    if time_file.metadata()?.len() != index.len() as u64 * 12 {
-        return Ok(false);
-    }
-    let mut raw_time = vec![0u8; index.len() * 12];
-    time_file.read_exact_at(&mut raw_time, 0)?;
-    let mut time_index: Vec<(i64, u32)> = raw_time
-        .chunks_exact(12)
-        .map(|e| {
-            (
-                i64::from_be_bytes(e[..8].try_into().expect("8")),
-                u32::from_be_bytes(e[8..].try_into().expect("4")),
-            )
-        })
-        .collect();
-    if time_index.windows(2).any(|w| w[0].0 > w[1].0) {
-        return Ok(false);
-    }
-    let mut max_timestamp = time_index.last().map_or(i64::MIN, |&(t, _)| t);
-    let (mut next_offset, mut position) = match last {
-        Some((rel, pos)) => (seg.base_offset + rel as i64, pos as u64),
-        None => (seg.base_offset, 0),
-    };
-    let mut last_indexed = last.map(|(_, p)| p as u64);
-    let mut header = [0u8; HEADER_BYTES];
-    while position < log_len {
-        if log_len - position < HEADER_BYTES as u64 {
-            return Ok(false);
-        }
-        log.read_exact_at(&mut header, position)?;
-        let Some(frame) = BatchFrame::parse(&header) else {
-            return Ok(false);
-        };
-        if frame.base_offset != next_offset || position + frame.total_bytes as u64 > log_len {
-            return Ok(false);
-        }
-        // Appends after the last persisted entry may have earned entries of their own.
-        if last_indexed.is_none_or(|p| position >= p + config.index_interval_bytes) {
-            if last_indexed != Some(position) {
-                index.push((next_offset - seg.base_offset) as u32, position as u32);
-                time_index.push((max_timestamp, (next_offset - seg.base_offset) as u32));
-            }
-            last_indexed = Some(position);
-        }
-        max_timestamp = max_timestamp.max(frame.max_timestamp);
-        position += frame.total_bytes as u64;
-        next_offset = frame.next_offset();
-    }
-    if index.len() * 8 != index_len as usize {
-        // Entries the walk added must be on disk too, so later appends continue the files.
-        index_file.write_all_at(&index.encode_all(), 0)?;
-        let encoded = encode_time_entries(&time_index);
-        time_file.write_all_at(&encoded, 0)?;
-    }
-    seg.time_index = time_index;
-    seg.max_timestamp = max_timestamp;
-    seg.index = index;
-    seg.last_indexed_position = last_indexed;
-    seg.index_on_disk = seg.index.len();
-    seg.reserved_bytes = position;
-    seg.committed_bytes = position;
-    seg.next_offset = next_offset;
-    Ok(true)
-}
-
-/// Scans a segment from the start: rebuilds its index and next offset, and truncates the
-/// file at the first batch that is short, malformed, out of sequence or fails its CRC.
-fn recover_segment(seg: &mut Segment, config: &LogConfig) -> io::Result<()> {
-    let mut file = std::fs::File::from(seg.log.try_clone()?);
-    let file_len = file.seek(SeekFrom::End(0))?;
-    file.seek(SeekFrom::Start(0))?;
-    let mut reader = io::BufReader::with_capacity(1 << 20, file);
-    let mut position: u64 = 0;
-    let mut next_offset = seg.base_offset;
-    let mut index = OffsetIndex::default();
-    let mut last_indexed: Option<u64> = None;
-    let mut batch = Vec::new();
-    let mut header = [0u8; HEADER_BYTES];
-    let mut time_index: Vec<(i64, u32)> = Vec::new();
-    let mut max_timestamp = i64::MIN;
-    let stop_reason = loop {
-        if position == file_len {
-            break None;
-        }
-        if file_len - position < HEADER_BYTES as u64 {
-            break Some("short header");
-        }
-        reader.read_exact(&mut header)?;
-        let Some(frame) = BatchFrame::parse(&header) else {
-            break Some("malformed header");
-        };
-        if frame.base_offset != next_offset {
-            break Some("offset out of sequence");
-        }
-        if position + frame.total_bytes as u64 > file_len {
-            break Some("batch cut short");
-        }
-        batch.clear();
-        batch.extend_from_slice(&header);
-        batch.resize(frame.total_bytes, 0);
-        reader.read_exact(&mut batch[HEADER_BYTES..])?;
-        if !frame.crc_matches(&batch) {
-            break Some("CRC mismatch");
-        }
-        if last_indexed.is_none_or(|p| position >= p + config.index_interval_bytes) {
-            index.push((next_offset - seg.base_offset) as u32, position as u32);
-            time_index.push((max_timestamp, (next_offset - seg.base_offset) as u32));
-            last_indexed = Some(position);
-        }
-        max_timestamp = max_timestamp.max(frame.max_timestamp);
-        position += frame.total_bytes as u64;
-        next_offset = frame.next_offset();
-    };
-    if let Some(reason) = stop_reason {
-        tracing::warn!(
-            segment = %seg.log_path.display(),
-            position,
-            truncated_bytes = file_len - position,
-            reason,
-            "log tail is not a whole valid batch; truncating"
-        );
-        let file = reader.into_inner();
-        file.set_len(position)?;
-        file.sync_all()?;
-    }
-    // Rewrite the index from the scan (it is derived data).
-    let index_file = std::fs::File::from(seg.index_file.try_clone()?);
-    index_file.set_len(0)?;
-    std::os::unix::fs::FileExt::write_all_at(&index_file, &index.encode_all(), 0)?;
-    let time_file = std::fs::File::from(seg.time_index_file.try_clone()?);
-    time_file.set_len(0)?;
-    let encoded = encode_time_entries(&time_index);
-    std::os::unix::fs::FileExt::write_all_at(&time_file, &encoded, 0)?;
-    seg.time_index = time_index;
-    seg.max_timestamp = max_timestamp;
-    seg.index = index;
-    seg.last_indexed_position = last_indexed;
-    seg.index_on_disk = seg.index.len();
-    seg.reserved_bytes = position;
-    seg.committed_bytes = position;
-    seg.next_offset = next_offset;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1260,6 +1319,174 @@ mod tests {
             let r = log.read(0, 1 << 20).await.unwrap();
             assert_eq!(offsets_in(&r.records).len(), 10);
             assert_eq!(log.append_batch(batch(1, 5, 0), 1).await.unwrap(), 20);
+        })
+        .unwrap();
+    }
+
+    /// Flips one byte of a file (inside a record: the batch's CRC no longer matches).
+    fn flip_byte(path: &Path, position: u64) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, position).unwrap();
+        f.write_all_at(&[b[0] ^ 0x5A], position).unwrap();
+    }
+
+    /// Bytes of one `batch(2, 30, _)`: 61 of header, two records of 37.
+    const BATCH_2X30_BYTES: u64 = 135;
+
+    #[test]
+    fn after_a_crash_only_the_bytes_after_the_recovery_point_are_scanned() {
+        // 4 KiB segments hold 30 batches of 2 records: bases 0, 60, 120.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        let cfg = LogConfig {
+            segment_bytes: 4096,
+            index_interval_bytes: 256,
+            ..LogConfig::default()
+        };
+        let seg = |base: i64| path.join(crate::segment::file_name(base, "log"));
+        let (p1, c1) = (path.clone(), cfg.clone());
+        let checkpoint = block_on(async move {
+            let log = PartitionLog::open(&p1, c1).unwrap();
+            assert_eq!(log.checkpoint_recovery_point().await.unwrap(), None);
+            for i in 0..45 {
+                log.append_batch(batch(2, 30, i), 2).await.unwrap();
+            }
+            log.sync_to(90).await.unwrap();
+            let c = log
+                .checkpoint_recovery_point()
+                .await
+                .unwrap()
+                .expect("a checkpoint");
+            assert_eq!(
+                log.checkpoint_recovery_point().await.unwrap(),
+                None,
+                "nothing new"
+            );
+            // Written, not synced: a kill -9 keeps them in the page cache.
+            for i in 45..70 {
+                log.append_batch(batch(2, 30, i), 2).await.unwrap();
+            }
+            assert_eq!(log.segment_count(), 3);
+            c
+            // Dropped without close: as after kill -9.
+        })
+        .unwrap();
+        assert_eq!(
+            checkpoint,
+            crate::checkpoint::Checkpoint {
+                offset: 90,
+                segment_base: 60,
+                position: 15 * BATCH_2X30_BYTES,
+                index_entries: 8, // one entry per 2 batches (270 bytes >= 256)
+            }
+        );
+        let index_of_60 = path.join(crate::segment::file_name(60, "index"));
+        assert!(std::fs::metadata(&index_of_60).unwrap().len() >= 8 * 8);
+        // Damage below the recovery point goes unnoticed: those bytes are trusted, not read.
+        flip_byte(&seg(0), BATCH_2X30_BYTES + 70);
+        flip_byte(&seg(60), 3 * BATCH_2X30_BYTES + 100);
+        // Half of the durable index entries lost: the header walk covers the rest.
+        std::fs::File::options()
+            .write(true)
+            .open(&index_of_60)
+            .unwrap()
+            .set_len(4 * 8)
+            .unwrap();
+        // Damage after it is found: batch 5 of segment 120 (offset 130) ends the log.
+        flip_byte(&seg(120), 5 * BATCH_2X30_BYTES + 100);
+        let (p2, c2) = (path.clone(), cfg.clone());
+        block_on(async move {
+            let log = PartitionLog::open(&p2, c2).unwrap();
+            assert_eq!(
+                log.recovery_report(),
+                RecoveryReport {
+                    scanned_bytes: 15 * BATCH_2X30_BYTES + 10 * BATCH_2X30_BYTES,
+                    log_bytes: 70 * BATCH_2X30_BYTES,
+                }
+            );
+            assert_eq!(log.high_watermark(), 130);
+            for offset in 0..130 {
+                let r = log.read(offset, 1).await.unwrap();
+                let (base, next) = offsets_in(&r.records)[0];
+                assert!(
+                    base <= offset && offset < next,
+                    "{offset} in [{base},{next})"
+                );
+            }
+            assert_eq!(log.append_batch(batch(2, 30, 0), 2).await.unwrap(), 130);
+            log.sync_to(132).await.unwrap();
+            let c = log
+                .checkpoint_recovery_point()
+                .await
+                .unwrap()
+                .expect("a checkpoint");
+            assert_eq!((c.offset, c.segment_base), (132, 120));
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn without_syncs_the_recovery_point_follows_segment_rolls() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        let cfg = LogConfig {
+            segment_bytes: 4096,
+            index_interval_bytes: 256,
+            ..LogConfig::default()
+        };
+        let seg = |base: i64| path.join(crate::segment::file_name(base, "log"));
+        let (p1, c1) = (path.clone(), cfg.clone());
+        block_on(async move {
+            let log = PartitionLog::open(&p1, c1).unwrap();
+            for i in 0..20 {
+                log.append_batch(batch(2, 30, i), 2).await.unwrap();
+            }
+            // Nothing synced, nothing rolled: nothing to promise.
+            assert_eq!(log.checkpoint_recovery_point().await.unwrap(), None);
+            for i in 20..70 {
+                log.append_batch(batch(2, 30, i), 2).await.unwrap();
+            }
+            let c = log
+                .checkpoint_recovery_point()
+                .await
+                .unwrap()
+                .expect("a checkpoint");
+            // The rolled segments were synced by the checkpoint; the active one was not.
+            assert_eq!((c.offset, c.segment_base, c.position), (120, 120, 0));
+        })
+        .unwrap();
+        flip_byte(&seg(0), 2 * BATCH_2X30_BYTES + 100);
+        flip_byte(&seg(60), 29 * BATCH_2X30_BYTES + 100);
+        flip_byte(&seg(120), 3 * BATCH_2X30_BYTES + 100);
+        block_on(async move {
+            let log = PartitionLog::open(&path, cfg).unwrap();
+            assert_eq!(log.recovery_report().scanned_bytes, 10 * BATCH_2X30_BYTES);
+            assert_eq!(log.high_watermark(), 126);
+            assert_eq!(log.segment_count(), 3);
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_deleted_log_writes_no_checkpoint_into_a_recreated_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        block_on(async move {
+            let log = PartitionLog::open(&path, LogConfig::default()).unwrap();
+            log.append_batch(batch(2, 30, 0), 2).await.unwrap();
+            log.sync_to(2).await.unwrap();
+            log.remove_files().unwrap();
+            // The topic is created again under the same name while the old log lingers.
+            let new = PartitionLog::open(&path, LogConfig::default()).unwrap();
+            assert_eq!(log.checkpoint_recovery_point().await.unwrap(), None);
+            assert!(!path.join(crate::checkpoint::FILE_NAME).exists());
+            assert_eq!(new.high_watermark(), 0);
         })
         .unwrap();
     }

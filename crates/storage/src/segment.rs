@@ -81,6 +81,9 @@ pub struct Segment {
     pub index_on_disk: usize,
     /// Offset one past the last batch appended to this segment.
     pub next_offset: i64,
+    /// Leading index entries the recovery checkpointer wrote and fdatasync'd (both index
+    /// files): a checkpoint may promise them. 0 at open, whatever the files hold.
+    pub index_durable: usize,
 }
 
 impl Segment {
@@ -102,6 +105,28 @@ impl Segment {
             time_index: (
                 self.time_index_file.clone(),
                 encode_time_entries(&self.time_index[first..]),
+                first as u64 * 12,
+            ),
+        })
+    }
+
+    /// A write of the index entries `first..end` (both files), wherever the chunked writes
+    /// stand; `None` when the range is empty. Entries never change once pushed below the
+    /// high watermark, so writing them again over a chunked write is harmless.
+    pub fn index_range_write(&self, first: usize, end: usize) -> Option<IndexFlush> {
+        let end = end.min(self.index.len());
+        if first >= end {
+            return None;
+        }
+        Some(IndexFlush {
+            index: (
+                self.index_file.clone(),
+                self.index.encode_range(first, end),
+                first as u64 * 8,
+            ),
+            time_index: (
+                self.time_index_file.clone(),
+                encode_time_entries(&self.time_index[first..end]),
                 first as u64 * 12,
             ),
         })
@@ -145,6 +170,7 @@ impl Segment {
             last_indexed_position: None,
             index_on_disk: 0,
             next_offset: base_offset,
+            index_durable: 0,
         })
     }
 }
