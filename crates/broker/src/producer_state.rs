@@ -364,8 +364,10 @@ impl Reservation {
             return;
         }
         self.attempt.outcome.set(Some(outcome));
-        if let Ok(mut state) = self.producers.0.try_borrow_mut() {
-            state.settle(self.batch, &self.attempt, outcome);
+        // Never borrowed here: the state holds no reservation, so none is dropped under a borrow.
+        match self.producers.0.try_borrow_mut() {
+            Ok(mut state) => state.settle(self.batch, &self.attempt, outcome),
+            Err(_) => debug_assert!(false, "producer state borrowed while settling"),
         }
         self.attempt.settled.notify_all();
     }
@@ -738,12 +740,10 @@ mod tests {
                         let b = self.sent[i % self.sent.len()];
                         self.submit(b)?;
                     }
-                    Op::Write => {
-                        if self.in_flight.front().is_some_and(|a| !a.doomed) {
-                            let a = self.in_flight.pop_front().expect("front");
-                            self.log.push(a.batch);
-                            a.reservation.written(self.log.len() as i64 - 1);
-                        }
+                    Op::Write if self.in_flight.front().is_some_and(|a| !a.doomed) => {
+                        let a = self.in_flight.pop_front().expect("front");
+                        self.log.push(a.batch);
+                        a.reservation.written(self.log.len() as i64 - 1);
                     }
                     Op::Fail(i) if !self.in_flight.is_empty() => {
                         let i = i % self.in_flight.len();
