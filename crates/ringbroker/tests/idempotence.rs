@@ -16,18 +16,19 @@ const ROUNDS: usize = 40;
 /// (so the retry arrives while its first copy may still be written).
 const RETRIED: [usize; 3] = [0, 2, 4];
 
-fn init_producer_id(c: &mut Client) -> i64 {
+/// (producer id, epoch) for a producer that has `current` (or `(-1, -1)` for a new one).
+fn init_producer_id(c: &mut Client, current: (i64, i16)) -> (i64, i16) {
     let init: InitProducerIdResponse = c.call(
         ApiKey::InitProducerId,
         4,
         &InitProducerIdRequest::default()
             .with_transactional_id(None)
             .with_transaction_timeout_ms(60_000)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
+            .with_producer_id(ProducerId(current.0))
+            .with_producer_epoch(current.1),
     );
     assert_eq!(init.error_code, 0);
-    init.producer_id.0
+    (init.producer_id.0, init.producer_epoch)
 }
 
 /// One Produce with a batch of `records` records for each partition, starting at `seq`.
@@ -87,7 +88,7 @@ fn pipelined_batches_of_one_producer_with_retries_are_each_written_once() {
     assert_eq!(owners.len(), 2, "partitions on two shards: {topic}");
 
     let mut c = Client::connect(&broker.addr);
-    let pid = init_producer_id(&mut c);
+    let (pid, _) = init_producer_id(&mut c, (-1, -1));
     let mut seq = 0i32;
     let mut next_offset = [0i64; 2];
     let mut problems = Vec::new();
@@ -185,4 +186,17 @@ fn pipelined_batches_of_one_producer_with_retries_are_each_written_once() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(moved, 0.0, "the connection moved");
+}
+
+#[test]
+fn a_producer_at_its_last_epoch_gets_a_new_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    let (pid, epoch) = init_producer_id(&mut c, (-1, -1));
+    assert_eq!(epoch, 0);
+    assert_eq!(init_producer_id(&mut c, (pid, 0)), (pid, 1), "KIP-360 bump");
+    let (next, epoch) = init_producer_id(&mut c, (pid, i16::MAX));
+    assert_eq!(epoch, 0);
+    assert_ne!(next, pid, "epoch 0 of the same id would be fenced as stale");
 }
