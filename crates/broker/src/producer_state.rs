@@ -208,9 +208,24 @@ impl PartitionProducers {
         });
     }
 
-    /// Records a batch known to be written (start-up: snapshot or log scan).
+    /// Records a batch known to be written (start-up: snapshot, then log scan in offset
+    /// order); a batch at or before the producer's last known one is already accounted for.
     pub fn record(&mut self, b: ProducerBatch, base_offset: i64) {
+        if self
+            .producers
+            .get(&b.producer_id)
+            .is_some_and(|e| b.epoch < e.epoch)
+        {
+            return;
+        }
         let entry = self.entry(b);
+        let last_known = entry.batches.iter().rev().find_map(|x| match x.state {
+            BatchState::Written(base) => Some(base),
+            BatchState::Writing(_) => None,
+        });
+        if last_known.is_some_and(|last| base_offset <= last) {
+            return;
+        }
         entry.push(Batch {
             first_seq: b.first_seq,
             last_seq: b.last_seq,
@@ -269,8 +284,21 @@ impl PartitionProducers {
         }
     }
 
-    fn snapshot(&self) -> String {
-        let mut out = String::new();
+    /// The written batches, after a first line `scan <offset>`: where a restore must read the
+    /// log on from (batches may be appended after the snapshot), the log end when no batch is
+    /// being written, else the active segment's base (a batch being written may already be
+    /// below the log end).
+    fn snapshot(&self, log_end: i64, active_segment_base: i64) -> String {
+        let writing = self
+            .producers
+            .values()
+            .any(|e| e.batches.iter().any(|b| !b.is_written()));
+        let scan_from = if writing {
+            active_segment_base
+        } else {
+            log_end
+        };
+        let mut out = format!("{SCAN_FROM} {scan_from}\n");
         for (pid, e) in &self.producers {
             for b in &e.batches {
                 if let BatchState::Written(base) = b.state {
@@ -284,8 +312,14 @@ impl PartitionProducers {
         out
     }
 
-    fn restore(text: &str) -> PartitionProducers {
+    /// The state in a snapshot, and the offset to read the log on from.
+    fn restore(text: &str) -> (PartitionProducers, Option<i64>) {
         let mut p = PartitionProducers::default();
+        let scan_from = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix(SCAN_FROM))
+            .and_then(|x| x.trim().parse().ok());
         for line in text.lines() {
             let f: Vec<i64> = line.split(' ').filter_map(|x| x.parse().ok()).collect();
             if let [pid, epoch, first, last, base] = f[..] {
@@ -298,7 +332,7 @@ impl PartitionProducers {
                 p.record(batch, base);
             }
         }
-        p
+        (p, scan_from)
     }
 }
 
@@ -341,8 +375,10 @@ impl Producers {
         *self.0.borrow_mut() = state;
     }
 
-    fn snapshot(&self) -> String {
-        self.0.borrow().snapshot()
+    fn snapshot(&self, log: &PartitionLog) -> String {
+        self.0
+            .borrow()
+            .snapshot(log.high_watermark(), log.active_segment_base())
     }
 }
 
@@ -401,12 +437,15 @@ impl InFlight {
 }
 
 const SNAPSHOT_FILE: &str = "producer-state.snapshot";
+/// First line of a snapshot: the offset a restore reads the log on from.
+const SCAN_FROM: &str = "scan";
 
 /// Writes every owned partition's producer state next to its log (clean shutdown).
 pub fn snapshot_all() {
     for partition in shard::current().owned() {
         let path = partition.log.dir().join(SNAPSHOT_FILE);
-        if let Err(e) = write_atomically(&path, partition.producers.snapshot().as_bytes()) {
+        let snapshot = partition.producers.snapshot(&partition.log);
+        if let Err(e) = write_atomically(&path, snapshot.as_bytes()) {
             tracing::warn!(dir = %partition.log.dir().display(), error = %e, "could not snapshot producer state");
         }
     }
@@ -418,18 +457,21 @@ pub async fn restore(topic: &str, partition: i32, log: &PartitionLog, clean: boo
     let path = log.dir().join(SNAPSHOT_FILE);
     let snapshot = std::fs::read_to_string(&path).ok();
     let _ = std::fs::remove_file(&path);
-    let state = match (clean, snapshot) {
+    let (mut state, scan_from) = match (clean, snapshot) {
         (true, Some(text)) => PartitionProducers::restore(&text),
-        _ => rebuild(log).await,
+        _ => (PartitionProducers::default(), None),
     };
+    // Without a snapshot: the active segment's batches.
+    let scan_from = scan_from.unwrap_or_else(|| log.active_segment_base());
+    scan(&mut state, log, scan_from).await;
     if let Some(p) = shard::current().partition_named(topic, partition) {
         p.producers.replace(state);
     }
 }
 
-async fn rebuild(log: &PartitionLog) -> PartitionProducers {
-    let mut state = PartitionProducers::default();
-    let mut offset = log.active_segment_base().max(log.log_start_offset());
+/// Records the idempotent batches of the log from `from` on.
+async fn scan(state: &mut PartitionProducers, log: &PartitionLog, from: i64) {
+    let mut offset = from.max(log.log_start_offset());
     while offset < log.high_watermark() {
         let Ok(r) = log.read(offset, 4 << 20).await else {
             break;
@@ -449,7 +491,6 @@ async fn rebuild(log: &PartitionLog) -> PartitionProducers {
             break;
         }
     }
-    state
 }
 
 thread_local! {
@@ -544,7 +585,9 @@ mod tests {
         assert!(answer(&p, batch(1, 1, 1)).starts_with("rejected"));
         assert_eq!(answer(&p, batch(1, 7, 1)), "duplicate of 127");
         let back = Producers::default();
-        back.replace(PartitionProducers::restore(&p.snapshot()));
+        let (state, scan_from) = PartitionProducers::restore(&p.0.borrow().snapshot(130, 100));
+        assert_eq!(scan_from, Some(130), "nothing being written: the log end");
+        back.replace(state);
         assert_eq!(answer(&back, batch(1, 7, 1)), "duplicate of 127");
         assert_eq!(answer(&back, batch(1, 3, 1)), "duplicate of 123");
         assert_eq!(answer(&back, batch(1, 8, 1)), "reserved");
@@ -569,7 +612,15 @@ mod tests {
         assert_eq!(answer(&p, batch(0, 10, 5)), "duplicate of 10");
         assert_eq!(answer(&p, batch(0, 15, 5)), "reserved");
         // Written batches are snapshotted, batches still being written are not.
-        assert_eq!(p.snapshot().lines().count(), 3);
+        let writing = reserve(&p, batch(0, 15, 5));
+        let snapshot = p.0.borrow().snapshot(15, 10);
+        assert_eq!(snapshot.lines().count(), 4);
+        assert_eq!(
+            PartitionProducers::restore(&snapshot).1,
+            Some(10),
+            "a batch being written may be below the log end: read the active segment"
+        );
+        drop(writing);
     }
 
     #[test]
@@ -617,6 +668,23 @@ mod tests {
             assert_eq!(answer(&p, batch(0, seq, 1)), format!("duplicate of {seq}"));
         }
         assert_eq!(answer(&p, batch(0, 4, 1)), "reserved");
+    }
+
+    #[test]
+    fn a_scan_over_a_snapshot_records_only_later_batches() {
+        let mut state = PartitionProducers::default();
+        state.record(batch(1, 0, 2), 10);
+        state.record(batch(1, 2, 2), 12);
+        // The scan reads again from before the snapshot's last batch.
+        state.record(batch(0, 40, 1), 5);
+        state.record(batch(1, 2, 2), 12);
+        state.record(batch(1, 4, 1), 14);
+        let p = Producers::default();
+        p.replace(state);
+        assert_eq!(answer(&p, batch(1, 0, 2)), "duplicate of 10");
+        assert_eq!(answer(&p, batch(1, 2, 2)), "duplicate of 12");
+        assert_eq!(answer(&p, batch(1, 4, 1)), "duplicate of 14");
+        assert_eq!(answer(&p, batch(1, 5, 1)), "reserved");
     }
 
     #[test]

@@ -31,9 +31,17 @@ fn init_producer_id(c: &mut Client, current: (i64, i16)) -> (i64, i16) {
     (init.producer_id.0, init.producer_epoch)
 }
 
-/// One Produce with a batch of `records` records for each partition, starting at `seq`.
-fn produce_request(pid: i64, seq: i32, records: usize, tag: &str) -> ProduceRequest {
-    let partition_data = (0..2)
+/// One Produce with a batch of `records` records for each of `partitions` partitions of
+/// `topic`, starting at `seq`.
+fn produce_request(
+    topic: &str,
+    partitions: i32,
+    pid: i64,
+    seq: i32,
+    records: usize,
+    tag: &str,
+) -> ProduceRequest {
+    let partition_data = (0..partitions)
         .map(|p| {
             let values: Vec<Vec<u8>> = (0..records)
                 .map(|i| format!("{tag}-p{p}-{i}").into_bytes())
@@ -49,7 +57,7 @@ fn produce_request(pid: i64, seq: i32, records: usize, tag: &str) -> ProduceRequ
         .with_acks(-1)
         .with_timeout_ms(5000)
         .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
             .with_partition_data(partition_data)])
 }
 
@@ -100,7 +108,8 @@ fn pipelined_batches_of_one_producer_with_retries_are_each_written_once() {
         let mut frames = Vec::new();
         for k in 0..IN_FLIGHT {
             let records = 1 + (round + k) % 3;
-            let request = produce_request(pid, seq, records, &format!("r{round}k{k}"));
+            let tag = format!("r{round}k{k}");
+            let request = produce_request(TOPIC, 2, pid, seq, records, &tag);
             seq += records as i32;
             frames.push((records, request));
         }
@@ -199,4 +208,46 @@ fn a_producer_at_its_last_epoch_gets_a_new_id() {
     let (next, epoch) = init_producer_id(&mut c, (pid, i16::MAX));
     assert_eq!(epoch, 0);
     assert_ne!(next, pid, "epoch 0 of the same id would be fenced as stale");
+}
+
+#[test]
+fn a_batch_written_after_the_shutdown_snapshot_is_known_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = "snapshotted";
+    let snapshot = dir
+        .path()
+        .join(format!("{topic}-0/producer-state.snapshot"));
+    let mut broker = Broker::start(dir.path(), &[]);
+    kafka_python(&["create", &broker.addr, topic, "1"], "");
+    let mut c = Client::connect(&broker.addr);
+    let (pid, _) = init_producer_id(&mut c, (-1, -1));
+    let produce = |c: &mut Client, seq: i32, records: usize| -> (i16, i64) {
+        let request = produce_request(topic, 1, pid, seq, records, &format!("s{seq}"));
+        let r: ProduceResponse = c.call(ApiKey::Produce, 9, &request);
+        answers(&r)[0]
+    };
+    assert_eq!(produce(&mut c, 0, 2), (0, 0));
+    assert!(broker.stop().success());
+    drop(broker);
+    let early = std::fs::read(&snapshot).expect("a clean stop snapshots producer state");
+
+    let mut broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    assert_eq!(produce(&mut c, 2, 1), (0, 2));
+    assert!(broker.stop().success());
+    drop(broker);
+    // As if the snapshot had been taken before that batch was written (connections still
+    // write while a shard stops).
+    std::fs::write(&snapshot, early).unwrap();
+
+    let broker = Broker::start(dir.path(), &[]);
+    assert!(broker.log().contains("trusted clean shutdown"));
+    let mut c = Client::connect(&broker.addr);
+    assert_eq!(
+        produce(&mut c, 2, 1),
+        (0, 2),
+        "a retry gets its first copy's offset"
+    );
+    assert_eq!(produce(&mut c, 3, 1), (0, 3));
+    assert_eq!(kcat_consume_all(&broker.addr, topic).len(), 4);
 }
