@@ -338,7 +338,18 @@ impl PartitionProducers {
 
 /// A partition's producer state, shared by the Produce requests on its owner shard.
 #[derive(Default, Clone)]
-pub struct Producers(Rc<RefCell<PartitionProducers>>);
+pub struct Producers {
+    state: Rc<RefCell<PartitionProducers>>,
+    restore: Rc<PendingRestore>,
+}
+
+/// Set while a partition opened at start-up waits for its state (snapshot and log scan, which
+/// awaits reads): its idempotent batches wait too, or they would be checked against nothing.
+#[derive(Default)]
+struct PendingRestore {
+    pending: Cell<bool>,
+    done: Notify,
+}
 
 /// The answer to an idempotent batch, decided before the append's first await.
 pub enum Check {
@@ -352,9 +363,27 @@ pub enum Check {
 }
 
 impl Producers {
+    /// The state of a partition opened at start-up, until [`restore`] fills it.
+    pub fn awaiting_restore() -> Producers {
+        let producers = Producers::default();
+        producers.restore.pending.set(true);
+        producers
+    }
+
+    /// Returns once the state is restored (at once for a partition created while running).
+    pub async fn restored(&self) {
+        loop {
+            let done = self.restore.done.notified();
+            if !self.restore.pending.get() {
+                return;
+            }
+            done.await;
+        }
+    }
+
     /// Checks a batch and, when it is new and in order, reserves its sequences.
     pub fn check_and_reserve(&self, b: ProducerBatch) -> Check {
-        let mut state = self.0.borrow_mut();
+        let mut state = self.state.borrow_mut();
         match state.check(b) {
             Decision::Duplicate(base) => Check::Duplicate(base),
             Decision::InFlight(original) => Check::InFlight(original),
@@ -372,11 +401,13 @@ impl Producers {
     }
 
     fn replace(&self, state: PartitionProducers) {
-        *self.0.borrow_mut() = state;
+        *self.state.borrow_mut() = state;
+        self.restore.pending.set(false);
+        self.restore.done.notify_all();
     }
 
     fn snapshot(&self, log: &PartitionLog) -> String {
-        self.0
+        self.state
             .borrow()
             .snapshot(log.high_watermark(), log.active_segment_base())
     }
@@ -401,7 +432,7 @@ impl Reservation {
         }
         self.attempt.outcome.set(Some(outcome));
         // Never borrowed here: the state holds no reservation, so none is dropped under a borrow.
-        match self.producers.0.try_borrow_mut() {
+        match self.producers.state.try_borrow_mut() {
             Ok(mut state) => state.settle(self.batch, &self.attempt, outcome),
             Err(_) => debug_assert!(false, "producer state borrowed while settling"),
         }
@@ -443,6 +474,9 @@ const SCAN_FROM: &str = "scan";
 /// Writes every owned partition's producer state next to its log (clean shutdown).
 pub fn snapshot_all() {
     for partition in shard::current().owned() {
+        if partition.producers.restore.pending.get() {
+            continue; // stopped before its restore: the log scan after a start rebuilds it
+        }
         let path = partition.log.dir().join(SNAPSHOT_FILE);
         let snapshot = partition.producers.snapshot(&partition.log);
         if let Err(e) = write_atomically(&path, snapshot.as_bytes()) {
@@ -585,7 +619,7 @@ mod tests {
         assert!(answer(&p, batch(1, 1, 1)).starts_with("rejected"));
         assert_eq!(answer(&p, batch(1, 7, 1)), "duplicate of 127");
         let back = Producers::default();
-        let (state, scan_from) = PartitionProducers::restore(&p.0.borrow().snapshot(130, 100));
+        let (state, scan_from) = PartitionProducers::restore(&p.state.borrow().snapshot(130, 100));
         assert_eq!(scan_from, Some(130), "nothing being written: the log end");
         back.replace(state);
         assert_eq!(answer(&back, batch(1, 7, 1)), "duplicate of 127");
@@ -613,7 +647,7 @@ mod tests {
         assert_eq!(answer(&p, batch(0, 15, 5)), "reserved");
         // Written batches are snapshotted, batches still being written are not.
         let writing = reserve(&p, batch(0, 15, 5));
-        let snapshot = p.0.borrow().snapshot(15, 10);
+        let snapshot = p.state.borrow().snapshot(15, 10);
         assert_eq!(snapshot.lines().count(), 4);
         assert_eq!(
             PartitionProducers::restore(&snapshot).1,

@@ -89,7 +89,7 @@ impl Shard {
             table: (id == 0).then(|| RefCell::new(meta.clone())),
         });
         for topic in &meta.topics {
-            shard.apply_topic(topic.clone(), recovery)?;
+            shard.apply_topic(topic.clone(), recovery, Producers::awaiting_restore)?;
         }
         CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
         Ok(shard)
@@ -153,8 +153,14 @@ impl Shard {
             .collect()
     }
 
-    /// Adds a topic to this shard's view and opens the partitions it owns.
-    fn apply_topic(&self, topic: Arc<TopicInfo>, recovery: Recovery) -> std::io::Result<()> {
+    /// Adds a topic to this shard's view and opens the partitions it owns, with the producer
+    /// state `producers` makes (awaiting its restore at start-up, empty for a new topic).
+    fn apply_topic(
+        &self,
+        topic: Arc<TopicInfo>,
+        recovery: Recovery,
+        producers: fn() -> Producers,
+    ) -> std::io::Result<()> {
         for (p, &owner) in topic.owners.iter().enumerate() {
             if owner == self.id {
                 let dir = partition_dir(&self.shared.config.data_dir, &topic.name, p as i32);
@@ -170,7 +176,7 @@ impl Shard {
                     id,
                     topic: topic.name.clone(),
                     log: Rc::new(log),
-                    producers: Producers::default(),
+                    producers: producers(),
                 };
                 self.partitions.borrow_mut().insert(id, Rc::new(partition));
             }
@@ -334,7 +340,8 @@ async fn coordinator_create(
             let ok = mesh::call(s, move || async move {
                 let shard = current();
                 for t in created {
-                    if let Err(e) = shard.apply_topic(t.clone(), Recovery::Scan) {
+                    if let Err(e) = shard.apply_topic(t.clone(), Recovery::Scan, Producers::default)
+                    {
                         tracing::error!(topic = %t.name, error = %e, "could not open partition logs");
                         return false;
                     }

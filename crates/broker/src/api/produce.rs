@@ -68,7 +68,12 @@ async fn append_on_owner(
     let log = &partition.log;
     let count = header.records_count as u32;
     let storage_error = |e: AppendError| (errors::KAFKA_STORAGE_ERROR, e.to_string());
-    let reservation = match ProducerBatch::of(&header) {
+    let batch = ProducerBatch::of(&header);
+    if batch.is_some() {
+        // Just after start-up, the state may still be read from its snapshot and the log.
+        partition.producers.restored().await;
+    }
+    let reservation = match batch {
         None => None,
         Some(batch) => match partition.producers.check_and_reserve(batch) {
             Check::Reserved(reservation) => Some(reservation),
