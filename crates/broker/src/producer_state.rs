@@ -7,8 +7,10 @@
 //! batch with its offset, or is released if the append fails (a guard, so dropping the append
 //! releases it too). A batch already written is acknowledged with its original offset; a retry
 //! of one still being written waits for the original's outcome; a sequence gap is out of order;
-//! an older epoch is fenced. The state is snapshotted at clean shutdown and rebuilt from the
-//! active segment after a crash. Producer ids come from shard 0, in blocks persisted under `meta/`.
+//! an older epoch is fenced. At start-up the state is restored from the snapshot of a clean
+//! shutdown plus the batches written after it, or after a crash from the active segment; until
+//! then idempotent batches of that partition wait. Producer ids come from shard 0, in blocks
+//! persisted under `meta/`.
 
 use crate::errors;
 use crate::shard;
@@ -148,7 +150,7 @@ impl ProducerEntry {
 }
 
 /// What to do with an idempotent batch (see [`PartitionProducers::check`]).
-pub enum Decision {
+enum Decision {
     Append,
     /// Already written at this base offset.
     Duplicate(i64),
@@ -159,7 +161,7 @@ pub enum Decision {
 
 /// The producer state of one partition.
 #[derive(Default)]
-pub struct PartitionProducers {
+struct PartitionProducers {
     producers: HashMap<i64, ProducerEntry>,
 }
 
@@ -172,7 +174,7 @@ fn next_seq(seq: i32) -> i32 {
 }
 
 impl PartitionProducers {
-    pub fn check(&self, b: ProducerBatch) -> Decision {
+    fn check(&self, b: ProducerBatch) -> Decision {
         let Some(entry) = self.producers.get(&b.producer_id) else {
             return Decision::Append;
         };
@@ -210,7 +212,7 @@ impl PartitionProducers {
 
     /// Records a batch known to be written (start-up: snapshot, then log scan in offset
     /// order); a batch at or before the producer's last known one is already accounted for.
-    pub fn record(&mut self, b: ProducerBatch, base_offset: i64) {
+    fn record(&mut self, b: ProducerBatch, base_offset: i64) {
         if self
             .producers
             .get(&b.producer_id)
