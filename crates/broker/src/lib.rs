@@ -4,8 +4,10 @@
 //! - [`metadata`]: the topic table (names, ids, partition owners), persisted under `meta/`.
 //! - [`server`]: start-up (lock the data dir, bind listeners, start and pin one shard thread per
 //!   CPU) and orderly shutdown.
-//! - [`shard`]: one shard's state (its view of the topic table, the partition logs it owns)
-//!   and the cross-shard operations on partitions and topics.
+//! - [`shard`]: one shard's state (its view of the topic table, the partitions it owns: each
+//!   a `Partition` holding its log and its producer state) and the cross-shard operations.
+//! - [`producer_state`]: idempotent producers: ids, and per partition the sequences checked
+//!   and reserved before an append.
 //! - [`connection`]: one client connection: frames in, responses out in request order.
 //! - [`api`]: one module per Kafka API, plus the table of versions we advertise.
 //! - [`errors`]: Kafka error codes used here.

@@ -1,12 +1,15 @@
 //! One shard's state and the operations that cross shards.
 //!
 //! Each shard holds its own copy of the topic table (changed only by messages from shard 0,
-//! the table's single writer) and the partition logs it owns. Work on a partition always runs
-//! on its owner: `on_partition` sends it there through the mesh when it is elsewhere.
+//! the table's single writer) and the partitions it owns: one [`Partition`] per partition, the
+//! single owner of its log and its producer state, found by a [`PartitionId`]. Work on a
+//! partition always runs on its owner: `on_partition` sends it there through the mesh when it
+//! is elsewhere.
 
 use crate::config::BrokerConfig;
 use crate::errors;
 use crate::metadata::{partition_dir, valid_topic_name, ClusterMeta, TopicInfo};
+use crate::producer_state::Producers;
 use ringbroker_runtime::mesh;
 use ringbroker_storage::{PartitionLog, Recovery};
 use std::cell::RefCell;
@@ -32,12 +35,29 @@ pub struct Shared {
     pub connections: Arc<crate::limits::ConnectionCount>,
 }
 
+/// Names a partition without allocating: its topic's id (a topic created again under the same
+/// name is another topic) and its index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PartitionId {
+    pub topic_id: Uuid,
+    pub index: i32,
+}
+
+/// A partition this shard owns: the one owner of its log and of its idempotent producers'
+/// state, so a Produce checks and reserves sequences and appends on the same value.
+pub struct Partition {
+    pub id: PartitionId,
+    pub topic: String,
+    pub log: Rc<PartitionLog>,
+    pub producers: Producers,
+}
+
 pub struct Shard {
     pub id: usize,
     pub shared: Arc<Shared>,
     topics: RefCell<HashMap<String, Arc<TopicInfo>>>,
     topic_ids: RefCell<HashMap<Uuid, Arc<TopicInfo>>>,
-    logs: RefCell<HashMap<(String, i32), Rc<PartitionLog>>>,
+    partitions: RefCell<HashMap<PartitionId, Rc<Partition>>>,
     /// Shard 0 only: the authoritative table it persists.
     table: Option<RefCell<ClusterMeta>>,
 }
@@ -65,11 +85,11 @@ impl Shard {
             shared,
             topics: RefCell::new(HashMap::new()),
             topic_ids: RefCell::new(HashMap::new()),
-            logs: RefCell::new(HashMap::new()),
+            partitions: RefCell::new(HashMap::new()),
             table: (id == 0).then(|| RefCell::new(meta.clone())),
         });
         for topic in &meta.topics {
-            shard.apply_topic(topic.clone(), recovery)?;
+            shard.apply_topic(topic.clone(), recovery, Producers::awaiting_restore)?;
         }
         CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
         Ok(shard)
@@ -90,29 +110,57 @@ impl Shard {
         v
     }
 
+    /// A partition this shard owns.
+    pub fn partition(&self, id: PartitionId) -> Option<Rc<Partition>> {
+        self.partitions.borrow().get(&id).cloned()
+    }
+
+    /// A partition this shard owns, by topic name.
+    pub fn partition_named(&self, topic: &str, partition: i32) -> Option<Rc<Partition>> {
+        let topic_id = self.topics.borrow().get(topic)?.id;
+        self.partition(PartitionId {
+            topic_id,
+            index: partition,
+        })
+    }
+
+    /// The log of a partition this shard owns.
     pub fn log(&self, topic: &str, partition: i32) -> Option<Rc<PartitionLog>> {
-        self.logs
-            .borrow()
-            .get(&(topic.to_string(), partition))
-            .cloned()
+        self.partition_named(topic, partition)
+            .map(|p| p.log.clone())
+    }
+
+    /// Every partition this shard owns.
+    pub fn owned(&self) -> Vec<Rc<Partition>> {
+        self.partitions.borrow().values().cloned().collect()
     }
 
     /// Logs owned by this shard.
     pub fn owned_logs(&self) -> Vec<Rc<PartitionLog>> {
-        self.logs.borrow().values().cloned().collect()
+        self.partitions
+            .borrow()
+            .values()
+            .map(|p| p.log.clone())
+            .collect()
     }
 
     /// (topic, partition) and log of every partition this shard owns.
     pub fn owned_partitions(&self) -> Vec<((String, i32), Rc<PartitionLog>)> {
-        self.logs
+        self.partitions
             .borrow()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .values()
+            .map(|p| ((p.topic.clone(), p.id.index), p.log.clone()))
             .collect()
     }
 
-    /// Adds a topic to this shard's view and opens the partitions it owns.
-    fn apply_topic(&self, topic: Arc<TopicInfo>, recovery: Recovery) -> std::io::Result<()> {
+    /// Adds a topic to this shard's view and opens the partitions it owns, with the producer
+    /// state `producers` makes (awaiting its restore at start-up, empty for a new topic).
+    fn apply_topic(
+        &self,
+        topic: Arc<TopicInfo>,
+        recovery: Recovery,
+        producers: fn() -> Producers,
+    ) -> std::io::Result<()> {
         for (p, &owner) in topic.owners.iter().enumerate() {
             if owner == self.id {
                 let dir = partition_dir(&self.shared.config.data_dir, &topic.name, p as i32);
@@ -120,9 +168,17 @@ impl Shard {
                     crate::config::topic_log_config(&self.shared.config.log, &topic.configs)
                         .map_err(std::io::Error::other)?;
                 let log = PartitionLog::open_with(&dir, config, recovery)?;
-                self.logs
-                    .borrow_mut()
-                    .insert((topic.name.clone(), p as i32), Rc::new(log));
+                let id = PartitionId {
+                    topic_id: topic.id,
+                    index: p as i32,
+                };
+                let partition = Partition {
+                    id,
+                    topic: topic.name.clone(),
+                    log: Rc::new(log),
+                    producers: producers(),
+                };
+                self.partitions.borrow_mut().insert(id, Rc::new(partition));
             }
         }
         self.topic_ids.borrow_mut().insert(topic.id, topic.clone());
@@ -137,8 +193,13 @@ impl Shard {
         };
         self.topic_ids.borrow_mut().remove(&topic.id);
         for p in 0..topic.partition_count() {
-            if let Some(log) = self.logs.borrow_mut().remove(&(name.to_string(), p)) {
-                if let Err(e) = log.remove_files() {
+            let id = PartitionId {
+                topic_id: topic.id,
+                index: p,
+            };
+            let removed = self.partitions.borrow_mut().remove(&id);
+            if let Some(partition) = removed {
+                if let Err(e) = partition.log.remove_files() {
                     tracing::error!(topic = name, partition = p, error = %e, "could not delete partition files");
                 }
             }
@@ -154,11 +215,25 @@ where
     F: FnOnce(Rc<PartitionLog>) -> Fut + Send + 'static,
     Fut: Future<Output = R> + 'static,
 {
+    on_owned_partition(topic, partition, move |p| f(p.log.clone())).await
+}
+
+/// Runs `f` with the [`Partition`] `topic`/`partition` on the shard that owns it.
+/// `None` when that shard does not have the partition (deleted meanwhile).
+pub async fn on_owned_partition<R, F, Fut>(topic: &TopicInfo, partition: i32, f: F) -> Option<R>
+where
+    R: Send + 'static,
+    F: FnOnce(Rc<Partition>) -> Fut + Send + 'static,
+    Fut: Future<Output = R> + 'static,
+{
     let owner = topic.owner(partition)?;
-    let name = topic.name.clone();
+    let id = PartitionId {
+        topic_id: topic.id,
+        index: partition,
+    };
     mesh::call(owner, move || async move {
-        let log = current().log(&name, partition)?;
-        Some(f(log).await)
+        let partition = current().partition(id)?;
+        Some(f(partition).await)
     })
     .await
 }
@@ -265,7 +340,8 @@ async fn coordinator_create(
             let ok = mesh::call(s, move || async move {
                 let shard = current();
                 for t in created {
-                    if let Err(e) = shard.apply_topic(t.clone(), Recovery::Scan) {
+                    if let Err(e) = shard.apply_topic(t.clone(), Recovery::Scan, Producers::default)
+                    {
                         tracing::error!(topic = %t.name, error = %e, "could not open partition logs");
                         return false;
                     }

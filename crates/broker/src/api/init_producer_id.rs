@@ -1,6 +1,6 @@
 //! InitProducerId: a producer id for idempotent producers (epoch 0), or the same id with a
-//! bumped epoch when the producer asks with its current one (KIP-360). Transactional ids are
-//! refused: transactions are not implemented.
+//! bumped epoch when the producer asks with its current one (KIP-360; a new id once the epoch
+//! is exhausted). Transactional ids are refused: transactions are not implemented.
 
 use super::{decode_body, respond, Outcome};
 use crate::{producer_state, shard};
@@ -20,9 +20,10 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             .with_producer_epoch(-1);
         return Ok(respond(&req, &response));
     }
-    if body.producer_id.0 >= 0 && body.producer_epoch >= 0 {
-        // KIP-360: the producer keeps its id with the next epoch (its sequences restart at 0).
-        let epoch = body.producer_epoch.checked_add(1).unwrap_or(0);
+    // KIP-360: the producer keeps its id with the next epoch (its sequences restart at 0); at
+    // the last epoch it gets a new id, as epoch 0 of the old one would be fenced as stale.
+    let known = body.producer_id.0 >= 0 && body.producer_epoch >= 0;
+    if let Some(epoch) = body.producer_epoch.checked_add(1).filter(|_| known) {
         return Ok(respond(
             &req,
             &response

@@ -5,14 +5,16 @@ use super::{decode_body, respond, Outcome};
 use crate::connection::Conn;
 use crate::errors;
 use crate::metadata::TopicInfo;
-use crate::producer_state::{self, Decision};
-use crate::shard;
+use crate::producer_state::{Check, ProducerBatch, SequenceError, Settled};
+use crate::shard::{self, Partition};
+use bytes::Bytes;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use ringbroker_protocol::batch::{validate_produced, BatchError, BatchHeader};
 use ringbroker_protocol::request::Request;
 use ringbroker_runtime::executor::spawn;
 use ringbroker_storage::AppendError;
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// The first Produce version whose records are RecordBatch v2.
@@ -41,6 +43,88 @@ fn batch_error_code(e: &BatchError) -> i16 {
         BatchError::TrailingBytes(_) => errors::INVALID_RECORD,
         _ => errors::CORRUPT_MESSAGE,
     }
+}
+
+fn sequence_error_code(e: SequenceError) -> i16 {
+    match e {
+        SequenceError::OutOfOrder => errors::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        SequenceError::StaleEpoch => errors::INVALID_PRODUCER_EPOCH,
+    }
+}
+
+/// The base offset and the log start offset, or an error code and its message.
+type AppendResult = Result<(i64, i64), (i16, String)>;
+
+/// On the partition's owner: checks an idempotent batch and reserves its sequences, appends it,
+/// and answers once it is written (and synced with `sync`). Nothing awaits between the
+/// reservation and the append's first poll, which takes the batch's offsets: pipelined batches
+/// of one producer are accepted at once and land in sequence order.
+async fn append_on_owner(
+    partition: Rc<Partition>,
+    records: Bytes,
+    header: BatchHeader,
+    sync: bool,
+) -> AppendResult {
+    let log = &partition.log;
+    let count = header.records_count as u32;
+    let storage_error = |e: AppendError| (errors::KAFKA_STORAGE_ERROR, e.to_string());
+    let batch = ProducerBatch::of(&header);
+    if batch.is_some() {
+        // Just after start-up, the state may still be read from its snapshot and the log.
+        partition.producers.restored().await;
+    }
+    let reservation = match batch {
+        None => None,
+        Some(batch) => match partition.producers.check_and_reserve(batch) {
+            Check::Reserved(reservation) => Some(reservation),
+            Check::Duplicate(base) => return duplicate(&partition, base, count, sync).await,
+            Check::InFlight(original) => {
+                return match original.outcome().await {
+                    Settled::Written(base) => duplicate(&partition, base, count, sync).await,
+                    Settled::Failed => Err((
+                        errors::KAFKA_STORAGE_ERROR,
+                        "the first copy of this retried batch could not be written".into(),
+                    )),
+                };
+            }
+            Check::Rejected(e) => {
+                return Err((
+                    sequence_error_code(e),
+                    format!(
+                        "producer {} epoch {} sequence {}: {e}",
+                        batch.producer_id, batch.epoch, batch.first_seq
+                    ),
+                ))
+            }
+        },
+    };
+    // A failed append drops the reservation, which releases its sequences for the retry.
+    let base = log
+        .append_batch(records, count)
+        .await
+        .map_err(storage_error)?;
+    if let Some(reservation) = reservation {
+        reservation.written(base);
+    }
+    crate::stats::produce_records(count);
+    if sync {
+        log.sync_to(base + count as i64)
+            .await
+            .map_err(storage_error)?;
+    }
+    Ok((base, log.log_start_offset()))
+}
+
+/// Answers a batch already written at `base`, once it is synced with `sync` (its first copy
+/// may still be waiting for its fdatasync).
+async fn duplicate(partition: &Partition, base: i64, count: u32, sync: bool) -> AppendResult {
+    let log = &partition.log;
+    if sync {
+        log.sync_to(base + count as i64)
+            .await
+            .map_err(|e| (errors::KAFKA_STORAGE_ERROR, e.to_string()))?;
+    }
+    Ok((base, log.log_start_offset()))
 }
 
 pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
@@ -118,60 +202,9 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
                         conn.touched(owner);
                     }
                     let header = BatchHeader::parse(&records).expect("validated above");
-                    let count = header.records_count as u32;
-                    let name = topic.name.clone();
                     Ok(spawn(async move {
-                        shard::on_partition(&topic, index, move |log| async move {
-                            let idempotent = header.producer_id >= 0;
-                            if idempotent {
-                                let decision = producer_state::with_partition(&name, index, |p| {
-                                    p.check(
-                                        header.producer_id,
-                                        header.producer_epoch,
-                                        header.base_sequence,
-                                        header.records_count,
-                                    )
-                                });
-                                match decision {
-                                    Decision::Append => {}
-                                    Decision::Duplicate(base) => {
-                                        return Ok((base, log.log_start_offset()))
-                                    }
-                                    Decision::Reject(code) => {
-                                        return Err((
-                                            code,
-                                            format!(
-                                                "producer {} sequence {} rejected",
-                                                header.producer_id, header.base_sequence
-                                            ),
-                                        ))
-                                    }
-                                }
-                            }
-                            let storage_error =
-                                |e: AppendError| (errors::KAFKA_STORAGE_ERROR, e.to_string());
-                            let base = log
-                                .append_batch(records, count)
-                                .await
-                                .map_err(storage_error)?;
-                            crate::stats::produce_records(count);
-                            if idempotent {
-                                producer_state::with_partition(&name, index, |p| {
-                                    p.record(
-                                        header.producer_id,
-                                        header.producer_epoch,
-                                        header.base_sequence,
-                                        header.records_count,
-                                        base,
-                                    )
-                                });
-                            }
-                            if sync {
-                                log.sync_to(base + count as i64)
-                                    .await
-                                    .map_err(storage_error)?;
-                            }
-                            Ok((base, log.log_start_offset()))
+                        shard::on_owned_partition(&topic, index, move |partition| {
+                            append_on_owner(partition, records, header, sync)
                         })
                         .await
                     }))

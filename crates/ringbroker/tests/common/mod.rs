@@ -299,6 +299,19 @@ impl Client {
         version: i16,
         request: &Req,
     ) -> Resp {
+        let (correlation_id, frame) = self.frame(api, version, request);
+        self.stream.write_all(&frame).unwrap();
+        self.read(api, version, correlation_id)
+    }
+
+    /// Encodes a request with the next correlation id, to send later with [`Client::send`]
+    /// (several frames in one write are pipelined).
+    pub fn frame<Req: Encodable>(
+        &mut self,
+        api: kafka_protocol::messages::ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> (i32, Vec<u8>) {
         self.correlation_id += 1;
         let header = kafka_protocol::messages::RequestHeader::default()
             .with_request_api_key(api as i16)
@@ -315,7 +328,20 @@ impl Client {
         let mut frame = BytesMut::new();
         frame.put_i32(body.len() as i32);
         frame.extend_from_slice(&body);
-        self.stream.write_all(&frame).unwrap();
+        (self.correlation_id, frame.to_vec())
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads the next response, which must answer `correlation_id`.
+    pub fn read<Resp: Decodable>(
+        &mut self,
+        api: kafka_protocol::messages::ApiKey,
+        version: i16,
+        correlation_id: i32,
+    ) -> Resp {
         let mut size = [0u8; 4];
         self.stream
             .read_exact(&mut size)
@@ -328,7 +354,7 @@ impl Client {
             api.response_header_version(version),
         )
         .unwrap();
-        assert_eq!(rh.correlation_id, self.correlation_id);
+        assert_eq!(rh.correlation_id, correlation_id);
         let resp = Resp::decode(&mut buf, version)
             .unwrap_or_else(|e| panic!("decode {api:?} v{version}: {e}"));
         assert!(
