@@ -195,6 +195,7 @@ async fn coordinator_create(
     let table = shard.table.as_ref().expect("shard 0 holds the topic table");
     let mut results = Vec::with_capacity(topics.len());
     let mut created = Vec::new();
+    let mut partitions_total: usize = table.borrow().topics.iter().map(|x| x.owners.len()).sum();
     for t in topics {
         let result = {
             let mut meta = table.borrow_mut();
@@ -213,10 +214,21 @@ async fn coordinator_create(
                     errors::TOPIC_ALREADY_EXISTS,
                     format!("topic {:?} already exists", t.name),
                 ))
-            } else if partitions <= 0 || partitions > 100_000 {
+            } else if partitions <= 0 || partitions > crate::limits::TOPIC_PARTITIONS_MAX {
                 Err((
                     errors::INVALID_PARTITIONS,
-                    format!("{partitions} partitions requested"),
+                    format!(
+                        "{partitions} partitions requested (1 to {} per topic)",
+                        crate::limits::TOPIC_PARTITIONS_MAX
+                    ),
+                ))
+            } else if partitions_total + partitions as usize > crate::limits::PARTITIONS_MAX {
+                Err((
+                    errors::POLICY_VIOLATION,
+                    format!(
+                        "{partitions} more partitions would exceed the broker's limit of {}",
+                        crate::limits::PARTITIONS_MAX
+                    ),
                 ))
             } else if let Err(why) =
                 crate::config::topic_log_config(&shard.shared.config.log, &t.configs)
@@ -235,6 +247,7 @@ async fn coordinator_create(
                     configs: t.configs.clone(),
                 });
                 if !validate_only {
+                    partitions_total += partitions as usize;
                     meta.topics.push(info.clone());
                     created.push(info.clone());
                 }

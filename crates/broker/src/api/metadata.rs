@@ -1,6 +1,7 @@
 //! Metadata: this broker as node 0 of a one-node cluster, and the requested topics (all of
 //! them when none are named). Unknown topics are created when auto-creation is on and the
-//! client allows it.
+//! client allows it. A topic named twice is answered once (as Kafka does), so a response is
+//! never a multiple of the broker's state.
 
 use super::{decode_body, respond, Outcome};
 use crate::errors;
@@ -27,11 +28,15 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let requested: Option<Vec<(Option<String>, uuid::Uuid)>> = match body.topics {
         None => None,
         Some(list) if list.is_empty() && v == 0 => None,
-        Some(list) => Some(
-            list.into_iter()
-                .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
-                .collect(),
-        ),
+        Some(list) => {
+            let mut seen = std::collections::HashSet::new();
+            Some(
+                list.into_iter()
+                    .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
+                    .filter(|key| seen.insert(key.clone()))
+                    .collect(),
+            )
+        }
     };
     match requested {
         None => {

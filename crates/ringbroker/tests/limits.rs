@@ -1,0 +1,307 @@
+//! Every size or count a client controls meets a named broker limit before it reaches an
+//! assertion, an allocation or kept state; the client gets Kafka's error for it and the
+//! broker keeps serving everyone (docs/operations.md, "Limits and failure behaviour").
+
+mod common;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use common::*;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Encodable, StrBytes};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+const GROUP_MAX_SIZE_REACHED: i16 = 81;
+const OFFSET_METADATA_TOO_LARGE: i16 = 12;
+const MEMBER_ID_REQUIRED: i16 = 79;
+const INVALID_GROUP_ID: i16 = 24;
+const INVALID_REQUEST: i16 = 42;
+
+fn name(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+fn create_topic(c: &mut Client, topic: &str, partitions: i32) {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    let r: CreateTopicsResponse = c.call(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(name(topic)))
+                .with_num_partitions(partitions)
+                .with_replication_factor(1)])
+            .with_timeout_ms(5000),
+    );
+    assert_eq!(r.topics[0].error_code, 0, "create {topic}");
+}
+
+fn assert_healthy(broker: &Broker) {
+    let (status, body) = broker.http_get("/health");
+    assert_eq!(status, 200, "/health: {body}\nlog:\n{}", broker.log());
+    let mut c = Client::connect(&broker.addr);
+    let r: ApiVersionsResponse = c.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    assert_eq!(r.error_code, 0);
+    assert!(
+        !broker.log().contains("panicked"),
+        "a shard panicked:\n{}",
+        broker.log()
+    );
+}
+
+/// The issue's reproduction: librdkafka's largest legal fetch settings against a partition of
+/// more than 256 MiB (one gather placeholder). Before the clamp, the whole partition became one
+/// record section and both shards panicked.
+#[test]
+fn largest_legal_librdkafka_fetch_settings_read_a_300_mb_partition_and_the_broker_stays_healthy()
+{
+    const BATCHES: usize = 38;
+    const VALUE_BYTES: usize = 8_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &["--max-message-bytes", "8388608"]);
+    let mut c = Client::connect(&broker.addr);
+    create_topic(&mut c, "big", 1);
+    for i in 0..BATCHES {
+        let value = vec![b'a' + (i % 26) as u8; VALUE_BYTES];
+        let batch = ringbroker_protocol::batch::build_batch(0, 1_700_000_000_000, &[&value]);
+        use kafka_protocol::messages::produce_request::*;
+        let req = ProduceRequest::default()
+            .with_acks(1)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(name("big")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(Bytes::from(batch)))])]);
+        let r: ProduceResponse = c.call(ApiKey::Produce, 9, &req);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    let out = run(
+        "timeout",
+        &[
+            "120",
+            "kcat",
+            "-b",
+            &broker.addr,
+            "-t",
+            "big",
+            "-C",
+            "-e",
+            "-q",
+            "-o",
+            "beginning",
+            "-X",
+            "fetch.max.bytes=2147483135",
+            "-X",
+            "max.partition.fetch.bytes=1000000000",
+            "-X",
+            "receive.message.max.bytes=2147483647",
+            "-f",
+            "%o %S\n",
+        ],
+        "",
+    );
+    let expected: Vec<String> = (0..BATCHES).map(|o| format!("{o} {VALUE_BYTES}")).collect();
+    let got: Vec<String> = out.lines().map(str::to_string).collect();
+    assert_eq!(got, expected, "log:\n{}", broker.log());
+    assert_healthy(&broker);
+}
+
+fn python(script: &str) -> String {
+    run("timeout", &["60", "python3", "-c", script], "")
+}
+
+#[test]
+fn offset_commit_with_metadata_over_4096_bytes_gets_offset_metadata_too_large_and_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    create_topic(&mut c, "t", 2);
+    // kafka-python, as a user would commit: partition 0 with 5000 bytes of metadata, partition
+    // 1 with 4096 (the limit itself is allowed).
+    let script = format!(
+        r#"
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+c = KafkaConsumer(bootstrap_servers="{addr}", group_id="g", enable_auto_commit=False)
+try:
+    c.commit({{TopicPartition("t", 0): OffsetAndMetadata(5, "x" * 5000, -1)}})
+    print("committed")
+except Exception as e:
+    print(type(e).__name__)
+c.commit({{TopicPartition("t", 1): OffsetAndMetadata(7, "y" * 4096, -1)}})
+print(c.committed(TopicPartition("t", 0)), c.committed(TopicPartition("t", 1)))
+c.close()
+"#,
+        addr = broker.addr
+    );
+    let out = python(&script);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"OffsetMetadataTooLargeError"), "{out}");
+    assert_eq!(lines.get(1), Some(&"None 7"), "{out}");
+
+    // Raw, both in one request: only the oversized partition is refused.
+    use kafka_protocol::messages::offset_commit_request::*;
+    let part = |p: i32, meta: usize| {
+        OffsetCommitRequestPartition::default()
+            .with_partition_index(p)
+            .with_committed_offset(3)
+            .with_committed_metadata(Some(name(&"m".repeat(meta))))
+    };
+    let r: OffsetCommitResponse = c.call(
+        ApiKey::OffsetCommit,
+        8,
+        &OffsetCommitRequest::default()
+            .with_group_id(GroupId(name("raw")))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(name("t")))
+                .with_partitions(vec![part(0, 4097), part(1, 10)])]),
+    );
+    let codes: Vec<i16> = r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.error_code)
+        .collect();
+    assert_eq!(codes, [OFFSET_METADATA_TOO_LARGE, 0]);
+    assert_healthy(&broker);
+}
+
+fn join(c: &mut Client, group: &str, member_id: &str, metadata: Bytes) -> JoinGroupResponse {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    c.call(
+        ApiKey::JoinGroup,
+        5,
+        &JoinGroupRequest::default()
+            .with_group_id(GroupId(name(group)))
+            .with_session_timeout_ms(30_000)
+            .with_rebalance_timeout_ms(30_000)
+            .with_member_id(name(member_id))
+            .with_protocol_type(name("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(name("range"))
+                .with_metadata(metadata)]),
+    )
+}
+
+#[test]
+fn joins_beyond_the_group_size_limit_get_group_max_size_reached_and_other_groups_still_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    // JoinGroup v4+ hands a new member an id (MEMBER_ID_REQUIRED) and holds a place for it.
+    for i in 0..1000 {
+        let r = join(&mut c, "full", "", Bytes::new());
+        assert_eq!(r.error_code, MEMBER_ID_REQUIRED, "join {i}");
+    }
+    let r = join(&mut c, "full", "", Bytes::new());
+    assert_eq!(r.error_code, GROUP_MAX_SIZE_REACHED);
+    // A member that already holds a place may still join.
+    let first = join(&mut c, "other", "", Bytes::new());
+    assert_eq!(first.error_code, MEMBER_ID_REQUIRED);
+    let joined = join(&mut c, "other", &first.member_id, Bytes::new());
+    assert_eq!(joined.error_code, 0);
+    assert_eq!(joined.leader, first.member_id);
+    assert_healthy(&broker);
+}
+
+#[test]
+fn join_group_sizes_over_their_limits_are_refused_before_any_state_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    let long_id = "g".repeat(1025);
+    assert_eq!(
+        join(&mut c, &long_id, "", Bytes::new()).error_code,
+        INVALID_GROUP_ID
+    );
+    let big = Bytes::from(vec![0u8; (1 << 20) + 1]);
+    assert_eq!(join(&mut c, "g", "", big).error_code, INVALID_REQUEST);
+    // Neither left a group behind.
+    let r: DescribeGroupsResponse = c.call(
+        ApiKey::DescribeGroups,
+        5,
+        &DescribeGroupsRequest::default()
+            .with_groups(vec![GroupId(name("g")), GroupId(name(&long_id))]),
+    );
+    let states: Vec<&str> = r.groups.iter().map(|g| &*g.group_state).collect();
+    assert_eq!(states, ["Dead", "Dead"]);
+    assert_healthy(&broker);
+}
+
+/// A response is never a multiple of the broker's state: a group or topic named many times is
+/// answered once.
+#[test]
+fn names_repeated_in_one_request_are_answered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    create_topic(&mut c, "wide", 64);
+    let topic = || {
+        metadata_request::MetadataRequestTopic::default().with_name(Some(TopicName(name("wide"))))
+    };
+    let r: MetadataResponse = c.call(
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default().with_topics(Some(vec![topic(); 1000])),
+    );
+    assert_eq!(r.topics.len(), 1);
+    assert_eq!(r.topics[0].partitions.len(), 64);
+    let first = join(&mut c, "g", "", Bytes::new());
+    let joined = join(&mut c, "g", &first.member_id, Bytes::from(vec![1u8; 100_000]));
+    assert_eq!(joined.error_code, 0);
+    let r: DescribeGroupsResponse = c.call(
+        ApiKey::DescribeGroups,
+        5,
+        &DescribeGroupsRequest::default().with_groups(vec![GroupId(name("g")); 1000]),
+    );
+    assert_eq!(r.groups.len(), 1);
+    assert_eq!(r.groups[0].members[0].member_metadata.len(), 100_000);
+    assert_healthy(&broker);
+}
+
+/// A Fetch naming more partitions than a broker may hold is a broken client: its connection
+/// is closed, nothing else.
+#[test]
+fn a_fetch_naming_more_partitions_than_the_broker_may_hold_closes_only_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    create_topic(&mut c, "t", 1);
+    use kafka_protocol::messages::fetch_request::*;
+    let partitions = vec![
+        FetchPartition::default()
+            .with_partition(0)
+            .with_partition_max_bytes(1024);
+        100_001
+    ];
+    let req = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(name("t")))
+            .with_partitions(partitions)]);
+    let version = 12;
+    let mut body = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::Fetch as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .encode(&mut body, ApiKey::Fetch.request_header_version(version))
+        .unwrap();
+    req.encode(&mut body, version).unwrap();
+    let mut frame = BytesMut::new();
+    frame.put_i32(body.len() as i32);
+    frame.extend_from_slice(&body);
+    let mut s = TcpStream::connect(&broker.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&frame).unwrap();
+    let mut reply = Vec::new();
+    let read = s.read_to_end(&mut reply);
+    assert!(
+        read.is_ok() && reply.is_empty(),
+        "expected the connection closed without an answer, got {read:?} and {} bytes",
+        reply.len()
+    );
+    assert_healthy(&broker);
+}
