@@ -230,6 +230,41 @@ fn join_group_sizes_over_their_limits_are_refused_before_any_state_is_kept() {
     assert_healthy(&broker);
 }
 
+#[test]
+fn a_leader_assignment_over_its_limit_gets_invalid_request_and_a_valid_one_then_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    let sync = |c: &mut Client, generation: i32, member: &str, bytes: usize| -> SyncGroupResponse {
+        use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+        c.call(
+            ApiKey::SyncGroup,
+            5,
+            &SyncGroupRequest::default()
+                .with_group_id(GroupId(name("g")))
+                .with_generation_id(generation)
+                .with_member_id(name(member))
+                .with_protocol_type(Some(name("consumer")))
+                .with_protocol_name(Some(name("range")))
+                .with_assignments(vec![SyncGroupRequestAssignment::default()
+                    .with_member_id(name(member))
+                    .with_assignment(Bytes::from(vec![7u8; bytes]))]),
+        )
+    };
+    let first = join(&mut c, "g", "", Bytes::new());
+    let joined = join(&mut c, "g", &first.member_id, Bytes::new());
+    assert_eq!(joined.error_code, 0);
+    let r = sync(&mut c, joined.generation_id, &joined.member_id, (1 << 20) + 1);
+    assert_eq!(r.error_code, INVALID_REQUEST);
+    // The group rebalances; the member joins again and a valid assignment goes through.
+    let again = join(&mut c, "g", &joined.member_id, Bytes::new());
+    assert_eq!(again.error_code, 0);
+    let r = sync(&mut c, again.generation_id, &again.member_id, 1 << 20);
+    assert_eq!(r.error_code, 0);
+    assert_eq!(r.assignment.len(), 1 << 20);
+    assert_healthy(&broker);
+}
+
 /// A response is never a multiple of the broker's state: a group or topic named many times is
 /// answered once.
 #[test]
