@@ -43,6 +43,10 @@ pub const PARTITIONS_MAX: usize = 100_000;
 /// Partitions of one topic. CreateTopics beyond it: INVALID_PARTITIONS.
 pub const TOPIC_PARTITIONS_MAX: i32 = PARTITIONS_MAX as i32;
 
+/// Bytes of one topic's configs (names and values), kept in the topic table. More:
+/// INVALID_CONFIG for that topic.
+pub const TOPIC_CONFIGS_BYTES_MAX: usize = 64 * 1024;
+
 /// Kafka's `offset.metadata.max.bytes`: the metadata string of one committed offset. Longer:
 /// OFFSET_METADATA_TOO_LARGE for that partition.
 pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;

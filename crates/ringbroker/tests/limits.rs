@@ -265,6 +265,49 @@ fn a_leader_assignment_over_its_limit_gets_invalid_request_and_a_valid_one_then_
     assert_healthy(&broker);
 }
 
+#[test]
+fn topic_configs_over_their_limit_get_invalid_config_and_the_other_topics_are_created() {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    let topic = |n: &str, value_bytes: usize| {
+        CreatableTopic::default()
+            .with_name(TopicName(name(n)))
+            .with_num_partitions(1)
+            .with_replication_factor(1)
+            .with_configs(vec![CreatableTopicConfig::default()
+                .with_name(name("x.note"))
+                .with_value(Some(name(&"v".repeat(value_bytes))))])
+    };
+    let r: CreateTopicsResponse = c.call(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default()
+            .with_topics(vec![topic("small", 100), topic("huge", 70_000), topic("also", 1)])
+            .with_timeout_ms(5000),
+    );
+    let codes: Vec<(&str, i16)> = r
+        .topics
+        .iter()
+        .map(|t| (&*t.name.0, t.error_code))
+        .collect();
+    assert_eq!(codes, [("small", 0), ("huge", 40), ("also", 0)]);
+    let m: MetadataResponse = c.call(
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default().with_topics(None),
+    );
+    let mut names: Vec<String> = m
+        .topics
+        .iter()
+        .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["also", "small"]);
+    assert_healthy(&broker);
+}
+
 /// A response is never a multiple of the broker's state: a group or topic named many times is
 /// answered once.
 #[test]
