@@ -304,7 +304,7 @@ fn topic_configs_over_their_limit_get_invalid_config_and_the_other_topics_are_cr
         .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
         .collect();
     names.sort();
-    assert_eq!(names, ["also", "small"]);
+    assert_eq!(names, ["__consumer_offsets", "also", "small"]);
     assert_healthy(&broker);
 }
 
