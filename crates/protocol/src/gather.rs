@@ -20,7 +20,9 @@ pub const PLACEHOLDER_BYTES_MAX: usize = 256 << 20;
 
 /// A record section longer than [`PLACEHOLDER_BYTES_MAX`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("record section of {bytes} bytes exceeds the {PLACEHOLDER_BYTES_MAX}-byte placeholder limit")]
+#[error(
+    "record section of {bytes} bytes exceeds the {PLACEHOLDER_BYTES_MAX}-byte placeholder limit"
+)]
 pub struct SectionTooLarge {
     pub bytes: usize,
 }

@@ -54,8 +54,7 @@ fn assert_healthy(broker: &Broker) {
 /// more than 256 MiB (one gather placeholder). Before the clamp, the whole partition became one
 /// record section and both shards panicked.
 #[test]
-fn largest_legal_librdkafka_fetch_settings_read_a_300_mb_partition_and_the_broker_stays_healthy()
-{
+fn largest_legal_librdkafka_fetch_settings_read_a_300_mb_partition_and_the_broker_stays_healthy() {
     const BATCHES: usize = 38;
     const VALUE_BYTES: usize = 8_000_000;
     let dir = tempfile::tempdir().unwrap();
@@ -254,7 +253,12 @@ fn a_leader_assignment_over_its_limit_gets_invalid_request_and_a_valid_one_then_
     let first = join(&mut c, "g", "", Bytes::new());
     let joined = join(&mut c, "g", &first.member_id, Bytes::new());
     assert_eq!(joined.error_code, 0);
-    let r = sync(&mut c, joined.generation_id, &joined.member_id, (1 << 20) + 1);
+    let r = sync(
+        &mut c,
+        joined.generation_id,
+        &joined.member_id,
+        (1 << 20) + 1,
+    );
     assert_eq!(r.error_code, INVALID_REQUEST);
     // The group rebalances; the member joins again and a valid assignment goes through.
     let again = join(&mut c, "g", &joined.member_id, Bytes::new());
@@ -284,7 +288,11 @@ fn topic_configs_over_their_limit_get_invalid_config_and_the_other_topics_are_cr
         ApiKey::CreateTopics,
         7,
         &CreateTopicsRequest::default()
-            .with_topics(vec![topic("small", 100), topic("huge", 70_000), topic("also", 1)])
+            .with_topics(vec![
+                topic("small", 100),
+                topic("huge", 70_000),
+                topic("also", 1),
+            ])
             .with_timeout_ms(5000),
     );
     let codes: Vec<(&str, i16)> = r
@@ -327,7 +335,12 @@ fn names_repeated_in_one_request_are_answered_once() {
     assert_eq!(r.topics.len(), 1);
     assert_eq!(r.topics[0].partitions.len(), 64);
     let first = join(&mut c, "g", "", Bytes::new());
-    let joined = join(&mut c, "g", &first.member_id, Bytes::from(vec![1u8; 100_000]));
+    let joined = join(
+        &mut c,
+        "g",
+        &first.member_id,
+        Bytes::from(vec![1u8; 100_000]),
+    );
     assert_eq!(joined.error_code, 0);
     let r: DescribeGroupsResponse = c.call(
         ApiKey::DescribeGroups,

@@ -19,7 +19,10 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: ListOffsetsRequest = decode_body(&mut req)?;
     let asked: usize = body.topics.iter().map(|t| t.partitions.len()).sum();
     if asked > REQUEST_PARTITIONS_MAX {
-        crate::warn_limited!(partitions = asked, "ListOffsets names too many partitions; closing");
+        crate::warn_limited!(
+            partitions = asked,
+            "ListOffsets names too many partitions; closing"
+        );
         return Err(Outcome::Close(format!(
             "ListOffsets names {asked} partitions, more than {REQUEST_PARTITIONS_MAX}"
         )));

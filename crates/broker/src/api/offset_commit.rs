@@ -19,7 +19,10 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let group = body.group_id.0.to_string();
     let asked_count: usize = body.topics.iter().map(|t| t.partitions.len()).sum();
     if asked_count > REQUEST_PARTITIONS_MAX {
-        crate::warn_limited!(partitions = asked_count, "OffsetCommit names too many partitions; closing");
+        crate::warn_limited!(
+            partitions = asked_count,
+            "OffsetCommit names too many partitions; closing"
+        );
         return Err(Outcome::Close(format!(
             "OffsetCommit names {asked_count} partitions, more than {REQUEST_PARTITIONS_MAX}"
         )));

@@ -56,7 +56,10 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         )
         .sum();
     if asked > REQUEST_PARTITIONS_MAX {
-        crate::warn_limited!(partitions = asked, "OffsetFetch names too many partitions; closing");
+        crate::warn_limited!(
+            partitions = asked,
+            "OffsetFetch names too many partitions; closing"
+        );
         return Err(Outcome::Close(format!(
             "OffsetFetch names {asked} partitions, more than {REQUEST_PARTITIONS_MAX}"
         )));
