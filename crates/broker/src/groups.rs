@@ -1032,6 +1032,67 @@ pub fn all_committed() -> Vec<(String, String, i32, i64)> {
 mod tests {
     use super::*;
 
+    fn join_request(group: &str, protocols: Vec<(String, Bytes)>) -> JoinRequest {
+        JoinRequest {
+            group: group.into(),
+            member_id: String::new(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: String::new(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: "consumer".into(),
+            protocols,
+            require_known_member_id: true,
+        }
+    }
+
+    #[test]
+    fn join_requests_over_a_limit_are_refused_with_their_error() {
+        let range = |meta: usize| vec![("range".to_string(), Bytes::from(vec![0u8; meta]))];
+        assert_eq!(join_request_error(&join_request("g", range(10))), None);
+        assert_eq!(
+            join_request_error(&join_request("", range(10))),
+            Some(INVALID_GROUP_ID)
+        );
+        let at_limit = "g".repeat(GROUP_ID_BYTES_MAX);
+        assert_eq!(
+            join_request_error(&join_request(&at_limit, range(10))),
+            None
+        );
+        assert_eq!(
+            join_request_error(&join_request(&format!("{at_limit}g"), range(10))),
+            Some(INVALID_GROUP_ID)
+        );
+        // Protocol type, names and metadata together.
+        let fits = MEMBER_METADATA_BYTES_MAX - "consumer".len() - "range".len();
+        assert_eq!(join_request_error(&join_request("g", range(fits))), None);
+        assert_eq!(
+            join_request_error(&join_request("g", range(fits + 1))),
+            Some(errors::INVALID_REQUEST)
+        );
+        let many = (0..=JOIN_PROTOCOLS_MAX)
+            .map(|i| (format!("p{i}"), Bytes::new()))
+            .collect();
+        assert_eq!(
+            join_request_error(&join_request("g", many)),
+            Some(errors::INVALID_REQUEST)
+        );
+        let mut r = join_request("g", range(1));
+        r.instance_id = Some("i".repeat(GROUP_INSTANCE_ID_BYTES_MAX + 1));
+        assert_eq!(join_request_error(&r), Some(errors::INVALID_REQUEST));
+    }
+
+    #[test]
+    fn kept_client_ids_are_cut_at_a_character_boundary() {
+        assert_eq!(truncated("abc", 2), "ab");
+        assert_eq!(truncated("abc", 10), "abc");
+        // 'é' is two bytes: cutting inside it keeps the character out.
+        assert_eq!(truncated("aé", 2), "a");
+        let long = "x".repeat(1000);
+        assert_eq!(truncated(&long, MEMBER_CLIENT_ID_BYTES_MAX).len(), 255);
+    }
+
     #[test]
     fn offset_records_round_trip() {
         let c = Committed {
