@@ -104,6 +104,55 @@ fn largest_legal_librdkafka_fetch_settings_read_a_300_mb_partition_and_the_broke
     let expected: Vec<String> = (0..BATCHES).map(|o| format!("{o} {VALUE_BYTES}")).collect();
     let got: Vec<String> = out.lines().map(str::to_string).collect();
     assert_eq!(got, expected, "log:\n{}", broker.log());
+    // A recent librdkafka (confluent-kafka's wheel) in a consumer group, same settings.
+    let script = format!(
+        r#"
+from confluent_kafka import Consumer, KafkaError
+c = Consumer({{"bootstrap.servers": "{addr}", "group.id": "big-readers",
+    "auto.offset.reset": "earliest", "enable.partition.eof": True,
+    "fetch.max.bytes": 2147483135, "max.partition.fetch.bytes": 1000000000,
+    "receive.message.max.bytes": 2147483647}})
+c.subscribe(["big"])
+while True:
+    m = c.poll(30)
+    if m is None:
+        raise SystemExit("no message within 30 s")
+    if m.error():
+        if m.error().code() == KafkaError._PARTITION_EOF:
+            break
+        raise SystemExit(str(m.error()))
+    print(m.offset(), len(m.value()))
+c.close()
+"#,
+        addr = broker.addr
+    );
+    let out = python(&script);
+    let got: Vec<String> = out.lines().map(str::to_string).collect();
+    assert_eq!(got, expected, "log:\n{}", broker.log());
+    // The same limits by hand: the response holds --fetch-max-bytes (57671680) at most, in
+    // whole batches, and a partition limit of 0 still gets one whole batch (KIP-74).
+    let mut fetch = |max_bytes: i32, partition_max_bytes: i32| -> usize {
+        use kafka_protocol::messages::fetch_request::*;
+        let r: FetchResponse = c.call(
+            ApiKey::Fetch,
+            12,
+            &FetchRequest::default()
+                .with_max_bytes(max_bytes)
+                .with_topics(vec![FetchTopic::default()
+                    .with_topic(TopicName(name("big")))
+                    .with_partitions(vec![FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(partition_max_bytes)])]),
+        );
+        let p = &r.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0);
+        p.records.as_ref().map_or(0, |b| b.len())
+    };
+    let batch_bytes = fetch(i32::MAX, 0);
+    assert!(batch_bytes > VALUE_BYTES && batch_bytes < VALUE_BYTES + 100);
+    let clamped = fetch(i32::MAX, 1_000_000_000);
+    assert_eq!(clamped, 57_671_680 / batch_bytes * batch_bytes);
     assert_healthy(&broker);
 }
 
