@@ -36,6 +36,10 @@ pub const RECORD_SECTION_BYTES_MAX: usize = ringbroker_protocol::gather::PLACEHO
 /// connection is closed, as for a malformed request.
 pub const REQUEST_PARTITIONS_MAX: usize = PARTITIONS_MAX;
 
+/// Topics one CreateTopics, DeleteTopics or Metadata request may name (every topic has a
+/// partition, so no more can exist). Beyond it the connection is closed.
+pub const REQUEST_TOPICS_MAX: usize = PARTITIONS_MAX;
+
 /// Partitions of all topics together (Kafka has no such limit; each partition costs open
 /// files and memory). CreateTopics or auto-creation beyond it: POLICY_VIOLATION.
 pub const PARTITIONS_MAX: usize = 100_000;

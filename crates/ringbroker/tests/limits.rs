@@ -365,6 +365,50 @@ fn topic_configs_over_their_limit_get_invalid_config_and_the_other_topics_are_cr
     assert_healthy(&broker);
 }
 
+/// Kafka's rule: a topic named twice in CreateTopics or DeleteTopics is INVALID_REQUEST, and
+/// the repeats never reach the topic table.
+#[test]
+fn a_topic_named_twice_in_create_or_delete_topics_gets_invalid_request() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    let creatable = |n: &str| {
+        CreatableTopic::default()
+            .with_name(TopicName(name(n)))
+            .with_num_partitions(1)
+            .with_replication_factor(1)
+    };
+    let r: CreateTopicsResponse = c.call(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default()
+            .with_topics(vec![creatable("a"), creatable("b"), creatable("a")])
+            .with_timeout_ms(5000),
+    );
+    let codes: Vec<(&str, i16)> = r
+        .topics
+        .iter()
+        .map(|t| (&*t.name.0, t.error_code))
+        .collect();
+    assert_eq!(
+        codes,
+        [("a", INVALID_REQUEST), ("b", 0), ("a", INVALID_REQUEST)]
+    );
+    let deletable = |n: &str| DeleteTopicState::default().with_name(Some(TopicName(name(n))));
+    let r: DeleteTopicsResponse = c.call(
+        ApiKey::DeleteTopics,
+        6,
+        &DeleteTopicsRequest::default()
+            .with_topics(vec![deletable("b"), deletable("b"), deletable("nope")])
+            .with_timeout_ms(5000),
+    );
+    let codes: Vec<i16> = r.responses.iter().map(|t| t.error_code).collect();
+    assert_eq!(codes, [0, INVALID_REQUEST, 3]);
+    assert_healthy(&broker);
+}
+
 /// A response is never a multiple of the broker's state: a group or topic named many times is
 /// answered once.
 #[test]

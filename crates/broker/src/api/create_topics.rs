@@ -1,9 +1,10 @@
 //! CreateTopics: validated and placed by shard 0, persisted, then opened by each owner. A
-//! topic's configs are kept with it, so their size is bounded here first.
+//! topic's configs are kept with it, so their size is bounded here first; a topic named twice
+//! gets INVALID_REQUEST for each entry (as in Kafka).
 
 use super::{decode_body, respond, Outcome};
 use crate::errors;
-use crate::limits::TOPIC_CONFIGS_BYTES_MAX;
+use crate::limits::{REQUEST_TOPICS_MAX, TOPIC_CONFIGS_BYTES_MAX};
 use crate::shard::{self, NewTopic};
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
@@ -13,6 +14,20 @@ use ringbroker_protocol::request::Request;
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: CreateTopicsRequest = decode_body(&mut req)?;
     let v = req.version;
+    if body.topics.len() > REQUEST_TOPICS_MAX {
+        let count = body.topics.len();
+        crate::warn_limited!(
+            topics = count,
+            "CreateTopics names too many topics; closing"
+        );
+        return Err(Outcome::Close(format!(
+            "CreateTopics names {count} topics, more than {REQUEST_TOPICS_MAX}"
+        )));
+    }
+    let mut times_named = std::collections::HashMap::new();
+    for t in &body.topics {
+        *times_named.entry(&t.name.0).or_insert(0usize) += 1;
+    }
     let configs_bytes = |t: &kafka_protocol::messages::create_topics_request::CreatableTopic| {
         t.configs
             .iter()
@@ -24,12 +39,19 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         .iter()
         .map(|t| {
             let bytes = configs_bytes(t);
-            (bytes > TOPIC_CONFIGS_BYTES_MAX).then(|| {
-                (
+            if times_named[&t.name.0] > 1 {
+                Some((
+                    errors::INVALID_REQUEST,
+                    "topic named more than once in one request".to_string(),
+                ))
+            } else if bytes > TOPIC_CONFIGS_BYTES_MAX {
+                Some((
                     errors::INVALID_CONFIG,
                     format!("{bytes} bytes of configs, more than {TOPIC_CONFIGS_BYTES_MAX}"),
-                )
-            })
+                ))
+            } else {
+                None
+            }
         })
         .collect();
     let requested: Vec<NewTopic> = body

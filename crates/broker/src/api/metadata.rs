@@ -21,6 +21,14 @@ const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: MetadataRequest = decode_body(&mut req)?;
     let v = req.version;
+    let count = body.topics.as_ref().map_or(0, Vec::len);
+    if count > crate::limits::REQUEST_TOPICS_MAX {
+        crate::warn_limited!(topics = count, "Metadata names too many topics; closing");
+        return Err(Outcome::Close(format!(
+            "Metadata names {count} topics, more than {}",
+            crate::limits::REQUEST_TOPICS_MAX
+        )));
+    }
     let shard = shard::current();
     let shared = shard.shared.clone();
     let mut topics = Vec::new();
