@@ -108,7 +108,7 @@ pub struct ServeArgs {
     pub frame_bytes_max: Option<usize>,
 
     /// Largest record batch a Produce may carry (Kafka's `max.message.bytes`); larger ones
-    /// get MESSAGE_TOO_LARGE. [default: 1048588]
+    /// get MESSAGE_TOO_LARGE. At most 268435456 (one Fetch record section). [default: 1048588]
     #[arg(long, env = "RINGBROKER_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
 
