@@ -105,7 +105,9 @@ fn fetch_encoding(c: &mut Criterion) {
                     PartitionData::default()
                         .with_partition_index(i)
                         .with_high_watermark(1 << 20)
-                        .with_records(Some(placeholder(1 << 20)))
+                        .with_records(Some(
+                            placeholder(1 << 20).expect("1 MiB fits a placeholder"),
+                        ))
                 })
                 .collect();
             let topic = FetchableTopicResponse::default()

@@ -64,6 +64,9 @@ pub struct BrokerConfig {
     pub default_partitions: i32,
     pub frame_bytes_max: usize,
     pub message_bytes_max: usize,
+    /// Record bytes one Fetch response carries at most (Kafka's `fetch.max.bytes`); clients'
+    /// larger `max_bytes`/`partition_max_bytes` are clamped to it.
+    pub fetch_bytes_max: usize,
     pub ring: RingConfig,
     /// Wake other shards with MSG_RING (else eventfd writes).
     pub use_msg_ring: bool,
@@ -102,6 +105,7 @@ impl BrokerConfig {
             default_partitions: 1,
             frame_bytes_max: ringbroker_protocol::frame::FRAME_BYTES_MAX_DEFAULT,
             message_bytes_max: MESSAGE_BYTES_MAX_DEFAULT,
+            fetch_bytes_max: crate::limits::FETCH_BYTES_MAX_DEFAULT,
             ring: RingConfig::default(),
             use_msg_ring: true,
             log: LogConfig::default(),
@@ -151,12 +155,18 @@ pub fn topic_log_config(
                 n => return Err(format!("segment.ms={n} must be at least 1")),
             },
             "max.message.bytes" => match number()? {
-                n if n >= 61 => {}
-                n => {
+                n if n < 61 => {
                     return Err(format!(
                         "max.message.bytes={n} is below one empty batch (61)"
                     ))
                 }
+                n if n as u64 > crate::limits::RECORD_SECTION_BYTES_MAX as u64 => {
+                    return Err(format!(
+                        "max.message.bytes={n} is above {}, the largest batch a Fetch can serve",
+                        crate::limits::RECORD_SECTION_BYTES_MAX
+                    ))
+                }
+                _ => {}
             },
             _ => {} // stored and ignored: other Kafka topic configs do not apply here yet
         }

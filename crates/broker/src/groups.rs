@@ -12,6 +12,11 @@
 //! rebuilt in memory when the shard starts.
 
 use crate::errors;
+use crate::limits::{
+    GROUPS_PER_SHARD_MAX, GROUP_ID_BYTES_MAX, GROUP_INSTANCE_ID_BYTES_MAX, GROUP_MEMBERS_MAX,
+    JOIN_PROTOCOLS_MAX, MEMBER_ASSIGNMENT_BYTES_MAX, MEMBER_CLIENT_ID_BYTES_MAX,
+    MEMBER_METADATA_BYTES_MAX,
+};
 use crate::shard;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ringbroker_runtime::oneshot;
@@ -144,6 +149,11 @@ impl Group {
             pending: Vec::new(),
             rebalance_deadline: None,
         }
+    }
+
+    /// Whether one more member (or pending member id) would exceed [`GROUP_MEMBERS_MAX`].
+    fn full(&self) -> bool {
+        self.members.len() + self.pending.len() >= GROUP_MEMBERS_MAX
     }
 
     fn member(&mut self, id: &str) -> Option<&mut Member> {
@@ -333,21 +343,72 @@ fn new_member_id(client_id: &str) -> String {
     format!("{client_id}-{}", uuid::Uuid::new_v4())
 }
 
-/// JoinGroup, run on the group's shard.
-pub async fn join(req: JoinRequest) -> JoinResult {
-    if req.group.is_empty() {
-        return JoinResult {
-            error: INVALID_GROUP_ID,
-            ..Default::default()
-        };
+/// `s` cut to at most `bytes_max` bytes, at a character boundary.
+fn truncated(s: &str, bytes_max: usize) -> &str {
+    let mut end = s.len().min(bytes_max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Whether a group id is one this broker keeps state for (JoinGroup, OffsetCommit).
+pub fn valid_group_id(group: &str) -> bool {
+    !group.is_empty() && group.len() <= GROUP_ID_BYTES_MAX
+}
+
+/// The error for a JoinGroup whose sizes exceed a limit before it touches any state.
+fn join_request_error(req: &JoinRequest) -> Option<i16> {
+    if !valid_group_id(&req.group) {
+        return Some(INVALID_GROUP_ID);
     }
     if !(1..=30 * 60 * 1000).contains(&req.session_timeout_ms) {
+        return Some(INVALID_SESSION_TIMEOUT);
+    }
+    let metadata_bytes = req.protocol_type.len()
+        + req
+            .protocols
+            .iter()
+            .map(|(name, meta)| name.len() + meta.len())
+            .sum::<usize>();
+    let too_big = req
+        .instance_id
+        .as_ref()
+        .is_some_and(|i| i.len() > GROUP_INSTANCE_ID_BYTES_MAX)
+        || req.protocols.len() > JOIN_PROTOCOLS_MAX
+        || metadata_bytes > MEMBER_METADATA_BYTES_MAX;
+    if too_big {
+        crate::warn_limited!(
+            group = %truncated(&req.group, 64),
+            protocols = req.protocols.len(),
+            metadata_bytes,
+            "JoinGroup over a limit: INVALID_REQUEST"
+        );
+        return Some(errors::INVALID_REQUEST);
+    }
+    None
+}
+
+/// JoinGroup, run on the group's shard.
+pub async fn join(req: JoinRequest) -> JoinResult {
+    if let Some(error) = join_request_error(&req) {
         return JoinResult {
-            error: INVALID_SESSION_TIMEOUT,
+            error,
             ..Default::default()
         };
     }
+    let client_id = truncated(&req.client_id, MEMBER_CLIENT_ID_BYTES_MAX);
     let waiter = with(|c| {
+        if !c.groups.contains_key(&req.group) && c.groups.len() >= GROUPS_PER_SHARD_MAX {
+            crate::warn_limited!(
+                max = GROUPS_PER_SHARD_MAX,
+                "JoinGroup for a new group on a full shard: COORDINATOR_NOT_AVAILABLE"
+            );
+            return Err(Box::new(JoinResult {
+                error: errors::COORDINATOR_NOT_AVAILABLE,
+                ..Default::default()
+            }));
+        }
         let g = c.groups.entry(req.group.clone()).or_insert_with(Group::new);
         if g.state != GroupState::Empty && g.protocol_type.as_deref() != Some(&req.protocol_type) {
             return Err(Box::new(JoinResult {
@@ -364,7 +425,14 @@ pub async fn join(req: JoinRequest) -> JoinResult {
                     .find(|(_, m)| m.instance_id.as_ref() == Some(iid))
                     .map(|(id, _)| id.clone())
             });
-            member_id = new_member_id(&req.client_id);
+            if static_old.is_none() && g.full() {
+                crate::warn_limited!(group = %req.group, max = GROUP_MEMBERS_MAX, "JoinGroup: GROUP_MAX_SIZE_REACHED");
+                return Err(Box::new(JoinResult {
+                    error: errors::GROUP_MAX_SIZE_REACHED,
+                    ..Default::default()
+                }));
+            }
+            member_id = new_member_id(client_id);
             if let Some(old) = static_old {
                 let slot = g
                     .members
@@ -402,7 +470,7 @@ pub async fn join(req: JoinRequest) -> JoinResult {
                 member_id.clone(),
                 Member {
                     instance_id: req.instance_id.clone(),
-                    client_id: req.client_id.clone(),
+                    client_id: client_id.to_string(),
                     client_host: req.client_host.clone(),
                     session_timeout: Duration::ZERO,
                     rebalance_timeout: Duration::ZERO,
@@ -421,7 +489,12 @@ pub async fn join(req: JoinRequest) -> JoinResult {
         m.session_timeout = Duration::from_millis(req.session_timeout_ms as u64);
         m.rebalance_timeout =
             Duration::from_millis(req.rebalance_timeout_ms.max(req.session_timeout_ms) as u64);
-        m.protocols = req.protocols.clone();
+        // Copies: a slice would keep the whole request frame alive as long as the member.
+        m.protocols = req
+            .protocols
+            .iter()
+            .map(|(name, meta)| (name.clone(), Bytes::copy_from_slice(meta)))
+            .collect();
         m.last_seen = Instant::now();
         m.joined = true;
         if let Some(old) = m.join_waiter.replace(tx) {
@@ -488,11 +561,24 @@ pub async fn sync(
                 let (tx, rx) = oneshot::channel();
                 g.member(&member_id).expect("checked").sync_waiter = Some(tx);
                 if g.leader.as_ref() == Some(&member_id) {
+                    if let Some((_, a)) = assignments
+                        .iter()
+                        .find(|(_, a)| a.len() > MEMBER_ASSIGNMENT_BYTES_MAX)
+                    {
+                        crate::warn_limited!(group = %group, bytes = a.len(), max = MEMBER_ASSIGNMENT_BYTES_MAX, "SyncGroup assignment too large: INVALID_REQUEST, rebalancing");
+                        g.member(&member_id).expect("checked").sync_waiter = None;
+                        g.start_rebalance();
+                        return Err(SyncResult {
+                            error: errors::INVALID_REQUEST,
+                            ..Default::default()
+                        });
+                    }
                     for (id, m) in &mut g.members {
+                        // Copies, so the request frame is not kept alive by a slice of it.
                         m.assignment = assignments
                             .iter()
                             .find(|(a, _)| a == id)
-                            .map(|(_, b)| b.clone())
+                            .map(|(_, b)| Bytes::copy_from_slice(b))
                             .unwrap_or_default();
                     }
                     g.state = GroupState::Stable;
@@ -604,6 +690,10 @@ pub fn sweep() {
                 g.maybe_complete_join(true);
             }
         }
+        // A group without members keeps no coordination state worth holding (its committed
+        // offsets live apart), so its slot counts towards GROUPS_PER_SHARD_MAX no longer.
+        c.groups
+            .retain(|_, g| !(g.members.is_empty() && g.pending.is_empty()));
     })
 }
 
@@ -640,7 +730,13 @@ pub fn describe(
     Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
 )> {
     with(|c| {
-        let g = c.groups.get(group)?;
+        let Some(g) = c.groups.get(group) else {
+            // Known only by its committed offsets: a group without members.
+            return c
+                .offsets
+                .contains_key(group)
+                .then(|| ("Empty", String::new(), String::new(), Vec::new()));
+        };
         let protocol = g.protocol.clone().unwrap_or_default();
         let members = g
             .members
@@ -673,6 +769,26 @@ pub fn describe(
 /// Whether the group has live members (such a group cannot be deleted).
 pub fn has_members(group: &str) -> bool {
     with(|c| c.groups.get(group).is_some_and(|g| !g.members.is_empty()))
+}
+
+/// Whether a commit may add offsets for `group`: INVALID_GROUP_ID for an id this broker does
+/// not keep, COORDINATOR_NOT_AVAILABLE when the group is new and the shard holds
+/// [`GROUPS_PER_SHARD_MAX`] groups with offsets already.
+pub fn offsets_room(group: &str) -> i16 {
+    if !valid_group_id(group) {
+        return INVALID_GROUP_ID;
+    }
+    with(|c| {
+        if !c.offsets.contains_key(group) && c.offsets.len() >= GROUPS_PER_SHARD_MAX {
+            crate::warn_limited!(
+                max = GROUPS_PER_SHARD_MAX,
+                "OffsetCommit for a new group on a full shard: COORDINATOR_NOT_AVAILABLE"
+            );
+            errors::COORDINATOR_NOT_AVAILABLE
+        } else {
+            errors::NONE
+        }
+    })
 }
 
 /// Checks that a commit comes from a current member (generation -1: a simple, group-less commit).
@@ -915,6 +1031,67 @@ pub fn all_committed() -> Vec<(String, String, i32, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn join_request(group: &str, protocols: Vec<(String, Bytes)>) -> JoinRequest {
+        JoinRequest {
+            group: group.into(),
+            member_id: String::new(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: String::new(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: "consumer".into(),
+            protocols,
+            require_known_member_id: true,
+        }
+    }
+
+    #[test]
+    fn join_requests_over_a_limit_are_refused_with_their_error() {
+        let range = |meta: usize| vec![("range".to_string(), Bytes::from(vec![0u8; meta]))];
+        assert_eq!(join_request_error(&join_request("g", range(10))), None);
+        assert_eq!(
+            join_request_error(&join_request("", range(10))),
+            Some(INVALID_GROUP_ID)
+        );
+        let at_limit = "g".repeat(GROUP_ID_BYTES_MAX);
+        assert_eq!(
+            join_request_error(&join_request(&at_limit, range(10))),
+            None
+        );
+        assert_eq!(
+            join_request_error(&join_request(&format!("{at_limit}g"), range(10))),
+            Some(INVALID_GROUP_ID)
+        );
+        // Protocol type, names and metadata together.
+        let fits = MEMBER_METADATA_BYTES_MAX - "consumer".len() - "range".len();
+        assert_eq!(join_request_error(&join_request("g", range(fits))), None);
+        assert_eq!(
+            join_request_error(&join_request("g", range(fits + 1))),
+            Some(errors::INVALID_REQUEST)
+        );
+        let many = (0..=JOIN_PROTOCOLS_MAX)
+            .map(|i| (format!("p{i}"), Bytes::new()))
+            .collect();
+        assert_eq!(
+            join_request_error(&join_request("g", many)),
+            Some(errors::INVALID_REQUEST)
+        );
+        let mut r = join_request("g", range(1));
+        r.instance_id = Some("i".repeat(GROUP_INSTANCE_ID_BYTES_MAX + 1));
+        assert_eq!(join_request_error(&r), Some(errors::INVALID_REQUEST));
+    }
+
+    #[test]
+    fn kept_client_ids_are_cut_at_a_character_boundary() {
+        assert_eq!(truncated("abc", 2), "ab");
+        assert_eq!(truncated("abc", 10), "abc");
+        // 'é' is two bytes: cutting inside it keeps the character out.
+        assert_eq!(truncated("aé", 2), "a");
+        let long = "x".repeat(1000);
+        assert_eq!(truncated(&long, MEMBER_CLIENT_ID_BYTES_MAX).len(), 255);
+    }
 
     #[test]
     fn offset_records_round_trip() {

@@ -1,5 +1,8 @@
-//! Per-shard limits that keep hostile or broken clients from costing more than their own
-//! connection: rate-limited warnings, the receive-buffer budget, the connection count.
+//! Limits that keep hostile or broken clients from costing more than their own connection:
+//! rate-limited warnings, the receive-buffer budget, the connection count, and a named bound
+//! on every size or count a client controls before it reaches an allocation, a loop, a
+//! placeholder or state the broker keeps (docs/operations.md, "Limits and failure behaviour",
+//! lists each with what a client sees when it is exceeded).
 
 use ringbroker_runtime::notify::Notify;
 use std::cell::{Cell, RefCell};
@@ -17,6 +20,72 @@ pub const WARNINGS_PER_SECOND: f64 = 10.0;
 /// needs a bigger buffer for a large frame waits until others give theirs back (one always
 /// may, so progress is guaranteed). Kafka's equivalent is `queued.max.request.bytes`.
 pub const RECV_BUDGET_BYTES_DEFAULT: usize = 512 * 1024 * 1024;
+
+/// Kafka's default `fetch.max.bytes`: the most record bytes one Fetch response carries (the
+/// first batch is always whole, KIP-74). `--fetch-max-bytes`; a Fetch's `max_bytes` and each
+/// `partition_max_bytes` are clamped to it.
+pub const FETCH_BYTES_MAX_DEFAULT: usize = 57_671_680;
+
+/// Largest `--fetch-max-bytes` and `--max-message-bytes` (and topic `max.message.bytes`): one
+/// partition's record section in a Fetch response, a whole batch at most this big included,
+/// must fit one gather placeholder.
+pub const RECORD_SECTION_BYTES_MAX: usize = ringbroker_protocol::gather::PLACEHOLDER_BYTES_MAX;
+
+/// Partitions one request may name (Fetch, ListOffsets, OffsetCommit, OffsetFetch), counting
+/// repeats: no real client names more partitions than a broker may hold. Beyond it the
+/// connection is closed, as for a malformed request.
+pub const REQUEST_PARTITIONS_MAX: usize = PARTITIONS_MAX;
+
+/// Topics one CreateTopics, DeleteTopics or Metadata request may name (every topic has a
+/// partition, so no more can exist). Beyond it the connection is closed.
+pub const REQUEST_TOPICS_MAX: usize = PARTITIONS_MAX;
+
+/// Partitions of all topics together (Kafka has no such limit; each partition costs open
+/// files and memory). CreateTopics or auto-creation beyond it: POLICY_VIOLATION.
+pub const PARTITIONS_MAX: usize = 100_000;
+
+/// Partitions of one topic. CreateTopics beyond it: INVALID_PARTITIONS.
+pub const TOPIC_PARTITIONS_MAX: i32 = PARTITIONS_MAX as i32;
+
+/// Bytes of one topic's configs (names and values), kept in the topic table. More:
+/// INVALID_CONFIG for that topic.
+pub const TOPIC_CONFIGS_BYTES_MAX: usize = 64 * 1024;
+
+/// Kafka's `offset.metadata.max.bytes`: the metadata string of one committed offset. Longer:
+/// OFFSET_METADATA_TOO_LARGE for that partition.
+pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+
+/// Kafka's `group.max.size` (unbounded there by default): members of one group, counting ids
+/// handed out by MEMBER_ID_REQUIRED and not yet joined. A further JoinGroup:
+/// GROUP_MAX_SIZE_REACHED.
+pub const GROUP_MEMBERS_MAX: usize = 1000;
+
+/// Groups a shard coordinates (live groups and, separately, groups with committed offsets;
+/// groups hash to shards by their id). A JoinGroup or OffsetCommit that would add one more:
+/// COORDINATOR_NOT_AVAILABLE (retriable; room returns as groups empty or are deleted).
+pub const GROUPS_PER_SHARD_MAX: usize = 100_000;
+
+/// Group ids longer than this: INVALID_GROUP_ID (offset records store the id with a 16-bit
+/// length; Kafka's only bound is the protocol's 32767).
+pub const GROUP_ID_BYTES_MAX: usize = 1024;
+
+/// Kafka's rule for `group.instance.id` (the client checks it there); longer: INVALID_REQUEST.
+pub const GROUP_INSTANCE_ID_BYTES_MAX: usize = 249;
+
+/// Protocols one JoinGroup may offer (clients offer one to three). More: INVALID_REQUEST.
+pub const JOIN_PROTOCOLS_MAX: usize = 32;
+
+/// Bytes a member's JoinGroup keeps: protocol type, protocol names and their metadata
+/// together. More: INVALID_REQUEST.
+pub const MEMBER_METADATA_BYTES_MAX: usize = 1 << 20;
+
+/// Bytes of one member's assignment in the leader's SyncGroup. More: INVALID_REQUEST to the
+/// leader, and the group rebalances again.
+pub const MEMBER_ASSIGNMENT_BYTES_MAX: usize = 1 << 20;
+
+/// Client ids kept for a group member (in its member id and in DescribeGroups) are cut to
+/// this many bytes (at a character boundary).
+pub const MEMBER_CLIENT_ID_BYTES_MAX: usize = 255;
 
 struct WarnBucket {
     tokens: f64,

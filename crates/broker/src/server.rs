@@ -219,7 +219,6 @@ impl Broker {
             cluster_id: meta.cluster_id.clone(),
             recovered_clean: previous_shutdown_clean,
             shard_count: shards,
-            shutdown_flush_failed: std::sync::atomic::AtomicBool::new(false),
             connections: Arc::default(),
         });
         let meta = Arc::new(meta);

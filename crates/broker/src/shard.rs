@@ -29,8 +29,6 @@ pub struct Shared {
     pub shard_count: usize,
     /// The previous run stopped cleanly (its snapshots can be trusted).
     pub recovered_clean: bool,
-    /// A log could not be flushed at shutdown: the clean-shutdown marker must not be written.
-    pub shutdown_flush_failed: std::sync::atomic::AtomicBool,
     /// Client connections open on every shard together.
     pub connections: Arc<crate::limits::ConnectionCount>,
 }
@@ -270,6 +268,7 @@ async fn coordinator_create(
     let table = shard.table.as_ref().expect("shard 0 holds the topic table");
     let mut results = Vec::with_capacity(topics.len());
     let mut created = Vec::new();
+    let mut partitions_total: usize = table.borrow().topics.iter().map(|x| x.owners.len()).sum();
     for t in topics {
         let result = {
             let mut meta = table.borrow_mut();
@@ -288,10 +287,21 @@ async fn coordinator_create(
                     errors::TOPIC_ALREADY_EXISTS,
                     format!("topic {:?} already exists", t.name),
                 ))
-            } else if partitions <= 0 || partitions > 100_000 {
+            } else if partitions <= 0 || partitions > crate::limits::TOPIC_PARTITIONS_MAX {
                 Err((
                     errors::INVALID_PARTITIONS,
-                    format!("{partitions} partitions requested"),
+                    format!(
+                        "{partitions} partitions requested (1 to {} per topic)",
+                        crate::limits::TOPIC_PARTITIONS_MAX
+                    ),
+                ))
+            } else if partitions_total + partitions as usize > crate::limits::PARTITIONS_MAX {
+                Err((
+                    errors::POLICY_VIOLATION,
+                    format!(
+                        "{partitions} more partitions would exceed the broker's limit of {}",
+                        crate::limits::PARTITIONS_MAX
+                    ),
                 ))
             } else if let Err(why) =
                 crate::config::topic_log_config(&shard.shared.config.log, &t.configs)
@@ -310,6 +320,7 @@ async fn coordinator_create(
                     configs: t.configs.clone(),
                 });
                 if !validate_only {
+                    partitions_total += partitions as usize;
                     meta.topics.push(info.clone());
                     created.push(info.clone());
                 }

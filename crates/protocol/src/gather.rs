@@ -12,8 +12,20 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::protocol::buf::ByteBufMut;
 use std::ops::Range;
 
-/// Largest record section one placeholder can stand for.
+/// Largest record section one placeholder can stand for. The broker keeps every record
+/// section below it by construction (`--fetch-max-bytes` and `--max-message-bytes` are
+/// refused above it); [`placeholder`] still checks, so a section that slips past is an error
+/// for its partition, never a panic.
 pub const PLACEHOLDER_BYTES_MAX: usize = 256 << 20;
+
+/// A record section longer than [`PLACEHOLDER_BYTES_MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "record section of {bytes} bytes exceeds the {PLACEHOLDER_BYTES_MAX}-byte placeholder limit"
+)]
+pub struct SectionTooLarge {
+    pub bytes: usize,
+}
 
 // Never read or written: only the addresses of its bytes are compared. An interior-mutable
 // element type puts it in .bss, so it costs address space, not binary size or memory.
@@ -27,12 +39,11 @@ fn zeros() -> &'static [u8] {
 }
 
 /// A placeholder for `len` record bytes to be taken from a file.
-pub fn placeholder(len: usize) -> Bytes {
-    assert!(
-        len <= PLACEHOLDER_BYTES_MAX,
-        "record section of {len} bytes is too large"
-    );
-    Bytes::from_static(&zeros()[..len])
+pub fn placeholder(len: usize) -> Result<Bytes, SectionTooLarge> {
+    match zeros().get(..len) {
+        Some(region) => Ok(Bytes::from_static(region)),
+        None => Err(SectionTooLarge { bytes: len }),
+    }
 }
 
 fn is_placeholder(src: &[u8]) -> bool {
@@ -175,7 +186,7 @@ mod tests {
                     if r.is_empty() {
                         r
                     } else {
-                        placeholder(r.len())
+                        placeholder(r.len()).unwrap()
                     }
                 }),
                 version,
@@ -200,5 +211,20 @@ mod tests {
             assert!(file_sections.next().is_none());
             assert_eq!(rebuilt, plain.to_vec(), "Fetch v{version}");
         }
+    }
+
+    #[test]
+    fn a_section_beyond_the_placeholder_limit_is_an_error_not_a_panic() {
+        assert_eq!(
+            placeholder(PLACEHOLDER_BYTES_MAX).map(|b| b.len()),
+            Ok(PLACEHOLDER_BYTES_MAX)
+        );
+        assert_eq!(
+            placeholder(PLACEHOLDER_BYTES_MAX + 1),
+            Err(SectionTooLarge {
+                bytes: PLACEHOLDER_BYTES_MAX + 1
+            })
+        );
+        assert!(placeholder(1_000_000_000).is_err());
     }
 }

@@ -113,9 +113,15 @@ pub struct ServeArgs {
     pub frame_bytes_max: Option<usize>,
 
     /// Largest record batch a Produce may carry (Kafka's `max.message.bytes`); larger ones
-    /// get MESSAGE_TOO_LARGE. [default: 1048588]
+    /// get MESSAGE_TOO_LARGE. At most 268435456 (one Fetch record section). [default: 1048588]
     #[arg(long, env = "RINGBROKER_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
+
+    /// Record bytes one Fetch response carries at most (Kafka's `fetch.max.bytes`); a
+    /// client's larger `fetch.max.bytes`/`max.partition.fetch.bytes` are clamped to it, and
+    /// the first batch is always whole (KIP-74). At most 268435456. [default: 57671680]
+    #[arg(long, env = "RINGBROKER_FETCH_MAX_BYTES")]
+    pub fetch_max_bytes: Option<usize>,
 
     /// Receive-buffer bytes per shard for frames larger than 64 KiB (Kafka's
     /// `queued.max.request.bytes`); a connection waits for space. [default: 536870912]
@@ -124,8 +130,8 @@ pub struct ServeArgs {
 
     /// TOML file with the same keys (listen, data_dir, cores, advertise, auto_create_topics,
     /// default_partitions, flush, segment_bytes, segment_ms, retention_ms, retention_bytes,
-    /// retention_check_ms, recovery_checkpoint_ms, uring_fallback, metrics_listen, max_connections, frame_bytes_max,
-    /// max_message_bytes, recv_budget_bytes).
+    /// retention_check_ms, recovery_checkpoint_ms, uring_fallback, metrics_listen,
+    /// max_connections, frame_bytes_max, max_message_bytes, fetch_max_bytes, recv_budget_bytes).
     #[arg(long, env = "RINGBROKER_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -151,6 +157,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     frame_bytes_max: Option<usize>,
     max_message_bytes: Option<usize>,
+    fetch_max_bytes: Option<usize>,
     recv_budget_bytes: Option<usize>,
 }
 
@@ -274,11 +281,26 @@ impl ServeArgs {
             }
             broker.frame_bytes_max = n;
         }
+        // One partition's records in a Fetch response, a whole batch included, must fit a
+        // gather placeholder.
+        let section_max = ringbroker_broker::limits::RECORD_SECTION_BYTES_MAX;
         if let Some(n) = self.max_message_bytes.or(file.max_message_bytes) {
-            if n < 61 {
-                bail!("--max-message-bytes must be at least 61 (one empty record batch)");
+            if !(61..=section_max).contains(&n) {
+                bail!(
+                    "--max-message-bytes must be between 61 (one empty record batch) and \
+                     {section_max} (the largest batch a Fetch can serve)"
+                );
             }
             broker.message_bytes_max = n;
+        }
+        if let Some(n) = self.fetch_max_bytes.or(file.fetch_max_bytes) {
+            if !(1024..=section_max).contains(&n) {
+                bail!(
+                    "--fetch-max-bytes must be between 1024 and {section_max} (the largest \
+                     record section one Fetch response can hold per partition)"
+                );
+            }
+            broker.fetch_bytes_max = n;
         }
         if let Some(n) = self.recv_budget_bytes.or(file.recv_budget_bytes) {
             broker.recv_budget_bytes = n;
@@ -346,6 +368,26 @@ mod tests {
         .err()
         .unwrap();
         assert!(format!("{e:#}").contains("interval=<ms>"));
+        for (fetch, message) in [(Some(300 << 20), None), (None, Some(300 << 20))] {
+            let e = ServeArgs {
+                fetch_max_bytes: fetch,
+                max_message_bytes: message,
+                ..Default::default()
+            }
+            .resolve()
+            .err()
+            .unwrap();
+            assert!(format!("{e:#}").contains("268435456"), "{e:#}");
+        }
+        let s = ServeArgs::default().resolve().unwrap();
+        assert_eq!(s.broker.fetch_bytes_max, 57_671_680);
+        let s = ServeArgs {
+            fetch_max_bytes: Some(1 << 20),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.broker.fetch_bytes_max, 1 << 20);
         let s = ServeArgs {
             flush: Some("interval=250".into()),
             ..Default::default()

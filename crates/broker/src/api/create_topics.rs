@@ -1,6 +1,10 @@
-//! CreateTopics: validated and placed by shard 0, persisted, then opened by each owner.
+//! CreateTopics: validated and placed by shard 0, persisted, then opened by each owner. A
+//! topic's configs are kept with it, so their size is bounded here first; a topic named twice
+//! gets INVALID_REQUEST for each entry (as in Kafka).
 
 use super::{decode_body, respond, Outcome};
+use crate::errors;
+use crate::limits::{REQUEST_TOPICS_MAX, TOPIC_CONFIGS_BYTES_MAX};
 use crate::shard::{self, NewTopic};
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
@@ -10,10 +14,52 @@ use ringbroker_protocol::request::Request;
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: CreateTopicsRequest = decode_body(&mut req)?;
     let v = req.version;
+    if body.topics.len() > REQUEST_TOPICS_MAX {
+        let count = body.topics.len();
+        crate::warn_limited!(
+            topics = count,
+            "CreateTopics names too many topics; closing"
+        );
+        return Err(Outcome::Close(format!(
+            "CreateTopics names {count} topics, more than {REQUEST_TOPICS_MAX}"
+        )));
+    }
+    let mut times_named = std::collections::HashMap::new();
+    for t in &body.topics {
+        *times_named.entry(&t.name.0).or_insert(0usize) += 1;
+    }
+    let configs_bytes = |t: &kafka_protocol::messages::create_topics_request::CreatableTopic| {
+        t.configs
+            .iter()
+            .map(|c| c.name.len() + c.value.as_ref().map_or(0, |v| v.len()))
+            .sum::<usize>()
+    };
+    let refused: Vec<Option<(i16, String)>> = body
+        .topics
+        .iter()
+        .map(|t| {
+            let bytes = configs_bytes(t);
+            if times_named[&t.name.0] > 1 {
+                Some((
+                    errors::INVALID_REQUEST,
+                    "topic named more than once in one request".to_string(),
+                ))
+            } else if bytes > TOPIC_CONFIGS_BYTES_MAX {
+                Some((
+                    errors::INVALID_CONFIG,
+                    format!("{bytes} bytes of configs, more than {TOPIC_CONFIGS_BYTES_MAX}"),
+                ))
+            } else {
+                None
+            }
+        })
+        .collect();
     let requested: Vec<NewTopic> = body
         .topics
         .iter()
-        .map(|t| NewTopic {
+        .zip(&refused)
+        .filter(|(_, refused)| refused.is_none())
+        .map(|(t, _)| NewTopic {
             name: t.name.0.to_string(),
             // Explicit replica assignments name brokers; on one node they mean one replica each.
             partitions: if t.assignments.is_empty() {
@@ -33,12 +79,18 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                 .collect(),
         })
         .collect();
-    let results = shard::create_topics(requested, body.validate_only).await;
+    let mut created = shard::create_topics(requested, body.validate_only)
+        .await
+        .into_iter();
     let topics = body
         .topics
         .into_iter()
-        .zip(results)
-        .map(|(t, result)| {
+        .zip(refused)
+        .map(|(t, refused)| {
+            let result = match refused {
+                Some(error) => Err(error),
+                None => created.next().expect("one result per topic asked"),
+            };
             let mut r = CreatableTopicResult::default().with_name(t.name);
             match result {
                 Ok(info) => {

@@ -1,7 +1,9 @@
-//! DeleteTopics: by name (v1-5) or by name or id (v6).
+//! DeleteTopics: by name (v1-5) or by name or id (v6). A topic named twice gets
+//! INVALID_REQUEST for each repeat (as in Kafka); only distinct known names reach shard 0.
 
 use super::{decode_body, respond, Outcome};
 use crate::errors;
+use crate::limits::REQUEST_TOPICS_MAX;
 use crate::shard;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
@@ -11,6 +13,16 @@ use ringbroker_protocol::request::Request;
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: DeleteTopicsRequest = decode_body(&mut req)?;
     let v = req.version;
+    let count = body.topics.len() + body.topic_names.len();
+    if count > REQUEST_TOPICS_MAX {
+        crate::warn_limited!(
+            topics = count,
+            "DeleteTopics names too many topics; closing"
+        );
+        return Err(Outcome::Close(format!(
+            "DeleteTopics names {count} topics, more than {REQUEST_TOPICS_MAX}"
+        )));
+    }
     let shard = shard::current();
     // (name as asked, topic id as asked, resolved name)
     let asked: Vec<(Option<TopicName>, uuid::Uuid, Option<String>)> = if v >= 6 {
@@ -30,12 +42,27 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             .map(|n| (Some(n.clone()), uuid::Uuid::nil(), Some(n.0.to_string())))
             .collect()
     };
-    let names: Vec<String> = asked.iter().filter_map(|(_, _, r)| r.clone()).collect();
+    let mut seen = std::collections::HashSet::new();
+    let repeated: Vec<bool> = asked
+        .iter()
+        .map(|(_, _, r)| r.as_ref().is_some_and(|n| !seen.insert(n.clone())))
+        .collect();
+    let names: Vec<String> = asked
+        .iter()
+        .zip(&repeated)
+        .filter(|(_, &repeat)| !repeat)
+        .filter_map(|((_, _, r), _)| r.clone())
+        .collect();
     let mut results = shard::delete_topics(names).await.into_iter();
     let responses = asked
         .into_iter()
-        .map(|(name, id, resolved)| {
+        .zip(repeated)
+        .map(|((name, id, resolved), repeat)| {
             let outcome = match resolved {
+                Some(_) if repeat => Err((
+                    errors::INVALID_REQUEST,
+                    "topic named twice in one request".into(),
+                )),
                 Some(_) => results.next().expect("one result per name"),
                 None => Err((errors::UNKNOWN_TOPIC_ID, "unknown topic id".into())),
             };

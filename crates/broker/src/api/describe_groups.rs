@@ -1,4 +1,6 @@
-//! DescribeGroups: state, protocol and members of each group (unknown groups are "Dead").
+//! DescribeGroups: state, protocol and members of each group (unknown groups are "Dead"). A
+//! group named twice is described once, so a response is never a multiple of the broker's
+//! state.
 
 use super::{decode_body, respond, Outcome};
 use crate::groups;
@@ -9,7 +11,9 @@ use ringbroker_protocol::request::Request;
 use ringbroker_runtime::mesh;
 
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
-    let body: DescribeGroupsRequest = decode_body(&mut req)?;
+    let mut body: DescribeGroupsRequest = decode_body(&mut req)?;
+    let mut seen = std::collections::HashSet::new();
+    body.groups.retain(|g| seen.insert(g.0.clone()));
     let mut described = Vec::new();
     for group in body.groups {
         let name = group.0.to_string();

@@ -1,5 +1,6 @@
 //! Fetch: whole batches from each partition's owner, bounded by the high watermark, the
-//! partition and response byte limits (always at least one batch, KIP-74), with long polling:
+//! partition and response byte limits, both clamped to `--fetch-max-bytes` (always at least
+//! one batch, KIP-74; a batch is bounded by `--max-message-bytes`), with long polling:
 //! when fewer than `min_bytes` are ready the request waits for an append on any of its
 //! partitions, or for `max_wait_ms`. Sessions (KIP-227) are not offered: every response has
 //! session id 0, which tells clients to send full requests.
@@ -7,6 +8,7 @@
 use super::{decode_body, respond, Outcome};
 use crate::connection::Conn;
 use crate::errors;
+use crate::limits::REQUEST_PARTITIONS_MAX;
 use crate::metadata::TopicInfo;
 use crate::shard;
 use bytes::Bytes;
@@ -27,6 +29,23 @@ use std::time::{Duration, Instant};
 /// First Fetch version that names topics by id.
 const TOPIC_ID_VERSION: i16 = 13;
 const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+
+/// The most record bytes a response carries: the client's `max_bytes` (0 or less: no limit of
+/// its own) clamped to the broker's `--fetch-max-bytes`.
+fn response_bytes_max(requested: i32, fetch_bytes_max: usize) -> usize {
+    match usize::try_from(requested) {
+        Ok(n) if n > 0 => n.min(fetch_bytes_max),
+        _ => fetch_bytes_max,
+    }
+}
+
+/// The most bytes read from one partition: its `partition_max_bytes` clamped to the response's
+/// limit (the read still returns the first batch whole when it is larger, KIP-74).
+fn partition_bytes_max(requested: i32, response_bytes_max: usize) -> usize {
+    usize::try_from(requested)
+        .unwrap_or(0)
+        .min(response_bytes_max)
+}
 
 struct Wanted {
     partition: i32,
@@ -94,6 +113,18 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
         let response = FetchResponse::default().with_error_code(FETCH_SESSION_ID_NOT_FOUND);
         return Ok(respond(&req, &response));
     }
+    let asked: usize = body.topics.iter().map(|t| t.partitions.len()).sum();
+    if asked > REQUEST_PARTITIONS_MAX {
+        crate::warn_limited!(
+            partitions = asked,
+            max = REQUEST_PARTITIONS_MAX,
+            "Fetch names too many partitions; closing"
+        );
+        return Err(Outcome::Close(format!(
+            "Fetch names {asked} partitions, more than {REQUEST_PARTITIONS_MAX}"
+        )));
+    }
+    let max_bytes = response_bytes_max(body.max_bytes, shard.shared.config.fetch_bytes_max);
     let unknown_code = if v >= TOPIC_ID_VERSION {
         errors::UNKNOWN_TOPIC_ID
     } else {
@@ -118,7 +149,7 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
                     Wanted {
                         partition: p.partition,
                         offset: p.fetch_offset,
-                        max_bytes: p.partition_max_bytes.max(0) as usize,
+                        max_bytes: partition_bytes_max(p.partition_max_bytes, max_bytes),
                     }
                 })
                 .collect();
@@ -129,11 +160,6 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
     let max_wait = Duration::from_millis(body.max_wait_ms.max(0) as u64);
     let deadline = Instant::now() + max_wait;
     let min_bytes = body.min_bytes.max(0) as usize;
-    let max_bytes = if body.max_bytes <= 0 {
-        usize::MAX
-    } else {
-        body.max_bytes as usize
-    };
     let results = loop {
         let results = read_all(&wanted, unknown_code).await;
         let ready: usize = results.iter().flatten().map(Got::len).sum();
@@ -157,23 +183,31 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
                 .zip(got)
                 .map(|(w, g)| {
                     let mut slice = g.slice;
+                    let mut error = g.error;
                     if budget_used > 0
                         && budget_used + slice.as_ref().map_or(0, |s| s.len as usize) > max_bytes
                     {
                         slice = None;
                     }
-                    let records = match slice {
-                        Some(s) => {
+                    let records = match slice.map(|s| (placeholder(s.len as usize), s)) {
+                        Some((Ok(p), s)) => {
                             budget_used += s.len as usize;
-                            let p = placeholder(s.len as usize);
                             slices.push(s);
                             p
+                        }
+                        // Only a batch written under a larger --max-message-bytes than the
+                        // broker now allows can get here (start-up refuses settings that
+                        // would let a new one).
+                        Some((Err(e), _)) => {
+                            crate::warn_limited!(partition = w.partition, error = %e, "batch too large to serve");
+                            error = errors::MESSAGE_TOO_LARGE;
+                            Bytes::new()
                         }
                         None => Bytes::new(),
                     };
                     let mut pd = PartitionData::default()
                         .with_partition_index(w.partition)
-                        .with_error_code(g.error)
+                        .with_error_code(error)
                         .with_high_watermark(g.high_watermark)
                         .with_last_stable_offset(g.high_watermark)
                         .with_aborted_transactions(Some(vec![]))
@@ -279,4 +313,29 @@ async fn wait_for_append(wanted: &WantedTopics, seen: &[Vec<Got>], wait: Duratio
         }
     }
     op::timeout(wait, released).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::FETCH_BYTES_MAX_DEFAULT;
+
+    #[test]
+    fn client_byte_limits_are_clamped_to_the_broker_limit() {
+        let broker = FETCH_BYTES_MAX_DEFAULT;
+        // librdkafka's largest legal settings.
+        let response = response_bytes_max(2_147_483_135, broker);
+        assert_eq!(response, broker);
+        assert_eq!(partition_bytes_max(1_000_000_000, response), broker);
+        // Smaller client limits are kept.
+        assert_eq!(response_bytes_max(1 << 20, broker), 1 << 20);
+        assert_eq!(partition_bytes_max(4096, 1 << 20), 4096);
+        // A partition never reads more than the whole response may carry.
+        assert_eq!(partition_bytes_max(8 << 20, 1 << 20), 1 << 20);
+        // No client limit (0 or negative) means the broker's.
+        assert_eq!(response_bytes_max(0, broker), broker);
+        assert_eq!(response_bytes_max(-1, broker), broker);
+        // A negative partition limit reads only the first batch (KIP-74 keeps it whole).
+        assert_eq!(partition_bytes_max(-5, broker), 0);
+    }
 }

@@ -1,6 +1,7 @@
 //! Metadata: this broker as node 0 of a one-node cluster, and the requested topics (all of
 //! them when none are named). Unknown topics are created when auto-creation is on and the
-//! client allows it.
+//! client allows it. A topic named twice is answered once (as Kafka does), so a response is
+//! never a multiple of the broker's state.
 
 use super::{decode_body, respond, Outcome};
 use crate::errors;
@@ -20,6 +21,14 @@ const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: MetadataRequest = decode_body(&mut req)?;
     let v = req.version;
+    let count = body.topics.as_ref().map_or(0, Vec::len);
+    if count > crate::limits::REQUEST_TOPICS_MAX {
+        crate::warn_limited!(topics = count, "Metadata names too many topics; closing");
+        return Err(Outcome::Close(format!(
+            "Metadata names {count} topics, more than {}",
+            crate::limits::REQUEST_TOPICS_MAX
+        )));
+    }
     let shard = shard::current();
     let shared = shard.shared.clone();
     let mut topics = Vec::new();
@@ -27,11 +36,15 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let requested: Option<Vec<(Option<String>, uuid::Uuid)>> = match body.topics {
         None => None,
         Some(list) if list.is_empty() && v == 0 => None,
-        Some(list) => Some(
-            list.into_iter()
-                .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
-                .collect(),
-        ),
+        Some(list) => {
+            let mut seen = std::collections::HashSet::new();
+            Some(
+                list.into_iter()
+                    .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
+                    .filter(|key| seen.insert(key.clone()))
+                    .collect(),
+            )
+        }
     };
     match requested {
         None => {

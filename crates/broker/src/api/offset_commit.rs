@@ -1,8 +1,10 @@
 //! OffsetCommit: checked against the group's generation on its shard, appended durably to
-//! the group's `__consumer_offsets` partition, then visible to OffsetFetch.
+//! the group's `__consumer_offsets` partition, then visible to OffsetFetch. Metadata longer
+//! than `offset.metadata.max.bytes` gets OFFSET_METADATA_TOO_LARGE for its partition only.
 
 use super::{decode_body, respond, Outcome};
 use crate::groups::{self, Committed};
+use crate::limits::{OFFSET_METADATA_BYTES_MAX, REQUEST_PARTITIONS_MAX};
 use crate::{errors, shard};
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
@@ -15,6 +17,16 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: OffsetCommitRequest = decode_body(&mut req)?;
     let shard = shard::current();
     let group = body.group_id.0.to_string();
+    let asked_count: usize = body.topics.iter().map(|t| t.partitions.len()).sum();
+    if asked_count > REQUEST_PARTITIONS_MAX {
+        crate::warn_limited!(
+            partitions = asked_count,
+            "OffsetCommit names too many partitions; closing"
+        );
+        return Err(Outcome::Close(format!(
+            "OffsetCommit names {asked_count} partitions, more than {REQUEST_PARTITIONS_MAX}"
+        )));
+    }
     // (topic, partition, error known here, commit)
     let mut asked = Vec::new();
     for t in &body.topics {
@@ -28,16 +40,15 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                 leader_epoch: p.committed_leader_epoch,
                 metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
             };
-            asked.push((
-                t.name.0.to_string(),
-                p.partition_index,
-                if known {
-                    errors::NONE
-                } else {
-                    errors::UNKNOWN_TOPIC_OR_PARTITION
-                },
-                commit,
-            ));
+            let metadata_bytes = commit.metadata.as_ref().map_or(0, String::len);
+            let error = if !known {
+                errors::UNKNOWN_TOPIC_OR_PARTITION
+            } else if metadata_bytes > OFFSET_METADATA_BYTES_MAX {
+                errors::OFFSET_METADATA_TOO_LARGE
+            } else {
+                errors::NONE
+            };
+            asked.push((t.name.0.to_string(), p.partition_index, error, commit));
         }
     }
     let (g, generation, member) = (
@@ -51,6 +62,10 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         .map(|(t, p, _, c)| (t.clone(), *p, Some(c.clone())))
         .collect();
     let group_error = mesh::call(groups::group_shard(&group), move || async move {
+        let room = groups::offsets_room(&g);
+        if room != errors::NONE {
+            return room;
+        }
         let allowed = groups::commit_allowed(&g, generation, &member);
         if allowed != errors::NONE {
             return allowed;
@@ -65,15 +80,14 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     })
     .await;
     let mut topics: Vec<OffsetCommitResponseTopic> = Vec::new();
+    // `asked` holds the request's partitions in request order.
+    let mut asked = asked.into_iter();
     for t in body.topics {
         let partitions = t
             .partitions
             .iter()
             .map(|p| {
-                let known = asked
-                    .iter()
-                    .find(|a| a.0 == *t.name.0 && a.1 == p.partition_index)
-                    .map_or(errors::NONE, |a| a.2);
+                let known = asked.next().map_or(errors::NONE, |a| a.2);
                 let code = if known != errors::NONE {
                     known
                 } else {

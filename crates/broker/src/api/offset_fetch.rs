@@ -1,8 +1,10 @@
 //! OffsetFetch: a group's committed offsets, for named partitions or all of them (topics
-//! null, v2+), for one group (v1-7) or several (v8).
+//! null, v2+), for one group (v1-7) or several (v8; a group named twice is answered once, so
+//! a response is never a multiple of the broker's state).
 
 use super::{decode_body, respond, Outcome};
 use crate::groups::{self, Committed};
+use crate::limits::REQUEST_PARTITIONS_MAX;
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
@@ -39,8 +41,31 @@ fn by_topic(found: Found) -> BTreeMap<String, Vec<(i32, Option<Committed>)>> {
 }
 
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
-    let body: OffsetFetchRequest = decode_body(&mut req)?;
+    let mut body: OffsetFetchRequest = decode_body(&mut req)?;
     let v = req.version;
+    let asked: usize = body
+        .topics
+        .iter()
+        .flatten()
+        .map(|t| t.partition_indexes.len())
+        .chain(
+            body.groups
+                .iter()
+                .flat_map(|g| g.topics.iter().flatten())
+                .map(|t| t.partition_indexes.len()),
+        )
+        .sum();
+    if asked > REQUEST_PARTITIONS_MAX {
+        crate::warn_limited!(
+            partitions = asked,
+            "OffsetFetch names too many partitions; closing"
+        );
+        return Err(Outcome::Close(format!(
+            "OffsetFetch names {asked} partitions, more than {REQUEST_PARTITIONS_MAX}"
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    body.groups.retain(|g| seen.insert(g.group_id.0.clone()));
     let metadata = |c: &Option<Committed>| {
         Some(StrBytes::from_string(
             c.as_ref()

@@ -426,7 +426,7 @@ pub fn produce_request(
             .with_name(topic.clone())
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(partition)
-                .with_records(Some(gather::placeholder(batch.len())))])]);
+                .with_records(Some(gather::placeholder(batch.len())?))])]);
     encode_request(
         ApiKey::Produce,
         PRODUCE_VERSION,
