@@ -102,7 +102,9 @@ fn a_shard_panic_stops_the_process_and_a_restart_serves_every_acknowledged_recor
     assert!(!acked.is_empty(), "the producer got acknowledgements");
     let broker = Broker::start(&data, &[]);
     assert!(
-        broker.log().contains("scanned every segment"),
+        broker
+            .log()
+            .contains("scanned after the recovery checkpoints"),
         "a fail-stop is recovered by a scan"
     );
     let stored: BTreeSet<String> = kcat_consume_all(&broker.addr, "fs").into_iter().collect();
@@ -260,7 +262,9 @@ fn the_marker_is_removed_at_start_and_not_written_when_a_shard_fails_to_close() 
 
     let broker = Broker::start(&data, &[]);
     assert!(
-        broker.log().contains("scanned every segment"),
+        broker
+            .log()
+            .contains("scanned after the recovery checkpoints"),
         "{}",
         broker.log()
     );
