@@ -153,6 +153,10 @@ struct State {
     /// Bumped by every write failure: an append that started before it must not report
     /// success later, when offsets past the failure are handed out again.
     failure_epoch: u64,
+    /// The high watermark when each recent failure epoch began (newest last, at most
+    /// [`FAILURE_EPOCHS_KEPT`]): an append of an earlier epoch whose end is at or below it was
+    /// committed before the failure, and the cut back keeps it.
+    failure_high_watermarks: VecDeque<(u64, i64)>,
     writes_in_flight: usize,
     synced_offset: i64,
     sync_running: bool,
@@ -181,6 +185,34 @@ pub struct PartitionLog {
     appended: Rc<Notify>,
     synced: Rc<Notify>,
     recovery_report: RecoveryReport,
+}
+
+/// Failure epochs whose starting high watermark a log remembers.
+const FAILURE_EPOCHS_KEPT: usize = 16;
+
+impl State {
+    /// A write failed: appends started before now must not report success for offsets past
+    /// the current high watermark, which are handed out again after the cut back.
+    fn begin_failure_epoch(&mut self) {
+        self.failure_epoch += 1;
+        if self.failure_high_watermarks.len() == FAILURE_EPOCHS_KEPT {
+            self.failure_high_watermarks.pop_front();
+        }
+        self.failure_high_watermarks
+            .push_back((self.failure_epoch, self.high_watermark));
+    }
+
+    /// The offset below which an append started in failure epoch `epoch` is known committed.
+    fn committed_through(&self, epoch: u64) -> i64 {
+        if epoch == self.failure_epoch {
+            return self.high_watermark;
+        }
+        // Old-epoch appends never move the high watermark after the next epoch began.
+        self.failure_high_watermarks
+            .iter()
+            .find(|(e, _)| *e == epoch + 1)
+            .map_or(i64::MIN, |(_, hw)| *hw)
+    }
 }
 
 impl PartitionLog {
@@ -300,6 +332,7 @@ impl PartitionLog {
                 failed: None,
                 repairable: false,
                 failure_epoch: 0,
+                failure_high_watermarks: VecDeque::new(),
                 writes_in_flight: 0,
                 synced_offset,
                 sync_running: false,
@@ -465,13 +498,15 @@ impl PartitionLog {
             let notified = self.appended.notified();
             {
                 let st = self.state.borrow();
+                // Committed wins: data below the high watermark when a failure began is kept
+                // by the cut back, whatever failed after it.
+                if st.committed_through(epoch) >= end_offset {
+                    return Ok(base_offset);
+                }
                 if st.failure_epoch != epoch {
                     return Err(AppendError::Failed(
                         "an earlier append of this partition failed".into(),
                     ));
-                }
-                if st.high_watermark >= end_offset {
-                    return Ok(base_offset);
                 }
                 if let Some(why) = &st.failed {
                     return Err(AppendError::Failed(why.clone()));
@@ -1097,7 +1132,7 @@ impl AppendWrite {
                     st.failed = Some(e.to_string());
                     st.repairable = true;
                 }
-                st.failure_epoch += 1;
+                st.begin_failure_epoch();
             }
             self.appended.notify_all();
             return Err(AppendError::Io(e));
@@ -1125,7 +1160,7 @@ impl Drop for AppendWrite {
                 st.failed = Some("an append was abandoned mid-write".into());
             }
             st.repairable = false;
-            st.failure_epoch += 1;
+            st.begin_failure_epoch();
         }
         self.appended.notify_all();
     }
