@@ -10,6 +10,9 @@
 //! - `fail-close shard <n>`: at shutdown, shard `n` reports that its logs failed to close;
 //! - `delay-close <ms>`: at shutdown, every shard waits `ms` milliseconds (serving its ring)
 //!   after it stopped accepting and before it closes its logs.
+//!
+//! [`LOAD_DELAY_ENV`] (read at start, not from the file) delays the state loading of every
+//! shard but shard 0.
 
 use ringbroker_runtime::mesh::Mesh;
 use std::cell::Cell;
@@ -17,6 +20,21 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Milliseconds every shard but shard 0 waits at start before loading its committed offsets
+/// and producer state (tests only: the window in which a shard that loaded first must not
+/// serve clients yet).
+pub const LOAD_DELAY_ENV: &str = "RINGBROKER_TEST_LOAD_DELAY_MS";
+
+/// On a shard at start: how long a test asked it to wait before loading its state.
+pub fn load_delay(shard: usize) -> Duration {
+    let ms = std::env::var(LOAD_DELAY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|_| shard > 0)
+        .unwrap_or(0);
+    Duration::from_millis(ms)
+}
 
 /// Names the file whose appearance injects a fault (tests only).
 pub const FAULT_FILE_ENV: &str = "RINGBROKER_TEST_FAULT_FILE";

@@ -219,6 +219,7 @@ impl Broker {
             cluster_id: meta.cluster_id.clone(),
             recovered_clean: previous_shutdown_clean,
             shard_count: shards,
+            shards_loaded: std::sync::atomic::AtomicUsize::new(0),
             connections: Arc::default(),
         });
         let meta = Arc::new(meta);
@@ -471,6 +472,10 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
     let drain = stop.drain.notified();
     let close = stop.close.notified();
     let shard = crate::shard::current();
+    let delay = crate::faults::load_delay(shard.id);
+    if !delay.is_zero() {
+        op::sleep(delay).await;
+    }
     // Committed offsets of the groups this shard coordinates, before any client is served.
     let offsets_topic = shard.topic(crate::groups::OFFSETS_TOPIC);
     for p in 0..offsets_topic.as_ref().map_or(0, |t| t.partition_count()) {
@@ -501,6 +506,21 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
             op::sleep(crate::health::HEARTBEAT_TICK).await;
         }
     }));
+    // Requests reach every shard (forwarded partitions, group coordinators): accept only once
+    // every shard has loaded its state, or a client could read "no committed offset" or have
+    // an idempotent retry checked against an empty producer state.
+    shard
+        .shared
+        .shards_loaded
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    while shard
+        .shared
+        .shards_loaded
+        .load(std::sync::atomic::Ordering::Acquire)
+        < shard.shared.shard_count
+    {
+        op::sleep(Duration::from_millis(1)).await;
+    }
     // Background loops end by themselves once the shard drains (each checks after its sleep).
     drop(spawn(async {
         while sleep_unless_draining(crate::groups::SWEEP_INTERVAL).await {

@@ -29,6 +29,9 @@ pub struct Shared {
     pub shard_count: usize,
     /// The previous run stopped cleanly (its snapshots can be trusted).
     pub recovered_clean: bool,
+    /// Shards that have loaded their committed offsets and producer state; no shard accepts
+    /// clients before every shard has, since any request may be forwarded to any shard.
+    pub shards_loaded: std::sync::atomic::AtomicUsize,
     /// Client connections open on every shard together.
     pub connections: Arc<crate::limits::ConnectionCount>,
 }

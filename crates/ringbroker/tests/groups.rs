@@ -311,3 +311,69 @@ fn a_replayed_idempotent_batch_is_stored_once_and_a_gap_is_refused() {
         "replays were not written again"
     );
 }
+
+/// Shards load their committed offsets after they start; a shard that loaded first must not
+/// serve a client whose request another shard still loading would answer ("no committed
+/// offset", so the consumer would start over from `auto.offset.reset`). Shard 1 is held back
+/// by a test-only delay; connections land on both shards.
+#[test]
+fn no_client_is_served_before_every_shard_has_loaded_its_committed_offsets() {
+    use kafka_protocol::messages::offset_commit_request::*;
+    use kafka_protocol::messages::offset_fetch_request::*;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    let name = |s: &str| StrBytes::from_string(s.to_string());
+    let groups: Vec<String> = (0..8).map(|g| format!("loaded-{g}")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut broker = Broker::start(&data, &[]);
+    kcat_produce(&broker.addr, "t", "a\nb\nc\n");
+    let mut c = Client::connect(&broker.addr);
+    for g in &groups {
+        let r: OffsetCommitResponse = c.call(
+            ApiKey::OffsetCommit,
+            8,
+            &OffsetCommitRequest::default()
+                .with_group_id(GroupId(name(g)))
+                .with_generation_id_or_member_epoch(-1)
+                .with_topics(vec![OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(name("t")))
+                    .with_partitions(vec![OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(2)])]),
+        );
+        assert_eq!(r.topics[0].partitions[0].error_code, 0, "commit for {g}");
+    }
+    drop(c);
+    assert!(broker.stop().success());
+
+    let broker = Broker::start_with_env(&data, &[], &[("RINGBROKER_TEST_LOAD_DELAY_MS", "1500")]);
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        let mut c = Client::connect(&broker.addr);
+        for g in &groups {
+            let r: OffsetFetchResponse = c.call(
+                ApiKey::OffsetFetch,
+                7,
+                &OffsetFetchRequest::default()
+                    .with_group_id(GroupId(name(g)))
+                    .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                        .with_name(TopicName(name("t")))
+                        .with_partition_indexes(vec![0])])),
+            );
+            let p = &r.topics[0].partitions[0];
+            answers.push((g.clone(), r.error_code, p.error_code, p.committed_offset));
+        }
+    }
+    let wrong: Vec<_> = answers
+        .iter()
+        .filter(|(_, e, pe, offset)| (*e, *pe, *offset) != (0, 0, 2))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} answers before every shard loaded: {:?}",
+        wrong.len(),
+        answers.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+}
