@@ -977,7 +977,7 @@ def main():
     ap.add_argument("--hostile", type=int, default=1, help="threads per hostile kind (0: none)")
     ap.add_argument("--flood", type=int, default=200, help="connections per flood")
     ap.add_argument("--idle-http", type=int, default=8, help="idle connections to the metrics port per round")
-    ap.add_argument("--big-mib", type=int, default=300,
+    ap.add_argument("--big-mib", type=int, default=260,
                     help="MiB written to the partition read with the largest fetch sizes (0: no big partition)")
     ap.add_argument("--kill-min", type=float, default=20, help="shortest usual time between kills, s")
     ap.add_argument("--kill-max", type=float, default=60, help="longest usual time between kills, s")

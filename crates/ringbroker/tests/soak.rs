@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Seconds of load; set-up (a 300 MiB partition) and the final checks add about 15 s.
+/// Seconds of load; set-up (a 260 MiB partition) and the final checks add about 15 s.
 const SOAK_LOAD_S: u32 = 60;
 /// The driver ends the run (and the broker) after this many seconds whatever happens.
 const SOAK_HARD_TIMEOUT_S: u32 = 165;
