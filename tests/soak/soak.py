@@ -30,6 +30,7 @@ import argparse
 import collections
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -165,6 +166,34 @@ def produce_request(correlation_id, topic, partition, batch, acks=-1):
     return frame(0, 3, correlation_id, body)
 
 
+def offset_fetch_request(correlation_id, group, topic, partitions):
+    """OffsetFetch v1: group, topics [name, partitions]."""
+    body = str16(group) + struct.pack(">i", 1) + str16(topic) + struct.pack(">i", len(partitions))
+    body += b"".join(struct.pack(">i", p) for p in partitions)
+    return frame(9, 1, correlation_id, body)
+
+
+def parse_offset_fetch_v1(body):
+    """{partition: (committed offset, error code)} from an OffsetFetch v1 response body
+    (after the correlation id)."""
+    out = {}
+    at = 0
+    (topics,) = struct.unpack_from(">i", body, at)
+    at += 4
+    for _ in range(topics):
+        (name_len,) = struct.unpack_from(">h", body, at)
+        at += 2 + max(0, name_len)
+        (parts,) = struct.unpack_from(">i", body, at)
+        at += 4
+        for _ in range(parts):
+            p, off, meta_len = struct.unpack_from(">iqh", body, at)
+            at += 14 + max(0, meta_len)
+            (err,) = struct.unpack_from(">h", body, at)
+            at += 2
+            out[p] = (off, err)
+    return out
+
+
 def recv_exact(sock, n):
     buf = bytearray()
     while len(buf) < n:
@@ -239,6 +268,8 @@ class Broker:
         self.proc = None
         self.gen = 0
         self.state = "down"
+        self.spawned_at = 0.0
+        self.up_at = 0.0
         self.expected_exit = True
 
     def snapshot(self):
@@ -246,6 +277,26 @@ class Broker:
             return self.gen, self.state
 
     def start(self, wait_s=90.0):
+        """Starts the broker and waits for /health 200; returns the seconds that took."""
+        started = time.monotonic()
+        proc = self.spawn()
+        deadline = started + wait_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"broker exited with {proc.returncode} while starting (log {self.log_path})")
+            try:
+                status, _ = http_get(self.metrics_addr, "/health", 1.0)
+                if status == 200:
+                    with self.lock:
+                        self.state = "up"
+                        self.up_at = time.monotonic()
+                    return time.monotonic() - started
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"broker did not answer /health within {wait_s:.0f} s (log {self.log_path})")
+
+    def spawn(self):
         cmd = [
             self.args.broker, "serve",
             "--listen", self.bootstrap,
@@ -258,7 +309,6 @@ class Broker:
         logf.write(f"\n===== soak: start #{self.gen + 1} at {time.monotonic() - T0:.1f}s =====\n".encode())
         logf.flush()
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
-        started = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=logf, env=env)
         logf.close()
         with self.lock:
@@ -266,20 +316,8 @@ class Broker:
             self.gen += 1
             self.state = "starting"
             self.expected_exit = False
-        deadline = started + wait_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"broker exited with {proc.returncode} while starting (log {self.log_path})")
-            try:
-                status, _ = http_get(self.metrics_addr, "/health", 1.0)
-                if status == 200:
-                    with self.lock:
-                        self.state = "up"
-                    return time.monotonic() - started
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"broker did not answer /health within {wait_s:.0f} s (log {self.log_path})")
+            self.spawned_at = time.monotonic()
+        return proc
 
     def kill9(self):
         with self.lock:
@@ -383,9 +421,12 @@ class ProducerLoad:
             if fatal:
                 try:
                     p.poll(0)  # serves error_cb, which names the cause
-                except KafkaException:
-                    pass
-                reason = (reasons or fatal)[0]
+                except KafkaException as e:
+                    fatal.append(str(e))
+                named = [r for r in reasons + fatal if "Local: Fatal error" not in r]
+                reason = (named or fatal)[0]
+                cause = re.search(r"code=(\w+)", reason)
+                STATS.add(f"producer_fatal:{cause.group(1) if cause else reason.split(':')[0]}")
                 STATS.note(f"producer {self.idx} incarnation {incarnation}: fatal error {reason[:300]}; recreated")
                 STATS.add("producer_fatal_errors")
                 try:
@@ -441,7 +482,7 @@ class ConsumerLoad:
                     if m.error():
                         continue
                     self.consumed += 1
-                    self.seen[(m.partition(), m.offset())] = m.value()
+                    self.seen[(m.partition(), m.offset())] = hash(m.value())
                 if time.monotonic() - last_commit >= 1.0:
                     last_commit = time.monotonic()
                     self.commit(c)
@@ -504,6 +545,7 @@ class CommitObserver:
         self.reads += 1
         gen, state = self.broker.snapshot()
         when = f"(read at {started - T0:.1f}s, broker start #{gen} {state})"
+        problems = []
         for tp in result:
             if tp.error is not None:
                 continue
@@ -512,13 +554,57 @@ class CommitObserver:
             if off < 0 and prev is None:
                 continue
             if prev is not None and off < prev:
-                STATS.anomaly(f"committed offset of {TOPIC}-{p} moved backwards: {prev} -> {off} {when}")
+                problems.append(f"{TOPIC}-{p} moved backwards {prev} -> {off}")
             if off < floor.get(p, -1):
-                STATS.anomaly(
-                    f"committed offset of {TOPIC}-{p} is {off}, below the commit of {floor[p]} "
-                    f"acknowledged before this read {when}")
+                problems.append(f"{TOPIC}-{p} is {off}, below the acknowledged commit of {floor[p]}")
             self.observed[p] = max(off, prev if prev is not None else off)
+        if problems:
+            STATS.anomaly(f"committed offsets read {when}: {'; '.join(problems)}")
         return True
+
+
+class StartupOffsetReader:
+    """From the moment a (re)started broker accepts connections until a second after its
+    /health answers, reads the group's committed offsets with a raw OffsetFetch every 20 ms:
+    an answer without error must never be below a commit acknowledged before the read (a
+    broker that serves OffsetFetch before it has loaded its committed offsets answers
+    "none", and a consumer joining then starts over from auto.offset.reset)."""
+
+    def __init__(self, broker, stop, args, observer):
+        self.broker, self.stop, self.args, self.observer = broker, stop, args, observer
+        self.reads = 0
+        self.reported = set()  # broker starts with an anomaly already reported
+
+    def run(self):
+        while not self.stop.wait(0.02):
+            gen, state = self.broker.snapshot()
+            if state == "starting" or (state == "up" and time.monotonic() - self.broker.up_at < 1.0):
+                self.read_once(gen)
+
+    def read_once(self, gen):
+        started = time.monotonic()
+        try:
+            with socket.create_connection(self.broker.kafka_addr, timeout=0.5) as s:
+                s.settimeout(2.0)
+                s.sendall(offset_fetch_request(3, GROUP, TOPIC, list(range(self.args.partitions))))
+                (size,) = struct.unpack(">i", recv_exact(s, 4))
+                body = recv_exact(s, size)
+        except OSError:
+            return
+        try:
+            answer = parse_offset_fetch_v1(body[4:])
+        except struct.error:
+            STATS.anomaly(f"OffsetFetch v1 answer that does not parse: {body[:64]!r}")
+            return
+        self.reads += 1
+        floor = self.observer.acked_floor(started)
+        for p, (off, err) in sorted(answer.items()):
+            if err == 0 and off < floor.get(p, -1) and gen not in self.reported:
+                self.reported.add(gen)
+                STATS.anomaly(
+                    f"OffsetFetch {started - self.broker.spawned_at:.3f} s after start #{gen} answered "
+                    f"committed offset {off} for {TOPIC}-{p} without error, below the acknowledged "
+                    f"commit of {floor[p]} (offsets not loaded yet?)")
 
 
 # ---------------------------------------------------------------- health prober
@@ -821,7 +907,8 @@ def fill_big_partition(broker, args):
 
 def killer(broker, stop, args, rng, restarts, recoveries):
     """SIGKILLs the broker at seeded random moments (now and then only 1-4 s after it came
-    up) and starts it again on the same data dir and ports."""
+    up) and starts it again on the same data dir and ports; now and then the new process is
+    killed again while it starts (recovering), before its /health answers."""
     while True:
         if rng.random() < 0.25:
             wait_s = rng.uniform(1, 4)
@@ -833,6 +920,12 @@ def killer(broker, stop, args, rng, restarts, recoveries):
         restarts.append(time.monotonic() - T0)
         log(f"kill -9 #{len(restarts)}")
         time.sleep(rng.uniform(0, 1.0))
+        if rng.random() < 0.15:
+            broker.spawn()
+            time.sleep(rng.uniform(0, 0.5))
+            broker.kill9()
+            restarts.append(time.monotonic() - T0)
+            log(f"kill -9 #{len(restarts)} while starting")
         try:
             took = broker.start()
         except RuntimeError as e:
@@ -951,7 +1044,7 @@ def verify(broker, args, producers, consumers):
     reread = 0
     for c in consumers:
         for k, v in c.seen.items():
-            if by_offset.get(k) != v:
+            if hash(by_offset.get(k)) != v:
                 reread += 1
     return {
         "records_in_log": len(where),
@@ -1052,6 +1145,8 @@ def run(args, seed, rng, broker, work, own_dir):
 
     load_threads = [thread(p.run) for p in producers] + [thread(c.run) for c in consumers]
     load_threads.append(thread(observer.run))
+    startup_reader = StartupOffsetReader(broker, load_stop, args, observer)
+    load_threads.append(thread(startup_reader.run))
     pauses = {"abrupt": (0.05, 0.3), "garbage": (0.05, 0.3), "big-fetch": (2, 6), "big-consumer": (5, 15),
               "never-read": (1, 5), "flood": (5, 15), "idle-http": (5, 15)}
     for _ in range(args.hostile):
@@ -1129,6 +1224,7 @@ def run(args, seed, rng, broker, work, own_dir):
     log(f"log: {result['records_in_log']} records in {TOPIC}, end offsets {result['ends']}")
     log(f"consumers: {sum(c.consumed for c in consumers)} records consumed, {len(commits)} partition commits "
         f"acknowledged, commit errors {dict(commit_errors)}, observer reads {observer.reads}, "
+        f"OffsetFetch reads during start-ups {startup_reader.reads}, "
         f"records read then lost by a crash {result['consumed_then_lost']}")
     log(f"hostile connections {dict(hostile.connections)}; largest-size Fetch answers "
         f"{hostile.big_fetch_answers} ({hostile.big_fetch_bytes} bytes), big consumer records "
@@ -1136,8 +1232,12 @@ def run(args, seed, rng, broker, work, own_dir):
         f"{ {k: v for k, v in STATS.counts.items() if k.startswith('hostile_client_errors')} }")
     log(f"health: {prober.probes} probes, {prober.counted} while up, slowest {prober.latency_max_s:.3f} s, "
         f"{len(prober.periods)} unresponsive periods")
-    for n in STATS.notes:
+    fatal_causes = {k.split(":", 1)[1]: v for k, v in STATS.counts.items() if k.startswith("producer_fatal:")}
+    log(f"producer fatal errors by cause (each producer was recreated): {fatal_causes}")
+    for n in STATS.notes[:20]:
         log(f"note: {n}")
+    if len(STATS.notes) > 20:
+        log(f"... {len(STATS.notes) - 20} more notes")
     anomalies = len(STATS.anomalies)
     for a in STATS.anomalies:
         log(f"anomaly: {a}")

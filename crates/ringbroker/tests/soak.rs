@@ -5,7 +5,8 @@
 //! HTTP connections) and kill -9 / restart at seeded random moments; then every acknowledged
 //! record must be present exactly once and in order, committed offsets must never have moved
 //! backwards, and no health probe may have found the broker unresponsive while it was up.
-//! `SOAK_SEED=<n>` repeats a run's random choices (the seed is printed).
+//! `SOAK_SEED=<n>` repeats a run's random choices (the seed is printed); `SOAK_ARGS` adds
+//! driver options (e.g. `SOAK_ARGS="--big-mib 0"` leaves out the partition above 256 MiB).
 
 mod common;
 
@@ -37,6 +38,7 @@ fn soak_short_form_keeps_every_acknowledged_record_and_stays_responsive() {
         .args(["--cores", &common::two_cores()])
         .args(["--kill-min", "15", "--kill-max", "25"])
         .args(["--hard-timeout", &SOAK_HARD_TIMEOUT_S.to_string()])
+        .args(std::env::var("SOAK_ARGS").unwrap_or_default().split_whitespace())
         .output()
         .unwrap_or_else(|e| panic!("cannot run python3 {driver} (scripts/test installs its modules): {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
