@@ -146,14 +146,15 @@ def varint(n):
         z >>= 7
 
 
-def record_batch(values):
-    """A valid uncompressed RecordBatch v2 (no producer id) holding `values`."""
+def record_batch(values, producer_id=-1, epoch=-1, base_sequence=-1):
+    """A valid uncompressed RecordBatch v2 holding `values` (idempotent with a producer id)."""
     now = int(time.time() * 1000)
     records = b""
     for i, v in enumerate(values):
         body = b"\x00" + varint(0) + varint(i) + varint(-1) + varint(len(v)) + v + varint(0)
         records += varint(len(body)) + body
-    after_crc = struct.pack(">hiqqqhii", 0, len(values) - 1, now, now, -1, -1, -1, len(values)) + records
+    after_crc = struct.pack(">hiqqqhii", 0, len(values) - 1, now, now, producer_id, epoch, base_sequence,
+                            len(values)) + records
     after_length = struct.pack(">ib", 0, 2) + struct.pack(">I", crc32c(after_crc)) + after_crc
     return struct.pack(">qi", 0, len(after_length)) + after_length
 
@@ -192,6 +193,20 @@ def parse_offset_fetch_v1(body):
             at += 2
             out[p] = (off, err)
     return out
+
+
+def init_producer_id_request(correlation_id):
+    """InitProducerId v0: no transactional id, transaction timeout."""
+    return frame(22, 0, correlation_id, struct.pack(">hi", -1, 60000))
+
+
+def parse_produce_v3(body):
+    """(error code, base offset) of the one partition of a Produce v3 response body."""
+    at = 4  # topics count
+    (name_len,) = struct.unpack_from(">h", body, at)
+    at += 2 + name_len + 4  # name, partitions count
+    _, err, base, _ = struct.unpack_from(">ihqq", body, at)
+    return err, base
 
 
 def recv_exact(sock, n):
@@ -449,6 +464,101 @@ class ProducerLoad:
             self.acked[msg.value().decode()] = (msg.partition(), msg.offset())
         else:
             self.failed[err.name()] += 1
+
+
+class ReplayProducer:
+    """A raw idempotent producer (InitProducerId, then Produce v3 acks=-1 with producer id,
+    epoch and sequence), one request in flight. A request whose answer is lost (the broker was
+    killed) is sent again unchanged as soon as a connection is accepted, every 10 ms, so the
+    retry lands while the restarted broker is still starting up: it must be answered as a
+    duplicate (or appended once if the first copy was not written), never written twice.
+    Values "R<idx>:<incarnation>:<seq>:" join the soak topic's checks."""
+
+    # Answers after which the same producer may not go on (a new producer id is taken).
+    FATAL = {45: "OUT_OF_ORDER_SEQUENCE_NUMBER", 47: "INVALID_PRODUCER_EPOCH", 59: "UNKNOWN_PRODUCER_ID"}
+
+    def __init__(self, broker, stop, args, idx):
+        self.broker, self.stop, self.args, self.idx = broker, stop, args, idx
+        self.acked = {}
+        self.sent = 0
+        self.failed = collections.Counter()
+        self.incarnations = 0
+        self.unacked_at_end = 0
+        self.retries_after_loss = 0
+        self.duplicates_answered = 0
+
+    def run(self):
+        conn = None
+        producer = None  # (id, epoch)
+        next_seq = {}
+        seq = 0
+        pending = None  # (partition, values, request)
+        corr = 0
+        while not self.stop.is_set():
+            if conn is None:
+                try:
+                    conn = socket.create_connection(self.broker.kafka_addr, timeout=0.5)
+                    conn.settimeout(15.0)
+                except OSError:
+                    self.stop.wait(0.01)
+                    continue
+            try:
+                if producer is None:
+                    corr += 1
+                    conn.sendall(init_producer_id_request(corr))
+                    (size,) = struct.unpack(">i", recv_exact(conn, 4))
+                    body = recv_exact(conn, size)
+                    _, err, pid, epoch = struct.unpack_from(">ihqh", body, 4)
+                    if err != 0:
+                        self.failed[f"InitProducerId error {err}"] += 1
+                        self.stop.wait(0.1)
+                        continue
+                    producer = (pid, epoch)
+                    self.incarnations += 1
+                    next_seq = {}
+                if pending is None:
+                    p = seq % self.args.partitions
+                    n = 1 + seq % 3
+                    values = [f"R{self.idx}:{self.incarnations - 1}:{seq + i}:".encode() for i in range(n)]
+                    seq += n
+                    batch = record_batch(values, producer[0], producer[1], next_seq.get(p, 0))
+                    pending = (p, values, batch)
+                    self.sent += n
+                p, values, batch = pending
+                corr += 1
+                conn.sendall(produce_request(corr, TOPIC, p, batch, acks=-1))
+                (size,) = struct.unpack(">i", recv_exact(conn, 4))
+                body = recv_exact(conn, size)
+                err, base = parse_produce_v3(body[4:])
+            except (OSError, struct.error):
+                conn.close()
+                conn = None
+                if pending is not None:
+                    self.retries_after_loss += 1
+                continue
+            if err in (0, 46):  # NONE, DUPLICATE_SEQUENCE_NUMBER
+                if err == 46:
+                    self.duplicates_answered += 1
+                for i, v in enumerate(values):
+                    self.acked[v.decode()] = (p, base + i if err == 0 else -1)
+                next_seq[p] = next_seq.get(p, 0) + len(values)
+                pending = None
+                self.stop.wait(0.02)
+            elif err in self.FATAL:
+                STATS.add(f"producer_fatal:{self.FATAL[err]}")
+                STATS.add("producer_fatal_errors")
+                STATS.note(f"replay producer {self.idx} id {producer[0]}: {self.FATAL[err]} for a batch "
+                           f"of sequence {next_seq.get(p, 0)} on {TOPIC}-{p}; new producer id")
+                self.failed[self.FATAL[err]] += 1
+                producer = None
+                pending = None
+            else:
+                self.failed[f"error {err}"] += 1
+                self.stop.wait(0.1)
+        if conn is not None:
+            conn.close()
+        if pending is not None:
+            self.unacked_at_end += len(pending[1])
 
 
 # ---------------------------------------------------------------- load: consumers in a group
@@ -1065,6 +1175,8 @@ def main():
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--producers", type=int, default=3)
     ap.add_argument("--rate", type=int, default=500, help="records per second per producer")
+    ap.add_argument("--replay-producers", type=int, default=2,
+                    help="raw idempotent producers that resend a lost request at once after a restart")
     ap.add_argument("--record-bytes", type=int, default=100)
     ap.add_argument("--consumers", type=int, default=3)
     ap.add_argument("--hostile", type=int, default=1, help="threads per hostile kind (0: none)")
@@ -1132,6 +1244,8 @@ def run(args, seed, rng, broker, work, own_dir):
     load_stop = threading.Event()
     commits = []
     producers = [ProducerLoad(broker, load_stop, args, i) for i in range(args.producers)]
+    replayers = [ReplayProducer(broker, load_stop, args, i) for i in range(args.replay_producers)]
+    producers += replayers
     consumers = [ConsumerLoad(broker, load_stop, args, i, commits) for i in range(args.consumers)]
     observer = CommitObserver(broker, load_stop, args, commits)
     prober = Prober(broker, stop, args)
@@ -1220,7 +1334,10 @@ def run(args, seed, rng, broker, work, own_dir):
     log(f"producers: {sum(p.sent for p in producers)} sent, {result['acked_total']} acknowledged "
         f"({result['acked_offset_unknown']} without an offset), failed deliveries {dict(failed)}, "
         f"unacknowledged at the end {sum(p.unacked_at_end for p in producers)}, "
-        f"incarnations {sum(p.incarnations for p in producers)}")
+        f"incarnations {sum(p.incarnations for p in producers)}; raw replay producers: "
+        f"{sum(len(r.acked) for r in replayers)} acknowledged, {sum(r.retries_after_loss for r in replayers)} "
+        f"requests resent after a lost answer, {sum(r.duplicates_answered for r in replayers)} answered "
+        f"DUPLICATE_SEQUENCE_NUMBER")
     log(f"log: {result['records_in_log']} records in {TOPIC}, end offsets {result['ends']}")
     log(f"consumers: {sum(c.consumed for c in consumers)} records consumed, {len(commits)} partition commits "
         f"acknowledged, commit errors {dict(commit_errors)}, observer reads {observer.reads}, "
