@@ -38,9 +38,15 @@ fn soak_short_form_keeps_every_acknowledged_record_and_stays_responsive() {
         .args(["--cores", &common::two_cores()])
         .args(["--kill-min", "15", "--kill-max", "25"])
         .args(["--hard-timeout", &SOAK_HARD_TIMEOUT_S.to_string()])
-        .args(std::env::var("SOAK_ARGS").unwrap_or_default().split_whitespace())
+        .args(
+            std::env::var("SOAK_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 {driver} (scripts/test installs its modules): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run python3 {driver} (scripts/test installs its modules): {e}")
+        });
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
@@ -48,7 +54,10 @@ fn soak_short_form_keeps_every_acknowledged_record_and_stays_responsive() {
         .lines()
         .find_map(|l| l.strip_prefix("soak: "))
         .unwrap_or_else(|| {
-            panic!("soak (seed {seed}) printed no summary ({}):\n{stdout}\n{stderr}", out.status)
+            panic!(
+                "soak (seed {seed}) printed no summary ({}):\n{stdout}\n{stderr}",
+                out.status
+            )
         });
     let counts: HashMap<&str, u64> = summary
         .split_whitespace()
