@@ -1184,6 +1184,9 @@ def main():
     ap.add_argument("--idle-http", type=int, default=8, help="idle connections to the metrics port per round")
     ap.add_argument("--big-mib", type=int, default=260,
                     help="MiB written to the partition read with the largest fetch sizes (0: no big partition)")
+    ap.add_argument("--skip", default="",
+                    help="hostile kinds to leave out, comma-separated: abrupt,garbage,big-fetch,big-consumer,"
+                         "never-read,flood,idle-http")
     ap.add_argument("--kill-min", type=float, default=20, help="shortest usual time between kills, s")
     ap.add_argument("--kill-max", type=float, default=60, help="longest usual time between kills, s")
     ap.add_argument("--no-kill", action="store_true")
@@ -1265,7 +1268,7 @@ def run(args, seed, rng, broker, work, own_dir):
               "never-read": (1, 5), "flood": (5, 15), "idle-http": (5, 15)}
     for _ in range(args.hostile):
         for name, action in hostile.kinds():
-            if name.startswith("big") and args.big_mib == 0:
+            if (name.startswith("big") and args.big_mib == 0) or name in args.skip.split(","):
                 continue
             load_threads.append(thread(hostile.loop, name, action, pauses[name]))
     probe_thread = thread(prober.run)
