@@ -5,8 +5,11 @@ Starts `ringbroker serve` on fixed free loopback ports with its own data dir and
   - idempotent acks=all producers (confluent-kafka, enable.idempotence=true) writing records
     with unique values "P<producer>:<incarnation>:<sequence>", remembering every acknowledged
     one with its partition and offset;
+  - raw idempotent producers (InitProducerId, Produce v3) with one request in flight that
+    resend a request whose answer a kill lost as soon as the restarted broker accepts;
   - consumers in one group (subscribe, synchronous commits every second), remembering every
-    acknowledged commit; an observer reads the group's committed offsets every second;
+    acknowledged commit; an observer reads the group's committed offsets every second, and a
+    raw OffsetFetch every 20 ms while a restarted broker starts up;
   - hostile clients: abrupt disconnects mid-request, garbage frames, the largest legal fetch
     sizes (raw Fetch and a librdkafka consumer) on a partition larger than 256 MiB, readers that
     send Fetch and never read, connection floods, idle HTTP connections on the metrics port;
@@ -31,6 +34,7 @@ import collections
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -418,14 +422,14 @@ class ProducerLoad:
                         p.produce(TOPIC, value=value.encode(), partition=partition, on_delivery=self.on_delivery)
                     except BufferError:
                         break
-                    except KafkaException as e:
+                    except (KafkaException, SystemError) as e:
                         fatal.append(str(e))
                         break
                     seq += 1
                     self.sent += 1
                 try:
                     p.poll(0)
-                except KafkaException as e:
+                except (KafkaException, SystemError) as e:
                     fatal.append(str(e))
                 next_tick += 0.02
                 delay = next_tick - time.monotonic()
@@ -436,7 +440,7 @@ class ProducerLoad:
             if fatal:
                 try:
                     p.poll(0)  # serves error_cb, which names the cause
-                except KafkaException as e:
+                except (KafkaException, SystemError) as e:
                     fatal.append(str(e))
                 named = [r for r in reasons + fatal if "Local: Fatal error" not in r]
                 reason = (named or fatal)[0]
@@ -447,13 +451,13 @@ class ProducerLoad:
                 try:
                     p.purge()
                     p.flush(10)
-                except KafkaException:
+                except Exception:  # KafkaException, or SystemError wrapping one from a callback
                     pass
                 incarnation += 1
                 continue
             try:
                 self.unacked_at_end += p.flush(30)
-            except KafkaException as e:
+            except Exception as e:  # KafkaException, or SystemError wrapping one from a callback
                 STATS.note(f"producer {self.idx} incarnation {incarnation}: fatal error at the final flush {e}")
                 STATS.add("producer_fatal_errors")
                 self.unacked_at_end += len(p)
@@ -603,8 +607,9 @@ class ConsumerLoad:
     def commit(self, c):
         try:
             result = c.commit(asynchronous=False)
-        except KafkaException as e:
-            self.commit_errors[e.args[0].name()] += 1
+        except (KafkaException, SystemError) as e:
+            kafka_error = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+            self.commit_errors[kafka_error.name() if kafka_error else type(e).__name__] += 1
             return
         now = time.monotonic()
         for tp in result or []:
@@ -649,7 +654,7 @@ class CommitObserver:
         started = time.monotonic()
         try:
             result = c.committed([TopicPartition(TOPIC, p) for p in range(self.args.partitions)], timeout=5)
-        except KafkaException:
+        except (KafkaException, SystemError):
             return False
         floor = self.acked_floor(started)
         self.reads += 1
@@ -1366,10 +1371,11 @@ def run(args, seed, rng, broker, work, own_dir):
           f"unresponsive_periods={len(prober.periods)} producer_fatal_errors={STATS.counts['producer_fatal_errors']} "
           f"anomalies={anomalies}", flush=True)
     if anomalies == 0 and own_dir and not args.keep:
-        import shutil
         shutil.rmtree(work, ignore_errors=True)
     else:
-        log(f"broker log and data kept in {work}")
+        # The big partition is random filler, of no use to a post-mortem: keep the disk.
+        shutil.rmtree(os.path.join(work, "data", f"{BIG_TOPIC}-0"), ignore_errors=True)
+        log(f"broker log and data kept in {work} (without {BIG_TOPIC}-0)")
     return 1 if anomalies else 0
 
 
