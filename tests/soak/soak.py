@@ -1287,13 +1287,13 @@ def run(args, seed, rng, broker, work, own_dir):
     if kill_thread:
         kill_thread.join(120)
     load_stop.set()
-    join_deadline = time.monotonic() + 60
+    join_deadline = time.monotonic() + 30
     stuck = 0
     for t in load_threads:
         t.join(max(0.1, join_deadline - time.monotonic()))
         stuck += t.is_alive()
     if stuck:
-        STATS.anomaly(f"{stuck} load threads did not stop within 60 s (broker stuck?)")
+        STATS.anomaly(f"{stuck} load threads did not stop within 30 s (broker stuck?)")
     stop.set()
     probe_thread.join(30)
     exit_thread.join(5)
