@@ -3,6 +3,7 @@
 //! gets INVALID_REQUEST for each entry (as in Kafka).
 
 use super::{decode_body, respond, Outcome};
+use crate::api::refuse_over;
 use crate::errors;
 use crate::limits::{REQUEST_TOPICS_MAX, TOPIC_CONFIGS_BYTES_MAX};
 use crate::shard::{self, NewTopic};
@@ -14,16 +15,12 @@ use ringbroker_protocol::request::Request;
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: CreateTopicsRequest = decode_body(&mut req)?;
     let v = req.version;
-    if body.topics.len() > REQUEST_TOPICS_MAX {
-        let count = body.topics.len();
-        crate::warn_limited!(
-            topics = count,
-            "CreateTopics names too many topics; closing"
-        );
-        return Err(Outcome::Close(format!(
-            "CreateTopics names {count} topics, more than {REQUEST_TOPICS_MAX}"
-        )));
-    }
+    refuse_over(
+        "CreateTopics",
+        "topics",
+        body.topics.len(),
+        REQUEST_TOPICS_MAX,
+    )?;
     let mut times_named = std::collections::HashMap::new();
     for t in &body.topics {
         *times_named.entry(&t.name.0).or_insert(0usize) += 1;

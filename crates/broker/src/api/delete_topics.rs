@@ -2,6 +2,7 @@
 //! INVALID_REQUEST for each repeat (as in Kafka); only distinct known names reach shard 0.
 
 use super::{decode_body, respond, Outcome};
+use crate::api::refuse_over;
 use crate::errors;
 use crate::limits::REQUEST_TOPICS_MAX;
 use crate::shard;
@@ -14,15 +15,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: DeleteTopicsRequest = decode_body(&mut req)?;
     let v = req.version;
     let count = body.topics.len() + body.topic_names.len();
-    if count > REQUEST_TOPICS_MAX {
-        crate::warn_limited!(
-            topics = count,
-            "DeleteTopics names too many topics; closing"
-        );
-        return Err(Outcome::Close(format!(
-            "DeleteTopics names {count} topics, more than {REQUEST_TOPICS_MAX}"
-        )));
-    }
+    refuse_over("DeleteTopics", "topics", count, REQUEST_TOPICS_MAX)?;
     let shard = shard::current();
     // (name as asked, topic id as asked, resolved name)
     let asked: Vec<(Option<TopicName>, uuid::Uuid, Option<String>)> = if v >= 6 {

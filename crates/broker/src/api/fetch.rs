@@ -6,6 +6,7 @@
 //! session id 0, which tells clients to send full requests.
 
 use super::{decode_body, respond, Outcome};
+use crate::api::refuse_over;
 use crate::connection::Conn;
 use crate::errors;
 use crate::limits::REQUEST_PARTITIONS_MAX;
@@ -114,16 +115,7 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
         return Ok(respond(&req, &response));
     }
     let asked: usize = body.topics.iter().map(|t| t.partitions.len()).sum();
-    if asked > REQUEST_PARTITIONS_MAX {
-        crate::warn_limited!(
-            partitions = asked,
-            max = REQUEST_PARTITIONS_MAX,
-            "Fetch names too many partitions; closing"
-        );
-        return Err(Outcome::Close(format!(
-            "Fetch names {asked} partitions, more than {REQUEST_PARTITIONS_MAX}"
-        )));
-    }
+    refuse_over("Fetch", "partitions", asked, REQUEST_PARTITIONS_MAX)?;
     let max_bytes = response_bytes_max(body.max_bytes, shard.shared.config.fetch_bytes_max);
     let unknown_code = if v >= TOPIC_ID_VERSION {
         errors::UNKNOWN_TOPIC_ID

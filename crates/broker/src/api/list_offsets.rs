@@ -3,6 +3,7 @@
 //! the batch's first offset for compressed ones).
 
 use super::{decode_body, respond, Outcome};
+use crate::api::refuse_over;
 use crate::errors;
 use crate::limits::REQUEST_PARTITIONS_MAX;
 use crate::shard;
@@ -18,15 +19,7 @@ const EARLIEST: i64 = -2;
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: ListOffsetsRequest = decode_body(&mut req)?;
     let asked: usize = body.topics.iter().map(|t| t.partitions.len()).sum();
-    if asked > REQUEST_PARTITIONS_MAX {
-        crate::warn_limited!(
-            partitions = asked,
-            "ListOffsets names too many partitions; closing"
-        );
-        return Err(Outcome::Close(format!(
-            "ListOffsets names {asked} partitions, more than {REQUEST_PARTITIONS_MAX}"
-        )));
-    }
+    refuse_over("ListOffsets", "partitions", asked, REQUEST_PARTITIONS_MAX)?;
     let shard = shard::current();
     let mut topics = Vec::with_capacity(body.topics.len());
     for t in body.topics {

@@ -4,6 +4,7 @@
 //! never a multiple of the broker's state.
 
 use super::{decode_body, respond, Outcome};
+use crate::api::refuse_over;
 use crate::errors;
 use crate::metadata::TopicInfo;
 use crate::shard::{self, NewTopic};
@@ -22,13 +23,12 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: MetadataRequest = decode_body(&mut req)?;
     let v = req.version;
     let count = body.topics.as_ref().map_or(0, Vec::len);
-    if count > crate::limits::REQUEST_TOPICS_MAX {
-        crate::warn_limited!(topics = count, "Metadata names too many topics; closing");
-        return Err(Outcome::Close(format!(
-            "Metadata names {count} topics, more than {}",
-            crate::limits::REQUEST_TOPICS_MAX
-        )));
-    }
+    refuse_over(
+        "Metadata",
+        "topics",
+        count,
+        crate::limits::REQUEST_TOPICS_MAX,
+    )?;
     let shard = shard::current();
     let shared = shard.shared.clone();
     let mut topics = Vec::new();

@@ -71,6 +71,18 @@ pub enum Outcome {
     Close(String),
 }
 
+/// Closes the connection (logged, rate limited) when one request names more `what`
+/// ("partitions", "topics") than the broker's limit `max` for a single request.
+pub fn refuse_over(api: &str, what: &str, count: usize, max: usize) -> Result<(), Outcome> {
+    if count <= max {
+        return Ok(());
+    }
+    crate::warn_limited!(api, count, max, "a request names too many {what}; closing");
+    Err(Outcome::Close(format!(
+        "{api} names {count} {what}, more than {max}"
+    )))
+}
+
 /// Decodes a request body of type `T`; a body that does not decode closes the connection.
 pub(crate) fn decode_body<T: Decodable>(req: &mut Request) -> Result<T, Outcome> {
     T::decode(&mut req.body, req.version).map_err(|e| {

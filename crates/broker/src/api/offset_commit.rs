@@ -3,6 +3,7 @@
 //! than `offset.metadata.max.bytes` gets OFFSET_METADATA_TOO_LARGE for its partition only.
 
 use super::{decode_body, respond, Outcome};
+use crate::api::refuse_over;
 use crate::groups::{self, Committed};
 use crate::limits::{OFFSET_METADATA_BYTES_MAX, REQUEST_PARTITIONS_MAX};
 use crate::{errors, shard};
@@ -18,15 +19,12 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let shard = shard::current();
     let group = body.group_id.0.to_string();
     let asked_count: usize = body.topics.iter().map(|t| t.partitions.len()).sum();
-    if asked_count > REQUEST_PARTITIONS_MAX {
-        crate::warn_limited!(
-            partitions = asked_count,
-            "OffsetCommit names too many partitions; closing"
-        );
-        return Err(Outcome::Close(format!(
-            "OffsetCommit names {asked_count} partitions, more than {REQUEST_PARTITIONS_MAX}"
-        )));
-    }
+    refuse_over(
+        "OffsetCommit",
+        "partitions",
+        asked_count,
+        REQUEST_PARTITIONS_MAX,
+    )?;
     // (topic, partition, error known here, commit)
     let mut asked = Vec::new();
     for t in &body.topics {

@@ -3,6 +3,7 @@
 //! a response is never a multiple of the broker's state).
 
 use super::{decode_body, respond, Outcome};
+use crate::api::refuse_over;
 use crate::groups::{self, Committed};
 use crate::limits::REQUEST_PARTITIONS_MAX;
 use kafka_protocol::messages::offset_fetch_response::{
@@ -55,15 +56,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                 .map(|t| t.partition_indexes.len()),
         )
         .sum();
-    if asked > REQUEST_PARTITIONS_MAX {
-        crate::warn_limited!(
-            partitions = asked,
-            "OffsetFetch names too many partitions; closing"
-        );
-        return Err(Outcome::Close(format!(
-            "OffsetFetch names {asked} partitions, more than {REQUEST_PARTITIONS_MAX}"
-        )));
-    }
+    refuse_over("OffsetFetch", "partitions", asked, REQUEST_PARTITIONS_MAX)?;
     let mut seen = std::collections::HashSet::new();
     body.groups.retain(|g| seen.insert(g.group_id.0.clone()));
     let metadata = |c: &Option<Committed>| {
