@@ -25,6 +25,10 @@ use std::rc::Rc;
 
 /// Written batches remembered per producer and partition (Kafka's max in-flight requests).
 pub const BATCHES_PER_PRODUCER: usize = 5;
+/// Idempotent producers whose state one partition keeps; each costs about 300 bytes. A client
+/// can make new producer ids at will (InitProducerId), so the count a partition keeps must
+/// be bounded.
+pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 /// Producer ids reserved (and persisted) at once.
 const ID_BLOCK: i64 = 1000;
 
@@ -235,8 +239,16 @@ impl PartitionProducers {
         });
     }
 
-    /// The producer's entry, reset when the batch starts a new epoch.
+    /// The producer's entry, reset when the batch starts a new epoch. A new producer beyond
+    /// [`PRODUCERS_PER_PARTITION_MAX`] takes the place of the one whose last written batch is
+    /// oldest (Kafka expires idle producers by age instead): that producer's next batch is
+    /// taken at any sequence, as a new producer's is.
     fn entry(&mut self, b: ProducerBatch) -> &mut ProducerEntry {
+        if self.producers.len() >= PRODUCERS_PER_PARTITION_MAX
+            && !self.producers.contains_key(&b.producer_id)
+        {
+            self.evict_least_recent();
+        }
         let entry = self
             .producers
             .entry(b.producer_id)
@@ -248,6 +260,26 @@ impl PartitionProducers {
             entry.reset(b.epoch);
         }
         entry
+    }
+
+    /// Forgets the producer whose newest written batch is the oldest; producers with a batch
+    /// being written stay (their reservations must settle).
+    fn evict_least_recent(&mut self) {
+        let newest_written = |e: &ProducerEntry| {
+            e.batches.iter().rev().find_map(|x| match x.state {
+                BatchState::Written(base) => Some(base),
+                BatchState::Writing(_) => None,
+            })
+        };
+        let victim = self
+            .producers
+            .iter()
+            .filter(|(_, e)| e.batches.iter().all(Batch::is_written))
+            .min_by_key(|(_, e)| newest_written(e).unwrap_or(i64::MIN))
+            .map(|(pid, _)| *pid);
+        if let Some(pid) = victim {
+            self.producers.remove(&pid);
+        }
     }
 
     /// Ends a reservation. A written batch keeps its offset for duplicates. A failed one is
@@ -704,6 +736,39 @@ mod tests {
             assert_eq!(answer(&p, batch(0, seq, 1)), format!("duplicate of {seq}"));
         }
         assert_eq!(answer(&p, batch(0, 4, 1)), "reserved");
+    }
+
+    #[test]
+    fn producers_beyond_the_limit_replace_the_least_recent_and_never_one_being_written() {
+        let p = Producers::default();
+        let b = |pid: i64, seq: i32| ProducerBatch::new(pid, 0, seq, 1);
+        // Producer 0 has a batch being written; the others have written one each, producer
+        // 1 longest ago.
+        let writing = match p.check_and_reserve(b(0, 0)) {
+            Check::Reserved(r) => r,
+            other => panic!("not reserved: {}", describe(&other)),
+        };
+        for pid in 1..PRODUCERS_PER_PARTITION_MAX as i64 {
+            match p.check_and_reserve(b(pid, 0)) {
+                Check::Reserved(r) => r.written(pid),
+                other => panic!("not reserved: {}", describe(&other)),
+            }
+        }
+        let kept = || p.state.borrow().producers.len();
+        assert_eq!(kept(), PRODUCERS_PER_PARTITION_MAX);
+        let newcomer = PRODUCERS_PER_PARTITION_MAX as i64;
+        match p.check_and_reserve(b(newcomer, 0)) {
+            Check::Reserved(r) => r.written(newcomer),
+            other => panic!("not reserved: {}", describe(&other)),
+        }
+        assert_eq!(kept(), PRODUCERS_PER_PARTITION_MAX);
+        let known = |pid: i64| p.state.borrow().producers.contains_key(&pid);
+        assert!(!known(1), "the least recent producer made room");
+        assert!(known(0), "a producer with a batch being written is kept");
+        assert!(known(2) && known(newcomer));
+        // Its reservation still settles, and its duplicate is still recognised.
+        writing.written(99_999);
+        assert_eq!(answer(&p, b(0, 0)), "duplicate of 99999");
     }
 
     #[test]
