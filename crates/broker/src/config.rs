@@ -147,8 +147,14 @@ pub fn topic_log_config(
             "retention.ms" => log.retention_ms = limit(number()?),
             "retention.bytes" => log.retention_bytes = limit(number()?),
             "segment.bytes" => match number()? {
-                n if n >= 14 => log.segment_bytes = n as u64,
-                n => return Err(format!("segment.bytes={n} is too small")),
+                n if n < 14 => return Err(format!("segment.bytes={n} is too small")),
+                n if n as u64 > ringbroker_storage::SEGMENT_BYTES_MAX => {
+                    return Err(format!(
+                        "segment.bytes={n} is above {}",
+                        ringbroker_storage::SEGMENT_BYTES_MAX
+                    ))
+                }
+                n => log.segment_bytes = n as u64,
             },
             "segment.ms" => match number()? {
                 n if n >= 1 => log.segment_ms = Some(n as u64),

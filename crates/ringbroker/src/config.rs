@@ -229,8 +229,11 @@ impl ServeArgs {
             .unwrap_or(true);
         broker.default_partitions = default_partitions;
         if let Some(b) = self.segment_bytes.or(file.segment_bytes) {
-            if b < 1024 {
-                bail!("--segment-bytes must be at least 1024");
+            if !(1024..=ringbroker_storage::SEGMENT_BYTES_MAX).contains(&b) {
+                bail!(
+                    "--segment-bytes must be between 1024 and {} (index positions are 32-bit)",
+                    ringbroker_storage::SEGMENT_BYTES_MAX
+                );
             }
             broker.log.segment_bytes = b;
         }
@@ -368,6 +371,14 @@ mod tests {
         .err()
         .unwrap();
         assert!(format!("{e:#}").contains("interval=<ms>"));
+        let e = ServeArgs {
+            segment_bytes: Some(4 << 30),
+            ..Default::default()
+        }
+        .resolve()
+        .err()
+        .unwrap();
+        assert!(format!("{e:#}").contains("--segment-bytes"), "{e:#}");
         for (fetch, message) in [(Some(300 << 20), None), (None, Some(300 << 20))] {
             let e = ServeArgs {
                 fetch_max_bytes: fetch,

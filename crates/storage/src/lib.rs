@@ -22,5 +22,8 @@ pub mod recovery;
 pub mod segment;
 
 pub use checkpoint::Checkpoint;
-pub use log::{AppendError, LogConfig, PartitionLog, ReadError, ReadResult, Recovery, SliceResult};
+pub use log::{
+    AppendError, LogConfig, PartitionLog, ReadError, ReadResult, Recovery, SliceResult,
+    SEGMENT_BYTES_MAX,
+};
 pub use recovery::{RecoveryReport, RecoveryTotals};

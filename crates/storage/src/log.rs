@@ -29,6 +29,10 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::rc::Rc;
 
+/// Largest segment: index entries hold 32-bit file positions, and Kafka's `segment.bytes` is a
+/// 32-bit int too.
+pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
+
 #[derive(Clone, Debug)]
 pub struct LogConfig {
     /// Roll to a new segment when the active one would exceed this.
