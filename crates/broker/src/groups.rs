@@ -41,6 +41,7 @@ pub const NON_EMPTY_GROUP: i16 = 68;
 pub const GROUP_ID_NOT_FOUND: i16 = 69;
 pub const INVALID_GROUP_ID: i16 = 24;
 pub const FENCED_INSTANCE_ID: i16 = 82;
+pub const NOT_COORDINATOR: i16 = 16;
 
 /// The offsets partition that holds `group`.
 pub fn offsets_partition(group: &str) -> i32 {
@@ -694,6 +695,30 @@ pub fn sweep() {
         // offsets live apart), so its slot counts towards GROUPS_PER_SHARD_MAX no longer.
         c.groups
             .retain(|_, g| !(g.members.is_empty() && g.pending.is_empty()));
+    })
+}
+
+/// At shutdown: answers every JoinGroup and SyncGroup still waiting (for a rebalance that may
+/// take a client-chosen time) with NOT_COORDINATOR, as Kafka's coordinator does when it
+/// unloads its groups; the clients look for the coordinator again once it is back.
+pub fn release_waiters() {
+    with(|c| {
+        for g in c.groups.values_mut() {
+            for (_, m) in g.members.iter_mut() {
+                if let Some(tx) = m.join_waiter.take() {
+                    tx.send(JoinResult {
+                        error: NOT_COORDINATOR,
+                        ..Default::default()
+                    });
+                }
+                if let Some(tx) = m.sync_waiter.take() {
+                    tx.send(SyncResult {
+                        error: NOT_COORDINATOR,
+                        ..Default::default()
+                    });
+                }
+            }
+        }
     })
 }
 

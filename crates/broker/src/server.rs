@@ -87,6 +87,8 @@ struct StopSignals {
 thread_local! {
     static STOP: RefCell<Option<Rc<StopSignals>>> = const { RefCell::new(None) };
     static DRAINING: Cell<bool> = const { Cell::new(false) };
+    /// Released when the shard starts draining.
+    static DRAIN_STARTED: Rc<Notify> = Notify::new();
     /// Client connections accepted here (they may have moved to another shard since).
     static ACCEPTED: RefCell<Vec<Weak<OwnedFd>>> = const { RefCell::new(Vec::new()) };
 }
@@ -95,6 +97,18 @@ thread_local! {
 /// those it has read and leaves.
 pub fn draining() -> bool {
     DRAINING.with(Cell::get)
+}
+
+/// On a shard: resolves once it starts draining (at once if it has), so that requests waiting
+/// for a client-chosen time (a long-poll Fetch's `max_wait_ms`) end with the drain instead of
+/// holding the stop back.
+pub async fn drain_started() {
+    let notify = DRAIN_STARTED.with(Rc::clone);
+    let started = notify.notified();
+    if draining() {
+        return;
+    }
+    started.await;
 }
 
 /// Removes the clean-shutdown marker (and makes the removal durable); whether it was there.
@@ -540,6 +554,8 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
 
     drain.await;
     DRAINING.with(|d| d.set(true));
+    DRAIN_STARTED.with(|n| n.notify_all());
+    crate::groups::release_waiters();
     stop_accepting(&listener, acceptor).await;
     if let Some(ack) = stop.drain_ack.borrow_mut().take() {
         let _ = ack.send(shard.id);

@@ -390,3 +390,74 @@ fn a_consumer_that_never_reads_its_response_does_not_cost_the_clean_shutdown() {
     );
     drop(stalled);
 }
+
+/// Requests that wait for a client-chosen time — a long-poll Fetch (`max_wait_ms` 60 s, more
+/// bytes than will come) and a JoinGroup waiting for a rebalance (the first member has 60 s to
+/// rejoin) — end when the broker starts its stop: the stop takes well under the drain timeout,
+/// exits 0 and writes the marker; the JoinGroup is told NOT_COORDINATOR, as Kafka's unloading
+/// coordinator answers.
+#[test]
+fn a_clean_stop_ends_long_polls_and_rebalance_waits() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    let name = |s: &str| StrBytes::from_string(s.to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut broker = Broker::start(&data, &[]);
+    kcat_produce(&broker.addr, "lp", "one\n");
+
+    let join = |group: &str, member: &str| {
+        JoinGroupRequest::default()
+            .with_group_id(GroupId(name(group)))
+            .with_session_timeout_ms(60_000)
+            .with_rebalance_timeout_ms(60_000)
+            .with_member_id(name(member))
+            .with_protocol_type(name("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(name("range"))
+                .with_metadata(bytes::Bytes::new())])
+    };
+    // Member A joins and the group is stable with it alone.
+    let mut a = Client::connect(&broker.addr);
+    let r: JoinGroupResponse = a.call(ApiKey::JoinGroup, 5, &join("lp-group", ""));
+    let a_id = r.member_id.to_string();
+    let r: JoinGroupResponse = a.call(ApiKey::JoinGroup, 5, &join("lp-group", &a_id));
+    assert_eq!(r.error_code, 0, "A joined");
+    // Member B's join starts a rebalance that waits for A.
+    let mut b = Client::connect(&broker.addr);
+    let r: JoinGroupResponse = b.call(ApiKey::JoinGroup, 5, &join("lp-group", ""));
+    let b_id = r.member_id.to_string();
+    let (b_corr, b_frame) = b.frame(ApiKey::JoinGroup, 5, &join("lp-group", &b_id));
+    b.send(&b_frame);
+    // A long poll past the log end.
+    let mut f = Client::connect(&broker.addr);
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(60_000)
+        .with_min_bytes(1 << 20)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(name("lp")))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(1)
+                .with_partition_max_bytes(1 << 20)])]);
+    let (f_corr, f_frame) = f.frame(ApiKey::Fetch, 11, &fetch);
+    f.send(&f_frame);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let asked = Instant::now();
+    let status = broker.stop();
+    let took = asked.elapsed();
+    assert!(status.success(), "{status:?}\n{}", broker.log());
+    assert!(took < Duration::from_secs(5), "the stop took {took:?}");
+    assert!(marker(&data).exists());
+    let r: JoinGroupResponse = b.read(ApiKey::JoinGroup, 5, b_corr);
+    assert_eq!(
+        r.error_code, 16,
+        "the waiting JoinGroup is told NOT_COORDINATOR"
+    );
+    let r: FetchResponse = f.read(ApiKey::Fetch, 11, f_corr);
+    assert_eq!(r.error_code, 0);
+}

@@ -23,6 +23,7 @@ use ringbroker_runtime::executor::spawn;
 use ringbroker_runtime::notify::Notify;
 use ringbroker_runtime::op;
 use ringbroker_storage::ReadError;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -157,7 +158,8 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
         let ready: usize = results.iter().flatten().map(Got::len).sum();
         let any_error = results.iter().flatten().any(|g| g.error != errors::NONE);
         let now = Instant::now();
-        if ready >= min_bytes || any_error || now >= deadline {
+        // A stopping shard answers with what is there rather than wait out the client's time.
+        if ready >= min_bytes || any_error || now >= deadline || crate::server::draining() {
             break results;
         }
         wait_for_append(&wanted, &results, deadline - now).await;
@@ -304,7 +306,20 @@ async fn wait_for_append(wanted: &WantedTopics, seen: &[Vec<Got>], wait: Duratio
             });
         }
     }
-    op::timeout(wait, released).await;
+    op::timeout(wait, first_of(released, crate::server::drain_started())).await;
+}
+
+/// Resolves when either future does.
+async fn first_of(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
+    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+    std::future::poll_fn(|cx| {
+        if a.as_mut().poll(cx).is_ready() || b.as_mut().poll(cx).is_ready() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
