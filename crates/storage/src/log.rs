@@ -1015,45 +1015,59 @@ impl PartitionLog {
             };
             (checkpoint, index_writes, log_files, index_files, file)
         };
-        let mut log_failed = false;
-        let written = async {
-            for w in index_writes {
-                w.write().await?;
-            }
-            for fd in &log_files {
-                op::fdatasync(fd).await.inspect_err(|_| log_failed = true)?;
-            }
-            for fd in &index_files {
-                op::fdatasync(fd).await?;
-            }
-            file.write(&checkpoint).await
-        }
-        .await;
-        let mut st = self.state.borrow_mut();
-        st.checkpoint_running = false;
-        st.checkpoint_file = Some(file);
-        if let Err(e) = written {
-            if log_failed && st.failed.is_none() {
-                tracing::error!(dir = %self.dir.display(), error = %e, "fdatasync of a rolled segment failed; partition stops accepting writes");
-                st.failed = Some(e.to_string());
-                st.repairable = false;
-            }
-            return Err(e);
-        }
-        for seg in st.segments.iter_mut() {
-            if seg.base_offset >= checkpoint.segment_base {
-                if seg.base_offset == checkpoint.segment_base {
-                    let entries = checkpoint.index_entries as usize;
-                    seg.index_durable = seg.index_durable.max(entries);
-                    seg.index_on_disk = seg.index_on_disk.max(entries);
+        // The writes and syncs run as a task of their own, like `sync_to`'s: a caller dropped
+        // mid-pass must neither leave `checkpoint_running` set for ever nor lose an fdatasync
+        // error of a rolled segment.
+        let mut pass = CheckpointPass {
+            dir: self.dir.clone(),
+            state: self.state.clone(),
+            settled: false,
+        };
+        let run = async move {
+            let mut log_failed = false;
+            let written = async {
+                for w in index_writes {
+                    w.write().await?;
                 }
-                break;
+                for fd in &log_files {
+                    op::fdatasync(fd).await.inspect_err(|_| log_failed = true)?;
+                }
+                for fd in &index_files {
+                    op::fdatasync(fd).await?;
+                }
+                file.write(&checkpoint).await
             }
-            seg.index_durable = seg.index.len();
-        }
-        st.durable_segments_below = st.durable_segments_below.max(checkpoint.segment_base);
-        st.checkpoint = Some(checkpoint);
-        Ok(Some(checkpoint))
+            .await;
+            pass.settled = true;
+            let mut st = pass.state.borrow_mut();
+            st.checkpoint_running = false;
+            st.checkpoint_file = Some(file);
+            if let Err(e) = written {
+                if log_failed && st.failed.is_none() {
+                    tracing::error!(dir = %pass.dir.display(), error = %e, "fdatasync of a rolled segment failed; partition stops accepting writes");
+                    st.failed = Some(e.to_string());
+                    st.repairable = false;
+                }
+                return Err(e);
+            }
+            for seg in st.segments.iter_mut() {
+                if seg.base_offset >= checkpoint.segment_base {
+                    if seg.base_offset == checkpoint.segment_base {
+                        let entries = checkpoint.index_entries as usize;
+                        seg.index_durable = seg.index_durable.max(entries);
+                        seg.index_on_disk = seg.index_on_disk.max(entries);
+                    }
+                    break;
+                }
+                seg.index_durable = seg.index.len();
+            }
+            st.durable_segments_below = st.durable_segments_below.max(checkpoint.segment_base);
+            st.checkpoint = Some(checkpoint);
+            Ok(Some(checkpoint))
+        };
+        spawn(run)
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the shard stopped mid-checkpoint")))
     }
 
     /// Deletes the log's directory (control plane; plain blocking calls).
@@ -1230,6 +1244,30 @@ impl Drop for SyncRun {
             }
         }
         self.synced.notify_all();
+    }
+}
+
+/// One recovery checkpoint pass. Dropped unfinished (the shard's executor stopped), it clears
+/// the running flag and fails the log, as an abandoned sync does: an fdatasync of a rolled
+/// segment whose outcome nobody saw may have swallowed a writeback error.
+struct CheckpointPass {
+    dir: Rc<Path>,
+    state: Rc<RefCell<State>>,
+    settled: bool,
+}
+
+impl Drop for CheckpointPass {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let Ok(mut st) = self.state.try_borrow_mut() {
+            tracing::error!(dir = %self.dir.display(), "a recovery checkpoint was abandoned; partition refuses writes until reopened");
+            st.checkpoint_running = false;
+            if st.failed.is_none() {
+                st.failed = Some("a recovery checkpoint was abandoned mid-pass".into());
+            }
+        }
     }
 }
 
@@ -1900,6 +1938,37 @@ mod tests {
             }
             assert!(log.segment_count() > 1, "syncs covered rolled segments too");
             log.append_batch(batch(1, 5, 0), 1).await.unwrap();
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_dropped_mid_pass_does_not_stop_later_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        block_on(async move {
+            let log = PartitionLog::open(&path, small_config()).unwrap();
+            for round in 0..8u64 {
+                for i in 0..20 {
+                    log.append_batch(batch(1, 20, i), 1).await.unwrap();
+                }
+                let hw = log.high_watermark();
+                within(log.sync_to(hw)).await.unwrap();
+                // Dropped at some await of its pass: before, inside or after its writes.
+                let limit = std::time::Duration::from_micros(1 + 40 * round);
+                let _ = op::timeout(limit, log.checkpoint_recovery_point()).await;
+                // A later pass covers everything synced (the dropped one may still be running).
+                let covered = || log.state.borrow().checkpoint.map(|c| c.offset);
+                for _ in 0..1000 {
+                    within(log.checkpoint_recovery_point()).await.unwrap();
+                    if covered() == Some(hw) {
+                        break;
+                    }
+                    op::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                assert_eq!(covered(), Some(hw), "round {round}");
+            }
+            assert!(log.state.borrow().failed.is_none());
         })
         .unwrap();
     }
