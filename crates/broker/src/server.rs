@@ -78,6 +78,8 @@ pub struct Broker {
 /// How the main thread tells a shard to stop, in two steps.
 #[derive(Default)]
 struct StopSignals {
+    /// A stop was asked for (possibly before the shard finished starting).
+    stopping: Cell<bool>,
     drain: Notify,
     close: Notify,
     /// Told when the shard has stopped accepting and asked its connections to leave.
@@ -358,6 +360,7 @@ impl Broker {
                     STOP.with(|stop| {
                         if let Some(n) = stop.borrow().as_ref() {
                             *n.drain_ack.borrow_mut() = ack;
+                            n.stopping.set(true);
                             n.drain.notify_all();
                             if close_too {
                                 n.close.notify_all();
@@ -486,6 +489,13 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
     let drain = stop.drain.notified();
     let close = stop.close.notified();
     let shard = crate::shard::current();
+    // The loop turns at least this often even when idle, so its heartbeat stays fresh (also
+    // while the state below loads).
+    drop(spawn(async {
+        loop {
+            op::sleep(crate::health::HEARTBEAT_TICK).await;
+        }
+    }));
     let delay = crate::faults::load_delay(shard.id);
     if !delay.is_zero() {
         op::sleep(delay).await;
@@ -514,15 +524,10 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
             }
         }
     }
-    // The loop turns at least this often even when idle, so its heartbeat stays fresh.
-    drop(spawn(async {
-        loop {
-            op::sleep(crate::health::HEARTBEAT_TICK).await;
-        }
-    }));
     // Requests reach every shard (forwarded partitions, group coordinators): accept only once
     // every shard has loaded its state, or a client could read "no committed offset" or have
-    // an idempotent retry checked against an empty producer state.
+    // an idempotent retry checked against an empty producer state. A stop asked for meanwhile
+    // (another shard failed to start) ends the wait.
     shard
         .shared
         .shards_loaded
@@ -532,25 +537,29 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
         .shards_loaded
         .load(std::sync::atomic::Ordering::Acquire)
         < shard.shared.shard_count
+        && !stop.stopping.get()
     {
         op::sleep(Duration::from_millis(1)).await;
     }
-    // Background loops end by themselves once the shard drains (each checks after its sleep).
-    drop(spawn(async {
-        while sleep_unless_draining(crate::groups::SWEEP_INTERVAL).await {
-            crate::groups::sweep();
-        }
-    }));
-    let acceptor = spawn(accept_loop(listener.clone()));
+    // Background loops end once the shard drains (their sleeps end with it); the close waits
+    // for them, so no flush, checkpoint or retention pass runs while the logs close.
+    let mut background = vec![
+        spawn(async {
+            while sleep_unless_draining(crate::groups::SWEEP_INTERVAL).await {
+                crate::groups::sweep();
+            }
+        }),
+        spawn(recovery_checkpoint_every(
+            shard.shared.config.recovery_checkpoint_interval,
+        )),
+        spawn(retention_every(
+            shard.shared.config.retention_check_interval,
+        )),
+    ];
     if let FlushPolicy::Interval(every) = shard.shared.config.flush {
-        drop(spawn(flush_every(every)));
+        background.push(spawn(flush_every(every)));
     }
-    drop(spawn(recovery_checkpoint_every(
-        shard.shared.config.recovery_checkpoint_interval,
-    )));
-    drop(spawn(retention_every(
-        shard.shared.config.retention_check_interval,
-    )));
+    let acceptor = spawn(accept_loop(listener.clone()));
 
     drain.await;
     DRAINING.with(|d| d.set(true));
@@ -561,6 +570,9 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
         let _ = ack.send(shard.id);
     }
 
+    for task in background {
+        let _ = task.await;
+    }
     close.await;
     let closed = close_logs().await;
     tracing::info!(
@@ -575,8 +587,7 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
 
 /// Sleeps for `duration`; whether the shard still serves afterwards.
 async fn sleep_unless_draining(duration: Duration) -> bool {
-    op::sleep(duration).await;
-    !draining()
+    op::timeout(duration, drain_started()).await.is_none()
 }
 
 /// Close phase: snapshots producer state, syncs and closes every log this shard owns; whether
@@ -586,10 +597,6 @@ async fn close_logs() -> bool {
     let delay = crate::faults::close_delay();
     if !delay.is_zero() {
         op::sleep(delay).await;
-    }
-    // A checkpoint pass in flight finishes first: it writes index files that close also writes.
-    while CHECKPOINTING.with(|c| c.get()) {
-        op::sleep(Duration::from_millis(10)).await;
     }
     crate::producer_state::snapshot_all();
     let mut closed = true;
@@ -642,37 +649,16 @@ async fn flush_every(every: Duration) {
     }
 }
 
-thread_local! {
-    /// A recovery checkpoint pass is running on this shard: closing the logs waits for it.
-    static CHECKPOINTING: Cell<bool> = const { Cell::new(false) };
-}
-
 /// Writes the recovery checkpoint of every partition this shard owns, periodically, until the
 /// shard drains.
 async fn recovery_checkpoint_every(every: Duration) {
     while sleep_unless_draining(every).await {
-        CHECKPOINTING.with(|c| c.set(true));
-        // Cleared even if the task is dropped mid-pass, so closing never waits for ever.
-        let _busy = scopeguard(|| CHECKPOINTING.with(|c| c.set(false)));
         for log in crate::shard::current().owned_logs() {
             if let Err(e) = log.checkpoint_recovery_point().await {
                 tracing::warn!(dir = %log.dir().display(), error = %e, "recovery checkpoint not written");
             }
         }
     }
-}
-
-/// Runs `f` when dropped.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }
 
 /// Applies retention to every partition this shard owns, periodically.
