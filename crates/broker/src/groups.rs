@@ -41,7 +41,6 @@ pub const NON_EMPTY_GROUP: i16 = 68;
 pub const GROUP_ID_NOT_FOUND: i16 = 69;
 pub const INVALID_GROUP_ID: i16 = 24;
 pub const FENCED_INSTANCE_ID: i16 = 82;
-pub const NOT_COORDINATOR: i16 = 16;
 
 /// The offsets partition that holds `group`.
 pub fn offsets_partition(group: &str) -> i32 {
@@ -707,13 +706,13 @@ pub fn release_waiters() {
             for (_, m) in g.members.iter_mut() {
                 if let Some(tx) = m.join_waiter.take() {
                     tx.send(JoinResult {
-                        error: NOT_COORDINATOR,
+                        error: errors::NOT_COORDINATOR,
                         ..Default::default()
                     });
                 }
                 if let Some(tx) = m.sync_waiter.take() {
                     tx.send(SyncResult {
-                        error: NOT_COORDINATOR,
+                        error: errors::NOT_COORDINATOR,
                         ..Default::default()
                     });
                 }

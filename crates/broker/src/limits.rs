@@ -31,6 +31,12 @@ pub const FETCH_BYTES_MAX_DEFAULT: usize = 57_671_680;
 /// must fit one gather placeholder.
 pub const RECORD_SECTION_BYTES_MAX: usize = ringbroker_protocol::gather::PLACEHOLDER_BYTES_MAX;
 
+/// Longest a Fetch waits for `min_bytes` (its `max_wait_ms` is clamped to it): each waiting
+/// Fetch parks a watcher on every partition it names until the wait ends, so the client's
+/// choice (up to 24 days) must not set how long they stay. Clients' defaults are 500 ms;
+/// a shorter wait only means an earlier, emptier answer.
+pub const FETCH_WAIT_MS_MAX: i32 = 30_000;
+
 /// Partitions one request may name (Fetch, ListOffsets, OffsetCommit, OffsetFetch), counting
 /// repeats: no real client names more partitions than a broker may hold. Beyond it the
 /// connection is closed, as for a malformed request.

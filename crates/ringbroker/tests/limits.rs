@@ -447,31 +447,19 @@ fn names_repeated_in_one_request_are_answered_once() {
 
 /// A Fetch naming more partitions than a broker may hold is a broken client: its connection
 /// is closed, nothing else.
-#[test]
-fn a_fetch_naming_more_partitions_than_the_broker_may_hold_closes_only_its_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[]);
-    let mut c = Client::connect(&broker.addr);
-    create_topic(&mut c, "t", 1);
-    use kafka_protocol::messages::fetch_request::*;
-    let partitions = vec![
-        FetchPartition::default()
-            .with_partition(0)
-            .with_partition_max_bytes(1024);
-        100_001
-    ];
-    let req = FetchRequest::default()
-        .with_max_wait_ms(0)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(name("t")))
-            .with_partitions(partitions)]);
-    let version = 12;
+/// Sends one request on a new connection and expects it closed without an answer.
+fn assert_closed_without_answer<Req: Encodable>(
+    broker: &Broker,
+    api: ApiKey,
+    version: i16,
+    req: &Req,
+) {
     let mut body = BytesMut::new();
     RequestHeader::default()
-        .with_request_api_key(ApiKey::Fetch as i16)
+        .with_request_api_key(api as i16)
         .with_request_api_version(version)
         .with_correlation_id(1)
-        .encode(&mut body, ApiKey::Fetch.request_header_version(version))
+        .encode(&mut body, api.request_header_version(version))
         .unwrap();
     req.encode(&mut body, version).unwrap();
     let mut frame = BytesMut::new();
@@ -484,8 +472,43 @@ fn a_fetch_naming_more_partitions_than_the_broker_may_hold_closes_only_its_conne
     let read = s.read_to_end(&mut reply);
     assert!(
         read.is_ok() && reply.is_empty(),
-        "expected the connection closed without an answer, got {read:?} and {} bytes",
+        "{api:?}: expected the connection closed without an answer, got {read:?} and {} bytes",
         reply.len()
     );
+}
+
+#[test]
+fn a_fetch_or_produce_naming_more_partitions_than_the_broker_may_hold_closes_only_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    create_topic(&mut c, "t", 1);
+    use kafka_protocol::messages::fetch_request::*;
+    let partitions = vec![
+        FetchPartition::default()
+            .with_partition(0)
+            .with_partition_max_bytes(1024);
+        100_001
+    ];
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(name("t")))
+            .with_partitions(partitions)]);
+    assert_closed_without_answer(&broker, ApiKey::Fetch, 12, &fetch);
+    use kafka_protocol::messages::produce_request::*;
+    let partitions = vec![
+        PartitionProduceData::default()
+            .with_index(0)
+            .with_records(Some(Bytes::new()));
+        100_001
+    ];
+    let produce = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(1000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(name("t")))
+            .with_partition_data(partitions)]);
+    assert_closed_without_answer(&broker, ApiKey::Produce, 9, &produce);
     assert_healthy(&broker);
 }

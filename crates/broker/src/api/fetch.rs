@@ -9,7 +9,7 @@ use super::{decode_body, respond, Outcome};
 use crate::api::refuse_over;
 use crate::connection::Conn;
 use crate::errors;
-use crate::limits::REQUEST_PARTITIONS_MAX;
+use crate::limits::{FETCH_WAIT_MS_MAX, REQUEST_PARTITIONS_MAX};
 use crate::metadata::TopicInfo;
 use crate::shard;
 use bytes::Bytes;
@@ -150,7 +150,7 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
         })
         .collect();
     let wanted = Rc::new(wanted);
-    let max_wait = Duration::from_millis(body.max_wait_ms.max(0) as u64);
+    let max_wait = long_poll_wait(body.max_wait_ms);
     let deadline = Instant::now() + max_wait;
     let min_bytes = body.min_bytes.max(0) as usize;
     let results = loop {
@@ -276,6 +276,12 @@ async fn read_all(wanted: &Rc<WantedTopics>, unknown_code: i16) -> Vec<Vec<Got>>
     out
 }
 
+/// How long a Fetch may wait for `min_bytes`: the client's `max_wait_ms`, within
+/// [0, `FETCH_WAIT_MS_MAX`].
+fn long_poll_wait(max_wait_ms: i32) -> Duration {
+    Duration::from_millis(max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64)
+}
+
 /// Waits until any wanted partition's high watermark moves past what the last read saw (so
 /// new data exists), or for `wait`.
 async fn wait_for_append(wanted: &WantedTopics, seen: &[Vec<Got>], wait: Duration) {
@@ -326,6 +332,13 @@ async fn first_of(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
 mod tests {
     use super::*;
     use crate::limits::FETCH_BYTES_MAX_DEFAULT;
+
+    #[test]
+    fn long_poll_waits_are_clamped_to_the_broker_limit() {
+        assert_eq!(long_poll_wait(500), Duration::from_millis(500));
+        assert_eq!(long_poll_wait(-1), Duration::ZERO);
+        assert_eq!(long_poll_wait(i32::MAX), Duration::from_secs(30));
+    }
 
     #[test]
     fn client_byte_limits_are_clamped_to_the_broker_limit() {

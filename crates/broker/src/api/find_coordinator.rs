@@ -8,7 +8,6 @@ use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinator
 use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 
-const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 const KEY_TYPE_GROUP: i8 = 0;
 
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
@@ -21,7 +20,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let error = if body.key_type == KEY_TYPE_GROUP {
         errors::NONE
     } else {
-        COORDINATOR_NOT_AVAILABLE
+        crate::errors::COORDINATOR_NOT_AVAILABLE
     };
     let mut response = FindCoordinatorResponse::default();
     if req.version >= 4 {

@@ -4,6 +4,7 @@
 use super::{decode_body, respond, Outcome};
 use crate::connection::Conn;
 use crate::errors;
+use crate::limits::REQUEST_PARTITIONS_MAX;
 use crate::metadata::TopicInfo;
 use crate::producer_state::{Check, ProducerBatch, SequenceError, Settled};
 use crate::shard::{self, Partition};
@@ -136,6 +137,8 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
         )));
     }
     let body: ProduceRequest = decode_body(&mut req)?;
+    let asked: usize = body.topic_data.iter().map(|t| t.partition_data.len()).sum();
+    super::refuse_over("Produce", "partitions", asked, REQUEST_PARTITIONS_MAX)?;
     let shard = shard::current();
     let broker_message_bytes_max = shard.shared.config.message_bytes_max;
     let acks = body.acks;
