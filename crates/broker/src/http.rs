@@ -31,6 +31,31 @@ const POLL_TIMEOUT_MS_MAX: i32 = 100;
 pub struct Scrape {
     pub stream: TcpStream,
     pub head: bool,
+    /// The connection's deadline: the answer is given up past it.
+    pub deadline: Instant,
+}
+
+impl Scrape {
+    /// Writes `bytes` unless the deadline passes first: the socket's write timeout is the time
+    /// left before every write, so a client that reads a little at a time cannot hold the
+    /// publisher past the deadline.
+    pub fn answer(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut written = 0;
+        while written < bytes.len() {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ErrorKind::TimedOut.into());
+            }
+            self.stream.set_write_timeout(Some(left))?;
+            match self.stream.write(&bytes[written..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a request gets.
@@ -225,18 +250,12 @@ pub fn serve(
 /// Gives a `/metrics` request to the publisher; when its queue is full, the connection comes
 /// back with a 503 to send.
 fn hand_over(mut conn: HttpConn, head: bool, scrapes: &SyncSender<Scrape>) -> Option<HttpConn> {
-    let left = conn.deadline.saturating_duration_since(Instant::now());
-    let blocking = conn.stream.set_nonblocking(false).is_ok()
-        && conn
-            .stream
-            .set_write_timeout(Some(left.max(Duration::from_millis(1))))
-            .is_ok();
-    if !blocking {
-        return None;
-    }
+    // The publisher writes with blocking calls, each bounded by the time left (Scrape::answer).
+    conn.stream.set_nonblocking(false).ok()?;
     match scrapes.try_send(Scrape {
         stream: conn.stream,
         head,
+        deadline: conn.deadline,
     }) {
         Ok(()) => None,
         Err(TrySendError::Full(s)) | Err(TrySendError::Disconnected(s)) => {
@@ -288,6 +307,45 @@ fn accept_all(listener: &TcpListener, conns: &mut Vec<HttpConn>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scrape_answer_gives_up_at_its_deadline_even_with_a_client_that_reads_slowly() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The client reads up to 64 KiB every 5 ms (about 13 MB/s): every write makes progress
+        // well within the deadline, but 64 MiB takes seconds.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reading = done.clone();
+        let reader = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let mut buf = [0u8; 65536];
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5)
+                && !reading.load(std::sync::atomic::Ordering::Acquire)
+            {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        let (stream, _) = listener.accept().unwrap();
+        let mut scrape = Scrape {
+            stream,
+            head: false,
+            deadline: Instant::now() + Duration::from_millis(300),
+        };
+        let started = Instant::now();
+        let result = scrape.answer(&vec![b'x'; 64 << 20]);
+        let took = started.elapsed();
+        assert!(
+            result.is_err(),
+            "64 MiB cannot reach a slow reader in 300 ms"
+        );
+        assert!(took < Duration::from_secs(2), "the answer took {took:?}");
+        done.store(true, std::sync::atomic::Ordering::Release);
+        reader.join().unwrap();
+    }
 
     #[test]
     fn routes() {

@@ -23,7 +23,6 @@ use ringbroker_runtime::driver::{opcode_name, RingStats};
 use ringbroker_runtime::mesh::Mesh;
 use ringbroker_runtime::stats::{HistogramDelta, LATENCY_BOUNDS};
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -298,6 +297,9 @@ impl Publisher {
     }
 
     fn answer(&mut self, mut scrape: Scrape) -> std::io::Result<()> {
+        if Instant::now() >= scrape.deadline {
+            return Err(std::io::ErrorKind::TimedOut.into()); // waited in the queue too long
+        }
         let body = self.render();
         let r = crate::http::response(
             "200 OK",
@@ -305,8 +307,7 @@ impl Publisher {
             body.as_bytes(),
             scrape.head,
         );
-        scrape.stream.write_all(&r)?;
-        scrape.stream.flush()
+        scrape.answer(&r)
     }
 
     /// Collects a snapshot from every shard that is not stuck (a stuck one would only make
