@@ -108,29 +108,28 @@ impl<T: 'static> Drop for Op<T> {
         let mut data = Some(data);
         // Where the data goes: into the slot (parked until the CQE), freed (the CQE came),
         // or, when the driver cannot be reached, nowhere.
-        let kernel_done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            driver::try_with(|d| match d.slot_of(generation, key) {
-                Some(Slot::Done { .. }) => {
-                    d.remove_slot(key);
-                    true
-                }
-                Some(slot @ Slot::Pending(_)) => {
-                    let parked = data.take().expect("data taken once");
-                    *slot = Slot::Orphaned(Box::new(parked));
-                    let cancel = opcode::AsyncCancel::new(key as u64)
-                        .build()
-                        .user_data(IGNORE);
-                    d.push(cancel);
-                    false
-                }
-                Some(Slot::Orphaned(_) | Slot::EventfdRead(_)) => unreachable!("slot not ours"),
-                None => false,
-            })
-        }));
+        let kernel_done = driver::try_with(|d| match d.slot_of(generation, key) {
+            Some(Slot::Done { .. }) => {
+                d.remove_slot(key);
+                true
+            }
+            Some(slot @ Slot::Pending(_)) => {
+                let parked = data.take().expect("data taken once");
+                *slot = Slot::Orphaned(Box::new(parked));
+                let cancel = opcode::AsyncCancel::new(key as u64)
+                    .build()
+                    .user_data(IGNORE);
+                d.push(cancel);
+                false
+            }
+            Some(Slot::Orphaned(_) | Slot::EventfdRead(_)) => unreachable!("slot not ours"),
+            None => false,
+        });
         match data {
-            Some(data) if matches!(kernel_done, Ok(Some(true))) => drop(data),
-            // The driver is gone (thread exit), or its slot is, or reaching it panicked: the
-            // kernel may still write into these buffers, so they must never be freed.
+            Some(data) if kernel_done == Some(true) => drop(data),
+            // The driver is gone (thread exit) or busy, or its slot is: the kernel may still
+            // write into these buffers, so they must never be freed. (A panic in here ends the
+            // process: the broker is fail-stop.)
             Some(data) => std::mem::forget(data),
             None => {}
         }
