@@ -29,6 +29,10 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::rc::Rc;
 
+mod log_start;
+mod timestamps;
+pub use log_start::{DeleteRecordsError, HIGH_WATERMARK};
+
 /// Largest segment: index entries hold 32-bit file positions, and Kafka's `segment.bytes` is a
 /// 32-bit int too.
 pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
@@ -330,7 +334,7 @@ impl PartitionLog {
                 segments,
                 next_offset,
                 high_watermark: next_offset,
-                log_start_offset,
+                log_start_offset: log_start::at_open(dir, log_start_offset, next_offset)?,
                 pending: VecDeque::new(),
                 next_seq: 0,
                 failed: None,
@@ -805,7 +809,8 @@ impl PartitionLog {
             }
             let removed: Vec<Segment> = st.segments.drain(..count).collect();
             if count > 0 {
-                st.log_start_offset = st.segments[0].base_offset;
+                // A DeleteRecords start inside the first remaining segment stays.
+                st.log_start_offset = st.log_start_offset.max(st.segments[0].base_offset);
             }
             removed
         };
@@ -823,69 +828,6 @@ impl PartitionLog {
             tracing::info!(dir = %self.dir.display(), segments = removed.len(), log_start_offset = self.log_start_offset(), "retention deleted old segments");
         }
         Ok(removed.len())
-    }
-
-    /// The first offset whose record timestamp is at or after `timestamp`, with that
-    /// record's timestamp; `None` when every record is older. Exact for uncompressed batches;
-    /// for compressed ones (never decompressed here) the answer is the batch's first offset and
-    /// its max timestamp.
-    pub async fn offset_for_timestamp(
-        &self,
-        timestamp: i64,
-    ) -> Result<Option<(i64, i64)>, ReadError> {
-        let (log_fd, seg_base, mut position, end) = {
-            let st = self.state.borrow();
-            let Some(seg) = st
-                .segments
-                .iter()
-                .find(|s| s.max_timestamp >= timestamp && s.committed_bytes > 0)
-            else {
-                return Ok(None);
-            };
-            let i = seg.time_index.partition_point(|&(t, _)| t < timestamp);
-            let position = if i == 0 {
-                0
-            } else {
-                seg.index.lookup(seg.time_index[i - 1].1) as u64
-            };
-            (
-                seg.log.clone(),
-                seg.base_offset,
-                position,
-                seg.committed_bytes,
-            )
-        };
-        while position + HEADER_BYTES as u64 <= end {
-            let header = op::read_exact_at(
-                &log_fd,
-                BytesMut::with_capacity(HEADER_BYTES),
-                position,
-                HEADER_BYTES,
-            )
-            .await?;
-            let f = BatchFrame::parse(&header).ok_or(ReadError::Corrupt {
-                segment: seg_base,
-                position,
-            })?;
-            if f.max_timestamp >= timestamp {
-                if f.compression() != 0 {
-                    return Ok(Some((f.base_offset, f.max_timestamp)));
-                }
-                let batch = op::read_exact_at(
-                    &log_fd,
-                    BytesMut::with_capacity(f.total_bytes),
-                    position,
-                    f.total_bytes,
-                )
-                .await?;
-                return Ok(Some(
-                    crate::frame::first_record_at_or_after(&batch, timestamp)
-                        .unwrap_or((f.base_offset, f.max_timestamp)),
-                ));
-            }
-            position += f.total_bytes as u64;
-        }
-        Ok(None)
     }
 
     /// Flushes everything for a clean shutdown: the log data and every index file.
@@ -1657,6 +1599,15 @@ mod tests {
         assert_eq!(std::fs::metadata(&tidx).unwrap().len(), (n as u64 + 1) * 12);
     }
 
+    /// The first record at or after `timestamp` in a log of uncompressed batches.
+    async fn offset_for_timestamp(
+        log: &PartitionLog,
+        timestamp: i64,
+    ) -> Result<Option<(i64, i64)>, ReadError> {
+        let batch = log.batch_for_timestamp(timestamp, 0).await?;
+        Ok(batch.and_then(|b| crate::frame::first_record_at_or_after(&b, timestamp)))
+    }
+
     #[test]
     fn timestamps_find_the_first_record_at_or_after_them_before_and_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -1684,24 +1635,27 @@ mod tests {
                     }
                     log.close().await.unwrap();
                 }
-                assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some((0, 1000)));
                 assert_eq!(
-                    log.offset_for_timestamp(1000).await.unwrap(),
+                    offset_for_timestamp(&log, 0).await.unwrap(),
                     Some((0, 1000))
                 );
                 assert_eq!(
-                    log.offset_for_timestamp(1001).await.unwrap(),
+                    offset_for_timestamp(&log, 1000).await.unwrap(),
+                    Some((0, 1000))
+                );
+                assert_eq!(
+                    offset_for_timestamp(&log, 1001).await.unwrap(),
                     Some((2, 1010))
                 );
                 assert_eq!(
-                    log.offset_for_timestamp(1995).await.unwrap(),
+                    offset_for_timestamp(&log, 1995).await.unwrap(),
                     Some((200, 2000))
                 );
                 assert_eq!(
-                    log.offset_for_timestamp(2990).await.unwrap(),
+                    offset_for_timestamp(&log, 2990).await.unwrap(),
                     Some((398, 2990))
                 );
-                assert_eq!(log.offset_for_timestamp(2991).await.unwrap(), None);
+                assert_eq!(offset_for_timestamp(&log, 2991).await.unwrap(), None);
             })
             .unwrap();
         }
