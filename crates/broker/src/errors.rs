@@ -22,3 +22,6 @@ pub const KAFKA_STORAGE_ERROR: i16 = 56;
 pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
 pub const INVALID_RECORD: i16 = 87;
 pub const UNKNOWN_TOPIC_ID: i16 = 100;
+pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+pub const FENCED_LEADER_EPOCH: i16 = 74;
+pub const UNKNOWN_LEADER_EPOCH: i16 = 75;

@@ -1000,3 +1000,37 @@ mod tests {
         assert!(third > second);
     }
 }
+
+/// An idempotent producer a partition knows, for DescribeProducers: its epoch and its last
+/// written batch's last sequence and base offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveProducer {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub last_sequence: i32,
+    pub last_batch_offset: i64,
+}
+
+impl Producers {
+    /// The producers with a written batch, by producer id.
+    pub fn active(&self) -> Vec<ActiveProducer> {
+        let state = self.state.borrow();
+        let mut out: Vec<ActiveProducer> = state
+            .producers
+            .iter()
+            .filter_map(|(&producer_id, e)| {
+                e.batches.iter().rev().find_map(|b| match b.state {
+                    BatchState::Written(base) => Some(ActiveProducer {
+                        producer_id,
+                        epoch: e.epoch,
+                        last_sequence: b.last_seq,
+                        last_batch_offset: base,
+                    }),
+                    BatchState::Writing(_) => None,
+                })
+            })
+            .collect();
+        out.sort_by_key(|p| p.producer_id);
+        out
+    }
+}

@@ -423,3 +423,250 @@ pub async fn delete_topics(names: Vec<String>) -> Vec<Result<Arc<TopicInfo>, Top
     })
     .await
 }
+
+/// A topic to grow to `count` partitions; `assignments` (one replica list per new
+/// partition) when the client chose brokers.
+#[derive(Debug, Clone)]
+pub struct NewPartitions {
+    pub topic: String,
+    pub count: i32,
+    pub assignments: Option<Vec<Vec<i32>>>,
+}
+
+/// This single node's broker id (Metadata reports it).
+const NODE_ID: i32 = 0;
+
+/// Adds partitions to topics (through shard 0): validated as Kafka's controller does,
+/// placed on the least-loaded shards, persisted, then every shard's view grows and the
+/// owners open the new logs. With `validate_only`, checks without growing.
+pub async fn create_partitions(
+    requests: Vec<NewPartitions>,
+    validate_only: bool,
+) -> Vec<Result<(), TopicError>> {
+    mesh::call(0, move || async move {
+        coordinator_create_partitions(requests, validate_only).await
+    })
+    .await
+}
+
+/// Kafka's checks of a manual assignment for one new partition (in its order: ids sorted,
+/// each registered and not repeated), on this one-broker cluster.
+fn check_assignment(replicas: &[i32]) -> Result<(), TopicError> {
+    let refuse = |why: String| Err((errors::INVALID_REPLICA_ASSIGNMENT, why));
+    if replicas.is_empty() {
+        return refuse("The manual partition assignment includes an empty replica list.".into());
+    }
+    let mut sorted = replicas.to_vec();
+    sorted.sort_unstable();
+    let mut previous = None;
+    for &broker in &sorted {
+        if broker != NODE_ID {
+            return refuse(format!(
+                "The manual partition assignment includes broker {broker}, but no such broker is registered."
+            ));
+        }
+        if previous == Some(broker) {
+            return refuse(format!(
+                "The manual partition assignment includes the broker {broker} more than once."
+            ));
+        }
+        previous = Some(broker);
+    }
+    Ok(())
+}
+
+/// Checks one growth against the table: the new partition count, or why not.
+fn check_growth(
+    meta: &ClusterMeta,
+    request: &NewPartitions,
+    partitions_total: usize,
+) -> Result<(Arc<TopicInfo>, usize), TopicError> {
+    let Some(topic) = meta.topics.iter().find(|t| t.name == request.topic) else {
+        return Err((
+            errors::UNKNOWN_TOPIC_OR_PARTITION,
+            "This server does not host this topic-partition.".into(),
+        ));
+    };
+    let existing = topic.partition_count();
+    let count = request.count;
+    if count == existing {
+        return Err((
+            errors::INVALID_PARTITIONS,
+            format!("Topic already has {existing} partition(s)."),
+        ));
+    }
+    if count < existing {
+        return Err((
+            errors::INVALID_PARTITIONS,
+            format!(
+                "The topic {} currently has {existing} partition(s); {count} would not be an increase.",
+                request.topic
+            ),
+        ));
+    }
+    if count > crate::limits::TOPIC_PARTITIONS_MAX {
+        return Err((
+            errors::INVALID_PARTITIONS,
+            format!(
+                "{count} partitions requested (at most {} per topic)",
+                crate::limits::TOPIC_PARTITIONS_MAX
+            ),
+        ));
+    }
+    let added = (count - existing) as usize;
+    if let Some(assignments) = &request.assignments {
+        if assignments.len() != added {
+            return Err((
+                errors::INVALID_REPLICA_ASSIGNMENT,
+                format!(
+                    "Attempted to add {added} additional partition(s), but only {} assignment(s) were specified.",
+                    assignments.len()
+                ),
+            ));
+        }
+        for replicas in assignments {
+            check_assignment(replicas)?;
+        }
+    }
+    if partitions_total + added > crate::limits::PARTITIONS_MAX {
+        return Err((
+            errors::POLICY_VIOLATION,
+            format!(
+                "{added} more partitions would exceed the broker's limit of {}",
+                crate::limits::PARTITIONS_MAX
+            ),
+        ));
+    }
+    Ok((topic.clone(), added))
+}
+
+async fn coordinator_create_partitions(
+    requests: Vec<NewPartitions>,
+    validate_only: bool,
+) -> Vec<Result<(), TopicError>> {
+    let shard = current();
+    let table = shard.table.as_ref().expect("shard 0 holds the topic table");
+    let mut results = Vec::with_capacity(requests.len());
+    let mut grown: Vec<(usize, Arc<TopicInfo>)> = Vec::new(); // (table position, new info)
+    let mut previous: Vec<Arc<TopicInfo>> = Vec::new();
+    {
+        let mut meta = table.borrow_mut();
+        let mut partitions_total: usize = meta.topics.iter().map(|t| t.owners.len()).sum();
+        for request in &requests {
+            let checked = check_growth(&meta, request, partitions_total);
+            let (topic, added) = match checked {
+                Ok(found) => found,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            results.push(Ok(()));
+            if validate_only {
+                continue;
+            }
+            let mut info = (*topic).clone();
+            info.owners
+                .extend(meta.place(added, shard.shared.shard_count));
+            let info = Arc::new(info);
+            let at = meta
+                .topics
+                .iter()
+                .position(|t| t.id == topic.id)
+                .expect("checked above");
+            meta.topics[at] = info.clone();
+            partitions_total += added;
+            previous.push(topic);
+            grown.push((at, info));
+        }
+    }
+    if grown.is_empty() {
+        return results;
+    }
+    let saved = table.borrow().save(&shard.shared.config.data_dir);
+    if let Err(e) = saved {
+        tracing::error!(error = %e, "could not persist the topic table");
+        let mut meta = table.borrow_mut();
+        for ((at, _), before) in grown.iter().zip(&previous) {
+            meta.topics[*at] = before.clone();
+        }
+        return results
+            .into_iter()
+            .map(|r| {
+                r.and(Err((
+                    errors::KAFKA_STORAGE_ERROR,
+                    format!("could not persist metadata: {e}"),
+                )))
+            })
+            .collect();
+    }
+    let infos: Vec<Arc<TopicInfo>> = grown.into_iter().map(|(_, info)| info).collect();
+    for s in 0..shard.shared.shard_count {
+        let infos = infos.clone();
+        let ok = mesh::call(s, move || async move {
+            let shard = current();
+            let mut ok = true;
+            for t in infos {
+                if let Err(e) = shard.grow_topic(t.clone()) {
+                    tracing::error!(topic = %t.name, error = %e, "could not open new partition logs");
+                    ok = false;
+                }
+            }
+            ok
+        })
+        .await;
+        if !ok {
+            return results
+                .into_iter()
+                .map(|r| {
+                    r.and(Err((
+                        errors::KAFKA_STORAGE_ERROR,
+                        "could not create partition logs".to_string(),
+                    )))
+                })
+                .collect();
+        }
+    }
+    for t in &infos {
+        tracing::info!(topic = %t.name, partitions = t.partition_count(), owners = ?t.owners, "added partitions");
+    }
+    results
+}
+
+impl Shard {
+    /// Takes a grown topic into this shard's view and opens the new partitions it owns; its
+    /// existing partitions stay as they are. A view already as large (growths may arrive
+    /// out of order) or a topic deleted meanwhile is left alone.
+    fn grow_topic(&self, topic: Arc<TopicInfo>) -> std::io::Result<()> {
+        let current = match self.topics.borrow().get(&topic.name) {
+            Some(t) if t.id == topic.id => t.partition_count(),
+            _ => return Ok(()),
+        };
+        if topic.partition_count() <= current {
+            return Ok(());
+        }
+        let config = crate::config::topic_log_config(&self.shared.config.log, &topic.configs)
+            .map_err(std::io::Error::other)?;
+        for (p, &owner) in topic.owners.iter().enumerate().skip(current as usize) {
+            if owner != self.id {
+                continue;
+            }
+            let dir = partition_dir(&self.shared.config.data_dir, &topic.name, p as i32);
+            let log = PartitionLog::open_with(&dir, config.clone(), Recovery::Scan)?;
+            let id = PartitionId {
+                topic_id: topic.id,
+                index: p as i32,
+            };
+            let partition = Partition {
+                id,
+                topic: topic.name.clone(),
+                log: Rc::new(log),
+                producers: Producers::default(),
+            };
+            self.partitions.borrow_mut().insert(id, Rc::new(partition));
+        }
+        self.topic_ids.borrow_mut().insert(topic.id, topic.clone());
+        self.topics.borrow_mut().insert(topic.name.clone(), topic);
+        Ok(())
+    }
+}

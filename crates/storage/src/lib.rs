@@ -23,7 +23,7 @@ pub mod segment;
 
 pub use checkpoint::Checkpoint;
 pub use log::{
-    AppendError, LogConfig, PartitionLog, ReadError, ReadResult, Recovery, SliceResult,
-    SEGMENT_BYTES_MAX,
+    AppendError, DeleteRecordsError, LogConfig, PartitionLog, ReadError, ReadResult, Recovery,
+    SliceResult, HIGH_WATERMARK, SEGMENT_BYTES_MAX,
 };
 pub use recovery::{RecoveryReport, RecoveryTotals};

@@ -1,6 +1,9 @@
-//! ListOffsets: the earliest (-2) and latest (-1) offsets of partitions, and the first offset
-//! at or after a timestamp (through each segment's time index; exact for uncompressed batches,
-//! the batch's first offset for compressed ones).
+//! ListOffsets: the earliest (-2), latest (-1), max-timestamp (-3, KIP-734), earliest local
+//! (-4: no tiered storage, so the earliest) and latest tiered (-5: nothing is tiered, offset
+//! -1 as Kafka answers without remote storage) offsets of partitions, and the first offset at
+//! or after a timestamp. Timestamp lookups are exact inside compressed batches too: storage
+//! finds the batch through each segment's time index, and only that batch is decompressed.
+//! v10's `timeout_ms` bounds waits for remote storage, which this broker has not.
 
 use super::{decode_body, respond, Outcome};
 use crate::api::refuse_over;
@@ -11,10 +14,18 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use ringbroker_protocol::records;
 use ringbroker_protocol::request::Request;
+use ringbroker_storage::{PartitionLog, ReadError};
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
+
+/// One partition's answer: error, offset, timestamp, leader epoch.
+type Found = (i16, i64, i64, i32);
 
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: ListOffsetsRequest = decode_body(&mut req)?;
@@ -27,29 +38,14 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
             let index = p.partition_index;
-            let (error, offset, timestamp) = match &topic {
-                None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1, -1),
-                Some(_) if p.timestamp < EARLIEST => (errors::INVALID_REQUEST, -1, -1),
+            let (error, offset, timestamp, leader_epoch) = match &topic {
+                None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1, -1, -1),
+                Some(_) if p.timestamp < LATEST_TIERED => (errors::INVALID_REQUEST, -1, -1, -1),
                 Some(topic) => {
                     let which = p.timestamp;
-                    let found = shard::on_partition(topic, index, move |log| async move {
-                        match which {
-                            LATEST => Ok(Some((log.high_watermark(), -1))),
-                            EARLIEST => Ok(Some((log.log_start_offset(), -1))),
-                            ts => log.offset_for_timestamp(ts).await,
-                        }
-                    })
-                    .await;
-                    match found {
-                        None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1, -1),
-                        Some(Ok(Some((offset, ts)))) => (errors::NONE, offset, ts),
-                        // No record that recent: Kafka answers offset -1.
-                        Some(Ok(None)) => (errors::NONE, -1, -1),
-                        Some(Err(e)) => {
-                            tracing::error!(error = %e, "timestamp lookup failed");
-                            (errors::KAFKA_STORAGE_ERROR, -1, -1)
-                        }
-                    }
+                    let found =
+                        shard::on_partition(topic, index, move |log| lookup(log, which)).await;
+                    found.unwrap_or((errors::UNKNOWN_TOPIC_OR_PARTITION, -1, -1, -1))
                 }
             };
             let mut r = ListOffsetsPartitionResponse::default()
@@ -57,8 +53,8 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                 .with_error_code(error)
                 .with_timestamp(timestamp)
                 .with_offset(offset);
-            if req.version >= 4 && error == errors::NONE {
-                r = r.with_leader_epoch(0);
+            if req.version >= 4 {
+                r = r.with_leader_epoch(leader_epoch);
             }
             partitions.push(r);
         }
@@ -72,4 +68,56 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         &req,
         &ListOffsetsResponse::default().with_topics(topics),
     ))
+}
+
+/// Answers one partition on its owner.
+async fn lookup(log: std::rc::Rc<PartitionLog>, which: i64) -> Found {
+    let found = match which {
+        LATEST => Ok(Some((log.high_watermark(), -1))),
+        EARLIEST | EARLIEST_LOCAL => Ok(Some((log.log_start_offset(), -1))),
+        LATEST_TIERED => return (errors::NONE, -1, -1, -1),
+        MAX_TIMESTAMP => match log.max_timestamp() {
+            Some(max) => first_at_or_after(&log, max).await,
+            None => Ok(None),
+        },
+        ts => first_at_or_after(&log, ts).await,
+    };
+    match found {
+        Ok(Some((offset, ts))) => (errors::NONE, offset, ts, 0),
+        // No record that recent (or an empty log): Kafka answers offset -1.
+        Ok(None) => (errors::NONE, -1, -1, -1),
+        Err(e) => {
+            tracing::error!(dir = %log.dir().display(), error = %e, "timestamp lookup failed");
+            (errors::KAFKA_STORAGE_ERROR, -1, -1, -1)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LookupError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Records(#[from] records::RecordsError),
+}
+
+/// The first record at or after `timestamp` at or above the log start: `(offset, timestamp)`.
+async fn first_at_or_after(
+    log: &PartitionLog,
+    timestamp: i64,
+) -> Result<Option<(i64, i64)>, LookupError> {
+    let mut from = log.log_start_offset();
+    // Each pass moves `from` past a whole batch, so this ends with the log.
+    loop {
+        let Some(batch) = log.batch_for_timestamp(timestamp, from).await? else {
+            return Ok(None);
+        };
+        if let Some(found) = records::first_at_or_after(&batch, timestamp, from)? {
+            return Ok(Some(found));
+        }
+        let next = ringbroker_storage::frame::BatchFrame::parse(&batch)
+            .map(|f| f.next_offset())
+            .ok_or(records::RecordsError::BadHeader)?;
+        from = from.max(next);
+    }
 }

@@ -1,0 +1,457 @@
+//! The record-level admin APIs (CreatePartitions, DeleteRecords, DescribeLogDirs,
+//! OffsetForLeaderEpoch, DescribeProducers, ListOffsets v7-10) over a raw socket at every
+//! advertised version, requests encoded and responses decoded with kafka-protocol's client
+//! side; then driven by real clients (confluent-kafka, kafka-python, kcat) through
+//! tests/clients/admin_records.py.
+
+mod common;
+
+use bytes::Bytes;
+use common::{Broker, Client};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use ringbroker_broker::api::SUPPORTED;
+use ringbroker_protocol::compression::Codec;
+use std::time::Duration;
+
+fn range(api: ApiKey) -> std::ops::RangeInclusive<i16> {
+    let &(_, min, max) = SUPPORTED
+        .iter()
+        .find(|(a, _, _)| *a == api)
+        .unwrap_or_else(|| panic!("{api:?} is advertised"));
+    min..=max
+}
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+fn create_topic(c: &mut Client, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let configs = configs
+        .iter()
+        .map(|(k, v)| {
+            create_topics_request::CreatableTopicConfig::default()
+                .with_name(StrBytes::from_string(k.to_string()))
+                .with_value(Some(StrBytes::from_string(v.to_string())))
+        })
+        .collect();
+    let t = create_topics_request::CreatableTopic::default()
+        .with_name(name(topic))
+        .with_num_partitions(partitions)
+        .with_replication_factor(1)
+        .with_configs(configs);
+    let r: CreateTopicsResponse = c.call(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default().with_topics(vec![t]),
+    );
+    assert_eq!(r.topics[0].error_code, 0, "create {topic}");
+}
+
+/// Produces one batch; returns its base offset.
+fn produce(c: &mut Client, topic: &str, partition: i32, batch: Vec<u8>) -> i64 {
+    let pd = produce_request::PartitionProduceData::default()
+        .with_index(partition)
+        .with_records(Some(Bytes::from(batch)));
+    let td = produce_request::TopicProduceData::default()
+        .with_name(name(topic))
+        .with_partition_data(vec![pd]);
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![td]);
+    let r: ProduceResponse = c.call(ApiKey::Produce, 9, &req);
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, 0, "produce to {topic}-{partition}");
+    p.base_offset
+}
+
+fn partition_count(c: &mut Client, topic: &str) -> usize {
+    let t = metadata_request::MetadataRequestTopic::default().with_name(Some(name(topic)));
+    let r: MetadataResponse = c.call(
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default()
+            .with_topics(Some(vec![t]))
+            .with_allow_auto_topic_creation(false),
+    );
+    assert_eq!(r.topics[0].error_code, 0);
+    r.topics[0].partitions.len()
+}
+
+/// (error, offset, timestamp) of a ListOffsets for one partition at version `v`.
+fn list_offset(c: &mut Client, v: i16, topic: &str, partition: i32, ts: i64) -> (i16, i64, i64) {
+    let p = list_offsets_request::ListOffsetsPartition::default()
+        .with_partition_index(partition)
+        .with_timestamp(ts);
+    let t = list_offsets_request::ListOffsetsTopic::default()
+        .with_name(name(topic))
+        .with_partitions(vec![p]);
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_timeout_ms(1000)
+        .with_topics(vec![t]);
+    let r: ListOffsetsResponse = c.call(ApiKey::ListOffsets, v, &req);
+    let p = &r.topics[0].partitions[0];
+    let ts = if v >= 1 { p.timestamp } else { -1 };
+    (p.error_code, p.offset, ts)
+}
+
+fn grow(
+    c: &mut Client,
+    v: i16,
+    topics: &[(&str, i32, Option<Vec<Vec<i32>>>)],
+    validate_only: bool,
+) -> Vec<(String, i16, Option<String>)> {
+    let topics = topics
+        .iter()
+        .map(|(t, count, assignments)| {
+            create_partitions_request::CreatePartitionsTopic::default()
+                .with_name(name(t))
+                .with_count(*count)
+                .with_assignments(assignments.as_ref().map(|a| {
+                    a.iter()
+                        .map(|ids| {
+                            create_partitions_request::CreatePartitionsAssignment::default()
+                                .with_broker_ids(ids.iter().map(|&b| BrokerId(b)).collect())
+                        })
+                        .collect()
+                }))
+        })
+        .collect();
+    let req = CreatePartitionsRequest::default()
+        .with_topics(topics)
+        .with_timeout_ms(5000)
+        .with_validate_only(validate_only);
+    let r: CreatePartitionsResponse = c.call(ApiKey::CreatePartitions, v, &req);
+    r.results
+        .into_iter()
+        .map(|x| {
+            (
+                x.name.0.to_string(),
+                x.error_code,
+                x.error_message.map(|m| m.to_string()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn create_partitions_answers_every_version_as_kafka_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    create_topic(&mut c, "cp", 1, &[]);
+    let mut count = 1;
+    for v in range(ApiKey::CreatePartitions) {
+        // validate_only changes nothing.
+        let r = grow(&mut c, v, &[("cp", count + 5, None)], true);
+        assert_eq!(r, vec![("cp".into(), 0, None)], "v{v} validate_only");
+        assert_eq!(partition_count(&mut c, "cp"), count as usize);
+        count += 1 + v as i32;
+        let r = grow(&mut c, v, &[("cp", count, None)], false);
+        assert_eq!(r, vec![("cp".into(), 0, None)], "v{v}");
+        assert_eq!(partition_count(&mut c, "cp"), count as usize, "v{v}");
+        // The new last partition takes records.
+        let batch = ringbroker_protocol::batch::build_batch(0, 1000, &[b"new"]);
+        assert_eq!(produce(&mut c, "cp", count - 1, batch), 0);
+    }
+    let refused = |code: i16, message: &str| (code, Some(message.to_string()));
+    let r = grow(
+        &mut c,
+        3,
+        &[
+            ("cp", count - 1, None),
+            ("cp2", 3, None),
+            ("cp", count, None),
+            ("missing", 4, None),
+        ],
+        false,
+    );
+    // A topic named twice gets one INVALID_REQUEST; the others their own answers.
+    let by_name = |n: &str| {
+        let x = r.iter().find(|x| x.0 == n).unwrap();
+        (x.1, x.2.clone())
+    };
+    assert_eq!(r.len(), 3, "{r:?}");
+    assert_eq!(by_name("cp"), refused(42, "Duplicate topic name."));
+    assert_eq!(by_name("missing").0, 3);
+    assert_eq!(by_name("cp2").0, 3);
+    let r = grow(&mut c, 3, &[("cp", count - 1, None)], false);
+    assert_eq!(
+        (r[0].1, r[0].2.clone()),
+        refused(
+            37,
+            &format!(
+                "The topic cp currently has {count} partition(s); {} would not be an increase.",
+                count - 1
+            )
+        )
+    );
+    let r = grow(&mut c, 3, &[("cp", count, None)], false);
+    assert_eq!(
+        (r[0].1, r[0].2.clone()),
+        refused(37, &format!("Topic already has {count} partition(s)."))
+    );
+    let assignment_cases: [(Vec<Vec<i32>>, &str); 4] = [
+        (
+            vec![vec![0]],
+            "Attempted to add 2 additional partition(s), but only 1 assignment(s) were specified.",
+        ),
+        (
+            vec![vec![0], vec![1]],
+            "The manual partition assignment includes broker 1, but no such broker is registered.",
+        ),
+        (
+            vec![vec![0], vec![0, 0]],
+            "The manual partition assignment includes the broker 0 more than once.",
+        ),
+        (
+            vec![vec![0], vec![]],
+            "The manual partition assignment includes an empty replica list.",
+        ),
+    ];
+    for (assignments, message) in assignment_cases {
+        let r = grow(&mut c, 3, &[("cp", count + 2, Some(assignments))], false);
+        assert_eq!((r[0].1, r[0].2.clone()), refused(39, message));
+    }
+    assert_eq!(partition_count(&mut c, "cp"), count as usize);
+    let r = grow(&mut c, 3, &[("cp", count + 2, Some(vec![vec![0], vec![0]]))], false);
+    assert_eq!(r[0].1, 0);
+    count += 2;
+    let r = grow(&mut c, 3, &[("cp", 100_001, None)], false);
+    assert_eq!(r[0].1, 37, "over the per-topic limit");
+    // Persisted: a restart keeps every partition and its records.
+    broker.stop();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    assert_eq!(partition_count(&mut c, "cp"), count as usize);
+    // Partitions added earlier kept their records through later growths and the restart.
+    for partition in [1, 3, 6, 10] {
+        assert_eq!(list_offset(&mut c, 10, "cp", partition, -1), (0, 1, -1));
+    }
+    assert_eq!(list_offset(&mut c, 10, "cp", 11, -1), (0, 0, -1));
+}
+
+#[test]
+fn delete_records_log_dirs_epochs_and_producers_answer_every_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    create_topic(&mut c, "dr", 2, &[("segment.bytes", "1024")]);
+    for i in 0..40 {
+        let batch = ringbroker_protocol::batch::build_batch(0, 1000 + i, &[&[b'x'; 100]]);
+        produce(&mut c, "dr", 0, batch);
+    }
+    let segments = |broker: &Broker| {
+        std::fs::read_dir(broker.data_dir.join("dr-0"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".log")
+            })
+            .count()
+    };
+    let before = segments(&broker);
+    assert!(before > 3, "{before} segments");
+
+    // DeleteRecords
+    let delete = |c: &mut Client, v: i16, topic: &str, partition: i32, offset: i64| {
+        let p = delete_records_request::DeleteRecordsPartition::default()
+            .with_partition_index(partition)
+            .with_offset(offset);
+        let t = delete_records_request::DeleteRecordsTopic::default()
+            .with_name(name(topic))
+            .with_partitions(vec![p]);
+        let req = DeleteRecordsRequest::default()
+            .with_topics(vec![t])
+            .with_timeout_ms(5000);
+        let r: DeleteRecordsResponse = c.call(ApiKey::DeleteRecords, v, &req);
+        let p = &r.topics[0].partitions[0];
+        (p.error_code, p.low_watermark)
+    };
+    let mut start = 0;
+    for v in range(ApiKey::DeleteRecords) {
+        start += 7;
+        assert_eq!(delete(&mut c, v, "dr", 0, start), (0, start), "v{v}");
+        assert_eq!(list_offset(&mut c, 10, "dr", 0, -2), (0, start, -1));
+        assert_eq!(delete(&mut c, v, "dr", 0, 41), (1, -1), "above the high watermark");
+        assert_eq!(delete(&mut c, v, "dr", 0, 2), (0, start), "below the start: no change");
+        assert_eq!(delete(&mut c, v, "nope", 0, 2), (3, -1));
+        assert_eq!(delete(&mut c, v, "dr", 9, 2), (3, -1));
+    }
+    assert!(segments(&broker) < before, "whole segments below the start deleted");
+    // A timestamp below the start finds the first record at or after the start.
+    assert_eq!(list_offset(&mut c, 10, "dr", 0, 0), (0, start, 1000 + start));
+
+    // Fetch below the start: OFFSET_OUT_OF_RANGE reporting the start.
+    let part = fetch_request::FetchPartition::default()
+        .with_partition(0)
+        .with_fetch_offset(start - 1)
+        .with_partition_max_bytes(1 << 20);
+    let topic = fetch_request::FetchTopic::default()
+        .with_topic(name("dr"))
+        .with_partitions(vec![part]);
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(10)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![topic]);
+    let r: FetchResponse = c.call(ApiKey::Fetch, 12, &req);
+    let p = &r.responses[0].partitions[0];
+    assert_eq!((p.error_code, p.log_start_offset), (1, start));
+
+    // DescribeLogDirs
+    let data_dir = std::path::absolute(dir.path()).unwrap();
+    for v in range(ApiKey::DescribeLogDirs) {
+        for filtered in [false, true] {
+            let topics = filtered.then(|| {
+                vec![describe_log_dirs_request::DescribableLogDirTopic::default()
+                    .with_topic(name("dr"))
+                    .with_partitions(vec![1])]
+            });
+            let r: DescribeLogDirsResponse = c.call(
+                ApiKey::DescribeLogDirs,
+                v,
+                &DescribeLogDirsRequest::default().with_topics(topics),
+            );
+            assert_eq!(r.results.len(), 1);
+            let d = &r.results[0];
+            assert_eq!(d.error_code, 0);
+            assert_eq!(d.log_dir.as_str(), data_dir.to_str().unwrap());
+            let t = d.topics.iter().find(|t| t.name.0.as_str() == "dr").unwrap();
+            if filtered {
+                assert_eq!(d.topics.len(), 1);
+                assert_eq!(t.partitions.len(), 1);
+                assert_eq!((t.partitions[0].partition_index, t.partitions[0].partition_size), (1, 0));
+            } else {
+                let p0 = t.partitions.iter().find(|p| p.partition_index == 0).unwrap();
+                assert!(p0.partition_size > 0 && p0.partition_size < 40 * 200);
+                assert_eq!((p0.offset_lag, p0.is_future_key), (0, false));
+            }
+            if v >= 4 {
+                assert!(d.total_bytes > 0 && d.usable_bytes > 0 && d.usable_bytes <= d.total_bytes);
+            }
+        }
+    }
+
+    // OffsetForLeaderEpoch
+    let epoch = |c: &mut Client, v: i16, topic: &str, current: i32, leader_epoch: i32| {
+        let p = offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+            .with_partition(0)
+            .with_current_leader_epoch(current)
+            .with_leader_epoch(leader_epoch);
+        let t = offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+            .with_topic(name(topic))
+            .with_partitions(vec![p]);
+        let req = OffsetForLeaderEpochRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![t]);
+        let r: OffsetForLeaderEpochResponse = c.call(ApiKey::OffsetForLeaderEpoch, v, &req);
+        let p = &r.topics[0].partitions[0];
+        (p.error_code, p.leader_epoch, p.end_offset)
+    };
+    for v in range(ApiKey::OffsetForLeaderEpoch) {
+        assert_eq!(epoch(&mut c, v, "dr", 0, 0), (0, 0, 40), "v{v}");
+        assert_eq!(epoch(&mut c, v, "dr", -1, 0), (0, 0, 40));
+        assert_eq!(epoch(&mut c, v, "dr", 0, 1), (0, -1, -1));
+        assert_eq!(epoch(&mut c, v, "dr", 0, -1), (0, -1, -1));
+        assert_eq!(epoch(&mut c, v, "dr", 1, 0), (75, -1, -1), "UNKNOWN_LEADER_EPOCH");
+        assert_eq!(epoch(&mut c, v, "dr", -2, 0), (74, -1, -1), "FENCED_LEADER_EPOCH");
+        assert_eq!(epoch(&mut c, v, "nope", 0, 0), (3, -1, -1));
+    }
+
+    // DescribeProducers
+    let init: InitProducerIdResponse = c.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(init.error_code, 0);
+    let pid = init.producer_id.0;
+    let b = ringbroker_protocol::batch::build_idempotent_batch(pid, init.producer_epoch, 0, &[b"a", b"b"]);
+    produce(&mut c, "dr", 1, b);
+    let b = ringbroker_protocol::batch::build_idempotent_batch(pid, init.producer_epoch, 2, &[b"c"]);
+    produce(&mut c, "dr", 1, b);
+    for v in range(ApiKey::DescribeProducers) {
+        let t = describe_producers_request::TopicRequest::default()
+            .with_name(name("dr"))
+            .with_partition_indexes(vec![1, 0, 7]);
+        let r: DescribeProducersResponse = c.call(
+            ApiKey::DescribeProducers,
+            v,
+            &DescribeProducersRequest::default().with_topics(vec![t]),
+        );
+        let ps = &r.topics[0].partitions;
+        assert_eq!((ps[0].error_code, ps[0].active_producers.len()), (0, 1));
+        let p = &ps[0].active_producers[0];
+        assert_eq!(
+            (
+                p.producer_id.0,
+                p.producer_epoch,
+                p.last_sequence,
+                p.last_timestamp,
+                p.coordinator_epoch,
+                p.current_txn_start_offset
+            ),
+            (pid, init.producer_epoch as i32, 2, 1_700_000_000_000, -1, -1)
+        );
+        assert_eq!((ps[1].error_code, ps[1].active_producers.len()), (0, 0));
+        assert_eq!(ps[2].error_code, 3);
+    }
+}
+
+#[test]
+fn list_offsets_is_exact_inside_compressed_batches_at_every_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    create_topic(&mut c, "lo", 1, &[]);
+    let codecs = [Codec::None, Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd];
+    // Batch k holds 4 records at base + (0, 10, 5, 30): the largest is the last but one
+    // inserted is not the max; lookups must land inside the batch.
+    let mut bases = Vec::new();
+    for (k, codec) in codecs.iter().enumerate() {
+        let base = 10_000 + 1000 * k as i64;
+        let records: Vec<(i64, &[u8])> =
+            vec![(base, b"a"), (base + 10, b"b"), (base + 5, b"c"), (base + 30, b"d")];
+        let batch = ringbroker_protocol::records::build_compressed_batch(*codec, 0, &records).unwrap();
+        bases.push((produce(&mut c, "lo", 0, batch), base));
+    }
+    for v in range(ApiKey::ListOffsets) {
+        for &(first, base) in &bases {
+            assert_eq!(list_offset(&mut c, v, "lo", 0, base + 1), (0, first + 1, base + 10), "v{v}");
+            assert_eq!(list_offset(&mut c, v, "lo", 0, base + 11), (0, first + 3, base + 30));
+            assert_eq!(list_offset(&mut c, v, "lo", 0, base + 3), (0, first + 1, base + 10));
+        }
+        assert_eq!(list_offset(&mut c, v, "lo", 0, 1_000_000), (0, -1, -1));
+        assert_eq!(list_offset(&mut c, v, "lo", 0, -1), (0, 20, -1));
+        assert_eq!(list_offset(&mut c, v, "lo", 0, -2), (0, 0, -1));
+        if v >= 7 {
+            let (last_first, last_base) = bases[4];
+            assert_eq!(
+                list_offset(&mut c, v, "lo", 0, -3),
+                (0, last_first + 3, last_base + 30),
+                "MAX_TIMESTAMP v{v}"
+            );
+        }
+        if v >= 8 {
+            assert_eq!(list_offset(&mut c, v, "lo", 0, -4), (0, 0, -1), "EARLIEST_LOCAL");
+        }
+        if v >= 9 {
+            assert_eq!(list_offset(&mut c, v, "lo", 0, -5), (0, -1, -1), "LATEST_TIERED");
+        }
+        assert_eq!(list_offset(&mut c, v, "lo", 0, -6).0, 42);
+    }
+    // An empty partition has no max timestamp.
+    create_topic(&mut c, "empty", 1, &[]);
+    assert_eq!(list_offset(&mut c, 10, "empty", 0, -3), (0, -1, -1));
+    drop(broker);
+    std::thread::sleep(Duration::from_millis(10));
+}
