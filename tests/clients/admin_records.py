@@ -48,7 +48,8 @@ def create_partitions(lib, bootstrap, topic, count, validate=None):
     if lib == "confluent":
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import NewPartitions
-        fs = confluent_admin(bootstrap).create_partitions(
+        admin = confluent_admin(bootstrap)  # kept alive until the futures complete
+        fs = admin.create_partitions(
             [NewPartitions(topic, count)], validate_only=validate == "validate", request_timeout=20)
         try:
             fs[topic].result(30)
@@ -70,7 +71,8 @@ def delete_records(lib, bootstrap, topic, partition, offset):
     partition, offset = int(partition), int(offset)
     if lib == "confluent":
         from confluent_kafka import KafkaException, TopicPartition
-        fs = confluent_admin(bootstrap).delete_records(
+        admin = confluent_admin(bootstrap)
+        fs = admin.delete_records(
             [TopicPartition(topic, partition, offset)], request_timeout=20)
         try:
             for f in fs.values():
@@ -117,7 +119,8 @@ def max_timestamp(bootstrap, topic, partition):
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import OffsetSpec
     tp = TopicPartition(topic, int(partition))
-    fs = confluent_admin(bootstrap).list_offsets({tp: OffsetSpec.max_timestamp()}, request_timeout=20)
+    admin = confluent_admin(bootstrap)
+    fs = admin.list_offsets({tp: OffsetSpec.max_timestamp()}, request_timeout=20)
     info = fs[tp].result(30)
     print(f"max\t{info.offset}\t{info.timestamp}")
 
@@ -197,17 +200,21 @@ def describe_producers(bootstrap, topic, partition):
     state = admin.describe_producers([tp])[tp]
     producers = state.active_producers if hasattr(state, "active_producers") else state
     for p in producers:
-        get = (lambda k: p[k]) if isinstance(p, dict) else (lambda k: getattr(p, k))
-        print("producer\t" + "\t".join(str(get(k)) for k in (
+        print("producer\t" + "\t".join(str(getattr(p, k)) for k in (
             "producer_id", "producer_epoch", "last_sequence", "last_timestamp",
-            "coordinator_epoch", "current_txn_start_offset")))
+            "coordinator_epoch", "current_transaction_start_offset")))
     admin.close()
 
 
 def log_dirs(bootstrap):
     admin = kafka_python_admin(bootstrap)
-    result = admin.describe_log_dirs()
-    print(f"raw\t{result!r}")
+    for broker in admin.describe_log_dirs():
+        for d in broker["log_dirs"]:
+            print(f"dir\t{d['error_code']}\t{d['log_dir']}")
+            for t in d["topics"]:
+                for p in t["partitions"]:
+                    print(f"size\t{t['name']}\t{p['partition_index']}\t{p['partition_size']}"
+                          f"\t{p['offset_lag']}\t{p['is_future_key']}")
     admin.close()
 
 

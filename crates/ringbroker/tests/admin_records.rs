@@ -216,7 +216,12 @@ fn create_partitions_answers_every_version_as_kafka_does() {
         assert_eq!((r[0].1, r[0].2.clone()), refused(39, message));
     }
     assert_eq!(partition_count(&mut c, "cp"), count as usize);
-    let r = grow(&mut c, 3, &[("cp", count + 2, Some(vec![vec![0], vec![0]]))], false);
+    let r = grow(
+        &mut c,
+        3,
+        &[("cp", count + 2, Some(vec![vec![0], vec![0]]))],
+        false,
+    );
     assert_eq!(r[0].1, 0);
     count += 2;
     let r = grow(&mut c, 3, &[("cp", 100_001, None)], false);
@@ -278,14 +283,28 @@ fn delete_records_log_dirs_epochs_and_producers_answer_every_version() {
         start += 7;
         assert_eq!(delete(&mut c, v, "dr", 0, start), (0, start), "v{v}");
         assert_eq!(list_offset(&mut c, 10, "dr", 0, -2), (0, start, -1));
-        assert_eq!(delete(&mut c, v, "dr", 0, 41), (1, -1), "above the high watermark");
-        assert_eq!(delete(&mut c, v, "dr", 0, 2), (0, start), "below the start: no change");
+        assert_eq!(
+            delete(&mut c, v, "dr", 0, 41),
+            (1, -1),
+            "above the high watermark"
+        );
+        assert_eq!(
+            delete(&mut c, v, "dr", 0, 2),
+            (0, start),
+            "below the start: no change"
+        );
         assert_eq!(delete(&mut c, v, "nope", 0, 2), (3, -1));
         assert_eq!(delete(&mut c, v, "dr", 9, 2), (3, -1));
     }
-    assert!(segments(&broker) < before, "whole segments below the start deleted");
+    assert!(
+        segments(&broker) < before,
+        "whole segments below the start deleted"
+    );
     // A timestamp below the start finds the first record at or after the start.
-    assert_eq!(list_offset(&mut c, 10, "dr", 0, 0), (0, start, 1000 + start));
+    assert_eq!(
+        list_offset(&mut c, 10, "dr", 0, 0),
+        (0, start, 1000 + start)
+    );
 
     // Fetch below the start: OFFSET_OUT_OF_RANGE reporting the start.
     let part = fetch_request::FetchPartition::default()
@@ -326,9 +345,19 @@ fn delete_records_log_dirs_epochs_and_producers_answer_every_version() {
             if filtered {
                 assert_eq!(d.topics.len(), 1);
                 assert_eq!(t.partitions.len(), 1);
-                assert_eq!((t.partitions[0].partition_index, t.partitions[0].partition_size), (1, 0));
+                assert_eq!(
+                    (
+                        t.partitions[0].partition_index,
+                        t.partitions[0].partition_size
+                    ),
+                    (1, 0)
+                );
             } else {
-                let p0 = t.partitions.iter().find(|p| p.partition_index == 0).unwrap();
+                let p0 = t
+                    .partitions
+                    .iter()
+                    .find(|p| p.partition_index == 0)
+                    .unwrap();
                 assert!(p0.partition_size > 0 && p0.partition_size < 40 * 200);
                 assert_eq!((p0.offset_lag, p0.is_future_key), (0, false));
             }
@@ -359,8 +388,16 @@ fn delete_records_log_dirs_epochs_and_producers_answer_every_version() {
         assert_eq!(epoch(&mut c, v, "dr", -1, 0), (0, 0, 40));
         assert_eq!(epoch(&mut c, v, "dr", 0, 1), (0, -1, -1));
         assert_eq!(epoch(&mut c, v, "dr", 0, -1), (0, -1, -1));
-        assert_eq!(epoch(&mut c, v, "dr", 1, 0), (75, -1, -1), "UNKNOWN_LEADER_EPOCH");
-        assert_eq!(epoch(&mut c, v, "dr", -2, 0), (74, -1, -1), "FENCED_LEADER_EPOCH");
+        assert_eq!(
+            epoch(&mut c, v, "dr", 1, 0),
+            (75, -1, -1),
+            "UNKNOWN_LEADER_EPOCH"
+        );
+        assert_eq!(
+            epoch(&mut c, v, "dr", -2, 0),
+            (74, -1, -1),
+            "FENCED_LEADER_EPOCH"
+        );
         assert_eq!(epoch(&mut c, v, "nope", 0, 0), (3, -1, -1));
     }
 
@@ -376,9 +413,15 @@ fn delete_records_log_dirs_epochs_and_producers_answer_every_version() {
     );
     assert_eq!(init.error_code, 0);
     let pid = init.producer_id.0;
-    let b = ringbroker_protocol::batch::build_idempotent_batch(pid, init.producer_epoch, 0, &[b"a", b"b"]);
+    let b = ringbroker_protocol::batch::build_idempotent_batch(
+        pid,
+        init.producer_epoch,
+        0,
+        &[b"a", b"b"],
+    );
     produce(&mut c, "dr", 1, b);
-    let b = ringbroker_protocol::batch::build_idempotent_batch(pid, init.producer_epoch, 2, &[b"c"]);
+    let b =
+        ringbroker_protocol::batch::build_idempotent_batch(pid, init.producer_epoch, 2, &[b"c"]);
     produce(&mut c, "dr", 1, b);
     for v in range(ApiKey::DescribeProducers) {
         let t = describe_producers_request::TopicRequest::default()
@@ -401,7 +444,14 @@ fn delete_records_log_dirs_epochs_and_producers_answer_every_version() {
                 p.coordinator_epoch,
                 p.current_txn_start_offset
             ),
-            (pid, init.producer_epoch as i32, 2, 1_700_000_000_000, -1, -1)
+            (
+                pid,
+                init.producer_epoch as i32,
+                2,
+                1_700_000_000_000,
+                -1,
+                -1
+            )
         );
         assert_eq!((ps[1].error_code, ps[1].active_producers.len()), (0, 0));
         assert_eq!(ps[2].error_code, 3);
@@ -414,22 +464,43 @@ fn list_offsets_is_exact_inside_compressed_batches_at_every_version() {
     let broker = Broker::start(dir.path(), &[]);
     let mut c = Client::connect(&broker.addr);
     create_topic(&mut c, "lo", 1, &[]);
-    let codecs = [Codec::None, Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd];
+    let codecs = [
+        Codec::None,
+        Codec::Gzip,
+        Codec::Snappy,
+        Codec::Lz4,
+        Codec::Zstd,
+    ];
     // Batch k holds 4 records at base + (0, 10, 5, 30): the largest is the last but one
     // inserted is not the max; lookups must land inside the batch.
     let mut bases = Vec::new();
     for (k, codec) in codecs.iter().enumerate() {
         let base = 10_000 + 1000 * k as i64;
-        let records: Vec<(i64, &[u8])> =
-            vec![(base, b"a"), (base + 10, b"b"), (base + 5, b"c"), (base + 30, b"d")];
-        let batch = ringbroker_protocol::records::build_compressed_batch(*codec, 0, &records).unwrap();
+        let records: Vec<(i64, &[u8])> = vec![
+            (base, b"a"),
+            (base + 10, b"b"),
+            (base + 5, b"c"),
+            (base + 30, b"d"),
+        ];
+        let batch =
+            ringbroker_protocol::records::build_compressed_batch(*codec, 0, &records).unwrap();
         bases.push((produce(&mut c, "lo", 0, batch), base));
     }
     for v in range(ApiKey::ListOffsets) {
         for &(first, base) in &bases {
-            assert_eq!(list_offset(&mut c, v, "lo", 0, base + 1), (0, first + 1, base + 10), "v{v}");
-            assert_eq!(list_offset(&mut c, v, "lo", 0, base + 11), (0, first + 3, base + 30));
-            assert_eq!(list_offset(&mut c, v, "lo", 0, base + 3), (0, first + 1, base + 10));
+            assert_eq!(
+                list_offset(&mut c, v, "lo", 0, base + 1),
+                (0, first + 1, base + 10),
+                "v{v}"
+            );
+            assert_eq!(
+                list_offset(&mut c, v, "lo", 0, base + 11),
+                (0, first + 3, base + 30)
+            );
+            assert_eq!(
+                list_offset(&mut c, v, "lo", 0, base + 3),
+                (0, first + 1, base + 10)
+            );
         }
         assert_eq!(list_offset(&mut c, v, "lo", 0, 1_000_000), (0, -1, -1));
         assert_eq!(list_offset(&mut c, v, "lo", 0, -1), (0, 20, -1));
@@ -443,10 +514,18 @@ fn list_offsets_is_exact_inside_compressed_batches_at_every_version() {
             );
         }
         if v >= 8 {
-            assert_eq!(list_offset(&mut c, v, "lo", 0, -4), (0, 0, -1), "EARLIEST_LOCAL");
+            assert_eq!(
+                list_offset(&mut c, v, "lo", 0, -4),
+                (0, 0, -1),
+                "EARLIEST_LOCAL"
+            );
         }
         if v >= 9 {
-            assert_eq!(list_offset(&mut c, v, "lo", 0, -5), (0, -1, -1), "LATEST_TIERED");
+            assert_eq!(
+                list_offset(&mut c, v, "lo", 0, -5),
+                (0, -1, -1),
+                "LATEST_TIERED"
+            );
         }
         assert_eq!(list_offset(&mut c, v, "lo", 0, -6).0, 42);
     }
@@ -455,4 +534,334 @@ fn list_offsets_is_exact_inside_compressed_batches_at_every_version() {
     assert_eq!(list_offset(&mut c, 10, "empty", 0, -3), (0, -1, -1));
     drop(broker);
     std::thread::sleep(Duration::from_millis(10));
+}
+
+/// Runs tests/clients/admin_records.py; its output lines split at tabs.
+fn client(args: &[&str]) -> Vec<Vec<String>> {
+    let script = format!(
+        "{}/../../tests/clients/admin_records.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut full = vec!["120", "python3", script.as_str()];
+    full.extend_from_slice(args);
+    common::run("timeout", &full, "")
+        .lines()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+fn kcat(args: &[&str], input: &str) -> String {
+    let mut full = vec!["60", "kcat"];
+    full.extend_from_slice(args);
+    common::run("timeout", &full, input)
+}
+
+#[test]
+fn real_clients_add_partitions_that_producers_and_consumers_use_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &["--default-partitions", "2"]);
+    let b = broker.addr.clone();
+    let mut c = Client::connect(&b);
+    create_topic(&mut c, "grow", 1, &[]);
+    assert_eq!(
+        client(&["create-partitions", "confluent", &b, "grow", "3"]),
+        [["ok"]]
+    );
+    assert_eq!(
+        client(&["create-partitions", "kafka-python", &b, "grow", "5"]),
+        [["ok"]]
+    );
+    assert_eq!(
+        client(&[
+            "create-partitions",
+            "confluent",
+            &b,
+            "grow",
+            "9",
+            "validate"
+        ]),
+        [["ok"]]
+    );
+    assert_eq!(
+        client(&["create-partitions", "confluent", &b, "grow", "2"]),
+        [[
+            "error",
+            "INVALID_PARTITIONS",
+            "The topic grow currently has 5 partition(s); 2 would not be an increase."
+        ]]
+    );
+    let unknown = client(&["create-partitions", "kafka-python", &b, "missing", "4"]);
+    assert_eq!(unknown[0][..2], ["error", "UnknownTopicOrPartitionError"]);
+    assert_eq!(partition_count(&mut c, "grow"), 5);
+    // A producer and a consumer use the new last partition by number.
+    kcat(
+        &["-b", &b, "-t", "grow", "-P", "-p", "4", "-K", "\t"],
+        "k\tin-four\n",
+    );
+    let read = kcat(
+        &[
+            "-b",
+            &b,
+            "-t",
+            "grow",
+            "-C",
+            "-p",
+            "4",
+            "-e",
+            "-q",
+            "-f",
+            "%p %o %s\n",
+        ],
+        "",
+    );
+    assert_eq!(read, "4 0 in-four\n");
+    // An auto-created topic still gets the default partition count.
+    kcat(&["-b", &b, "-t", "auto", "-P", "-K", "\t"], "k\tv\n");
+    assert_eq!(partition_count(&mut c, "auto"), 2);
+    broker.stop();
+    let broker = Broker::start(dir.path(), &["--default-partitions", "2"]);
+    let b = broker.addr.clone();
+    let mut c = Client::connect(&b);
+    assert_eq!(partition_count(&mut c, "grow"), 5);
+    let read = kcat(
+        &[
+            "-b",
+            &b,
+            "-t",
+            "grow",
+            "-C",
+            "-p",
+            "4",
+            "-e",
+            "-q",
+            "-f",
+            "%p %o %s\n",
+        ],
+        "",
+    );
+    assert_eq!(read, "4 0 in-four\n");
+}
+
+#[test]
+fn real_clients_delete_records_and_every_reader_starts_after_them_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    let b = broker.addr.clone();
+    let mut c = Client::connect(&b);
+    create_topic(&mut c, "dr", 1, &[("segment.bytes", "1024")]);
+    let input: String = (0..30)
+        .map(|i| format!("k{i}\tvalue-{i}-{}\n", "x".repeat(90)))
+        .collect();
+    kcat(
+        &[
+            "-b",
+            &b,
+            "-t",
+            "dr",
+            "-P",
+            "-K",
+            "\t",
+            "-X",
+            "linger.ms=0",
+            "-X",
+            "batch.num.messages=1",
+        ],
+        &input,
+    );
+    let has_first_segment =
+        |dir: &std::path::Path| dir.join("dr-0/00000000000000000000.log").exists();
+    assert!(has_first_segment(dir.path()));
+    assert_eq!(
+        client(&["delete-records", "confluent", &b, "dr", "0", "5"]),
+        [["low_watermark", "5"]]
+    );
+    assert_eq!(
+        client(&["delete-records", "kafka-python", &b, "dr", "0", "8"]),
+        [["low_watermark", "8"]]
+    );
+    assert!(
+        !has_first_segment(dir.path()),
+        "the segment wholly below 8 is deleted"
+    );
+    let beyond = client(&["delete-records", "confluent", &b, "dr", "0", "31"]);
+    assert_eq!(beyond[0][..2], ["error", "OFFSET_OUT_OF_RANGE"]);
+    let beyond = client(&["delete-records", "kafka-python", &b, "dr", "0", "31"]);
+    assert_eq!(beyond[0][..2], ["error", "OffsetOutOfRangeError"]);
+    let first_offset = |b: &str| {
+        let out = kcat(
+            &[
+                "-b",
+                b,
+                "-t",
+                "dr",
+                "-C",
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+                "-f",
+                "%o\n",
+            ],
+            "",
+        );
+        out.lines().next().unwrap().to_string()
+    };
+    assert_eq!(first_offset(&b), "8");
+    assert_eq!(
+        client(&["first-earliest", &b, "dr", "g1"]),
+        [["first", "8"]]
+    );
+    // A clean restart, then a kill -9, keep the start.
+    broker.stop();
+    let broker = Broker::start(dir.path(), &[]);
+    assert_eq!(first_offset(&broker.addr), "8");
+    let b = broker.addr.clone();
+    assert_eq!(
+        client(&["delete-records", "confluent", &b, "dr", "0", "-1"]),
+        [["low_watermark", "30"]]
+    );
+    drop(broker); // SIGKILL
+    let broker = Broker::start(dir.path(), &[]);
+    let b = broker.addr.clone();
+    let mut c = Client::connect(&b);
+    assert_eq!(list_offset(&mut c, 10, "dr", 0, -2), (0, 30, -1));
+    kcat(&["-b", &b, "-t", "dr", "-P", "-K", "\t"], "k\tafter\n");
+    assert_eq!(
+        client(&["first-earliest", &b, "dr", "g2"]),
+        [["first", "30"]]
+    );
+}
+
+#[test]
+fn real_clients_find_records_by_timestamp_inside_compressed_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let b = broker.addr.clone();
+    let mut c = Client::connect(&b);
+    let t0: i64 = 1_700_000_000_000;
+    let stamps: Vec<String> = [0, 10, 5, 30, 20]
+        .iter()
+        .map(|d| (t0 + d).to_string())
+        .collect();
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("ts-{codec}");
+        create_topic(&mut c, &topic, 1, &[]);
+        let mut args = vec!["produce-timestamps", &b, &topic, "0", codec];
+        args.extend(stamps.iter().map(String::as_str));
+        let produced = client(&args);
+        assert_eq!(produced.len(), 5);
+        // One compressed batch holds them all.
+        let log = std::fs::read(
+            dir.path()
+                .join(format!("{topic}-0/00000000000000000000.log")),
+        )
+        .unwrap();
+        let frame = ringbroker_storage::frame::BatchFrame::parse(&log).unwrap();
+        assert_eq!(
+            (frame.last_offset_delta, frame.total_bytes),
+            (4, log.len()),
+            "{codec}"
+        );
+        assert_ne!(frame.compression(), 0);
+        let (a, b1, b2) = (
+            (t0 + 1).to_string(),
+            (t0 + 11).to_string(),
+            (t0 + 31).to_string(),
+        );
+        assert_eq!(
+            client(&[
+                "offsets-for-times",
+                "confluent",
+                &b,
+                &topic,
+                "0",
+                &a,
+                &b1,
+                &b2
+            ]),
+            [
+                [a.as_str(), "1", "-"],
+                [b1.as_str(), "3", "-"],
+                [b2.as_str(), "-1", "-"]
+            ],
+            "{codec}"
+        );
+        assert_eq!(
+            client(&[
+                "offsets-for-times",
+                "kafka-python",
+                &b,
+                &topic,
+                "0",
+                &a,
+                &b1
+            ]),
+            [
+                [a.as_str(), "1", &(t0 + 10).to_string()],
+                [b1.as_str(), "3", &(t0 + 30).to_string()]
+            ],
+            "{codec}"
+        );
+        assert_eq!(
+            client(&["max-timestamp", &b, &topic, "0"]),
+            [["max", "3", &(t0 + 30).to_string()]],
+            "{codec}"
+        );
+    }
+}
+
+#[test]
+fn real_clients_describe_producers_and_log_dirs_and_validate_positions_by_leader_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let b = broker.addr.clone();
+    let mut c = Client::connect(&b);
+    create_topic(&mut c, "p", 2, &[]);
+    assert_eq!(
+        client(&["produce-idempotent", &b, "p", "1", "3"]),
+        [["acked", "3"]]
+    );
+    let producers = client(&["describe-producers", &b, "p", "1"]);
+    assert_eq!(producers.len(), 1, "{producers:?}");
+    let p = &producers[0];
+    assert_eq!(
+        (p[0].as_str(), p[2].as_str(), p[3].as_str()),
+        ("producer", "0", "2")
+    );
+    assert_eq!((p[5].as_str(), p[6].as_str()), ("-1", "-1"));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let last_ts: i64 = p[4].parse().unwrap();
+    assert!((now_ms - 120_000..=now_ms).contains(&last_ts), "{last_ts}");
+    assert!(client(&["describe-producers", &b, "p", "0"]).is_empty());
+
+    let dirs = client(&["log-dirs", &b]);
+    let data_dir = std::path::absolute(dir.path()).unwrap();
+    assert_eq!(dirs[0], ["dir", "0", data_dir.to_str().unwrap()]);
+    let size = |partition: &str| {
+        dirs.iter()
+            .find(|l| l[0] == "size" && l[1] == "p" && l[2] == partition)
+            .unwrap_or_else(|| panic!("{dirs:?}"))[3..]
+            .to_vec()
+    };
+    let on_disk = std::fs::metadata(dir.path().join("p-1/00000000000000000000.log"))
+        .unwrap()
+        .len();
+    assert_eq!(size("1"), [on_disk.to_string().as_str(), "0", "False"]);
+    assert_eq!(size("0"), ["0", "0", "False"]);
+
+    // librdkafka validates a position carrying a leader epoch with OffsetForLeaderEpoch.
+    assert_eq!(
+        client(&["seek-with-epoch", &b, "p", "1", "1"]),
+        [["got", "1", "0"]]
+    );
+    let (_, metrics) = broker.http_get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ringbroker_requests_total{api=\"OffsetForLeaderEpoch\"")),
+        "the consumer asked OffsetForLeaderEpoch"
+    );
 }

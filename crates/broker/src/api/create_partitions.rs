@@ -32,10 +32,11 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         .map(|t| NewPartitions {
             topic: t.name.0.to_string(),
             count: t.count,
-            assignments: t
-                .assignments
-                .as_ref()
-                .map(|a| a.iter().map(|a| a.broker_ids.iter().map(|b| b.0).collect()).collect()),
+            assignments: t.assignments.as_ref().map(|a| {
+                a.iter()
+                    .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                    .collect()
+            }),
         })
         .collect();
     let mut grown = shard::create_partitions(requested, body.validate_only)

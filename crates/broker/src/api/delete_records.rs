@@ -29,10 +29,11 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                 None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1),
                 Some(topic) => {
                     let offset = p.offset;
-                    let done = shard::on_partition(topic, p.partition_index, move |log| async move {
-                        log.delete_records_before(offset).await
-                    })
-                    .await;
+                    let done =
+                        shard::on_partition(topic, p.partition_index, move |log| async move {
+                            log.delete_records_before(offset).await
+                        })
+                        .await;
                     match done {
                         None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1),
                         Some(Ok(start)) => (errors::NONE, start),

@@ -28,7 +28,12 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         .flatten()
         .map(|t| t.partitions.len().max(1))
         .sum();
-    refuse_over("DescribeLogDirs", "partitions", asked, REQUEST_PARTITIONS_MAX)?;
+    refuse_over(
+        "DescribeLogDirs",
+        "partitions",
+        asked,
+        REQUEST_PARTITIONS_MAX,
+    )?;
     let filter: Arc<Filter> = Arc::new(body.topics.map(|topics| {
         let mut f: HashMap<String, HashSet<i32>> = HashMap::new();
         for t in topics {
