@@ -97,10 +97,13 @@ fn list_offset(c: &mut Client, v: i16, topic: &str, partition: i32, ts: i64) -> 
     (p.error_code, p.offset, ts)
 }
 
+/// A topic to grow: name, new count, replica lists of the new partitions.
+type Growth<'a> = (&'a str, i32, Option<Vec<Vec<i32>>>);
+
 fn grow(
     c: &mut Client,
     v: i16,
-    topics: &[(&str, i32, Option<Vec<Vec<i32>>>)],
+    topics: &[Growth],
     validate_only: bool,
 ) -> Vec<(String, i16, Option<String>)> {
     let topics = topics

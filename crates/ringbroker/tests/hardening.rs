@@ -205,6 +205,53 @@ fn populated(api: ApiKey, version: i16) -> Option<Vec<u8>> {
             version,
         ),
         ApiKey::InitProducerId => encode(&InitProducerIdRequest::default(), version),
+        ApiKey::CreatePartitions => encode(
+            &CreatePartitionsRequest::default().with_topics(vec![
+                create_partitions_request::CreatePartitionsTopic::default()
+                    .with_name(TopicName(name()))
+                    .with_assignments(Some(vec![
+                        create_partitions_request::CreatePartitionsAssignment::default()
+                            .with_broker_ids(vec![BrokerId(0)]),
+                    ])),
+            ]),
+            version,
+        ),
+        ApiKey::DeleteRecords => encode(
+            &DeleteRecordsRequest::default().with_topics(vec![
+                delete_records_request::DeleteRecordsTopic::default()
+                    .with_name(TopicName(name()))
+                    .with_partitions(vec![
+                        delete_records_request::DeleteRecordsPartition::default(),
+                    ]),
+            ]),
+            version,
+        ),
+        ApiKey::DescribeLogDirs => encode(
+            &DescribeLogDirsRequest::default().with_topics(Some(vec![
+                describe_log_dirs_request::DescribableLogDirTopic::default()
+                    .with_topic(TopicName(name()))
+                    .with_partitions(vec![0]),
+            ])),
+            version,
+        ),
+        ApiKey::OffsetForLeaderEpoch => encode(
+            &OffsetForLeaderEpochRequest::default().with_topics(vec![
+                offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                    .with_topic(TopicName(name()))
+                    .with_partitions(vec![
+                        offset_for_leader_epoch_request::OffsetForLeaderPartition::default(),
+                    ]),
+            ]),
+            version,
+        ),
+        ApiKey::DescribeProducers => encode(
+            &DescribeProducersRequest::default().with_topics(vec![
+                describe_producers_request::TopicRequest::default()
+                    .with_name(TopicName(name()))
+                    .with_partition_indexes(vec![0]),
+            ]),
+            version,
+        ),
         other => panic!(
             "no populated request for {other:?}: add one (every advertised API must be probed)"
         ),
