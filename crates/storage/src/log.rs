@@ -327,7 +327,7 @@ impl PartitionLog {
                 tracing::debug!(dir = %dir.display(), scanned_bytes = report.scanned_bytes, log_bytes = report.log_bytes, recovery_point = ?usable.map(|c| c.offset), "recovered");
             }
         }
-        Ok(PartitionLog {
+        let log = PartitionLog {
             dir: dir.into(),
             config,
             state: Rc::new(RefCell::new(State {
@@ -359,7 +359,9 @@ impl PartitionLog {
             appended: Notify::new(),
             synced: Notify::new(),
             recovery_report: report,
-        })
+        };
+        log.drop_segments_below_start();
+        Ok(log)
     }
 
     /// What recovery at open read.

@@ -7,7 +7,7 @@
 //! shows records a client deleted. Control plane: plain blocking file calls, as for the topic
 //! table.
 
-use super::PartitionLog;
+use super::{PartitionLog, State};
 use crate::atomic_file::write_atomically;
 use crate::segment::Segment;
 use std::io;
@@ -71,6 +71,17 @@ pub(super) fn at_open(dir: &Path, first_base: i64, next_offset: i64) -> io::Resu
     Ok(persisted.max(first_base))
 }
 
+/// Takes out of the log the segments wholly below its start (never the active one).
+fn take_segments_below_start(st: &mut State) -> Vec<Segment> {
+    let start = st.log_start_offset;
+    let below = st
+        .segments
+        .windows(2)
+        .take_while(|pair| pair[1].base_offset <= start)
+        .count();
+    st.segments.drain(..below).collect()
+}
+
 /// Why DeleteRecords could not move a partition's log start.
 #[derive(Debug, thiserror::Error)]
 pub enum DeleteRecordsError {
@@ -126,18 +137,20 @@ impl PartitionLog {
             // persist a smaller offset after this one.
             write(&self.dir, target)?;
             st.log_start_offset = target;
-            let below = st
-                .segments
-                .windows(2)
-                .take_while(|pair| pair[1].base_offset <= target)
-                .count();
-            st.segments.drain(..below).collect()
+            take_segments_below_start(&mut st)
         };
         self.remove_segment_files(&removed);
         if !removed.is_empty() {
             tracing::info!(dir = %self.dir.display(), segments = removed.len(), log_start_offset = target, "deleted records moved the log start");
         }
         Ok(target)
+    }
+
+    /// At open: deletes the segments a DeleteRecords left wholly below the log start (the
+    /// broker stopped after persisting the start, before unlinking them).
+    pub(super) fn drop_segments_below_start(&self) {
+        let removed = take_segments_below_start(&mut self.state.borrow_mut());
+        self.remove_segment_files(&removed);
     }
 
     /// Unlinks the files of segments already taken out of the log (plain syscalls; a file
@@ -257,5 +270,34 @@ mod log_tests {
         .unwrap();
         let log = PartitionLog::open(&path, config()).unwrap();
         assert_eq!((log.log_start_offset(), log.high_watermark()), (100, 101));
+    }
+
+    #[test]
+    fn segments_left_below_a_persisted_start_are_deleted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        let p = path.clone();
+        let segments = block_on(async move {
+            let log = PartitionLog::open(&p, config()).unwrap();
+            for i in 0..100 {
+                log.append_batch(batch(1, 40, 10_000 + i), 1).await.unwrap();
+            }
+            log.close().await.unwrap();
+            log.segment_count()
+        })
+        .unwrap();
+        // As if the broker stopped after persisting the start, before unlinking.
+        write(&path, 57).unwrap();
+        let log = PartitionLog::open_with(&path, config(), Recovery::TrustCleanShutdown).unwrap();
+        assert_eq!(log.log_start_offset(), 57);
+        assert!(log.segment_count() < segments);
+        assert!(!path.join("00000000000000000000.log").exists());
+        let p = path.clone();
+        block_on(async move {
+            let log = PartitionLog::open(&p, config()).unwrap();
+            assert!(log.read(57, 10).await.is_ok());
+            assert_eq!(log.high_watermark(), 100);
+        })
+        .unwrap();
     }
 }
