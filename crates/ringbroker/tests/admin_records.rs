@@ -229,6 +229,18 @@ fn create_partitions_answers_every_version_as_kafka_does() {
     count += 2;
     let r = grow(&mut c, 3, &[("cp", 100_001, None)], false);
     assert_eq!(r[0].1, 37, "over the per-topic limit");
+    // New partitions went to the least-loaded shards: the two shards own all partitions
+    // (including __consumer_offsets') within one of each other.
+    let table: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("meta/topics.json")).unwrap())
+            .unwrap();
+    let mut load = [0usize; 2];
+    for t in table["topics"].as_array().unwrap() {
+        for owner in t["owners"].as_array().unwrap() {
+            load[owner.as_u64().unwrap() as usize] += 1;
+        }
+    }
+    assert!(load[0].abs_diff(load[1]) <= 1, "{load:?}");
     // Persisted: a restart keeps every partition and its records.
     broker.stop();
     let broker = Broker::start(dir.path(), &[]);
