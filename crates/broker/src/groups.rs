@@ -878,7 +878,8 @@ pub async fn run_timers(stop: impl Future<Output = ()>) {
 }
 
 /// Expires, as of `now`, members whose session ended, unclaimed member ids, and rebalances
-/// whose deadline passed; forgets groups left without members. The earliest deadline left.
+/// whose deadline passed. The earliest deadline left. A group left Empty stays (as in Kafka:
+/// DescribeGroups, ListGroups and DeleteGroups still see it) until a new group needs its slot.
 fn expire(now: Instant) -> Option<Instant> {
     with(|c| {
         for (name, g) in c.groups.iter_mut() {
@@ -897,14 +898,13 @@ fn expire(now: Instant) -> Option<Instant> {
                 g.maybe_complete_join(true);
             }
         }
-        forget_empty_groups(c);
         c.groups.values().filter_map(Group::next_deadline).min()
     })
 }
 
-/// A group without members keeps no coordination state worth holding (its committed offsets
-/// live apart), so its slot counts towards GROUPS_PER_SHARD_MAX no longer. A Dead group is
-/// being deleted and stays until its tombstones are stored.
+/// When the shard holds GROUPS_PER_SHARD_MAX groups: a group without members keeps no
+/// coordination state worth holding (its committed offsets live apart), so it makes room. A
+/// Dead group is being deleted and stays until its tombstones are stored.
 fn forget_empty_groups(c: &mut Coordinator) {
     c.groups.retain(|_, g| {
         g.state == GroupState::Dead || !(g.members.is_empty() && g.pending.is_empty())
