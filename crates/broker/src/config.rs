@@ -82,6 +82,9 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// Receive-buffer bytes per shard for frames larger than a connection's own buffer.
     pub recv_budget_bytes: usize,
+    /// Kafka's `group.max.size`: members of one group; a JoinGroup beyond it gets
+    /// GROUP_MAX_SIZE_REACHED. At most `limits::GROUP_MEMBERS_MAX`.
+    pub group_max_size: usize,
 }
 
 /// Default `--recovery-checkpoint-ms`: after a crash, recovery scans what was written since
@@ -115,6 +118,7 @@ impl BrokerConfig {
             metrics_listen: None,
             max_connections: MAX_CONNECTIONS_DEFAULT,
             recv_budget_bytes: crate::limits::RECV_BUDGET_BYTES_DEFAULT,
+            group_max_size: crate::limits::GROUP_MEMBERS_MAX,
         }
     }
 }

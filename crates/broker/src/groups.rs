@@ -6,10 +6,14 @@
 //!
 //! State machine: Empty → PreparingRebalance (members (re)join; completes when all known
 //! members joined or the rebalance timeout passes) → CompletingRebalance (the leader computes
-//! assignments) → Stable (SyncGroup delivered them). Session timeouts and rebalance deadlines
-//! are enforced by a per-shard sweep on ring timers. Committed offsets are appended to the
+//! assignments) → Stable (SyncGroup delivered them); Dead while DeleteGroups writes its
+//! tombstones. Session timeouts, rebalance deadlines and unclaimed member ids expire exactly
+//! at their deadline: one timer task per shard sleeps on a ring timeout until the earliest
+//! deadline and is woken when an earlier one appears. Committed offsets are appended to the
 //! group's offsets partition (one record per partition commit, tombstones for deletes) and
-//! rebuilt in memory when the shard starts.
+//! rebuilt in memory when the shard starts. OffsetCommit, OffsetDelete and JoinGroup's size
+//! limit follow Kafka's classic group coordinator rule for rule (`ClassicGroup`,
+//! `GroupMetadataManager`).
 
 use crate::errors;
 use crate::limits::{
@@ -19,17 +23,21 @@ use crate::limits::{
 };
 use crate::shard;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use ringbroker_runtime::notify::Notify;
 use ringbroker_runtime::oneshot;
+use ringbroker_runtime::op;
 use ringbroker_storage::PartitionLog;
-use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub const OFFSETS_PARTITIONS: usize = 8;
-/// How often each shard checks session timeouts and rebalance deadlines.
-pub const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest the timer task sleeps when no deadline is pending (a new deadline wakes it).
+const TIMER_IDLE_WAIT: Duration = Duration::from_secs(60);
 
 pub const UNKNOWN_MEMBER_ID: i16 = 25;
 pub const ILLEGAL_GENERATION: i16 = 22;
@@ -41,6 +49,11 @@ pub const NON_EMPTY_GROUP: i16 = 68;
 pub const GROUP_ID_NOT_FOUND: i16 = 69;
 pub const INVALID_GROUP_ID: i16 = 24;
 pub const FENCED_INSTANCE_ID: i16 = 82;
+pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
+
+/// The protocol type of consumer groups (whose member metadata is the consumer protocol's
+/// subscription, naming the topics each member reads).
+pub const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
 
 /// The offsets partition that holds `group`.
 pub fn offsets_partition(group: &str) -> i32 {
@@ -61,6 +74,8 @@ pub enum GroupState {
     PreparingRebalance,
     CompletingRebalance,
     Stable,
+    /// DeleteGroups is writing the group's tombstones; the group is gone once they are stored.
+    Dead,
 }
 
 impl GroupState {
@@ -70,6 +85,7 @@ impl GroupState {
             GroupState::PreparingRebalance => "PreparingRebalance",
             GroupState::CompletingRebalance => "CompletingRebalance",
             GroupState::Stable => "Stable",
+            GroupState::Dead => "Dead",
         }
     }
 }
@@ -132,9 +148,20 @@ struct Group {
     leader: Option<String>,
     /// In join order (the first member leads when no leader remains).
     members: Vec<(String, Member)>,
-    /// KIP-394: ids handed out with MEMBER_ID_REQUIRED, not yet joined.
+    /// KIP-394: ids handed out with MEMBER_ID_REQUIRED, not yet joined, each with the end of
+    /// the session it asked for (as in Kafka, an id unclaimed by then is forgotten).
     pending: Vec<(String, Instant)>,
     rebalance_deadline: Option<Instant>,
+}
+
+impl Member {
+    /// Whether the session timer runs: a member waiting for the broker's answer to its
+    /// JoinGroup or SyncGroup is kept alive (Kafka's `shouldKeepAlive`); the rebalance
+    /// deadline bounds that wait.
+    fn session_deadline(&self) -> Option<Instant> {
+        (self.join_waiter.is_none() && self.sync_waiter.is_none())
+            .then(|| self.last_seen + self.session_timeout)
+    }
 }
 
 impl Group {
@@ -151,9 +178,94 @@ impl Group {
         }
     }
 
-    /// Whether one more member (or pending member id) would exceed [`GROUP_MEMBERS_MAX`].
+    /// Whether one more member or pending member id would exceed [`GROUP_MEMBERS_MAX`], the
+    /// bound on what a group keeps in memory (whatever `--group-max-size` says).
     fn full(&self) -> bool {
         self.members.len() + self.pending.len() >= GROUP_MEMBERS_MAX
+    }
+
+    /// Kafka's `acceptJoiningMember`: whether a JoinGroup from `member_id` (empty: a new
+    /// member) may join under `group.max.size`. While the group prepares a rebalance, the
+    /// members that already rejoined count (those that have not may be gone); once it has
+    /// rebalanced, all members count. A member already waiting in this rebalance, or a known
+    /// member after it, is always accepted.
+    fn accepts_joining(&self, member_id: &str, max_size: usize) -> bool {
+        let known = self.members.iter().find(|(id, _)| id == member_id);
+        match self.state {
+            GroupState::Empty | GroupState::Dead => true,
+            GroupState::PreparingRebalance => {
+                known.is_some_and(|(_, m)| m.join_waiter.is_some())
+                    || self
+                        .members
+                        .iter()
+                        .filter(|(_, m)| m.join_waiter.is_some())
+                        .count()
+                        < max_size
+            }
+            GroupState::CompletingRebalance | GroupState::Stable => {
+                known.is_some() || self.members.len() < max_size
+            }
+        }
+    }
+
+    /// The member id a static member (`group.instance.id`) holds now.
+    fn static_member(&self, instance_id: &str) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|(_, m)| m.instance_id.as_deref() == Some(instance_id))
+            .map(|(id, _)| id.as_str())
+    }
+
+    /// Kafka's `validateMember`: a static member must hold the member id it names
+    /// (FENCED_INSTANCE_ID when another holds its instance id), and the member must exist.
+    fn validate_member(&self, member_id: &str, instance_id: Option<&str>) -> i16 {
+        if let Some(iid) = instance_id {
+            match self.static_member(iid) {
+                None => return UNKNOWN_MEMBER_ID,
+                Some(holder) if holder != member_id => return FENCED_INSTANCE_ID,
+                Some(_) => {}
+            }
+        }
+        if self.members.iter().any(|(id, _)| id == member_id) {
+            errors::NONE
+        } else {
+            UNKNOWN_MEMBER_ID
+        }
+    }
+
+    /// The earliest deadline of this group: a session, the rebalance, an unclaimed member id.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.members
+            .iter()
+            .filter_map(|(_, m)| m.session_deadline())
+            .chain(self.rebalance_deadline)
+            .chain(self.pending.iter().map(|(_, until)| *until))
+            .min()
+    }
+
+    /// The topics the members subscribe to, from their consumer-protocol metadata (Kafka's
+    /// `computeSubscribedTopics`); `None` when not known: not a consumer group, no protocol
+    /// chosen yet, or metadata that does not parse.
+    fn subscribed_topics(&self) -> Option<HashSet<String>> {
+        if self.protocol_type.as_deref() != Some(CONSUMER_PROTOCOL_TYPE) {
+            return None;
+        }
+        let protocol = self.protocol.as_ref()?;
+        let mut topics = HashSet::new();
+        for (_, m) in &self.members {
+            let (_, meta) = m.protocols.iter().find(|(n, _)| n == protocol)?;
+            topics.extend(subscription_topics(meta)?);
+        }
+        Some(topics)
+    }
+
+    /// Kafka's `isSubscribedToTopic`: when the subscriptions are not known, a consumer group
+    /// counts as subscribed to every topic.
+    fn is_subscribed_to(&self, subscribed: &Option<HashSet<String>>, topic: &str) -> bool {
+        match subscribed {
+            Some(topics) => topics.contains(topic),
+            None => self.protocol_type.as_deref() == Some(CONSUMER_PROTOCOL_TYPE),
+        }
     }
 
     fn member(&mut self, id: &str) -> Option<&mut Member> {
@@ -389,6 +501,11 @@ fn join_request_error(req: &JoinRequest) -> Option<i16> {
     None
 }
 
+/// The group size limit this broker runs with (`--group-max-size`, Kafka's `group.max.size`).
+fn group_max_size() -> usize {
+    shard::current().shared.config.group_max_size
+}
+
 /// JoinGroup, run on the group's shard.
 pub async fn join(req: JoinRequest) -> JoinResult {
     if let Some(error) = join_request_error(&req) {
@@ -398,7 +515,11 @@ pub async fn join(req: JoinRequest) -> JoinResult {
         };
     }
     let client_id = truncated(&req.client_id, MEMBER_CLIENT_ID_BYTES_MAX);
+    let max_size = group_max_size();
     let waiter = with(|c| {
+        if !c.groups.contains_key(&req.group) && c.groups.len() >= GROUPS_PER_SHARD_MAX {
+            forget_empty_groups(c);
+        }
         if !c.groups.contains_key(&req.group) && c.groups.len() >= GROUPS_PER_SHARD_MAX {
             crate::warn_limited!(
                 max = GROUPS_PER_SHARD_MAX,
@@ -410,21 +531,40 @@ pub async fn join(req: JoinRequest) -> JoinResult {
             }));
         }
         let g = c.groups.entry(req.group.clone()).or_insert_with(Group::new);
+        if g.state == GroupState::Dead {
+            return Err(Box::new(JoinResult {
+                error: errors::COORDINATOR_NOT_AVAILABLE,
+                ..Default::default()
+            }));
+        }
         if g.state != GroupState::Empty && g.protocol_type.as_deref() != Some(&req.protocol_type) {
             return Err(Box::new(JoinResult {
                 error: INCONSISTENT_GROUP_PROTOCOL,
                 ..Default::default()
             }));
         }
+        // A static member coming back without its id takes its old place under a new id.
+        let static_old = if req.member_id.is_empty() {
+            req.instance_id
+                .as_deref()
+                .and_then(|iid| g.static_member(iid))
+                .map(str::to_string)
+        } else {
+            None
+        };
+        if static_old.is_none() && !g.accepts_joining(&req.member_id, max_size) {
+            crate::warn_limited!(group = %req.group, max = max_size, "JoinGroup: GROUP_MAX_SIZE_REACHED");
+            g.pending.retain(|(id, _)| *id != req.member_id);
+            if g.member(&req.member_id).is_some() {
+                g.remove_member(&req.member_id);
+            }
+            return Err(Box::new(JoinResult {
+                error: errors::GROUP_MAX_SIZE_REACHED,
+                ..Default::default()
+            }));
+        }
         let mut member_id = req.member_id.clone();
         if member_id.is_empty() {
-            // A static member coming back takes its old place under a new id.
-            let static_old = req.instance_id.as_ref().and_then(|iid| {
-                g.members
-                    .iter()
-                    .find(|(_, m)| m.instance_id.as_ref() == Some(iid))
-                    .map(|(id, _)| id.clone())
-            });
             if static_old.is_none() && g.full() {
                 crate::warn_limited!(group = %req.group, max = GROUP_MEMBERS_MAX, "JoinGroup: GROUP_MAX_SIZE_REACHED");
                 return Err(Box::new(JoinResult {
@@ -444,7 +584,10 @@ pub async fn join(req: JoinRequest) -> JoinResult {
                     g.leader = Some(member_id.clone());
                 }
             } else if req.require_known_member_id && req.instance_id.is_none() {
-                g.pending.push((member_id.clone(), Instant::now()));
+                let session = Duration::from_millis(req.session_timeout_ms as u64);
+                g.pending
+                    .push((member_id.clone(), Instant::now() + session));
+                timers_changed(Instant::now() + session);
                 return Err(Box::new(JoinResult {
                     error: MEMBER_ID_REQUIRED,
                     member_id,
@@ -505,6 +648,9 @@ pub async fn join(req: JoinRequest) -> JoinResult {
         }
         g.start_rebalance();
         g.maybe_complete_join(false);
+        if let Some(deadline) = g.next_deadline() {
+            timers_changed(deadline);
+        }
         Ok(rx)
     });
     match waiter {
@@ -549,6 +695,10 @@ pub async fn sync(
             assignment,
         };
         match g.state {
+            GroupState::Dead => Err(SyncResult {
+                error: errors::COORDINATOR_NOT_AVAILABLE,
+                ..Default::default()
+            }),
             GroupState::PreparingRebalance | GroupState::Empty => Err(SyncResult {
                 error: REBALANCE_IN_PROGRESS,
                 ..Default::default()
@@ -588,6 +738,13 @@ pub async fn sync(
                         .map(|(_, m)| (m.sync_waiter.take(), m.assignment.clone()))
                         .collect();
                     let (ptype, proto) = (g.protocol_type.clone(), g.protocol.clone());
+                    // Members waiting for this answer were alive all along: their session
+                    // timers start again now.
+                    let now = Instant::now();
+                    for (_, m) in &mut g.members {
+                        m.last_seen = now;
+                    }
+                    rearm(g);
                     for (w, assignment) in snapshot {
                         if let Some(w) = w {
                             w.send(SyncResult {
@@ -661,25 +818,76 @@ pub fn leave(group: &str, members: Vec<(String, Option<String>)>) -> Vec<i16> {
                 }
                 tracing::debug!(group, member = %id, "member left");
                 g.remove_member(&id);
+                rearm(g);
                 errors::NONE
             })
             .collect()
     })
 }
 
-/// Expires members whose session ran out and completes rebalances whose deadline passed.
-pub fn sweep() {
-    with(|c| {
+thread_local! {
+    /// Wakes the timer task when a deadline earlier than the one it sleeps until appears.
+    static TIMERS_CHANGED: Rc<Notify> = Notify::new();
+    /// The instant the timer task sleeps until (`None`: not sleeping).
+    static TIMERS_ARMED_UNTIL: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Tells the timer task about `deadline` if it sleeps past it.
+fn timers_changed(deadline: Instant) {
+    let earlier = TIMERS_ARMED_UNTIL.with(|a| a.get().is_some_and(|armed| deadline < armed));
+    if earlier {
+        TIMERS_ARMED_UNTIL.with(|a| a.set(Some(deadline)));
+        TIMERS_CHANGED.with(|n| n.notify_all());
+    }
+}
+
+/// After a change to `g`: its earliest deadline reaches the timer task.
+fn rearm(g: &Group) {
+    if let Some(deadline) = g.next_deadline() {
+        timers_changed(deadline);
+    }
+}
+
+/// The shard's group timer task: expires sessions, rebalance deadlines and unclaimed member
+/// ids at their deadline (a ring timeout until the earliest one), until `stop` completes.
+pub async fn run_timers(stop: impl Future<Output = ()>) {
+    let notify = TIMERS_CHANGED.with(Rc::clone);
+    let mut stop = std::pin::pin!(stop);
+    loop {
         let now = Instant::now();
+        let until = expire(now).unwrap_or(now + TIMER_IDLE_WAIT);
+        TIMERS_ARMED_UNTIL.with(|a| a.set(Some(until)));
+        // Created before the wait and after `expire`, with no await between: a deadline set
+        // by any request from here on wakes this wait.
+        let mut changed = std::pin::pin!(notify.notified());
+        let woke = op::timeout(
+            until.saturating_duration_since(Instant::now()),
+            std::future::poll_fn(|cx| {
+                if stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(true);
+                }
+                changed.as_mut().poll(cx).map(|()| false)
+            }),
+        )
+        .await;
+        if woke == Some(true) {
+            TIMERS_ARMED_UNTIL.with(|a| a.set(None));
+            return;
+        }
+    }
+}
+
+/// Expires, as of `now`, members whose session ended, unclaimed member ids, and rebalances
+/// whose deadline passed. The earliest deadline left. A group left Empty stays (as in Kafka:
+/// DescribeGroups, ListGroups and DeleteGroups still see it) until a new group needs its slot.
+fn expire(now: Instant) -> Option<Instant> {
+    with(|c| {
         for (name, g) in c.groups.iter_mut() {
-            g.pending
-                .retain(|(_, since)| now.duration_since(*since) < Duration::from_secs(300));
+            g.pending.retain(|(_, until)| now < *until);
             let expired: Vec<String> = g
                 .members
                 .iter()
-                .filter(|(_, m)| {
-                    m.join_waiter.is_none() && now.duration_since(m.last_seen) > m.session_timeout
-                })
+                .filter(|(_, m)| m.session_deadline().is_some_and(|d| now >= d))
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in expired {
@@ -690,11 +898,17 @@ pub fn sweep() {
                 g.maybe_complete_join(true);
             }
         }
-        // A group without members keeps no coordination state worth holding (its committed
-        // offsets live apart), so its slot counts towards GROUPS_PER_SHARD_MAX no longer.
-        c.groups
-            .retain(|_, g| !(g.members.is_empty() && g.pending.is_empty()));
+        c.groups.values().filter_map(Group::next_deadline).min()
     })
+}
+
+/// When the shard holds GROUPS_PER_SHARD_MAX groups: a group without members keeps no
+/// coordination state worth holding (its committed offsets live apart), so it makes room. A
+/// Dead group is being deleted and stays until its tombstones are stored.
+fn forget_empty_groups(c: &mut Coordinator) {
+    c.groups.retain(|_, g| {
+        g.state == GroupState::Dead || !(g.members.is_empty() && g.pending.is_empty())
+    });
 }
 
 /// At shutdown: answers every JoinGroup and SyncGroup still waiting (for a rebalance that may
@@ -727,6 +941,8 @@ pub fn list() -> Vec<(String, String, &'static str)> {
         let mut names: Vec<&String> = c.groups.keys().chain(c.offsets.keys()).collect();
         names.sort();
         names.dedup();
+        // A group being deleted is not listed.
+        names.retain(|n| c.groups.get(*n).is_none_or(|g| g.state != GroupState::Dead));
         names
             .into_iter()
             .map(|n| {
@@ -790,11 +1006,6 @@ pub fn describe(
     })
 }
 
-/// Whether the group has live members (such a group cannot be deleted).
-pub fn has_members(group: &str) -> bool {
-    with(|c| c.groups.get(group).is_some_and(|g| !g.members.is_empty()))
-}
-
 /// Whether a commit may add offsets for `group`: INVALID_GROUP_ID for an id this broker does
 /// not keep, COORDINATOR_NOT_AVAILABLE when the group is new and the shard holds
 /// [`GROUPS_PER_SHARD_MAX`] groups with offsets already.
@@ -815,32 +1026,91 @@ pub fn offsets_room(group: &str) -> i16 {
     })
 }
 
-/// Checks that a commit comes from a current member (generation -1: a simple, group-less commit).
-pub fn commit_allowed(group: &str, generation: i32, member_id: &str) -> i16 {
-    if generation < 0 {
-        return if has_members(group) {
-            ILLEGAL_GENERATION
-        } else {
-            errors::NONE
-        };
-    }
+/// Kafka's classic-group rule for an OffsetCommit (`ClassicGroup::validateOffsetCommit`, and
+/// `OffsetMetadataManager` for a group it does not know).
+///
+/// - a group being deleted: COORDINATOR_NOT_AVAILABLE;
+/// - generation -1 (a simple or admin commit, e.g. AlterConsumerGroupOffsets) while the group
+///   is Empty or unknown: accepted;
+/// - a member named by id or `group.instance.id`: it must be a member (UNKNOWN_MEMBER_ID), a
+///   static member must hold that id (FENCED_INSTANCE_ID), and the generation must be the
+///   current one (ILLEGAL_GENERATION); no member and generation -1 while the group has
+///   members: UNKNOWN_MEMBER_ID;
+/// - a group unknown to this coordinator and generation >= 0: ILLEGAL_GENERATION (what Kafka
+///   answers up to OffsetCommit v8);
+/// - REBALANCE_IN_PROGRESS only while the group completes a rebalance (its members hold the
+///   new generation but not their assignment yet). A commit of the current generation while
+///   the group prepares a rebalance is accepted: it comes from a member that still owns its
+///   partitions (often one committing as it leaves).
+pub fn commit_allowed(
+    group: &str,
+    generation: i32,
+    member_id: &str,
+    instance_id: Option<&str>,
+) -> i16 {
     with(|c| {
         let Some(g) = c.groups.get_mut(group) else {
-            return UNKNOWN_MEMBER_ID;
+            // No live group: Empty when it has committed offsets, unknown otherwise.
+            return if generation < 0 {
+                errors::NONE
+            } else if c.offsets.contains_key(group) {
+                UNKNOWN_MEMBER_ID
+            } else {
+                ILLEGAL_GENERATION
+            };
         };
-        let (state, current) = (g.state, g.generation);
-        let Some(m) = g.member(member_id) else {
-            return UNKNOWN_MEMBER_ID;
-        };
-        m.last_seen = Instant::now();
-        if generation != current {
-            ILLEGAL_GENERATION
-        } else if state == GroupState::PreparingRebalance {
-            REBALANCE_IN_PROGRESS
-        } else {
-            errors::NONE
+        if g.state == GroupState::Dead {
+            return errors::COORDINATOR_NOT_AVAILABLE;
         }
+        if generation < 0 && g.state == GroupState::Empty {
+            return errors::NONE;
+        }
+        if generation >= 0 || !member_id.is_empty() || instance_id.is_some() {
+            let valid = g.validate_member(member_id, instance_id);
+            if valid != errors::NONE {
+                return valid;
+            }
+            if generation != g.generation {
+                return ILLEGAL_GENERATION;
+            }
+            if let Some(m) = g.member(member_id) {
+                m.last_seen = Instant::now();
+            }
+        } else if g.state != GroupState::Empty {
+            return UNKNOWN_MEMBER_ID;
+        }
+        if g.state == GroupState::CompletingRebalance {
+            return REBALANCE_IN_PROGRESS;
+        }
+        errors::NONE
     })
+}
+
+/// Parses the topics of a consumer-protocol subscription (version, then the topic array: the
+/// prefix every version shares, as Kafka reads it); `None` if it does not parse.
+pub fn subscription_topics(mut b: &[u8]) -> Option<Vec<String>> {
+    if b.remaining() < 6 {
+        return None;
+    }
+    let _version = b.get_i16();
+    let count = b.get_i32();
+    // Each topic takes at least its 2-byte length: a count beyond that is malformed.
+    if count < 0 || count as usize > b.remaining() / 2 {
+        return None;
+    }
+    let mut topics = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        if b.remaining() < 2 {
+            return None;
+        }
+        let n = b.get_i16();
+        if n < 0 || n as usize > b.remaining() {
+            return None;
+        }
+        topics.push(std::str::from_utf8(&b[..n as usize]).ok()?.to_string());
+        b.advance(n as usize);
+    }
+    Some(topics)
 }
 
 // --- committed offsets -------------------------------------------------------------------
@@ -981,14 +1251,26 @@ pub fn fetch_offsets(
     })
 }
 
-/// Removes a group (its offsets get tombstones). Fails for a group with members.
+/// DeleteGroups for one group: NON_EMPTY_GROUP while it has members, GROUP_ID_NOT_FOUND when
+/// unknown (or already being deleted); otherwise the group is Dead (commits and joins get
+/// COORDINATOR_NOT_AVAILABLE) until its offsets' tombstones are stored, then gone.
 pub async fn delete_group(group: &str) -> i16 {
-    if has_members(group) {
-        return NON_EMPTY_GROUP;
-    }
-    let known = with(|c| c.groups.contains_key(group) || c.offsets.contains_key(group));
-    if !known {
-        return GROUP_ID_NOT_FOUND;
+    let checked = with(|c| {
+        match c.groups.get(group) {
+            Some(g) if g.state == GroupState::Dead => return GROUP_ID_NOT_FOUND,
+            Some(g) if !g.members.is_empty() => return NON_EMPTY_GROUP,
+            Some(_) => {}
+            None if c.offsets.contains_key(group) => {}
+            None => return GROUP_ID_NOT_FOUND,
+        }
+        let g = c.groups.entry(group.to_string()).or_insert_with(Group::new);
+        g.state = GroupState::Dead;
+        // Unclaimed member ids die with the group.
+        g.pending.clear();
+        errors::NONE
+    });
+    if checked != errors::NONE {
+        return checked;
     }
     let entries: Vec<(String, i32, Option<Committed>)> = fetch_offsets(group, None)
         .into_iter()
@@ -996,6 +1278,11 @@ pub async fn delete_group(group: &str) -> i16 {
         .collect();
     if let Err(e) = store_offsets(group, entries).await {
         tracing::error!(group, error = %e, "could not write offset tombstones");
+        with(|c| {
+            if let Some(g) = c.groups.get_mut(group) {
+                g.state = GroupState::Empty;
+            }
+        });
         return errors::KAFKA_STORAGE_ERROR;
     }
     with(|c| {
@@ -1003,6 +1290,57 @@ pub async fn delete_group(group: &str) -> i16 {
         c.offsets.remove(group);
     });
     errors::NONE
+}
+
+/// OffsetDelete for `group` (Kafka's `handleDeleteOffsets` for classic groups): one error per
+/// asked partition, or the group's error. An unknown group: GROUP_ID_NOT_FOUND; a group with
+/// members of another protocol type than "consumer": NON_EMPTY_GROUP; a consumer group with
+/// members: GROUP_SUBSCRIBED_TO_TOPIC for the partitions of topics a member subscribes to
+/// (every topic when the subscriptions cannot be read). The other partitions' committed
+/// offsets get tombstones in the offsets partition.
+pub async fn delete_offsets(group: &str, partitions: &[(String, i32)]) -> Result<Vec<i16>, i16> {
+    let codes = with(|c| {
+        let codes: Vec<i16> = match c.groups.get(group) {
+            Some(g) if g.state == GroupState::Dead => return Err(GROUP_ID_NOT_FOUND),
+            Some(g) if !g.members.is_empty() => {
+                if g.protocol_type.as_deref() != Some(CONSUMER_PROTOCOL_TYPE) {
+                    return Err(NON_EMPTY_GROUP);
+                }
+                let subscribed = g.subscribed_topics();
+                partitions
+                    .iter()
+                    .map(|(t, _)| {
+                        if g.is_subscribed_to(&subscribed, t) {
+                            GROUP_SUBSCRIBED_TO_TOPIC
+                        } else {
+                            errors::NONE
+                        }
+                    })
+                    .collect()
+            }
+            Some(_) => vec![errors::NONE; partitions.len()],
+            None if c.offsets.contains_key(group) => vec![errors::NONE; partitions.len()],
+            None => return Err(GROUP_ID_NOT_FOUND),
+        };
+        Ok(codes)
+    })?;
+    let committed: HashSet<(String, i32)> = fetch_offsets(group, None)
+        .into_iter()
+        .map(|(t, p, _)| (t, p))
+        .collect();
+    let mut seen = HashSet::new();
+    let mut tombstones: Vec<(String, i32, Option<Committed>)> = Vec::new();
+    for ((t, p), code) in partitions.iter().zip(&codes) {
+        let key = (t.clone(), *p);
+        if *code == errors::NONE && committed.contains(&key) && seen.insert(key.clone()) {
+            tombstones.push((key.0, key.1, None));
+        }
+    }
+    if let Err(e) = store_offsets(group, tombstones).await {
+        tracing::error!(group, error = %e, "could not write offset tombstones");
+        return Err(errors::KAFKA_STORAGE_ERROR);
+    }
+    Ok(codes)
 }
 
 /// Rebuilds committed offsets from an offsets partition log (shard start-up).

@@ -11,6 +11,7 @@
 //! - [`connection`]: one client connection: frames in, responses out in request order.
 //! - [`api`]: one module per Kafka API, plus the table of versions we advertise.
 //! - [`errors`]: Kafka error codes used here.
+//! - [`acl`]: ACL operation codes and the authorized-operations bitfields (no authorizer yet).
 //! - [`metrics`], [`http`], [`health`]: Prometheus metrics, the HTTP endpoint that serves them
 //!   and `/health`, the shards' heartbeats.
 //! - [`faults`]: fault injection for the fail-stop tests (inert unless an env var is set).
@@ -19,6 +20,7 @@
 //! batch goes to its owner shard (a mesh message carrying the `Bytes` slice of the receive
 //! buffer), which appends it through its own ring and answers.
 
+pub mod acl;
 pub mod api;
 pub mod config;
 pub mod connection;

@@ -61,9 +61,10 @@ pub const TOPIC_CONFIGS_BYTES_MAX: usize = 64 * 1024;
 /// OFFSET_METADATA_TOO_LARGE for that partition.
 pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 
-/// Kafka's `group.max.size` (unbounded there by default): members of one group, counting ids
-/// handed out by MEMBER_ID_REQUIRED and not yet joined. A further JoinGroup:
-/// GROUP_MAX_SIZE_REACHED.
+/// What one group keeps: members together with ids handed out by MEMBER_ID_REQUIRED and not
+/// yet joined. A further JoinGroup: GROUP_MAX_SIZE_REACHED. Also the default and the largest
+/// value of `--group-max-size` (Kafka's `group.max.size`, unbounded there by default), which
+/// applies Kafka's rule to the members themselves.
 pub const GROUP_MEMBERS_MAX: usize = 1000;
 
 /// Groups a shard coordinates (live groups and, separately, groups with committed offsets;

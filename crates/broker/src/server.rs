@@ -548,11 +548,7 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
     // Background loops end once the shard drains (their sleeps end with it); the close waits
     // for them, so no flush, checkpoint or retention pass runs while the logs close.
     let mut background = vec![
-        spawn(async {
-            while sleep_unless_draining(crate::groups::SWEEP_INTERVAL).await {
-                crate::groups::sweep();
-            }
-        }),
+        spawn(crate::groups::run_timers(drain_started())),
         spawn(recovery_checkpoint_every(
             shard.shared.config.recovery_checkpoint_interval,
         )),

@@ -128,10 +128,16 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGBROKER_RECV_BUDGET_BYTES")]
     pub recv_budget_bytes: Option<usize>,
 
+    /// Members one consumer group may have (Kafka's `group.max.size`); a JoinGroup beyond it
+    /// gets GROUP_MAX_SIZE_REACHED. Between 1 and 1000. [default: 1000]
+    #[arg(long, env = "RINGBROKER_GROUP_MAX_SIZE")]
+    pub group_max_size: Option<usize>,
+
     /// TOML file with the same keys (listen, data_dir, cores, advertise, auto_create_topics,
     /// default_partitions, flush, segment_bytes, segment_ms, retention_ms, retention_bytes,
     /// retention_check_ms, recovery_checkpoint_ms, uring_fallback, metrics_listen,
-    /// max_connections, frame_bytes_max, max_message_bytes, fetch_max_bytes, recv_budget_bytes).
+    /// max_connections, frame_bytes_max, max_message_bytes, fetch_max_bytes, recv_budget_bytes,
+    /// group_max_size).
     #[arg(long, env = "RINGBROKER_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -159,6 +165,7 @@ struct FileConfig {
     max_message_bytes: Option<usize>,
     fetch_max_bytes: Option<usize>,
     recv_budget_bytes: Option<usize>,
+    group_max_size: Option<usize>,
 }
 
 pub struct Settings {
@@ -308,6 +315,13 @@ impl ServeArgs {
         if let Some(n) = self.recv_budget_bytes.or(file.recv_budget_bytes) {
             broker.recv_budget_bytes = n;
         }
+        if let Some(n) = self.group_max_size.or(file.group_max_size) {
+            let max = ringbroker_broker::limits::GROUP_MEMBERS_MAX;
+            if !(1..=max).contains(&n) {
+                bail!("--group-max-size must be between 1 and {max}");
+            }
+            broker.group_max_size = n;
+        }
         let uring_fallback = self.uring_fallback.or(file.uring_fallback).unwrap_or(false);
         if uring_fallback {
             broker.ring.use_taskrun_flags = false;
@@ -409,5 +423,27 @@ mod tests {
             s.broker.flush,
             ringbroker_broker::config::FlushPolicy::Interval(std::time::Duration::from_millis(250))
         );
+    }
+    #[test]
+    fn group_max_size_is_bounded_and_defaults_to_the_member_limit() {
+        let s = ServeArgs::default().resolve().unwrap();
+        assert_eq!(s.broker.group_max_size, 1000);
+        let s = ServeArgs {
+            group_max_size: Some(2),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.broker.group_max_size, 2);
+        for bad in [0, 1001] {
+            let e = ServeArgs {
+                group_max_size: Some(bad),
+                ..Default::default()
+            }
+            .resolve()
+            .err()
+            .unwrap();
+            assert!(format!("{e:#}").contains("--group-max-size"), "{e:#}");
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! DescribeGroups: state, protocol and members of each group (unknown groups are "Dead"). A
 //! group named twice is described once, so a response is never a multiple of the broker's
-//! state.
+//! state. v3+ reports the operations allowed on each group when asked (all of them: no
+//! authorizer yet).
 
 use super::{decode_body, respond, Outcome};
-use crate::groups;
+use crate::{acl, groups};
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 use kafka_protocol::protocol::StrBytes;
@@ -23,6 +24,12 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         })
         .await;
         let mut d = DescribedGroup::default().with_group_id(group);
+        if req.version >= 3 {
+            d = d.with_authorized_operations(acl::authorized(
+                body.include_authorized_operations,
+                acl::GROUP_OPERATIONS,
+            ));
+        }
         match found {
             None => d = d.with_group_state(StrBytes::from_static_str("Dead")),
             Some((state, ptype, protocol, members)) => {

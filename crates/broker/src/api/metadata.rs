@@ -1,13 +1,14 @@
 //! Metadata: this broker as node 0 of a one-node cluster, and the requested topics (all of
 //! them when none are named). Unknown topics are created when auto-creation is on and the
 //! client allows it. A topic named twice is answered once (as Kafka does), so a response is
-//! never a multiple of the broker's state.
+//! never a multiple of the broker's state. v8+ reports the operations allowed on each topic
+//! (and, v8-10, on the cluster) when asked: all of them, as there is no authorizer yet.
 
 use super::{decode_body, respond, Outcome};
 use crate::api::refuse_over;
-use crate::errors;
 use crate::metadata::TopicInfo;
 use crate::shard::{self, NewTopic};
+use crate::{acl, errors};
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
@@ -16,12 +17,13 @@ use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 use std::collections::BTreeMap;
 
-/// Kafka's "authorized operations not requested" value.
-const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
-
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: MetadataRequest = decode_body(&mut req)?;
     let v = req.version;
+    let topic_operations = acl::authorized(
+        body.include_topic_authorized_operations,
+        acl::TOPIC_OPERATIONS,
+    );
     let count = body.topics.as_ref().map_or(0, Vec::len);
     refuse_over(
         "Metadata",
@@ -49,7 +51,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     match requested {
         None => {
             for t in shard.all_topics() {
-                topics.push(topic_entry(&t, v));
+                topics.push(topic_entry(&t, v, topic_operations));
             }
         }
         Some(list) => {
@@ -95,7 +97,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                     None => shard.topic_by_id(&id),
                 };
                 topics.push(match known {
-                    Some(t) => topic_entry(&t, v),
+                    Some(t) => topic_entry(&t, v, topic_operations),
                     None => {
                         let code = name
                             .as_ref()
@@ -112,8 +114,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                             entry = entry.with_topic_id(id);
                         }
                         if v >= 8 {
-                            entry = entry
-                                .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
+                            entry = entry.with_topic_authorized_operations(topic_operations);
                         }
                         entry
                     }
@@ -135,12 +136,16 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         response = response.with_cluster_id(Some(StrBytes::from_string(shared.cluster_id.clone())));
     }
     if (8..=10).contains(&v) {
-        response = response.with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
+        response = response.with_cluster_authorized_operations(acl::authorized(
+            body.include_cluster_authorized_operations,
+            acl::CLUSTER_OPERATIONS,
+        ));
     }
     Ok(respond(&req, &response))
 }
 
-fn topic_entry(t: &TopicInfo, v: i16) -> MetadataResponseTopic {
+/// A known topic's entry; `authorized_operations` is what v8+ reports for it.
+fn topic_entry(t: &TopicInfo, v: i16, authorized_operations: i32) -> MetadataResponseTopic {
     let partitions = (0..t.partition_count())
         .map(|p| {
             let mut entry = MetadataResponsePartition::default()
@@ -161,7 +166,7 @@ fn topic_entry(t: &TopicInfo, v: i16) -> MetadataResponseTopic {
         entry = entry.with_topic_id(t.id);
     }
     if v >= 8 {
-        entry = entry.with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
+        entry = entry.with_topic_authorized_operations(authorized_operations);
     }
     if v >= 1 {
         entry = entry.with_is_internal(t.name == crate::groups::OFFSETS_TOPIC);

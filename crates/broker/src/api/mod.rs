@@ -12,6 +12,7 @@ pub mod create_topics;
 pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
+pub mod describe_cluster;
 pub mod describe_groups;
 pub mod describe_log_dirs;
 pub mod describe_producers;
@@ -25,6 +26,7 @@ pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod offset_commit;
+pub mod offset_delete;
 pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
@@ -52,7 +54,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::LeaveGroup, 0, 5),
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 8),
-    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::InitProducerId, 0, 4),
@@ -61,6 +63,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeLogDirs, 1, 4),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::DescribeCluster, 0, 2),
 ];
 
 pub fn supported(api: ApiKey, version: i16) -> bool {
@@ -168,6 +172,8 @@ async fn dispatch(frame: Bytes, conn: &crate::connection::Conn) -> Outcome {
         ApiKey::DescribeLogDirs => describe_log_dirs::handle(req).await,
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(req).await,
         ApiKey::DescribeProducers => describe_producers::handle(req).await,
+        ApiKey::OffsetDelete => offset_delete::handle(req).await,
+        ApiKey::DescribeCluster => describe_cluster::handle(req).await,
         other => Err(Outcome::Close(format!("{other:?} is not implemented"))),
     };
     result.unwrap_or_else(|outcome| outcome)

@@ -1,5 +1,6 @@
-//! OffsetCommit: checked against the group's generation on its shard, appended durably to
-//! the group's `__consumer_offsets` partition, then visible to OffsetFetch. Metadata longer
+//! OffsetCommit: checked on the group's shard by Kafka's classic-group rule
+//! (`groups::commit_allowed`), appended durably to the group's `__consumer_offsets`
+//! partition, then visible to OffsetFetch. Metadata longer
 //! than `offset.metadata.max.bytes` gets OFFSET_METADATA_TOO_LARGE for its partition only.
 
 use super::{decode_body, respond, Outcome};
@@ -49,10 +50,11 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             asked.push((t.name.0.to_string(), p.partition_index, error, commit));
         }
     }
-    let (g, generation, member) = (
+    let (g, generation, member, instance) = (
         group.clone(),
         body.generation_id_or_member_epoch,
         body.member_id.to_string(),
+        body.group_instance_id.as_ref().map(|s| s.to_string()),
     );
     let valid: Vec<(String, i32, Option<Committed>)> = asked
         .iter()
@@ -64,7 +66,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         if room != errors::NONE {
             return room;
         }
-        let allowed = groups::commit_allowed(&g, generation, &member);
+        let allowed = groups::commit_allowed(&g, generation, &member, instance.as_deref());
         if allowed != errors::NONE {
             return allowed;
         }
