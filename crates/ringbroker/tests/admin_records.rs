@@ -310,6 +310,11 @@ fn delete_records_log_dirs_epochs_and_producers_answer_every_version() {
         );
         assert_eq!(delete(&mut c, v, "nope", 0, 2), (3, -1));
         assert_eq!(delete(&mut c, v, "dr", 9, 2), (3, -1));
+        assert_eq!(
+            delete(&mut c, v, "__consumer_offsets", 0, -1),
+            (17, -1),
+            "internal"
+        );
     }
     assert!(
         segments(&broker) < before,
