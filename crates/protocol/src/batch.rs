@@ -153,7 +153,7 @@ pub fn validate_produced(records: &Bytes) -> Result<BatchHeader, BatchError> {
 }
 
 /// Reads a zig-zag varint; returns (value, bytes used).
-pub(crate) fn read_varint(bytes: &[u8]) -> Option<(i64, usize)> {
+fn read_varint(bytes: &[u8]) -> Option<(i64, usize)> {
     let mut raw: u64 = 0;
     for (i, &b) in bytes.iter().enumerate().take(10) {
         raw |= ((b & 0x7f) as u64) << (7 * i);

@@ -65,6 +65,85 @@ const XERIAL_HEADER_BYTES: usize = 16;
 /// snappy-java's block size.
 const XERIAL_BLOCK_BYTES: usize = 32 * 1024;
 
+/// Most bytes of history a zstd frame may ask its decoder to keep (2^24, 16 MiB): producers'
+/// zstd (librdkafka, zstd-jni) use windows of at most a few MiB; a frame asking for more is
+/// refused instead of making a lookup allocate up to zstd's default limit of 128 MiB.
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+
+/// A reader of the decompressed `data`, for walking records without holding them all: its
+/// memory is the codec's own (at most a 16 MiB zstd window, a 4 MiB lz4 block, a 32 KiB
+/// gzip window, one snappy block), whatever the data expands to.
+pub fn decompressor<'a>(
+    codec: Codec,
+    data: &'a [u8],
+) -> Result<Box<dyn Read + 'a>, CompressionError> {
+    Ok(match codec {
+        Codec::None => Box::new(data),
+        Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
+        Codec::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(data)),
+        Codec::Zstd => {
+            let mut d =
+                zstd::stream::read::Decoder::with_buffer(data).map_err(|e| codec.malformed(e))?;
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                .map_err(|e| codec.malformed(e))?;
+            Box::new(d)
+        }
+        Codec::Snappy => {
+            if data.len() >= XERIAL_HEADER_BYTES && data.starts_with(XERIAL_MAGIC) {
+                Box::new(XerialReader {
+                    rest: &data[XERIAL_HEADER_BYTES..],
+                    block: Vec::new(),
+                    at: 0,
+                })
+            } else {
+                // Raw snappy is one block: its size is bounded by what a block can expand to.
+                let mut out = Vec::new();
+                snappy_block(data, &mut out, SNAPPY_BLOCK_BYTES_MAX)?;
+                Box::new(io::Cursor::new(out))
+            }
+        }
+    })
+}
+
+/// Largest decompressed snappy block a reader accepts (snappy-java writes 32 KiB blocks;
+/// a raw snappy batch from another client is one block of the whole records section).
+const SNAPPY_BLOCK_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// snappy-java's framing read block by block.
+struct XerialReader<'a> {
+    rest: &'a [u8],
+    block: Vec<u8>,
+    at: usize,
+}
+
+impl Read for XerialReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.block.len() {
+            if self.rest.is_empty() {
+                return Ok(0);
+            }
+            let malformed = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+            let (len, after) = self
+                .rest
+                .split_first_chunk::<4>()
+                .ok_or_else(|| malformed("truncated snappy block length"))?;
+            let len = u32::from_be_bytes(*len) as usize;
+            let block = after
+                .get(..len)
+                .ok_or_else(|| malformed("truncated snappy block"))?;
+            self.block.clear();
+            self.at = 0;
+            snappy_block(block, &mut self.block, SNAPPY_BLOCK_BYTES_MAX)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            self.rest = &after[len..];
+        }
+        let n = buf.len().min(self.block.len() - self.at);
+        buf[..n].copy_from_slice(&self.block[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// Decompresses `data`, failing once the output would exceed `bytes_max`.
 pub fn decompress(
     codec: Codec,
@@ -215,6 +294,29 @@ mod tests {
             );
         }
         assert!(Codec::of_attributes(5).is_err());
+    }
+
+    #[test]
+    fn streaming_readers_give_the_same_bytes() {
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 997).to_le_bytes())
+            .collect();
+        for codec in ALL {
+            let packed = compress(codec, &data).unwrap();
+            let mut out = Vec::new();
+            decompressor(codec, &packed)
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out, data, "{codec:?}");
+        }
+        let raw = snap::raw::Encoder::new().compress_vec(&data).unwrap();
+        let mut out = Vec::new();
+        decompressor(Codec::Snappy, &raw)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, data);
     }
 
     #[test]

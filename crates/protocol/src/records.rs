@@ -1,13 +1,16 @@
 //! The records inside a stored batch, as far as lookups by timestamp need them: each
-//! record's offset and timestamp, decompressing the batch when it is compressed. Records are
-//! `length, attributes, timestampDelta, offsetDelta, key, value, headers` (varints).
+//! record's offset and timestamp, read through a decompressing reader when the batch is
+//! compressed, so a lookup holds one codec window, never the decompressed batch. Records are
+//! `length, attributes, timestampDelta, offsetDelta, key, value, headers` (varints); only the
+//! first three fields are read, the rest is skipped.
 
-use crate::batch::{read_varint, BatchHeader, HEADER_BYTES};
-use crate::compression::{decompress, Codec, CompressionError};
+use crate::batch::{BatchHeader, HEADER_BYTES};
+use crate::compression::{decompressor, Codec, CompressionError};
+use std::io::{self, Read};
 
-/// Most bytes a batch's records may decompress to for a lookup (a batch is at most
-/// `max.message.bytes` compressed; this bounds what a hostile one expands to).
-pub const DECOMPRESSED_BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most decompressed record bytes one lookup walks (a batch is at most `max.message.bytes`
+/// compressed; this bounds the work a hostile one that expands enormously costs).
+pub const DECOMPRESSED_BATCH_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
 /// Attributes bit 3: the batch carries the broker's append time, its records' own
 /// timestamps do not count (Kafka gives every record the batch's max timestamp).
@@ -19,41 +22,92 @@ pub enum RecordsError {
     BadHeader,
     #[error("the records of the batch are malformed")]
     Malformed,
+    #[error("the records of the batch expand beyond {DECOMPRESSED_BATCH_BYTES_MAX} bytes")]
+    TooLarge,
     #[error(transparent)]
     Compression(#[from] CompressionError),
 }
 
-/// `(offset, timestamp)` of every record of a whole batch, in order.
-pub fn offsets_and_timestamps(batch: &[u8]) -> Result<Vec<(i64, i64)>, RecordsError> {
+/// Reads one zig-zag varint; `None` at a clean end of the input.
+fn read_varint(r: &mut impl Read) -> Result<Option<i64>, RecordsError> {
+    let mut raw: u64 = 0;
+    for i in 0..10 {
+        let mut b = [0u8; 1];
+        match r.read_exact(&mut b) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && i == 0 => return Ok(None),
+            Err(_) => return Err(RecordsError::Malformed),
+        }
+        raw |= ((b[0] & 0x7f) as u64) << (7 * i);
+        if b[0] & 0x80 == 0 {
+            return Ok(Some(((raw >> 1) as i64) ^ -((raw & 1) as i64)));
+        }
+    }
+    Err(RecordsError::Malformed)
+}
+
+/// Calls `visit(offset, timestamp)` for each record of a whole batch, in order, until it
+/// returns true; returns that record.
+pub fn find_record(
+    batch: &[u8],
+    mut visit: impl FnMut(i64, i64) -> bool,
+) -> Result<Option<(i64, i64)>, RecordsError> {
     let h = BatchHeader::parse(batch).map_err(|_| RecordsError::BadHeader)?;
     let body = batch
         .get(HEADER_BYTES..h.total_bytes)
         .ok_or(RecordsError::BadHeader)?;
     let codec = Codec::of_attributes(h.attributes)?;
-    let records = match codec {
-        Codec::None => std::borrow::Cow::Borrowed(body),
-        _ => std::borrow::Cow::Owned(decompress(codec, body, DECOMPRESSED_BATCH_BYTES_MAX)?),
-    };
-    let count = usize::try_from(h.records_count).map_err(|_| RecordsError::Malformed)?;
-    // Each record takes at least 7 bytes: do not trust the count for the allocation.
-    let mut out = Vec::with_capacity(count.min(records.len() / 7 + 1));
-    let mut rest: &[u8] = &records;
-    while !rest.is_empty() {
-        let (len, used) = read_varint(rest).ok_or(RecordsError::Malformed)?;
-        let len = usize::try_from(len).map_err(|_| RecordsError::Malformed)?;
-        let record = rest.get(used..used + len).ok_or(RecordsError::Malformed)?;
-        let (ts_delta, n) = read_varint(record.get(1..).ok_or(RecordsError::Malformed)?)
-            .ok_or(RecordsError::Malformed)?;
-        let (offset_delta, _) = read_varint(record.get(1 + n..).ok_or(RecordsError::Malformed)?)
-            .ok_or(RecordsError::Malformed)?;
+    let reader = io::BufReader::new(decompressor(codec, body)?);
+    // One byte past the bound tells a batch that reaches it from one that exceeds it.
+    let mut reader = reader.take(DECOMPRESSED_BATCH_BYTES_MAX + 1);
+    let mut count: i64 = 0;
+    while let Some(len) = read_varint(&mut reader)? {
+        let len = u64::try_from(len).map_err(|_| RecordsError::Malformed)?;
+        let before = reader.limit();
+        let mut attributes = [0u8; 1];
+        reader
+            .read_exact(&mut attributes)
+            .map_err(|_| RecordsError::Malformed)?;
+        let ts_delta = read_varint(&mut reader)?.ok_or(RecordsError::Malformed)?;
+        let offset_delta = read_varint(&mut reader)?.ok_or(RecordsError::Malformed)?;
+        let used = before - reader.limit();
+        let rest = len.checked_sub(used).ok_or(RecordsError::Malformed)?;
+        let skipped = io::copy(&mut (&mut reader).take(rest), &mut io::sink())
+            .map_err(|_| RecordsError::Malformed)?;
+        if skipped != rest {
+            return Err(if reader.limit() == 0 {
+                RecordsError::TooLarge
+            } else {
+                RecordsError::Malformed
+            });
+        }
+        if reader.limit() == 0 {
+            return Err(RecordsError::TooLarge);
+        }
         let timestamp = if h.attributes & LOG_APPEND_TIME != 0 {
             h.max_timestamp
         } else {
             h.base_timestamp.wrapping_add(ts_delta)
         };
-        out.push((h.base_offset.wrapping_add(offset_delta), timestamp));
-        rest = &rest[used + len..];
+        let offset = h.base_offset.wrapping_add(offset_delta);
+        if visit(offset, timestamp) {
+            return Ok(Some((offset, timestamp)));
+        }
+        count += 1;
+        if count > h.records_count.max(0) as i64 {
+            return Err(RecordsError::Malformed);
+        }
     }
+    Ok(None)
+}
+
+/// `(offset, timestamp)` of every record of a whole batch, in order (tests and tools).
+pub fn offsets_and_timestamps(batch: &[u8]) -> Result<Vec<(i64, i64)>, RecordsError> {
+    let mut out = Vec::new();
+    find_record(batch, |o, t| {
+        out.push((o, t));
+        false
+    })?;
     Ok(out)
 }
 
@@ -64,9 +118,7 @@ pub fn first_at_or_after(
     timestamp: i64,
     offset_min: i64,
 ) -> Result<Option<(i64, i64)>, RecordsError> {
-    Ok(offsets_and_timestamps(batch)?
-        .into_iter()
-        .find(|&(o, t)| o >= offset_min && t >= timestamp))
+    find_record(batch, |o, t| o >= offset_min && t >= timestamp)
 }
 
 /// Test and tooling helper: a v2 batch of `records` `(timestamp, value)` compressed with

@@ -310,6 +310,11 @@ fn delete_records_log_dirs_epochs_and_producers_answer_every_version() {
         );
         assert_eq!(delete(&mut c, v, "nope", 0, 2), (3, -1));
         assert_eq!(delete(&mut c, v, "dr", 9, 2), (3, -1));
+        assert_eq!(
+            delete(&mut c, v, "__consumer_offsets", 0, -1),
+            (17, -1),
+            "internal"
+        );
     }
     assert!(
         segments(&broker) < before,
@@ -543,6 +548,34 @@ fn list_offsets_is_exact_inside_compressed_batches_at_every_version() {
             );
         }
         assert_eq!(list_offset(&mut c, v, "lo", 0, -6).0, 42);
+        if v >= 4 {
+            let epoch_checked = |c: &mut Client, current: i32| {
+                let p = list_offsets_request::ListOffsetsPartition::default()
+                    .with_timestamp(-1)
+                    .with_current_leader_epoch(current);
+                let t = list_offsets_request::ListOffsetsTopic::default()
+                    .with_name(name("lo"))
+                    .with_partitions(vec![p]);
+                let req = ListOffsetsRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_topics(vec![t]);
+                let r: ListOffsetsResponse = c.call(ApiKey::ListOffsets, v, &req);
+                let p = &r.topics[0].partitions[0];
+                (p.error_code, p.offset, p.leader_epoch)
+            };
+            assert_eq!(epoch_checked(&mut c, 0), (0, 20, 0));
+            assert_eq!(epoch_checked(&mut c, -1), (0, 20, 0));
+            assert_eq!(
+                epoch_checked(&mut c, 1),
+                (75, -1, -1),
+                "UNKNOWN_LEADER_EPOCH"
+            );
+            assert_eq!(
+                epoch_checked(&mut c, -2),
+                (74, -1, -1),
+                "FENCED_LEADER_EPOCH"
+            );
+        }
     }
     // An empty partition has no max timestamp.
     create_topic(&mut c, "empty", 1, &[]);

@@ -2,7 +2,8 @@
 //! high watermark), on the partition's owner. The new start is persisted before the answer
 //! (storage's log start checkpoint), Fetch below it is out of range and ListOffsets earliest
 //! returns it; whole segments below it are deleted. The answer's low watermark is the log
-//! start after the call (a start already past the offset stays).
+//! start after the call (a start already past the offset stays). Like Kafka, it refuses the
+//! internal `__consumer_offsets` topic (INVALID_TOPIC_EXCEPTION).
 
 use super::{decode_body, refuse_over, respond, Outcome};
 use crate::errors;
@@ -27,6 +28,10 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         for p in t.partitions {
             let (error, low_watermark) = match &topic {
                 None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1),
+                // Kafka refuses internal topics (the group offsets live there).
+                Some(topic) if topic.name == crate::groups::OFFSETS_TOPIC => {
+                    (errors::INVALID_TOPIC_EXCEPTION, -1)
+                }
                 Some(topic) => {
                     let offset = p.offset;
                     let done =

@@ -3,7 +3,13 @@
 //! -1 as Kafka answers without remote storage) offsets of partitions, and the first offset at
 //! or after a timestamp. Timestamp lookups are exact inside compressed batches too: storage
 //! finds the batch through each segment's time index, and only that batch is decompressed.
-//! v10's `timeout_ms` bounds waits for remote storage, which this broker has not.
+//!
+//! Fields by version: v2 `isolation_level` (no transactions: read-committed sees the high
+//! watermark too), v4 `current_leader_epoch` in the request (checked as Kafka does: newer
+//! than this node's epoch 0 is UNKNOWN_LEADER_EPOCH, older than it but not -1 is
+//! FENCED_LEADER_EPOCH) and `leader_epoch` in the answer, v6 flexible encoding, v7-v9 the
+//! special timestamps above, v10 `timeout_ms`, which bounds waits for remote storage, which
+//! this broker has not.
 
 use super::{decode_body, respond, Outcome};
 use crate::api::refuse_over;
@@ -23,6 +29,7 @@ const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 const LATEST_TIERED: i64 = -5;
+use super::offset_for_leader_epoch::LEADER_EPOCH;
 
 /// One partition's answer: error, offset, timestamp, leader epoch.
 type Found = (i16, i64, i64, i32);
@@ -41,6 +48,10 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             let (error, offset, timestamp, leader_epoch) = match &topic {
                 None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1, -1, -1),
                 Some(_) if p.timestamp < LATEST_TIERED => (errors::INVALID_REQUEST, -1, -1, -1),
+                Some(_) if p.current_leader_epoch > LEADER_EPOCH => {
+                    (errors::UNKNOWN_LEADER_EPOCH, -1, -1, -1)
+                }
+                Some(_) if p.current_leader_epoch < -1 => (errors::FENCED_LEADER_EPOCH, -1, -1, -1),
                 Some(topic) => {
                     let which = p.timestamp;
                     let found =
@@ -118,6 +129,9 @@ async fn first_at_or_after(
         let next = ringbroker_storage::frame::BatchFrame::parse(&batch)
             .map(|f| f.next_offset())
             .ok_or(records::RecordsError::BadHeader)?;
-        from = from.max(next);
+        if next <= from {
+            return Ok(None); // storage found no batch past `from` after all
+        }
+        from = next;
     }
 }
