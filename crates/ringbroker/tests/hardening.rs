@@ -252,6 +252,17 @@ fn populated(api: ApiKey, version: i16) -> Option<Vec<u8>> {
             ]),
             version,
         ),
+        ApiKey::OffsetDelete => encode(
+            &OffsetDeleteRequest::default()
+                .with_group_id(GroupId(name()))
+                .with_topics(vec![offset_delete_request::OffsetDeleteRequestTopic::default()
+                    .with_name(TopicName(name()))
+                    .with_partitions(vec![
+                        offset_delete_request::OffsetDeleteRequestPartition::default(),
+                    ])]),
+            version,
+        ),
+        ApiKey::DescribeCluster => encode(&DescribeClusterRequest::default(), version),
         other => panic!(
             "no populated request for {other:?}: add one (every advertised API must be probed)"
         ),
