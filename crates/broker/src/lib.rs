@@ -11,6 +11,9 @@
 //! - [`connection`]: one client connection: frames in, responses out in request order.
 //! - [`api`]: one module per Kafka API, plus the table of versions we advertise.
 //! - [`errors`]: Kafka error codes used here.
+//! - [`topic_config`]: every topic config Kafka documents (type, default, broker synonym,
+//!   validator, whether this broker acts on it), how a topic's value resolves, and the broker
+//!   configs set at runtime.
 //! - [`metrics`], [`http`], [`health`]: Prometheus metrics, the HTTP endpoint that serves them
 //!   and `/health`, the shards' heartbeats.
 //! - [`faults`]: fault injection for the fail-stop tests (inert unless an env var is set).
@@ -34,3 +37,4 @@ pub mod producer_state;
 pub mod server;
 pub mod shard;
 pub mod stats;
+pub mod topic_config;

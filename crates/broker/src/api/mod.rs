@@ -6,14 +6,17 @@
 //! librdkafka#4956). Kafka 4 does the same; like it, we refuse v0-2 requests (their message
 //! format predates RecordBatch v2) by closing the connection.
 
+pub mod alter_configs;
 pub mod api_versions;
 pub mod create_topics;
 pub mod delete_groups;
 pub mod delete_topics;
+pub mod describe_configs;
 pub mod describe_groups;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
+pub mod incremental_alter_configs;
 pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
@@ -51,6 +54,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 pub fn supported(api: ApiKey, version: i16) -> bool {
@@ -153,6 +159,9 @@ async fn dispatch(frame: Bytes, conn: &crate::connection::Conn) -> Outcome {
         ApiKey::DescribeGroups => describe_groups::handle(req).await,
         ApiKey::DeleteGroups => delete_groups::handle(req).await,
         ApiKey::InitProducerId => init_producer_id::handle(req).await,
+        ApiKey::DescribeConfigs => describe_configs::handle(req).await,
+        ApiKey::AlterConfigs => alter_configs::handle(req).await,
+        ApiKey::IncrementalAlterConfigs => incremental_alter_configs::handle(req).await,
         other => Err(Outcome::Close(format!("{other:?} is not implemented"))),
     };
     result.unwrap_or_else(|outcome| outcome)
