@@ -295,7 +295,8 @@ async fn coordinator_create(
                     errors::TOPIC_ALREADY_EXISTS,
                     format!("topic {:?} already exists", t.name),
                 ))
-            } else if let Some(other) = meta.topics.iter().find(|x| names_collide(&x.name, &t.name)) {
+            } else if let Some(other) = meta.topics.iter().find(|x| names_collide(&x.name, &t.name))
+            {
                 Err((
                     errors::INVALID_TOPIC_EXCEPTION,
                     format!(
@@ -440,9 +441,11 @@ pub async fn delete_topics(names: Vec<String>) -> Vec<Result<Arc<TopicInfo>, Top
 /// Kafka's collision rule: names equal once '.' and '_' are treated alike (metric names
 /// replace one by the other).
 fn names_collide(a: &str, b: &str) -> bool {
-    a != b && a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| {
-        x == y || (matches!(x, b'.' | b'_') && matches!(y, b'.' | b'_'))
-    })
+    a != b
+        && a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| x == y || (matches!(x, b'.' | b'_') && matches!(y, b'.' | b'_')))
 }
 
 // ---- Configs: what a topic runs with, and changing it at runtime (through shard 0). ----
@@ -503,7 +506,9 @@ impl Shard {
             configs: topic.configs.clone(),
             ..(*known).clone()
         });
-        self.topic_ids.borrow_mut().insert(updated.id, updated.clone());
+        self.topic_ids
+            .borrow_mut()
+            .insert(updated.id, updated.clone());
         self.topics
             .borrow_mut()
             .insert(updated.name.clone(), updated.clone());
@@ -673,7 +678,11 @@ pub async fn alter_topic_configs(
         }
         for s in 0..shard.shared.shard_count {
             let updated = updated.clone();
-            mesh::call(s, move || async move { current().apply_topic_configs(updated) }).await;
+            mesh::call(
+                s,
+                move || async move { current().apply_topic_configs(updated) },
+            )
+            .await;
         }
         tracing::info!(topic = %updated.name, configs = ?updated.configs, "topic configs changed");
         Ok(())
@@ -777,20 +786,39 @@ mod config_tests {
             ("cleanup.policy".to_string(), 2, Some("compact".to_string())),
             ("segment.ms".to_string(), 0, Some("10".to_string())),
         ];
-        let set = changed_set(&current, ConfigChange::Incremental(ops), list_default_of_topic_config)
-            .unwrap();
-        assert_eq!(set, map(&[("cleanup.policy", "delete,compact"), ("segment.ms", "10")]));
+        let set = changed_set(
+            &current,
+            ConfigChange::Incremental(ops),
+            list_default_of_topic_config,
+        )
+        .unwrap();
+        assert_eq!(
+            set,
+            map(&[("cleanup.policy", "delete,compact"), ("segment.ms", "10")])
+        );
         let ops = vec![("cleanup.policy".to_string(), 3, Some("delete".to_string()))];
-        let set = changed_set(&set, ConfigChange::Incremental(ops), list_default_of_topic_config)
-            .unwrap();
+        let set = changed_set(
+            &set,
+            ConfigChange::Incremental(ops),
+            list_default_of_topic_config,
+        )
+        .unwrap();
         assert_eq!(set["cleanup.policy"], "compact");
         let ops = vec![("retention.ms".to_string(), 2, Some("1".to_string()))];
-        let e = changed_set(&set, ConfigChange::Incremental(ops), list_default_of_topic_config)
-            .unwrap_err();
+        let e = changed_set(
+            &set,
+            ConfigChange::Incremental(ops),
+            list_default_of_topic_config,
+        )
+        .unwrap_err();
         assert_eq!(e.0, errors::INVALID_CONFIG);
         let ops = vec![("retention.ms".to_string(), 7, Some("1".to_string()))];
-        let e = changed_set(&set, ConfigChange::Incremental(ops), list_default_of_topic_config)
-            .unwrap_err();
+        let e = changed_set(
+            &set,
+            ConfigChange::Incremental(ops),
+            list_default_of_topic_config,
+        )
+        .unwrap_err();
         assert_eq!(e.0, errors::INVALID_REQUEST);
     }
 

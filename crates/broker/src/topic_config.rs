@@ -42,9 +42,15 @@ pub enum ConfigSource {
 #[derive(Debug, Clone, Copy)]
 pub enum Rule {
     /// An integer (Int or Long) in `min..=max`.
-    Integer { min: i64, max: i64 },
+    Integer {
+        min: i64,
+        max: i64,
+    },
     /// A floating-point number in `min..=max`.
-    Double { min: f64, max: f64 },
+    Double {
+        min: f64,
+        max: f64,
+    },
     Boolean,
     /// One of these strings.
     OneOf(&'static [&'static str]),
@@ -98,7 +104,8 @@ impl TopicConfigDef {
     /// in its normal form, or the reason (naming the key) it is refused.
     pub fn check(&self, value: &str) -> Result<String, String> {
         let name = self.name;
-        let invalid = |why: String| format!("Invalid value {value} for configuration {name}: {why}");
+        let invalid =
+            |why: String| format!("Invalid value {value} for configuration {name}: {why}");
         let v = value.trim();
         let normal = match self.rule {
             Rule::Integer { min, max } => {
@@ -125,7 +132,12 @@ impl TopicConfigDef {
             },
             Rule::OneOf(allowed) => match allowed.iter().find(|a| a.eq_ignore_ascii_case(v)) {
                 Some(a) => a.to_string(),
-                None => return Err(invalid(format!("String must be one of: {}", allowed.join(", ")))),
+                None => {
+                    return Err(invalid(format!(
+                        "String must be one of: {}",
+                        allowed.join(", ")
+                    )))
+                }
             },
             Rule::ListOf(allowed) => {
                 let items: Vec<&str> = v.split(',').map(str::trim).collect();
@@ -570,7 +582,10 @@ impl DynamicBrokerConfigs {
         let path = dynamic_path(data_dir);
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(DynamicBrokerConfigs::default()),
             Err(e) => Err(e),
@@ -696,10 +711,7 @@ fn effective<'a>(
     if let Some((v, _)) = broker.dynamic.get(synonym) {
         return Some(Cow::Borrowed(v));
     }
-    Some(
-        static_broker_value(broker.config, synonym)
-            .map_or(Cow::Borrowed(def.default), Cow::Owned),
-    )
+    Some(static_broker_value(broker.config, synonym).map_or(Cow::Borrowed(def.default), Cow::Owned))
 }
 
 fn effective_i64(name: &str, overrides: &BTreeMap<String, String>, broker: BrokerView<'_>) -> i64 {
@@ -724,7 +736,10 @@ pub struct TopicProduceSettings {
 }
 
 impl TopicProduceSettings {
-    pub fn of(overrides: &BTreeMap<String, String>, broker: BrokerView<'_>) -> TopicProduceSettings {
+    pub fn of(
+        overrides: &BTreeMap<String, String>,
+        broker: BrokerView<'_>,
+    ) -> TopicProduceSettings {
         let difference = effective_i64("message.timestamp.difference.max.ms", overrides, broker);
         // Kafka 3.6+: before/after left at their default fall back to the deprecated difference.
         let bound = |name| match effective_i64(name, overrides, broker) {
@@ -732,8 +747,12 @@ impl TopicProduceSettings {
             n => n,
         };
         TopicProduceSettings {
-            message_bytes_max: usize::try_from(effective_i64("max.message.bytes", overrides, broker))
-                .unwrap_or(broker.config.message_bytes_max),
+            message_bytes_max: usize::try_from(effective_i64(
+                "max.message.bytes",
+                overrides,
+                broker,
+            ))
+            .unwrap_or(broker.config.message_bytes_max),
             log_append_time: effective("message.timestamp.type", overrides, broker)
                 .is_some_and(|v| v.trim().eq_ignore_ascii_case("LogAppendTime")),
             timestamp_before_ms_max: bound("message.timestamp.before.max.ms"),
@@ -765,7 +784,8 @@ pub fn topic_log_config(
         i64::MAX => None,
         n => limit(n),
     };
-    log.index_interval_bytes = limit(value("index.interval.bytes")?).unwrap_or(log.index_interval_bytes);
+    log.index_interval_bytes =
+        limit(value("index.interval.bytes")?).unwrap_or(log.index_interval_bytes);
     value("max.message.bytes")?;
     Ok(log)
 }
@@ -858,7 +878,9 @@ mod tests {
                 ConfigSource::Default
             ]
         );
-        dynamic.cluster.insert("log.retention.ms".into(), "7".into());
+        dynamic
+            .cluster
+            .insert("log.retention.ms".into(), "7".into());
         dynamic.broker.insert("log.retention.ms".into(), "8".into());
         assert_eq!(view(&dynamic).len(), 5);
         let log = topic_log_config(
@@ -892,7 +914,10 @@ mod tests {
             ]),
             b,
         );
-        assert_eq!((s.timestamp_before_ms_max, s.timestamp_after_ms_max), (10, 20));
+        assert_eq!(
+            (s.timestamp_before_ms_max, s.timestamp_after_ms_max),
+            (10, 20)
+        );
         assert!(s.log_append_time);
     }
 }

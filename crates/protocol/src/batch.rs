@@ -415,7 +415,10 @@ mod tests {
         let mut b = build_batch(0, 1000, &[b"a", b"b"]);
         stamp_log_append_time(&mut b, 5_000).unwrap();
         let h = validate_produced(&Bytes::from(b)).unwrap();
-        assert_eq!(h.attributes & TIMESTAMP_TYPE_LOG_APPEND_TIME, TIMESTAMP_TYPE_LOG_APPEND_TIME);
+        assert_eq!(
+            h.attributes & TIMESTAMP_TYPE_LOG_APPEND_TIME,
+            TIMESTAMP_TYPE_LOG_APPEND_TIME
+        );
         assert_eq!((h.base_timestamp, h.max_timestamp), (1000, 5_000));
     }
 

@@ -1782,7 +1782,10 @@ mod tests {
                 log.append_batch(batch(1, 40, 20_000 + i), 1).await.unwrap();
             }
             assert!(log.segment_count() > 5, "rolls at the new segment.bytes");
-            assert!(log.enforce_retention(0).unwrap() > 0, "deletes by the new retention.bytes");
+            assert!(
+                log.enforce_retention(0).unwrap() > 0,
+                "deletes by the new retention.bytes"
+            );
             assert!(log.log_start_offset() > 0);
         })
         .unwrap();

@@ -5,14 +5,16 @@
 //! also given, INVALID_REPLICA_ASSIGNMENT), names colliding by '.'/'_'; `validate_only` checks
 //! everything and creates nothing; v5+ answers carry the counts and the configs.
 
+use super::describe_configs::{topic_entries, NODE_ID};
 use super::{decode_body, respond, Outcome};
 use crate::api::refuse_over;
 use crate::errors;
 use crate::limits::{REQUEST_TOPICS_MAX, TOPIC_CONFIGS_BYTES_MAX};
 use crate::shard::{self, NewTopic};
-use super::describe_configs::{topic_entries, NODE_ID};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
@@ -77,7 +79,8 @@ fn configs_of(
     shard: &crate::shard::Shard,
     configs: &std::collections::BTreeMap<String, String>,
 ) -> Vec<CreatableTopicConfigs> {
-    shard.with_broker_view(|b| topic_entries(configs, b))
+    shard
+        .with_broker_view(|b| topic_entries(configs, b))
         .into_iter()
         .map(|e| {
             CreatableTopicConfigs::default()
@@ -127,7 +130,10 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             } else if let Some(c) = t.configs.iter().find(|c| c.value.is_none()) {
                 Some((
                     errors::INVALID_CONFIG,
-                    format!("Null value not supported for topic configs: {}", c.name.as_str()),
+                    format!(
+                        "Null value not supported for topic configs: {}",
+                        c.name.as_str()
+                    ),
                 ))
             } else {
                 assignment_refusal(t)

@@ -260,7 +260,9 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                     let configs = entries
                         .into_iter()
                         .filter(|e| wanted(&e.name))
-                        .map(|e| encode_entry(e, v, body.include_synonyms, body.include_documentation))
+                        .map(|e| {
+                            encode_entry(e, v, body.include_synonyms, body.include_documentation)
+                        })
                         .collect();
                     result = result.with_configs(configs);
                 }

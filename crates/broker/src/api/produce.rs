@@ -8,10 +8,10 @@ use crate::limits::REQUEST_PARTITIONS_MAX;
 use crate::metadata::TopicInfo;
 use crate::producer_state::{Check, ProducerBatch, SequenceError, Settled};
 use crate::shard::{self, Partition};
+use crate::topic_config::TopicProduceSettings;
 use bytes::Bytes;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
-use crate::topic_config::TopicProduceSettings;
 use ringbroker_protocol::batch::{
     record_timestamp_range, stamp_log_append_time, validate_produced, BatchError, BatchHeader,
 };
@@ -156,8 +156,8 @@ fn timestamp_refusal(
     }
     let lowest = now_ms.saturating_sub(settings.timestamp_before_ms_max);
     let highest = now_ms.saturating_add(settings.timestamp_after_ms_max);
-    let (min, max) = record_timestamp_range(records)
-        .unwrap_or((header.base_timestamp, header.max_timestamp));
+    let (min, max) =
+        record_timestamp_range(records).unwrap_or((header.base_timestamp, header.max_timestamp));
     let outside = |ts: i64| ts != -1 && (ts < lowest || ts > highest);
     let bad = [min, max].into_iter().find(|&ts| outside(ts))?;
     Some(PartitionResult::error(
@@ -205,8 +205,7 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
         let topic: Option<Arc<TopicInfo>> = shard.topic(&topic_data.name.0);
         // The topic's configs (its own, else the broker's) as they are now.
         let settings = topic.as_ref().map(|t| shard.produce_settings(t));
-        let message_bytes_max =
-            settings.map_or(broker_message_bytes_max, |s| s.message_bytes_max);
+        let message_bytes_max = settings.map_or(broker_message_bytes_max, |s| s.message_bytes_max);
         let mut partitions = Vec::with_capacity(topic_data.partition_data.len());
         for pd in topic_data.partition_data {
             let index = pd.index;
