@@ -205,6 +205,39 @@ fn populated(api: ApiKey, version: i16) -> Option<Vec<u8>> {
             version,
         ),
         ApiKey::InitProducerId => encode(&InitProducerIdRequest::default(), version),
+        ApiKey::DescribeConfigs => encode(
+            &DescribeConfigsRequest::default().with_resources(vec![
+                describe_configs_request::DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name())
+                    .with_configuration_keys(Some(vec![name()])),
+            ]),
+            version,
+        ),
+        ApiKey::AlterConfigs => encode(
+            &AlterConfigsRequest::default().with_resources(vec![
+                alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name())
+                    .with_configs(vec![alter_configs_request::AlterableConfig::default()
+                        .with_name(name())
+                        .with_value(Some(name()))]),
+            ]),
+            version,
+        ),
+        ApiKey::IncrementalAlterConfigs => encode(
+            &IncrementalAlterConfigsRequest::default().with_resources(vec![
+                incremental_alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name())
+                    .with_configs(vec![
+                        incremental_alter_configs_request::AlterableConfig::default()
+                            .with_name(name())
+                            .with_value(Some(name())),
+                    ]),
+            ]),
+            version,
+        ),
         other => panic!(
             "no populated request for {other:?}: add one (every advertised API must be probed)"
         ),
