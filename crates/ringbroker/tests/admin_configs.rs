@@ -806,3 +806,40 @@ fn log_append_time_topics_show_the_broker_clock_in_confluent_and_kcat() {
     assert!(stamped >= started && stamped <= now_ms(), "{out}");
     assert_eq!(lines[1], "1000 created");
 }
+
+#[test]
+fn list_offsets_by_time_in_a_log_append_time_topic_answers_the_broker_stamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    let r = create(
+        &mut c,
+        7,
+        creatable("stamped", 1, &[("message.timestamp.type", "LogAppendTime")]),
+        false,
+    );
+    assert_eq!(r.error_code, 0);
+    // The producer's clock is an hour ahead; the broker stamps the batch with its own.
+    let before = now_ms();
+    assert_eq!(
+        produce(&mut c, "stamped", before + 3_600_000, &[b"a", b"b"]),
+        0
+    );
+    let after = now_ms();
+    let partition = list_offsets_request::ListOffsetsPartition::default()
+        .with_partition_index(0)
+        .with_timestamp(before - 60_000);
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+            .with_name(TopicName(s("stamped")))
+            .with_partitions(vec![partition])]);
+    let r: ListOffsetsResponse = c.call(ApiKey::ListOffsets, 4, &req);
+    let p = &r.topics[0].partitions[0];
+    assert_eq!((p.error_code, p.offset), (0, 0));
+    assert!(
+        (before..=after).contains(&p.timestamp),
+        "the batch's stamp, not a record's own timestamp: {} not in {before}..={after}",
+        p.timestamp
+    );
+}

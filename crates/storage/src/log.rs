@@ -883,7 +883,9 @@ impl PartitionLog {
                 position,
             })?;
             if f.max_timestamp >= timestamp {
-                if f.compression() != 0 {
+                // A LogAppendTime batch (attribute bit 3): every record's timestamp is the
+                // batch's max timestamp, whatever the record deltas say.
+                if f.compression() != 0 || f.attributes & 0x08 != 0 {
                     return Ok(Some((f.base_offset, f.max_timestamp)));
                 }
                 let batch = op::read_exact_at(
