@@ -676,11 +676,19 @@ pub async fn alter_topic_configs(
                 format!("could not persist metadata: {e}"),
             ));
         }
+        // Each shard is sent the table's entry as it is when sent (a later change may have
+        // landed meanwhile): the last message a shard gets carries the newest configs.
         for s in 0..shard.shared.shard_count {
-            let updated = updated.clone();
+            let latest = table
+                .borrow()
+                .topics
+                .iter()
+                .find(|t| t.id == updated.id)
+                .cloned();
+            let Some(latest) = latest else { break }; // deleted meanwhile
             mesh::call(
                 s,
-                move || async move { current().apply_topic_configs(updated) },
+                move || async move { current().apply_topic_configs(latest) },
             )
             .await;
         }
@@ -757,9 +765,12 @@ pub async fn alter_broker_configs(
             )
         })?;
         let next = Arc::new(next);
-        for s in 0..shard.shared.shard_count {
-            let next = next.clone();
-            mesh::call(s, move || async move { current().apply_dynamic_configs(next) }).await;
+        // Shard 0 takes them at once (a change right after this one starts from them); each
+        // other shard is sent shard 0's configs as they are when sent.
+        shard.apply_dynamic_configs(next.clone());
+        for s in 1..shard.shared.shard_count {
+            let latest = shard.dynamic_configs();
+            mesh::call(s, move || async move { current().apply_dynamic_configs(latest) }).await;
         }
         tracing::info!(scope = ?scope, cluster = ?next.cluster, broker = ?next.broker, "dynamic broker configs changed");
         Ok(())

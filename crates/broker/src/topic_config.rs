@@ -740,6 +740,18 @@ impl TopicProduceSettings {
         overrides: &BTreeMap<String, String>,
         broker: BrokerView<'_>,
     ) -> TopicProduceSettings {
+        // The common case, on every Produce: nothing set anywhere but the broker's flags.
+        if overrides.is_empty()
+            && broker.dynamic.cluster.is_empty()
+            && broker.dynamic.broker.is_empty()
+        {
+            return TopicProduceSettings {
+                message_bytes_max: broker.config.message_bytes_max,
+                log_append_time: false,
+                timestamp_before_ms_max: i64::MAX,
+                timestamp_after_ms_max: i64::MAX,
+            };
+        }
         let difference = effective_i64("message.timestamp.difference.max.ms", overrides, broker);
         // Kafka 3.6+: before/after left at their default fall back to the deprecated difference.
         let bound = |name| match effective_i64(name, overrides, broker) {

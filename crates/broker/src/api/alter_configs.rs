@@ -67,7 +67,8 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         let bytes = r
             .configs
             .iter()
-            .map(|c| c.name.len() + c.value.as_ref().map_or(0, |v| v.len()))
+            // Each entry counts one byte more, so empty names cannot come in unbounded numbers.
+            .map(|c| 1 + c.name.len() + c.value.as_ref().map_or(0, |v| v.len()))
             .sum();
         let mut seen = std::collections::HashSet::new();
         let duplicate = r.configs.iter().find(|c| !seen.insert(c.name.as_str()));

@@ -25,7 +25,8 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         let bytes = r
             .configs
             .iter()
-            .map(|c| c.name.len() + c.value.as_ref().map_or(0, |v| v.len()))
+            // Each entry counts one byte more, so empty names cannot come in unbounded numbers.
+            .map(|c| 1 + c.name.len() + c.value.as_ref().map_or(0, |v| v.len()))
             .sum();
         let result = match check_configs_bytes(bytes) {
             Err(e) => Err(e),
