@@ -634,7 +634,14 @@ pub async fn alter_topic_configs(
                     format!("unknown topic {name:?}"),
                 ));
             };
-            let set = changed_set(&topic.configs, change, list_default_of_topic_config)?;
+            // Names earlier releases stored without knowing them were never acted on: dropped.
+            let known: BTreeMap<String, String> = topic
+                .configs
+                .iter()
+                .filter(|(name, _)| topic_config::topic_config(name).is_some())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let set = changed_set(&known, change, list_default_of_topic_config)?;
             let set = topic_config::check_topic_configs(&set)
                 .map_err(|why| (errors::INVALID_CONFIG, why))?;
             shard
