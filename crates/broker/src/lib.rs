@@ -12,6 +12,9 @@
 //! - [`api`]: one module per Kafka API, plus the table of versions we advertise.
 //! - [`errors`]: Kafka error codes used here.
 //! - [`acl`]: ACL operation codes and the authorized-operations bitfields (no authorizer yet).
+//! - [`topic_config`]: every topic config Kafka documents (type, default, broker synonym,
+//!   validator, whether this broker acts on it), how a topic's value resolves, and the broker
+//!   configs set at runtime.
 //! - [`metrics`], [`http`], [`health`]: Prometheus metrics, the HTTP endpoint that serves them
 //!   and `/health`, the shards' heartbeats.
 //! - [`faults`]: fault injection for the fail-stop tests (inert unless an env var is set).
@@ -36,3 +39,4 @@ pub mod producer_state;
 pub mod server;
 pub mod shard;
 pub mod stats;
+pub mod topic_config;

@@ -10,6 +10,7 @@ use crate::config::BrokerConfig;
 use crate::errors;
 use crate::metadata::{partition_dir, valid_topic_name, ClusterMeta, TopicInfo};
 use crate::producer_state::Producers;
+use crate::topic_config::{self, BrokerView, DynamicBrokerConfigs, TopicProduceSettings};
 use ringbroker_runtime::mesh;
 use ringbroker_storage::{PartitionLog, Recovery};
 use std::cell::RefCell;
@@ -61,6 +62,8 @@ pub struct Shard {
     partitions: RefCell<HashMap<PartitionId, Rc<Partition>>>,
     /// Shard 0 only: the authoritative table it persists.
     table: Option<RefCell<ClusterMeta>>,
+    /// Broker configs set at runtime (shard 0 persists them and tells every shard).
+    dynamic: RefCell<Arc<DynamicBrokerConfigs>>,
 }
 
 thread_local! {
@@ -81,6 +84,7 @@ impl Shard {
         meta: &ClusterMeta,
         recovery: Recovery,
     ) -> std::io::Result<Rc<Shard>> {
+        let shared_data_dir = shared.config.data_dir.clone();
         let shard = Rc::new(Shard {
             id,
             shared,
@@ -88,6 +92,7 @@ impl Shard {
             topic_ids: RefCell::new(HashMap::new()),
             partitions: RefCell::new(HashMap::new()),
             table: (id == 0).then(|| RefCell::new(meta.clone())),
+            dynamic: RefCell::new(Arc::new(DynamicBrokerConfigs::load(&shared_data_dir)?)),
         });
         for topic in &meta.topics {
             shard.apply_topic(topic.clone(), recovery, Producers::awaiting_restore)?;
@@ -165,9 +170,9 @@ impl Shard {
         for (p, &owner) in topic.owners.iter().enumerate() {
             if owner == self.id {
                 let dir = partition_dir(&self.shared.config.data_dir, &topic.name, p as i32);
-                let config =
-                    crate::config::topic_log_config(&self.shared.config.log, &topic.configs)
-                        .map_err(std::io::Error::other)?;
+                let config = self
+                    .log_config_of(&topic.configs)
+                    .map_err(std::io::Error::other)?;
                 let log = PartitionLog::open_with(&dir, config, recovery)?;
                 let id = PartitionId {
                     topic_id: topic.id,
@@ -290,6 +295,15 @@ async fn coordinator_create(
                     errors::TOPIC_ALREADY_EXISTS,
                     format!("topic {:?} already exists", t.name),
                 ))
+            } else if let Some(other) = meta.topics.iter().find(|x| names_collide(&x.name, &t.name))
+            {
+                Err((
+                    errors::INVALID_TOPIC_EXCEPTION,
+                    format!(
+                        "Topic '{}' collides with existing topic: {} ('.' and '_' may collide in metric names)",
+                        t.name, other.name
+                    ),
+                ))
             } else if partitions <= 0 || partitions > crate::limits::TOPIC_PARTITIONS_MAX {
                 Err((
                     errors::INVALID_PARTITIONS,
@@ -306,8 +320,8 @@ async fn coordinator_create(
                         crate::limits::PARTITIONS_MAX
                     ),
                 ))
-            } else if let Err(why) =
-                crate::config::topic_log_config(&shard.shared.config.log, &t.configs)
+            } else if let Err(why) = topic_config::check_topic_configs(&t.configs)
+                .and_then(|_| shard.log_config_of(&t.configs).map(|_| ()))
             {
                 Err((errors::INVALID_CONFIG, why))
             } else if t.replication_factor != -1 && t.replication_factor != 1 {
@@ -320,7 +334,7 @@ async fn coordinator_create(
                     name: t.name.clone(),
                     id: Uuid::new_v4(),
                     owners: meta.place(partitions as usize, shard.shared.shard_count),
-                    configs: t.configs.clone(),
+                    configs: topic_config::check_topic_configs(&t.configs).unwrap_or_default(),
                 });
                 if !validate_only {
                     partitions_total += partitions as usize;
@@ -422,6 +436,416 @@ pub async fn delete_topics(names: Vec<String>) -> Vec<Result<Arc<TopicInfo>, Top
         results
     })
     .await
+}
+
+/// Kafka's collision rule: names equal once '.' and '_' are treated alike (metric names
+/// replace one by the other).
+fn names_collide(a: &str, b: &str) -> bool {
+    a != b
+        && a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| x == y || (matches!(x, b'.' | b'_') && matches!(y, b'.' | b'_')))
+}
+
+// ---- Configs: what a topic runs with, and changing it at runtime (through shard 0). ----
+
+impl Shard {
+    /// The broker configs set at runtime, as this shard last heard of them.
+    pub fn dynamic_configs(&self) -> Arc<DynamicBrokerConfigs> {
+        self.dynamic.borrow().clone()
+    }
+
+    /// Runs `f` with this broker's static and dynamic configs.
+    pub fn with_broker_view<R>(&self, f: impl FnOnce(BrokerView<'_>) -> R) -> R {
+        let dynamic = self.dynamic.borrow();
+        f(BrokerView {
+            config: &self.shared.config,
+            dynamic: &dynamic,
+        })
+    }
+
+    /// What a Produce to `topic` checks and does.
+    pub fn produce_settings(&self, topic: &TopicInfo) -> TopicProduceSettings {
+        self.with_broker_view(|b| TopicProduceSettings::of(&topic.configs, b))
+    }
+
+    /// The log settings of a topic with `configs` on this broker.
+    fn log_config_of(
+        &self,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<ringbroker_storage::LogConfig, String> {
+        self.with_broker_view(|b| topic_config::topic_log_config(configs, b))
+    }
+
+    /// Gives the owned partitions of `topic` the log settings its configs now say.
+    fn reconfigure_owned(&self, topic: &TopicInfo) {
+        let config = match self.log_config_of(&topic.configs) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(topic = %topic.name, error = %e, "configs not applied");
+                return;
+            }
+        };
+        for p in 0..topic.partition_count() {
+            let id = PartitionId {
+                topic_id: topic.id,
+                index: p,
+            };
+            if let Some(partition) = self.partition(id) {
+                partition.log.set_config(config.clone());
+            }
+        }
+    }
+
+    /// Takes a topic whose configs changed (the same topic id).
+    fn apply_topic_configs(&self, topic: Arc<TopicInfo>) {
+        let known = self.topic_ids.borrow().get(&topic.id).cloned();
+        let Some(known) = known else { return };
+        let updated = Arc::new(TopicInfo {
+            configs: topic.configs.clone(),
+            ..(*known).clone()
+        });
+        self.topic_ids
+            .borrow_mut()
+            .insert(updated.id, updated.clone());
+        self.topics
+            .borrow_mut()
+            .insert(updated.name.clone(), updated.clone());
+        self.reconfigure_owned(&updated);
+    }
+
+    /// Takes new dynamic broker configs and applies them to every owned partition.
+    fn apply_dynamic_configs(&self, dynamic: Arc<DynamicBrokerConfigs>) {
+        *self.dynamic.borrow_mut() = dynamic;
+        for topic in self.all_topics() {
+            self.reconfigure_owned(&topic);
+        }
+    }
+}
+
+/// A config change asked for by AlterConfigs or IncrementalAlterConfigs.
+#[derive(Debug, Clone)]
+pub enum ConfigChange {
+    /// AlterConfigs: this becomes the whole set of overrides.
+    Replace(BTreeMap<String, String>),
+    /// IncrementalAlterConfigs: `(name, operation, value)`; operations are Kafka's
+    /// (0 SET, 1 DELETE, 2 APPEND, 3 SUBTRACT).
+    Incremental(Vec<(String, i8, Option<String>)>),
+}
+
+/// Which broker configs a BROKER resource names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerScope {
+    /// Resource name "": the cluster-wide defaults.
+    Cluster,
+    /// Resource name = this node's id.
+    ThisBroker,
+}
+
+/// Applies `change` to `current`; `list_default` gives, for a list-typed config, its default
+/// (APPEND and SUBTRACT start from it when the config is not set).
+fn changed_set(
+    current: &BTreeMap<String, String>,
+    change: ConfigChange,
+    list_default: impl Fn(&str) -> Option<&'static str>,
+) -> Result<BTreeMap<String, String>, TopicError> {
+    let ops = match change {
+        ConfigChange::Replace(set) => return Ok(set),
+        ConfigChange::Incremental(ops) => ops,
+    };
+    let mut seen = std::collections::HashSet::new();
+    if let Some((dup, _, _)) = ops.iter().find(|(name, _, _)| !seen.insert(name.as_str())) {
+        return Err((
+            errors::INVALID_REQUEST,
+            format!("Error due to duplicate config keys: {dup}"),
+        ));
+    }
+    let mut set = current.clone();
+    for (name, op, value) in ops {
+        let value = value.unwrap_or_default();
+        match op {
+            0 => {
+                set.insert(name, value);
+            }
+            1 => {
+                set.remove(&name);
+            }
+            2 | 3 => {
+                let Some(default) = list_default(&name) else {
+                    let verb = if op == 2 { "append" } else { "subtract" };
+                    return Err((
+                        errors::INVALID_CONFIG,
+                        format!("Config value {verb} is not allowed for config key: {name}"),
+                    ));
+                };
+                let old = set.get(&name).map_or(default, String::as_str);
+                let mut items: Vec<String> = old
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|i| !i.is_empty())
+                    .map(String::from)
+                    .collect();
+                let given = value.split(',').map(str::trim).filter(|i| !i.is_empty());
+                if op == 2 {
+                    for item in given {
+                        if !items.iter().any(|i| i == item) {
+                            items.push(item.to_string());
+                        }
+                    }
+                } else {
+                    let given: Vec<&str> = given.collect();
+                    items.retain(|i| !given.contains(&i.as_str()));
+                }
+                set.insert(name, items.join(","));
+            }
+            other => {
+                return Err((
+                    errors::INVALID_REQUEST,
+                    format!("unknown config operation {other} for {name}"),
+                ))
+            }
+        }
+    }
+    Ok(set)
+}
+
+fn list_default_of_topic_config(name: &str) -> Option<&'static str> {
+    topic_config::topic_config(name)
+        .filter(|d| d.kind == topic_config::ConfigType::List)
+        .map(|d| d.default)
+}
+
+/// Changes a topic's configs (through shard 0): validated, persisted with the topic table,
+/// then applied on every shard (live partitions take the new log settings at once).
+pub async fn alter_topic_configs(
+    name: String,
+    change: ConfigChange,
+    validate_only: bool,
+) -> Result<(), TopicError> {
+    mesh::call(0, move || async move {
+        let shard = current();
+        let table = shard.table.as_ref().expect("shard 0 holds the topic table");
+        let (updated, previous) = {
+            let meta = table.borrow();
+            let Some(topic) = meta.topics.iter().find(|t| t.name == name) else {
+                return Err((
+                    errors::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("unknown topic {name:?}"),
+                ));
+            };
+            // Names earlier releases stored without knowing them were never acted on: dropped.
+            let known: BTreeMap<String, String> = topic
+                .configs
+                .iter()
+                .filter(|(name, _)| topic_config::topic_config(name).is_some())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let set = changed_set(&known, change, list_default_of_topic_config)?;
+            let set = topic_config::check_topic_configs(&set)
+                .map_err(|why| (errors::INVALID_CONFIG, why))?;
+            shard
+                .log_config_of(&set)
+                .map_err(|why| (errors::INVALID_CONFIG, why))?;
+            let bytes: usize = set.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if bytes > crate::limits::TOPIC_CONFIGS_BYTES_MAX {
+                return Err((
+                    errors::INVALID_CONFIG,
+                    format!(
+                        "{bytes} bytes of configs, more than {}",
+                        crate::limits::TOPIC_CONFIGS_BYTES_MAX
+                    ),
+                ));
+            }
+            let updated = Arc::new(TopicInfo {
+                configs: set,
+                ..(**topic).clone()
+            });
+            (updated, topic.clone())
+        };
+        if validate_only {
+            return Ok(());
+        }
+        let saved = {
+            let mut meta = table.borrow_mut();
+            if let Some(t) = meta.topics.iter_mut().find(|t| t.id == updated.id) {
+                *t = updated.clone();
+            }
+            meta.save(&shard.shared.config.data_dir)
+        };
+        if let Err(e) = saved {
+            let mut meta = table.borrow_mut();
+            if let Some(t) = meta.topics.iter_mut().find(|t| t.id == previous.id) {
+                *t = previous;
+            }
+            return Err((
+                errors::KAFKA_STORAGE_ERROR,
+                format!("could not persist metadata: {e}"),
+            ));
+        }
+        // Each shard is sent the table's entry as it is when sent (a later change may have
+        // landed meanwhile): the last message a shard gets carries the newest configs.
+        for s in 0..shard.shared.shard_count {
+            let latest = table
+                .borrow()
+                .topics
+                .iter()
+                .find(|t| t.id == updated.id)
+                .cloned();
+            let Some(latest) = latest else { break }; // deleted meanwhile
+            mesh::call(
+                s,
+                move || async move { current().apply_topic_configs(latest) },
+            )
+            .await;
+        }
+        tracing::info!(topic = %updated.name, configs = ?updated.configs, "topic configs changed");
+        Ok(())
+    })
+    .await
+}
+
+/// Broker configs that may be set at runtime: the synonyms of the topic configs this broker
+/// acts on (each topic without its own override follows them).
+pub fn broker_config_is_dynamic(name: &str) -> bool {
+    topic_config::topic_config_of_synonym(name).is_some_and(|d| !d.read_only())
+}
+
+/// Changes dynamic broker configs (through shard 0): validated, persisted in
+/// `meta/broker-configs.json`, then applied on every shard to topics without an override.
+pub async fn alter_broker_configs(
+    scope: BrokerScope,
+    change: ConfigChange,
+    validate_only: bool,
+) -> Result<(), TopicError> {
+    mesh::call(0, move || async move {
+        let shard = current();
+        let current_set = shard.dynamic_configs();
+        let layer = match scope {
+            BrokerScope::Cluster => &current_set.cluster,
+            BrokerScope::ThisBroker => &current_set.broker,
+        };
+        let list_default = |name: &str| {
+            topic_config::topic_config_of_synonym(name)
+                .filter(|d| d.kind == topic_config::ConfigType::List)
+                .map(|d| d.default)
+        };
+        let set = changed_set(layer, change, list_default)?;
+        let mut checked = BTreeMap::new();
+        for (name, value) in &set {
+            let def = topic_config::topic_config_of_synonym(name)
+                .filter(|_| broker_config_is_dynamic(name));
+            let Some(def) = def else {
+                let why = if crate::api::describe_configs::is_broker_config(name) {
+                    format!("Cannot update these configs dynamically: {name}")
+                } else {
+                    format!("Unknown broker config name: {name}")
+                };
+                return Err((errors::INVALID_CONFIG, why));
+            };
+            let value = def
+                .check(value)
+                .map_err(|why| (errors::INVALID_CONFIG, why.replace(def.name, name)))?;
+            checked.insert(name.clone(), value);
+        }
+        let mut next = (*current_set).clone();
+        match scope {
+            BrokerScope::Cluster => next.cluster = checked,
+            BrokerScope::ThisBroker => next.broker = checked,
+        }
+        // Every topic must still have valid log settings under the new defaults.
+        {
+            let view = BrokerView {
+                config: &shard.shared.config,
+                dynamic: &next,
+            };
+            topic_config::topic_log_config(&BTreeMap::new(), view)
+                .map_err(|why| (errors::INVALID_CONFIG, why))?;
+        }
+        if validate_only {
+            return Ok(());
+        }
+        next.save(&shard.shared.config.data_dir).map_err(|e| {
+            (
+                errors::KAFKA_STORAGE_ERROR,
+                format!("could not persist broker configs: {e}"),
+            )
+        })?;
+        let next = Arc::new(next);
+        // Shard 0 takes them at once (a change right after this one starts from them); each
+        // other shard is sent shard 0's configs as they are when sent.
+        shard.apply_dynamic_configs(next.clone());
+        for s in 1..shard.shared.shard_count {
+            let latest = shard.dynamic_configs();
+            mesh::call(s, move || async move { current().apply_dynamic_configs(latest) }).await;
+        }
+        tracing::info!(scope = ?scope, cluster = ?next.cluster, broker = ?next.broker, "dynamic broker configs changed");
+        Ok(())
+    })
+    .await
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn incremental_operations_follow_kafka() {
+        let current = map(&[("retention.ms", "5"), ("segment.ms", "9")]);
+        let ops = vec![
+            ("retention.ms".to_string(), 1, None),
+            ("cleanup.policy".to_string(), 2, Some("compact".to_string())),
+            ("segment.ms".to_string(), 0, Some("10".to_string())),
+        ];
+        let set = changed_set(
+            &current,
+            ConfigChange::Incremental(ops),
+            list_default_of_topic_config,
+        )
+        .unwrap();
+        assert_eq!(
+            set,
+            map(&[("cleanup.policy", "delete,compact"), ("segment.ms", "10")])
+        );
+        let ops = vec![("cleanup.policy".to_string(), 3, Some("delete".to_string()))];
+        let set = changed_set(
+            &set,
+            ConfigChange::Incremental(ops),
+            list_default_of_topic_config,
+        )
+        .unwrap();
+        assert_eq!(set["cleanup.policy"], "compact");
+        let ops = vec![("retention.ms".to_string(), 2, Some("1".to_string()))];
+        let e = changed_set(
+            &set,
+            ConfigChange::Incremental(ops),
+            list_default_of_topic_config,
+        )
+        .unwrap_err();
+        assert_eq!(e.0, errors::INVALID_CONFIG);
+        let ops = vec![("retention.ms".to_string(), 7, Some("1".to_string()))];
+        let e = changed_set(
+            &set,
+            ConfigChange::Incremental(ops),
+            list_default_of_topic_config,
+        )
+        .unwrap_err();
+        assert_eq!(e.0, errors::INVALID_REQUEST);
+    }
+
+    #[test]
+    fn dot_and_underscore_collide() {
+        assert!(names_collide("a.b", "a_b"));
+        assert!(!names_collide("a.b", "a.b"));
+        assert!(!names_collide("a.b", "a-b"));
+    }
 }
 
 /// A topic to grow to `count` partitions; `assignments` (one replica list per new
@@ -638,14 +1062,21 @@ impl Shard {
     /// existing partitions stay as they are. A view already as large (growths may arrive
     /// out of order) or a topic deleted meanwhile is left alone.
     fn grow_topic(&self, topic: Arc<TopicInfo>) -> std::io::Result<()> {
-        let current = match self.topics.borrow().get(&topic.name) {
-            Some(t) if t.id == topic.id => t.partition_count(),
+        let (current, configs) = match self.topics.borrow().get(&topic.name) {
+            Some(t) if t.id == topic.id => (t.partition_count(), t.configs.clone()),
             _ => return Ok(()),
         };
         if topic.partition_count() <= current {
             return Ok(());
         }
-        let config = crate::config::topic_log_config(&self.shared.config.log, &topic.configs)
+        // The configs this shard has are the newest it was told (an alter broadcasts the
+        // latest state and keeps the owners; a growth keeps the configs).
+        let topic = Arc::new(TopicInfo {
+            configs,
+            ..(*topic).clone()
+        });
+        let config = self
+            .log_config_of(&topic.configs)
             .map_err(std::io::Error::other)?;
         for (p, &owner) in topic.owners.iter().enumerate().skip(current as usize) {
             if owner != self.id {

@@ -262,3 +262,21 @@ impl ErrorCodes for DeleteGroupsResponse {
 pub fn response_errors<T: ErrorCodes>(api: i16, response: &T) {
     response.each_error(&mut |code| error(api, code));
 }
+
+impl ErrorCodes for kafka_protocol::messages::DescribeConfigsResponse {
+    fn each_error(&self, f: &mut dyn FnMut(i16)) {
+        self.results.iter().for_each(|r| f(r.error_code));
+    }
+}
+
+impl ErrorCodes for kafka_protocol::messages::AlterConfigsResponse {
+    fn each_error(&self, f: &mut dyn FnMut(i16)) {
+        self.responses.iter().for_each(|r| f(r.error_code));
+    }
+}
+
+impl ErrorCodes for kafka_protocol::messages::IncrementalAlterConfigsResponse {
+    fn each_error(&self, f: &mut dyn FnMut(i16)) {
+        self.responses.iter().for_each(|r| f(r.error_code));
+    }
+}

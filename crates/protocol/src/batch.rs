@@ -227,6 +227,49 @@ pub fn record_values(batch: &[u8]) -> Vec<&[u8]> {
     out
 }
 
+/// Attributes bit 3: the batch's timestamps are the broker's append time (LogAppendTime).
+pub const TIMESTAMP_TYPE_LOG_APPEND_TIME: i16 = 0x08;
+
+/// Stamps a whole, validated batch with the broker's append time, as Kafka's LogValidator does
+/// for `message.timestamp.type=LogAppendTime`: the timestamp-type attribute bit is set,
+/// maxTimestamp becomes `now_ms` and the CRC is recomputed. Records and baseTimestamp stay as
+/// they are: readers take maxTimestamp as every record's timestamp in such a batch.
+pub fn stamp_log_append_time(batch: &mut [u8], now_ms: i64) -> Result<(), BatchError> {
+    let header = BatchHeader::parse(batch)?;
+    if batch.len() < header.total_bytes {
+        return Err(BatchError::Truncated {
+            have: batch.len(),
+            need: header.total_bytes,
+        });
+    }
+    let attributes = header.attributes | TIMESTAMP_TYPE_LOG_APPEND_TIME;
+    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    batch[35..43].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..header.total_bytes]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    Ok(())
+}
+
+/// The smallest and largest record timestamp of a whole uncompressed batch (baseTimestamp plus
+/// each record's delta); `None` for a compressed or malformed batch.
+pub fn record_timestamp_range(batch: &[u8]) -> Option<(i64, i64)> {
+    let h = BatchHeader::parse(batch).ok()?;
+    if h.compression() != 0 || batch.len() < h.total_bytes {
+        return None;
+    }
+    let mut rest = &batch[HEADER_BYTES..h.total_bytes];
+    let mut range: Option<(i64, i64)> = None;
+    while !rest.is_empty() {
+        let (len, used) = read_varint(rest)?;
+        let record = rest.get(used..used + usize::try_from(len).ok()?)?;
+        rest = &rest[used + len as usize..];
+        let (delta, _) = read_varint(record.get(1..)?)?; // after the attributes byte
+        let ts = h.base_timestamp.checked_add(delta)?;
+        range = Some(range.map_or((ts, ts), |(lo, hi)| (lo.min(ts), hi.max(ts))));
+    }
+    range
+}
+
 /// The 8 bytes that replace a batch's baseOffset when it is given `base_offset`.
 pub fn base_offset_bytes(base_offset: i64) -> [u8; 8] {
     base_offset.to_be_bytes()
@@ -365,6 +408,25 @@ mod tests {
         b[..8].copy_from_slice(&base_offset_bytes(123_456));
         let h = validate_produced(&Bytes::from(b)).unwrap();
         assert_eq!(h.base_offset, 123_456);
+    }
+
+    #[test]
+    fn log_append_time_stamp_sets_the_bit_the_max_timestamp_and_a_valid_crc() {
+        let mut b = build_batch(0, 1000, &[b"a", b"b"]);
+        stamp_log_append_time(&mut b, 5_000).unwrap();
+        let h = validate_produced(&Bytes::from(b)).unwrap();
+        assert_eq!(
+            h.attributes & TIMESTAMP_TYPE_LOG_APPEND_TIME,
+            TIMESTAMP_TYPE_LOG_APPEND_TIME
+        );
+        assert_eq!((h.base_timestamp, h.max_timestamp), (1000, 5_000));
+    }
+
+    #[test]
+    fn record_timestamps_come_back_from_a_built_batch() {
+        let b = build_batch(0, 1234, &[b"a", b"b"]);
+        assert_eq!(record_timestamp_range(&b), Some((1234, 1234)));
+        assert_eq!(record_timestamp_range(&b[..30]), None);
     }
 
     proptest! {

@@ -226,6 +226,39 @@ fn populated(api: ApiKey, version: i16) -> Option<Vec<u8>> {
             ]),
             version,
         ),
+        ApiKey::DescribeConfigs => encode(
+            &DescribeConfigsRequest::default().with_resources(vec![
+                describe_configs_request::DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name())
+                    .with_configuration_keys(Some(vec![name()])),
+            ]),
+            version,
+        ),
+        ApiKey::AlterConfigs => encode(
+            &AlterConfigsRequest::default().with_resources(vec![
+                alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name())
+                    .with_configs(vec![alter_configs_request::AlterableConfig::default()
+                        .with_name(name())
+                        .with_value(Some(name()))]),
+            ]),
+            version,
+        ),
+        ApiKey::IncrementalAlterConfigs => encode(
+            &IncrementalAlterConfigsRequest::default().with_resources(vec![
+                incremental_alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name())
+                    .with_configs(vec![
+                        incremental_alter_configs_request::AlterableConfig::default()
+                            .with_name(name())
+                            .with_value(Some(name())),
+                    ]),
+            ]),
+            version,
+        ),
         ApiKey::DescribeLogDirs => encode(
             &DescribeLogDirsRequest::default().with_topics(Some(vec![
                 describe_log_dirs_request::DescribableLogDirTopic::default()
@@ -255,11 +288,13 @@ fn populated(api: ApiKey, version: i16) -> Option<Vec<u8>> {
         ApiKey::OffsetDelete => encode(
             &OffsetDeleteRequest::default()
                 .with_group_id(GroupId(name()))
-                .with_topics(vec![offset_delete_request::OffsetDeleteRequestTopic::default()
-                    .with_name(TopicName(name()))
-                    .with_partitions(vec![
-                        offset_delete_request::OffsetDeleteRequestPartition::default(),
-                    ])]),
+                .with_topics(vec![
+                    offset_delete_request::OffsetDeleteRequestTopic::default()
+                        .with_name(TopicName(name()))
+                        .with_partitions(vec![
+                            offset_delete_request::OffsetDeleteRequestPartition::default(),
+                        ]),
+                ]),
             version,
         ),
         ApiKey::DescribeCluster => encode(&DescribeClusterRequest::default(), version),

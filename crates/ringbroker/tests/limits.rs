@@ -330,8 +330,11 @@ fn topic_configs_over_their_limit_get_invalid_config_and_the_other_topics_are_cr
             .with_num_partitions(1)
             .with_replication_factor(1)
             .with_configs(vec![CreatableTopicConfig::default()
-                .with_name(name("x.note"))
-                .with_value(Some(name(&"v".repeat(value_bytes))))])
+                .with_name(name("leader.replication.throttled.replicas"))
+                .with_value(Some(name(&format!(
+                    "{}0:0",
+                    "0:0,".repeat(value_bytes / 4)
+                ))))])
     };
     let r: CreateTopicsResponse = c.call(
         ApiKey::CreateTopics,

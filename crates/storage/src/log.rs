@@ -37,7 +37,7 @@ pub use log_start::{DeleteRecordsError, HIGH_WATERMARK};
 /// 32-bit int too.
 pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogConfig {
     /// Roll to a new segment when the active one would exceed this.
     pub segment_bytes: u64,
@@ -186,7 +186,8 @@ struct State {
 
 pub struct PartitionLog {
     dir: Rc<Path>,
-    config: LogConfig,
+    /// Replaced whole by [`PartitionLog::set_config`] (a topic's configs changed).
+    config: RefCell<LogConfig>,
     /// Shared with the tasks that finish appends and syncs.
     state: Rc<RefCell<State>>,
     /// Released whenever the high watermark moves.
@@ -329,7 +330,7 @@ impl PartitionLog {
         }
         let log = PartitionLog {
             dir: dir.into(),
-            config,
+            config: RefCell::new(config),
             state: Rc::new(RefCell::new(State {
                 segments,
                 next_offset,
@@ -410,12 +411,23 @@ impl PartitionLog {
         self.appended.clone()
     }
 
+    /// The settings this log runs with.
+    pub fn config(&self) -> LogConfig {
+        self.config.borrow().clone()
+    }
+
+    /// Takes new settings (a topic's configs changed): the next append rolls and indexes by
+    /// them, the next retention pass deletes by them. Segments already written stay as they are.
+    pub fn set_config(&self, config: LogConfig) {
+        *self.config.borrow_mut() = config;
+    }
+
     /// Appends one validated batch of `record_count` records; returns its base offset once
     /// it and every earlier append are written (visible to readers).
     pub async fn append_batch(&self, batch: Bytes, record_count: u32) -> Result<i64, AppendError> {
         debug_assert!(batch.len() >= HEADER_BYTES && record_count > 0);
         let len = batch.len() as u64;
-        if len > self.config.segment_bytes.max(1 << 20) || len > u32::MAX as u64 / 2 {
+        if len > self.config.borrow().segment_bytes.max(1 << 20) || len > u32::MAX as u64 / 2 {
             return Err(AppendError::TooLarge(batch.len()));
         }
         let (base_offset, end_offset, seq, log_fd, position, index_flushes, epoch) = {
@@ -430,10 +442,11 @@ impl PartitionLog {
                 let active = st.segments.last().expect("active segment");
                 let too_old = self
                     .config
+                    .borrow()
                     .segment_ms
                     .is_some_and(|ms| active.created.elapsed().as_millis() as u64 >= ms);
                 active.reserved_bytes > 0
-                    && (active.reserved_bytes + len > self.config.segment_bytes || too_old)
+                    && (active.reserved_bytes + len > self.config.borrow().segment_bytes || too_old)
             };
             let mut index_flushes = Vec::new();
             if needs_roll {
@@ -450,7 +463,7 @@ impl PartitionLog {
             st.next_offset = end_offset;
             let seq = st.next_seq;
             st.next_seq += 1;
-            let interval = self.config.index_interval_bytes;
+            let interval = self.config.borrow().index_interval_bytes;
             let active = st.segments.last_mut().expect("active segment");
             let position = active.reserved_bytes;
             active.reserved_bytes += len;
@@ -650,7 +663,7 @@ impl PartitionLog {
         };
         // Walk batch headers from the indexed position, reading windows large enough to cover
         // an index interval in one go.
-        let window = (self.config.index_interval_bytes as usize * 2).max(16 * 1024);
+        let window = (self.config.borrow().index_interval_bytes as usize * 2).max(16 * 1024);
         let mut buf = BytesMut::new();
         let mut buf_pos = position;
         loop {
@@ -797,10 +810,12 @@ impl PartitionLog {
                 let seg = &st.segments[count];
                 let expired = self
                     .config
+                    .borrow()
                     .retention_ms
                     .is_some_and(|ms| seg.max_timestamp < now_ms - ms as i64);
                 let over = self
                     .config
+                    .borrow()
                     .retention_bytes
                     .is_some_and(|b| total - seg.committed_bytes >= b);
                 if !(expired || over) {
@@ -1701,6 +1716,35 @@ mod tests {
         // The log start survives a reopen (it is the first segment's base offset).
         let log = PartitionLog::open(&dir.path().join("t-0"), LogConfig::default()).unwrap();
         assert!(log.log_start_offset() > 0);
+    }
+
+    #[test]
+    fn a_new_config_applies_to_the_open_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        block_on(async move {
+            let log = PartitionLog::open(&path, LogConfig::default()).unwrap();
+            for i in 0..20 {
+                log.append_batch(batch(1, 40, 10_000 + i), 1).await.unwrap();
+            }
+            assert_eq!(log.segment_count(), 1, "1 GiB segments: no roll yet");
+            log.set_config(LogConfig {
+                segment_bytes: 256,
+                retention_bytes: Some(300),
+                ..LogConfig::default()
+            });
+            assert_eq!(log.config().segment_bytes, 256);
+            for i in 0..20 {
+                log.append_batch(batch(1, 40, 20_000 + i), 1).await.unwrap();
+            }
+            assert!(log.segment_count() > 5, "rolls at the new segment.bytes");
+            assert!(
+                log.enforce_retention(0).unwrap() > 0,
+                "deletes by the new retention.bytes"
+            );
+            assert!(log.log_start_offset() > 0);
+        })
+        .unwrap();
     }
 
     #[test]

@@ -1,16 +1,97 @@
 //! CreateTopics: validated and placed by shard 0, persisted, then opened by each owner. A
 //! topic's configs are kept with it, so their size is bounded here first; a topic named twice
-//! gets INVALID_REQUEST for each entry (as in Kafka).
+//! gets INVALID_REQUEST for each entry (as in Kafka). As strict as Kafka: unknown config names
+//! and invalid values (INVALID_CONFIG), replica assignments (INVALID_REQUEST when counts are
+//! also given, INVALID_REPLICA_ASSIGNMENT), names colliding by '.'/'_'; `validate_only` checks
+//! everything and creates nothing; v5+ answers carry the counts and the configs.
 
+use super::describe_configs::{topic_entries, NODE_ID};
 use super::{decode_body, respond, Outcome};
 use crate::api::refuse_over;
 use crate::errors;
 use crate::limits::{REQUEST_TOPICS_MAX, TOPIC_CONFIGS_BYTES_MAX};
 use crate::shard::{self, NewTopic};
-use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
+
+/// Kafka's checks of explicit replica assignments, for a single node: counts then are -1,
+/// partitions are numbered 0..n-1, each lists this node once.
+fn assignment_refusal(t: &CreatableTopic) -> Option<(i16, String)> {
+    if t.assignments.is_empty() {
+        return None;
+    }
+    if t.num_partitions != -1 || t.replication_factor != -1 {
+        return Some((
+            errors::INVALID_REQUEST,
+            "Both numPartitions or replicationFactor and replicasAssignments were set. \
+             Both cannot be used at the same time."
+                .into(),
+        ));
+    }
+    let mut indexes: Vec<i32> = t.assignments.iter().map(|a| a.partition_index).collect();
+    indexes.sort_unstable();
+    if indexes.iter().enumerate().any(|(i, &p)| p != i as i32) {
+        return Some((
+            errors::INVALID_REPLICA_ASSIGNMENT,
+            "Partitions should be a consecutive 0-based integer sequence".into(),
+        ));
+    }
+    for a in &t.assignments {
+        let brokers: Vec<i32> = a.broker_ids.iter().map(|b| b.0).collect();
+        if brokers.is_empty() {
+            return Some((
+                errors::INVALID_REPLICA_ASSIGNMENT,
+                format!("partition {} has an empty replica list", a.partition_index),
+            ));
+        }
+        let mut unique = brokers.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.len() != brokers.len() {
+            return Some((
+                errors::INVALID_REPLICA_ASSIGNMENT,
+                format!(
+                    "Duplicate brokers not allowed in replica assignment: {brokers:?} for partition {}",
+                    a.partition_index
+                ),
+            ));
+        }
+        if let Some(b) = brokers.iter().find(|&&b| b != NODE_ID) {
+            return Some((
+                errors::INVALID_REPLICA_ASSIGNMENT,
+                format!(
+                    "Unknown broker(s) in replica assignment: {b} for partition {} (this cluster is node {NODE_ID})",
+                    a.partition_index
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// A topic's configs as CreateTopics v5+ reports them (as DescribeConfigs would).
+fn configs_of(
+    shard: &crate::shard::Shard,
+    configs: &std::collections::BTreeMap<String, String>,
+) -> Vec<CreatableTopicConfigs> {
+    shard
+        .with_broker_view(|b| topic_entries(configs, b))
+        .into_iter()
+        .map(|e| {
+            CreatableTopicConfigs::default()
+                .with_name(StrBytes::from_string(e.name))
+                .with_value(Some(StrBytes::from_string(e.value)))
+                .with_read_only(e.read_only)
+                .with_config_source(e.source as i8)
+                .with_is_sensitive(false)
+        })
+        .collect()
+}
 
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: CreateTopicsRequest = decode_body(&mut req)?;
@@ -46,8 +127,16 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                     errors::INVALID_CONFIG,
                     format!("{bytes} bytes of configs, more than {TOPIC_CONFIGS_BYTES_MAX}"),
                 ))
+            } else if let Some(c) = t.configs.iter().find(|c| c.value.is_none()) {
+                Some((
+                    errors::INVALID_CONFIG,
+                    format!(
+                        "Null value not supported for topic configs: {}",
+                        c.name.as_str()
+                    ),
+                ))
             } else {
-                None
+                assignment_refusal(t)
             }
         })
         .collect();
@@ -76,6 +165,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                 .collect(),
         })
         .collect();
+    let shard = shard::current();
     let mut created = shard::create_topics(requested, body.validate_only)
         .await
         .into_iter();
@@ -95,9 +185,9 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                         r = r
                             .with_num_partitions(info.partition_count())
                             .with_replication_factor(1)
-                            .with_configs(Some(vec![]));
+                            .with_configs(Some(configs_of(&shard, &info.configs)));
                     }
-                    if v >= 7 {
+                    if v >= 7 && !body.validate_only {
                         r = r.with_topic_id(info.id);
                     }
                 }

@@ -6,6 +6,7 @@
 //! librdkafka#4956). Kafka 4 does the same; like it, we refuse v0-2 requests (their message
 //! format predates RecordBatch v2) by closing the connection.
 
+pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
@@ -13,12 +14,14 @@ pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
+pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
 pub mod describe_producers;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
+pub mod incremental_alter_configs;
 pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
@@ -65,6 +68,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 pub fn supported(api: ApiKey, version: i16) -> bool {
@@ -174,6 +180,9 @@ async fn dispatch(frame: Bytes, conn: &crate::connection::Conn) -> Outcome {
         ApiKey::DescribeProducers => describe_producers::handle(req).await,
         ApiKey::OffsetDelete => offset_delete::handle(req).await,
         ApiKey::DescribeCluster => describe_cluster::handle(req).await,
+        ApiKey::DescribeConfigs => describe_configs::handle(req).await,
+        ApiKey::AlterConfigs => alter_configs::handle(req).await,
+        ApiKey::IncrementalAlterConfigs => incremental_alter_configs::handle(req).await,
         other => Err(Outcome::Close(format!("{other:?} is not implemented"))),
     };
     result.unwrap_or_else(|outcome| outcome)

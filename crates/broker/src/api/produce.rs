@@ -8,10 +8,13 @@ use crate::limits::REQUEST_PARTITIONS_MAX;
 use crate::metadata::TopicInfo;
 use crate::producer_state::{Check, ProducerBatch, SequenceError, Settled};
 use crate::shard::{self, Partition};
+use crate::topic_config::TopicProduceSettings;
 use bytes::Bytes;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
-use ringbroker_protocol::batch::{validate_produced, BatchError, BatchHeader};
+use ringbroker_protocol::batch::{
+    record_timestamp_range, stamp_log_append_time, validate_produced, BatchError, BatchHeader,
+};
 use ringbroker_protocol::request::Request;
 use ringbroker_runtime::executor::spawn;
 use ringbroker_storage::AppendError;
@@ -128,6 +131,50 @@ async fn duplicate(partition: &Partition, base: i64, count: u32, sync: bool) -> 
     Ok((base, log.log_start_offset()))
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A CreateTime batch whose record timestamps lie outside the topic's
+/// `message.timestamp.before.max.ms` / `after.max.ms` around `now_ms` is refused with
+/// INVALID_TIMESTAMP, as Kafka does (records without a timestamp, -1, pass). Uncompressed
+/// batches are checked record by record; compressed ones (not decompressed here) by their
+/// baseTimestamp and maxTimestamp.
+fn timestamp_refusal(
+    records: &[u8],
+    header: &BatchHeader,
+    settings: TopicProduceSettings,
+    now_ms: i64,
+) -> Option<PartitionResult> {
+    if settings.log_append_time
+        || (settings.timestamp_before_ms_max == i64::MAX
+            && settings.timestamp_after_ms_max == i64::MAX)
+    {
+        return None;
+    }
+    let lowest = now_ms.saturating_sub(settings.timestamp_before_ms_max);
+    let highest = now_ms.saturating_add(settings.timestamp_after_ms_max);
+    let (min, max) =
+        record_timestamp_range(records).unwrap_or((header.base_timestamp, header.max_timestamp));
+    let outside = |ts: i64| ts != -1 && (ts < lowest || ts > highest);
+    let bad = [min, max].into_iter().find(|&ts| outside(ts))?;
+    Some(PartitionResult::error(
+        errors::INVALID_TIMESTAMP,
+        format!(
+            "Timestamp {bad} of a record is out of range. The timestamp should be within [{lowest}, {highest}]"
+        ),
+    ))
+}
+
+/// A copy of `records` stamped with the broker's append time (LogAppendTime topics).
+fn stamped(records: &Bytes, now_ms: i64) -> Bytes {
+    let mut copy = bytes::BytesMut::from(&records[..]);
+    stamp_log_append_time(&mut copy, now_ms).expect("validated above");
+    copy.freeze()
+}
+
 pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
     let peer = &*conn.peer;
     if req.version < PRODUCE_VERSION_MIN_HANDLED {
@@ -151,15 +198,14 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
             "transactional produce is not supported".into(),
         ));
     }
+    let now_ms = now_ms();
     // Start every partition's append, then collect the results in request order.
     let mut topics = Vec::with_capacity(body.topic_data.len());
     for topic_data in body.topic_data {
         let topic: Option<Arc<TopicInfo>> = shard.topic(&topic_data.name.0);
-        // The topic's `max.message.bytes` (CreateTopics config) overrides the broker's.
-        let message_bytes_max = topic
-            .as_ref()
-            .and_then(|t| crate::config::topic_message_bytes_max(&t.configs))
-            .unwrap_or(broker_message_bytes_max);
+        // The topic's configs (its own, else the broker's) as they are now.
+        let settings = topic.as_ref().map(|t| shard.produce_settings(t));
+        let message_bytes_max = settings.map_or(broker_message_bytes_max, |s| s.message_bytes_max);
         let mut partitions = Vec::with_capacity(topic_data.partition_data.len());
         for pd in topic_data.partition_data {
             let index = pd.index;
@@ -194,7 +240,7 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
                             "transactional and control batches are not supported".into(),
                         ))
                     }
-                    Ok(_) => None,
+                    Ok(h) => settings.and_then(|s| timestamp_refusal(&records, &h, s, now_ms)),
                 },
             };
             let pending = match early {
@@ -204,6 +250,10 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
                     if let Some(owner) = topic.owner(index) {
                         conn.touched(owner);
                     }
+                    let records = match settings {
+                        Some(s) if s.log_append_time => stamped(&records, now_ms),
+                        _ => records,
+                    };
                     let header = BatchHeader::parse(&records).expect("validated above");
                     Ok(spawn(async move {
                         shard::on_owned_partition(&topic, index, move |partition| {
@@ -213,14 +263,18 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
                     }))
                 }
             };
-            partitions.push((index, pending));
+            let log_append_time_ms = match settings {
+                Some(s) if s.log_append_time => now_ms,
+                _ => -1,
+            };
+            partitions.push((index, pending, log_append_time_ms));
         }
         topics.push((topic_data.name, partitions));
     }
     let mut responses = Vec::with_capacity(topics.len());
     for (name, partitions) in topics {
         let mut partition_responses = Vec::with_capacity(partitions.len());
-        for (index, pending) in partitions {
+        for (index, pending, log_append_time_ms) in partitions {
             let result = match pending {
                 Err(r) => r,
                 Ok(handle) => match handle.await {
@@ -241,6 +295,9 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
                 .with_index(index)
                 .with_error_code(result.error)
                 .with_base_offset(result.base_offset);
+            if result.error == errors::NONE {
+                r = r.with_log_append_time_ms(log_append_time_ms);
+            }
             if req.version >= 5 {
                 r = r.with_log_start_offset(result.log_start_offset);
             }
