@@ -1456,6 +1456,28 @@ mod tests {
     }
 
     #[test]
+    fn subscriptions_parse_their_topics_and_refuse_lying_counts() {
+        let mut b = BytesMut::new();
+        b.put_i16(3); // any version: the topics prefix is shared
+        b.put_i32(2);
+        for t in ["a", "bc"] {
+            b.put_i16(t.len() as i16);
+            b.put_slice(t.as_bytes());
+        }
+        b.put_i32(-1); // user data and later fields are not read
+        assert_eq!(
+            subscription_topics(&b),
+            Some(vec!["a".to_string(), "bc".to_string()])
+        );
+        let mut lying = BytesMut::new();
+        lying.put_i16(0);
+        lying.put_i32(i32::MAX);
+        assert_eq!(subscription_topics(&lying), None);
+        assert_eq!(subscription_topics(&b[..8]), None, "cut inside a topic");
+        assert_eq!(subscription_topics(b""), None);
+    }
+
+    #[test]
     fn offset_records_round_trip() {
         let c = Committed {
             offset: 42,

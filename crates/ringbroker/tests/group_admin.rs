@@ -156,7 +156,10 @@ fn describe_cluster_topics_and_groups_report_every_operation_kafka_defines() {
     assert_eq!(kp[0], cl[0], "both clients see one cluster id");
     assert_eq!(
         &kp[1..],
-        [format!("controller\t0"), format!("node\t0\t{host}\t{port}")]
+        [
+            "controller\t0".to_string(),
+            format!("node\t0\t{host}\t{port}")
+        ]
     );
     assert_eq!(
         lines(&admin(&["ck-topic", b, "events"])),
