@@ -557,6 +557,7 @@ pub async fn join(req: JoinRequest) -> JoinResult {
             g.pending.retain(|(id, _)| *id != req.member_id);
             if g.member(&req.member_id).is_some() {
                 g.remove_member(&req.member_id);
+                rearm(g);
             }
             return Err(Box::new(JoinResult {
                 error: errors::GROUP_MAX_SIZE_REACHED,
@@ -648,9 +649,7 @@ pub async fn join(req: JoinRequest) -> JoinResult {
         }
         g.start_rebalance();
         g.maybe_complete_join(false);
-        if let Some(deadline) = g.next_deadline() {
-            timers_changed(deadline);
-        }
+        rearm(g);
         Ok(rx)
     });
     match waiter {
@@ -718,6 +717,7 @@ pub async fn sync(
                         crate::warn_limited!(group = %group, bytes = a.len(), max = MEMBER_ASSIGNMENT_BYTES_MAX, "SyncGroup assignment too large: INVALID_REQUEST, rebalancing");
                         g.member(&member_id).expect("checked").sync_waiter = None;
                         g.start_rebalance();
+                        rearm(g);
                         return Err(SyncResult {
                             error: errors::INVALID_REQUEST,
                             ..Default::default()
@@ -896,6 +896,8 @@ fn expire(now: Instant) -> Option<Instant> {
             }
             if g.rebalance_deadline.is_some_and(|d| now >= d) {
                 g.maybe_complete_join(true);
+                // Passed either way: a deadline left behind would wake this task at once.
+                g.rebalance_deadline = None;
             }
         }
         c.groups.values().filter_map(Group::next_deadline).min()
@@ -1453,6 +1455,116 @@ mod tests {
         assert_eq!(truncated("aé", 2), "a");
         let long = "x".repeat(1000);
         assert_eq!(truncated(&long, MEMBER_CLIENT_ID_BYTES_MAX).len(), 255);
+    }
+
+    fn member(instance: Option<&str>, awaiting_join: bool) -> Member {
+        Member {
+            instance_id: instance.map(str::to_string),
+            client_id: "c".into(),
+            client_host: String::new(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+            protocols: Vec::new(),
+            assignment: Bytes::new(),
+            last_seen: Instant::now(),
+            joined: awaiting_join,
+            join_waiter: awaiting_join.then(|| oneshot::channel().0),
+            sync_waiter: None,
+        }
+    }
+
+    fn group(state: GroupState, generation: i32, members: Vec<(&str, Member)>) -> Group {
+        let mut g = Group::new();
+        g.state = state;
+        g.generation = generation;
+        g.protocol_type = Some(CONSUMER_PROTOCOL_TYPE.into());
+        g.members = members
+            .into_iter()
+            .map(|(id, m)| (id.to_string(), m))
+            .collect();
+        g
+    }
+
+    #[test]
+    fn offset_commits_follow_kafkas_classic_group_rule_in_every_state() {
+        let install = |state: GroupState, members: Vec<(&str, Member)>| {
+            with(|c| {
+                c.groups.insert("g".into(), group(state, 3, members));
+            })
+        };
+        let statics = || vec![("m1", member(Some("s1"), false))];
+        install(GroupState::Stable, statics());
+        assert_eq!(commit_allowed("g", 3, "m1", None), errors::NONE);
+        assert_eq!(commit_allowed("g", 3, "m1", Some("s1")), errors::NONE);
+        assert_eq!(commit_allowed("g", -1, "", None), UNKNOWN_MEMBER_ID);
+        assert_eq!(commit_allowed("g", 3, "m2", None), UNKNOWN_MEMBER_ID);
+        assert_eq!(commit_allowed("g", 2, "m1", None), ILLEGAL_GENERATION);
+        assert_eq!(commit_allowed("g", 3, "m2", Some("s1")), FENCED_INSTANCE_ID);
+        assert_eq!(commit_allowed("g", 3, "m1", Some("s9")), UNKNOWN_MEMBER_ID);
+        // The member id is checked before the generation, as in Kafka.
+        assert_eq!(commit_allowed("g", -1, "m2", None), UNKNOWN_MEMBER_ID);
+        install(GroupState::PreparingRebalance, statics());
+        assert_eq!(commit_allowed("g", 3, "m1", None), errors::NONE);
+        assert_eq!(commit_allowed("g", 2, "m1", None), ILLEGAL_GENERATION);
+        install(GroupState::CompletingRebalance, statics());
+        assert_eq!(commit_allowed("g", 3, "m1", None), REBALANCE_IN_PROGRESS);
+        assert_eq!(commit_allowed("g", 2, "m1", None), ILLEGAL_GENERATION);
+        install(GroupState::Dead, Vec::new());
+        assert_eq!(
+            commit_allowed("g", -1, "", None),
+            errors::COORDINATOR_NOT_AVAILABLE
+        );
+        assert_eq!(
+            commit_allowed("g", 3, "m1", None),
+            errors::COORDINATOR_NOT_AVAILABLE
+        );
+        install(GroupState::Empty, Vec::new());
+        assert_eq!(commit_allowed("g", -1, "", None), errors::NONE);
+        assert_eq!(commit_allowed("g", -1, "m1", None), errors::NONE);
+        assert_eq!(commit_allowed("g", 3, "m1", None), UNKNOWN_MEMBER_ID);
+        // Groups this coordinator does not know; one known only by its offsets is Empty.
+        assert_eq!(commit_allowed("new", -1, "", None), errors::NONE);
+        assert_eq!(commit_allowed("new", 0, "m", None), ILLEGAL_GENERATION);
+        with(|c| {
+            c.groups.remove("g");
+            c.apply_offset(
+                "g",
+                "t".into(),
+                0,
+                Some(Committed {
+                    offset: 1,
+                    leader_epoch: -1,
+                    metadata: None,
+                }),
+            );
+        });
+        assert_eq!(commit_allowed("g", 0, "m", None), UNKNOWN_MEMBER_ID);
+    }
+
+    #[test]
+    fn the_joiner_over_group_max_size_is_the_one_kafka_refuses() {
+        let g = group(
+            GroupState::PreparingRebalance,
+            1,
+            vec![
+                ("old", member(None, false)),
+                ("a", member(None, true)),
+                ("b", member(None, true)),
+            ],
+        );
+        // Two joined already: a new member, and the old one rejoining last, are over 2.
+        assert!(!g.accepts_joining("", 2));
+        assert!(!g.accepts_joining("old", 2));
+        assert!(g.accepts_joining("a", 2), "a member already waiting stays");
+        assert!(g.accepts_joining("old", 3));
+        let g = group(
+            GroupState::Stable,
+            1,
+            vec![("a", member(None, false)), ("b", member(None, false))],
+        );
+        assert!(g.accepts_joining("a", 2));
+        assert!(!g.accepts_joining("", 2));
+        assert!(group(GroupState::Empty, 1, Vec::new()).accepts_joining("", 1));
     }
 
     #[test]
