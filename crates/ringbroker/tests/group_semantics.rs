@@ -515,11 +515,22 @@ fn kafka_python_consumers_closing_together_keep_both_final_commits() {
         .split('\t')
         .map(|n| n.parse().unwrap())
         .collect();
-    assert_eq!(read.iter().sum::<usize>(), 400, "{out}");
+    let log_tail = |broker: &Broker| {
+        let log = broker.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    };
+    assert_eq!(
+        read.iter().sum::<usize>(),
+        400,
+        "{out}\nbroker log:\n{}",
+        log_tail(&broker)
+    );
     assert!(read.iter().all(|&n| n > 0), "both consumers read: {out}");
     assert!(
         !out.lines().any(|l| l.starts_with("log\t")),
-        "a final commit failed:\n{out}"
+        "a final commit failed:\n{out}\nbroker log:\n{}",
+        log_tail(&broker)
     );
     let committed = run("python3", &[script, "committed", &addr, "workers"], "");
     let total: i64 = committed
