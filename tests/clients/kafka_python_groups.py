@@ -56,6 +56,16 @@ def close_together(bootstrap, topic, group, total):
     errors = CommitErrors(produced)
     logging.getLogger("kafka").addHandler(errors)
     logging.getLogger("kafka").setLevel(logging.INFO)
+    trace = []
+
+    class Trace(logging.Handler):
+        def emit(self, record):
+            if "need_rejoin" in record.getMessage():
+                return
+            trace.append(f"{record.created:.3f} {record.threadName} {record.name} {record.getMessage()}")
+
+    logging.getLogger("kafka.coordinator").addHandler(Trace(logging.DEBUG))
+    logging.getLogger("kafka.coordinator").setLevel(logging.DEBUG)
     counts = {"a": 0, "b": 0}
     assigned = {"a": False, "b": False}
     lock = threading.Lock()
@@ -68,7 +78,9 @@ def close_together(bootstrap, topic, group, total):
         c.subscribe([topic])
         deadline = time.time() + 180
         while time.time() < deadline:
-            batch = c.poll(timeout_ms=100)
+            # Long enough for a whole join and sync: kafka-python 3.0.12 can lose a SyncGroup
+            # answer that arrives after poll() gave up waiting, and then never rejoins.
+            batch = c.poll(timeout_ms=1000)
             with lock:
                 counts[name] += sum(len(r) for r in batch.values())
                 assigned[name] = bool(c.assignment())
@@ -96,6 +108,8 @@ def close_together(bootstrap, topic, group, total):
     while True:
         if time.time() > deadline:
             print("never-stable")
+            for line in trace:
+                print(f"trace\t{line}")
             break
         with lock:
             both = all(assigned.values())

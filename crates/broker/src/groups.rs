@@ -279,6 +279,11 @@ impl Group {
         if self.state == GroupState::PreparingRebalance {
             return;
         }
+        tracing::debug!(
+            generation = self.generation,
+            from = self.state.name(),
+            "rebalance starts"
+        );
         self.state = GroupState::PreparingRebalance;
         let timeout = self
             .members
@@ -337,6 +342,11 @@ impl Group {
         });
         self.protocol = protocol.clone();
         self.state = GroupState::CompletingRebalance;
+        tracing::debug!(
+            generation = self.generation,
+            members = self.members.len(),
+            "rebalance joined"
+        );
         let metadata: Vec<(String, Option<String>, Bytes)> = self
             .members
             .iter()
@@ -516,6 +526,7 @@ pub async fn join(req: JoinRequest) -> JoinResult {
     }
     let client_id = truncated(&req.client_id, MEMBER_CLIENT_ID_BYTES_MAX);
     let max_size = group_max_size();
+    tracing::debug!(group = %req.group, member = %req.member_id, "JoinGroup");
     let waiter = with(|c| {
         if !c.groups.contains_key(&req.group) && c.groups.len() >= GROUPS_PER_SHARD_MAX {
             forget_empty_groups(c);
@@ -666,8 +677,10 @@ pub async fn sync(
     group: String,
     generation: i32,
     member_id: String,
+    instance_id: Option<String>,
     assignments: Vec<(String, Bytes)>,
 ) -> SyncResult {
+    tracing::debug!(group = %group, member = %member_id, generation, leader_assignments = assignments.len(), "SyncGroup");
     let waiter = with(|c| {
         let Some(g) = c.groups.get_mut(&group) else {
             return Err(SyncResult {
@@ -675,9 +688,10 @@ pub async fn sync(
                 ..Default::default()
             });
         };
-        if g.member(&member_id).is_none() {
+        let valid = g.validate_member(&member_id, instance_id.as_deref());
+        if valid != errors::NONE {
             return Err(SyncResult {
-                error: UNKNOWN_MEMBER_ID,
+                error: valid,
                 ..Default::default()
             });
         }
@@ -770,11 +784,20 @@ pub async fn sync(
 }
 
 /// Heartbeat, run on the group's shard.
-pub fn heartbeat(group: &str, generation: i32, member_id: &str) -> i16 {
+/// A static member (`group.instance.id`) whose place another instance took gets
+/// FENCED_INSTANCE_ID (KIP-345), as with OffsetCommit and SyncGroup.
+pub fn heartbeat(group: &str, generation: i32, member_id: &str, instance_id: Option<&str>) -> i16 {
     with(|c| {
         let Some(g) = c.groups.get_mut(group) else {
             return UNKNOWN_MEMBER_ID;
         };
+        if g.state == GroupState::Dead {
+            return errors::COORDINATOR_NOT_AVAILABLE;
+        }
+        let valid = g.validate_member(member_id, instance_id);
+        if valid != errors::NONE {
+            return valid;
+        }
         let (state, current) = (g.state, g.generation);
         let Some(m) = g.member(member_id) else {
             return UNKNOWN_MEMBER_ID;
