@@ -10,6 +10,9 @@ Each command prints one line per result; errors are printed as the Kafka error n
   ck-cluster BOOTSTRAP                            describe_cluster, with operations
   ck-topic BOOTSTRAP TOPIC                        describe_topics, with operations
   ck-member BOOTSTRAP TOPIC GROUP SECONDS         a subscribed consumer for SECONDS ("assigned")
+  ck-join-error BOOTSTRAP TOPIC GROUP SECONDS     a consumer that subscribes and prints the
+                                                  first error it is given ("error NAME") or
+                                                  its assignment ("assigned N")
   kp-alter BOOTSTRAP GROUP TOPIC:P=OFFSET,...     alter_group_offsets
   kp-offsets BOOTSTRAP GROUP                      list_group_offsets
   kp-delete BOOTSTRAP GROUP TOPIC:P,...           delete_group_offsets
@@ -119,6 +122,22 @@ def ck_member(bootstrap, topic, group, seconds):
     c.close()
 
 
+def ck_join_error(bootstrap, topic, group, seconds):
+    from confluent_kafka import Consumer
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "session.timeout.ms": 6000})
+    c.subscribe([topic])
+    deadline = time.time() + float(seconds)
+    while time.time() < deadline:
+        m = c.poll(0.2)
+        if m is not None and m.error():
+            print(f"error\t{m.error().name()}")
+            break
+        if c.assignment():
+            print(f"assigned\t{len(c.assignment())}")
+            break
+    c.close()
+
+
 def kp_admin(bootstrap):
     from kafka import KafkaAdminClient
     return KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
@@ -188,7 +207,7 @@ if __name__ == "__main__":
     commands = {
         "ck-alter": ck_alter, "ck-offsets": ck_offsets, "ck-list": ck_list,
         "ck-describe": ck_describe, "ck-cluster": ck_cluster, "ck-topic": ck_topic,
-        "ck-member": ck_member, "kp-alter": kp_alter, "kp-offsets": kp_offsets,
+        "ck-member": ck_member, "ck-join-error": ck_join_error, "kp-alter": kp_alter, "kp-offsets": kp_offsets,
         "kp-delete": kp_delete, "kp-list": kp_list, "kp-describe": kp_describe,
         "kp-cluster": kp_cluster,
     }

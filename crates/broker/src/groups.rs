@@ -279,6 +279,11 @@ impl Group {
         if self.state == GroupState::PreparingRebalance {
             return;
         }
+        tracing::debug!(
+            generation = self.generation,
+            from = self.state.name(),
+            "rebalance starts"
+        );
         self.state = GroupState::PreparingRebalance;
         let timeout = self
             .members
@@ -337,6 +342,11 @@ impl Group {
         });
         self.protocol = protocol.clone();
         self.state = GroupState::CompletingRebalance;
+        tracing::debug!(
+            generation = self.generation,
+            members = self.members.len(),
+            "rebalance joined"
+        );
         let metadata: Vec<(String, Option<String>, Bytes)> = self
             .members
             .iter()
@@ -516,6 +526,7 @@ pub async fn join(req: JoinRequest) -> JoinResult {
     }
     let client_id = truncated(&req.client_id, MEMBER_CLIENT_ID_BYTES_MAX);
     let max_size = group_max_size();
+    tracing::debug!(group = %req.group, member = %req.member_id, "JoinGroup");
     let waiter = with(|c| {
         if !c.groups.contains_key(&req.group) && c.groups.len() >= GROUPS_PER_SHARD_MAX {
             forget_empty_groups(c);
@@ -557,6 +568,7 @@ pub async fn join(req: JoinRequest) -> JoinResult {
             g.pending.retain(|(id, _)| *id != req.member_id);
             if g.member(&req.member_id).is_some() {
                 g.remove_member(&req.member_id);
+                rearm(g);
             }
             return Err(Box::new(JoinResult {
                 error: errors::GROUP_MAX_SIZE_REACHED,
@@ -648,9 +660,7 @@ pub async fn join(req: JoinRequest) -> JoinResult {
         }
         g.start_rebalance();
         g.maybe_complete_join(false);
-        if let Some(deadline) = g.next_deadline() {
-            timers_changed(deadline);
-        }
+        rearm(g);
         Ok(rx)
     });
     match waiter {
@@ -667,8 +677,10 @@ pub async fn sync(
     group: String,
     generation: i32,
     member_id: String,
+    instance_id: Option<String>,
     assignments: Vec<(String, Bytes)>,
 ) -> SyncResult {
+    tracing::debug!(group = %group, member = %member_id, generation, leader_assignments = assignments.len(), "SyncGroup");
     let waiter = with(|c| {
         let Some(g) = c.groups.get_mut(&group) else {
             return Err(SyncResult {
@@ -676,9 +688,10 @@ pub async fn sync(
                 ..Default::default()
             });
         };
-        if g.member(&member_id).is_none() {
+        let valid = g.validate_member(&member_id, instance_id.as_deref());
+        if valid != errors::NONE {
             return Err(SyncResult {
-                error: UNKNOWN_MEMBER_ID,
+                error: valid,
                 ..Default::default()
             });
         }
@@ -718,6 +731,7 @@ pub async fn sync(
                         crate::warn_limited!(group = %group, bytes = a.len(), max = MEMBER_ASSIGNMENT_BYTES_MAX, "SyncGroup assignment too large: INVALID_REQUEST, rebalancing");
                         g.member(&member_id).expect("checked").sync_waiter = None;
                         g.start_rebalance();
+                        rearm(g);
                         return Err(SyncResult {
                             error: errors::INVALID_REQUEST,
                             ..Default::default()
@@ -770,11 +784,20 @@ pub async fn sync(
 }
 
 /// Heartbeat, run on the group's shard.
-pub fn heartbeat(group: &str, generation: i32, member_id: &str) -> i16 {
+/// A static member (`group.instance.id`) whose place another instance took gets
+/// FENCED_INSTANCE_ID (KIP-345), as with OffsetCommit and SyncGroup.
+pub fn heartbeat(group: &str, generation: i32, member_id: &str, instance_id: Option<&str>) -> i16 {
     with(|c| {
         let Some(g) = c.groups.get_mut(group) else {
             return UNKNOWN_MEMBER_ID;
         };
+        if g.state == GroupState::Dead {
+            return errors::COORDINATOR_NOT_AVAILABLE;
+        }
+        let valid = g.validate_member(member_id, instance_id);
+        if valid != errors::NONE {
+            return valid;
+        }
         let (state, current) = (g.state, g.generation);
         let Some(m) = g.member(member_id) else {
             return UNKNOWN_MEMBER_ID;
@@ -896,6 +919,8 @@ fn expire(now: Instant) -> Option<Instant> {
             }
             if g.rebalance_deadline.is_some_and(|d| now >= d) {
                 g.maybe_complete_join(true);
+                // Passed either way: a deadline left behind would wake this task at once.
+                g.rebalance_deadline = None;
             }
         }
         c.groups.values().filter_map(Group::next_deadline).min()
@@ -1453,6 +1478,138 @@ mod tests {
         assert_eq!(truncated("aé", 2), "a");
         let long = "x".repeat(1000);
         assert_eq!(truncated(&long, MEMBER_CLIENT_ID_BYTES_MAX).len(), 255);
+    }
+
+    fn member(instance: Option<&str>, awaiting_join: bool) -> Member {
+        Member {
+            instance_id: instance.map(str::to_string),
+            client_id: "c".into(),
+            client_host: String::new(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+            protocols: Vec::new(),
+            assignment: Bytes::new(),
+            last_seen: Instant::now(),
+            joined: awaiting_join,
+            join_waiter: awaiting_join.then(|| oneshot::channel().0),
+            sync_waiter: None,
+        }
+    }
+
+    fn group(state: GroupState, generation: i32, members: Vec<(&str, Member)>) -> Group {
+        let mut g = Group::new();
+        g.state = state;
+        g.generation = generation;
+        g.protocol_type = Some(CONSUMER_PROTOCOL_TYPE.into());
+        g.members = members
+            .into_iter()
+            .map(|(id, m)| (id.to_string(), m))
+            .collect();
+        g
+    }
+
+    #[test]
+    fn offset_commits_follow_kafkas_classic_group_rule_in_every_state() {
+        let install = |state: GroupState, members: Vec<(&str, Member)>| {
+            with(|c| {
+                c.groups.insert("g".into(), group(state, 3, members));
+            })
+        };
+        let statics = || vec![("m1", member(Some("s1"), false))];
+        install(GroupState::Stable, statics());
+        assert_eq!(commit_allowed("g", 3, "m1", None), errors::NONE);
+        assert_eq!(commit_allowed("g", 3, "m1", Some("s1")), errors::NONE);
+        assert_eq!(commit_allowed("g", -1, "", None), UNKNOWN_MEMBER_ID);
+        assert_eq!(commit_allowed("g", 3, "m2", None), UNKNOWN_MEMBER_ID);
+        assert_eq!(commit_allowed("g", 2, "m1", None), ILLEGAL_GENERATION);
+        assert_eq!(commit_allowed("g", 3, "m2", Some("s1")), FENCED_INSTANCE_ID);
+        assert_eq!(commit_allowed("g", 3, "m1", Some("s9")), UNKNOWN_MEMBER_ID);
+        // The member id is checked before the generation, as in Kafka.
+        assert_eq!(commit_allowed("g", -1, "m2", None), UNKNOWN_MEMBER_ID);
+        install(GroupState::PreparingRebalance, statics());
+        assert_eq!(commit_allowed("g", 3, "m1", None), errors::NONE);
+        assert_eq!(commit_allowed("g", 2, "m1", None), ILLEGAL_GENERATION);
+        install(GroupState::CompletingRebalance, statics());
+        assert_eq!(commit_allowed("g", 3, "m1", None), REBALANCE_IN_PROGRESS);
+        assert_eq!(commit_allowed("g", 2, "m1", None), ILLEGAL_GENERATION);
+        install(GroupState::Dead, Vec::new());
+        assert_eq!(
+            commit_allowed("g", -1, "", None),
+            errors::COORDINATOR_NOT_AVAILABLE
+        );
+        assert_eq!(
+            commit_allowed("g", 3, "m1", None),
+            errors::COORDINATOR_NOT_AVAILABLE
+        );
+        install(GroupState::Empty, Vec::new());
+        assert_eq!(commit_allowed("g", -1, "", None), errors::NONE);
+        assert_eq!(commit_allowed("g", -1, "m1", None), errors::NONE);
+        assert_eq!(commit_allowed("g", 3, "m1", None), UNKNOWN_MEMBER_ID);
+        // Groups this coordinator does not know; one known only by its offsets is Empty.
+        assert_eq!(commit_allowed("new", -1, "", None), errors::NONE);
+        assert_eq!(commit_allowed("new", 0, "m", None), ILLEGAL_GENERATION);
+        with(|c| {
+            c.groups.remove("g");
+            c.apply_offset(
+                "g",
+                "t".into(),
+                0,
+                Some(Committed {
+                    offset: 1,
+                    leader_epoch: -1,
+                    metadata: None,
+                }),
+            );
+        });
+        assert_eq!(commit_allowed("g", 0, "m", None), UNKNOWN_MEMBER_ID);
+    }
+
+    #[test]
+    fn the_joiner_over_group_max_size_is_the_one_kafka_refuses() {
+        let g = group(
+            GroupState::PreparingRebalance,
+            1,
+            vec![
+                ("old", member(None, false)),
+                ("a", member(None, true)),
+                ("b", member(None, true)),
+            ],
+        );
+        // Two joined already: a new member, and the old one rejoining last, are over 2.
+        assert!(!g.accepts_joining("", 2));
+        assert!(!g.accepts_joining("old", 2));
+        assert!(g.accepts_joining("a", 2), "a member already waiting stays");
+        assert!(g.accepts_joining("old", 3));
+        let g = group(
+            GroupState::Stable,
+            1,
+            vec![("a", member(None, false)), ("b", member(None, false))],
+        );
+        assert!(g.accepts_joining("a", 2));
+        assert!(!g.accepts_joining("", 2));
+        assert!(group(GroupState::Empty, 1, Vec::new()).accepts_joining("", 1));
+    }
+
+    #[test]
+    fn subscriptions_parse_their_topics_and_refuse_lying_counts() {
+        let mut b = BytesMut::new();
+        b.put_i16(3); // any version: the topics prefix is shared
+        b.put_i32(2);
+        for t in ["a", "bc"] {
+            b.put_i16(t.len() as i16);
+            b.put_slice(t.as_bytes());
+        }
+        b.put_i32(-1); // user data and later fields are not read
+        assert_eq!(
+            subscription_topics(&b),
+            Some(vec!["a".to_string(), "bc".to_string()])
+        );
+        let mut lying = BytesMut::new();
+        lying.put_i16(0);
+        lying.put_i32(i32::MAX);
+        assert_eq!(subscription_topics(&lying), None);
+        assert_eq!(subscription_topics(&b[..8]), None, "cut inside a topic");
+        assert_eq!(subscription_topics(b""), None);
     }
 
     #[test]

@@ -156,7 +156,10 @@ fn describe_cluster_topics_and_groups_report_every_operation_kafka_defines() {
     assert_eq!(kp[0], cl[0], "both clients see one cluster id");
     assert_eq!(
         &kp[1..],
-        [format!("controller\t0"), format!("node\t0\t{host}\t{port}")]
+        [
+            "controller\t0".to_string(),
+            format!("node\t0\t{host}\t{port}")
+        ]
     );
     assert_eq!(
         lines(&admin(&["ck-topic", b, "events"])),
@@ -165,4 +168,42 @@ fn describe_cluster_topics_and_groups_report_every_operation_kafka_defines() {
             "operations\tALTER,ALTER_CONFIGS,CREATE,DELETE,DESCRIBE,DESCRIBE_CONFIGS,READ,WRITE"
         ]
     );
+}
+
+/// `--group-max-size 1`: a second librdkafka consumer of the group is told
+/// GROUP_MAX_SIZE_REACHED; the first keeps its partitions.
+#[test]
+fn a_librdkafka_consumer_over_group_max_size_gets_group_max_size_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &["--group-max-size", "1"]);
+    let b = broker.addr.as_str();
+    kafka_python(&["create", b, "orders", "2"], "");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/clients/admin_groups.py"
+    );
+    let mut first = Command::new("python3")
+        .args([script, "ck-member", b, "orders", "capped", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(first.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "assigned");
+    assert_eq!(
+        lines(&admin(&["ck-join-error", b, "orders", "capped", "15"])),
+        ["error\tGROUP_MAX_SIZE_REACHED"]
+    );
+    assert_eq!(
+        lines(&admin(&["kp-describe", b, "capped"])),
+        [
+            "state\tStable",
+            "members\t1",
+            "operations\tDELETE,DESCRIBE,READ"
+        ]
+    );
+    let _ = first.kill();
+    let _ = first.wait();
 }

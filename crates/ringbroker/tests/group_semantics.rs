@@ -515,11 +515,22 @@ fn kafka_python_consumers_closing_together_keep_both_final_commits() {
         .split('\t')
         .map(|n| n.parse().unwrap())
         .collect();
-    assert_eq!(read.iter().sum::<usize>(), 400, "{out}");
+    let log_tail = |broker: &Broker| {
+        let log = broker.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    };
+    assert_eq!(
+        read.iter().sum::<usize>(),
+        400,
+        "{out}\nbroker log:\n{}",
+        log_tail(&broker)
+    );
     assert!(read.iter().all(|&n| n > 0), "both consumers read: {out}");
     assert!(
         !out.lines().any(|l| l.starts_with("log\t")),
-        "a final commit failed:\n{out}"
+        "a final commit failed:\n{out}\nbroker log:\n{}",
+        log_tail(&broker)
     );
     let committed = run("python3", &[script, "committed", &addr, "workers"], "");
     let total: i64 = committed
@@ -543,5 +554,79 @@ fn kafka_python_consumers_closing_together_keep_both_final_commits() {
         again.trim(),
         "read\t0",
         "records read again after the restart"
+    );
+}
+
+/// KIP-345: a static member restarted under the same `group.instance.id` takes its place
+/// under a new member id; the old instance's heartbeats, syncs and commits then get
+/// FENCED_INSTANCE_ID (not UNKNOWN_MEMBER_ID), so it stops instead of rejoining.
+#[test]
+fn a_replaced_static_member_is_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    create_topic(&broker.addr, "t", "1");
+    let mut old = Client::connect(&broker.addr);
+    let mut new = Client::connect(&broker.addr);
+    let first = join(&mut old, "static", "", Some("inst"), 30_000);
+    assert_eq!(first.error_code, NONE);
+    let old_id = first.member_id.to_string();
+    assert_eq!(
+        sync(&mut old, "static", first.generation_id, &old_id).error_code,
+        NONE
+    );
+    let again = join(&mut new, "static", "", Some("inst"), 30_000);
+    assert_eq!(again.error_code, NONE);
+    assert_ne!(&*again.member_id, old_id.as_str());
+    let heartbeat: HeartbeatResponse = old.call(
+        ApiKey::Heartbeat,
+        4,
+        &HeartbeatRequest::default()
+            .with_group_id(GroupId(s("static")))
+            .with_generation_id(again.generation_id)
+            .with_member_id(s(&old_id))
+            .with_group_instance_id(Some(s("inst"))),
+    );
+    assert_eq!(heartbeat.error_code, FENCED_INSTANCE_ID);
+    let synced: SyncGroupResponse = old.call(
+        ApiKey::SyncGroup,
+        5,
+        &SyncGroupRequest::default()
+            .with_group_id(GroupId(s("static")))
+            .with_generation_id(again.generation_id)
+            .with_member_id(s(&old_id))
+            .with_group_instance_id(Some(s("inst")))
+            .with_protocol_type(Some(s("consumer")))
+            .with_protocol_name(Some(s("range"))),
+    );
+    assert_eq!(synced.error_code, FENCED_INSTANCE_ID);
+    assert_eq!(
+        commit(
+            &mut old,
+            "static",
+            again.generation_id,
+            &old_id,
+            Some("inst"),
+            "t",
+            1
+        ),
+        FENCED_INSTANCE_ID
+    );
+    // The new instance is the member.
+    let new_id = again.member_id.to_string();
+    assert_eq!(
+        sync(&mut new, "static", again.generation_id, &new_id).error_code,
+        NONE
+    );
+    assert_eq!(
+        commit(
+            &mut new,
+            "static",
+            again.generation_id,
+            &new_id,
+            Some("inst"),
+            "t",
+            1
+        ),
+        NONE
     );
 }

@@ -1,4 +1,5 @@
-//! Heartbeat: keeps a member's session alive; tells it when a rebalance started.
+//! Heartbeat: keeps a member's session alive; tells it when a rebalance started, and a static
+//! member replaced by another instance that it is fenced.
 
 use super::{decode_body, respond, Outcome};
 use crate::groups;
@@ -9,10 +10,14 @@ use ringbroker_runtime::mesh;
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: HeartbeatRequest = decode_body(&mut req)?;
     let group = body.group_id.0.to_string();
-    let (generation, member) = (body.generation_id, body.member_id.to_string());
+    let (generation, member, instance) = (
+        body.generation_id,
+        body.member_id.to_string(),
+        body.group_instance_id.map(|s| s.to_string()),
+    );
     let g = group.clone();
     let error = mesh::call(groups::group_shard(&group), move || async move {
-        groups::heartbeat(&g, generation, &member)
+        groups::heartbeat(&g, generation, &member, instance.as_deref())
     })
     .await;
     Ok(respond(

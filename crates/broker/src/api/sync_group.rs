@@ -10,7 +10,11 @@ use ringbroker_runtime::mesh;
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: SyncGroupRequest = decode_body(&mut req)?;
     let group = body.group_id.0.to_string();
-    let (generation, member) = (body.generation_id, body.member_id.to_string());
+    let (generation, member, instance) = (
+        body.generation_id,
+        body.member_id.to_string(),
+        body.group_instance_id.map(|s| s.to_string()),
+    );
     let assignments: Vec<(String, bytes::Bytes)> = body
         .assignments
         .into_iter()
@@ -18,7 +22,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         .collect();
     let g = group.clone();
     let r = mesh::call(groups::group_shard(&group), move || {
-        groups::sync(g, generation, member, assignments)
+        groups::sync(g, generation, member, instance, assignments)
     })
     .await;
     let mut response = SyncGroupResponse::default()
