@@ -79,7 +79,7 @@ pub async fn info(mut c: Context) -> Result<()> {
                 ("ID", cluster_id.unwrap_or_else(|| "-".to_string())),
                 ("CONTROLLER", controller_id.to_string()),
             ]);
-            println!();
+            super::output::emit("\n");
             print_section("BROKERS");
             let mut t = Table::new(&["ID", "HOST", "PORT", "RACK"]);
             for n in &nodes {

@@ -423,7 +423,7 @@ async fn describe(c: &mut Context, name: &str) -> Result<()> {
                 ("MEMBERS", g.members.len().to_string()),
                 ("TOTAL-LAG", total_lag.to_string()),
             ]);
-            println!();
+            super::output::emit("\n");
             print_section("OFFSETS");
             let mut t = Table::new(&[
                 "TOPIC",

@@ -4,6 +4,25 @@
 use clap::ValueEnum;
 use std::io::Write as _;
 
+/// Writes to stdout and flushes. A reader that went away (`ringbroker consume t | head -1`)
+/// ends the process quietly with status 0, like the tools it is piped into expect; any other
+/// write error ends it with status 1.
+pub fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        stdout_failed(e);
+    }
+}
+
+/// Ends the process after a failed write to stdout (see [`emit`]).
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("ringbroker: writing stdout: {e}");
+    std::process::exit(1);
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
 pub enum Format {
     /// Aligned tables.
@@ -60,34 +79,35 @@ impl Table {
     }
 
     pub fn print(&self) {
-        print!("{}", self.render());
+        emit(&self.render());
     }
 }
 
 /// `KEY  value` lines, keys padded (the summary block above a table).
 pub fn print_fields(fields: &[(&str, String)]) {
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut text = String::new();
     for (k, v) in fields {
-        println!("{k:width$}  {v}");
+        text.push_str(format!("{k:width$}  {v}").trim_end());
+        text.push('\n');
     }
+    emit(&text);
 }
 
 /// A section title, `rpk`-style.
 pub fn print_section(title: &str) {
-    println!("{title}\n{}", "=".repeat(title.len()));
+    emit(&format!("{title}\n{}\n", "=".repeat(title.len())));
 }
 
 /// A JSON document on stdout (pretty, ends with a newline).
 pub fn print_json(value: &serde_json::Value) {
     let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".to_string());
-    println!("{text}");
+    emit(&format!("{text}\n"));
 }
 
 /// One JSON object per line, flushed (a stream a script can read as it comes).
 pub fn print_json_line(value: &serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{value}");
-    let _ = out.flush();
+    emit(&format!("{value}\n"));
 }
 
 /// A list of node ids as `1,2,3`.

@@ -7,7 +7,7 @@
 //! no decompressors.
 
 use super::admin::{check, topic_name, versions, Admin, ClusterInfo, KafkaError};
-use super::output::{print_json_line, Format};
+use super::output::{print_json_line, stdout_failed, Format};
 use super::topic::{offsets, EARLIEST, LATEST};
 use super::{Common, Context};
 use crate::client::{fetch_request, whole_batches};
@@ -222,7 +222,9 @@ pub async fn produce(mut c: Context, args: ProduceArgs) -> Result<()> {
             Format::Text => {
                 let offset =
                     offset.map_or_else(|| "unknown (acks=0)".to_string(), |o| o.to_string());
-                println!("Produced to partition {partition} at offset {offset}");
+                super::output::emit(&format!(
+                    "Produced to partition {partition} at offset {offset}\n"
+                ));
             }
         }
     }
@@ -391,7 +393,7 @@ pub async fn consume(mut c: Context, args: ConsumeArgs) -> Result<()> {
                             if args.count.is_some_and(|n| printed >= n) {
                                 break;
                             }
-                            print_record(&mut stdout, c.format, &topic, p, &record)?;
+                            print_record(&mut stdout, c.format, &topic, p, &record);
                             printed += 1;
                             cur.position = record.offset + 1;
                         }
@@ -403,9 +405,15 @@ pub async fn consume(mut c: Context, args: ConsumeArgs) -> Result<()> {
                     }
                 }
             }
+            // Records show as they come (a follower's reader sees each answer at once).
+            if let Err(e) = stdout.flush() {
+                stdout_failed(e);
+            }
         }
     }
-    stdout.flush().context("writing stdout")?;
+    if let Err(e) = stdout.flush() {
+        stdout_failed(e);
+    }
     Ok(())
 }
 
@@ -428,17 +436,20 @@ fn print_record(
     topic: &str,
     partition: i32,
     record: &Record,
-) -> Result<()> {
+) {
     match format {
         Format::Text => {
-            out.write_all(record.value.as_deref().unwrap_or_default())
+            if let Err(e) = out
+                .write_all(record.value.as_deref().unwrap_or_default())
                 .and_then(|_| out.write_all(b"\n"))
-                .context("writing stdout")?;
+            {
+                stdout_failed(e);
+            }
         }
         Format::Json => {
             let text =
                 |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
-            writeln!(
+            if let Err(e) = writeln!(
                 out,
                 "{}",
                 json!({
@@ -449,11 +460,11 @@ fn print_record(
                     "key": text(&record.key),
                     "value": text(&record.value),
                 })
-            )
-            .context("writing stdout")?;
+            ) {
+                stdout_failed(e);
+            }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

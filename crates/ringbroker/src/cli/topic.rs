@@ -525,10 +525,10 @@ async fn describe(c: &mut Context, name: &str) -> Result<()> {
                 ("REPLICAS", replicas.to_string()),
                 ("INTERNAL", topic.internal.to_string()),
             ]);
-            println!();
+            super::output::emit("\n");
             print_section("CONFIGS");
             match &configs {
-                None => println!("(the broker does not offer DescribeConfigs)"),
+                None => super::output::emit("(the broker does not offer DescribeConfigs)\n"),
                 Some(cs) => {
                     let mut t = Table::new(&["KEY", "VALUE", "SOURCE"]);
                     for e in cs {
@@ -546,7 +546,7 @@ async fn describe(c: &mut Context, name: &str) -> Result<()> {
                     t.print();
                 }
             }
-            println!();
+            super::output::emit("\n");
             print_section("PARTITIONS");
             let mut t = Table::new(&[
                 "PARTITION",
