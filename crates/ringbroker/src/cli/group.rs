@@ -151,6 +151,16 @@ struct Member {
     assigned: Vec<(String, i32)>,
 }
 
+/// One partition of `group describe`.
+struct OffsetRow<'a> {
+    topic: String,
+    partition: i32,
+    committed: Option<i64>,
+    end: Option<i64>,
+    lag: Option<i64>,
+    member: Option<&'a Member>,
+}
+
 struct GroupDescription {
     state: String,
     protocol_type: String,
@@ -368,28 +378,29 @@ async fn describe(c: &mut Context, name: &str) -> Result<()> {
         .chain(owner.keys().cloned())
         .collect();
     let ends = log_end_offsets(&mut c.admin, &partitions).await?;
-    let rows: Vec<(
-        String,
-        i32,
-        Option<i64>,
-        Option<i64>,
-        Option<i64>,
-        Option<&&Member>,
-    )> = partitions
+    let rows: Vec<OffsetRow> = partitions
         .iter()
         .map(|(t, p)| {
             let key = (t.clone(), *p);
-            let current = committed.get(&key).copied().filter(|&o| o >= 0);
+            let committed = committed.get(&key).copied().filter(|&o| o >= 0);
             let end = ends.get(&key).copied();
-            let lag = match (current, end) {
+            let lag = match (committed, end) {
                 (Some(c), Some(e)) => Some((e - c).max(0)),
-                (None, Some(e)) => Some(e),
+                // No committed offset: where the group starts depends on each consumer's
+                // auto.offset.reset, so there is no lag to tell.
                 _ => None,
             };
-            (t.clone(), *p, current, end, lag, owner.get(&key))
+            OffsetRow {
+                topic: t.clone(),
+                partition: *p,
+                committed,
+                end,
+                lag,
+                member: owner.get(&key).copied(),
+            }
         })
         .collect();
-    let total_lag: i64 = rows.iter().filter_map(|r| r.4).sum();
+    let total_lag: i64 = rows.iter().filter_map(|r| r.lag).sum();
     match c.format {
         Format::Json => print_json(&json!({
             "group": name,
@@ -404,13 +415,13 @@ async fn describe(c: &mut Context, name: &str) -> Result<()> {
                 "assignments": m.assigned.iter().map(|(t, p)| json!({"topic": t, "partition": p})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "total_lag": total_lag,
-            "offsets": rows.iter().map(|(t, p, cur, end, lag, m)| json!({
-                "topic": t,
-                "partition": p,
-                "committed_offset": cur,
-                "log_end_offset": end,
-                "lag": lag,
-                "member_id": m.map(|m| m.member_id.clone()),
+            "offsets": rows.iter().map(|r| json!({
+                "topic": r.topic,
+                "partition": r.partition,
+                "committed_offset": r.committed,
+                "log_end_offset": r.end,
+                "lag": r.lag,
+                "member_id": r.member.map(|m| m.member_id.clone()),
             })).collect::<Vec<_>>(),
         })),
         Format::Text => {
@@ -436,13 +447,14 @@ async fn describe(c: &mut Context, name: &str) -> Result<()> {
                 "HOST",
             ]);
             let show = |o: &Option<i64>| o.map_or_else(|| "-".to_string(), |o| o.to_string());
-            for (topic, p, cur, end, lag, m) in &rows {
+            for r in &rows {
+                let m = r.member;
                 t.row(vec![
-                    topic.clone(),
-                    p.to_string(),
-                    show(cur),
-                    show(end),
-                    show(lag),
+                    r.topic.clone(),
+                    r.partition.to_string(),
+                    show(&r.committed),
+                    show(&r.end),
+                    show(&r.lag),
                     m.map_or_else(|| "-".to_string(), |m| m.member_id.clone()),
                     m.map_or_else(|| "-".to_string(), |m| m.client_id.clone()),
                     m.map_or_else(|| "-".to_string(), |m| m.client_host.clone()),

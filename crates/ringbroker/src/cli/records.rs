@@ -176,7 +176,10 @@ fn leaders(cluster: &ClusterInfo, topic: &str) -> Result<BTreeMap<i32, String>> 
 }
 
 pub async fn produce(mut c: Context, args: ProduceArgs) -> Result<()> {
-    let cluster = c.admin.metadata(Some(&[args.topic.clone()])).await?;
+    let cluster = c
+        .admin
+        .metadata(Some(std::slice::from_ref(&args.topic)))
+        .await?;
     let leaders = leaders(&cluster, &args.topic)?;
     let partitions: Vec<i32> = leaders.keys().copied().collect();
     if let Some(p) = args.partition {
@@ -291,7 +294,7 @@ struct Cursor {
 
 pub async fn consume(mut c: Context, args: ConsumeArgs) -> Result<()> {
     let topic = args.topic.clone();
-    let cluster = c.admin.metadata(Some(&[topic.clone()])).await?;
+    let cluster = c.admin.metadata(Some(std::slice::from_ref(&topic))).await?;
     let leaders = leaders(&cluster, &topic)?;
     let partitions: Vec<i32> = if args.partitions.is_empty() {
         leaders.keys().copied().collect()
@@ -399,7 +402,7 @@ pub async fn consume(mut c: Context, args: ConsumeArgs) -> Result<()> {
                         }
                         // Past the whole batch (control batches, compacted gaps), unless
                         // the count stopped in its middle.
-                        if !args.count.is_some_and(|n| printed >= n) {
+                        if args.count.is_none_or(|n| printed < n) {
                             cur.position = cur.position.max(batch_next_offset(batch));
                         }
                     }
