@@ -584,3 +584,182 @@ fn cli_negotiates_the_highest_common_version_and_names_a_missing_api() {
     let v = cli_json(&addr, &["cluster", "info"], "");
     assert_eq!(v["source"], "Metadata");
 }
+
+/// confluent-kafka's AdminClient, the witness of the admin commands.
+fn crosscheck(args: &[&str]) -> String {
+    let path = format!(
+        "{}/../../tests/clients/cli_crosscheck.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut full = vec![path.as_str()];
+    full.extend_from_slice(args);
+    run("python3", &full, "")
+}
+
+/// The value of `name` in `cli_crosscheck.py configs` output.
+fn config_value(configs: &str, name: &str) -> Option<String> {
+    configs.lines().find_map(|l| {
+        let f: Vec<&str> = l.split('\t').collect();
+        (f.first() == Some(&name)).then(|| f.get(1).unwrap_or(&"").to_string())
+    })
+}
+
+/// Needs the broker's DescribeConfigs / IncrementalAlterConfigs (branch `configs`),
+/// CreatePartitions / DeleteRecords (branch `records`) and DescribeCluster (branch `groups`).
+#[test]
+fn cli_configs_partitions_trim_and_cluster_use_the_admin_apis() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    let addr = broker.addr.clone();
+
+    // Configs given at creation are described by the CLI and by confluent-kafka.
+    cli(
+        &addr,
+        &[
+            "topic",
+            "create",
+            "cfg",
+            "-p",
+            "1",
+            "-c",
+            "retention.ms=3600000",
+        ],
+        "",
+    );
+    let d = cli_json(&addr, &["topic", "describe", "cfg"], "");
+    let configs = d["configs"].as_array().unwrap_or_else(|| panic!("{d}"));
+    let retention = configs
+        .iter()
+        .find(|c| c["name"] == "retention.ms")
+        .unwrap_or_else(|| panic!("{d}"));
+    assert_eq!(retention["value"], "3600000");
+    assert_eq!(retention["source"], "DYNAMIC_TOPIC_CONFIG");
+    assert_eq!(
+        config_value(&crosscheck(&["configs", &addr, "cfg"]), "retention.ms").as_deref(),
+        Some("3600000")
+    );
+    let text = cli(&addr, &["topic", "describe", "cfg"], "");
+    assert!(
+        text.contains("retention.ms") && text.contains("DYNAMIC_TOPIC_CONFIG"),
+        "{text}"
+    );
+
+    // alter-config: --set, --dry-run, --delete, as confluent-kafka sees them.
+    let dry = cli_json(
+        &addr,
+        &[
+            "topic",
+            "alter-config",
+            "cfg",
+            "--set",
+            "retention.ms=1000",
+            "--dry-run",
+        ],
+        "",
+    );
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["error"], Value::Null);
+    assert_eq!(
+        config_value(&crosscheck(&["configs", &addr, "cfg"]), "retention.ms").as_deref(),
+        Some("3600000")
+    );
+    cli(
+        &addr,
+        &[
+            "topic",
+            "alter-config",
+            "cfg",
+            "--set",
+            "retention.ms=1000",
+            "--set",
+            "segment.ms=600000",
+        ],
+        "",
+    );
+    let seen = crosscheck(&["configs", &addr, "cfg"]);
+    assert_eq!(
+        config_value(&seen, "retention.ms").as_deref(),
+        Some("1000"),
+        "{seen}"
+    );
+    assert_eq!(
+        config_value(&seen, "segment.ms").as_deref(),
+        Some("600000"),
+        "{seen}"
+    );
+    cli(
+        &addr,
+        &["topic", "alter-config", "cfg", "--delete", "retention.ms"],
+        "",
+    );
+    let d = cli_json(&addr, &["topic", "describe", "cfg"], "");
+    let retention = d["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "retention.ms")
+        .unwrap()
+        .clone();
+    assert_ne!(retention["source"], "DYNAMIC_TOPIC_CONFIG", "{retention}");
+    assert_ne!(retention["value"], "1000");
+    // Refusals name INVALID_CONFIG and exit 1.
+    let err = cli_fails(
+        &addr,
+        &["topic", "alter-config", "cfg", "--set", "retention.ms=soon"],
+    );
+    assert!(err.contains("INVALID_CONFIG (40)"), "{err}");
+    let err = cli_fails(
+        &addr,
+        &["topic", "create", "bad", "-c", "dummy.doesntexist=1"],
+    );
+    assert!(err.contains("INVALID_CONFIG (40)"), "{err}");
+    assert!(!kafka_python(&["topics", &addr], "").contains("bad\t"));
+
+    // add-partitions: confluent-kafka sees them, producers use them; shrinking is refused.
+    let dry = cli_json(
+        &addr,
+        &["topic", "add-partitions", "cfg", "-n", "3", "--dry-run"],
+        "",
+    );
+    assert_eq!(dry["error"], Value::Null);
+    assert_eq!(crosscheck(&["partitions", &addr, "cfg"]).trim(), "1");
+    cli(&addr, &["topic", "add-partitions", "cfg", "-n", "3"], "");
+    wait_until("3 partitions", 10, || {
+        crosscheck(&["partitions", &addr, "cfg"]).trim() == "3"
+    });
+    let out = cli(
+        &addr,
+        &["produce", "cfg", "-p", "2"],
+        "on-a-new-partition\n",
+    );
+    assert_eq!(out.trim(), "Produced to partition 2 at offset 0");
+    assert!(kcat_consume_all(&addr, "cfg").contains(&"2\t0\t\ton-a-new-partition".to_string()));
+    let err = cli_fails(&addr, &["topic", "add-partitions", "cfg", "-n", "2"]);
+    assert!(err.contains("INVALID_PARTITIONS (37)"), "{err}");
+
+    // trim: the log start offset moves for the CLI, confluent-kafka and kcat.
+    let lines: String = (0..5).map(|i| format!("r{i}\n")).collect();
+    cli(&addr, &["produce", "cfg", "-p", "0"], &lines);
+    let t = cli_json(&addr, &["topic", "trim", "cfg", "-p", "0", "-o", "3"], "");
+    assert_eq!(t["log_start_offset"], 3, "{t}");
+    assert_eq!(
+        crosscheck(&["watermarks", &addr, "cfg", "0"]).trim(),
+        "3\t5"
+    );
+    let d = cli_json(&addr, &["topic", "describe", "cfg"], "");
+    assert_eq!(d["partitions"][0]["log_start_offset"], 3);
+    assert_eq!(cli(&addr, &["consume", "cfg", "-p", "0"], ""), "r3\nr4\n");
+    let kcat: Vec<String> = kcat_consume_all(&addr, "cfg")
+        .into_iter()
+        .filter(|l| l.starts_with("0\t"))
+        .collect();
+    assert_eq!(kcat, ["0\t3\t\tr3", "0\t4\t\tr4"]);
+    let err = cli_fails(&addr, &["topic", "trim", "cfg", "-p", "0", "-o", "99"]);
+    assert!(err.contains("OFFSET_OUT_OF_RANGE (1)"), "{err}");
+
+    // cluster info comes from DescribeCluster.
+    let info = cli_json(&addr, &["cluster", "info"], "");
+    assert_eq!(info["source"], "DescribeCluster", "{info}");
+    assert_eq!(info["brokers"].as_array().unwrap().len(), 1);
+    broker.stop();
+}
