@@ -177,32 +177,28 @@ fn cli_produce_and_consume_interoperate_with_kcat_and_kafka_python() {
     );
 
     // Keyed records land where Kafka's partitioner (kafka-python's murmur2) puts them.
-    kafka_python(
-        &["produce", &addr, "lines", "none"],
-        "user-42\tfrom-python\n",
-    );
-    let python_partition: i64 = kcat_consume_all(&addr, "lines")
-        .iter()
-        .find(|l| l.ends_with("\tfrom-python"))
-        .and_then(|l| l.split('\t').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
-    let out = cli(
-        &addr,
-        &["produce", "lines", "-k", "user-42", "--format", "json"],
-        "from-cli\n",
-    );
-    let v: Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(v["topic"], "lines");
-    assert_eq!(v["partition"].as_i64().unwrap(), python_partition, "{out}");
-    let keyed = kcat_consume_all(&addr, "lines");
-    assert!(
-        keyed.contains(&format!(
-            "{python_partition}\t{}\tuser-42\tfrom-cli",
-            v["offset"].as_i64().unwrap()
-        )),
-        "{keyed:?}"
-    );
+    let keys: Vec<String> = (0..8).map(|i| format!("user-{i}")).collect();
+    let input: String = keys.iter().map(|k| format!("{k}\tfrom-python\n")).collect();
+    kafka_python(&["produce", &addr, "lines", "none"], &input);
+    for key in &keys {
+        let out = cli(
+            &addr,
+            &["produce", "lines", "-k", key, "--format", "json"],
+            "from-cli\n",
+        );
+        let v: Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["topic"], "lines");
+        let record = format!("{}\t{}\t{key}\tfrom-cli", v["partition"], v["offset"]);
+        let all = kcat_consume_all(&addr, "lines");
+        assert!(all.contains(&record), "{record:?} not in {all:?}");
+        let python_partition = all
+            .iter()
+            .find(|l| l.ends_with(&format!("\t{key}\tfrom-python")))
+            .and_then(|l| l.split('\t').next())
+            .unwrap()
+            .to_string();
+        assert_eq!(v["partition"].to_string(), python_partition, "key {key}");
+    }
 
     // consume: kcat's records, then stops at the end it saw (default), or after -n.
     cli(&addr, &["topic", "create", "from-kcat", "-p", "1"], "");
