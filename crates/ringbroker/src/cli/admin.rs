@@ -54,11 +54,15 @@ impl KafkaError {
         let mut message = what.into();
         if let Some(m) = server_message.map(|m| m.as_str().trim()) {
             // The broker's own message, alone when it already names the subject (the first
-            // quoted name of `what`).
+            // quoted name of `what`) as a word of its own.
             let subject = message.split('"').nth(1).filter(|s| !s.is_empty());
+            let names_it = |s: &str| {
+                m.split(|c: char| !(c.is_alphanumeric() || matches!(c, '.' | '_' | '-')))
+                    .any(|word| word == s)
+            };
             message = match subject {
                 _ if m.is_empty() => message,
-                Some(s) if m.contains(s) => m.to_string(),
+                Some(s) if names_it(s) => m.to_string(),
                 _ => format!("{message}: {m}"),
             };
         }
@@ -412,5 +416,17 @@ mod tests {
             Some(&StrBytes::from_static_str("bad value")),
         );
         assert_eq!(e.to_string(), "INVALID_CONFIG (40): topic \"x\": bad value");
+        // A one-letter topic name inside other words does not count as named.
+        let e = KafkaError::new(
+            40,
+            "topic \"t\"",
+            Some(&StrBytes::from_static_str(
+                "cleanup.policy=compact is refused",
+            )),
+        );
+        assert_eq!(
+            e.to_string(),
+            "INVALID_CONFIG (40): topic \"t\": cleanup.policy=compact is refused"
+        );
     }
 }

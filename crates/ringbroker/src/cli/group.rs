@@ -29,12 +29,17 @@ pub enum GroupCommand {
     List,
     /// A group's state, members and, per partition, committed offset, log end offset and lag
     /// (DescribeGroups, OffsetFetch, ListOffsets).
-    Describe { name: String },
+    Describe {
+        /// Group id.
+        name: String,
+    },
     /// Set a group's committed offsets for a topic (OffsetCommit as an admin: generation -1,
     /// no member id). The broker refuses while the group has members: stop its consumers first.
     #[command(group(ArgGroup::new("to").required(true).args(["to_earliest", "to_latest", "to_offset"])))]
     ResetOffsets {
+        /// Group id.
         name: String,
+        /// The topic whose offsets to set.
         #[arg(long)]
         topic: String,
         /// Only these partitions (repeatable). [default: all]
@@ -55,6 +60,7 @@ pub enum GroupCommand {
     },
     /// Delete groups (DeleteGroups); only groups without members can be deleted.
     Delete {
+        /// Group ids.
         #[arg(required = true)]
         names: Vec<String>,
     },

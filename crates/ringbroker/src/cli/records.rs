@@ -39,6 +39,7 @@ const PRODUCE_TIMEOUT_MS: i32 = 30_000;
 pub struct ProduceArgs {
     #[command(flatten)]
     pub common: Common,
+    /// The topic to write to (it must exist).
     pub topic: String,
     /// Partition to write to. [default: by key (Kafka's murmur2 partitioner) when -k is given,
     /// else round robin]
@@ -56,6 +57,7 @@ pub struct ProduceArgs {
 pub struct ConsumeArgs {
     #[command(flatten)]
     pub common: Common,
+    /// The topic to read.
     pub topic: String,
     /// Partitions to read (repeatable). [default: all]
     #[arg(short = 'p', long = "partition")]

@@ -56,9 +56,13 @@ pub enum TopicCommand {
     },
     /// A topic's partitions (leader, replicas, log start offset and high watermark via
     /// ListOffsets) and configs (DescribeConfigs, when the broker has it).
-    Describe { name: String },
+    Describe {
+        /// Topic name.
+        name: String,
+    },
     /// Change a topic's configs (IncrementalAlterConfigs).
     AlterConfig {
+        /// Topic name.
         name: String,
         /// Set `key=value` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -78,6 +82,7 @@ pub enum TopicCommand {
     },
     /// Grow a topic to TOTAL partitions (CreatePartitions).
     AddPartitions {
+        /// Topic name.
         name: String,
         /// The total number of partitions wanted.
         #[arg(short = 'n', long = "num")]
@@ -88,15 +93,19 @@ pub enum TopicCommand {
     },
     /// Delete topics (DeleteTopics).
     Delete {
+        /// Topic names.
         #[arg(required = true)]
         names: Vec<String>,
     },
     /// Delete a partition's records below OFFSET (DeleteRecords); -1: all of them (up to the
     /// high watermark).
     Trim {
+        /// Topic name.
         name: String,
+        /// The partition to trim.
         #[arg(short = 'p', long)]
         partition: i32,
+        /// The new log start offset; -1: the high watermark.
         #[arg(short = 'o', long, allow_hyphen_values = true)]
         offset: i64,
     },
