@@ -295,9 +295,69 @@ struct Cursor {
 }
 
 pub async fn consume(mut c: Context, args: ConsumeArgs) -> Result<()> {
-    let topic = args.topic.clone();
-    let cluster = c.admin.metadata(Some(std::slice::from_ref(&topic))).await?;
-    let leaders = leaders(&cluster, &topic)?;
+    let mut cursors = start_cursors(&mut c.admin, &args).await?;
+    let mut out = Printer {
+        topic: args.topic.clone(),
+        format: c.format,
+        left: args.count,
+    };
+    loop {
+        if !args.follow {
+            cursors.retain(|_, cur| cur.position < cur.end);
+        }
+        if cursors.is_empty() || out.left == Some(0) {
+            break;
+        }
+        let mut by_leader: BTreeMap<String, Vec<(i32, i64)>> = BTreeMap::new();
+        for (&p, cur) in &cursors {
+            by_leader
+                .entry(cur.leader.clone())
+                .or_default()
+                .push((p, cur.position));
+        }
+        for (leader, wanted) in by_leader {
+            let name = topic_name(&args.topic);
+            let (_, r): (_, FetchResponse) = c
+                .admin
+                .call_at(&leader, ApiKey::Fetch, versions::FETCH, |_| {
+                    fetch_request(
+                        &name,
+                        &wanted,
+                        FETCH_WAIT_MS,
+                        FETCH_PARTITION_BYTES_MAX,
+                        FETCH_BYTES_MAX,
+                    )
+                })
+                .await?;
+            check(r.error_code, || format!("Fetch from {leader}"), None)?;
+            for part in r.responses.into_iter().flat_map(|t| t.partitions) {
+                let p = part.partition_index;
+                let Some(cur) = cursors.get_mut(&p) else {
+                    continue;
+                };
+                if part.error_code != 0 {
+                    return Err(KafkaError::new(
+                        part.error_code,
+                        format!(
+                            "reading {}-{p} at offset {} (log start offset {}, high watermark {})",
+                            args.topic, cur.position, part.log_start_offset, part.high_watermark
+                        ),
+                        None,
+                    )
+                    .into());
+                }
+                out.take(p, cur, &part.records.unwrap_or_default())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each partition's leader, start position and the end it had (ListOffsets).
+async fn start_cursors(admin: &mut Admin, args: &ConsumeArgs) -> Result<BTreeMap<i32, Cursor>> {
+    let topic = &args.topic;
+    let cluster = admin.metadata(Some(std::slice::from_ref(topic))).await?;
+    let leaders = leaders(&cluster, topic)?;
     let partitions: Vec<i32> = if args.partitions.is_empty() {
         leaders.keys().copied().collect()
     } else {
@@ -308,9 +368,9 @@ pub async fn consume(mut c: Context, args: ConsumeArgs) -> Result<()> {
         }
         args.partitions.clone()
     };
-    let start = offsets(&mut c.admin, &cluster, &topic, &partitions, EARLIEST).await?;
-    let end = offsets(&mut c.admin, &cluster, &topic, &partitions, LATEST).await?;
-    let mut cursors: BTreeMap<i32, Cursor> = BTreeMap::new();
+    let start = offsets(admin, &cluster, topic, &partitions, EARLIEST).await?;
+    let end = offsets(admin, &cluster, topic, &partitions, LATEST).await?;
+    let mut cursors = BTreeMap::new();
     for &p in &partitions {
         let first = start[&p].clone().map_err(anyhow::Error::new)?;
         let last = end[&p].clone().map_err(anyhow::Error::new)?;
@@ -337,89 +397,52 @@ pub async fn consume(mut c: Context, args: ConsumeArgs) -> Result<()> {
             },
         );
     }
-    let mut printed = 0u64;
-    let mut stdout = std::io::stdout().lock();
-    loop {
-        if !args.follow {
-            cursors.retain(|_, cur| cur.position < cur.end);
-        }
-        if cursors.is_empty() || args.count.is_some_and(|n| printed >= n) {
-            break;
-        }
-        let mut by_leader: BTreeMap<String, Vec<(i32, i64)>> = BTreeMap::new();
-        for (&p, cur) in &cursors {
-            by_leader
-                .entry(cur.leader.clone())
-                .or_default()
-                .push((p, cur.position));
-        }
-        for (leader, wanted) in by_leader {
-            let name = topic_name(&topic);
-            let (_, r): (_, FetchResponse) = c
-                .admin
-                .call_at(&leader, ApiKey::Fetch, versions::FETCH, |_| {
-                    fetch_request(
-                        &name,
-                        &wanted,
-                        FETCH_WAIT_MS,
-                        FETCH_PARTITION_BYTES_MAX,
-                        FETCH_BYTES_MAX,
-                    )
-                })
-                .await?;
-            check(r.error_code, || format!("Fetch from {leader}"), None)?;
-            for t in r.responses {
-                for part in t.partitions {
-                    let p = part.partition_index;
-                    let Some(cur) = cursors.get_mut(&p) else {
-                        continue;
-                    };
-                    if part.error_code != 0 {
-                        return Err(KafkaError::new(
-                            part.error_code,
-                            format!(
-                                "reading {topic}-{p} at offset {} (log start offset {}, high watermark {})",
-                                cur.position, part.log_start_offset, part.high_watermark
-                            ),
-                            None,
-                        )
-                        .into());
-                    }
-                    let records = part.records.unwrap_or_default();
-                    for batch in whole_batches(&records)? {
-                        let mut bytes = Bytes::copy_from_slice(batch);
-                        let set = RecordBatchDecoder::decode(&mut bytes).map_err(|e| {
-                            anyhow!("decoding a record batch of {topic}-{p}: {e} (ringbroker consume reads uncompressed batches; kcat reads the others)")
-                        })?;
-                        for record in set.records {
-                            if record.control || record.offset < cur.position {
-                                continue;
-                            }
-                            if args.count.is_some_and(|n| printed >= n) {
-                                break;
-                            }
-                            print_record(&mut stdout, c.format, &topic, p, &record);
-                            printed += 1;
-                            cur.position = record.offset + 1;
-                        }
-                        // Past the whole batch (control batches, compacted gaps), unless
-                        // the count stopped in its middle.
-                        if args.count.is_none_or(|n| printed < n) {
-                            cur.position = cur.position.max(batch_next_offset(batch));
-                        }
-                    }
+    Ok(cursors)
+}
+
+/// Prints records in order, `left` of them at most.
+struct Printer {
+    topic: String,
+    format: Format,
+    left: Option<u64>,
+}
+
+impl Printer {
+    /// Prints the records of one partition's Fetch answer from the cursor on, and moves it.
+    fn take(&mut self, partition: i32, cur: &mut Cursor, records: &[u8]) -> Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        for batch in whole_batches(records)? {
+            let mut bytes = Bytes::copy_from_slice(batch);
+            let set = RecordBatchDecoder::decode(&mut bytes).map_err(|e| {
+                anyhow!(
+                    "decoding a record batch of {}-{partition}: {e} (ringbroker consume reads \
+                     uncompressed batches; kcat reads the others)",
+                    self.topic
+                )
+            })?;
+            for record in set.records {
+                if record.control || record.offset < cur.position {
+                    continue;
                 }
+                if self.left == Some(0) {
+                    break;
+                }
+                print_record(&mut stdout, self.format, &self.topic, partition, &record);
+                self.left = self.left.map(|n| n - 1);
+                cur.position = record.offset + 1;
             }
-            // Records show as they come (a follower's reader sees each answer at once).
-            if let Err(e) = stdout.flush() {
-                stdout_failed(e);
+            // Past the whole batch (control batches, compacted gaps), unless the count
+            // stopped in its middle.
+            if self.left != Some(0) {
+                cur.position = cur.position.max(batch_next_offset(batch));
             }
         }
+        // Records show as they come (a follower's reader sees each answer at once).
+        if let Err(e) = stdout.flush() {
+            stdout_failed(e);
+        }
+        Ok(())
     }
-    if let Err(e) = stdout.flush() {
-        stdout_failed(e);
-    }
-    Ok(())
 }
 
 /// The offset after a whole batch (base offset + last offset delta + 1).
