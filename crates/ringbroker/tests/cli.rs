@@ -176,6 +176,27 @@ fn cli_produce_and_consume_interoperate_with_kcat_and_kafka_python() {
         ["1\t0\t\tone", "1\t1\t\ttwo", "1\t2\t\tthree"]
     );
 
+    // A pipe goes in batches (round robin over the partitions); each line's printed offset
+    // is where kcat finds it.
+    cli(&addr, &["topic", "create", "many", "-p", "3"], "");
+    let input: String = (0..3000).map(|i| format!("line-{i}\n")).collect();
+    let out = cli(&addr, &["produce", "many", "--format", "json"], &input);
+    let mut printed: Vec<String> = out
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            format!("{}\t{}\t\tline-{i}", v["partition"], v["offset"])
+        })
+        .collect();
+    printed.sort();
+    assert_eq!(printed.len(), 3000);
+    assert_eq!(kcat_consume_all(&addr, "many"), printed);
+    let d = cli_json(&addr, &["topic", "describe", "many"], "");
+    for p in d["partitions"].as_array().unwrap() {
+        assert_eq!(p["high_watermark"], 1000, "{d}");
+    }
+
     // Keyed records land where Kafka's partitioner (kafka-python's murmur2) puts them.
     let keys: Vec<String> = (0..8).map(|i| format!("user-{i}")).collect();
     let input: String = keys.iter().map(|k| format!("{k}\tfrom-python\n")).collect();

@@ -105,11 +105,6 @@ pub fn print_json(value: &serde_json::Value) {
     emit(&format!("{text}\n"));
 }
 
-/// One JSON object per line, flushed (a stream a script can read as it comes).
-pub fn print_json_line(value: &serde_json::Value) {
-    emit(&format!("{value}\n"));
-}
-
 /// A list of node ids as `1,2,3`.
 pub fn ids(ids: &[i32]) -> String {
     ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",")

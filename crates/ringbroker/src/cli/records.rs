@@ -1,4 +1,5 @@
-//! `ringbroker produce` (stdin lines, one record each, offsets printed) and `ringbroker
+//! `ringbroker produce` (stdin lines, one record each, offsets printed; lines already
+//! waiting go out together) and `ringbroker
 //! consume` (values printed), for quick checks; the load generator is `ringbroker bench`.
 //!
 //! `consume` stops, by default, once it has read every partition up to the high watermark it
@@ -7,7 +8,7 @@
 //! no decompressors.
 
 use super::admin::{check, topic_name, versions, Admin, ClusterInfo, KafkaError};
-use super::output::{print_json_line, stdout_failed, Format};
+use super::output::{stdout_failed, Format};
 use super::topic::{offsets, EARLIEST, LATEST};
 use super::{Common, Context};
 use crate::client::{fetch_request, whole_batches};
@@ -27,6 +28,10 @@ use std::io::{BufRead, Read, Write};
 
 /// Bytes one stdin line may hold (the broker's default `max.message.bytes` is about 1 MiB).
 const LINE_BYTES_MAX: usize = 16 << 20;
+/// Lines already waiting on stdin go out together, up to this many records or bytes (below
+/// the default `max.message.bytes`) per request.
+const PRODUCE_BATCH_RECORDS_MAX: usize = 1000;
+const PRODUCE_BATCH_BYTES_MAX: usize = 512 << 10;
 /// Fetch sizes: per partition and per request.
 const FETCH_PARTITION_BYTES_MAX: i32 = 1 << 20;
 const FETCH_BYTES_MAX: i32 = 16 << 20;
@@ -117,27 +122,34 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// One uncompressed v2 batch holding one record.
-fn one_record_batch(key: Option<&[u8]>, value: &[u8]) -> Result<Bytes> {
-    let record = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: now_ms(),
-        key: key.map(Bytes::copy_from_slice),
-        value: Some(Bytes::copy_from_slice(value)),
-        headers: Default::default(),
-    };
+/// One uncompressed v2 batch of `values`, each with `key`.
+fn record_batch(key: Option<&[u8]>, values: &[&[u8]]) -> Result<Bytes> {
+    let timestamp = now_ms();
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // No producer id: base sequence -1. The encoder keeps records in one batch while
+            // offset - sequence stays the same, so the sequence follows the offset.
+            sequence: i as i32 - 1,
+            timestamp,
+            key: key.map(Bytes::copy_from_slice),
+            value: Some(Bytes::copy_from_slice(value)),
+            headers: Default::default(),
+        })
+        .collect();
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut buf,
-        [&record],
+        &records,
         &RecordEncodeOptions {
             version: 2,
             compression: Compression::None,
@@ -190,48 +202,61 @@ pub async fn produce(mut c: Context, args: ProduceArgs) -> Result<()> {
         }
     }
     let key = args.key.as_deref().map(str::as_bytes);
-    let stdin = std::io::stdin();
-    let mut input = stdin.lock();
-    let mut line = Vec::new();
+    // Its own buffer, so the lines already read can be told from those still to come.
+    let mut input = std::io::BufReader::with_capacity(256 << 10, std::io::stdin().lock());
     let mut round_robin = 0usize;
     let mut produced = 0u64;
     loop {
-        line.clear();
-        // Blocking read: this thread runs nothing else while it waits for the next line.
-        let n = (&mut input)
-            .take(LINE_BYTES_MAX as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .context("reading stdin")?;
-        if n == 0 {
+        // Blocks for the first line; takes the next ones only while they are already there,
+        // so a person typing sees each offset at once and a pipe goes in batches.
+        let mut lines = Vec::new();
+        let mut bytes = 0;
+        while lines.is_empty()
+            || (lines.len() < PRODUCE_BATCH_RECORDS_MAX
+                && bytes < PRODUCE_BATCH_BYTES_MAX
+                && input.buffer().contains(&b'\n'))
+        {
+            let Some(line) = read_line(&mut input)? else {
+                break;
+            };
+            bytes += line.len();
+            lines.push(line);
+        }
+        if lines.is_empty() {
             break;
         }
-        if line.last() == Some(&b'\n') {
-            line.pop();
-        } else if line.len() > LINE_BYTES_MAX {
-            bail!("a stdin line is longer than {LINE_BYTES_MAX} bytes");
-        }
-        let partition = match (args.partition, key) {
-            (Some(p), _) => p,
-            (None, Some(k)) => partition_for_key(k, partitions.len()),
-            (None, None) => {
-                round_robin += 1;
-                partitions[(round_robin - 1) % partitions.len()]
+        let targets: Vec<i32> = lines
+            .iter()
+            .map(|_| match (args.partition, key) {
+                (Some(p), _) => p,
+                (None, Some(k)) => partition_for_key(k, partitions.len()),
+                (None, None) => {
+                    round_robin += 1;
+                    partitions[(round_robin - 1) % partitions.len()]
+                }
+            })
+            .collect();
+        let offsets = produce_lines(&mut c.admin, &leaders, &args, &targets, &lines).await?;
+        produced += lines.len() as u64;
+        let mut text = String::new();
+        for (partition, offset) in targets.iter().zip(offsets) {
+            match c.format {
+                Format::Json => {
+                    let line = json!({
+                        "topic": args.topic, "partition": partition, "offset": offset,
+                    });
+                    text.push_str(&format!("{line}\n"));
+                }
+                Format::Text => {
+                    let offset =
+                        offset.map_or_else(|| "unknown (acks=0)".to_string(), |o| o.to_string());
+                    text.push_str(&format!(
+                        "Produced to partition {partition} at offset {offset}\n"
+                    ));
+                }
             }
-        };
-        let offset = produce_one(&mut c.admin, &leaders, &args, partition, key, &line).await?;
-        produced += 1;
-        match c.format {
-            Format::Json => print_json_line(&json!({
-                "topic": args.topic, "partition": partition, "offset": offset,
-            })),
-            Format::Text => {
-                let offset =
-                    offset.map_or_else(|| "unknown (acks=0)".to_string(), |o| o.to_string());
-                super::output::emit(&format!(
-                    "Produced to partition {partition} at offset {offset}\n"
-                ));
-            }
         }
+        super::output::emit(&text);
     }
     if produced == 0 {
         eprintln!("ringbroker: stdin was empty; nothing produced");
@@ -239,51 +264,96 @@ pub async fn produce(mut c: Context, args: ProduceArgs) -> Result<()> {
     Ok(())
 }
 
-/// Sends one record; its offset (`None` with acks=0).
-async fn produce_one(
+/// The next stdin line without its newline; `None` at the end.
+fn read_line(input: &mut impl BufRead) -> Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    let n = input
+        .take(LINE_BYTES_MAX as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .context("reading stdin")?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() > LINE_BYTES_MAX {
+        bail!("a stdin line is longer than {LINE_BYTES_MAX} bytes");
+    }
+    Ok(Some(line))
+}
+
+/// Sends `lines` (line i to partition `targets[i]`), one batch per partition and one
+/// request per leader; the offset of each line (`None` with acks=0).
+async fn produce_lines(
     admin: &mut Admin,
     leaders: &BTreeMap<i32, String>,
     args: &ProduceArgs,
-    partition: i32,
-    key: Option<&[u8]>,
-    value: &[u8],
-) -> Result<Option<i64>> {
-    let batch = one_record_batch(key, value)?;
-    let leader = &leaders[&partition];
-    let request = |_| {
-        ProduceRequest::default()
-            .with_acks(args.acks)
-            .with_timeout_ms(PRODUCE_TIMEOUT_MS)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(topic_name(&args.topic))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(batch.clone()))])])
-    };
-    if args.acks == 0 {
-        // No answer comes: send without waiting for one.
-        let client = admin.at(leader)?;
-        let version = client.version(ApiKey::Produce, versions::PRODUCE).await?;
-        client
-            .send_only(ApiKey::Produce, version, &request(version))
-            .await?;
-        return Ok(None);
+    targets: &[i32],
+    lines: &[Vec<u8>],
+) -> Result<Vec<Option<i64>>> {
+    let key = args.key.as_deref().map(str::as_bytes);
+    // partition → the indexes of its lines, in order.
+    let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for (i, &p) in targets.iter().enumerate() {
+        by_partition.entry(p).or_default().push(i);
     }
-    let (_, r): (_, ProduceResponse) = admin
-        .call_at(leader, ApiKey::Produce, versions::PRODUCE, request)
-        .await?;
-    let p = r
-        .responses
-        .iter()
-        .flat_map(|t| t.partition_responses.iter())
-        .find(|p| p.index == partition)
-        .with_context(|| format!("Produce answer does not mention partition {partition}"))?;
-    check(
-        p.error_code,
-        || format!("producing to {}-{partition}", args.topic),
-        p.error_message.as_ref(),
-    )?;
-    Ok(Some(p.base_offset))
+    let mut by_leader: BTreeMap<&str, Vec<(i32, Bytes)>> = BTreeMap::new();
+    for (&p, indexes) in &by_partition {
+        let values: Vec<&[u8]> = indexes.iter().map(|&i| lines[i].as_slice()).collect();
+        by_leader
+            .entry(leaders[&p].as_str())
+            .or_default()
+            .push((p, record_batch(key, &values)?));
+    }
+    let mut offsets = vec![None; lines.len()];
+    for (leader, batches) in by_leader {
+        let request = |_| {
+            ProduceRequest::default()
+                .with_acks(args.acks)
+                .with_timeout_ms(PRODUCE_TIMEOUT_MS)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(topic_name(&args.topic))
+                    .with_partition_data(
+                        batches
+                            .iter()
+                            .map(|(p, batch)| {
+                                PartitionProduceData::default()
+                                    .with_index(*p)
+                                    .with_records(Some(batch.clone()))
+                            })
+                            .collect(),
+                    )])
+        };
+        if args.acks == 0 {
+            // No answer comes: send without waiting for one.
+            let client = admin.at(leader)?;
+            let version = client.version(ApiKey::Produce, versions::PRODUCE).await?;
+            client
+                .send_only(ApiKey::Produce, version, &request(version))
+                .await?;
+            continue;
+        }
+        let (_, r): (_, ProduceResponse) = admin
+            .call_at(leader, ApiKey::Produce, versions::PRODUCE, request)
+            .await?;
+        for (p, _) in &batches {
+            let answer = r
+                .responses
+                .iter()
+                .flat_map(|t| t.partition_responses.iter())
+                .find(|x| x.index == *p)
+                .with_context(|| format!("Produce answer does not mention partition {p}"))?;
+            check(
+                answer.error_code,
+                || format!("producing to {}-{p}", args.topic),
+                answer.error_message.as_ref(),
+            )?;
+            for (n, &i) in by_partition[p].iter().enumerate() {
+                offsets[i] = Some(answer.base_offset + n as i64);
+            }
+        }
+    }
+    Ok(offsets)
 }
 
 /// Where one partition's reading is.
@@ -514,11 +584,16 @@ mod tests {
     }
 
     #[test]
-    fn one_record_batches_are_valid() {
-        let b = one_record_batch(Some(b"k"), b"hello").unwrap();
-        ringbroker_protocol::batch::validate_produced(&b).expect("valid batch");
-        assert_eq!(batch_next_offset(&b), 1);
+    fn record_batches_are_valid() {
+        let b = record_batch(Some(b"k"), &[b"hello", b"world"]).unwrap();
+        let header = ringbroker_protocol::batch::validate_produced(&b).expect("one valid batch");
+        assert_eq!(header.records_count, 2);
+        assert_eq!(header.base_sequence, -1);
+        assert_eq!(header.producer_id, -1);
+        assert_eq!(batch_next_offset(&b), 2);
         let set = RecordBatchDecoder::decode(&mut b.clone()).unwrap();
         assert_eq!(set.records[0].value.as_deref(), Some(&b"hello"[..]));
+        assert_eq!(set.records[1].offset, 1);
+        assert_eq!(set.records[1].key.as_deref(), Some(&b"k"[..]));
     }
 }
