@@ -407,7 +407,20 @@ async fn describe(c: &mut Context, name: &str) -> Result<()> {
         })
         .collect();
     let total_lag: i64 = rows.iter().filter_map(|r| r.lag).sum();
-    match c.format {
+    print_description(c.format, name, &coordinator, &g, &rows, total_lag);
+    Ok(())
+}
+
+/// `group describe`'s output.
+fn print_description(
+    format: Format,
+    name: &str,
+    coordinator: &str,
+    g: &GroupDescription,
+    rows: &[OffsetRow<'_>],
+    total_lag: i64,
+) {
+    match format {
         Format::Json => print_json(&json!({
             "group": name,
             "coordinator": coordinator,
@@ -433,7 +446,7 @@ async fn describe(c: &mut Context, name: &str) -> Result<()> {
         Format::Text => {
             print_fields(&[
                 ("GROUP", name.to_string()),
-                ("COORDINATOR", coordinator.clone()),
+                ("COORDINATOR", coordinator.to_string()),
                 ("STATE", g.state.clone()),
                 ("PROTOCOL-TYPE", g.protocol_type.clone()),
                 ("PROTOCOL", g.protocol.clone()),
@@ -453,7 +466,7 @@ async fn describe(c: &mut Context, name: &str) -> Result<()> {
                 "HOST",
             ]);
             let show = |o: &Option<i64>| o.map_or_else(|| "-".to_string(), |o| o.to_string());
-            for r in &rows {
+            for r in rows {
                 let m = r.member;
                 t.row(vec![
                     r.topic.clone(),
@@ -469,7 +482,6 @@ async fn describe(c: &mut Context, name: &str) -> Result<()> {
             t.print();
         }
     }
-    Ok(())
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -519,68 +531,11 @@ async fn reset_offsets(
             .filter(|&o| o >= 0);
         plan.push((p, old, new));
     }
-    let mut errors: BTreeMap<i32, KafkaError> = BTreeMap::new();
-    if !dry_run {
-        let (_, r): (_, OffsetCommitResponse) = c
-            .admin
-            .call_at(
-                &coordinator,
-                ApiKey::OffsetCommit,
-                versions::OFFSET_COMMIT,
-                |_| {
-                    OffsetCommitRequest::default()
-                        .with_group_id(group_id(name))
-                        .with_generation_id_or_member_epoch(-1)
-                        .with_member_id(str_bytes(""))
-                        .with_topics(vec![OffsetCommitRequestTopic::default()
-                            .with_name(topic_name(topic))
-                            .with_partitions(
-                                plan.iter()
-                                    .map(|&(p, _, new)| {
-                                        OffsetCommitRequestPartition::default()
-                                            .with_partition_index(p)
-                                            .with_committed_offset(new)
-                                    })
-                                    .collect(),
-                            )])
-                },
-            )
-            .await?;
-        for t in &r.topics {
-            for p in &t.partitions {
-                if p.error_code != 0 {
-                    let mut what = format!(
-                        "committing offsets of group {name:?} ({topic}-{})",
-                        p.partition_index
-                    );
-                    // UNKNOWN_MEMBER_ID / ILLEGAL_GENERATION / REBALANCE_IN_PROGRESS: the
-                    // broker refuses an admin commit while the group has members.
-                    if matches!(p.error_code, 22 | 25 | 27) {
-                        what.push_str(
-                            ": the group has active members; stop its consumers, then reset",
-                        );
-                    }
-                    errors.insert(p.partition_index, KafkaError::new(p.error_code, what, None));
-                }
-            }
-        }
-        for &(p, _, _) in &plan {
-            if !r
-                .topics
-                .iter()
-                .any(|t| t.partitions.iter().any(|x| x.partition_index == p))
-            {
-                errors.insert(
-                    p,
-                    KafkaError::new(
-                        -1,
-                        format!("OffsetCommit answer does not mention {topic}-{p}"),
-                        None,
-                    ),
-                );
-            }
-        }
-    }
+    let errors = if dry_run {
+        BTreeMap::new()
+    } else {
+        commit_offsets(&mut c.admin, &coordinator, name, topic, &plan).await?
+    };
     match c.format {
         Format::Json => print_json(&json!({
             "group": name,
@@ -621,6 +576,73 @@ async fn reset_offsets(
             plan.len()
         ),
     }
+}
+
+/// Commits `plan` (partition, previous, new) as an admin (generation -1, no member id):
+/// the partitions the broker refused, with its error.
+async fn commit_offsets(
+    admin: &mut Admin,
+    coordinator: &str,
+    name: &str,
+    topic: &str,
+    plan: &[(i32, Option<i64>, i64)],
+) -> Result<BTreeMap<i32, KafkaError>> {
+    let (_, r): (_, OffsetCommitResponse) = admin
+        .call_at(
+            coordinator,
+            ApiKey::OffsetCommit,
+            versions::OFFSET_COMMIT,
+            |_| {
+                OffsetCommitRequest::default()
+                    .with_group_id(group_id(name))
+                    .with_generation_id_or_member_epoch(-1)
+                    .with_member_id(str_bytes(""))
+                    .with_topics(vec![OffsetCommitRequestTopic::default()
+                        .with_name(topic_name(topic))
+                        .with_partitions(
+                            plan.iter()
+                                .map(|&(p, _, new)| {
+                                    OffsetCommitRequestPartition::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(new)
+                                })
+                                .collect(),
+                        )])
+            },
+        )
+        .await?;
+    let mut errors = BTreeMap::new();
+    for p in r.topics.iter().flat_map(|t| t.partitions.iter()) {
+        if p.error_code != 0 {
+            let mut what = format!(
+                "committing offsets of group {name:?} ({topic}-{})",
+                p.partition_index
+            );
+            // UNKNOWN_MEMBER_ID / ILLEGAL_GENERATION / REBALANCE_IN_PROGRESS: the broker
+            // refuses an admin commit while the group has members.
+            if matches!(p.error_code, 22 | 25 | 27) {
+                what.push_str(": the group has active members; stop its consumers, then reset");
+            }
+            errors.insert(p.partition_index, KafkaError::new(p.error_code, what, None));
+        }
+    }
+    for &(p, _, _) in plan {
+        if !r
+            .topics
+            .iter()
+            .any(|t| t.partitions.iter().any(|x| x.partition_index == p))
+        {
+            errors.insert(
+                p,
+                KafkaError::new(
+                    -1,
+                    format!("OffsetCommit answer does not mention {topic}-{p}"),
+                    None,
+                ),
+            );
+        }
+    }
+    Ok(errors)
 }
 
 async fn delete(c: &mut Context, names: &[String]) -> Result<()> {

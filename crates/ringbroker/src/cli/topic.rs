@@ -473,116 +473,22 @@ async fn topic_configs(admin: &mut Admin, topic: &str) -> Result<Option<Vec<Conf
 async fn describe(c: &mut Context, name: &str) -> Result<()> {
     let cluster = c.admin.metadata(Some(&[name.to_string()])).await?;
     let topic = cluster.topic(name)?.clone();
-    let ids_: Vec<i32> = topic.partitions.iter().map(|p| p.partition).collect();
-    let earliest = offsets(&mut c.admin, &cluster, name, &ids_, EARLIEST).await?;
-    let latest = offsets(&mut c.admin, &cluster, name, &ids_, LATEST).await?;
+    let partitions: Vec<i32> = topic.partitions.iter().map(|p| p.partition).collect();
+    let earliest = offsets(&mut c.admin, &cluster, name, &partitions, EARLIEST).await?;
+    let latest = offsets(&mut c.admin, &cluster, name, &partitions, LATEST).await?;
     let configs = topic_configs(&mut c.admin, name).await?;
-    let offset_of = |m: &BTreeMap<i32, Result<i64, KafkaError>>, p: i32| match m.get(&p) {
-        Some(Ok(o)) => (Some(*o), None),
-        Some(Err(e)) => (None, Some(e.clone())),
-        None => (None, None),
+    let d = TopicDescription {
+        name: name.to_string(),
+        topic,
+        earliest,
+        latest,
+        configs,
     };
-    let replicas = topic.partitions.first().map_or(0, |p| p.replicas.len());
     match c.format {
-        Format::Json => {
-            let partitions: Vec<Value> = topic
-                .partitions
-                .iter()
-                .map(|p| {
-                    let (start, e1) = offset_of(&earliest, p.partition);
-                    let (end, e2) = offset_of(&latest, p.partition);
-                    let error = (p.error_code != 0)
-                        .then(|| {
-                            KafkaError::new(
-                                p.error_code,
-                                format!("partition {name}-{}", p.partition),
-                                None,
-                            )
-                        })
-                        .or(e1)
-                        .or(e2);
-                    json!({
-                        "partition": p.partition,
-                        "leader": p.leader,
-                        "replicas": p.replicas,
-                        "isr": p.isr,
-                        "log_start_offset": start,
-                        "high_watermark": end,
-                        "error": error_json(&error),
-                    })
-                })
-                .collect();
-            print_json(&json!({
-                "topic": name,
-                "internal": topic.internal,
-                "replicas": replicas,
-                "partitions": partitions,
-                "configs": configs.as_ref().map(|cs| cs.iter().map(|e| json!({
-                    "name": e.name,
-                    "value": e.value,
-                    "source": e.source,
-                    "read_only": e.read_only,
-                    "sensitive": e.sensitive,
-                })).collect::<Vec<_>>()),
-            }));
-        }
-        Format::Text => {
-            print_section("SUMMARY");
-            print_fields(&[
-                ("NAME", name.to_string()),
-                ("PARTITIONS", topic.partitions.len().to_string()),
-                ("REPLICAS", replicas.to_string()),
-                ("INTERNAL", topic.internal.to_string()),
-            ]);
-            super::output::emit("\n");
-            print_section("CONFIGS");
-            match &configs {
-                None => super::output::emit("(the broker does not offer DescribeConfigs)\n"),
-                Some(cs) => {
-                    let mut t = Table::new(&["KEY", "VALUE", "SOURCE"]);
-                    for e in cs {
-                        let value = if e.sensitive {
-                            "(sensitive)".to_string()
-                        } else {
-                            e.value.clone().unwrap_or_else(|| "(null)".to_string())
-                        };
-                        let mut source = e.source.to_string();
-                        if e.read_only {
-                            source.push_str(" (read-only)");
-                        }
-                        t.row(vec![e.name.clone(), value, source]);
-                    }
-                    t.print();
-                }
-            }
-            super::output::emit("\n");
-            print_section("PARTITIONS");
-            let mut t = Table::new(&[
-                "PARTITION",
-                "LEADER",
-                "REPLICAS",
-                "ISR",
-                "LOG-START-OFFSET",
-                "HIGH-WATERMARK",
-            ]);
-            for p in &topic.partitions {
-                let show = |m: &BTreeMap<i32, Result<i64, KafkaError>>| match m.get(&p.partition) {
-                    Some(Ok(o)) => o.to_string(),
-                    Some(Err(e)) => e.name(),
-                    None => "-".to_string(),
-                };
-                t.row(vec![
-                    p.partition.to_string(),
-                    p.leader.to_string(),
-                    ids(&p.replicas),
-                    ids(&p.isr),
-                    show(&earliest),
-                    show(&latest),
-                ]);
-            }
-            t.print();
-        }
+        Format::Json => print_description_json(&d),
+        Format::Text => print_description_text(&d),
     }
+    let (earliest, latest) = (&d.earliest, &d.latest);
     // A partition whose offsets could not be read fails the command (after printing).
     let errors: Vec<Option<KafkaError>> = earliest
         .values()
@@ -590,6 +496,138 @@ async fn describe(c: &mut Context, name: &str) -> Result<()> {
         .map(|r| r.as_ref().err().cloned())
         .collect();
     fail_if_any(&errors.iter().collect::<Vec<_>>())
+}
+
+/// What `topic describe` shows.
+struct TopicDescription {
+    name: String,
+    topic: super::admin::TopicInfo,
+    /// Log start offsets and high watermarks, by partition.
+    earliest: BTreeMap<i32, Result<i64, KafkaError>>,
+    latest: BTreeMap<i32, Result<i64, KafkaError>>,
+    /// `None` when the broker does not offer DescribeConfigs.
+    configs: Option<Vec<ConfigEntry>>,
+}
+
+fn print_description_json(d: &TopicDescription) {
+    let TopicDescription {
+        name,
+        topic,
+        earliest,
+        latest,
+        configs,
+    } = d;
+    let offset_of = |m: &BTreeMap<i32, Result<i64, KafkaError>>, p: i32| match m.get(&p) {
+        Some(Ok(o)) => (Some(*o), None),
+        Some(Err(e)) => (None, Some(e.clone())),
+        None => (None, None),
+    };
+    let replicas = topic.partitions.first().map_or(0, |p| p.replicas.len());
+    let partitions: Vec<Value> = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            let (start, e1) = offset_of(earliest, p.partition);
+            let (end, e2) = offset_of(latest, p.partition);
+            let error = (p.error_code != 0)
+                .then(|| {
+                    KafkaError::new(
+                        p.error_code,
+                        format!("partition {name}-{}", p.partition),
+                        None,
+                    )
+                })
+                .or(e1)
+                .or(e2);
+            json!({
+                "partition": p.partition,
+                "leader": p.leader,
+                "replicas": p.replicas,
+                "isr": p.isr,
+                "log_start_offset": start,
+                "high_watermark": end,
+                "error": error_json(&error),
+            })
+        })
+        .collect();
+    print_json(&json!({
+        "topic": name,
+        "internal": topic.internal,
+        "replicas": replicas,
+        "partitions": partitions,
+        "configs": configs.as_ref().map(|cs| cs.iter().map(|e| json!({
+            "name": e.name,
+            "value": e.value,
+            "source": e.source,
+            "read_only": e.read_only,
+            "sensitive": e.sensitive,
+        })).collect::<Vec<_>>()),
+    }));
+}
+
+fn print_description_text(d: &TopicDescription) {
+    let TopicDescription {
+        name,
+        topic,
+        earliest,
+        latest,
+        configs,
+    } = d;
+    let replicas = topic.partitions.first().map_or(0, |p| p.replicas.len());
+    print_section("SUMMARY");
+    print_fields(&[
+        ("NAME", name.to_string()),
+        ("PARTITIONS", topic.partitions.len().to_string()),
+        ("REPLICAS", replicas.to_string()),
+        ("INTERNAL", topic.internal.to_string()),
+    ]);
+    super::output::emit("\n");
+    print_section("CONFIGS");
+    match &configs {
+        None => super::output::emit("(the broker does not offer DescribeConfigs)\n"),
+        Some(cs) => {
+            let mut t = Table::new(&["KEY", "VALUE", "SOURCE"]);
+            for e in cs {
+                let value = if e.sensitive {
+                    "(sensitive)".to_string()
+                } else {
+                    e.value.clone().unwrap_or_else(|| "(null)".to_string())
+                };
+                let mut source = e.source.to_string();
+                if e.read_only {
+                    source.push_str(" (read-only)");
+                }
+                t.row(vec![e.name.clone(), value, source]);
+            }
+            t.print();
+        }
+    }
+    super::output::emit("\n");
+    print_section("PARTITIONS");
+    let mut t = Table::new(&[
+        "PARTITION",
+        "LEADER",
+        "REPLICAS",
+        "ISR",
+        "LOG-START-OFFSET",
+        "HIGH-WATERMARK",
+    ]);
+    for p in &topic.partitions {
+        let show = |m: &BTreeMap<i32, Result<i64, KafkaError>>| match m.get(&p.partition) {
+            Some(Ok(o)) => o.to_string(),
+            Some(Err(e)) => e.name(),
+            None => "-".to_string(),
+        };
+        t.row(vec![
+            p.partition.to_string(),
+            p.leader.to_string(),
+            ids(&p.replicas),
+            ids(&p.isr),
+            show(earliest),
+            show(latest),
+        ]);
+    }
+    t.print();
 }
 
 async fn alter_config(
