@@ -241,15 +241,16 @@ impl Client {
     pub async fn api_versions(&mut self) -> Result<&BTreeMap<i16, (i16, i16)>> {
         if self.api_versions.is_none() {
             let mut version = API_VERSIONS_VERSION;
-            let request = ApiVersionsRequest::default()
-                .with_client_software_name(StrBytes::from_static_str("ringbroker"))
-                .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
-            let mut response: ApiVersionsResponse =
-                self.call(ApiKey::ApiVersions, version, &request).await?;
-            if response.error_code == 35 && version > 0 {
-                // UNSUPPORTED_VERSION: the broker listed its versions; ask again at v0.
-                version = 0;
-                response = self.call(ApiKey::ApiVersions, version, &request).await?;
+            let mut response = self.ask_api_versions(version).await?;
+            if response.error_code == 35 {
+                // UNSUPPORTED_VERSION: the answer lists the broker's ApiVersions versions; ask
+                // again at the highest one both sides have, as Kafka's clients do.
+                version = response
+                    .api_keys
+                    .iter()
+                    .find(|k| k.api_key == ApiKey::ApiVersions as i16)
+                    .map_or(0, |k| k.max_version.clamp(0, API_VERSIONS_VERSION));
+                response = self.ask_api_versions(version).await?;
             }
             if response.error_code != 0 {
                 return Err(kafka_error(response.error_code)
@@ -264,6 +265,20 @@ impl Client {
             );
         }
         Ok(self.api_versions.get_or_insert_with(BTreeMap::new))
+    }
+
+    /// One ApiVersions request. A broker that lacks `version` answers UNSUPPORTED_VERSION in
+    /// the v0 layout (both layouts start with the error code, after a v0 header).
+    async fn ask_api_versions(&mut self, version: i16) -> Result<ApiVersionsResponse> {
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("ringbroker"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let frame = self
+            .call_frame(ApiKey::ApiVersions, version, &request)
+            .await?;
+        let error_code = frame.get(4..6).map(|b| i16::from_be_bytes([b[0], b[1]]));
+        let layout = if error_code == Some(35) { 0 } else { version };
+        decode_response(ApiKey::ApiVersions, layout, self.correlation_id, frame)
     }
 
     /// Whether the broker advertises `api` at all.
@@ -298,6 +313,17 @@ impl Client {
         version: i16,
         request: &Req,
     ) -> Result<Resp> {
+        let frame = self.call_frame(api, version, request).await?;
+        decode_response(api, version, self.correlation_id, frame)
+    }
+
+    /// Sends a request and returns its answer's frame, not yet decoded.
+    async fn call_frame<Req: Encodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> Result<Bytes> {
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let pieces = encode_request(
             self.client_id,
@@ -310,8 +336,7 @@ impl Client {
         op::send_all(&self.fd, pieces)
             .await
             .with_context(|| format!("sending {api:?}"))?;
-        let frame = self.reader.next().await?;
-        decode_response(api, version, self.correlation_id, frame)
+        self.reader.next().await
     }
 
     /// Sends a request that gets no answer (Produce with acks=0).

@@ -507,9 +507,11 @@ fn cli_cluster_info_matches_kcat_and_connection_errors_exit_non_zero() {
     broker.stop();
 }
 
-/// A broker that advertises only the given APIs and answers Metadata (any version) with no
-/// topics; it reports the Metadata version it was asked at.
-fn fake_broker(apis: Vec<(i16, i16, i16)>) -> (String, std::sync::mpsc::Receiver<i16>) {
+/// A broker that advertises only the given APIs (key, min, max) and answers Metadata (any
+/// version) with no topics; it reports each (API key, version) it was asked. An ApiVersions
+/// request above the advertised ApiVersions range gets UNSUPPORTED_VERSION in the v0 layout,
+/// as Kafka answers it.
+fn fake_broker(apis: Vec<(i16, i16, i16)>) -> (String, std::sync::mpsc::Receiver<(i16, i16)>) {
     use bytes::{Buf, BufMut, Bytes, BytesMut};
     use kafka_protocol::messages::{
         api_versions_response::ApiVersion, ApiKey, ApiVersionsResponse, BrokerId, MetadataResponse,
@@ -537,6 +539,10 @@ fn fake_broker(apis: Vec<(i16, i16, i16)>) -> (String, std::sync::mpsc::Receiver
                 let api = ApiKey::try_from(key).unwrap();
                 let header =
                     RequestHeader::decode(&mut body, api.request_header_version(version)).unwrap();
+                let _ = tx.send((key, version));
+                let api_versions_max = apis.iter().find(|a| a.0 == 18).map_or(-1, |a| a.2);
+                let unsupported = api == ApiKey::ApiVersions && version > api_versions_max;
+                let version = if unsupported { 0 } else { version };
                 let mut out = BytesMut::new();
                 out.put_i32(0);
                 ResponseHeader::default()
@@ -545,6 +551,7 @@ fn fake_broker(apis: Vec<(i16, i16, i16)>) -> (String, std::sync::mpsc::Receiver
                     .unwrap();
                 match api {
                     ApiKey::ApiVersions => ApiVersionsResponse::default()
+                        .with_error_code(if unsupported { 35 } else { 0 })
                         .with_api_keys(
                             apis.iter()
                                 .map(|&(k, min, max)| {
@@ -557,13 +564,10 @@ fn fake_broker(apis: Vec<(i16, i16, i16)>) -> (String, std::sync::mpsc::Receiver
                         )
                         .encode(&mut out, version)
                         .unwrap(),
-                    ApiKey::Metadata => {
-                        let _ = tx.send(version);
-                        MetadataResponse::default()
-                            .with_controller_id(BrokerId(-1))
-                            .encode(&mut out, version)
-                            .unwrap()
-                    }
+                    ApiKey::Metadata => MetadataResponse::default()
+                        .with_controller_id(BrokerId(-1))
+                        .encode(&mut out, version)
+                        .unwrap(),
                     other => panic!("fake broker got {other:?}"),
                 }
                 let len = (out.len() - 4) as i32;
@@ -583,7 +587,14 @@ fn cli_negotiates_the_highest_common_version_and_names_a_missing_api() {
     let (addr, versions) = fake_broker(vec![(18, 0, 3), (3, 4, 7)]);
     let out = cli(&addr, &["topic", "list"], "");
     assert_eq!(out.trim(), "NAME  PARTITIONS  REPLICAS");
-    assert_eq!(versions.recv_timeout(Duration::from_secs(5)).unwrap(), 7);
+    let asked: Vec<(i16, i16)> = versions.try_iter().collect();
+    assert_eq!(asked, [(18, 3), (3, 7)]);
+
+    // A broker with ApiVersions up to v2 only: asked again at v2 after its v0-layout refusal.
+    let (addr, versions) = fake_broker(vec![(18, 0, 2), (3, 4, 12)]);
+    cli(&addr, &["topic", "list"], "");
+    let asked: Vec<(i16, i16)> = versions.try_iter().collect();
+    assert_eq!(asked, [(18, 3), (18, 2), (3, 12)]);
 
     // No Metadata at all: a clear message, exit 1.
     let (addr, _) = fake_broker(vec![(18, 0, 3)]);
