@@ -25,8 +25,7 @@ use std::collections::BTreeMap;
 /// DescribeConfigs / IncrementalAlterConfigs resource type of a topic.
 const RESOURCE_TOPIC: i8 = 2;
 /// ListOffsets timestamps.
-pub const LATEST: i64 = -1;
-pub const EARLIEST: i64 = -2;
+pub use crate::client::{EARLIEST, LATEST};
 
 #[derive(Subcommand, Debug)]
 pub enum TopicCommand {
