@@ -337,7 +337,7 @@ fn cli_groups_are_described_reset_and_deleted_as_kafka_python_consumers_see_them
 
     // A kafka-python member reads and commits all ten records.
     let out1 = dir.path().join("member1.txt");
-    let mut member = group_member(&addr, "jobs", "workers", &out1, "8");
+    let mut member = group_member(&addr, "jobs", "workers", &out1, "12");
     wait_until("the member to read every record", 30, || {
         member_records(&out1).len() == 10
     });
