@@ -27,6 +27,16 @@ pub enum Command {
     /// Load generator for any Kafka-compatible broker (produce, consume, e2e), and the
     /// benchmark report renderer.
     Bench(crate::bench::BenchArgs),
+    /// Create, list, describe, configure, grow, trim and delete topics.
+    Topic(crate::cli::TopicArgs),
+    /// List and describe consumer groups (offsets, lag), reset their offsets, delete them.
+    Group(crate::cli::GroupArgs),
+    /// Cluster id, controller and brokers.
+    Cluster(crate::cli::ClusterArgs),
+    /// Write stdin lines to a topic, one record each; prints their offsets.
+    Produce(crate::cli::ProduceArgs),
+    /// Print a topic's record values; stops at the end it saw at the start unless --follow.
+    Consume(crate::cli::ConsumeArgs),
 }
 
 #[derive(Args, Debug, Default)]

@@ -1,5 +1,8 @@
 //! `ringbroker`: a Kafka-compatible broker, thread-per-core on io_uring.
 //!
+//! `ringbroker topic|group|cluster|produce|consume` is the admin CLI (see [`cli`]); `ringbroker
+//! bench` the load generator.
+//!
 //! `ringbroker serve` reads its settings (flags > `RINGBROKER_*` env > `--config` TOML >
 //! defaults), probes the kernel, starts one pinned shard per CPU, then waits for SIGINT or
 //! SIGTERM and stops in order (flush, fsync, clean-shutdown marker).
@@ -9,6 +12,8 @@
 //! marker is written, so the next start recovers, and a supervisor restarts it.
 
 mod bench;
+mod cli;
+mod client;
 mod config;
 
 use anyhow::{Context, Result};
@@ -37,6 +42,11 @@ fn main() {
     let result = match cli.command {
         config::Command::Serve(args) => serve(args),
         config::Command::Bench(args) => bench::run(args),
+        config::Command::Topic(args) => cli::topic(args),
+        config::Command::Group(args) => cli::group(args),
+        config::Command::Cluster(args) => cli::cluster(args),
+        config::Command::Produce(args) => cli::produce(args),
+        config::Command::Consume(args) => cli::consume(args),
     };
     if let Err(e) = result {
         eprintln!("ringbroker: {e:#}");

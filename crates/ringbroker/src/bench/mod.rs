@@ -1,6 +1,6 @@
 //! `ringbroker bench`: a Kafka load generator on our own runtime, and the report renderer.
 //!
-//! - [`kafka`]: the minimal client codec (Metadata, CreateTopics, Produce v9, Fetch v12,
+//! - [`kafka`] (`crate::client`, shared with the admin CLI): the minimal client codec (Metadata, CreateTopics, Produce v9, Fetch v12,
 //!   ListOffsets) over ring-driven sockets; Produce requests send the batch without copying.
 //! - [`produce`]: producer connections, closed loop (as fast as `--max-inflight` allows) or
 //!   open loop (`--rate`: send times scheduled in advance, latency from the scheduled time).
@@ -14,10 +14,10 @@
 
 mod consume;
 mod e2e;
-mod kafka;
 mod produce;
 mod report;
 
+use crate::client as kafka;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;

@@ -1,5 +1,8 @@
-//! A minimal Kafka client for the load generator: requests encoded and responses decoded with
-//! the `kafka-protocol` crate, sockets driven by this thread's ring (`runtime::op`).
+//! A minimal Kafka client shared by the load generator (`ringbroker bench`) and the admin CLI
+//! (`ringbroker topic|group|cluster|produce|consume`): requests encoded and responses decoded
+//! with the `kafka-protocol` crate, sockets driven by this thread's ring (`runtime::op`).
+//!
+//! [`Client::version`] negotiates with ApiVersions: the highest version both sides support.
 //!
 //! Produce requests never copy their record batch: the request is encoded through
 //! `protocol::gather::GatherBuf` with a placeholder where the batch goes, and the pieces go
@@ -12,10 +15,11 @@ use kafka_protocol::messages::{
     create_topics_request::CreatableTopic, fetch_request::FetchPartition,
     fetch_request::FetchTopic, list_offsets_request::ListOffsetsPartition,
     list_offsets_request::ListOffsetsTopic, metadata_request::MetadataRequestTopic,
-    produce_request::PartitionProduceData, produce_request::TopicProduceData, ApiKey, BrokerId,
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    produce_request::PartitionProduceData, produce_request::TopicProduceData, ApiKey,
+    ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
@@ -40,6 +44,11 @@ pub const RESPONSE_BYTES_MAX: usize = 256 << 20;
 /// How long a request may wait for its answer before the run fails.
 pub const RESPONSE_WAIT_MAX: Duration = Duration::from_secs(30);
 const CLIENT_ID: &str = "ringbroker-bench";
+/// The client id of the admin CLI's requests.
+pub const CLI_CLIENT_ID: &str = "ringbroker-cli";
+/// ApiVersions version asked first; a broker that lacks it answers UNSUPPORTED_VERSION (in
+/// the v0 layout) and the request is repeated at v0.
+const API_VERSIONS_VERSION: i16 = 3;
 
 /// ListOffsets timestamps.
 pub const LATEST: i64 = -1;
@@ -118,6 +127,7 @@ impl FrameReader {
 /// Encodes a request frame (size prefix included) as pieces to send in order; each
 /// `records` placeholder in `request` is replaced, in order, by the next of `records`.
 pub fn encode_request<Req: Encodable>(
+    client_id: &'static str,
     api: ApiKey,
     version: i16,
     correlation_id: i32,
@@ -128,7 +138,7 @@ pub fn encode_request<Req: Encodable>(
         .with_request_api_key(api as i16)
         .with_request_api_version(version)
         .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
+        .with_client_id(Some(StrBytes::from_static_str(client_id)));
     let mut buf = GatherBuf::with_capacity(256);
     bytes::BufMut::put_i32(&mut buf, 0);
     header
@@ -200,18 +210,101 @@ pub fn kafka_error(code: i16) -> anyhow::Error {
 /// and the consumer's fetch loop.
 pub struct Client {
     pub fd: SharedFd,
+    /// host:port this connection went to (named in errors).
+    pub addr: String,
     reader: FrameReader,
     correlation_id: i32,
+    client_id: &'static str,
+    /// What the broker advertised in ApiVersions: key → (min, max); asked on first use.
+    api_versions: Option<BTreeMap<i16, (i16, i16)>>,
 }
 
 impl Client {
     pub fn connect(addr: &str) -> Result<Client> {
+        Client::connect_as(addr, CLIENT_ID)
+    }
+
+    /// Connects, naming itself `client_id` in every request header.
+    pub fn connect_as(addr: &str, client_id: &'static str) -> Result<Client> {
         let fd = connect(addr)?;
         Ok(Client {
             reader: FrameReader::new(fd.clone()),
             fd,
+            addr: addr.to_string(),
             correlation_id: 0,
+            client_id,
+            api_versions: None,
         })
+    }
+
+    /// The versions of each API the broker advertises (ApiVersions, asked once).
+    pub async fn api_versions(&mut self) -> Result<&BTreeMap<i16, (i16, i16)>> {
+        if self.api_versions.is_none() {
+            let mut version = API_VERSIONS_VERSION;
+            let mut response = self.ask_api_versions(version).await?;
+            if response.error_code == 35 {
+                // UNSUPPORTED_VERSION: the answer lists the broker's ApiVersions versions; ask
+                // again at the highest one both sides have, as Kafka's clients do.
+                version = response
+                    .api_keys
+                    .iter()
+                    .find(|k| k.api_key == ApiKey::ApiVersions as i16)
+                    .map_or(0, |k| k.max_version.clamp(0, API_VERSIONS_VERSION));
+                response = self.ask_api_versions(version).await?;
+            }
+            if response.error_code != 0 {
+                return Err(kafka_error(response.error_code)
+                    .context(format!("ApiVersions v{version} to {}", self.addr)));
+            }
+            self.api_versions = Some(
+                response
+                    .api_keys
+                    .iter()
+                    .map(|k| (k.api_key, (k.min_version, k.max_version)))
+                    .collect(),
+            );
+        }
+        Ok(self.api_versions.get_or_insert_with(BTreeMap::new))
+    }
+
+    /// One ApiVersions request. A broker that lacks `version` answers UNSUPPORTED_VERSION in
+    /// the v0 layout (both layouts start with the error code, after a v0 header).
+    async fn ask_api_versions(&mut self, version: i16) -> Result<ApiVersionsResponse> {
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("ringbroker"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let frame = self
+            .call_frame(ApiKey::ApiVersions, version, &request)
+            .await?;
+        let error_code = frame.get(4..6).map(|b| i16::from_be_bytes([b[0], b[1]]));
+        let layout = if error_code == Some(35) { 0 } else { version };
+        decode_response(ApiKey::ApiVersions, layout, self.correlation_id, frame)
+    }
+
+    /// Whether the broker advertises `api` at all.
+    pub async fn supports(&mut self, api: ApiKey) -> Result<bool> {
+        Ok(self.api_versions().await?.contains_key(&(api as i16)))
+    }
+
+    /// The highest version of `api` both this client (`ours`, inclusive) and the broker
+    /// support; an error naming the API when there is none.
+    pub async fn version(&mut self, api: ApiKey, ours: (i16, i16)) -> Result<i16> {
+        let addr = self.addr.clone();
+        let Some(&(min, max)) = self.api_versions().await?.get(&(api as i16)) else {
+            bail!(
+                "the broker at {addr} does not support {api:?} (API key {}), which this command needs",
+                api as i16
+            );
+        };
+        let version = max.min(ours.1);
+        if version < min.max(ours.0) {
+            bail!(
+                "the broker at {addr} supports {api:?} v{min} to v{max}, this client v{} to v{}: no common version",
+                ours.0,
+                ours.1
+            );
+        }
+        Ok(version)
     }
 
     pub async fn call<Req: Encodable, Resp: Decodable>(
@@ -220,13 +313,51 @@ impl Client {
         version: i16,
         request: &Req,
     ) -> Result<Resp> {
+        let frame = self.call_frame(api, version, request).await?;
+        decode_response(api, version, self.correlation_id, frame)
+    }
+
+    /// Sends a request and returns its answer's frame, not yet decoded.
+    async fn call_frame<Req: Encodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> Result<Bytes> {
         self.correlation_id = self.correlation_id.wrapping_add(1);
-        let pieces = encode_request(api, version, self.correlation_id, request, &[])?;
+        let pieces = encode_request(
+            self.client_id,
+            api,
+            version,
+            self.correlation_id,
+            request,
+            &[],
+        )?;
         op::send_all(&self.fd, pieces)
             .await
             .with_context(|| format!("sending {api:?}"))?;
-        let frame = self.reader.next().await?;
-        decode_response(api, version, self.correlation_id, frame)
+        self.reader.next().await
+    }
+
+    /// Sends a request that gets no answer (Produce with acks=0).
+    pub async fn send_only<Req: Encodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> Result<()> {
+        self.correlation_id = self.correlation_id.wrapping_add(1);
+        let pieces = encode_request(
+            self.client_id,
+            api,
+            version,
+            self.correlation_id,
+            request,
+            &[],
+        )?;
+        op::send_all(&self.fd, pieces)
+            .await
+            .with_context(|| format!("sending {api:?}"))
     }
 }
 
@@ -428,6 +559,7 @@ pub fn produce_request(
                 .with_index(partition)
                 .with_records(Some(gather::placeholder(batch.len())?))])]);
     encode_request(
+        CLIENT_ID,
         ApiKey::Produce,
         PRODUCE_VERSION,
         correlation_id,
