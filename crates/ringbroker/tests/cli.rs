@@ -791,3 +791,43 @@ fn cli_configs_partitions_trim_and_cluster_use_the_admin_apis() {
     assert_eq!(info["brokers"].as_array().unwrap().len(), 1);
     broker.stop();
 }
+
+/// Needs the broker's compression codecs (`ringbroker_protocol::compression`, branch
+/// `records`).
+#[test]
+fn cli_consume_reads_batches_compressed_by_librdkafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    let addr = broker.addr.clone();
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("packed-{codec}");
+        cli(&addr, &["topic", "create", &topic, "-p", "1"], "");
+        // Repetitive values, so librdkafka's batches really are compressed.
+        let input: String = (0..200)
+            .map(|i| format!("k{i}\t{codec} value number {i} {}\n", "x".repeat(100)))
+            .collect();
+        let acked = confluent_kafka(&["produce", &addr, &topic, codec], &input);
+        assert!(acked.contains("acked\t200"), "{acked}");
+        let out = cli(&addr, &["consume", &topic, "--format", "json"], "");
+        let records: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(records.len(), 200, "{codec}");
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(r["offset"], i as i64);
+            assert_eq!(r["key"], format!("k{i}"));
+            assert_eq!(
+                r["value"],
+                format!("{codec} value number {i} {}", "x".repeat(100))
+            );
+        }
+        // -o inside a compressed batch starts at that record.
+        let out = cli(&addr, &["consume", &topic, "-o", "150", "-n", "1"], "");
+        assert!(
+            out.starts_with(&format!("{codec} value number 150 ")),
+            "{out}"
+        );
+    }
+    broker.stop();
+}

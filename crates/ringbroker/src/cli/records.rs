@@ -4,8 +4,8 @@
 //!
 //! `consume` stops, by default, once it has read every partition up to the high watermark it
 //! saw at the start (or after `-n COUNT` records); `--follow` keeps waiting for new records.
-//! Batches compressed by another producer are refused with a clear error: the binary carries
-//! no decompressors.
+//! Batches compressed by other producers are decompressed with the broker's own codecs
+//! (`ringbroker_protocol::compression`), bounded like the broker's lookups.
 
 use super::admin::{check, topic_name, versions, Admin, ClusterInfo, KafkaError};
 use super::output::{stdout_failed, Format};
@@ -22,6 +22,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
+use ringbroker_protocol::compression::{self, Codec};
+use ringbroker_protocol::records::DECOMPRESSED_BATCH_BYTES_MAX;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
@@ -482,11 +484,9 @@ impl Printer {
     fn take(&mut self, partition: i32, cur: &mut Cursor, records: &[u8]) -> Result<()> {
         let mut stdout = std::io::stdout().lock();
         for batch in whole_batches(records)? {
-            let mut bytes = Bytes::copy_from_slice(batch);
-            let set = RecordBatchDecoder::decode(&mut bytes).map_err(|e| {
+            let set = decode_batch(batch).map_err(|e| {
                 anyhow!(
-                    "decoding a record batch of {}-{partition}: {e} (ringbroker consume reads \
-                     uncompressed batches; kcat reads the others)",
+                    "decoding a record batch of {}-{partition}: {e:#}",
                     self.topic
                 )
             })?;
@@ -513,6 +513,23 @@ impl Printer {
         }
         Ok(())
     }
+}
+
+/// The records of one whole batch, decompressed (bounded) when compressed.
+fn decode_batch(batch: &[u8]) -> Result<kafka_protocol::records::RecordSet> {
+    let mut bytes = Bytes::copy_from_slice(batch);
+    let decompress = |data: &mut Bytes, compression: Compression| -> Result<Bytes> {
+        let codec = match compression {
+            Compression::None => Codec::None,
+            Compression::Gzip => Codec::Gzip,
+            Compression::Snappy => Codec::Snappy,
+            Compression::Lz4 => Codec::Lz4,
+            Compression::Zstd => Codec::Zstd,
+        };
+        let out = compression::decompress(codec, data, DECOMPRESSED_BATCH_BYTES_MAX as usize)?;
+        Ok(Bytes::from(out))
+    };
+    RecordBatchDecoder::decode_with_custom_compression(&mut bytes, Some(decompress))
 }
 
 /// The offset after a whole batch (base offset + last offset delta + 1).
