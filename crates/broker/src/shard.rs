@@ -171,7 +171,7 @@ impl Shard {
             if owner == self.id {
                 let dir = partition_dir(&self.shared.config.data_dir, &topic.name, p as i32);
                 let config = self
-                    .log_config_of(&topic.configs)
+                    .log_config_of(&topic.name, &topic.configs)
                     .map_err(std::io::Error::other)?;
                 let log = PartitionLog::open_with(&dir, config, recovery)?;
                 let id = PartitionId {
@@ -262,7 +262,7 @@ pub async fn create_topics(
     topics: Vec<NewTopic>,
     validate_only: bool,
 ) -> Vec<Result<Arc<TopicInfo>, TopicError>> {
-    mesh::call(0, move || async move {
+    mesh::call_detached(0, move || async move {
         coordinator_create(topics, validate_only).await
     })
     .await
@@ -321,7 +321,7 @@ async fn coordinator_create(
                     ),
                 ))
             } else if let Err(why) = topic_config::check_topic_configs(&t.configs)
-                .and_then(|_| shard.log_config_of(&t.configs).map(|_| ()))
+                .and_then(|_| shard.log_config_of(&t.name, &t.configs).map(|_| ()))
             {
                 Err((errors::INVALID_CONFIG, why))
             } else if t.replication_factor != -1 && t.replication_factor != 1 {
@@ -398,7 +398,7 @@ async fn coordinator_create(
 
 /// Deletes topics by name (through shard 0); returns one result per name.
 pub async fn delete_topics(names: Vec<String>) -> Vec<Result<Arc<TopicInfo>, TopicError>> {
-    mesh::call(0, move || async move {
+    mesh::call_detached(0, move || async move {
         let shard = current();
         let table = shard.table.as_ref().expect("shard 0 holds the topic table");
         let mut results = Vec::new();
@@ -470,17 +470,30 @@ impl Shard {
         self.with_broker_view(|b| TopicProduceSettings::of(&topic.configs, b))
     }
 
-    /// The log settings of a topic with `configs` on this broker.
+    /// The log settings of topic `name` with `configs` on this broker. The offsets topic keeps
+    /// every commit whatever the retention settings say: without compaction, retention would
+    /// delete live groups' committed offsets (start-up replays them from the log), and its
+    /// segments follow the start-up flags only.
     fn log_config_of(
         &self,
+        name: &str,
         configs: &BTreeMap<String, String>,
     ) -> Result<ringbroker_storage::LogConfig, String> {
-        self.with_broker_view(|b| topic_config::topic_log_config(configs, b))
+        let mut config = self.with_broker_view(|b| topic_config::topic_log_config(configs, b))?;
+        if name == crate::groups::OFFSETS_TOPIC {
+            config.retention_ms = None;
+            config.retention_bytes = None;
+            // Nor can a cluster-wide dynamic `log.segment.bytes`/`log.roll.ms` make it roll a
+            // segment (three open files) per commit: it keeps the start-up settings.
+            config.segment_bytes = self.shared.config.log.segment_bytes;
+            config.segment_ms = self.shared.config.log.segment_ms;
+        }
+        Ok(config)
     }
 
     /// Gives the owned partitions of `topic` the log settings its configs now say.
     fn reconfigure_owned(&self, topic: &TopicInfo) {
-        let config = match self.log_config_of(&topic.configs) {
+        let config = match self.log_config_of(&topic.name, &topic.configs) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(topic = %topic.name, error = %e, "configs not applied");
@@ -623,7 +636,7 @@ pub async fn alter_topic_configs(
     change: ConfigChange,
     validate_only: bool,
 ) -> Result<(), TopicError> {
-    mesh::call(0, move || async move {
+    mesh::call_detached(0, move || async move {
         let shard = current();
         let table = shard.table.as_ref().expect("shard 0 holds the topic table");
         let (updated, previous) = {
@@ -634,6 +647,14 @@ pub async fn alter_topic_configs(
                     format!("unknown topic {name:?}"),
                 ));
             };
+            if name == crate::groups::OFFSETS_TOPIC {
+                // Its retention and segments are the broker's to keep: until compaction
+                // exists, it holds every commit (see `log_config_of`).
+                return Err((
+                    errors::POLICY_VIOLATION,
+                    format!("the configs of the internal topic {name} cannot be changed"),
+                ));
+            }
             // Names earlier releases stored without knowing them were never acted on: dropped.
             let known: BTreeMap<String, String> = topic
                 .configs
@@ -645,7 +666,7 @@ pub async fn alter_topic_configs(
             let set = topic_config::check_topic_configs(&set)
                 .map_err(|why| (errors::INVALID_CONFIG, why))?;
             shard
-                .log_config_of(&set)
+                .log_config_of(&name, &set)
                 .map_err(|why| (errors::INVALID_CONFIG, why))?;
             let bytes: usize = set.iter().map(|(k, v)| k.len() + v.len()).sum();
             if bytes > crate::limits::TOPIC_CONFIGS_BYTES_MAX {
@@ -718,7 +739,7 @@ pub async fn alter_broker_configs(
     change: ConfigChange,
     validate_only: bool,
 ) -> Result<(), TopicError> {
-    mesh::call(0, move || async move {
+    mesh::call_detached(0, move || async move {
         let shard = current();
         let current_set = shard.dynamic_configs();
         let layer = match scope {
@@ -867,7 +888,7 @@ pub async fn create_partitions(
     requests: Vec<NewPartitions>,
     validate_only: bool,
 ) -> Vec<Result<(), TopicError>> {
-    mesh::call(0, move || async move {
+    mesh::call_detached(0, move || async move {
         coordinator_create_partitions(requests, validate_only).await
     })
     .await
@@ -1076,7 +1097,7 @@ impl Shard {
             ..(*topic).clone()
         });
         let config = self
-            .log_config_of(&topic.configs)
+            .log_config_of(&topic.name, &topic.configs)
             .map_err(std::io::Error::other)?;
         for (p, &owner) in topic.owners.iter().enumerate().skip(current as usize) {
             if owner != self.id {

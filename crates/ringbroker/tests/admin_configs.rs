@@ -843,3 +843,92 @@ fn list_offsets_by_time_in_a_log_append_time_topic_answers_the_broker_stamp() {
         p.timestamp
     );
 }
+
+/// Without compaction the offsets topic must keep every commit: no alter of its configs, and
+/// no cluster-wide retention or segment setting reaches it, so a restart (which replays the
+/// commits from its log) still finds every group's offsets.
+#[test]
+fn the_offsets_topic_keeps_every_commit_whatever_the_configs_say() {
+    const OFFSETS: &str = "__consumer_offsets";
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &["--retention-check-ms", "100"]);
+    let mut c = Client::connect(&broker.addr);
+    let commit = |c: &mut Client, group: &str, offset: i64| -> i16 {
+        use kafka_protocol::messages::offset_commit_request::*;
+        let r: OffsetCommitResponse = c.call(
+            ApiKey::OffsetCommit,
+            8,
+            &OffsetCommitRequest::default()
+                .with_group_id(GroupId(s(group)))
+                .with_generation_id_or_member_epoch(-1)
+                .with_member_id(s(""))
+                .with_topics(vec![OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(s("kept")))
+                    .with_partitions(vec![OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(offset)])]),
+        );
+        r.topics[0].partitions[0].error_code
+    };
+    let committed = |c: &mut Client, group: &str| -> i64 {
+        use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+        let r: OffsetFetchResponse = c.call(
+            ApiKey::OffsetFetch,
+            7,
+            &OffsetFetchRequest::default()
+                .with_group_id(GroupId(s(group)))
+                .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                    .with_name(TopicName(s("kept")))
+                    .with_partition_indexes(vec![0])])),
+        );
+        r.topics[0].partitions[0].committed_offset
+    };
+    assert_eq!(
+        create(&mut c, 7, creatable("kept", 1, &[]), false).error_code,
+        0
+    );
+    let groups: Vec<String> = (0..16).map(|i| format!("g{i}")).collect();
+    for (i, g) in groups.iter().enumerate() {
+        assert_eq!(commit(&mut c, g, 100 + i as i64), 0, "first commit of {g}");
+    }
+
+    // The offsets topic's own configs cannot be changed (POLICY_VIOLATION).
+    assert_eq!(alter(&mut c, 2, TOPIC, OFFSETS, &[("retention.ms", "1")]), 44);
+    let (code, _) = incremental(
+        &mut c,
+        1,
+        TOPIC,
+        OFFSETS,
+        &[("retention.ms", DELETE, None)],
+        false,
+    );
+    assert_eq!(code, 44);
+    // Cluster-wide settings that would roll a segment per commit and delete all but the last.
+    let (code, why) = incremental(
+        &mut c,
+        1,
+        BROKER,
+        "",
+        &[
+            ("log.segment.bytes", SET, Some("14")),
+            ("log.retention.bytes", SET, Some("0")),
+            ("log.retention.ms", SET, Some("1")),
+        ],
+        false,
+    );
+    assert_eq!(code, 0, "{why:?}");
+    // More commits after them: each would be a segment of its own.
+    for (i, g) in groups.iter().enumerate().take(8) {
+        assert_eq!(commit(&mut c, g, 200 + i as i64), 0, "second commit of {g}");
+    }
+    std::thread::sleep(Duration::from_millis(600)); // several retention checks
+    drop(c);
+    broker.stop();
+
+    let broker = Broker::start(dir.path(), &["--retention-check-ms", "100"]);
+    let mut c = Client::connect(&broker.addr);
+    for (i, g) in groups.iter().enumerate() {
+        let want = if i < 8 { 200 + i } else { 100 + i } as i64;
+        assert_eq!(committed(&mut c, g), want, "offset of {g} after the restart");
+    }
+}

@@ -325,6 +325,25 @@ where
         .expect("reply of the type the call returns")
 }
 
+/// Like [`call`], but `f` runs to its end even when the caller's future is dropped, also when
+/// `to` is this shard (then it runs as a task of its own rather than in place). For
+/// operations that must not stop half-way: a change persisted and then told to each shard,
+/// a group marked and then its tombstones written.
+pub async fn call_detached<R, F, Fut>(to: usize, f: F) -> R
+where
+    R: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = R> + 'static,
+{
+    let me = shard_id().expect("mesh not installed on this thread");
+    if to == me {
+        return crate::executor::spawn(f())
+            .await
+            .expect("a shard dropped a task of its own without finishing it");
+    }
+    call(to, f).await
+}
+
 fn flush_wakes() {
     LOCAL.with(|l| {
         let mut l = l.borrow_mut();

@@ -13,7 +13,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     for group in body.groups_names {
         let name = group.0.to_string();
         let n = name.clone();
-        let code = mesh::call(groups::group_shard(&name), move || async move {
+        let code = mesh::call_detached(groups::group_shard(&name), move || async move {
             groups::delete_group(&n).await
         })
         .await;

@@ -43,7 +43,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         }
     }
     let g = group.clone();
-    let outcome = mesh::call(groups::group_shard(&group), move || async move {
+    let outcome = mesh::call_detached(groups::group_shard(&group), move || async move {
         groups::delete_offsets(&g, &deletable).await
     })
     .await;
