@@ -893,7 +893,10 @@ fn the_offsets_topic_keeps_every_commit_whatever_the_configs_say() {
     }
 
     // The offsets topic's own configs cannot be changed (POLICY_VIOLATION).
-    assert_eq!(alter(&mut c, 2, TOPIC, OFFSETS, &[("retention.ms", "1")]), 44);
+    assert_eq!(
+        alter(&mut c, 2, TOPIC, OFFSETS, &[("retention.ms", "1")]),
+        44
+    );
     let (code, _) = incremental(
         &mut c,
         1,
@@ -929,6 +932,10 @@ fn the_offsets_topic_keeps_every_commit_whatever_the_configs_say() {
     let mut c = Client::connect(&broker.addr);
     for (i, g) in groups.iter().enumerate() {
         let want = if i < 8 { 200 + i } else { 100 + i } as i64;
-        assert_eq!(committed(&mut c, g), want, "offset of {g} after the restart");
+        assert_eq!(
+            committed(&mut c, g),
+            want,
+            "offset of {g} after the restart"
+        );
     }
 }

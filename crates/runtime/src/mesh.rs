@@ -513,6 +513,36 @@ mod tests {
     static ORDER: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
 
     #[test]
+    fn a_detached_call_runs_to_its_end_when_its_caller_is_dropped_also_on_its_own_shard() {
+        static FINISHED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+        two_shards(true, true, move |me| async move {
+            if me == 0 {
+                for to in [0usize, 1] {
+                    let call = call_detached(to, move || async move {
+                        crate::op::sleep(std::time::Duration::from_millis(20)).await;
+                        FINISHED.lock().unwrap().push(to);
+                    });
+                    // Poll the call once (it starts), then drop it mid-sleep.
+                    let mut call = Box::pin(call);
+                    std::future::poll_fn(|cx| {
+                        let _ = std::future::Future::poll(call.as_mut(), cx);
+                        std::task::Poll::Ready(())
+                    })
+                    .await;
+                    drop(call);
+                }
+                crate::op::sleep(std::time::Duration::from_millis(200)).await;
+                stop_other().await;
+            } else {
+                until_stopped().await;
+            }
+        });
+        let mut finished = FINISHED.lock().unwrap().clone();
+        finished.sort_unstable();
+        assert_eq!(finished, vec![0, 1]);
+    }
+
+    #[test]
     fn messages_to_one_shard_arrive_in_send_order_under_load() {
         let n = 3 * QUEUE_MESSAGES_MAX as u64;
         two_shards(true, true, move |me| async move {
