@@ -46,6 +46,11 @@ pub const REQUEST_PARTITIONS_MAX: usize = PARTITIONS_MAX;
 /// partition, so no more can exist). Beyond it the connection is closed.
 pub const REQUEST_TOPICS_MAX: usize = PARTITIONS_MAX;
 
+/// Bytes one Fetch (or any read) reads at once to walk from an index entry to the batch it
+/// wants: a topic's `index.interval.bytes` may be up to 2 GiB, and then a segment has no index
+/// entry past its first batch; the walk goes on window by window, so memory stays bounded.
+pub const LOCATE_WINDOW_BYTES_MAX: usize = ringbroker_storage::log::LOCATE_WINDOW_BYTES_MAX;
+
 /// Partitions of all topics together (Kafka has no such limit; each partition costs open
 /// files and memory). CreateTopics or auto-creation beyond it: POLICY_VIOLATION.
 pub const PARTITIONS_MAX: usize = 100_000;
