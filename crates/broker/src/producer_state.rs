@@ -641,6 +641,37 @@ mod tests {
     }
 
     #[test]
+    fn last_timestamps_are_kept_and_answers_stop_at_their_bound() {
+        let p = Producers::default();
+        let stamped = |pid: i64, seq: i32, ts: i64| ProducerBatch {
+            max_timestamp: ts,
+            ..ProducerBatch::new(pid, 0, seq, 1)
+        };
+        reserve(&p, stamped(7, 0, 1000)).written(10);
+        reserve(&p, stamped(7, 1, 2000)).written(11);
+        reserve(&p, stamped(8, 0, 3000)).written(12);
+        // Being written: not active yet.
+        let _writing = reserve(&p, stamped(9, 0, 4000));
+        let last = |a: &[ActiveProducer]| -> Vec<(i64, i64, i64)> {
+            a.iter()
+                .map(|a| (a.producer_id, a.last_batch_offset, a.last_timestamp))
+                .collect()
+        };
+        let all = p.active_at_most(2).expect("two active");
+        assert_eq!(last(&all), vec![(7, 11, 2000), (8, 12, 3000)]);
+        assert_eq!(p.active_at_most(1), None);
+        // Through a snapshot and its restore, and from a snapshot without timestamps: -1.
+        let text = p.state.borrow().snapshot(13, 0);
+        let (restored, _) = PartitionProducers::restore(&text);
+        let q = Producers::default();
+        q.replace(restored);
+        assert_eq!(last(&q.active_at_most(10).unwrap()), last(&all));
+        let (old, _) = PartitionProducers::restore("scan 13\n7 0 1 1 11\n");
+        q.replace(old);
+        assert_eq!(last(&q.active_at_most(10).unwrap()), vec![(7, 11, -1)]);
+    }
+
+    #[test]
     fn duplicates_gaps_and_epochs() {
         let p = Producers::default();
         reserve(&p, batch(0, 0, 10)).written(100);
@@ -1051,28 +1082,5 @@ impl Producers {
         }
         out.sort_by_key(|p| p.producer_id);
         Some(out)
-    }
-
-    /// The producers with a written batch, by producer id.
-    pub fn active(&self) -> Vec<ActiveProducer> {
-        let state = self.state.borrow();
-        let mut out: Vec<ActiveProducer> = state
-            .producers
-            .iter()
-            .filter_map(|(&producer_id, e)| {
-                e.batches.iter().rev().find_map(|b| match b.state {
-                    BatchState::Written(base) => Some(ActiveProducer {
-                        producer_id,
-                        epoch: e.epoch,
-                        last_sequence: b.last_seq,
-                        last_batch_offset: base,
-                        last_timestamp: b.max_timestamp,
-                    }),
-                    BatchState::Writing(_) => None,
-                })
-            })
-            .collect();
-        out.sort_by_key(|p| p.producer_id);
-        out
     }
 }
