@@ -46,6 +46,38 @@ pub const REQUEST_PARTITIONS_MAX: usize = PARTITIONS_MAX;
 /// partition, so no more can exist). Beyond it the connection is closed.
 pub const REQUEST_TOPICS_MAX: usize = PARTITIONS_MAX;
 
+/// Bytes one Fetch (or any read) reads at once to walk from an index entry to the batch it
+/// wants: a topic's `index.interval.bytes` may be up to 2 GiB, and then a segment has no index
+/// entry past its first batch; the walk goes on window by window, so memory stays bounded.
+pub const LOCATE_WINDOW_BYTES_MAX: usize = ringbroker_storage::log::LOCATE_WINDOW_BYTES_MAX;
+
+/// Decompressed record bytes one timestamp lookup (ListOffsets) walks in one stored batch:
+/// `LOOKUP_EXPANSION_MAX` times the batch's own bytes, within `LOOKUP_DECOMPRESSED_BYTES_MIN`
+/// and `LOOKUP_DECOMPRESSED_BYTES_MAX`. Produce does not look inside compressed batches, so a
+/// 30 KB zstd batch can claim 256 MiB of tiny records; a real producer's batches compress a
+/// few times, never 64 times. Beyond it the lookup answers approximately (the batch's first
+/// offset and its max timestamp), as for any compressed batch before exact lookups.
+pub const LOOKUP_EXPANSION_MAX: u64 = 64;
+pub const LOOKUP_DECOMPRESSED_BYTES_MIN: u64 = 1024 * 1024;
+pub const LOOKUP_DECOMPRESSED_BYTES_MAX: u64 = 32 * 1024 * 1024;
+
+/// The decompressed bytes a timestamp lookup may walk in a batch of `batch_bytes`.
+pub fn lookup_decompressed_bytes_max(batch_bytes: usize) -> u64 {
+    (batch_bytes as u64)
+        .saturating_mul(LOOKUP_EXPANSION_MAX)
+        .clamp(LOOKUP_DECOMPRESSED_BYTES_MIN, LOOKUP_DECOMPRESSED_BYTES_MAX)
+}
+
+/// Producer entries in one DescribeProducers response, all partitions together (a partition
+/// holds at most `PRODUCERS_PER_PARTITION_MAX`). A partition whose producers would pass it gets
+/// INVALID_REQUEST (Kafka has no such bound; no error code fits better), so a response stays
+/// a few MiB.
+pub const DESCRIBE_PRODUCERS_RESPONSE_PRODUCERS_MAX: usize = 100_000;
+
+/// Resources one DescribeConfigs request may name, counting repeats (a topic yields about 40
+/// configs with synonyms and documentation). Beyond it the connection is closed.
+pub const DESCRIBE_CONFIGS_RESOURCES_MAX: usize = 10_000;
+
 /// Partitions of all topics together (Kafka has no such limit; each partition costs open
 /// files and memory). CreateTopics or auto-creation beyond it: POLICY_VIOLATION.
 pub const PARTITIONS_MAX: usize = 100_000;

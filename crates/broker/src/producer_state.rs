@@ -48,13 +48,17 @@ pub struct ProducerBatch {
     pub epoch: i16,
     pub first_seq: i32,
     pub last_seq: i32,
+    /// The batch's max timestamp (-1 when not known), kept for DescribeProducers as Kafka's
+    /// `ProducerStateEntry` keeps it, so describing a producer never reads the log.
+    pub max_timestamp: i64,
 }
 
 impl ProducerBatch {
     /// `None` for a batch without a producer id (not idempotent).
     pub fn of(header: &BatchHeader) -> Option<ProducerBatch> {
-        (header.producer_id >= 0).then(|| {
-            ProducerBatch::new(
+        (header.producer_id >= 0).then(|| ProducerBatch {
+            max_timestamp: header.max_timestamp,
+            ..ProducerBatch::new(
                 header.producer_id,
                 header.producer_epoch,
                 header.base_sequence,
@@ -70,6 +74,7 @@ impl ProducerBatch {
             epoch,
             first_seq,
             last_seq: first_seq.wrapping_add(count - 1),
+            max_timestamp: -1,
         }
     }
 
@@ -104,6 +109,7 @@ enum BatchState {
 struct Batch {
     first_seq: i32,
     last_seq: i32,
+    max_timestamp: i64,
     state: BatchState,
 }
 
@@ -210,6 +216,7 @@ impl PartitionProducers {
         entry.push(Batch {
             first_seq: b.first_seq,
             last_seq: b.last_seq,
+            max_timestamp: b.max_timestamp,
             state: BatchState::Writing(attempt),
         });
     }
@@ -235,6 +242,7 @@ impl PartitionProducers {
         entry.push(Batch {
             first_seq: b.first_seq,
             last_seq: b.last_seq,
+            max_timestamp: b.max_timestamp,
             state: BatchState::Written(base_offset),
         });
     }
@@ -337,8 +345,8 @@ impl PartitionProducers {
             for b in &e.batches {
                 if let BatchState::Written(base) = b.state {
                     out.push_str(&format!(
-                        "{pid} {} {} {} {base}\n",
-                        e.epoch, b.first_seq, b.last_seq
+                        "{pid} {} {} {} {base} {}\n",
+                        e.epoch, b.first_seq, b.last_seq, b.max_timestamp
                     ));
                 }
             }
@@ -356,15 +364,20 @@ impl PartitionProducers {
             .and_then(|x| x.trim().parse().ok());
         for line in text.lines() {
             let f: Vec<i64> = line.split(' ').filter_map(|x| x.parse().ok()).collect();
-            if let [pid, epoch, first, last, base] = f[..] {
-                let batch = ProducerBatch {
-                    producer_id: pid,
-                    epoch: epoch as i16,
-                    first_seq: first as i32,
-                    last_seq: last as i32,
-                };
-                p.record(batch, base);
-            }
+            // Snapshots written before timestamps were kept have five fields: -1.
+            let (pid, epoch, first, last, base, max_timestamp) = match f[..] {
+                [pid, epoch, first, last, base] => (pid, epoch, first, last, base, -1),
+                [pid, epoch, first, last, base, ts] => (pid, epoch, first, last, base, ts),
+                _ => continue,
+            };
+            let batch = ProducerBatch {
+                producer_id: pid,
+                epoch: epoch as i16,
+                first_seq: first as i32,
+                last_seq: last as i32,
+                max_timestamp,
+            };
+            p.record(batch, base);
         }
         (p, scan_from)
     }
@@ -625,6 +638,37 @@ mod tests {
 
     fn answer(p: &Producers, b: ProducerBatch) -> String {
         describe(&p.check_and_reserve(b))
+    }
+
+    #[test]
+    fn last_timestamps_are_kept_and_answers_stop_at_their_bound() {
+        let p = Producers::default();
+        let stamped = |pid: i64, seq: i32, ts: i64| ProducerBatch {
+            max_timestamp: ts,
+            ..ProducerBatch::new(pid, 0, seq, 1)
+        };
+        reserve(&p, stamped(7, 0, 1000)).written(10);
+        reserve(&p, stamped(7, 1, 2000)).written(11);
+        reserve(&p, stamped(8, 0, 3000)).written(12);
+        // Being written: not active yet.
+        let _writing = reserve(&p, stamped(9, 0, 4000));
+        let last = |a: &[ActiveProducer]| -> Vec<(i64, i64, i64)> {
+            a.iter()
+                .map(|a| (a.producer_id, a.last_batch_offset, a.last_timestamp))
+                .collect()
+        };
+        let all = p.active_at_most(2).expect("two active");
+        assert_eq!(last(&all), vec![(7, 11, 2000), (8, 12, 3000)]);
+        assert_eq!(p.active_at_most(1), None);
+        // Through a snapshot and its restore, and from a snapshot without timestamps: -1.
+        let text = p.state.borrow().snapshot(13, 0);
+        let (restored, _) = PartitionProducers::restore(&text);
+        let q = Producers::default();
+        q.replace(restored);
+        assert_eq!(last(&q.active_at_most(10).unwrap()), last(&all));
+        let (old, _) = PartitionProducers::restore("scan 13\n7 0 1 1 11\n");
+        q.replace(old);
+        assert_eq!(last(&q.active_at_most(10).unwrap()), vec![(7, 11, -1)]);
     }
 
     #[test]
@@ -1002,35 +1046,41 @@ mod tests {
 }
 
 /// An idempotent producer a partition knows, for DescribeProducers: its epoch and its last
-/// written batch's last sequence and base offset.
+/// written batch's last sequence, base offset and max timestamp (-1 when not known).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ActiveProducer {
     pub producer_id: i64,
     pub epoch: i16,
     pub last_sequence: i32,
     pub last_batch_offset: i64,
+    pub last_timestamp: i64,
 }
 
 impl Producers {
-    /// The producers with a written batch, by producer id.
-    pub fn active(&self) -> Vec<ActiveProducer> {
+    /// The producers with a written batch, by producer id; `None` when there are more than
+    /// `count_max` (the walk stops there).
+    pub fn active_at_most(&self, count_max: usize) -> Option<Vec<ActiveProducer>> {
         let state = self.state.borrow();
-        let mut out: Vec<ActiveProducer> = state
-            .producers
-            .iter()
-            .filter_map(|(&producer_id, e)| {
-                e.batches.iter().rev().find_map(|b| match b.state {
-                    BatchState::Written(base) => Some(ActiveProducer {
-                        producer_id,
-                        epoch: e.epoch,
-                        last_sequence: b.last_seq,
-                        last_batch_offset: base,
-                    }),
-                    BatchState::Writing(_) => None,
-                })
-            })
-            .collect();
+        let mut out = Vec::new();
+        for (&producer_id, e) in &state.producers {
+            let last = e.batches.iter().rev().find_map(|b| match b.state {
+                BatchState::Written(base) => Some(ActiveProducer {
+                    producer_id,
+                    epoch: e.epoch,
+                    last_sequence: b.last_seq,
+                    last_batch_offset: base,
+                    last_timestamp: b.max_timestamp,
+                }),
+                BatchState::Writing(_) => None,
+            });
+            if let Some(p) = last {
+                if out.len() == count_max {
+                    return None;
+                }
+                out.push(p);
+            }
+        }
         out.sort_by_key(|p| p.producer_id);
-        out
+        Some(out)
     }
 }

@@ -336,8 +336,10 @@ async fn coordinator_create(
                     owners: meta.place(partitions as usize, shard.shared.shard_count),
                     configs: topic_config::check_topic_configs(&t.configs).unwrap_or_default(),
                 });
+                // Validated topics count too, as if created: one validate_only request
+                // cannot answer (with configs) for more partitions than the broker may hold.
+                partitions_total += partitions as usize;
                 if !validate_only {
-                    partitions_total += partitions as usize;
                     meta.topics.push(info.clone());
                     created.push(info.clone());
                 }

@@ -73,9 +73,12 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 /// A reader of the decompressed `data`, for walking records without holding them all: its
 /// memory is the codec's own (at most a 16 MiB zstd window, a 4 MiB lz4 block, a 32 KiB
 /// gzip window, one snappy block), whatever the data expands to.
+/// `bytes_max` bounds only what is decompressed before the reader is handed out (a raw snappy
+/// batch is one block, decoded whole); the caller bounds what it reads.
 pub fn decompressor<'a>(
     codec: Codec,
     data: &'a [u8],
+    bytes_max: usize,
 ) -> Result<Box<dyn Read + 'a>, CompressionError> {
     Ok(match codec {
         Codec::None => Box::new(data),
@@ -98,7 +101,7 @@ pub fn decompressor<'a>(
             } else {
                 // Raw snappy is one block: its size is bounded by what a block can expand to.
                 let mut out = Vec::new();
-                snappy_block(data, &mut out, SNAPPY_BLOCK_BYTES_MAX)?;
+                snappy_block(data, &mut out, bytes_max.min(SNAPPY_BLOCK_BYTES_MAX))?;
                 Box::new(io::Cursor::new(out))
             }
         }
@@ -191,11 +194,23 @@ fn read_bounded(
     Ok(out)
 }
 
-/// Appends one raw snappy block's contents to `out`.
+/// Most bytes one byte of a snappy block can decode to: the densest element is a 3-byte copy
+/// of 64 bytes (about 21.3 per byte), so a block claiming more than this times its own length
+/// cannot hold it, and is refused before its claimed length is allocated.
+const SNAPPY_EXPANSION_MAX: usize = 22;
+
+/// Appends one raw snappy block's contents to `out`. The length the block claims is checked
+/// against `bytes_max` and against what the block can really expand to before anything is
+/// allocated, so a few bytes claiming 64 MiB cost nothing.
 fn snappy_block(block: &[u8], out: &mut Vec<u8>, bytes_max: usize) -> Result<(), CompressionError> {
     let len = snap::raw::decompress_len(block).map_err(|e| Codec::Snappy.malformed(e))?;
-    if out.len() + len > bytes_max {
+    if out.len().saturating_add(len) > bytes_max {
         return Err(CompressionError::TooLarge(bytes_max));
+    }
+    if len > block.len().saturating_mul(SNAPPY_EXPANSION_MAX) {
+        return Err(
+            Codec::Snappy.malformed(format!("a {}-byte block claims {len} bytes", block.len()))
+        );
     }
     let at = out.len();
     out.resize(at + len, 0);
@@ -304,7 +319,7 @@ mod tests {
         for codec in ALL {
             let packed = compress(codec, &data).unwrap();
             let mut out = Vec::new();
-            decompressor(codec, &packed)
+            decompressor(codec, &packed, usize::MAX)
                 .unwrap()
                 .read_to_end(&mut out)
                 .unwrap();
@@ -312,11 +327,39 @@ mod tests {
         }
         let raw = snap::raw::Encoder::new().compress_vec(&data).unwrap();
         let mut out = Vec::new();
-        decompressor(Codec::Snappy, &raw)
+        decompressor(Codec::Snappy, &raw, data.len())
             .unwrap()
             .read_to_end(&mut out)
             .unwrap();
         assert_eq!(out, data);
+    }
+
+    #[test]
+    fn a_raw_snappy_block_claiming_more_than_it_can_hold_is_refused_before_allocating() {
+        // Five bytes whose length varint claims 60 MiB: under every bound, but no 4-byte
+        // body decodes to it, so it is refused before 60 MiB are zero-filled.
+        let mut block = Vec::new();
+        let mut claim = 60u32 << 20;
+        while claim >= 0x80 {
+            block.push((claim as u8) | 0x80);
+            claim >>= 7;
+        }
+        block.push(claim as u8);
+        block.extend_from_slice(&[0, 0, 0, 0]);
+        let e = decompress(Codec::Snappy, &block, 256 << 20).unwrap_err();
+        assert!(e.to_string().contains("claims"), "{e}");
+        let e = decompressor(Codec::Snappy, &block, usize::MAX)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("claims"), "{e}");
+        // A lookup bound below the claim is met before anything is allocated.
+        let raw = snap::raw::Encoder::new()
+            .compress_vec(&[0u8; 4096])
+            .unwrap();
+        assert!(matches!(
+            decompressor(Codec::Snappy, &raw, 4095),
+            Err(CompressionError::TooLarge(4095))
+        ));
     }
 
     #[test]

@@ -8,8 +8,9 @@ use crate::batch::{BatchHeader, HEADER_BYTES};
 use crate::compression::{decompressor, Codec, CompressionError};
 use std::io::{self, Read};
 
-/// Most decompressed record bytes one lookup walks (a batch is at most `max.message.bytes`
-/// compressed; this bounds the work a hostile one that expands enormously costs).
+/// Most decompressed record bytes any walk of one batch reads (a batch is at most
+/// `max.message.bytes` compressed; this bounds the work a hostile one that expands enormously
+/// costs). Lookups on a serving path pass a tighter bound of their own.
 pub const DECOMPRESSED_BATCH_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
 /// Attributes bit 3: the batch carries the broker's append time, its records' own
@@ -22,7 +23,7 @@ pub enum RecordsError {
     BadHeader,
     #[error("the records of the batch are malformed")]
     Malformed,
-    #[error("the records of the batch expand beyond {DECOMPRESSED_BATCH_BYTES_MAX} bytes")]
+    #[error("the records of the batch expand beyond the bound of the walk")]
     TooLarge,
     #[error(transparent)]
     Compression(#[from] CompressionError),
@@ -47,39 +48,55 @@ fn read_varint(r: &mut impl Read) -> Result<Option<i64>, RecordsError> {
 }
 
 /// Calls `visit(offset, timestamp)` for each record of a whole batch, in order, until it
-/// returns true; returns that record.
+/// returns true; returns that record. Walking more than `bytes_max` decompressed bytes (at
+/// most DECOMPRESSED_BATCH_BYTES_MAX) is `TooLarge`.
 pub fn find_record(
     batch: &[u8],
-    mut visit: impl FnMut(i64, i64) -> bool,
+    bytes_max: u64,
+    visit: impl FnMut(i64, i64) -> bool,
 ) -> Result<Option<(i64, i64)>, RecordsError> {
+    let bytes_max = bytes_max.min(DECOMPRESSED_BATCH_BYTES_MAX);
     let h = BatchHeader::parse(batch).map_err(|_| RecordsError::BadHeader)?;
     let body = batch
         .get(HEADER_BYTES..h.total_bytes)
         .ok_or(RecordsError::BadHeader)?;
     let codec = Codec::of_attributes(h.attributes)?;
-    let reader = io::BufReader::new(decompressor(codec, body)?);
+    let reader = match decompressor(codec, body, bytes_max as usize) {
+        Ok(r) => io::BufReader::new(r),
+        Err(CompressionError::TooLarge(_)) => return Err(RecordsError::TooLarge),
+        Err(e) => return Err(e.into()),
+    };
     // One byte past the bound tells a batch that reaches it from one that exceeds it.
-    let mut reader = reader.take(DECOMPRESSED_BATCH_BYTES_MAX + 1);
+    let mut reader = reader.take(bytes_max + 1);
+    match walk(&mut reader, &h, visit) {
+        // A record cut short by the bound is not malformed: the batch is too large to walk.
+        Err(RecordsError::Malformed) if reader.limit() == 0 => Err(RecordsError::TooLarge),
+        other => other,
+    }
+}
+
+/// The records of `h`'s batch read from `reader`, as `find_record` walks them.
+fn walk(
+    reader: &mut io::Take<impl Read>,
+    h: &BatchHeader,
+    mut visit: impl FnMut(i64, i64) -> bool,
+) -> Result<Option<(i64, i64)>, RecordsError> {
     let mut count: i64 = 0;
-    while let Some(len) = read_varint(&mut reader)? {
+    while let Some(len) = read_varint(reader)? {
         let len = u64::try_from(len).map_err(|_| RecordsError::Malformed)?;
         let before = reader.limit();
         let mut attributes = [0u8; 1];
         reader
             .read_exact(&mut attributes)
             .map_err(|_| RecordsError::Malformed)?;
-        let ts_delta = read_varint(&mut reader)?.ok_or(RecordsError::Malformed)?;
-        let offset_delta = read_varint(&mut reader)?.ok_or(RecordsError::Malformed)?;
+        let ts_delta = read_varint(reader)?.ok_or(RecordsError::Malformed)?;
+        let offset_delta = read_varint(reader)?.ok_or(RecordsError::Malformed)?;
         let used = before - reader.limit();
         let rest = len.checked_sub(used).ok_or(RecordsError::Malformed)?;
-        let skipped = io::copy(&mut (&mut reader).take(rest), &mut io::sink())
+        let skipped = io::copy(&mut reader.take(rest), &mut io::sink())
             .map_err(|_| RecordsError::Malformed)?;
         if skipped != rest {
-            return Err(if reader.limit() == 0 {
-                RecordsError::TooLarge
-            } else {
-                RecordsError::Malformed
-            });
+            return Err(RecordsError::Malformed);
         }
         if reader.limit() == 0 {
             return Err(RecordsError::TooLarge);
@@ -104,7 +121,7 @@ pub fn find_record(
 /// `(offset, timestamp)` of every record of a whole batch, in order (tests and tools).
 pub fn offsets_and_timestamps(batch: &[u8]) -> Result<Vec<(i64, i64)>, RecordsError> {
     let mut out = Vec::new();
-    find_record(batch, |o, t| {
+    find_record(batch, DECOMPRESSED_BATCH_BYTES_MAX, |o, t| {
         out.push((o, t));
         false
     })?;
@@ -112,13 +129,15 @@ pub fn offsets_and_timestamps(batch: &[u8]) -> Result<Vec<(i64, i64)>, RecordsEr
 }
 
 /// In a whole batch (compressed or not), the first record at or above `offset_min` whose
-/// timestamp is at or after `timestamp`: `(offset, timestamp)`.
+/// timestamp is at or after `timestamp`: `(offset, timestamp)`, walking at most `bytes_max`
+/// decompressed bytes (beyond: `TooLarge`).
 pub fn first_at_or_after(
     batch: &[u8],
     timestamp: i64,
     offset_min: i64,
+    bytes_max: u64,
 ) -> Result<Option<(i64, i64)>, RecordsError> {
-    find_record(batch, |o, t| o >= offset_min && t >= timestamp)
+    find_record(batch, bytes_max, |o, t| o >= offset_min && t >= timestamp)
 }
 
 /// Test and tooling helper: a v2 batch of `records` `(timestamp, value)` compressed with
@@ -145,9 +164,30 @@ pub fn build_compressed_batch(
         put_varint(&mut section, body.len() as i64);
         section.extend_from_slice(&body);
     }
-    let packed = crate::compression::compress(codec, &section)?;
     let mut b = plain[..HEADER_BYTES].to_vec();
-    b.extend_from_slice(&packed);
+    b.extend_from_slice(&crate::compression::compress(codec, &section)?);
+    Ok(seal(b, codec, base_ts, max_ts))
+}
+
+/// Test and tooling helper: a v2 batch around an arbitrary records `section` (e.g. one that
+/// claims far more records than it holds usefully), compressed with `codec`, its header
+/// claiming `records_count` records, `base_ts` and `max_ts`, CRC valid.
+pub fn build_batch_around(
+    codec: Codec,
+    base_offset: i64,
+    records_count: i32,
+    (base_ts, max_ts): (i64, i64),
+    section: &[u8],
+) -> Result<Vec<u8>, CompressionError> {
+    let mut b = crate::batch::build_batch(base_offset, 0, &[b""])[..HEADER_BYTES].to_vec();
+    b[57..61].copy_from_slice(&records_count.to_be_bytes());
+    b[23..27].copy_from_slice(&(records_count - 1).to_be_bytes());
+    b.extend_from_slice(&crate::compression::compress(codec, section)?);
+    Ok(seal(b, codec, base_ts, max_ts))
+}
+
+/// Sets a built batch's length, codec, timestamps and CRC.
+fn seal(mut b: Vec<u8>, codec: Codec, base_ts: i64, max_ts: i64) -> Vec<u8> {
     let batch_length = (b.len() - crate::batch::LOG_OVERHEAD) as i32;
     b[8..12].copy_from_slice(&batch_length.to_be_bytes());
     b[21..23].copy_from_slice(&codec.attribute_bits().to_be_bytes());
@@ -155,7 +195,15 @@ pub fn build_compressed_batch(
     b[35..43].copy_from_slice(&max_ts.to_be_bytes());
     let crc = crc32c::crc32c(&b[21..]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
-    Ok(b)
+    b
+}
+
+/// Test and tooling helper: the records section of a decompression bomb, `count` records of
+/// 4 bytes each (length 3, attributes, timestamp delta 0, offset delta 0; no key, value or
+/// headers, which a walk skips as part of the record), all alike, so it compresses to almost
+/// nothing.
+pub fn bomb_section(count: usize) -> Vec<u8> {
+    [6u8, 0, 0, 0].repeat(count)
 }
 
 fn put_varint(out: &mut Vec<u8>, v: i64) {
@@ -193,14 +241,33 @@ mod tests {
                 vec![(40, 1000), (41, 1010), (42, 1005), (43, 1030)],
                 "{codec:?}"
             );
-            assert_eq!(first_at_or_after(&b, 1001, 0).unwrap(), Some((41, 1010)));
-            assert_eq!(first_at_or_after(&b, 1030, 0).unwrap(), Some((43, 1030)));
-            assert_eq!(first_at_or_after(&b, 1000, 42).unwrap(), Some((42, 1005)));
-            assert_eq!(first_at_or_after(&b, 1031, 0).unwrap(), None);
+            assert_eq!(
+                first_at_or_after(&b, 1001, 0, u64::MAX).unwrap(),
+                Some((41, 1010))
+            );
+            assert_eq!(
+                first_at_or_after(&b, 1030, 0, u64::MAX).unwrap(),
+                Some((43, 1030))
+            );
+            assert_eq!(
+                first_at_or_after(&b, 1000, 42, u64::MAX).unwrap(),
+                Some((42, 1005))
+            );
+            assert_eq!(first_at_or_after(&b, 1031, 0, u64::MAX).unwrap(), None);
             let mut log_append = b.clone();
+            let bomb = build_batch_around(codec, 40, 1 << 20, (1000, 2000), &bomb_section(1 << 20))
+                .unwrap();
+            // 4 MiB of records walked in full, or refused past a tighter bound.
+            assert_eq!(first_at_or_after(&bomb, 1001, 0, u64::MAX).unwrap(), None);
+            let r = first_at_or_after(&bomb, 1001, 0, 1 << 20);
+            assert!(matches!(r, Err(RecordsError::TooLarge)), "{codec:?}: {r:?}");
+            assert_eq!(
+                first_at_or_after(&bomb, 1000, 0, 1 << 20).unwrap(),
+                Some((40, 1000))
+            );
             log_append[22] |= 0x8;
             assert_eq!(
-                first_at_or_after(&log_append, 0, 41).unwrap(),
+                first_at_or_after(&log_append, 0, 41, u64::MAX).unwrap(),
                 Some((41, 1030))
             );
         }

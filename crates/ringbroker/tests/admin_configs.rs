@@ -939,3 +939,72 @@ fn the_offsets_topic_keeps_every_commit_whatever_the_configs_say() {
         );
     }
 }
+
+/// DescribeConfigs: a resource named again gets INVALID_REQUEST for each repeat (its first
+/// entry is answered), and more than DESCRIBE_CONFIGS_RESOURCES_MAX resources close the
+/// connection, so a response never grows with repeats. CreateTopics validate_only counts the
+/// partitions of the topics it validates against the broker's partition limit, as if created.
+#[test]
+fn describe_configs_refuses_repeats_and_validate_only_counts_against_the_partition_limit() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    assert_eq!(
+        create(&mut c, 7, creatable("dc", 1, &[]), false).error_code,
+        0
+    );
+    let resource = |t: i8, name: &str| {
+        describe_configs_request::DescribeConfigsResource::default()
+            .with_resource_type(t)
+            .with_resource_name(s(name))
+            .with_configuration_keys(Some(vec![s("retention.ms"), s("cleanup.policy")]))
+    };
+    let req = DescribeConfigsRequest::default().with_resources(vec![
+        resource(TOPIC, "dc"),
+        resource(BROKER, "0"),
+        resource(TOPIC, "dc"),
+        resource(TOPIC, "dc"),
+    ]);
+    for v in range(ApiKey::DescribeConfigs) {
+        let r: DescribeConfigsResponse = c.call(ApiKey::DescribeConfigs, v, &req);
+        let codes: Vec<(i16, usize)> = r
+            .results
+            .iter()
+            .map(|r| (r.error_code, r.configs.len()))
+            .collect();
+        assert_eq!(codes, vec![(0, 2), (0, 0), (42, 0), (42, 0)], "v{v}");
+    }
+    // One resource past the limit: the connection is closed, nothing is answered.
+    let many = DescribeConfigsRequest::default().with_resources(
+        (0..10_001)
+            .map(|i| resource(TOPIC, &format!("t{i}")))
+            .collect(),
+    );
+    let (_, frame) = c.frame(ApiKey::DescribeConfigs, 4, &many);
+    let mut raw = std::net::TcpStream::connect(&broker.addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    raw.write_all(&frame).unwrap();
+    let mut size = [0u8; 4];
+    assert!(
+        raw.read_exact(&mut size).is_err(),
+        "answered past the limit"
+    );
+    // validate_only: 60000 partitions validate; 60000 more in the same request would pass
+    // the broker's 100000 (one already exists): POLICY_VIOLATION, as a real creation.
+    let both = CreateTopicsRequest::default()
+        .with_topics(vec![
+            creatable("v1", 60_000, &[]),
+            creatable("v2", 60_000, &[]),
+        ])
+        .with_timeout_ms(5000)
+        .with_validate_only(true);
+    let r: CreateTopicsResponse = c.call(ApiKey::CreateTopics, 7, &both);
+    let codes: Vec<i16> = r.topics.iter().map(|t| t.error_code).collect();
+    assert_eq!(codes, vec![0, 44]);
+    // Nothing was created: a real topic still fits.
+    assert_eq!(
+        create(&mut c, 7, creatable("dc2", 1, &[]), false).error_code,
+        0
+    );
+}

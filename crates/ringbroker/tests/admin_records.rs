@@ -913,3 +913,149 @@ fn real_clients_describe_producers_and_log_dirs_and_validate_positions_by_leader
         "the consumer asked OffsetForLeaderEpoch"
     );
 }
+
+/// A zstd batch of a few KB whose header claims 16M records of 4 bytes each (64 MiB once
+/// decompressed): Produce takes it without looking inside; a ListOffsets by a timestamp that
+/// no record reaches would walk all of it. The walk stops at its bound (64 times the batch,
+/// at least 1 MiB) and the answer is the batch's first offset and max timestamp, as for any
+/// compressed batch before exact lookups. A partition named twice gets INVALID_REQUEST.
+#[test]
+fn a_decompression_bomb_is_answered_approximately_and_repeats_are_invalid() {
+    use ringbroker_protocol::records::{bomb_section, build_batch_around};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    create_topic(&mut c, "bomb", 2, &[]);
+    let count = 16 << 20;
+    let (base_ts, max_ts) = (1_700_000_000_000, 1_700_000_001_000);
+    let bomb = build_batch_around(
+        Codec::Zstd,
+        0,
+        count as i32,
+        (base_ts, max_ts),
+        &bomb_section(count),
+    )
+    .unwrap();
+    assert!(bomb.len() < 64 * 1024, "{} bytes", bomb.len());
+    assert_eq!(produce(&mut c, "bomb", 0, bomb), 0);
+    // Every record says base_ts; max_ts is only in the header: a walk finds nothing.
+    for v in [1, 4, 10] {
+        assert_eq!(
+            list_offset(&mut c, v, "bomb", 0, base_ts + 1),
+            (0, 0, if v >= 1 { max_ts } else { -1 }),
+            "v{v}"
+        );
+    }
+    assert_eq!(list_offset(&mut c, 10, "bomb", 0, base_ts), (0, 0, base_ts));
+    assert_eq!(
+        list_offset(&mut c, 10, "bomb", 0, -1),
+        (0, count as i64, -1)
+    );
+    // The same partition named twice (and once more in another topic entry): each entry
+    // INVALID_REQUEST; the partition named once is answered.
+    let p = |index: i32| {
+        list_offsets_request::ListOffsetsPartition::default()
+            .with_partition_index(index)
+            .with_timestamp(base_ts + 1)
+    };
+    let t = |partitions| {
+        list_offsets_request::ListOffsetsTopic::default()
+            .with_name(name("bomb"))
+            .with_partitions(partitions)
+    };
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![t(vec![p(0), p(1)]), t(vec![p(0)])]);
+    for v in range(ApiKey::ListOffsets) {
+        let r: ListOffsetsResponse = c.call(ApiKey::ListOffsets, v, &req);
+        let codes: Vec<(i32, i16)> = r
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (p.partition_index, p.error_code))
+            })
+            .collect();
+        assert_eq!(codes, vec![(0, 42), (1, 0), (0, 42)], "v{v}");
+    }
+    // Still serving.
+    assert_eq!(list_offset(&mut c, 10, "bomb", 1, -1), (0, 0, -1));
+}
+
+/// DescribeProducers answers the last batch's max timestamp from the producer state (kept
+/// when the batch is written and across a clean restart, as Kafka's ProducerStateEntry does),
+/// not by reading the log: it stays once DeleteRecords removed the batch. A partition named
+/// twice gets INVALID_REQUEST for each entry.
+#[test]
+fn describe_producers_keeps_last_timestamps_and_refuses_repeated_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    create_topic(&mut c, "dp", 2, &[]);
+    let init: InitProducerIdResponse = c.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(init.error_code, 0);
+    let pid = init.producer_id.0;
+    let b =
+        ringbroker_protocol::batch::build_idempotent_batch(pid, init.producer_epoch, 0, &[b"a"]);
+    produce(&mut c, "dp", 0, b);
+    produce(
+        &mut c,
+        "dp",
+        0,
+        ringbroker_protocol::batch::build_batch(0, 5, &[b"plain"]),
+    );
+    let delete = DeleteRecordsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![delete_records_request::DeleteRecordsTopic::default()
+            .with_name(name("dp"))
+            .with_partitions(vec![
+                delete_records_request::DeleteRecordsPartition::default()
+                    .with_partition_index(0)
+                    .with_offset(2),
+            ])]);
+    let r: DeleteRecordsResponse = c.call(ApiKey::DeleteRecords, 2, &delete);
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    let describe = |c: &mut Client, v: i16, indexes: Vec<i32>| {
+        let t = describe_producers_request::TopicRequest::default()
+            .with_name(name("dp"))
+            .with_partition_indexes(indexes);
+        let r: DescribeProducersResponse = c.call(
+            ApiKey::DescribeProducers,
+            v,
+            &DescribeProducersRequest::default().with_topics(vec![t]),
+        );
+        r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| {
+                let last = p.active_producers.first();
+                (
+                    p.error_code,
+                    last.map(|a| (a.producer_id.0, a.last_sequence, a.last_timestamp)),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let kept = Some((pid, 0, 1_700_000_000_000));
+    for v in range(ApiKey::DescribeProducers) {
+        assert_eq!(describe(&mut c, v, vec![0, 1]), vec![(0, kept), (0, None)]);
+        assert_eq!(
+            describe(&mut c, v, vec![1, 0, 1]),
+            vec![(42, None), (0, kept), (42, None)]
+        );
+    }
+    drop(c);
+    broker.stop();
+    let broker = Broker::start(dir.path(), &[]);
+    let mut c = Client::connect(&broker.addr);
+    assert_eq!(describe(&mut c, 0, vec![0]), vec![(0, kept)]);
+}

@@ -33,6 +33,26 @@ mod log_start;
 mod timestamps;
 pub use log_start::{DeleteRecordsError, HIGH_WATERMARK};
 
+/// Most bytes `locate` reads at once while walking batch headers from an index entry to the
+/// batch it wants, whatever `index.interval.bytes` says (up to 2 GiB): memory per Fetch stays
+/// bounded, and a wider gap between index entries is walked in several reads.
+pub const LOCATE_WINDOW_BYTES_MAX: usize = 1024 * 1024;
+/// Fewest bytes `locate` reads at once (a few batches' headers in one read).
+const LOCATE_WINDOW_BYTES_MIN: usize = 16 * 1024;
+
+/// The read window of `locate`: two index intervals, within its bounds.
+fn locate_window_bytes(index_interval_bytes: u64) -> usize {
+    usize::try_from(index_interval_bytes.saturating_mul(2))
+        .unwrap_or(usize::MAX)
+        .clamp(LOCATE_WINDOW_BYTES_MIN, LOCATE_WINDOW_BYTES_MAX)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Largest read `locate` made on this thread (tests check the bound holds).
+    static LOCATE_READ_BYTES_MAX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Largest segment: index entries hold 32-bit file positions, and Kafka's `segment.bytes` is a
 /// 32-bit int too.
 pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
@@ -662,8 +682,9 @@ impl PartitionLog {
             )
         };
         // Walk batch headers from the indexed position, reading windows large enough to cover
-        // an index interval in one go.
-        let window = (self.config.borrow().index_interval_bytes as usize * 2).max(16 * 1024);
+        // an index interval in one go, but never more than LOCATE_WINDOW_BYTES_MAX at a time:
+        // `index.interval.bytes` may be up to 2 GiB, and a wider gap is walked window by window.
+        let window = locate_window_bytes(self.config.borrow().index_interval_bytes);
         let mut buf = BytesMut::new();
         let mut buf_pos = position;
         loop {
@@ -679,6 +700,8 @@ impl PartitionLog {
                 buf.clear();
                 buf_pos = position;
                 let want = window.min((end - position) as usize);
+                #[cfg(test)]
+                LOCATE_READ_BYTES_MAX.with(|m| m.set(m.get().max(want)));
                 buf = op::read_exact_at(&log_fd, buf, position, want).await?;
                 continue;
             }
@@ -1614,6 +1637,39 @@ mod tests {
         .unwrap();
         assert_eq!(std::fs::metadata(&idx).unwrap().len(), (n as u64 + 1) * 8);
         assert_eq!(std::fs::metadata(&tidx).unwrap().len(), (n as u64 + 1) * 12);
+    }
+
+    #[test]
+    fn a_huge_index_interval_does_not_widen_the_reads_that_locate_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        // No index entry after the first: every read walks headers from the segment start.
+        let cfg = LogConfig {
+            index_interval_bytes: i32::MAX as u64,
+            ..LogConfig::default()
+        };
+        block_on(async move {
+            let log = PartitionLog::open(&path, cfg).unwrap();
+            // 3000 batches of 20 records, about 3.5 MB in one segment.
+            for i in 0..3000 {
+                log.append_batch(batch(20, 50, i), 20).await.unwrap();
+            }
+            let n = log.high_watermark();
+            assert_eq!(n, 60_000);
+            LOCATE_READ_BYTES_MAX.with(|m| m.set(0));
+            for offset in [0, 1, n / 2 + 3, n - 21, n - 1] {
+                let r = log.read(offset, 1).await.unwrap();
+                let (base, next) = offsets_in(&r.records)[0];
+                assert!(base <= offset && offset < next, "{offset}: {base}..{next}");
+            }
+            let widest = LOCATE_READ_BYTES_MAX.with(|m| m.get());
+            assert!(
+                widest <= LOCATE_WINDOW_BYTES_MAX,
+                "locate read {widest} bytes at once"
+            );
+            log.close().await.unwrap();
+        })
+        .unwrap();
     }
 
     /// The first record at or after `timestamp` in a log of uncompressed batches.

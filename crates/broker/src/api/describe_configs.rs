@@ -1,11 +1,13 @@
 //! DescribeConfigs (v1-4): TOPIC resources list every topic config of the registry with the
 //! value in effect and where it comes from; BROKER resources list what this node runs with
 //! (name = its node id) or the cluster-wide dynamic defaults (name ""). Other resource types
-//! and other broker ids get INVALID_REQUEST for that resource.
+//! and other broker ids get INVALID_REQUEST for that resource. A resource named again in one
+//! request gets INVALID_REQUEST for each repeat, and a request names at most
+//! `DESCRIBE_CONFIGS_RESOURCES_MAX` resources, so a response never grows with repeats.
 
 use super::{decode_body, refuse_over, respond, Outcome};
 use crate::errors;
-use crate::limits::REQUEST_TOPICS_MAX;
+use crate::limits::DESCRIBE_CONFIGS_RESOURCES_MAX;
 use crate::metadata::valid_topic_name;
 use crate::shard::{self, Shard};
 use crate::topic_config::{
@@ -17,6 +19,7 @@ use kafka_protocol::messages::describe_configs_response::{
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
+use std::collections::HashSet;
 
 /// Kafka's resource types.
 pub const RESOURCE_TOPIC: i8 = 2;
@@ -240,9 +243,10 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         "DescribeConfigs",
         "resources",
         body.resources.len(),
-        REQUEST_TOPICS_MAX,
+        DESCRIBE_CONFIGS_RESOURCES_MAX,
     )?;
     let shard = shard::current();
+    let mut seen = HashSet::new();
     let results = body
         .resources
         .into_iter()
@@ -250,13 +254,22 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             let mut result = DescribeConfigsResult::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone());
-            match describe_resource(&shard, r.resource_type, &r.resource_name) {
+            let described = if seen.insert((r.resource_type, r.resource_name.clone())) {
+                describe_resource(&shard, r.resource_type, &r.resource_name)
+            } else {
+                Err((
+                    errors::INVALID_REQUEST,
+                    format!("duplicate resource {:?}", r.resource_name.as_str()),
+                ))
+            };
+            match described {
                 Ok(entries) => {
-                    let wanted = |name: &str| {
-                        r.configuration_keys
-                            .as_ref()
-                            .is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
-                    };
+                    // Keys are bounded by the frame; a set keeps the match linear.
+                    let keys: Option<HashSet<&str>> = r
+                        .configuration_keys
+                        .as_ref()
+                        .map(|keys| keys.iter().map(|k| k.as_str()).collect());
+                    let wanted = |name: &str| keys.as_ref().is_none_or(|keys| keys.contains(name));
                     let configs = entries
                         .into_iter()
                         .filter(|e| wanted(&e.name))

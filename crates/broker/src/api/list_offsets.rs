@@ -2,7 +2,9 @@
 //! (-4: no tiered storage, so the earliest) and latest tiered (-5: nothing is tiered, offset
 //! -1 as Kafka answers without remote storage) offsets of partitions, and the first offset at
 //! or after a timestamp. Timestamp lookups are exact inside compressed batches too: storage
-//! finds the batch through each segment's time index, and only that batch is decompressed.
+//! finds the batch through each segment's time index, and only that batch is decompressed,
+//! walking at most `lookup_decompressed_bytes_max` of it (beyond: the batch's first offset and
+//! max timestamp). A partition named twice in one request gets INVALID_REQUEST, as in Kafka.
 //!
 //! Fields by version: v2 `isolation_level` (no transactions: read-committed sees the high
 //! watermark too), v4 `current_leader_epoch` in the request (checked as Kafka does: newer
@@ -12,9 +14,9 @@
 //! this broker has not.
 
 use super::{decode_body, respond, Outcome};
-use crate::api::refuse_over;
+use crate::api::{refuse_over, repeated_partitions};
 use crate::errors;
-use crate::limits::REQUEST_PARTITIONS_MAX;
+use crate::limits::{lookup_decompressed_bytes_max, REQUEST_PARTITIONS_MAX};
 use crate::shard;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -38,6 +40,12 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: ListOffsetsRequest = decode_body(&mut req)?;
     let asked: usize = body.topics.iter().map(|t| t.partitions.len()).sum();
     refuse_over("ListOffsets", "partitions", asked, REQUEST_PARTITIONS_MAX)?;
+    // Kafka's rule: a partition named twice gets INVALID_REQUEST for each entry.
+    let repeated = repeated_partitions(body.topics.iter().flat_map(|t| {
+        t.partitions
+            .iter()
+            .map(|p| (t.name.0.as_str(), p.partition_index))
+    }));
     let shard = shard::current();
     let mut topics = Vec::with_capacity(body.topics.len());
     for t in body.topics {
@@ -45,7 +53,9 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
             let index = p.partition_index;
+            let twice = !repeated.is_empty() && repeated.contains(&(t.name.0.to_string(), index));
             let (error, offset, timestamp, leader_epoch) = match &topic {
+                _ if twice => (errors::INVALID_REQUEST, -1, -1, -1),
                 None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1, -1, -1),
                 Some(_) if p.timestamp < LATEST_TIERED => (errors::INVALID_REQUEST, -1, -1, -1),
                 Some(_) if p.current_leader_epoch > LEADER_EPOCH => {
@@ -123,12 +133,27 @@ async fn first_at_or_after(
         let Some(batch) = log.batch_for_timestamp(timestamp, from).await? else {
             return Ok(None);
         };
-        if let Some(found) = records::first_at_or_after(&batch, timestamp, from)? {
-            return Ok(Some(found));
-        }
-        let next = ringbroker_storage::frame::BatchFrame::parse(&batch)
-            .map(|f| f.next_offset())
+        let frame = ringbroker_storage::frame::BatchFrame::parse(&batch)
             .ok_or(records::RecordsError::BadHeader)?;
+        let bytes_max = lookup_decompressed_bytes_max(batch.len());
+        match records::first_at_or_after(&batch, timestamp, from, bytes_max) {
+            Ok(Some(found)) => return Ok(Some(found)),
+            Ok(None) => {}
+            // A batch that expands far beyond its size (a decompression bomb, or a freak):
+            // answered approximately, as compressed batches were before exact lookups.
+            Err(records::RecordsError::TooLarge) => {
+                crate::warn_limited!(
+                    dir = %log.dir().display(),
+                    base_offset = frame.base_offset,
+                    batch_bytes = batch.len(),
+                    bytes_max,
+                    "timestamp lookup: batch expands beyond the lookup bound; answering its first offset"
+                );
+                return Ok(Some((frame.base_offset.max(from), frame.max_timestamp)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let next = frame.next_offset();
         if next <= from {
             return Ok(None); // storage found no batch past `from` after all
         }

@@ -103,6 +103,22 @@ pub fn refuse_over(api: &str, what: &str, count: usize, max: usize) -> Result<()
     )))
 }
 
+/// The `(topic, partition)` pairs named more than once among `named` (Kafka answers every
+/// entry of such a partition INVALID_REQUEST in ListOffsets and DescribeProducers; work and
+/// response size then never grow with repeats).
+pub(crate) fn repeated_partitions<'a>(
+    named: impl Iterator<Item = (&'a str, i32)>,
+) -> std::collections::HashSet<(String, i32)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut repeated = std::collections::HashSet::new();
+    for (topic, partition) in named {
+        if !seen.insert((topic, partition)) {
+            repeated.insert((topic.to_string(), partition));
+        }
+    }
+    repeated
+}
+
 /// Decodes a request body of type `T`; a body that does not decode closes the connection.
 pub(crate) fn decode_body<T: Decodable>(req: &mut Request) -> Result<T, Outcome> {
     T::decode(&mut req.body, req.version).map_err(|e| {
