@@ -144,7 +144,7 @@ pub fn parse(text: &str, warmup_s: f64, duration_s: Option<f64>) -> Result<Parse
         let last = rows
             .iter()
             .rev()
-            .find(|r| end_ms.map_or(true, |e| r.elapsed_ms <= e))
+            .find(|r| !matches!(end_ms, Some(e) if r.elapsed_ms > e))
             .context("no row in the measured window")?;
         if last.elapsed_ms <= first.elapsed_ms {
             bail!(
@@ -170,11 +170,7 @@ pub fn parse(text: &str, warmup_s: f64, duration_s: Option<f64>) -> Result<Parse
             .context("no row with a positive elapsed time")?;
         Ok(Parsed {
             producer,
-            record_size: if last.messages > 0 {
-                last.bytes / last.messages
-            } else {
-                0
-            },
+            record_size: last.bytes.checked_div(last.messages).unwrap_or(0),
             records: last.messages,
             bytes: last.bytes,
             elapsed_s: last.elapsed_ms / 1e3,
@@ -189,7 +185,11 @@ pub fn latency(text: &str, skip: u64, count: u64) -> Result<Option<Latency>> {
     for (i, line) in text
         .lines()
         .skip(usize::try_from(skip).unwrap_or(usize::MAX))
-        .take(usize::try_from(count).unwrap_or(usize::MAX).min(LATENCY_SAMPLES_MAX))
+        .take(
+            usize::try_from(count)
+                .unwrap_or(usize::MAX)
+                .min(LATENCY_SAMPLES_MAX),
+        )
         .enumerate()
     {
         let us: u64 = line
@@ -213,7 +213,13 @@ pub fn import(args: &ImportArgs) -> Result<()> {
         Some(path) => latency(&read(path)?, p.skip_samples, p.records)?,
         None => None,
     };
-    let per_s = |v: f64| if p.elapsed_s > 0.0 { v / p.elapsed_s } else { 0.0 };
+    let per_s = |v: f64| {
+        if p.elapsed_s > 0.0 {
+            v / p.elapsed_s
+        } else {
+            0.0
+        }
+    };
     let report = RunReport {
         mode: if p.producer { "produce" } else { "consume" }.into(),
         label: args.label.clone(),
@@ -285,7 +291,10 @@ mod tests {
 ";
         let p = parse(text, 1.0, Some(3.0)).unwrap();
         assert!(!p.producer);
-        assert_eq!((p.records, p.bytes, p.record_size), (1_200_000, 1_200_000_000, 1000));
+        assert_eq!(
+            (p.records, p.bytes, p.record_size),
+            (1_200_000, 1_200_000_000, 1000)
+        );
         assert!((p.elapsed_s - 1.5).abs() < 1e-9);
     }
 

@@ -454,13 +454,48 @@ impl Inputs {
         let g = |run: &str| self.get(2, run, "/gbit_per_s");
         let p99 = |run: &str| self.get(2, run, "/latency_ms/p99");
         json!([
-            target("acks=all / acks=1, 16 KiB batches (ringbroker bench)", ratio(g("produce-16k-acksall"), g("produce-16k-acks1")), ">=", 0.7),
-            target("acks=all / acks=1, 16 KiB batches, 1 partition (rdkafka_performance)", ratio(g("rdk-produce-16k-acksall"), g("rdk-produce-16k-acks1")), ">=", 0.7),
-            target("p99 ms, acks=all at 50%, 16 KiB batches (ringbroker bench)", p99("latency-16k-acksall"), "<=", 5.0),
-            target("p99 ms, acks=all at 50%, 16 KiB batches (rdkafka_performance)", p99("rdk-latency-16k-acksall"), "<=", 5.0),
-            target("p99 ms, acks=1 at 50%, 16 KiB batches (ringbroker bench)", p99("latency-16k-acks1"), "<=", 2.0),
-            target("p99 ms, acks=1 at 50%, 16 KiB batches (rdkafka_performance)", p99("rdk-latency-16k-acks1"), "<=", 2.0),
-            target("fetch from page cache / loopback", ratio(g("consume"), self.loopback_gbps), ">=", 0.8),
+            target(
+                "acks=all / acks=1, 16 KiB batches (ringbroker bench)",
+                ratio(g("produce-16k-acksall"), g("produce-16k-acks1")),
+                ">=",
+                0.7
+            ),
+            target(
+                "acks=all / acks=1, 16 KiB batches, 1 partition (rdkafka_performance)",
+                ratio(g("rdk-produce-16k-acksall"), g("rdk-produce-16k-acks1")),
+                ">=",
+                0.7
+            ),
+            target(
+                "p99 ms, acks=all at 50%, 16 KiB batches (ringbroker bench)",
+                p99("latency-16k-acksall"),
+                "<=",
+                5.0
+            ),
+            target(
+                "p99 ms, acks=all at 50%, 16 KiB batches (rdkafka_performance)",
+                p99("rdk-latency-16k-acksall"),
+                "<=",
+                5.0
+            ),
+            target(
+                "p99 ms, acks=1 at 50%, 16 KiB batches (ringbroker bench)",
+                p99("latency-16k-acks1"),
+                "<=",
+                2.0
+            ),
+            target(
+                "p99 ms, acks=1 at 50%, 16 KiB batches (rdkafka_performance)",
+                p99("rdk-latency-16k-acks1"),
+                "<=",
+                2.0
+            ),
+            target(
+                "fetch from page cache / loopback",
+                ratio(g("consume"), self.loopback_gbps),
+                ">=",
+                0.8
+            ),
         ])
     }
 }
@@ -606,23 +641,67 @@ fn markdown(inputs: &Inputs, summary: &Value, svg_name: &str, kept: Option<&str>
     let sync_name = "write+fdatasync 1 MiB";
     let rows: Vec<(&str, &str, Option<f64>, &str)> = vec![
         ("produce acks=1", "produce-acks1", lo, "loopback TCP"),
-        ("produce acks=1", "produce-acks1", inputs.memory_fill_gbps, "tmpfs write"),
-        ("produce acks=1", "produce-acks1", inputs.disk_sustained_gbps, "sustained disk write"),
+        (
+            "produce acks=1",
+            "produce-acks1",
+            inputs.memory_fill_gbps,
+            "tmpfs write",
+        ),
+        (
+            "produce acks=1",
+            "produce-acks1",
+            inputs.disk_sustained_gbps,
+            "sustained disk write",
+        ),
         (RDK_1M_ACKS1, "rdk-produce-1m-acks1", lo, "loopback TCP"),
-        ("produce acks=1, data on tmpfs", "tmpfs-produce-acks1", lo, "loopback TCP"),
+        (
+            "produce acks=1, data on tmpfs",
+            "tmpfs-produce-acks1",
+            lo,
+            "loopback TCP",
+        ),
         ("produce acks=all", "produce-acksall", sync_1m, sync_name),
         (RDK_1M_ACKSALL, "rdk-produce-1m-acksall", sync_1m, sync_name),
-        ("produce acks=1, 16 KiB batches", "produce-16k-acks1", lo, "loopback TCP"),
+        (
+            "produce acks=1, 16 KiB batches",
+            "produce-16k-acks1",
+            lo,
+            "loopback TCP",
+        ),
         (RDK_16K_ACKS1, "rdk-produce-16k-acks1", lo, "loopback TCP"),
-        ("produce acks=all, 16 KiB batches", "produce-16k-acksall", sync_1m, sync_name),
-        (RDK_16K_ACKSALL, "rdk-produce-16k-acksall", sync_1m, sync_name),
+        (
+            "produce acks=all, 16 KiB batches",
+            "produce-16k-acksall",
+            sync_1m,
+            sync_name,
+        ),
+        (
+            RDK_16K_ACKSALL,
+            "rdk-produce-16k-acksall",
+            sync_1m,
+            sync_name,
+        ),
         ("fetch from page cache", "consume", lo, "loopback TCP"),
         (RDK_CONSUME, "rdk-consume", lo, "loopback TCP"),
-        ("produce 100-byte records", "produce-100b", lo, "loopback TCP"),
-        ("produce 100-byte records", "produce-100b", inputs.disk_sustained_gbps, "sustained disk write"),
+        (
+            "produce 100-byte records",
+            "produce-100b",
+            lo,
+            "loopback TCP",
+        ),
+        (
+            "produce 100-byte records",
+            "produce-100b",
+            inputs.disk_sustained_gbps,
+            "sustained disk write",
+        ),
     ];
     for (label, name, limit, limit_name) in rows {
-        if name.starts_with("rdk-") && [1u32, 2].iter().all(|&n| inputs.get(n, name, "/elapsed_s").is_none()) {
+        if name.starts_with("rdk-")
+            && [1u32, 2]
+                .iter()
+                .all(|&n| inputs.get(n, name, "/elapsed_s").is_none())
+        {
             continue;
         }
         let cell = |n: u32| {
@@ -715,10 +794,7 @@ fn markdown(inputs: &Inputs, summary: &Value, svg_name: &str, kept: Option<&str>
 
     for (heading, key) in [
         ("## Targets (issue #6)\n", "targets"),
-        (
-            "## Targets (issue #13, 2 shards)\n",
-            "targets_issue_13",
-        ),
+        ("## Targets (issue #13, 2 shards)\n", "targets_issue_13"),
     ] {
         let _ = writeln!(m, "{heading}");
         let _ = writeln!(m, "| target | measured | bound | met |\n|---|---|---|---|");
@@ -890,30 +966,64 @@ fn tick(mantissa: u32, exp: i32) -> (f64, String) {
 /// generator's runs and librdkafka's `rdkafka_performance` side by side.
 fn svg(inputs: &Inputs) -> String {
     const W: f64 = 960.0;
-    let has_rdk = [1u32, 2]
-        .iter()
-        .any(|&n| RUNS.iter().any(|r| r.starts_with("rdk-") && inputs.get(n, r, "/elapsed_s").is_some()));
+    let has_rdk = [1u32, 2].iter().any(|&n| {
+        RUNS.iter()
+            .any(|r| r.starts_with("rdk-") && inputs.get(n, r, "/elapsed_s").is_some())
+    });
 
     // Panel 1: horizontal bars; each workload of ours followed by rdkafka_performance's.
     let mut bars: Vec<(String, Option<f64>, &str, f64)> = vec![
-        ("loopback TCP (iperf3)".into(), inputs.loopback_gbps, "#888888", 1.0),
-        ("loopback TCP -Z (iperf3)".into(), inputs.loopback_zerocopy_gbps, "#aaaaaa", 1.0),
-        ("buffered write (fio)".into(), inputs.disk_write_gbps, "#888888", 1.0),
-        ("sustained write (fio)".into(), inputs.disk_sustained_gbps, "#aaaaaa", 1.0),
-        ("write+fdatasync 1 MiB (fio)".into(), inputs.disk_sync_1m_gbps, "#aaaaaa", 1.0),
+        (
+            "loopback TCP (iperf3)".into(),
+            inputs.loopback_gbps,
+            "#888888",
+            1.0,
+        ),
+        (
+            "loopback TCP -Z (iperf3)".into(),
+            inputs.loopback_zerocopy_gbps,
+            "#aaaaaa",
+            1.0,
+        ),
+        (
+            "buffered write (fio)".into(),
+            inputs.disk_write_gbps,
+            "#888888",
+            1.0,
+        ),
+        (
+            "sustained write (fio)".into(),
+            inputs.disk_sustained_gbps,
+            "#aaaaaa",
+            1.0,
+        ),
+        (
+            "write+fdatasync 1 MiB (fio)".into(),
+            inputs.disk_sync_1m_gbps,
+            "#aaaaaa",
+            1.0,
+        ),
     ];
     let workloads: [(&str, &str, &str); 12] = [
         ("produce acks=1", "produce-acks1", "#1f77b4"),
-        ("rdkafka acks=1 1 MiB, 1 part.", "rdk-produce-1m-acks1", "#1f77b4"),
+        ("rdkafka acks=1 1 MiB", "rdk-produce-1m-acks1", "#1f77b4"),
         ("produce acks=1 tmpfs", "tmpfs-produce-acks1", "#17becf"),
         ("produce acks=all", "produce-acksall", "#ff7f0e"),
-        ("rdkafka acks=all 1 MiB, 1 part.", "rdk-produce-1m-acksall", "#ff7f0e"),
+        (
+            "rdkafka acks=all 1 MiB",
+            "rdk-produce-1m-acksall",
+            "#ff7f0e",
+        ),
         ("produce acks=1 16 KiB", "produce-16k-acks1", "#9467bd"),
-        ("rdkafka acks=1 16 KiB, 1 part.", "rdk-produce-16k-acks1", "#9467bd"),
+        ("rdkafka acks=1 16 KiB", "rdk-produce-16k-acks1", "#9467bd"),
         ("produce acks=all 16 KiB", "produce-16k-acksall", "#8c564b"),
-        ("rdkafka acks=all 16 KiB, 1 part.", "rdk-produce-16k-acksall", "#8c564b"),
+        (
+            "rdkafka acks=all 16 KiB",
+            "rdk-produce-16k-acksall",
+            "#8c564b",
+        ),
         ("fetch (page cache)", "consume", "#2ca02c"),
-        ("rdkafka consume, 1 part.", "rdk-consume", "#2ca02c"),
+        ("rdkafka consume", "rdk-consume", "#2ca02c"),
         ("produce 100 B records", "produce-100b", "#e377c2"),
     ];
     for (label, name, colour) in workloads {
@@ -935,7 +1045,7 @@ fn svg(inputs: &Inputs) -> String {
         .filter_map(|b| b.1)
         .fold(0.0f64, f64::max)
         .max(0.1);
-    let (x0, y0, bar_w, bar_h) = (250.0, 45.0, 620.0, 20.0);
+    let (x0, y0, bar_w, bar_h) = (270.0, 45.0, 600.0, 20.0);
 
     // Panel 2 geometry, so that the height is known before writing.
     let top = y0 + bars.len() as f64 * (bar_h + 4.0) + 40.0;
@@ -956,9 +1066,17 @@ fn svg(inputs: &Inputs) -> String {
     if has_rdk {
         lines.extend([
             ("rdkafka acks=1, 1 MiB", "rdk-latency-1m-acks1", "#17becf"),
-            ("rdkafka acks=all, 1 MiB", "rdk-latency-1m-acksall", "#d62728"),
+            (
+                "rdkafka acks=all, 1 MiB",
+                "rdk-latency-1m-acksall",
+                "#d62728",
+            ),
             ("rdkafka acks=1, 16 KiB", "rdk-latency-16k-acks1", "#e377c2"),
-            ("rdkafka acks=all, 16 KiB", "rdk-latency-16k-acksall", "#bcbd22"),
+            (
+                "rdkafka acks=all, 16 KiB",
+                "rdk-latency-16k-acksall",
+                "#bcbd22",
+            ),
         ]);
     }
     let series: Vec<(String, Vec<Option<f64>>, &str, &str)> = lines
@@ -990,7 +1108,7 @@ fn svg(inputs: &Inputs) -> String {
     let _ = writeln!(s, r#"<rect width="{W}" height="{h}" fill="white"/>"#);
     let _ = writeln!(
         s,
-        r#"<text x="20" y="28" font-size="16" font-weight="bold">Throughput (Gbit/s) against this machine's limits, same run; pale: rdkafka_performance</text>"#
+        r#"<text x="20" y="28" font-size="16" font-weight="bold">Throughput (Gbit/s) against this machine's limits, same run; pale: rdkafka_performance, 1 partition</text>"#
     );
     for (i, (label, value, colour, opacity)) in bars.iter().enumerate() {
         let y = y0 + i as f64 * (bar_h + 4.0);
@@ -1146,7 +1264,9 @@ mod tests {
         let axis = LogAxis::new(&[0.001, 100_000.0], 0.0, 80.0);
         let ticks = axis.ticks();
         assert!(
-            ticks.iter().all(|t| t.2.trim_start_matches(['0', '.']).starts_with('1')),
+            ticks
+                .iter()
+                .all(|t| t.2.trim_start_matches(['0', '.']).starts_with('1')),
             "{ticks:?}"
         );
         assert_eq!(ticks.first().map(|t| t.2.as_str()), Some("0.001"));
@@ -1167,7 +1287,10 @@ mod tests {
         runs.insert("latency-acks1".to_string(), lat.clone());
         if rdk {
             runs.insert("rdk-latency-16k-acksall".to_string(), lat.clone());
-            runs.insert("rdk-produce-16k-acks1".to_string(), json!({ "elapsed_s": 1.0, "gbit_per_s": 3.25 }));
+            runs.insert(
+                "rdk-produce-16k-acks1".to_string(),
+                json!({ "elapsed_s": 1.0, "gbit_per_s": 3.25 }),
+            );
         }
         let mut shards = BTreeMap::new();
         shards.insert(2, runs);
@@ -1204,8 +1327,14 @@ mod tests {
     #[test]
     fn svg_shows_rdkafka_runs_beside_ours() {
         let with = svg(&inputs_with_latency(0.5, 40.0, true));
-        assert!(with.contains(">rdkafka acks=all, 16 KiB, 2 shards</text>"), "{with}");
-        assert!(with.contains(">rdkafka acks=1 16 KiB, 1 part., 2 shards</text>"), "{with}");
+        assert!(
+            with.contains(">rdkafka acks=all, 16 KiB, 2 shards</text>"),
+            "{with}"
+        );
+        assert!(
+            with.contains(">rdkafka acks=1 16 KiB, 2 shards</text>"),
+            "{with}"
+        );
         assert!(with.contains(">3.25</text>"), "{with}");
         // Without rdkafka_performance results, no empty rdkafka rows.
         let without = svg(&inputs_with_latency(0.5, 40.0, false));
@@ -1218,11 +1347,16 @@ mod tests {
         let summary = inputs.summary();
         let kept = "## Profile\n\nhand-written\n\n## Later section\n";
         let m = markdown(&inputs, &summary, "benchmarks.svg", Some(kept));
-        assert!(m.contains(&format!("| {RDK_16K_ACKS1} | loopback TCP")), "{m}");
+        assert!(
+            m.contains(&format!("| {RDK_16K_ACKS1} | loopback TCP")),
+            "{m}"
+        );
         assert!(m.contains(&format!("| {RDK_16K_ACKSALL} | 2 |")), "{m}");
         assert!(m.ends_with(kept), "{m}");
         assert_eq!(
-            summary.pointer("/shards/2/rdkafka/produce_16k_gbps").and_then(Value::as_f64),
+            summary
+                .pointer("/shards/2/rdkafka/produce_16k_gbps")
+                .and_then(Value::as_f64),
             Some(3.25)
         );
     }
