@@ -828,7 +828,11 @@ fn markdown(inputs: &Inputs, summary: &Value, svg_name: &str, kept: Option<&str>
          then `-C -o beginning -e` reads the 1 MiB acks=1 topic back. It has no duration option: SIGINT ends each \
          produce run after warm-up + duration + 1 s, and `ringbroker bench import-rdkafka` counts the rows of \
          its once-a-second table (`-u`) between the end of the warm-up and the end of the duration. Its \
-         figures are in the tables above in *italics*, and in the plot.\n"
+         figures are in the tables above in *italics*, and in the plot. Its rate limiter (`-r`) polls without \
+         sleeping between messages (gaps under 1 ms) and starts each gap after the previous `produce()` call, so a \
+         latency run keeps one CPU busy in the client (next to the 1-shard broker it is pinned to CPU 1 with its \
+         own I/O thread) and reaches less than the rate asked for: its latency rows measure this client as much as \
+         the broker, which is why they stay beside, not instead of, `ringbroker bench`'s open-loop figures.\n"
     );
     match &inputs.rdkafka {
         Some(text) => {
