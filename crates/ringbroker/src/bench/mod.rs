@@ -8,6 +8,7 @@
 //! - [`e2e`]: producers and consumers at once; latency from the scheduled send time carried in
 //!   each record value to the moment a consumer holds the record.
 //! - [`report`]: results as text and JSON, and `bench report` (summary.json, markdown, SVG).
+//! - [`rdkafka`]: `bench import-rdkafka`, librdkafka's `rdkafka_performance` output as such JSON.
 //!
 //! Each connection runs on its own thread with its own ring (pinned with `--cores`), so the
 //! generator scales like the broker does. Works against any Kafka-compatible broker.
@@ -15,6 +16,7 @@
 mod consume;
 mod e2e;
 mod produce;
+mod rdkafka;
 mod report;
 
 use crate::client as kafka;
@@ -48,6 +50,9 @@ pub enum BenchCommand {
     Report(report::ReportArgs),
     /// Delete topics (DeleteTopics), e.g. to free a finished run's disk space.
     DeleteTopics(DeleteArgs),
+    /// Turn the output of librdkafka's `rdkafka_performance -u` (and its `-l -A` latency file)
+    /// into the JSON of our own runs, for `bench report`.
+    ImportRdkafka(rdkafka::ImportArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -211,6 +216,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Consume(a) => (a, consume::run),
         BenchCommand::E2e(a) => (a, e2e::run),
         BenchCommand::Report(r) => return report::render(&r),
+        BenchCommand::ImportRdkafka(i) => return rdkafka::import(&i),
         BenchCommand::DeleteTopics(d) => {
             return block_on(async move {
                 let mut client = kafka::Client::connect(&d.bootstrap)?;
