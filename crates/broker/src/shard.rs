@@ -64,6 +64,9 @@ pub struct Shard {
     table: Option<RefCell<ClusterMeta>>,
     /// Broker configs set at runtime (shard 0 persists them and tells every shard).
     dynamic: RefCell<Arc<DynamicBrokerConfigs>>,
+    /// What a Produce to each topic checks and does, by topic id: derived from the topic's
+    /// configs and the broker's, refreshed when either changes (not parsed per request).
+    produce_settings: RefCell<HashMap<Uuid, TopicProduceSettings>>,
 }
 
 thread_local! {
@@ -93,9 +96,10 @@ impl Shard {
             partitions: RefCell::new(HashMap::new()),
             table: (id == 0).then(|| RefCell::new(meta.clone())),
             dynamic: RefCell::new(Arc::new(DynamicBrokerConfigs::load(&shared_data_dir)?)),
+            produce_settings: RefCell::new(HashMap::new()),
         });
         for topic in &meta.topics {
-            shard.apply_topic(topic.clone(), recovery, Producers::awaiting_restore)?;
+            shard.apply_topic(topic.clone(), 0, recovery, Producers::awaiting_restore)?;
         }
         CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
         Ok(shard)
@@ -159,34 +163,38 @@ impl Shard {
             .collect()
     }
 
-    /// Adds a topic to this shard's view and opens the partitions it owns, with the producer
-    /// state `producers` makes (awaiting its restore at start-up, empty for a new topic).
+    /// Adds a topic to this shard's view and opens the partitions it owns from index `first`
+    /// on (0 for a new topic, the old count for a grown one), with the producer state
+    /// `producers` makes (awaiting its restore at start-up, empty for a new partition).
     fn apply_topic(
         &self,
         topic: Arc<TopicInfo>,
+        first: usize,
         recovery: Recovery,
         producers: fn() -> Producers,
     ) -> std::io::Result<()> {
-        for (p, &owner) in topic.owners.iter().enumerate() {
-            if owner == self.id {
-                let dir = partition_dir(&self.shared.config.data_dir, &topic.name, p as i32);
-                let config = self
-                    .log_config_of(&topic.name, &topic.configs)
-                    .map_err(std::io::Error::other)?;
-                let log = PartitionLog::open_with(&dir, config, recovery)?;
-                let id = PartitionId {
-                    topic_id: topic.id,
-                    index: p as i32,
-                };
-                let partition = Partition {
-                    id,
-                    topic: topic.name.clone(),
-                    log: Rc::new(log),
-                    producers: producers(),
-                };
-                self.partitions.borrow_mut().insert(id, Rc::new(partition));
+        let config = self
+            .log_config_of(&topic.name, &topic.configs)
+            .map_err(std::io::Error::other)?;
+        for (p, &owner) in topic.owners.iter().enumerate().skip(first) {
+            if owner != self.id {
+                continue;
             }
+            let dir = partition_dir(&self.shared.config.data_dir, &topic.name, p as i32);
+            let log = PartitionLog::open_with(&dir, config.clone(), recovery)?;
+            let id = PartitionId {
+                topic_id: topic.id,
+                index: p as i32,
+            };
+            let partition = Partition {
+                id,
+                topic: topic.name.clone(),
+                log: Rc::new(log),
+                producers: producers(),
+            };
+            self.partitions.borrow_mut().insert(id, Rc::new(partition));
         }
+        self.refresh_produce_settings(&topic);
         self.topic_ids.borrow_mut().insert(topic.id, topic.clone());
         self.topics.borrow_mut().insert(topic.name.clone(), topic);
         Ok(())
@@ -198,6 +206,7 @@ impl Shard {
             return;
         };
         self.topic_ids.borrow_mut().remove(&topic.id);
+        self.produce_settings.borrow_mut().remove(&topic.id);
         for p in 0..topic.partition_count() {
             let id = PartitionId {
                 topic_id: topic.id,
@@ -370,7 +379,7 @@ async fn coordinator_create(
             let ok = mesh::call(s, move || async move {
                 let shard = current();
                 for t in created {
-                    if let Err(e) = shard.apply_topic(t.clone(), Recovery::Scan, Producers::default)
+                    if let Err(e) = shard.apply_topic(t.clone(), 0, Recovery::Scan, Producers::default)
                     {
                         tracing::error!(topic = %t.name, error = %e, "could not open partition logs");
                         return false;
@@ -469,7 +478,20 @@ impl Shard {
 
     /// What a Produce to `topic` checks and does.
     pub fn produce_settings(&self, topic: &TopicInfo) -> TopicProduceSettings {
+        let known = self.produce_settings.borrow().get(&topic.id).copied();
+        known.unwrap_or_else(|| self.resolve_produce_settings(topic))
+    }
+
+    fn resolve_produce_settings(&self, topic: &TopicInfo) -> TopicProduceSettings {
         self.with_broker_view(|b| TopicProduceSettings::of(&topic.configs, b))
+    }
+
+    /// Derives the Produce settings of `topic` again (its or the broker's configs changed).
+    fn refresh_produce_settings(&self, topic: &TopicInfo) {
+        let settings = self.resolve_produce_settings(topic);
+        self.produce_settings
+            .borrow_mut()
+            .insert(topic.id, settings);
     }
 
     /// The log settings of topic `name` with `configs` on this broker. The offsets topic keeps
@@ -527,6 +549,7 @@ impl Shard {
         self.topics
             .borrow_mut()
             .insert(updated.name.clone(), updated.clone());
+        self.refresh_produce_settings(&updated);
         self.reconfigure_owned(&updated);
     }
 
@@ -534,6 +557,7 @@ impl Shard {
     fn apply_dynamic_configs(&self, dynamic: Arc<DynamicBrokerConfigs>) {
         *self.dynamic.borrow_mut() = dynamic;
         for topic in self.all_topics() {
+            self.refresh_produce_settings(&topic);
             self.reconfigure_owned(&topic);
         }
     }
@@ -1098,29 +1122,6 @@ impl Shard {
             configs,
             ..(*topic).clone()
         });
-        let config = self
-            .log_config_of(&topic.name, &topic.configs)
-            .map_err(std::io::Error::other)?;
-        for (p, &owner) in topic.owners.iter().enumerate().skip(current as usize) {
-            if owner != self.id {
-                continue;
-            }
-            let dir = partition_dir(&self.shared.config.data_dir, &topic.name, p as i32);
-            let log = PartitionLog::open_with(&dir, config.clone(), Recovery::Scan)?;
-            let id = PartitionId {
-                topic_id: topic.id,
-                index: p as i32,
-            };
-            let partition = Partition {
-                id,
-                topic: topic.name.clone(),
-                log: Rc::new(log),
-                producers: Producers::default(),
-            };
-            self.partitions.borrow_mut().insert(id, Rc::new(partition));
-        }
-        self.topic_ids.borrow_mut().insert(topic.id, topic.clone());
-        self.topics.borrow_mut().insert(topic.name.clone(), topic);
-        Ok(())
+        self.apply_topic(topic, current as usize, Recovery::Scan, Producers::default)
     }
 }

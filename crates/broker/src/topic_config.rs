@@ -723,7 +723,8 @@ fn effective_i64(name: &str, overrides: &BTreeMap<String, String>, broker: Broke
     })
 }
 
-/// What a Produce to a topic checks and does, resolved once per request and topic.
+/// What a Produce to a topic checks and does; each shard derives it when the topic's or the
+/// broker's configs change (`Shard::produce_settings`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicProduceSettings {
     pub message_bytes_max: usize,
