@@ -1,38 +1,67 @@
-//! One client connection: read frames, start the requests in arrival order (pipelined ones run
-//! at once), send the responses in request order (several per `sendmsg` when the client
-//! pipelines). A frame that cannot be parsed closes this connection only, after the answers to
-//! the requests before it.
+//! One client connection: read frames, start each request as a task in arrival order, send
+//! the answers strictly in request order (several per `sendmsg` when several are ready). A
+//! frame that cannot be parsed closes this connection only, after the answers to the requests
+//! before it.
+//!
+//! The connection keeps reading while its requests run: a Produce that arrives while an
+//! earlier one waits for its fdatasync is appended at once and joins the next group commit
+//! (with acks=all, a client with five requests in flight would otherwise get one request
+//! window per fdatasync). One task does the reading and the writing. It keeps three things
+//! in flight and polls them together (see [`serve_here`]): the receive op (armed while the
+//! bounds allow), the oldest unanswered request (a spawned task's `JoinHandle`, then the next
+//! once it is done), and the send of the answers taken so far. Ops are drop safe, so the task
+//! may be dropped at any await (shutdown): the armed receive is cancelled, nothing more is
+//! sent after a dropped send, the receive grant is given back by its `Drop`.
+//!
+//! Requests are started in arrival order and keep it for their appends: each is spawned the
+//! moment its frame is parsed, the executor is FIFO, and handlers start their partition work
+//! (Produce spawns its appends, Fetch registers its reads) before their first await, so a
+//! request's partition work always starts before that of any request read after it.
 //!
 //! A connection whose Produce and Fetch requests all go to partitions of one other shard is
-//! handed to that shard ([`MOVE_AFTER_WINDOWS`] windows in a row, at most [`MOVES_MAX`] times):
-//! SO_REUSEPORT spreads connections without knowing their partitions, and serving a connection
-//! where its partitions live saves a cross-shard round trip per request.
+//! handed to that shard ([`MOVE_AFTER_WINDOWS`] receives in a row, at most [`MOVES_MAX`]
+//! times): SO_REUSEPORT spreads connections without knowing their partitions, and serving a
+//! connection where its partitions live saves a cross-shard round trip per request. It then
+//! stops receiving, answers what it read, and moves once nothing of it is in flight.
 //!
-//! Bounds: the socket is not read while requests are handled, and at most
-//! [`INFLIGHT_REQUESTS_MAX`] responses wait before they are sent, so a client that pipelines
-//! without reading its responses stalls only itself (TCP back-pressure). Each connection has a
-//! [`RECV_BYTES_MIN`] buffer; larger frames take their extra space from the shard's receive
-//! budget ([`crate::limits::RecvGrant`]) and give it back once handled.
+//! Bounds: a request is outstanding from the moment it is read until its answer is sent. At
+//! most [`INFLIGHT_REQUESTS_MAX`] requests and [`INFLIGHT_BYTES_MAX`] bytes of them may be
+//! outstanding; at either bound the socket is not read (TCP back-pressure), so a client that
+//! pipelines without reading its answers stalls only itself. Each connection has a
+//! [`RECV_BYTES_MIN`] buffer; the bytes of its outstanding requests and the extra space of a
+//! large frame's buffer come from the shard's receive budget ([`crate::limits::RecvGrant`]):
+//! a connection with requests outstanding reads on only while the budget has room, one with
+//! none waits for room (one always may, so progress is guaranteed).
 
 use crate::api::{self, Outcome};
 use crate::limits::{ConnectionSlot, RecvGrant};
 use crate::shard;
 use crate::warn_limited;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use ringbroker_protocol::frame::{next_frame, Next};
 use ringbroker_runtime::chunk::Chunk;
-use ringbroker_runtime::executor::spawn;
+use ringbroker_runtime::executor::{spawn, JoinHandle};
 use ringbroker_runtime::op::{self, SharedFd};
 use ringbroker_runtime::splice::send_chunks;
 use std::cell::Cell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 
 /// The receive buffer every connection has; larger frames borrow from the shard's budget.
 pub const RECV_BYTES_MIN: usize = 64 * 1024;
-/// Responses a connection may have waiting before they are sent (requests read ahead).
+/// Requests a connection may have read and not yet answered (their answers sent); at this
+/// many it stops reading.
 pub const INFLIGHT_REQUESTS_MAX: usize = 64;
-/// Request windows in a row whose partitions all live on one other shard before the
+/// Bytes of requests a connection may have read and not yet answered; at this many it stops
+/// reading (one larger frame is still read when nothing else is outstanding). Five pipelined
+/// 1 MiB Produce requests (clients' defaults) fit.
+pub const INFLIGHT_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Receives in a row whose requests' partitions all live on one other shard before the
 /// connection moves there.
 pub const MOVE_AFTER_WINDOWS: u32 = 4;
 /// Moves a connection may make in its life (a client that switches between partitions of
@@ -81,8 +110,54 @@ pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>, slot: ConnectionSlot)
     serve_here(fd, peer, slot, BytesMut::with_capacity(RECV_BYTES_MIN), 0).await
 }
 
+/// Requests and their bytes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    requests: usize,
+    bytes: usize,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.requests += other.requests;
+        self.bytes += other.bytes;
+    }
+
+    fn sub(&mut self, other: Tally) {
+        self.requests -= other.requests;
+        self.bytes -= other.bytes;
+    }
+}
+
+/// Why the connection reads no more.
+enum Stop {
+    /// The peer closed its side, or the broker is draining: answer what was read, then leave.
+    Quiet,
+    /// Close after the answers to the requests before the cause (a frame error, a handler's
+    /// `Outcome::Close`), logging the reason.
+    Close(String),
+}
+
+/// What woke the connection task.
+enum Event {
+    Received(io::Result<usize>, BytesMut),
+    /// One or more answers were taken from the oldest requests.
+    Answered,
+    Sent(io::Result<()>),
+}
+
+type Receiving<'a> = Pin<Box<dyn Future<Output = (io::Result<usize>, BytesMut)> + 'a>>;
+type Sending<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>;
+
 /// Serves the connection on this shard; `buf` holds bytes already received, `moves` how often
 /// it has moved between shards.
+///
+/// One loop turn: start every complete request in the buffer (within the bounds), start a
+/// send of the answers taken when none runs, leave or move when nothing is outstanding and
+/// that is due, arm a receive when none is armed and the bounds allow, then wait for the
+/// first of: the send done, the oldest request(s) answered, the receive done. The receive
+/// owns the buffer while armed, so frames are only parsed between receives; every future
+/// waited on lives across turns in a local, so waiting for one never drops another.
 async fn serve_here(
     fd: SharedFd,
     peer: Rc<str>,
@@ -97,134 +172,241 @@ async fn serve_here(
     let conn = Rc::new(Conn::new(peer.clone()));
     let mut grant = RecvGrant::none();
     let _counted = crate::stats::ConnectionGuard::open();
-    let mut frames: Vec<Bytes> = Vec::new();
-    // (shard, windows in a row whose partitions all live there)
+    // Requests started and not yet answered, oldest first, with their frame bytes.
+    let mut running: VecDeque<(JoinHandle<Outcome>, usize)> = VecDeque::new();
+    // Answers taken from `running` and not yet handed to a send, and what they answer.
+    let mut answers: Vec<Chunk> = Vec::new();
+    let mut answered = Tally::default();
+    let mut sending: Option<(Sending<'_>, Tally)> = None;
+    let mut receiving: Option<Receiving<'_>> = None;
+    // Read and not yet answered on the wire: running, answered and being sent.
+    let mut outstanding = Tally::default();
+    let mut stop: Option<Stop> = None;
+    // Total bytes of a frame larger than RECV_BYTES_MIN being received (0: none).
+    let mut large_frame_bytes = 0usize;
+    // The buffer was grown for a large frame (it shrinks back once that frame is read).
+    let mut buf_large = false;
+    // (shard, receives in a row whose partitions all live there)
     let mut elsewhere: Option<(usize, u32)> = None;
+    let mut moving: Option<usize> = None;
     loop {
-        let mut responses: Vec<Chunk> = Vec::new();
-        let mut frame_error: Option<String> = None;
-        let mut reading_large_frame = false;
-        while frames.len() < INFLIGHT_REQUESTS_MAX {
-            match next_frame(&mut buf, frame_bytes_max) {
-                Ok(Next::Frame(frame)) => frames.push(frame),
-                Ok(Next::NeedMore { total }) => {
-                    let total = total.unwrap_or(0);
-                    reading_large_frame = total > RECV_BYTES_MIN;
-                    let want = total.max(buf.len() + RECV_BYTES_MIN);
-                    if buf.capacity() < want {
-                        if reading_large_frame {
-                            grant.grow_to(total - RECV_BYTES_MIN, budget_max).await;
-                        }
-                        buf.reserve(want - buf.len());
+        // Start the requests in the buffer, in arrival order.
+        if receiving.is_none() && matches!(stop, None | Some(Stop::Quiet)) {
+            while outstanding.requests < INFLIGHT_REQUESTS_MAX
+                && outstanding.bytes < INFLIGHT_BYTES_MAX
+            {
+                match next_frame(&mut buf, frame_bytes_max) {
+                    Ok(Next::Frame(frame)) => {
+                        let bytes = frame.len();
+                        let conn = conn.clone();
+                        let task = spawn(async move { api::handle(frame, &conn).await });
+                        running.push_back((task, bytes));
+                        outstanding.add(Tally { requests: 1, bytes });
+                        large_frame_bytes = 0;
                     }
-                    break;
-                }
-                Err(e) => {
-                    frame_error = Some(e.to_string());
-                    break;
+                    Ok(Next::NeedMore { total }) => {
+                        large_frame_bytes = total.filter(|&t| t > RECV_BYTES_MIN).unwrap_or(0);
+                        break;
+                    }
+                    Err(e) => {
+                        // Answer the requests before it, then close.
+                        stop = Some(Stop::Close(e.to_string()));
+                        break;
+                    }
                 }
             }
         }
-        let window_full = frames.len() >= INFLIGHT_REQUESTS_MAX;
-        // One request is handled in place. Several (pipelined) run at once, each as its own
-        // task started in arrival order (the executor is FIFO and handlers start their
-        // partition work before their first await, so appends keep the connection's order);
-        // the answers are taken in that order, up to the first that closes the connection.
-        let mut close = if frames.len() == 1 {
-            let frame = frames.pop().expect("one frame");
-            take(api::handle(frame, &conn).await, &mut responses)
-        } else {
-            let running: Vec<_> = frames
-                .drain(..)
-                .map(|frame| {
-                    let conn = conn.clone();
-                    spawn(async move { api::handle(frame, &conn).await })
-                })
-                .collect();
-            let mut close = None;
-            for task in running {
-                close = match task.await {
-                    Ok(outcome) => take(outcome, &mut responses),
-                    Err(_) => Some("request task vanished".into()),
+        // Hand the answers taken so far to one send (none runs).
+        if sending.is_none() && answered.requests > 0 {
+            let tally = std::mem::take(&mut answered);
+            if answers.is_empty() {
+                outstanding.sub(tally); // acks=0 Produce: nothing to send
+            } else {
+                let chunks = std::mem::take(&mut answers);
+                crate::stats::bytes_sent(chunks.iter().map(Chunk::len).sum());
+                sending = Some((Box::pin(send_chunks(&fd, chunks)), tally));
+            }
+        }
+        // Outstanding bytes and a large frame's buffer beyond RECV_BYTES_MIN: the shard's.
+        let grant_bytes = outstanding.bytes + large_frame_bytes.saturating_sub(RECV_BYTES_MIN);
+        if grant.bytes() > grant_bytes {
+            grant.shrink_to(grant_bytes);
+        }
+        let nothing_outstanding = outstanding.requests == 0
+            && running.is_empty()
+            && sending.is_none()
+            && receiving.is_none();
+        if nothing_outstanding {
+            match &stop {
+                Some(Stop::Quiet) => {
+                    tracing::debug!(%peer, "connection closed");
+                    return;
+                }
+                Some(Stop::Close(reason)) => {
+                    warn_limited!(%peer, %reason, "closing connection");
+                    return;
+                }
+                None => {}
+            }
+            if let Some(target) = moving.take() {
+                // Nothing of this connection is in flight here now (every answer is sent, no
+                // receive is armed), so its socket can change rings.
+                if grant.bytes() == 0 {
+                    tracing::debug!(%peer, from = here, to = target, "moving connection to the shard that owns its partitions");
+                    crate::stats::connection_moved();
+                    let peer = peer.to_string();
+                    let fd = fd.clone();
+                    ringbroker_runtime::mesh::send(
+                        target,
+                        Box::new(move || {
+                            drop(spawn(serve_here(fd, peer.into(), slot, buf, moves + 1)));
+                        }),
+                    )
+                    .await;
+                    return;
+                }
+                // A large frame is half read: stay.
+            }
+        }
+        if stop.is_none()
+            && moving.is_none()
+            && receiving.is_none()
+            && outstanding.requests < INFLIGHT_REQUESTS_MAX
+            && outstanding.bytes < INFLIGHT_BYTES_MAX
+        {
+            if crate::server::draining() {
+                // The broker is stopping: every request read is answered; read no more.
+                stop = Some(Stop::Quiet);
+                continue;
+            }
+            let room = if outstanding.requests == 0 {
+                // Nothing to answer meanwhile: wait for room (one may always grow).
+                grant.grow_to(grant_bytes, budget_max).await;
+                true
+            } else {
+                // Answers to send meanwhile: read on only while the shard has room.
+                grant.try_grow_to(grant_bytes, budget_max)
+            };
+            if room {
+                if large_frame_bytes > 0 {
+                    buf_large = true;
+                } else if buf_large {
+                    // The large frame is read: give its buffer back.
+                    let mut small = BytesMut::with_capacity(RECV_BYTES_MIN);
+                    small.extend_from_slice(&buf);
+                    buf = small;
+                    buf_large = false;
+                }
+                let want = large_frame_bytes.max(buf.len() + RECV_BYTES_MIN);
+                if buf.capacity() < want {
+                    buf.reserve(want - buf.len());
+                }
+                receiving = Some(Box::pin(op::recv(&fd, std::mem::take(&mut buf))));
+            }
+        }
+        if receiving.is_none() && sending.is_none() && running.is_empty() {
+            // Unreachable by the rules above (something outstanding is running or being
+            // sent); never wait for nothing.
+            debug_assert!(false, "connection waits for nothing");
+            return;
+        }
+        let event = std::future::poll_fn(|cx| {
+            if let Some((send, _)) = sending.as_mut() {
+                if let Poll::Ready(result) = send.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Sent(result));
+                }
+            }
+            let mut took = false;
+            while let Some((task, bytes)) = running.front_mut() {
+                let Poll::Ready(outcome) = Pin::new(task).poll(cx) else {
+                    break;
                 };
-                if close.is_some() {
+                answered.add(Tally {
+                    requests: 1,
+                    bytes: *bytes,
+                });
+                running.pop_front();
+                took = true;
+                let close = match outcome {
+                    Ok(outcome) => take(outcome, &mut answers),
+                    Err(_) => Some("request task vanished".to_string()),
+                };
+                if let Some(reason) = close {
+                    // The later requests are not answered (their tasks run on, detached).
+                    for (_, bytes) in running.drain(..) {
+                        answered.add(Tally { requests: 1, bytes });
+                    }
+                    stop = Some(Stop::Close(reason));
                     break;
                 }
             }
-            close
-        };
-        close = close.or(frame_error);
-        if !responses.is_empty() {
-            crate::stats::bytes_sent(responses.iter().map(Chunk::len).sum());
-            if let Err(e) = send_chunks(&fd, responses).await {
-                tracing::debug!(%peer, error = %e, "send failed; closing");
-                return;
+            if took {
+                return Poll::Ready(Event::Answered);
             }
-        }
-        if let Some(reason) = close {
-            warn_limited!(%peer, %reason, "closing connection");
-            return;
-        }
-        if window_full {
-            // Answered a full window: handle what is already buffered before reading more.
-            continue;
-        }
-        if crate::server::draining() {
-            // The broker is stopping: every request read is answered; read no more.
-            return;
-        }
-        // A large frame is handled: give its space back to the shard.
-        if grant.bytes() > 0 && !reading_large_frame {
-            let mut small = BytesMut::with_capacity(RECV_BYTES_MIN);
-            small.extend_from_slice(&buf);
-            buf = small;
-            grant.release();
-        }
-        elsewhere = match (conn.take_owners(), elsewhere) {
-            (Owners::None, kept) => kept,
-            (Owners::One(s), Some((t, n))) if s != here && s == t => Some((s, n + 1)),
-            (Owners::One(s), _) if s != here => Some((s, 1)),
-            _ => None,
-        };
-        if let Some((target, n)) = elsewhere {
-            // Nothing of this connection is in flight here now (every answer is sent, no
-            // receive is armed), so its socket can change rings.
-            if n >= MOVE_AFTER_WINDOWS && moves < MOVES_MAX && grant.bytes() == 0 {
-                tracing::debug!(%peer, from = here, to = target, "moving connection to the shard that owns its partitions");
-                crate::stats::connection_moved();
-                let peer = peer.to_string();
-                let fd = fd.clone();
-                ringbroker_runtime::mesh::send(
-                    target,
-                    Box::new(move || {
-                        drop(spawn(serve_here(fd, peer.into(), slot, buf, moves + 1)));
-                    }),
-                )
-                .await;
-                return;
+            if let Some(recv) = receiving.as_mut() {
+                if let Poll::Ready((result, b)) = recv.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Received(result, b));
+                }
             }
-        }
-        let (result, b) = op::recv(&fd, buf).await;
-        buf = b;
-        match result {
-            Ok(0) => {
-                tracing::debug!(%peer, "connection closed by peer");
-                return;
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Answered => {
+                if matches!(stop, Some(Stop::Close(_))) {
+                    // Read no more (the bytes of a cancelled receive do not matter now).
+                    receiving = None;
+                }
             }
-            Ok(n) => crate::stats::bytes_received(n),
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "recv failed; closing");
-                return;
+            Event::Sent(result) => {
+                let (_, tally) = sending.take().expect("a send was running");
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "send failed; closing");
+                    return;
+                }
+                outstanding.sub(tally);
+            }
+            Event::Received(result, b) => {
+                receiving = None;
+                buf = b;
+                match result {
+                    Ok(0) => {
+                        tracing::debug!(%peer, "connection closed by peer");
+                        // Answer what was read (the peer may only have shut its write side).
+                        stop.get_or_insert(Stop::Quiet);
+                    }
+                    Ok(n) => {
+                        crate::stats::bytes_received(n);
+                        elsewhere = match (conn.take_owners(), elsewhere) {
+                            (Owners::None, kept) => kept,
+                            (Owners::One(s), Some((t, n))) if s != here && s == t => {
+                                Some((s, n + 1))
+                            }
+                            (Owners::One(s), _) if s != here => Some((s, 1)),
+                            _ => None,
+                        };
+                        if let Some((target, n)) = elsewhere {
+                            if n >= MOVE_AFTER_WINDOWS && moves < MOVES_MAX {
+                                // Receive no more; move once everything read is answered.
+                                moving = Some(target);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "recv failed; closing");
+                        return;
+                    }
+                }
             }
         }
     }
 }
 
-/// Adds a request's outcome to the responses; the reason when it closes the connection.
-fn take(outcome: Outcome, responses: &mut Vec<Chunk>) -> Option<String> {
+/// Adds a request's outcome to the answers; the reason when it closes the connection.
+fn take(outcome: Outcome, answers: &mut Vec<Chunk>) -> Option<String> {
     match outcome {
-        Outcome::Respond(bytes) => responses.push(Chunk::Mem(bytes)),
-        Outcome::RespondChunks(chunks) => responses.extend(chunks),
+        Outcome::Respond(bytes) => answers.push(Chunk::Mem(bytes)),
+        Outcome::RespondChunks(chunks) => answers.extend(chunks),
         Outcome::Silent => {}
         Outcome::Close(reason) => return Some(reason),
     }

@@ -200,31 +200,46 @@ impl RecvGrant {
     /// Grows this grant to `bytes`, waiting while the shard's budget is spent (unless
     /// nothing else holds any, so one large frame can always be read).
     pub async fn grow_to(&mut self, bytes: usize, budget_max: usize) {
-        if bytes <= self.bytes {
-            return;
-        }
-        let more = bytes - self.bytes;
+        let freed = self.budget.freed.clone();
         loop {
-            let notified = self.budget.freed.notified();
-            let in_use = self.budget.in_use.get();
-            if in_use + more <= budget_max || in_use == self.bytes {
-                self.budget.in_use.set(in_use + more);
-                self.bytes = bytes;
+            let notified = freed.notified();
+            if self.try_grow_to(bytes, budget_max) {
                 return;
             }
             notified.await;
         }
     }
 
-    /// Gives the whole grant back.
-    pub fn release(&mut self) {
-        if self.bytes > 0 {
+    /// Grows this grant to `bytes` if the shard's budget has room now (or nothing else holds
+    /// any); whether it now holds at least `bytes`.
+    pub fn try_grow_to(&mut self, bytes: usize, budget_max: usize) -> bool {
+        if bytes <= self.bytes {
+            return true;
+        }
+        let more = bytes - self.bytes;
+        let in_use = self.budget.in_use.get();
+        if in_use + more <= budget_max || in_use == self.bytes {
+            self.budget.in_use.set(in_use + more);
+            self.bytes = bytes;
+            return true;
+        }
+        false
+    }
+
+    /// Gives back what this grant holds beyond `bytes`.
+    pub fn shrink_to(&mut self, bytes: usize) {
+        if bytes < self.bytes {
             self.budget
                 .in_use
-                .set(self.budget.in_use.get() - self.bytes);
-            self.bytes = 0;
+                .set(self.budget.in_use.get() - (self.bytes - bytes));
+            self.bytes = bytes;
             self.budget.freed.notify_all();
         }
+    }
+
+    /// Gives the whole grant back.
+    pub fn release(&mut self) {
+        self.shrink_to(0);
     }
 }
 
