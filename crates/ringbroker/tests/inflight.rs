@@ -168,14 +168,19 @@ fn a_produce_behind_a_long_poll_fetch_is_appended_at_once_and_answers_keep_reque
     create(&broker.addr, "quiet");
     create(&broker.addr, "busy");
     let mut raw = Raw::connect(&broker.addr);
-    let mut out = Vec::new();
-    // A long poll on an empty partition, a shorter one, two fast requests, then a Produce.
+    // A long poll on an empty partition, read by the broker on its own...
+    let mut first = Vec::new();
     let slow = raw.frame(
-        &mut out,
+        &mut first,
         ApiKey::Fetch,
         12,
         &fetch_request("quiet", 3000, 1 << 20),
     );
+    let sent = Instant::now();
+    raw.stream.write_all(&first).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // ...then a shorter one, two fast requests and a Produce, which arrive while it waits.
+    let mut out = Vec::new();
     let short = raw.frame(
         &mut out,
         ApiKey::Fetch,
@@ -200,7 +205,6 @@ fn a_produce_behind_a_long_poll_fetch_is_appended_at_once_and_answers_keep_reque
         9,
         &produce_request("busy", 1, b"behind the long poll"),
     );
-    let sent = Instant::now();
     raw.stream.write_all(&out).unwrap();
     // While the long poll waits, the Produce read behind it is already appended...
     let appended_by = Instant::now() + Duration::from_millis(1500);
@@ -377,8 +381,11 @@ fn a_bad_frame_or_a_closing_request_after_pipelined_requests_closes_after_their_
         &mut out,
         ApiKey::Fetch,
         12,
-        &fetch_request("quiet", 700, 1 << 20),
+        &fetch_request("quiet", 1500, 1 << 20),
     );
+    raw.stream.write_all(&out).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut out = Vec::new();
     let produce = raw.frame(
         &mut out,
         ApiKey::Produce,
@@ -401,6 +408,13 @@ fn a_bad_frame_or_a_closing_request_after_pipelined_requests_closes_after_their_
     );
     out.extend_from_slice(&after);
     raw.stream.write_all(&out).unwrap();
+    // The Produce read behind the waiting Fetch is appended before the Fetch is answered.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        end_offset(&broker.addr, "kept"),
+        1,
+        "the Produce behind a long-poll Fetch was not appended while the Fetch waited"
+    );
     let _: FetchResponse = raw.read(ApiKey::Fetch, 12, slow);
     let p: ProduceResponse = raw.read(ApiKey::Produce, 9, produce);
     assert_eq!(p.responses[0].partition_responses[0].error_code, 0);
