@@ -7,7 +7,7 @@
 //! earlier one waits for its fdatasync is appended at once and joins the next group commit
 //! (with acks=all, a client with five requests in flight would otherwise get one request
 //! window per fdatasync). One task does the reading and the writing. It keeps three things
-//! in flight and polls them together (see [`serve_here`]): the receive op (armed while the
+//! in flight and polls them together (`serve_here`): the receive op (armed while the
 //! bounds allow), the oldest unanswered request (a spawned task's `JoinHandle`, then the next
 //! once it is done), and the send of the answers taken so far. Ops are drop safe, so the task
 //! may be dropped at any await (shutdown): the armed receive is cancelled, nothing more is
