@@ -43,14 +43,14 @@ use ringbroker_runtime::chunk::Chunk;
 use ringbroker_runtime::executor::{spawn, JoinHandle};
 use ringbroker_runtime::op::{self, SharedFd};
 use ringbroker_runtime::splice::send_chunks;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 
 /// The receive buffer every connection has; larger frames borrow from the shard's budget.
 pub const RECV_BYTES_MIN: usize = 64 * 1024;
@@ -72,6 +72,20 @@ pub const MOVES_MAX: u32 = 3;
 pub struct Conn {
     pub peer: Rc<str>,
     owners: Cell<Owners>,
+    /// Requests of this connection waiting on something slow (see [`Conn::park`]).
+    parked: Cell<u32>,
+    /// The connection task, while it has requests running and no receive armed: a request
+    /// that parks wakes it so that it reads on.
+    waker: RefCell<Option<Waker>>,
+}
+
+/// A request's mark that it waits on something slow; dropping it takes the mark back.
+pub struct Parked<'a>(&'a Conn);
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.parked.set(self.0.parked.get() - 1);
+    }
 }
 
 /// The shards owning the partitions the requests of one window touched.
@@ -87,7 +101,30 @@ impl Conn {
         Conn {
             peer,
             owners: Cell::new(Owners::None),
+            parked: Cell::new(0),
+            waker: RefCell::new(None),
         }
+    }
+
+    /// Marks the calling request as waiting on something slow (an fdatasync, a long poll, a
+    /// rebalance) until the guard drops. While any request is parked the connection reads the
+    /// requests behind it and starts them at once (a Produce that arrives during a sync joins
+    /// the next group commit); while none is, it reads again only once its running requests
+    /// are answered, so requests that arrive meanwhile gather in the socket and are read,
+    /// run and answered together (one receive and one send per window, not per request).
+    pub fn park(&self) -> Parked<'_> {
+        let n = self.parked.get();
+        self.parked.set(n + 1);
+        if n == 0 {
+            if let Some(waker) = self.waker.take() {
+                waker.wake();
+            }
+        }
+        Parked(self)
+    }
+
+    fn is_parked(&self) -> bool {
+        self.parked.get() > 0
     }
 
     /// Records that a request of this connection reads or writes a partition of `shard`.
@@ -144,6 +181,8 @@ enum Event {
     /// One or more answers were taken from the oldest requests.
     Answered,
     Sent(io::Result<()>),
+    /// A running request parked while no receive was armed.
+    Parked,
 }
 
 type Receiving<'a> = Pin<Box<dyn Future<Output = (io::Result<usize>, BytesMut)> + 'a>>;
@@ -268,12 +307,16 @@ async fn serve_here(
                 // A large frame is half read: stay.
             }
         }
-        if stop.is_none()
+        let may_read = stop.is_none()
             && moving.is_none()
             && receiving.is_none()
             && outstanding.requests < INFLIGHT_REQUESTS_MAX
-            && outstanding.bytes < INFLIGHT_BYTES_MAX
-        {
+            && outstanding.bytes < INFLIGHT_BYTES_MAX;
+        // Read ahead of running requests only while one of them is parked (see Conn::park).
+        let read_ahead = running.is_empty() || conn.is_parked();
+        // Nothing but the lack of a parked request keeps the receive from being armed.
+        let wake_on_park = may_read && !read_ahead;
+        if may_read && read_ahead {
             if crate::server::draining() {
                 // The broker is stopping: every request read is answered; read no more.
                 stop = Some(Stop::Quiet);
@@ -311,6 +354,9 @@ async fn serve_here(
             return;
         }
         let event = std::future::poll_fn(|cx| {
+            if wake_on_park {
+                conn.waker.replace(Some(cx.waker().clone()));
+            }
             if let Some((send, _)) = sending.as_mut() {
                 if let Poll::Ready(result) = send.as_mut().poll(cx) {
                     return Poll::Ready(Event::Sent(result));
@@ -348,10 +394,16 @@ async fn serve_here(
                     return Poll::Ready(Event::Received(result, b));
                 }
             }
+            if wake_on_park && conn.is_parked() {
+                // A running request parked: go round and arm a receive.
+                return Poll::Ready(Event::Parked);
+            }
             Poll::Pending
         })
         .await;
+        conn.waker.take();
         match event {
+            Event::Parked => {}
             Event::Answered => {
                 if matches!(stop, Some(Stop::Close(_))) {
                     // Read no more (the bytes of a cancelled receive do not matter now).

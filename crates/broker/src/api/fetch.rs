@@ -162,6 +162,8 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
         if ready >= min_bytes || any_error || now >= deadline || crate::server::draining() {
             break results;
         }
+        // A long poll: the connection reads the requests behind this one meanwhile.
+        let _parked = conn.park();
         wait_for_append(&wanted, &results, deadline - now).await;
     };
     // Trim to the response limit, keeping at least the first non-empty partition. Each

@@ -179,8 +179,15 @@ async fn dispatch(frame: Bytes, conn: &crate::connection::Conn) -> Outcome {
         ApiKey::CreateTopics => create_topics::handle(req).await,
         ApiKey::DeleteTopics => delete_topics::handle(req).await,
         ApiKey::FindCoordinator => find_coordinator::handle(req).await,
-        ApiKey::JoinGroup => join_group::handle(req).await,
-        ApiKey::SyncGroup => sync_group::handle(req).await,
+        // Both wait for the group's other members (a rebalance): the connection reads on.
+        ApiKey::JoinGroup => {
+            let _parked = conn.park();
+            join_group::handle(req).await
+        }
+        ApiKey::SyncGroup => {
+            let _parked = conn.park();
+            sync_group::handle(req).await
+        }
         ApiKey::Heartbeat => heartbeat::handle(req).await,
         ApiKey::LeaveGroup => leave_group::handle(req).await,
         ApiKey::OffsetCommit => offset_commit::handle(req).await,

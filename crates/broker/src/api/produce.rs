@@ -271,6 +271,9 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
         }
         topics.push((topic_data.name, partitions));
     }
+    // Waiting for an fdatasync: the connection reads the requests behind this one meanwhile,
+    // so Produce requests that arrive during the sync are appended and join the next one.
+    let _parked = sync.then(|| conn.park());
     let mut responses = Vec::with_capacity(topics.len());
     for (name, partitions) in topics {
         let mut partition_responses = Vec::with_capacity(partitions.len());
