@@ -187,14 +187,8 @@ struct State {
     failure_high_watermarks: VecDeque<(u64, i64)>,
     writes_in_flight: usize,
     synced_offset: i64,
-    /// fdatasync runs under way (at most [`SYNCS_IN_FLIGHT_MAX`]).
-    syncs_running: usize,
-    /// The high watermark the newest sync run started with: a caller at or below it waits
-    /// for the running syncs instead of starting another.
-    sync_target: i64,
-    /// Segments that may hold data no completed sync covered: the active one, and any rolled
-    /// away since. A sync run syncs them all; on success it removes those that were already
-    /// rolled away when it started (nothing is written to them any more).
+    sync_running: bool,
+    /// Segments written since the last completed sync (the active one, and any rolled away).
     unsynced: Vec<SharedFd>,
     /// The recovery checkpoint on disk (read at open or last written).
     checkpoint: Option<Checkpoint>,
@@ -224,10 +218,6 @@ pub struct PartitionLog {
 
 /// Failure epochs whose starting high watermark a log remembers.
 const FAILURE_EPOCHS_KEPT: usize = 16;
-/// fdatasync runs one partition may have under way at once. Two let a sync start for data
-/// appended while the previous one runs, instead of after it (group commit keeps the number
-/// of syncs per second bounded by the device, not by the requests).
-pub const SYNCS_IN_FLIGHT_MAX: usize = 2;
 
 impl State {
     /// A write failed: appends started before now must not report success for offsets past
@@ -374,8 +364,7 @@ impl PartitionLog {
                 failure_high_watermarks: VecDeque::new(),
                 writes_in_flight: 0,
                 synced_offset,
-                syncs_running: 0,
-                sync_target: i64::MIN,
+                sync_running: false,
                 unsynced,
                 // A checkpoint this open could not use is replaced at the first chance.
                 checkpoint: match recovery {
@@ -618,49 +607,39 @@ impl PartitionLog {
     pub async fn sync_to(&self, offset: i64) -> Result<(), AppendError> {
         loop {
             let notified = self.synced.notified();
-            let step = {
+            let running = {
                 let st = self.state.borrow();
-                let step = sync_step(&st, offset);
-                if let (false, Some(why)) = (matches!(step, SyncStep::Done), &st.failed) {
+                if st.synced_offset >= offset {
+                    return Ok(());
+                }
+                if let Some(why) = &st.failed {
                     return Err(AppendError::Failed(why.clone()));
                 }
-                step
+                st.sync_running
             };
-            match step {
-                SyncStep::Done => return Ok(()),
-                SyncStep::Wait => {
-                    notified.await;
-                    continue;
-                }
-                SyncStep::Start => {}
+            if running {
+                // A sync is under way; it may not cover us, so check again after it.
+                notified.await;
+                continue;
             }
-            // Start a sync now, even while an earlier one runs: data appended during a sync
-            // is not covered by it, and waiting for it to end before starting the next would
-            // make a request arriving mid-sync wait for up to two syncs.
-            let (fds, active, target) = {
+            let (fds, target) = {
                 let mut st = self.state.borrow_mut();
-                st.syncs_running += 1;
-                let target = st.high_watermark;
-                st.sync_target = target;
+                st.sync_running = true;
                 let active = st.segments.last().expect("active").log.clone();
-                if !st
-                    .unsynced
-                    .iter()
-                    .any(|f| std::sync::Arc::ptr_eq(f, &active))
-                {
-                    st.unsynced.push(active.clone());
+                let mut fds = std::mem::replace(&mut st.unsynced, vec![active.clone()]);
+                if !fds.iter().any(|f| std::sync::Arc::ptr_eq(f, &active)) {
+                    fds.push(active);
                 }
-                (st.unsynced.clone(), active, target)
+                (fds, st.high_watermark)
             };
             // The fdatasyncs run as a task of their own, so a caller dropped mid-sync neither
-            // leaves the sync counted as running for ever nor loses an fdatasync's error (the
+            // leaves the sync marked running for ever nor loses an fdatasync's error (the
             // kernel reports a writeback error once per open file: lost, it never comes back).
             let sync = SyncRun {
                 dir: self.dir.clone(),
                 state: self.state.clone(),
                 synced: self.synced.clone(),
                 fds,
-                active,
                 settled: false,
             };
             let result = spawn(sync.run(target)).await;
@@ -1191,34 +1170,11 @@ impl Drop for AppendWrite {
 /// offset, or the failure). Dropped unfinished (the shard's executor stopped), the guard
 /// clears the running flag, hands the files back for a later sync and fails the log: an
 /// fdatasync whose outcome nobody saw may have swallowed a writeback error.
-enum SyncStep {
-    /// Everything below the offset is synced.
-    Done,
-    /// A running sync covers the offset, or as many syncs run as may: wait for one to end.
-    Wait,
-    /// Start a sync now (even while an earlier one runs, when it does not cover the offset).
-    Start,
-}
-
-fn sync_step(st: &State, offset: i64) -> SyncStep {
-    if st.synced_offset >= offset {
-        SyncStep::Done
-    } else if st.syncs_running > 0 && st.sync_target >= offset
-        || st.syncs_running >= SYNCS_IN_FLIGHT_MAX
-    {
-        SyncStep::Wait
-    } else {
-        SyncStep::Start
-    }
-}
-
 struct SyncRun {
     dir: Rc<Path>,
     state: Rc<RefCell<State>>,
     synced: Rc<Notify>,
     fds: Vec<SharedFd>,
-    /// The active segment when the run started (written on after it: stays unsynced).
-    active: SharedFd,
     settled: bool,
 }
 
@@ -1238,23 +1194,13 @@ impl SyncRun {
         self.settled = true;
         {
             let mut st = self.state.borrow_mut();
-            st.syncs_running -= 1;
+            st.sync_running = false;
             match &result {
-                // After a failed sync (this run's or an overlapping one's) nothing counts as
-                // synced any more: the writeback error was reported to one caller only. A
-                // failed write (repairable) does not make this sync's data less durable.
-                Ok(()) if st.failed.is_none() || st.repairable => {
-                    st.synced_offset = st.synced_offset.max(target);
-                    let (fds, active) = (&self.fds, &self.active);
-                    st.unsynced.retain(|f| {
-                        std::sync::Arc::ptr_eq(f, active)
-                            || !fds.iter().any(|g| std::sync::Arc::ptr_eq(f, g))
-                    });
-                }
-                Ok(()) => {}
+                Ok(()) => st.synced_offset = st.synced_offset.max(target),
                 Err(e) => {
                     tracing::error!(dir = %self.dir.display(), error = %e, "fdatasync failed; partition stops accepting writes");
                     st.failed = Some(e.to_string());
+                    // Even after a write failure: a failed sync is never repairable.
                     st.repairable = false;
                 }
             }
@@ -1271,8 +1217,13 @@ impl Drop for SyncRun {
         }
         if let Ok(mut st) = self.state.try_borrow_mut() {
             tracing::error!(dir = %self.dir.display(), "an fdatasync was abandoned; partition refuses writes until reopened");
-            st.syncs_running -= 1;
+            st.sync_running = false;
             st.repairable = false;
+            for fd in self.fds.drain(..) {
+                if !st.unsynced.iter().any(|f| std::sync::Arc::ptr_eq(f, &fd)) {
+                    st.unsynced.push(fd);
+                }
+            }
             if st.failed.is_none() {
                 st.failed = Some("an fdatasync was abandoned before its outcome was seen".into());
             }
@@ -1957,67 +1908,6 @@ mod tests {
         .unwrap();
     }
 
-    #[test]
-    fn a_sync_starts_beside_a_running_one_that_does_not_cover_the_offset() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t-0");
-        block_on(async move {
-            let log = PartitionLog::open(&path, small_config()).unwrap();
-            let step = |synced: i64, running: usize, target: i64, offset: i64| {
-                let mut st = log.state.borrow_mut();
-                (st.synced_offset, st.syncs_running, st.sync_target) = (synced, running, target);
-                let step = sync_step(&st, offset);
-                (st.synced_offset, st.syncs_running, st.sync_target) = (0, 0, i64::MIN);
-                match step {
-                    SyncStep::Done => "done",
-                    SyncStep::Wait => "wait",
-                    SyncStep::Start => "start",
-                }
-            };
-            assert_eq!(step(10, 0, 10, 10), "done");
-            assert_eq!(step(10, 1, 20, 10), "done");
-            assert_eq!(step(0, 0, i64::MIN, 10), "start");
-            // One runs up to 20: a caller at or below it waits, one above starts another.
-            assert_eq!(step(0, 1, 20, 20), "wait");
-            assert_eq!(step(0, 1, 20, 21), "start");
-            assert_eq!(step(0, SYNCS_IN_FLIGHT_MAX, 20, 21), "wait");
-        })
-        .unwrap();
-    }
-
-    #[test]
-    fn overlapping_syncs_leave_everything_synced_and_only_the_active_segment_unsynced() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t-0");
-        block_on(async move {
-            let log = Rc::new(PartitionLog::open(&path, small_config()).unwrap());
-            let mut syncs = Vec::new();
-            for i in 0..200 {
-                log.append_batch(batch(1, 20, i), 1).await.unwrap();
-                let (log, hw) = (log.clone(), log.high_watermark());
-                syncs.push(spawn(async move { log.sync_to(hw).await }));
-                if i % 3 == 0 {
-                    ringbroker_runtime::yield_now().await;
-                }
-            }
-            for s in syncs {
-                within(s).await.unwrap().unwrap();
-            }
-            let st = log.state.borrow();
-            assert_eq!(st.synced_offset, 200);
-            assert_eq!(st.syncs_running, 0);
-            assert!(st.segments.len() > 1, "the appends rolled segments");
-            let active = &st.segments.last().unwrap().log;
-            assert!(
-                st.unsynced
-                    .iter()
-                    .all(|f| std::sync::Arc::ptr_eq(f, active)),
-                "rolled segments a completed sync covered are not synced again"
-            );
-        })
-        .unwrap();
-    }
-
     /// Polls `future` once, then drops it: a caller that went away mid-flight.
     fn poll_once_then_drop<F: Future>(future: F) {
         let mut future = std::pin::pin!(future);
@@ -2103,7 +1993,7 @@ mod tests {
                     let _ = op::timeout(limit, log.sync_to(hw)).await;
                 }
                 within(log.sync_to(hw)).await.unwrap();
-                assert_eq!(log.state.borrow().syncs_running, 0);
+                assert!(!log.state.borrow().sync_running);
             }
             assert!(log.segment_count() > 1, "syncs covered rolled segments too");
             log.append_batch(batch(1, 5, 0), 1).await.unwrap();
