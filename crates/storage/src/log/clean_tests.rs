@@ -760,3 +760,48 @@ fn the_first_dirty_offset_file_round_trips_and_a_damaged_one_is_ignored() {
     assert_eq!(parse_segment_file("00000000000000000005.index"), Some((5, "index")));
     assert_eq!(parse_segment_file("00000000000000000005.index.swap"), None);
 }
+
+#[test]
+fn retention_deleting_segments_under_a_running_clean_makes_it_abandon_its_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("z-0");
+    let p = path.clone();
+    block_on(async move {
+        let log = Rc::new(PartitionLog::open(&p, small_log_config()).unwrap());
+        let appended = append_updates(&log, 120, 1000).await;
+        let segments = log.segment_count();
+        let cleaner = {
+            let log = log.clone();
+            ringbroker_runtime::spawn(async move {
+                let mut stats = CleanStats::default();
+                log.clean_pass(&clean_config(10_000), &mut stats, None).await
+            })
+        };
+        // Let the pass get into its rewrite, then retention drops the oldest segments.
+        while !log.state.borrow().cleaning {
+            ringbroker_runtime::yield_now().await;
+        }
+        for _ in 0..4 {
+            ringbroker_runtime::yield_now().await;
+        }
+        log.set_config(LogConfig {
+            retention_bytes: Some(3000),
+            ..small_log_config()
+        });
+        assert!(log.enforce_retention(0).unwrap() > 0);
+        let pass = cleaner.await.unwrap().unwrap();
+        assert!(matches!(pass, Pass::Abandoned));
+        assert!(log.segment_count() < segments);
+        let start = log.log_start_offset();
+        let want: Vec<Entry> = appended.into_iter().filter(|e| e.0 >= start).collect();
+        assert_eq!(read_all(&log).await.0, want);
+        assert_eq!(log.cleanable_state().first_dirty_offset, start);
+        assert!(!log.state.borrow().cleaning);
+    })
+    .unwrap();
+    let names: Vec<String> = std::fs::read_dir(&path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".cleaned")), "{names:?}");
+}
