@@ -5,13 +5,12 @@ use std::collections::BTreeMap;
 
 /// `(offset, key, value)` of one record; `None` value: a tombstone.
 type Entry = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+/// `(key, value)` of a record to append; `None` value: a tombstone.
+type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+type OwnedKeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// A v2 batch of keyed records compressed with `codec`; record `i` has timestamp `ts + i`.
-pub(crate) fn keyed_batch(
-    codec: Codec,
-    ts: i64,
-    records: &[(Option<&[u8]>, Option<&[u8]>)],
-) -> Bytes {
+pub(crate) fn keyed_batch(codec: Codec, ts: i64, records: &[KeyValue]) -> Bytes {
     let mut section = Vec::new();
     for (i, (key, value)) in records.iter().enumerate() {
         let mut body = vec![0u8];
@@ -66,7 +65,11 @@ async fn read_all(log: &PartitionLog) -> (Vec<Entry>, Vec<(i64, Codec)>) {
         while at < r.records.len() {
             let frame = BatchFrame::parse(&r.records[at..]).unwrap();
             let batch = &r.records[at..at + frame.total_bytes];
-            assert!(frame.crc_matches(batch), "CRC of batch {}", frame.base_offset);
+            assert!(
+                frame.crc_matches(batch),
+                "CRC of batch {}",
+                frame.base_offset
+            );
             let (codec, section, records) = batch_records(batch, &frame).unwrap();
             assert!(!records.is_empty(), "no empty batch is kept");
             let mut max_ts = i64::MIN;
@@ -83,7 +86,10 @@ async fn read_all(log: &PartitionLog) -> (Vec<Entry>, Vec<(i64, Codec)>) {
                 let value = value_of(&section, rec);
                 entries.push((o, key, value));
             }
-            assert_eq!(frame.max_timestamp, max_ts, "max timestamp of the retained records");
+            assert_eq!(
+                frame.max_timestamp, max_ts,
+                "max timestamp of the retained records"
+            );
             batches.push((frame.base_offset, codec));
             offset = frame.next_offset();
             at += frame.total_bytes;
@@ -155,7 +161,7 @@ async fn append_updates(log: &PartitionLog, rounds: usize, ts: i64) -> Vec<Entry
     let mut appended = Vec::new();
     for round in 0..rounds {
         let n = 1 + round % 3;
-        let recs: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> = (0..n)
+        let recs: Vec<OwnedKeyValue> = (0..n)
             .map(|i| {
                 let k = (round * 7 + i * 5) % 12;
                 let key = (k != 11 || round % 2 == 0).then(|| format!("key-{k}").into_bytes());
@@ -163,7 +169,7 @@ async fn append_updates(log: &PartitionLog, rounds: usize, ts: i64) -> Vec<Entry
                 (key, value)
             })
             .collect();
-        let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> = recs
+        let refs: Vec<KeyValue> = recs
             .iter()
             .map(|(k, v)| (k.as_deref(), v.as_deref()))
             .collect();
@@ -208,7 +214,10 @@ fn cleaning_keeps_exactly_the_latest_record_of_every_key_and_never_the_active_se
         assert!(want.len() < appended.len() / 2, "cleaning dropped records");
         assert_eq!(stats.first_dirty_offset, active_base);
         assert_eq!(stats.segments_before, before_segments);
-        assert!(stats.segments_after < before_segments, "small segments merged");
+        assert!(
+            stats.segments_after < before_segments,
+            "small segments merged"
+        );
         assert!(stats.records_kept < stats.records_read);
         assert!(stats.bytes_written < stats.bytes_read);
         // Compressed batches keep their codec.
@@ -248,7 +257,9 @@ fn cleaning_keeps_exactly_the_latest_record_of_every_key_and_never_the_active_se
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert!(
-        !names.iter().any(|n| n.ends_with(".cleaned") || n.ends_with(".swap")),
+        !names
+            .iter()
+            .any(|n| n.ends_with(".cleaned") || n.ends_with(".swap")),
         "{names:?}"
     );
     for recovery in [Recovery::TrustCleanShutdown, Recovery::Scan] {
@@ -305,7 +316,11 @@ fn reads_at_offsets_inside_gaps_return_the_next_batch() {
             }
             let st = log.state.borrow();
             let i = st.segments.partition_point(|s| s.base_offset <= o) - 1;
-            if st.segments.get(i + 1).is_some_and(|n| n.base_offset <= want.0) {
+            if st
+                .segments
+                .get(i + 1)
+                .is_some_and(|n| n.base_offset <= want.0)
+            {
                 gaps_at_segment_ends += 1;
             }
         }
@@ -627,7 +642,10 @@ fn retention_delete_records_and_timestamp_lookups_work_on_a_cleaned_log() {
         assert!(f.max_timestamp >= t);
         // DeleteRecords inside a gap: reads start at the next kept batch.
         let mid = want[want.len() / 2].0;
-        let gap = (1..mid).rev().find(|o| !want.iter().any(|e| e.0 == *o)).unwrap();
+        let gap = (1..mid)
+            .rev()
+            .find(|o| !want.iter().any(|e| e.0 == *o))
+            .unwrap();
         log.delete_records_before(gap).await.unwrap();
         let (got, _) = read_all(&log).await;
         assert!(got[0].0 >= gap, "nothing below the start");
@@ -641,8 +659,13 @@ fn retention_delete_records_and_timestamp_lookups_work_on_a_cleaned_log() {
         let start = log.log_start_offset();
         let (got, _) = read_all(&log).await;
         assert_eq!(
-            got.iter().filter(|e| e.0 >= start).cloned().collect::<Vec<_>>(),
-            want.into_iter().filter(|e| e.0 >= start).collect::<Vec<_>>()
+            got.iter()
+                .filter(|e| e.0 >= start)
+                .cloned()
+                .collect::<Vec<_>>(),
+            want.into_iter()
+                .filter(|e| e.0 >= start)
+                .collect::<Vec<_>>()
         );
         // A cleaning after both works from the new start.
         log.clean(&clean_config(10_000)).await.unwrap();
@@ -725,7 +748,7 @@ proptest::proptest! {
                             (format!("k{k:02}").into_bytes(), (!tomb).then(|| vec![b'a' + (i % 26) as u8; len]))
                         })
                         .collect();
-                    let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> =
+                    let refs: Vec<KeyValue> =
                         owned.iter().map(|(k, v)| (Some(&k[..]), v.as_deref())).collect();
                     let b = keyed_batch(CODECS[*codec], 1000, &refs);
                     let base = log.append_batch(b, refs.len() as u32).await.unwrap();
@@ -754,10 +777,17 @@ fn the_first_dirty_offset_file_round_trips_and_a_damaged_one_is_ignored() {
     assert_eq!(read_first_dirty(dir.path()), None);
     write_first_dirty(dir.path(), 42).unwrap();
     assert_eq!(read_first_dirty(dir.path()), Some(42));
-    std::fs::write(dir.path().join(FILE_NAME), b"RBCO\0\0\0\0\0\0\0\x07\0\0\0\0").unwrap();
+    std::fs::write(
+        dir.path().join(FILE_NAME),
+        b"RBCO\0\0\0\0\0\0\0\x07\0\0\0\0",
+    )
+    .unwrap();
     assert_eq!(read_first_dirty(dir.path()), None);
     assert_eq!(parse_swap_log(&swap_log_name(5, 90)), Some((5, 90)));
-    assert_eq!(parse_segment_file("00000000000000000005.index"), Some((5, "index")));
+    assert_eq!(
+        parse_segment_file("00000000000000000005.index"),
+        Some((5, "index"))
+    );
     assert_eq!(parse_segment_file("00000000000000000005.index.swap"), None);
 }
 
@@ -774,7 +804,8 @@ fn retention_deleting_segments_under_a_running_clean_makes_it_abandon_its_swap()
             let log = log.clone();
             ringbroker_runtime::spawn(async move {
                 let mut stats = CleanStats::default();
-                log.clean_pass(&clean_config(10_000), &mut stats, None).await
+                log.clean_pass(&clean_config(10_000), &mut stats, None)
+                    .await
             })
         };
         // Let the pass get into its rewrite, then retention drops the oldest segments.
