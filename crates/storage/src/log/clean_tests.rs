@@ -2,6 +2,7 @@ use super::*;
 use crate::log::{LogConfig, ReadError, Recovery};
 use ringbroker_runtime::block_on;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 /// `(offset, key, value)` of one record; `None` value: a tombstone.
 type Entry = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
@@ -859,4 +860,66 @@ fn retention_deleting_segments_under_a_running_clean_makes_it_abandon_its_swap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert!(!names.iter().any(|n| n.ends_with(".cleaned")), "{names:?}");
+}
+
+/// Where the crash-hook child process finds its log.
+const CHILD_DIR_VAR: &str = "RINGBROKER_TEST_CLEAN_CHILD_DIR";
+
+#[test]
+#[ignore = "run as a child process by the_crash_hook_aborts_mid_clean_and_a_reopen_recovers"]
+fn crash_hook_child_cleans_its_log() {
+    let path = PathBuf::from(std::env::var(CHILD_DIR_VAR).expect("run by the parent test"));
+    block_on(async move {
+        let log = PartitionLog::open(&path, small_log_config()).unwrap();
+        log.clean(&clean_config(10_000)).await.unwrap();
+    })
+    .unwrap();
+    panic!("RINGBROKER_TEST_CLEAN_CRASH_AT did not abort the cleaning");
+}
+
+#[test]
+fn the_crash_hook_aborts_mid_clean_and_a_reopen_recovers() {
+    use std::os::unix::process::ExitStatusExt;
+    for (point, decided) in [
+        ("cleaned-written", false),
+        ("swap-renamed", true),
+        ("old-deleted", true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h-0");
+        let p = path.clone();
+        let (old, new) = block_on(async move {
+            let log = PartitionLog::open(&p, small_log_config()).unwrap();
+            let appended = append_updates(&log, 100, 1000).await;
+            log.close().await.unwrap();
+            let new = expected(&appended, log.active_segment_base());
+            (appended, new)
+        })
+        .unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "log::clean::tests::crash_hook_child_cleans_its_log",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("RINGBROKER_TEST_CLEAN_CRASH_AT", point)
+            .env(CHILD_DIR_VAR, &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGABRT), "{point}: {status:?}");
+        block_on(async move {
+            let log = PartitionLog::open(&path, small_log_config()).unwrap();
+            let (got, _) = read_all(&log).await;
+            if decided {
+                assert_ne!(got, old, "{point}");
+                assert_cleaned_prefix(&got, &old, &new);
+            } else {
+                assert_eq!(got, old, "{point}");
+            }
+        })
+        .unwrap();
+    }
 }
