@@ -398,7 +398,8 @@ impl PartitionLog {
             let mut st = log.state.borrow_mut();
             st.first_dirty_offset = st
                 .first_dirty_offset
-                .clamp(st.log_start_offset, st.high_watermark);
+                .min(st.high_watermark)
+                .max(st.log_start_offset);
         }
         Ok(log)
     }

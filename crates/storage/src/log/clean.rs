@@ -777,7 +777,8 @@ impl PartitionLog {
         let st = self.state.borrow();
         let first_dirty = st
             .first_dirty_offset
-            .clamp(st.log_start_offset, st.high_watermark);
+            .min(st.high_watermark)
+            .max(st.log_start_offset);
         let (mut clean_bytes, mut dirty_bytes, mut oldest) = (0u64, 0u64, None);
         for pair in st.segments.windows(2) {
             let (s, end) = (&pair[0], pair[1].base_offset);
@@ -848,7 +849,8 @@ impl PartitionLog {
                     bytes: s.committed_bytes,
                 });
             }
-            let first_dirty = st.first_dirty_offset.clamp(log_start, hw);
+            // Not `clamp`: retention may briefly put the log start above the high watermark.
+            let first_dirty = st.first_dirty_offset.min(hw).max(log_start);
             let Some(dirty_segment) = closed.iter().position(|c| c.end > first_dirty) else {
                 return Ok(Pass::Nothing);
             };
@@ -904,9 +906,13 @@ impl PartitionLog {
                     let offset = frame.base_offset + r.offset_delta;
                     Some((offset, r.key.clone()?)).filter(|_| offset >= first_dirty)
                 });
+                // The keys this batch adds to the map (each once).
+                let mut new_keys = std::collections::HashSet::new();
                 let needed: usize = keyed
                     .clone()
-                    .map(|(_, k)| k.len() + MAP_ENTRY_OVERHEAD_BYTES)
+                    .map(|(_, k)| &section[k])
+                    .filter(|k| !map.contains_key(*k) && new_keys.insert(*k))
+                    .map(|k| k.len() + MAP_ENTRY_OVERHEAD_BYTES)
                     .sum();
                 if map_bytes + needed > config.map_bytes_max {
                     if map.is_empty() {
