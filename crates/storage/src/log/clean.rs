@@ -752,7 +752,6 @@ pub(crate) enum Pass {
 /// failed before its swap.
 struct PassGuard {
     state: Rc<RefCell<State>>,
-    dir: Rc<Path>,
     cleaned_files: Vec<PathBuf>,
 }
 
@@ -766,7 +765,6 @@ impl Drop for PassGuard {
         if let Ok(mut st) = self.state.try_borrow_mut() {
             st.cleaning = false;
         }
-        let _ = &self.dir;
     }
 }
 
@@ -871,7 +869,6 @@ impl PartitionLog {
         };
         let mut guard = PassGuard {
             state: self.state.clone(),
-            dir: self.dir.clone(),
             cleaned_files: Vec::new(),
         };
         let mut budget = Budget {

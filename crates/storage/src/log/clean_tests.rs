@@ -923,3 +923,111 @@ fn the_crash_hook_aborts_mid_clean_and_a_reopen_recovers() {
         .unwrap();
     }
 }
+
+#[test]
+fn rebuilt_batches_keep_offsets_and_producer_fields_with_new_timestamps_count_and_crc() {
+    let recs: [KeyValue; 4] = [
+        (Some(b"a"), Some(b"1")),
+        (Some(b"b"), Some(b"2")),
+        (Some(b"c"), None),
+        (Some(b"d"), Some(b"4")),
+    ];
+    for codec in CODECS {
+        for append_time in [false, true] {
+            let mut b = keyed_batch(codec, 5000, &recs).to_vec();
+            b[..8].copy_from_slice(&100i64.to_be_bytes());
+            b[43..51].copy_from_slice(&77i64.to_be_bytes()); // producer id
+            b[53..57].copy_from_slice(&9i32.to_be_bytes()); // base sequence
+            if append_time {
+                let attributes = codec.attribute_bits() | ATTR_LOG_APPEND_TIME;
+                b[21..23].copy_from_slice(&attributes.to_be_bytes());
+                b[35..43].copy_from_slice(&9999i64.to_be_bytes());
+            }
+            let crc = crc32c::crc32c(&b[21..]);
+            b[17..21].copy_from_slice(&crc.to_be_bytes());
+            let frame = BatchFrame::parse(&b).unwrap();
+            let (c, section, records) = batch_records(&b, &frame).unwrap();
+            assert_eq!(c, codec);
+            let all = rebuild(&b, &frame, c, &section, &records, &[true; 4]).unwrap();
+            assert!(matches!(all, Filtered::Same));
+            let none = rebuild(&b, &frame, c, &section, &records, &[false; 4]).unwrap();
+            assert!(matches!(none, Filtered::Empty));
+            let Filtered::Rebuilt(out) = rebuild(
+                &b,
+                &frame,
+                c,
+                &section,
+                &records,
+                &[false, true, true, false],
+            )
+            .unwrap() else {
+                panic!("rebuilt");
+            };
+            let f = BatchFrame::parse(&out).unwrap();
+            assert!(f.crc_matches(&out));
+            assert_eq!(
+                (f.base_offset, f.next_offset()),
+                (100, 104),
+                "last offset kept"
+            );
+            assert_eq!(f.attributes, frame.attributes);
+            assert_eq!(out[43..57], b[43..57], "producer id, epoch, base sequence");
+            assert_eq!(i32::from_be_bytes(out[57..61].try_into().unwrap()), 2);
+            let (_, section2, kept) = batch_records(&out, &f).unwrap();
+            let offsets: Vec<i64> = kept.iter().map(|r| r.offset_delta).collect();
+            assert_eq!(offsets, vec![1, 2]);
+            assert_eq!(kept[1].tombstone, true);
+            assert_eq!(&section2[kept[0].key.clone().unwrap()], b"b");
+            let base_ts = i64::from_be_bytes(out[27..35].try_into().unwrap());
+            if append_time {
+                assert_eq!((base_ts, f.max_timestamp), (5000, 9999));
+            } else {
+                // Records had timestamps 5000 + i: the kept ones 5001 and 5002.
+                assert_eq!((base_ts, f.max_timestamp), (5001, 5002));
+                let ts: Vec<i64> = kept.iter().map(|r| base_ts + r.ts_delta).collect();
+                assert_eq!(ts, vec![5001, 5002]);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_pass_stopped_by_the_map_leaves_the_rest_dirty_in_the_cleanable_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s-0");
+    block_on(async move {
+        let log = PartitionLog::open(&path, small_log_config()).unwrap();
+        append_updates(&log, 120, 1000).await;
+        let closed_bytes = |log: &PartitionLog| -> u64 {
+            let st = log.state.borrow();
+            st.segments[..st.segments.len() - 1]
+                .iter()
+                .map(|s| s.committed_bytes)
+                .sum()
+        };
+        let before = log.cleanable_state();
+        assert_eq!(before.dirty_bytes, closed_bytes(&log));
+        let first_max = log.state.borrow().segments[0].max_timestamp;
+        assert_eq!(before.oldest_dirty_timestamp_ms, Some(first_max));
+        let config = CleanConfig {
+            map_bytes_max: 4 * (MAP_ENTRY_OVERHEAD_BYTES + 6),
+            ..clean_config(10_000)
+        };
+        let mut stats = CleanStats::default();
+        let pass = log.clean_pass(&config, &mut stats, None).await.unwrap();
+        assert!(matches!(pass, Pass::Cleaned { more: true }));
+        let after = log.cleanable_state();
+        assert!(after.first_dirty_offset > 0);
+        assert!(after.first_dirty_offset < log.active_segment_base());
+        assert!(after.clean_bytes > 0 && after.dirty_bytes > 0);
+        assert_eq!(after.clean_bytes + after.dirty_bytes, closed_bytes(&log));
+        // Persisted: a reopen starts from the same first dirty offset.
+        drop(log);
+        let log = PartitionLog::open(&path, small_log_config()).unwrap();
+        assert_eq!(
+            log.cleanable_state().first_dirty_offset,
+            after.first_dirty_offset
+        );
+    })
+    .unwrap();
+}
