@@ -976,7 +976,7 @@ fn rebuilt_batches_keep_offsets_and_producer_fields_with_new_timestamps_count_an
             let (_, section2, kept) = batch_records(&out, &f).unwrap();
             let offsets: Vec<i64> = kept.iter().map(|r| r.offset_delta).collect();
             assert_eq!(offsets, vec![1, 2]);
-            assert_eq!(kept[1].tombstone, true);
+            assert!(kept[1].tombstone);
             assert_eq!(&section2[kept[0].key.clone().unwrap()], b"b");
             let base_ts = i64::from_be_bytes(out[27..35].try_into().unwrap());
             if append_time {
