@@ -739,10 +739,12 @@ fn keyless_records_are_dropped_and_control_batches_kept() {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
     /// Random keyed appends and tombstones over many small segments, cleaned with a map of a
-    /// few keys: reading from the start gives exactly the latest record of every key below the
-    /// active segment and everything in it, with their offsets; after a reopen too.
+    /// few keys (several passes), several times: reading from the start gives exactly the
+    /// latest record of every key below the active segment and everything in it, with their
+    /// offsets; after a reopen too. With `crash`, the last cleaning stops at that point as a
+    /// crash would; the log reopens (scan or trusted) and a cleaning then ends the same.
     #[test]
     fn cleaning_matches_the_model(
         ops in proptest::collection::vec(
@@ -751,21 +753,25 @@ proptest::proptest! {
         map_keys in 1usize..30,
         merge_bytes in 700u64..6000,
         cleanings in 1usize..3,
+        crash in proptest::option::of((0usize..3, proptest::bool::ANY)),
     ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p-0");
         let p = path.clone();
-        let (want, end) = block_on(async move {
+        let config = CleanConfig {
+            map_bytes_max: map_keys * (MAP_ENTRY_OVERHEAD_BYTES + 6) + 4 * (MAP_ENTRY_OVERHEAD_BYTES + 6),
+            segment_bytes_max: merge_bytes,
+            delete_retention_ms: i64::MAX / 4,
+            ..clean_config(1_000_000)
+        };
+        let c = config.clone();
+        let (want, end, old) = block_on(async move {
             let log = PartitionLog::open(&p, small_log_config()).unwrap();
             let mut appended = Vec::new();
-            let config = CleanConfig {
-                map_bytes_max: map_keys * (MAP_ENTRY_OVERHEAD_BYTES + 6) + 4 * (MAP_ENTRY_OVERHEAD_BYTES + 6),
-                segment_bytes_max: merge_bytes,
-                delete_retention_ms: i64::MAX / 4,
-                ..clean_config(1_000_000)
-            };
             let chunk = ops.len().div_ceil(cleanings);
-            for part in ops.chunks(chunk) {
+            let parts = ops.chunks(chunk).count();
+            let mut old = Vec::new();
+            for (n, part) in ops.chunks(chunk).enumerate() {
                 for (i, (recs, codec)) in part.iter().enumerate() {
                     let owned: Vec<(Vec<u8>, Option<Vec<u8>>)> = recs
                         .iter()
@@ -781,16 +787,43 @@ proptest::proptest! {
                         appended.push((base + j as i64, Some(k), v));
                     }
                 }
-                log.clean(&config).await.unwrap();
+                match crash {
+                    Some((point, _)) if n + 1 == parts => {
+                        log.close().await.unwrap();
+                        old = read_all(&log).await.0;
+                        let point = [CrashPoint::CleanedWritten, CrashPoint::SwapRenamed, CrashPoint::OldDeleted][point];
+                        let mut stats = CleanStats::default();
+                        log.clean_pass(&c, &mut stats, Some(point)).await.unwrap();
+                    }
+                    _ => {
+                        log.clean(&c).await.unwrap();
+                    }
+                }
             }
             let end = log.active_segment_base();
             let want = expected(&appended, end);
-            assert_eq!(read_all(&log).await.0, want.clone());
-            (want, end)
+            if crash.is_none() {
+                assert_eq!(read_all(&log).await.0, want.clone());
+            }
+            (want, end, old)
         }).unwrap();
         block_on(async move {
-            let log = PartitionLog::open(&path, small_log_config()).unwrap();
-            assert_eq!(read_all(&log).await.0, want);
+            let recovery = match crash {
+                Some((_, false)) => Recovery::Scan,
+                _ => Recovery::TrustCleanShutdown,
+            };
+            let log = PartitionLog::open_with(&path, small_log_config(), recovery).unwrap();
+            let (got, _) = read_all(&log).await;
+            if crash.is_some() {
+                // Whatever the point: every record the model keeps is there, with its offset,
+                // and nothing that was not appended.
+                assert!(want.iter().all(|e| got.contains(e)), "lost a latest record");
+                assert!(got.iter().all(|e| old.contains(e)), "a record that was not in the log");
+                log.clean(&config).await.unwrap();
+                assert_eq!(read_all(&log).await.0, want);
+            } else {
+                assert_eq!(got, want);
+            }
             assert_eq!(log.cleanable_state().first_dirty_offset, end);
         }).unwrap();
     }
