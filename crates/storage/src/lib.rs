@@ -25,7 +25,8 @@ pub mod segment;
 
 pub use checkpoint::Checkpoint;
 pub use log::{
-    AppendError, DeleteRecordsError, LogConfig, PartitionLog, ReadError, ReadResult, Recovery,
-    SliceResult, HIGH_WATERMARK, SEGMENT_BYTES_MAX,
+    AppendError, CleanConfig, CleanStats, CleanableState, DeleteRecordsError, LogConfig,
+    PartitionLog, ReadError, ReadResult, Recovery, SliceResult, HIGH_WATERMARK,
+    SEGMENT_BYTES_MAX,
 };
 pub use recovery::{RecoveryReport, RecoveryTotals};

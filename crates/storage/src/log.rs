@@ -29,8 +29,10 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::rc::Rc;
 
+mod clean;
 mod log_start;
 mod timestamps;
+pub use clean::{CleanConfig, CleanStats, CleanableState};
 pub use log_start::{DeleteRecordsError, HIGH_WATERMARK};
 
 /// Most bytes `locate` reads at once while walking batch headers from an index entry to the
@@ -202,6 +204,10 @@ struct State {
     durable_segments_below: i64,
     /// The files were deleted (topic deletion): no checkpoint may recreate them.
     removed: bool,
+    /// Below it every record was cleaned once (`log/clean.rs`; persisted).
+    first_dirty_offset: i64,
+    /// A cleaning pass runs on this log.
+    cleaning: bool,
 }
 
 pub struct PartitionLog {
@@ -265,6 +271,8 @@ impl PartitionLog {
         recovery: Recovery,
     ) -> io::Result<PartitionLog> {
         std::fs::create_dir_all(dir)?;
+        // A cleaning interrupted by a crash: finish its decided swaps, discard the rest.
+        clean::finish_interrupted_clean(dir)?;
         let mut bases: Vec<i64> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| parse_log_name(e.file_name().to_str()?))
@@ -291,7 +299,9 @@ impl PartitionLog {
         let mut checkpoint_used = false;
         for (i, &base) in bases.iter().enumerate() {
             let mut seg = Segment::open(dir, base)?;
-            if i > 0 && base != next_offset {
+            // A cleaned segment may end before the next base (a gap); a cut one may not.
+            let cut = segments.last().is_some_and(|s| s.truncated);
+            if i > 0 && (base < next_offset || (cut && base != next_offset)) {
                 tracing::warn!(dir = %dir.display(), base, expected = next_offset, "segment does not continue the previous one; later segments ignored");
                 break;
             }
@@ -376,12 +386,20 @@ impl PartitionLog {
                 checkpoint_running: false,
                 durable_segments_below,
                 removed: false,
+                first_dirty_offset: clean::read_first_dirty(dir).unwrap_or(0),
+                cleaning: false,
             })),
             appended: Notify::new(),
             synced: Notify::new(),
             recovery_report: report,
         };
         log.drop_segments_below_start();
+        {
+            let mut st = log.state.borrow_mut();
+            st.first_dirty_offset = st
+                .first_dirty_offset
+                .clamp(st.log_start_offset, st.high_watermark);
+        }
         Ok(log)
     }
 
@@ -651,8 +669,10 @@ impl PartitionLog {
 
     /// Finds the batch holding `offset`: (segment file, segment base, batch position, batch
     /// length, committed end of that segment), or an early answer when nothing is to be read.
+    /// After a cleaning an offset may fall in a gap: the batch after it is found, in the next
+    /// segment if the gap runs to the end of this one (Kafka's Fetch serves the next batches).
     async fn locate(&self, offset: i64) -> Result<Result<Located, ReadResult>, ReadError> {
-        let (log_fd, seg_base, mut position, end, high_watermark, log_start_offset) = {
+        let (high_watermark, log_start_offset) = {
             let st = self.state.borrow();
             let (hw, start) = (st.high_watermark, st.log_start_offset);
             if offset < start || offset > hw {
@@ -662,25 +682,86 @@ impl PartitionLog {
                     high_watermark: hw,
                 });
             }
-            if offset == hw {
-                return Ok(Err(ReadResult {
-                    records: Bytes::new(),
-                    high_watermark: hw,
-                    log_start_offset: start,
-                }));
-            }
-            let i = st.segments.partition_point(|s| s.base_offset <= offset) - 1;
-            let seg = &st.segments[i];
-            let pos = seg.index.lookup((offset - seg.base_offset) as u32) as u64;
-            (
-                seg.log.clone(),
-                seg.base_offset,
-                pos,
-                seg.committed_bytes,
-                hw,
-                start,
-            )
+            (hw, start)
         };
+        let nothing = ReadResult {
+            records: Bytes::new(),
+            high_watermark,
+            log_start_offset,
+        };
+        if offset == high_watermark {
+            return Ok(Err(nothing));
+        }
+        // The segment searched last (its base), when a gap ran to its end.
+        let mut after: Option<i64> = None;
+        loop {
+            let (log_fd, seg_base, position, end, is_last) = {
+                let st = self.state.borrow();
+                let i = match after {
+                    None => st
+                        .segments
+                        .partition_point(|s| s.base_offset <= offset)
+                        .checked_sub(1),
+                    Some(prev) => {
+                        let i = st.segments.partition_point(|s| s.base_offset <= prev);
+                        (i < st.segments.len()).then_some(i)
+                    }
+                };
+                let Some(i) = i else {
+                    return Ok(Err(nothing));
+                };
+                let seg = &st.segments[i];
+                if seg.base_offset >= high_watermark {
+                    return Ok(Err(nothing));
+                }
+                let pos = if after.is_none() {
+                    seg.index.lookup((offset - seg.base_offset) as u32) as u64
+                } else {
+                    0
+                };
+                (
+                    seg.log.clone(),
+                    seg.base_offset,
+                    pos,
+                    seg.committed_bytes,
+                    i + 1 == st.segments.len(),
+                )
+            };
+            match self.locate_in(offset, &log_fd, seg_base, position, end).await? {
+                Some((position, first_len)) => {
+                    return Ok(Ok(Located {
+                        log_fd,
+                        seg_base,
+                        position,
+                        first_len,
+                        end,
+                        high_watermark,
+                        log_start_offset,
+                    }))
+                }
+                // Data below the high watermark must exist in the active segment; reaching
+                // its end means damage.
+                None if is_last => {
+                    return Err(ReadError::Corrupt {
+                        segment: seg_base,
+                        position: end,
+                    })
+                }
+                None => after = Some(seg_base),
+            }
+        }
+    }
+
+    /// Walks batch headers of one segment from `position` to `end`: the position and length
+    /// of the first batch ending past `offset`, `None` when none does before `end`.
+    async fn locate_in(
+        &self,
+        offset: i64,
+        log_fd: &SharedFd,
+        seg_base: i64,
+        mut position: u64,
+        end: u64,
+    ) -> Result<Option<(u64, u64)>, ReadError> {
         // Walk batch headers from the indexed position, reading windows large enough to cover
         // an index interval in one go, but never more than LOCATE_WINDOW_BYTES_MAX at a time:
         // `index.interval.bytes` may be up to 2 GiB, and a wider gap is walked window by window.
@@ -689,7 +770,9 @@ impl PartitionLog {
         let mut buf_pos = position;
         loop {
             if position >= end {
-                // Data below the high watermark must exist; reaching the end means damage.
+                return Ok(None);
+            }
+            if end - position < HEADER_BYTES as u64 {
                 return Err(ReadError::Corrupt {
                     segment: seg_base,
                     position,
@@ -702,7 +785,7 @@ impl PartitionLog {
                 let want = window.min((end - position) as usize);
                 #[cfg(test)]
                 LOCATE_READ_BYTES_MAX.with(|m| m.set(m.get().max(want)));
-                buf = op::read_exact_at(&log_fd, buf, position, want).await?;
+                buf = op::read_exact_at(log_fd, buf, position, want).await?;
                 continue;
             }
             let frame = BatchFrame::parse(&buf[in_buf..]).ok_or(ReadError::Corrupt {
@@ -710,15 +793,7 @@ impl PartitionLog {
                 position,
             })?;
             if frame.next_offset() > offset {
-                return Ok(Ok(Located {
-                    log_fd,
-                    seg_base,
-                    position,
-                    first_len: frame.total_bytes as u64,
-                    end,
-                    high_watermark,
-                    log_start_offset,
-                }));
+                return Ok(Some((position, frame.total_bytes as u64)));
             }
             position += frame.total_bytes as u64;
         }
@@ -777,7 +852,11 @@ impl PartitionLog {
         let limit = at.position + (max_bytes as u64).max(at.first_len);
         let indexed_end = || {
             let st = self.state.borrow();
-            let seg = st.segments.iter().find(|s| s.base_offset == at.seg_base)?;
+            // The same file: a cleaning may have swapped in another segment of that base.
+            let seg = st
+                .segments
+                .iter()
+                .find(|s| std::sync::Arc::ptr_eq(&s.log, &at.log_fd))?;
             seg.index
                 .last_position_in((at.position + at.first_len - 1) as u32, limit as u32)
         };

@@ -159,7 +159,8 @@ impl Rebuilt {
             let Some(frame) = BatchFrame::parse(&header) else {
                 return Ok(false);
             };
-            if frame.base_offset != self.next_offset
+            // A cleaned segment has gaps: a batch may start past the previous one's end.
+            if frame.base_offset < self.next_offset
                 || self.position + frame.total_bytes as u64 > end
             {
                 return Ok(false);
@@ -287,7 +288,8 @@ fn scan(seg: &mut Segment, config: &LogConfig, from: Rebuilt) -> io::Result<u64>
         let Some(frame) = BatchFrame::parse(&header) else {
             break Some("malformed header");
         };
-        if frame.base_offset != rebuilt.next_offset {
+        // Offsets only grow; a cleaned segment has gaps between batches.
+        if frame.base_offset < rebuilt.next_offset {
             break Some("offset out of sequence");
         }
         if position + frame.total_bytes as u64 > file_len {
@@ -313,6 +315,7 @@ fn scan(seg: &mut Segment, config: &LogConfig, from: Rebuilt) -> io::Result<u64>
         let file = reader.into_inner();
         file.set_len(rebuilt.position)?;
         file.sync_all()?;
+        seg.truncated = true;
     }
     rebuilt.install(seg)?;
     Ok(file_len - start)

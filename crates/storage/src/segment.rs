@@ -84,6 +84,9 @@ pub struct Segment {
     /// Leading index entries the recovery checkpointer wrote and fdatasync'd (both index
     /// files): a checkpoint may promise them. 0 at open, whatever the files hold.
     pub index_durable: usize,
+    /// Recovery at open cut a torn or corrupt tail off this segment: later segments do not
+    /// continue it (a cleaned segment may end before the next one's base, a cut one may not).
+    pub truncated: bool,
 }
 
 impl Segment {
@@ -171,6 +174,7 @@ impl Segment {
             index_on_disk: 0,
             next_offset: base_offset,
             index_durable: 0,
+            truncated: false,
         })
     }
 }

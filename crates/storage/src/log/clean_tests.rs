@@ -1,0 +1,762 @@
+use super::*;
+use crate::log::{LogConfig, ReadError, Recovery};
+use ringbroker_runtime::block_on;
+use std::collections::BTreeMap;
+
+/// `(offset, key, value)` of one record; `None` value: a tombstone.
+type Entry = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// A v2 batch of keyed records compressed with `codec`; record `i` has timestamp `ts + i`.
+pub(crate) fn keyed_batch(
+    codec: Codec,
+    ts: i64,
+    records: &[(Option<&[u8]>, Option<&[u8]>)],
+) -> Bytes {
+    let mut section = Vec::new();
+    for (i, (key, value)) in records.iter().enumerate() {
+        let mut body = vec![0u8];
+        put_varint(&mut body, i as i64);
+        put_varint(&mut body, i as i64);
+        for field in [key, value] {
+            match field {
+                Some(b) => {
+                    put_varint(&mut body, b.len() as i64);
+                    body.extend_from_slice(b);
+                }
+                None => put_varint(&mut body, -1),
+            }
+        }
+        put_varint(&mut body, 0);
+        put_varint(&mut section, body.len() as i64);
+        section.extend_from_slice(&body);
+    }
+    let payload = compression::compress(codec, &section).unwrap();
+    let n = records.len() as i32;
+    let mut b = Vec::new();
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&((49 + payload.len()) as i32).to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.push(2);
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&codec.attribute_bits().to_be_bytes());
+    b.extend_from_slice(&(n - 1).to_be_bytes());
+    b.extend_from_slice(&ts.to_be_bytes());
+    b.extend_from_slice(&(ts + n as i64 - 1).to_be_bytes());
+    b.extend_from_slice(&(-1i64).to_be_bytes());
+    b.extend_from_slice(&(-1i16).to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&n.to_be_bytes());
+    b.extend_from_slice(&payload);
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    Bytes::from(b)
+}
+
+/// What reading the whole log returns: its records, and per batch `(base offset, codec)`.
+/// Every batch's CRC, length and header are checked.
+async fn read_all(log: &PartitionLog) -> (Vec<Entry>, Vec<(i64, Codec)>) {
+    let (mut entries, mut batches) = (Vec::new(), Vec::new());
+    let mut offset = log.log_start_offset();
+    while offset < log.high_watermark() {
+        let r = log.read(offset, 1 << 20).await.unwrap();
+        if r.records.is_empty() {
+            break;
+        }
+        let mut at = 0;
+        while at < r.records.len() {
+            let frame = BatchFrame::parse(&r.records[at..]).unwrap();
+            let batch = &r.records[at..at + frame.total_bytes];
+            assert!(frame.crc_matches(batch), "CRC of batch {}", frame.base_offset);
+            let (codec, section, records) = batch_records(batch, &frame).unwrap();
+            assert!(!records.is_empty(), "no empty batch is kept");
+            let mut max_ts = i64::MIN;
+            let base_ts = i64::from_be_bytes(batch[27..35].try_into().unwrap());
+            for (i, rec) in records.iter().enumerate() {
+                let o = frame.base_offset + rec.offset_delta;
+                assert!(o < frame.next_offset());
+                if i == 0 {
+                    assert_eq!(rec.ts_delta, 0, "base timestamp is the first record's");
+                }
+                max_ts = max_ts.max(base_ts + rec.ts_delta);
+                let key = rec.key.clone().map(|k| section[k].to_vec());
+                // The value follows the key: re-read it from the record's tail.
+                let value = value_of(&section, rec);
+                entries.push((o, key, value));
+            }
+            assert_eq!(frame.max_timestamp, max_ts, "max timestamp of the retained records");
+            batches.push((frame.base_offset, codec));
+            offset = frame.next_offset();
+            at += frame.total_bytes;
+        }
+    }
+    (entries, batches)
+}
+
+fn value_of(section: &[u8], rec: &Rec) -> Option<Vec<u8>> {
+    let tail = &section[rec.tail.clone()];
+    let mut p = 0;
+    let key_len = read_varint(tail, &mut p).unwrap();
+    if key_len > 0 {
+        p += key_len as usize;
+    }
+    let value_len = read_varint(tail, &mut p).unwrap();
+    (value_len >= 0).then(|| tail[p..p + value_len as usize].to_vec())
+}
+
+/// What cleaning everything below `clean_end` leaves: there, the latest record of each key
+/// (keyless records dropped); from `clean_end` on, everything.
+fn expected(appended: &[Entry], clean_end: i64) -> Vec<Entry> {
+    let mut latest: HashMap<&[u8], i64> = HashMap::new();
+    for (o, k, _) in appended.iter().filter(|e| e.0 < clean_end) {
+        if let Some(k) = k {
+            latest.insert(k, *o);
+        }
+    }
+    appended
+        .iter()
+        .filter(|(o, k, _)| {
+            *o >= clean_end || k.as_deref().is_some_and(|k| latest.get(k) == Some(o))
+        })
+        .cloned()
+        .collect()
+}
+
+fn small_log_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 700,
+        retention_ms: None,
+        index_interval_bytes: 150,
+        ..LogConfig::default()
+    }
+}
+
+fn clean_config(now_ms: i64) -> CleanConfig {
+    CleanConfig {
+        now_ms,
+        delete_retention_ms: 1_000_000,
+        min_compaction_lag_ms: 0,
+        map_bytes_max: 1 << 20,
+        io_bytes_per_turn: 512,
+        segment_bytes_max: 3000,
+    }
+}
+
+const CODECS: [Codec; 5] = [
+    Codec::None,
+    Codec::Gzip,
+    Codec::Snappy,
+    Codec::Lz4,
+    Codec::Zstd,
+];
+
+/// Appends `rounds` batches of updates to 12 keys (some tombstones, some keyless records),
+/// cycling through the codecs; returns what was appended.
+async fn append_updates(log: &PartitionLog, rounds: usize, ts: i64) -> Vec<Entry> {
+    let mut appended = Vec::new();
+    for round in 0..rounds {
+        let n = 1 + round % 3;
+        let recs: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> = (0..n)
+            .map(|i| {
+                let k = (round * 7 + i * 5) % 12;
+                let key = (k != 11 || round % 2 == 0).then(|| format!("key-{k}").into_bytes());
+                let value = (round % 9 != 4).then(|| format!("value-{round}-{i}").into_bytes());
+                (key, value)
+            })
+            .collect();
+        let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> = recs
+            .iter()
+            .map(|(k, v)| (k.as_deref(), v.as_deref()))
+            .collect();
+        let codec = CODECS[round % CODECS.len()];
+        let base = log
+            .append_batch(keyed_batch(codec, ts + round as i64, &refs), n as u32)
+            .await
+            .unwrap();
+        for (i, (k, v)) in recs.into_iter().enumerate() {
+            appended.push((base + i as i64, k, v));
+        }
+    }
+    appended
+}
+
+#[test]
+fn cleaning_keeps_exactly_the_latest_record_of_every_key_and_never_the_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c-0");
+    let p = path.clone();
+    let (want, active_base) = block_on(async move {
+        let log = PartitionLog::open(&p, small_log_config()).unwrap();
+        let appended = append_updates(&log, 120, 1000).await;
+        let before_segments = log.segment_count();
+        assert!(before_segments > 10);
+        let active_base = log.active_segment_base();
+        let (active_file, active_len) = {
+            let st = log.state.borrow();
+            let a = st.segments.last().unwrap();
+            (a.log.clone(), a.committed_bytes)
+        };
+        let (before, batches_before) = read_all(&log).await;
+        assert_eq!(before, appended);
+        let state = log.cleanable_state();
+        assert_eq!(state.first_dirty_offset, 0);
+        assert!(state.dirty_bytes > 0 && state.clean_bytes == 0);
+
+        let stats = log.clean(&clean_config(10_000)).await.unwrap();
+        let want = expected(&appended, active_base);
+        let (after, batches_after) = read_all(&log).await;
+        assert_eq!(after, want);
+        assert!(want.len() < appended.len() / 2, "cleaning dropped records");
+        assert_eq!(stats.first_dirty_offset, active_base);
+        assert_eq!(stats.segments_before, before_segments);
+        assert!(stats.segments_after < before_segments, "small segments merged");
+        assert!(stats.records_kept < stats.records_read);
+        assert!(stats.bytes_written < stats.bytes_read);
+        // Compressed batches keep their codec.
+        let codecs: HashMap<i64, Codec> = batches_before.into_iter().collect();
+        for (base, codec) in &batches_after {
+            assert_eq!(codecs[base], *codec, "batch {base}");
+        }
+        assert!(batches_after.iter().any(|(_, c)| *c != Codec::None));
+        // The active segment is the same file, untouched.
+        {
+            let st = log.state.borrow();
+            let a = st.segments.last().unwrap();
+            assert!(Arc::ptr_eq(&a.log, &active_file));
+            assert_eq!(a.committed_bytes, active_len);
+            assert_eq!(a.base_offset, active_base);
+        }
+        let state = log.cleanable_state();
+        assert_eq!(state.first_dirty_offset, active_base);
+        assert_eq!(state.dirty_bytes, 0);
+        assert!(state.clean_bytes > 0);
+        // A second cleaning has nothing to do.
+        let again = log.clean(&clean_config(10_000)).await.unwrap();
+        assert_eq!(again.bytes_written, 0);
+        assert_eq!(read_all(&log).await.0, want);
+        // Appends go on at the same offsets.
+        let next = log.high_watermark();
+        let b = keyed_batch(Codec::None, 5000, &[(Some(b"key-1"), Some(b"late"))]);
+        assert_eq!(log.append_batch(b, 1).await.unwrap(), next);
+        log.close().await.unwrap();
+        let mut want = want;
+        want.push((next, Some(b"key-1".to_vec()), Some(b"late".to_vec())));
+        (want, active_base)
+    })
+    .unwrap();
+    let names: Vec<String> = std::fs::read_dir(&path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.ends_with(".cleaned") || n.ends_with(".swap")),
+        "{names:?}"
+    );
+    for recovery in [Recovery::TrustCleanShutdown, Recovery::Scan] {
+        let p = path.clone();
+        let want = want.clone();
+        block_on(async move {
+            let log = PartitionLog::open_with(&p, small_log_config(), recovery).unwrap();
+            if recovery == Recovery::TrustCleanShutdown {
+                // Cleaned segments load from their index files, gaps and all, without a scan.
+                assert_eq!(log.recovery_report().scanned_bytes, 0);
+            }
+            assert_eq!(read_all(&log).await.0, want, "{recovery:?}");
+            assert_eq!(log.cleanable_state().first_dirty_offset, active_base);
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn reads_at_offsets_inside_gaps_return_the_next_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g-0");
+    block_on(async move {
+        let log = PartitionLog::open(&path, small_log_config()).unwrap();
+        append_updates(&log, 90, 1000).await;
+        log.clean(&clean_config(10_000)).await.unwrap();
+        // Every batch of the log, by its offsets.
+        let mut batches = Vec::new();
+        let mut offset = 0;
+        while offset < log.high_watermark() {
+            let r = log.read(offset, 1 << 20).await.unwrap();
+            let mut at = 0;
+            while at < r.records.len() {
+                let f = BatchFrame::parse(&r.records[at..]).unwrap();
+                batches.push((f.base_offset, f.next_offset()));
+                offset = f.next_offset();
+                at += f.total_bytes;
+            }
+        }
+        let covered: i64 = batches.iter().map(|(b, n)| n - b).sum();
+        assert!(covered < log.high_watermark(), "the log has gaps");
+        let mut gaps_at_segment_ends = 0;
+        for o in 0..log.high_watermark() {
+            let want = batches.iter().find(|(_, n)| *n > o).copied().unwrap();
+            for (got, how) in [
+                (log.read(o, 1).await.unwrap().records, "read"),
+                (
+                    Bytes::from(slice_bytes(&log.read_slice(o, 1).await.unwrap())),
+                    "slice",
+                ),
+            ] {
+                let f = BatchFrame::parse(&got).unwrap();
+                assert_eq!((f.base_offset, f.next_offset()), want, "{how} at {o}");
+            }
+            let st = log.state.borrow();
+            let i = st.segments.partition_point(|s| s.base_offset <= o) - 1;
+            if st.segments.get(i + 1).is_some_and(|n| n.base_offset <= want.0) {
+                gaps_at_segment_ends += 1;
+            }
+        }
+        assert!(gaps_at_segment_ends > 0, "some gap ran to a segment's end");
+        assert!(matches!(
+            log.read(log.high_watermark() + 1, 10).await,
+            Err(ReadError::OutOfRange { .. })
+        ));
+    })
+    .unwrap();
+}
+
+fn slice_bytes(r: &crate::log::SliceResult) -> Vec<u8> {
+    let s = r.slice.as_ref().expect("a slice");
+    let mut buf = vec![0u8; s.len as usize];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &std::fs::File::from(s.file.try_clone().unwrap()),
+        &mut buf,
+        s.position,
+    )
+    .unwrap();
+    buf
+}
+
+#[test]
+fn tombstones_survive_one_cleaning_and_go_once_older_than_delete_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    block_on(async move {
+        let log = PartitionLog::open(&path, small_log_config()).unwrap();
+        let mut next = 0;
+        let put = |k: &'static [u8], v: Option<&'static [u8]>, ts: i64| {
+            keyed_batch(Codec::None, ts, &[(Some(k), v)])
+        };
+        for i in 0..30 {
+            log.append_batch(put(b"a", Some(b"a-value"), 1000 + i), 1)
+                .await
+                .unwrap();
+            next += 1;
+        }
+        log.append_batch(put(b"a", None, 2000), 1).await.unwrap(); // tombstone at `next`
+        let tombstone = next;
+        for i in 0..30 {
+            log.append_batch(put(b"b", Some(b"b-value"), 3000 + i), 1)
+                .await
+                .unwrap();
+        }
+        let tombstones = |entries: &[Entry]| {
+            entries
+                .iter()
+                .filter(|e| e.2.is_none())
+                .map(|e| e.0)
+                .collect::<Vec<_>>()
+        };
+        // First cleaning: the tombstone was dirty, so it stays even though old.
+        let config = CleanConfig {
+            delete_retention_ms: 100,
+            ..clean_config(100_000)
+        };
+        log.clean(&config).await.unwrap();
+        assert_eq!(tombstones(&read_all(&log).await.0), vec![tombstone]);
+        // More data, a second cleaning, but the tombstone is not old enough yet.
+        for i in 0..30 {
+            log.append_batch(put(b"c", Some(b"c-value"), 4000 + i), 1)
+                .await
+                .unwrap();
+        }
+        let young = CleanConfig {
+            delete_retention_ms: 100_000 - 2000,
+            ..clean_config(100_000)
+        };
+        let stats = log.clean(&young).await.unwrap();
+        assert!(stats.bytes_written > 0);
+        assert_eq!(stats.tombstones_removed, 0);
+        assert_eq!(tombstones(&read_all(&log).await.0), vec![tombstone]);
+        // Older than delete.retention.ms: removed.
+        for i in 0..30 {
+            log.append_batch(put(b"d", Some(b"d-value"), 5000 + i), 1)
+                .await
+                .unwrap();
+        }
+        let stats = log.clean(&config).await.unwrap();
+        assert_eq!(stats.tombstones_removed, 1);
+        let (entries, _) = read_all(&log).await;
+        assert!(tombstones(&entries).is_empty());
+        assert!(!entries.iter().any(|e| e.1.as_deref() == Some(b"a")));
+    })
+    .unwrap();
+}
+
+#[test]
+fn records_within_the_min_compaction_lag_are_not_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l-0");
+    block_on(async move {
+        let log = PartitionLog::open(&path, small_log_config()).unwrap();
+        let mut appended = Vec::new();
+        for i in 0..80i64 {
+            let b = keyed_batch(Codec::None, 1000 + i * 100, &[(Some(b"k"), Some(b"v"))]);
+            let o = log.append_batch(b, 1).await.unwrap();
+            appended.push((o, Some(b"k".to_vec()), Some(b"v".to_vec())));
+        }
+        // now - lag = 5000: batches with timestamps above it (offsets 41..) are not touched.
+        let config = CleanConfig {
+            min_compaction_lag_ms: 5000,
+            ..clean_config(10_000)
+        };
+        log.clean(&config).await.unwrap();
+        let dirty_end = 41;
+        assert_eq!(log.cleanable_state().first_dirty_offset, dirty_end);
+        assert_eq!(read_all(&log).await.0, expected(&appended, dirty_end));
+        // Nothing old enough is dirty: nothing more to do.
+        assert_eq!(log.clean(&config).await.unwrap().bytes_written, 0);
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_small_map_cleans_in_several_passes_to_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m-0");
+    block_on(async move {
+        let log = PartitionLog::open(&path, small_log_config()).unwrap();
+        let appended = append_updates(&log, 150, 1000).await;
+        let active_base = log.active_segment_base();
+        let config = CleanConfig {
+            map_bytes_max: 3 * (MAP_ENTRY_OVERHEAD_BYTES + 6),
+            ..clean_config(10_000)
+        };
+        let mut passes = 0;
+        let mut stats = CleanStats::default();
+        while let Pass::Cleaned { more } = log.clean_pass(&config, &mut stats, None).await.unwrap()
+        {
+            passes += 1;
+            if !more {
+                break;
+            }
+        }
+        assert!(passes > 3, "{passes} passes");
+        assert_eq!(read_all(&log).await.0, expected(&appended, active_base));
+        // And `clean` runs every pass itself.
+        let dir2 = tempfile::tempdir().unwrap();
+        let log2 = PartitionLog::open(&dir2.path().join("m-1"), small_log_config()).unwrap();
+        let appended2 = append_updates(&log2, 150, 1000).await;
+        let end2 = log2.active_segment_base();
+        log2.clean(&config).await.unwrap();
+        assert_eq!(read_all(&log2).await.0, expected(&appended2, end2));
+        // A map too small for one batch's keys is an error, not a loop.
+        let tiny = CleanConfig {
+            map_bytes_max: 8,
+            ..config
+        };
+        let log3 = PartitionLog::open(&dir2.path().join("m-2"), small_log_config()).unwrap();
+        append_updates(&log3, 40, 1000).await;
+        assert!(log3.clean(&tiny).await.is_err());
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_crash_at_any_point_of_the_swap_leaves_the_old_or_the_new_content() {
+    for (point, decided) in [
+        (CrashPoint::CleanedWritten, false),
+        (CrashPoint::SwapRenamed, true),
+        (CrashPoint::OldDeleted, true),
+    ] {
+        for recovery in [Recovery::Scan, Recovery::TrustCleanShutdown] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("x-0");
+            let p = path.clone();
+            let (old, new) = block_on(async move {
+                let log = PartitionLog::open(&p, small_log_config()).unwrap();
+                let appended = append_updates(&log, 100, 1000).await;
+                log.close().await.unwrap();
+                log.checkpoint_recovery_point().await.unwrap();
+                let new = expected(&appended, log.active_segment_base());
+                let mut stats = CleanStats::default();
+                let pass = log
+                    .clean_pass(&clean_config(10_000), &mut stats, Some(point))
+                    .await
+                    .unwrap();
+                assert!(matches!(pass, Pass::Crashed));
+                (appended, new)
+            })
+            .unwrap();
+            let p = path.clone();
+            let want = if decided { new.clone() } else { old.clone() };
+            block_on(async move {
+                let log = PartitionLog::open_with(&p, small_log_config(), recovery).unwrap();
+                let (got, _) = read_all(&log).await;
+                assert_eq!(got, want, "{point:?} {recovery:?}");
+                // A cleaning after the restart finishes the job.
+                log.clean(&clean_config(10_000)).await.unwrap();
+                assert_eq!(read_all(&log).await.0, new, "{point:?} {recovery:?}");
+            })
+            .unwrap();
+            let names: Vec<String> = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            assert!(
+                !names
+                    .iter()
+                    .any(|n| n.ends_with(".cleaned") || n.ends_with(".swap")),
+                "{point:?}: {names:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_interrupted_rename_of_the_swap_files_is_finished_at_open() {
+    // Crash in the middle of the final renames: one group's index already renamed, its log
+    // still `.swap`; another group whose index swap lost its log (never decided).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r-0");
+    let p = path.clone();
+    let new = block_on(async move {
+        let log = PartitionLog::open(&p, small_log_config()).unwrap();
+        let appended = append_updates(&log, 100, 1000).await;
+        log.close().await.unwrap();
+        let new = expected(&appended, log.active_segment_base());
+        let mut stats = CleanStats::default();
+        let pass = log
+            .clean_pass(
+                &clean_config(10_000),
+                &mut stats,
+                Some(CrashPoint::OldDeleted),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(pass, Pass::Crashed));
+        new
+    })
+    .unwrap();
+    let swap = std::fs::read_dir(&path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find_map(|n| parse_swap_log(&n))
+        .unwrap();
+    std::fs::rename(
+        path.join(swap_index_name(swap.0, "index")),
+        path.join(segment::file_name(swap.0, "index")),
+    )
+    .unwrap();
+    std::fs::write(path.join(swap_index_name(999_999, "timeindex")), b"junk").unwrap();
+    block_on(async move {
+        let log = PartitionLog::open(&path, small_log_config()).unwrap();
+        assert_eq!(read_all(&log).await.0, new);
+        assert!(!path.join(swap_index_name(999_999, "timeindex")).exists());
+    })
+    .unwrap();
+}
+
+#[test]
+fn appends_running_during_a_clean_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a-0");
+    block_on(async move {
+        let log = Rc::new(PartitionLog::open(&path, small_log_config()).unwrap());
+        let mut appended = append_updates(&log, 120, 1000).await;
+        let clean_end = log.active_segment_base();
+        let config = CleanConfig {
+            io_bytes_per_turn: 64,
+            ..clean_config(10_000)
+        };
+        let cleaner = {
+            let log = log.clone();
+            ringbroker_runtime::spawn(async move { log.clean(&config).await })
+        };
+        let mut turns_while_cleaning = 0;
+        for i in 0..200 {
+            let key = format!("key-{}", i % 12).into_bytes();
+            let value = format!("during-{i}").into_bytes();
+            let b = keyed_batch(Codec::Lz4, 2000 + i, &[(Some(&key), Some(&value))]);
+            let o = log.append_batch(b, 1).await.unwrap();
+            appended.push((o, Some(key), Some(value)));
+            if log.state.borrow().cleaning {
+                turns_while_cleaning += 1;
+            }
+            ringbroker_runtime::yield_now().await;
+        }
+        let stats = cleaner.await.unwrap().unwrap();
+        assert!(turns_while_cleaning > 5, "{turns_while_cleaning}");
+        assert!(stats.bytes_written > 0);
+        // The clean covered what was closed when it started (at least): everything appended
+        // meanwhile is there, and the latest value of every key too.
+        let (got, _) = read_all(&log).await;
+        let first_dirty = log.cleanable_state().first_dirty_offset;
+        assert!(first_dirty >= clean_end);
+        assert_eq!(got, expected(&appended, first_dirty));
+        let latest = |entries: &[Entry]| {
+            let mut m = BTreeMap::new();
+            for (o, k, v) in entries {
+                if let Some(k) = k {
+                    m.insert(k.clone(), (*o, v.clone()));
+                }
+            }
+            m
+        };
+        assert_eq!(latest(&got), latest(&appended));
+    })
+    .unwrap();
+}
+
+#[test]
+fn retention_delete_records_and_timestamp_lookups_work_on_a_cleaned_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d-0");
+    block_on(async move {
+        let log = PartitionLog::open(&path, small_log_config()).unwrap();
+        let appended = append_updates(&log, 120, 1000).await;
+        log.clean(&clean_config(10_000)).await.unwrap();
+        let want = expected(&appended, log.active_segment_base());
+        // Timestamp lookups find the first kept batch at or after the time.
+        let t = 1060;
+        let batch = log.batch_for_timestamp(t, 0).await.unwrap().unwrap();
+        let f = BatchFrame::parse(&batch).unwrap();
+        assert!(f.max_timestamp >= t);
+        // DeleteRecords inside a gap: reads start at the next kept batch.
+        let mid = want[want.len() / 2].0;
+        let gap = (1..mid).rev().find(|o| !want.iter().any(|e| e.0 == *o)).unwrap();
+        log.delete_records_before(gap).await.unwrap();
+        let (got, _) = read_all(&log).await;
+        assert!(got[0].0 >= gap, "nothing below the start");
+        assert_eq!(got[0], want.iter().find(|e| e.0 >= gap).cloned().unwrap());
+        // Retention by size still leaves a readable suffix.
+        log.set_config(LogConfig {
+            retention_bytes: Some(1500),
+            ..small_log_config()
+        });
+        log.enforce_retention(0).unwrap();
+        let start = log.log_start_offset();
+        let (got, _) = read_all(&log).await;
+        assert_eq!(
+            got.iter().filter(|e| e.0 >= start).cloned().collect::<Vec<_>>(),
+            want.into_iter().filter(|e| e.0 >= start).collect::<Vec<_>>()
+        );
+        // A cleaning after both works from the new start.
+        log.clean(&clean_config(10_000)).await.unwrap();
+        assert!(log.cleanable_state().first_dirty_offset >= start);
+    })
+    .unwrap();
+}
+
+#[test]
+fn keyless_records_are_dropped_and_control_batches_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k-0");
+    block_on(async move {
+        let log = PartitionLog::open(&path, small_log_config()).unwrap();
+        let mut control = keyed_batch(Codec::None, 1000, &[(Some(b"\0\0\0\0"), Some(b"m"))]);
+        {
+            let mut b = control.to_vec();
+            b[21..23].copy_from_slice(&(ATTR_CONTROL | 0x10).to_be_bytes());
+            let crc = crc32c::crc32c(&b[21..]);
+            b[17..21].copy_from_slice(&crc.to_be_bytes());
+            control = Bytes::from(b);
+        }
+        let control_at = log.append_batch(control.clone(), 1).await.unwrap();
+        for i in 0..40 {
+            let b = keyed_batch(
+                Codec::Snappy,
+                1000 + i,
+                &[(None, Some(b"no key")), (Some(b"k"), Some(b"v"))],
+            );
+            log.append_batch(b, 2).await.unwrap();
+        }
+        log.clean(&clean_config(10_000)).await.unwrap();
+        let r = log.read(control_at, 1).await.unwrap();
+        assert_eq!(&r.records[8..], &control[8..], "control batch copied as is");
+        let active = log.active_segment_base();
+        let (got, _) = read_all(&log).await;
+        assert!(got.iter().all(|e| e.0 >= active || e.1.is_some()));
+        assert_eq!(
+            got.iter()
+                .filter(|e| e.0 < active && e.1.as_deref() == Some(b"k"))
+                .count(),
+            1
+        );
+    })
+    .unwrap();
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+    /// Random keyed appends and tombstones over many small segments, cleaned with a map of a
+    /// few keys: reading from the start gives exactly the latest record of every key below the
+    /// active segment and everything in it, with their offsets; after a reopen too.
+    #[test]
+    fn cleaning_matches_the_model(
+        ops in proptest::collection::vec(
+            (proptest::collection::vec((0u8..20, proptest::bool::weighted(0.15), 0usize..40), 1..5), 0usize..5),
+            1..120),
+        map_keys in 1usize..30,
+        merge_bytes in 700u64..6000,
+        cleanings in 1usize..3,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p-0");
+        let p = path.clone();
+        let (want, end) = block_on(async move {
+            let log = PartitionLog::open(&p, small_log_config()).unwrap();
+            let mut appended = Vec::new();
+            let config = CleanConfig {
+                map_bytes_max: map_keys * (MAP_ENTRY_OVERHEAD_BYTES + 6) + 4 * (MAP_ENTRY_OVERHEAD_BYTES + 6),
+                segment_bytes_max: merge_bytes,
+                delete_retention_ms: i64::MAX / 4,
+                ..clean_config(1_000_000)
+            };
+            let chunk = ops.len().div_ceil(cleanings);
+            for part in ops.chunks(chunk) {
+                for (i, (recs, codec)) in part.iter().enumerate() {
+                    let owned: Vec<(Vec<u8>, Option<Vec<u8>>)> = recs
+                        .iter()
+                        .map(|&(k, tomb, len)| {
+                            (format!("k{k:02}").into_bytes(), (!tomb).then(|| vec![b'a' + (i % 26) as u8; len]))
+                        })
+                        .collect();
+                    let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> =
+                        owned.iter().map(|(k, v)| (Some(&k[..]), v.as_deref())).collect();
+                    let b = keyed_batch(CODECS[*codec], 1000, &refs);
+                    let base = log.append_batch(b, refs.len() as u32).await.unwrap();
+                    for (j, (k, v)) in owned.into_iter().enumerate() {
+                        appended.push((base + j as i64, Some(k), v));
+                    }
+                }
+                log.clean(&config).await.unwrap();
+            }
+            let end = log.active_segment_base();
+            let want = expected(&appended, end);
+            assert_eq!(read_all(&log).await.0, want.clone());
+            (want, end)
+        }).unwrap();
+        block_on(async move {
+            let log = PartitionLog::open(&path, small_log_config()).unwrap();
+            assert_eq!(read_all(&log).await.0, want);
+            assert_eq!(log.cleanable_state().first_dirty_offset, end);
+        }).unwrap();
+    }
+}
+
+#[test]
+fn the_first_dirty_offset_file_round_trips_and_a_damaged_one_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(read_first_dirty(dir.path()), None);
+    write_first_dirty(dir.path(), 42).unwrap();
+    assert_eq!(read_first_dirty(dir.path()), Some(42));
+    std::fs::write(dir.path().join(FILE_NAME), b"RBCO\0\0\0\0\0\0\0\x07\0\0\0\0").unwrap();
+    assert_eq!(read_first_dirty(dir.path()), None);
+    assert_eq!(parse_swap_log(&swap_log_name(5, 90)), Some((5, 90)));
+    assert_eq!(parse_segment_file("00000000000000000005.index"), Some((5, "index")));
+    assert_eq!(parse_segment_file("00000000000000000005.index.swap"), None);
+}
