@@ -5,8 +5,8 @@ A value written "<null>" is a tombstone (null value).
 
   create BOOTSTRAP TOPIC PARTITIONS [name=value...]   confluent AdminClient; "ok" or error
   produce LIB BOOTSTRAP TOPIC [CODEC]                 stdin "key<TAB>value" lines, in order, to
-                                                      partition 0, acks=all; prints
-                                                      "offset<TAB>key" per record
+                                                      partition 0, acks=all, small batches;
+                                                      prints "offset<TAB>key" per record
   produce-keyless LIB BOOTSTRAP TOPIC CODEC           one batch: a keyed record, then one
                                                       without a key; prints "ok" or the error
                                                       of each record
@@ -56,9 +56,10 @@ def produce(lib, bootstrap, topic, codec="none"):
     pairs = list(read_pairs())
     if lib == "confluent":
         from confluent_kafka import Producer
+        # Small batches: many of them, over many segments.
         p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5,
                       "compression.type": codec, "enable.idempotence": False,
-                      "max.in.flight.requests.per.connection": 1})
+                      "batch.num.messages": 20, "max.in.flight.requests.per.connection": 1})
         out = []
 
         def report(err, msg):
@@ -75,7 +76,7 @@ def produce(lib, bootstrap, topic, codec="none"):
         from kafka import KafkaProducer
         p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
                           compression_type=None if codec == "none" else codec,
-                          max_in_flight_requests_per_connection=1)
+                          batch_size=1024, max_in_flight_requests_per_connection=1)
         futures = [(key, p.send(topic, partition=0, key=key.encode(), value=raw(value)))
                    for key, value in pairs]
         p.flush(60)

@@ -13,7 +13,7 @@
 use crate::shard::{self, Partition, PartitionId};
 use crate::topic_config::TopicCleanSettings;
 use ringbroker_runtime::notify::Notify;
-use ringbroker_storage::log::{CleanConfig, CleanableState};
+use ringbroker_storage::{CleanConfig, CleanableState};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
