@@ -25,6 +25,10 @@ use std::time::{Duration, Instant};
 /// How long a partition whose cleaning failed is left alone before it is tried again (Kafka
 /// marks it uncleanable until restart; a retry later lets a transient error heal).
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(60);
+/// How long a partition whose cleaning found nothing to do (its dirty records are all newer
+/// than `min.compaction.lag.ms`) is left alone, unless it gets new dirty bytes: so it does
+/// not take every look from partitions that can be cleaned.
+const RETRY_AFTER_NOTHING_MAX: Duration = Duration::from_secs(60);
 
 /// What this shard's cleaner did since start-up (counters for `/metrics`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +56,9 @@ struct CleanerState {
     counters: CleanerCounters,
     last_clean: HashMap<PartitionId, Instant>,
     failed_at: HashMap<PartitionId, Instant>,
+    /// Partitions whose last cleaning did nothing: when, their dirty bytes then, and how long
+    /// to leave them.
+    idle: HashMap<PartitionId, (Instant, u64, Duration)>,
     /// The partition being cleaned now, and what wakes its cleaning to drop it.
     cleaning: Option<(PartitionId, Rc<Notify>)>,
 }
@@ -62,14 +69,28 @@ thread_local! {
         counters: CleanerCounters::default(),
         last_clean: HashMap::new(),
         failed_at: HashMap::new(),
+        idle: HashMap::new(),
         cleaning: None,
     });
 }
 
-/// The cleaning settings of the topic a partition belongs to, when it is compacted.
-fn compacted_settings(partition: &Partition) -> Option<TopicCleanSettings> {
+/// The cleaning settings of compacted topics, resolved once per topic per look.
+#[derive(Default)]
+struct SettingsByTopic(HashMap<uuid::Uuid, Option<TopicCleanSettings>>);
+
+impl SettingsByTopic {
+    /// The cleaning settings of the topic `partition` belongs to, when it is compacted.
+    fn of(&mut self, partition: &Partition) -> Option<TopicCleanSettings> {
+        *self
+            .0
+            .entry(partition.id.topic_id)
+            .or_insert_with(|| resolve_settings(partition.id.topic_id))
+    }
+}
+
+fn resolve_settings(topic_id: uuid::Uuid) -> Option<TopicCleanSettings> {
     let shard = shard::current();
-    let topic = shard.topic_by_id(&partition.id.topic_id)?;
+    let topic = shard.topic_by_id(&topic_id)?;
     let settings = shard.with_broker_view(|b| TopicCleanSettings::of(&topic.configs, b));
     match settings {
         // The offsets topic is compacted whatever its stored configs say.
@@ -106,22 +127,28 @@ pub fn is_due(state: &CleanableState, settings: &TopicCleanSettings, now_ms: i64
 /// The due partition with the highest dirty ratio, with its settings.
 fn dirtiest(now_ms: i64) -> Option<(Rc<Partition>, TopicCleanSettings)> {
     let now = Instant::now();
+    let mut settings_of = SettingsByTopic::default();
     let mut best: Option<(Rc<Partition>, TopicCleanSettings, f64)> = None;
     for partition in shard::current().owned() {
-        let failed_recently = STATE.with(|s| {
-            s.borrow()
-                .failed_at
-                .get(&partition.id)
-                .is_some_and(|&at| now.duration_since(at) < RETRY_AFTER_ERROR)
-        });
-        if failed_recently {
-            continue;
-        }
-        let Some(settings) = compacted_settings(&partition) else {
+        let Some(settings) = settings_of.of(&partition) else {
             continue;
         };
         let state = partition.log.cleanable_state();
         if !is_due(&state, &settings, now_ms) {
+            continue;
+        }
+        let left_alone = STATE.with(|s| {
+            let s = s.borrow();
+            let failed = s
+                .failed_at
+                .get(&partition.id)
+                .is_some_and(|&at| now.duration_since(at) < RETRY_AFTER_ERROR);
+            let idle = s.idle.get(&partition.id).is_some_and(|&(at, dirty, wait)| {
+                dirty == state.dirty_bytes && now.duration_since(at) < wait
+            });
+            failed || idle
+        });
+        if left_alone {
             continue;
         }
         let ratio = dirty_ratio(&state);
@@ -176,7 +203,26 @@ pub async fn clean_dirtiest(stop: impl Future<Output = ()>) -> bool {
     let index = partition.id.index;
     match outcome {
         None => {
-            tracing::info!(topic, partition = index, "cleaning abandoned (shard draining or partition deleted)");
+            tracing::info!(
+                topic,
+                partition = index,
+                "cleaning abandoned (shard draining or partition deleted)"
+            );
+            false
+        }
+        Some(Ok(stats)) if stats.records_read == 0 && stats.bytes_written == 0 => {
+            // Nothing cleanable yet (min.compaction.lag.ms) or another cleaning of it ran.
+            let dirty = partition.log.cleanable_state().dirty_bytes;
+            let lag = Duration::from_millis(settings.min_compaction_lag_ms.max(0) as u64);
+            let wait = lag.clamp(
+                cleaner.backoff,
+                RETRY_AFTER_NOTHING_MAX.max(cleaner.backoff),
+            );
+            STATE.with(|s| {
+                s.borrow_mut()
+                    .idle
+                    .insert(partition.id, (Instant::now(), dirty, wait))
+            });
             false
         }
         Some(Ok(stats)) => {
@@ -189,6 +235,7 @@ pub async fn clean_dirtiest(stop: impl Future<Output = ()>) -> bool {
                 c.cleanings += 1;
                 s.last_clean.insert(partition.id, Instant::now());
                 s.failed_at.remove(&partition.id);
+                s.idle.remove(&partition.id);
             });
             tracing::info!(
                 topic,
@@ -233,6 +280,7 @@ pub fn partition_removed(id: PartitionId) {
         }
         s.last_clean.remove(&id);
         s.failed_at.remove(&id);
+        s.idle.remove(&id);
     });
 }
 
@@ -240,10 +288,11 @@ pub fn partition_removed(id: PartitionId) {
 /// the shard; no I/O).
 pub fn snapshot() -> (CleanerCounters, Vec<PartitionCleanState>) {
     let now = Instant::now();
+    let mut settings_of = SettingsByTopic::default();
     let partitions = shard::current()
         .owned()
         .into_iter()
-        .filter(|p| compacted_settings(p).is_some())
+        .filter(|p| settings_of.of(p).is_some())
         .map(|p| {
             let since = STATE.with(|s| {
                 let s = s.borrow();
@@ -293,8 +342,16 @@ mod tests {
         assert!(is_due(&state(100, 100, None), &settings(0.5, i64::MAX), 0));
         assert!(!is_due(&state(300, 100, None), &settings(0.5, i64::MAX), 0));
         // Below the ratio but its oldest dirty record is older than max.compaction.lag.ms.
-        assert!(is_due(&state(300, 100, Some(1_000)), &settings(0.5, 500), 1_500));
-        assert!(!is_due(&state(300, 100, Some(1_000)), &settings(0.5, 500), 1_499));
+        assert!(is_due(
+            &state(300, 100, Some(1_000)),
+            &settings(0.5, 500),
+            1_500
+        ));
+        assert!(!is_due(
+            &state(300, 100, Some(1_000)),
+            &settings(0.5, 500),
+            1_499
+        ));
         assert!(is_due(&state(300, 1, None), &settings(0.0, i64::MAX), 0));
     }
 }

@@ -1330,7 +1330,7 @@ pub async fn store_offsets(
             )
         })
         .collect();
-    let records: Vec<(Option<&[u8]>, Option<&[u8]>)> = encoded
+    let records: Vec<ringbroker_protocol::batch::KeyValue<'_>> = encoded
         .iter()
         .map(|(k, v)| (Some(k.as_slice()), v.as_deref()))
         .collect();
@@ -1513,12 +1513,12 @@ async fn replay_offsets(log: &PartitionLog, legacy: &mut HashSet<String>) -> usi
             let batch = &chunk[at..at + h.total_bytes.min(chunk.len() - at)];
             for (key, value) in ringbroker_protocol::batch::record_keys_and_values(batch) {
                 let record = match (key, value) {
-                    (Some(key), value) => decode_offset_key(key).and_then(|(g, t, p)| {
-                        match value {
+                    (Some(key), value) => {
+                        decode_offset_key(key).and_then(|(g, t, p)| match value {
                             None => Some((g, t, p, None)),
                             Some(v) => decode_offset_value(v).map(|c| (g, t, p, Some(c))),
-                        }
-                    }),
+                        })
+                    }
                     (None, Some(value)) => {
                         let r = decode_offset_record(value);
                         if let Some((group, ..)) = &r {

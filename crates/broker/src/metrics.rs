@@ -510,7 +510,10 @@ fn apply(snapshots: &[ShardSnapshot], mesh: &Mesh) {
         for (name, n) in [
             ("ringbroker_cleaner_bytes_read_total", c.bytes_read),
             ("ringbroker_cleaner_bytes_written_total", c.bytes_written),
-            ("ringbroker_cleaner_records_removed_total", c.records_removed),
+            (
+                "ringbroker_cleaner_records_removed_total",
+                c.records_removed,
+            ),
             ("ringbroker_cleaner_cleanings_total", c.cleanings),
             ("ringbroker_cleaner_errors_total", c.errors),
         ] {

@@ -1003,9 +1003,16 @@ mod tests {
         let compact = [retention.as_slice(), &[("cleanup.policy", "compact")]].concat();
         let log = topic_log_config(&map(&compact), b).unwrap();
         assert_eq!((log.retention_ms, log.retention_bytes), (None, None));
-        let both = [retention.as_slice(), &[("cleanup.policy", "compact,delete")]].concat();
+        let both = [
+            retention.as_slice(),
+            &[("cleanup.policy", "compact,delete")],
+        ]
+        .concat();
         let log = topic_log_config(&map(&both), b).unwrap();
-        assert_eq!((log.retention_ms, log.retention_bytes), (Some(1000), Some(5000)));
+        assert_eq!(
+            (log.retention_ms, log.retention_bytes),
+            (Some(1000), Some(5000))
+        );
         let s = TopicCleanSettings::of(&map(&both), b).unwrap();
         assert!(s.compact && s.delete);
         assert_eq!(s.min_cleanable_dirty_ratio, 0.5);

@@ -187,9 +187,12 @@ pub fn record_values(batch: &[u8]) -> Vec<&[u8]> {
         .collect()
 }
 
+/// A record's key and value; `None` is null (a null value is a tombstone).
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// The (key, value) of each record of a whole uncompressed batch, `None` for a null key or
 /// value (a tombstone); empty for a compressed batch, cut at the first malformed record.
-pub fn record_keys_and_values(batch: &[u8]) -> Vec<(Option<&[u8]>, Option<&[u8]>)> {
+pub fn record_keys_and_values(batch: &[u8]) -> Vec<KeyValue<'_>> {
     let mut out = Vec::new();
     let Ok(h) = BatchHeader::parse(batch) else {
         return out;
@@ -286,18 +289,13 @@ pub fn base_offset_bytes(base_offset: i64) -> [u8; 8] {
 
 /// Test and tooling helper: builds an uncompressed v2 batch holding `values` (key-less).
 pub fn build_batch(base_offset: i64, timestamp_ms: i64, values: &[&[u8]]) -> Vec<u8> {
-    let records: Vec<(Option<&[u8]>, Option<&[u8]>)> =
-        values.iter().map(|v| (None, Some(*v))).collect();
+    let records: Vec<KeyValue<'_>> = values.iter().map(|v| (None, Some(*v))).collect();
     build_keyed_batch(base_offset, timestamp_ms, &records)
 }
 
 /// Builds an uncompressed v2 batch of `records` (key, value; `None` is null: a null value is
 /// a tombstone), all stamped `timestamp_ms`.
-pub fn build_keyed_batch(
-    base_offset: i64,
-    timestamp_ms: i64,
-    records: &[(Option<&[u8]>, Option<&[u8]>)],
-) -> Vec<u8> {
+pub fn build_keyed_batch(base_offset: i64, timestamp_ms: i64, records: &[KeyValue<'_>]) -> Vec<u8> {
     fn put_varint(out: &mut Vec<u8>, v: i64) {
         let mut z = ((v << 1) ^ (v >> 63)) as u64;
         loop {
@@ -372,7 +370,7 @@ mod tests {
 
     #[test]
     fn keyed_batches_round_trip_keys_values_and_tombstones() {
-        let records: Vec<(Option<&[u8]>, Option<&[u8]>)> = vec![
+        let records: Vec<KeyValue<'_>> = vec![
             (Some(b"k1"), Some(b"v1")),
             (Some(b"k2"), None),
             (None, Some(b"v3")),

@@ -322,7 +322,13 @@ mod tests {
             put_varint(&mut body, 0);
             body
         };
-        for codec in [Codec::None, Codec::Gzip, Codec::Lz4, Codec::Zstd, Codec::Snappy] {
+        for codec in [
+            Codec::None,
+            Codec::Gzip,
+            Codec::Lz4,
+            Codec::Zstd,
+            Codec::Snappy,
+        ] {
             for (keys, want) in [
                 (vec![Some(&b"a"[..]), Some(b""), Some(b"c")], None),
                 (vec![Some(&b"a"[..]), None, Some(b"c")], Some(1)),

@@ -15,6 +15,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// A record as produced: key, value ("<null>": a tombstone).
+type Record = (String, String);
+
 fn script(args: &[&str], input: &str) -> String {
     let path = format!(
         "{}/../../tests/clients/compaction.py",
@@ -49,8 +52,22 @@ fn consume(lib: &str, addr: &str, topic: &str) -> Vec<String> {
         let out = run(
             "timeout",
             &[
-                "60", "kcat", "-b", addr, "-t", topic, "-p", "0", "-o", "beginning", "-C", "-e",
-                "-q", "-Z", "-f", "%o\t%k\t%s\n",
+                "60",
+                "kcat",
+                "-b",
+                addr,
+                "-t",
+                topic,
+                "-p",
+                "0",
+                "-o",
+                "beginning",
+                "-C",
+                "-e",
+                "-q",
+                "-Z",
+                "-f",
+                "%o\t%k\t%s\n",
             ],
             "",
         );
@@ -68,7 +85,11 @@ fn consume(lib: &str, addr: &str, topic: &str) -> Vec<String> {
 
 /// Every record produced (offset, key, value), in offset order.
 fn log_of(records: &[(String, String)], offsets: &[i64]) -> BTreeMap<i64, (String, String)> {
-    offsets.iter().copied().zip(records.iter().cloned()).collect()
+    offsets
+        .iter()
+        .copied()
+        .zip(records.iter().cloned())
+        .collect()
 }
 
 /// The latest record of each key, as `offset<TAB>key<TAB>value` lines in offset order.
@@ -145,7 +166,7 @@ fn log_bytes(dir: &Path) -> u64 {
 
 /// `rounds` updates of each of `keys` keys, then large records of keys of their own so every
 /// update ends in a closed segment (the active one is never cleaned).
-fn updates(keys: usize, rounds: usize) -> (Vec<(String, String)>, Vec<(String, String)>) {
+fn updates(keys: usize, rounds: usize) -> (Vec<Record>, Vec<Record>) {
     let mut records = Vec::new();
     for round in 0..rounds {
         for k in 0..keys {
@@ -204,10 +225,18 @@ fn keyed_updates_leave_the_latest_value_per_key_for_kcat_kafka_python_and_conflu
     assert_eq!(get("ringbroker_cleaner_errors_total", &[]), 0.0);
     let kv = [("topic", "kv"), ("partition", "0")];
     let ratio = get("ringbroker_partition_cleanable_dirty_ratio", &kv);
-    assert!((0.0..0.5).contains(&ratio), "dirty ratio {ratio} after cleaning");
+    assert!(
+        (0.0..0.5).contains(&ratio),
+        "dirty ratio {ratio} after cleaning"
+    );
     assert!(get("ringbroker_partition_seconds_since_last_clean", &kv) < 60.0);
     // Only compacted partitions have cleaner gauges.
-    assert!(metric(&body, "ringbroker_partition_cleanable_dirty_ratio", &[("topic", "plain")]).is_none());
+    assert!(metric(
+        &body,
+        "ringbroker_partition_cleanable_dirty_ratio",
+        &[("topic", "plain")]
+    )
+    .is_none());
 }
 
 #[test]
@@ -243,7 +272,13 @@ fn tombstones_vanish_after_delete_retention_ms_and_not_before() {
         5
     );
     // Cleaned once: the older values are gone, the tombstones still there.
-    wait_for_read("kafka-python", &broker, "tomb", &with_tombstones, "first cleaning");
+    wait_for_read(
+        "kafka-python",
+        &broker,
+        "tomb",
+        &with_tombstones,
+        "first cleaning",
+    );
     assert_eq!(consume("kcat", &broker.addr, "tomb"), with_tombstones);
     assert!(
         started.elapsed() < Duration::from_millis(RETENTION_MS),
@@ -263,7 +298,13 @@ fn tombstones_vanish_after_delete_retention_ms_and_not_before() {
         .into_iter()
         .filter(|l| !l.ends_with("<null>"))
         .collect();
-    wait_for_read("kafka-python", &broker, "tomb", &want, "tombstones past delete.retention.ms");
+    wait_for_read(
+        "kafka-python",
+        &broker,
+        "tomb",
+        &want,
+        "tombstones past delete.retention.ms",
+    );
     assert_eq!(consume("kcat", &broker.addr, "tomb"), want);
 }
 
@@ -317,7 +358,12 @@ fn compact_delete_also_applies_retention_and_compact_alone_does_not() {
     );
 }
 
-fn produce_raw(c: &mut Client, version: i16, topic: &str, batch: Vec<u8>) -> (i16, i64, Vec<i32>, Option<String>) {
+fn produce_raw(
+    c: &mut Client,
+    version: i16,
+    topic: &str,
+    batch: Vec<u8>,
+) -> (i16, i64, Vec<i32>, Option<String>) {
     let pd = produce_request::PartitionProduceData::default()
         .with_index(0)
         .with_records(Some(Bytes::from(batch)));
@@ -347,15 +393,30 @@ fn keyless_records_are_refused_by_a_compacted_topic_whole_batch_and_all() {
     // confluent-kafka (librdkafka) and kafka-python, plain and compressed: both records of
     // the batch fail, the key-less one with INVALID_RECORD.
     for codec in ["none", "gzip", "lz4", "zstd", "snappy"] {
-        let out = script(&["produce-keyless", "confluent", &broker.addr, "keys", codec], "");
+        let out = script(
+            &["produce-keyless", "confluent", &broker.addr, "keys", codec],
+            "",
+        );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 2, "{out}");
         for l in &lines {
-            assert!(l.starts_with("error\t87\tINVALID_RECORD"), "confluent {codec}: {out}");
+            assert!(
+                l.starts_with("error\t87\tINVALID_RECORD"),
+                "confluent {codec}: {out}"
+            );
         }
     }
     for codec in ["none", "gzip"] {
-        let out = script(&["produce-keyless", "kafka-python", &broker.addr, "keys", codec], "");
+        let out = script(
+            &[
+                "produce-keyless",
+                "kafka-python",
+                &broker.addr,
+                "keys",
+                codec,
+            ],
+            "",
+        );
         assert!(
             out.contains("error\t87\tInvalidRecordError")
                 && out.contains("Compacted topic cannot accept message without key"),
@@ -366,14 +427,27 @@ fn keyless_records_are_refused_by_a_compacted_topic_whole_batch_and_all() {
     // kcat: a line without -K has no key.
     let (ok, _, err) = common::run_status(
         "timeout",
-        &["30", "kcat", "-b", &broker.addr, "-t", "keys", "-P", "-p", "0"],
+        &[
+            "30",
+            "kcat",
+            "-b",
+            &broker.addr,
+            "-t",
+            "keys",
+            "-P",
+            "-p",
+            "0",
+        ],
         "no key\n",
     );
     assert!(
         !ok || err.contains("Invalid record") || err.contains("failed to validate record"),
         "{err}"
     );
-    assert!(err.contains("validate record") || err.contains("INVALID_RECORD"), "kcat: {err}");
+    assert!(
+        err.contains("validate record") || err.contains("INVALID_RECORD"),
+        "kcat: {err}"
+    );
     // Nothing of the refused batches was written.
     assert_eq!(consume("kcat", &broker.addr, "keys"), Vec::<String>::new());
 
@@ -453,7 +527,10 @@ fn a_kill_at_each_point_of_a_cleaning_loses_nothing() {
         // Old or new segments, never a mix or a loss: each record read was acknowledged at
         // that offset, and every key's latest record is there.
         for line in &got {
-            assert!(everything.contains(line), "{point}: {line} was never produced");
+            assert!(
+                everything.contains(line),
+                "{point}: {line} was never produced"
+            );
         }
         for line in &want {
             assert!(got.contains(line), "{point}: {line} is lost");
@@ -461,7 +538,12 @@ fn a_kill_at_each_point_of_a_cleaning_loses_nothing() {
         // The cleaning started again finishes.
         wait_for_read("kcat", &broker, "crash", &want, point);
         // And the log goes on where it was.
-        let next = produce("confluent", &broker.addr, "crash", &[("k0".into(), "after".into())]);
+        let next = produce(
+            "confluent",
+            &broker.addr,
+            "crash",
+            &[("k0".into(), "after".into())],
+        );
         assert_eq!(next, vec![*offsets.last().unwrap() + 1], "{point}");
     }
 }
@@ -521,7 +603,12 @@ fn the_offsets_topic_is_compacted_and_a_restart_restores_every_latest_commit() {
     for round in 0..ROUNDS {
         for (g, group) in groups.iter().enumerate() {
             let base = round * 10 + g as i64;
-            commit(&mut c, group, "read", &[(0, base), (1, base + 1), (2, base + 2)]);
+            commit(
+                &mut c,
+                group,
+                "read",
+                &[(0, base), (1, base + 1), (2, base + 2)],
+            );
         }
     }
     // Tombstones: one group deleted, one partition's offset deleted.
@@ -537,12 +624,14 @@ fn the_offsets_topic_is_compacted_and_a_restart_restores_every_latest_commit() {
         0,
         &OffsetDeleteRequest::default()
             .with_group_id(GroupId(StrBytes::from_string(groups[6].clone())))
-            .with_topics(vec![offset_delete_request::OffsetDeleteRequestTopic::default()
-                .with_name(TopicName(StrBytes::from_static_str("read")))
-                .with_partitions(vec![
-                    offset_delete_request::OffsetDeleteRequestPartition::default()
-                        .with_partition_index(0),
-                ])]),
+            .with_topics(vec![
+                offset_delete_request::OffsetDeleteRequestTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("read")))
+                    .with_partitions(vec![
+                        offset_delete_request::OffsetDeleteRequestPartition::default()
+                            .with_partition_index(0),
+                    ]),
+            ]),
     );
     assert_eq!(r.error_code, 0);
     assert_eq!(r.topics[0].partitions[0].error_code, 0);
@@ -593,4 +682,67 @@ fn the_offsets_topic_is_compacted_and_a_restart_restores_every_latest_commit() {
         let got: Vec<String> = script(&args, "").lines().map(str::to_string).collect();
         assert_eq!(got, want, "{lib} after the restart");
     }
+}
+
+/// A stream processor's state: a Faust (faust-streaming) worker counts events per key in a
+/// Table; Faust creates the table's changelog with cleanup.policy=compact, the cleaner
+/// compacts it, and a fresh worker restores the table from it. Skipped (with a message) when
+/// faust-streaming is not installed: `pip install faust-streaming`.
+#[test]
+fn a_faust_table_changelog_is_compacted_and_restores_the_table() {
+    let (has_faust, _, _) = common::run_status("python3", &["-c", "import faust"], "");
+    if !has_faust {
+        eprintln!("SKIPPED: faust-streaming is not installed (pip install faust-streaming)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        dir.path(),
+        &["--segment-bytes", "1024", "--cleaner-backoff-ms", "100"],
+    );
+    let faust = |args: &[&str]| -> Vec<String> {
+        let path = format!(
+            "{}/../../tests/clients/compaction_faust.py",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let mut full = vec!["120", "python3", path.as_str()];
+        full.extend_from_slice(args);
+        run("timeout", &full, "")
+            .lines()
+            // (Faust's worker may leave terminal escapes in front of a line.)
+            .filter_map(|l| l.find("count\t").map(|at| l[at..].to_string()))
+            .collect()
+    };
+    let want: Vec<String> = (0..5).map(|k| format!("count\tkey-{k}\t100")).collect();
+    assert_eq!(faust(&["run", &broker.addr, "500"]), want);
+    let topics = std::fs::read_to_string(dir.path().join("meta/topics.json")).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&topics).unwrap();
+    let changelog = meta["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "cwfaust-counts-changelog")
+        .unwrap_or_else(|| panic!("no changelog topic in {topics}"));
+    assert_eq!(changelog["configs"]["cleanup.policy"], "compact");
+    // The changelog (500 updates of 5 keys over many segments) gets cleaned.
+    let labels = [("topic", "cwfaust-counts-changelog"), ("partition", "0")];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = broker.http_get("/metrics");
+        let since = metric(
+            &body,
+            "ringbroker_partition_seconds_since_last_clean",
+            &labels,
+        );
+        let cleaned = metric(&body, "ringbroker_cleaner_records_removed_total", &[]);
+        if since.is_some() && cleaned.is_some_and(|n| n >= 400.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the changelog was not cleaned:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(faust(&["restore", &broker.addr]), want);
 }

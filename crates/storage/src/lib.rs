@@ -26,7 +26,6 @@ pub mod segment;
 pub use checkpoint::Checkpoint;
 pub use log::{
     AppendError, CleanConfig, CleanStats, CleanableState, DeleteRecordsError, LogConfig,
-    PartitionLog, ReadError, ReadResult, Recovery, SliceResult, HIGH_WATERMARK,
-    SEGMENT_BYTES_MAX,
+    PartitionLog, ReadError, ReadResult, Recovery, SliceResult, HIGH_WATERMARK, SEGMENT_BYTES_MAX,
 };
 pub use recovery::{RecoveryReport, RecoveryTotals};

@@ -727,7 +727,10 @@ impl PartitionLog {
                     i + 1 == st.segments.len(),
                 )
             };
-            match self.locate_in(offset, &log_fd, seg_base, position, end).await? {
+            match self
+                .locate_in(offset, &log_fd, seg_base, position, end)
+                .await?
+            {
                 Some((position, first_len)) => {
                     return Ok(Ok(Located {
                         log_fd,

@@ -343,9 +343,12 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
                 if let Some(index) = result.record_error {
                     r = r.with_record_errors(vec![BatchIndexAndErrorMessage::default()
                         .with_batch_index(index)
-                        .with_batch_index_error_message(result.message.clone().map(
-                            kafka_protocol::protocol::StrBytes::from_string,
-                        ))]);
+                        .with_batch_index_error_message(
+                            result
+                                .message
+                                .clone()
+                                .map(kafka_protocol::protocol::StrBytes::from_string),
+                        )]);
                 }
                 r = r.with_error_message(
                     result

@@ -145,8 +145,11 @@ pub(crate) enum CrashPoint {
 /// `RINGBROKER_TEST_CLEAN_CRASH_AT`, read once.
 fn crash_hook() -> Option<CrashPoint> {
     static HOOK: std::sync::OnceLock<Option<CrashPoint>> = std::sync::OnceLock::new();
-    *HOOK.get_or_init(
-        || match std::env::var("RINGBROKER_TEST_CLEAN_CRASH_AT").ok()?.as_str() {
+    *HOOK.get_or_init(|| {
+        match std::env::var("RINGBROKER_TEST_CLEAN_CRASH_AT")
+            .ok()?
+            .as_str()
+        {
             "cleaned-written" => Some(CrashPoint::CleanedWritten),
             "swap-renamed" => Some(CrashPoint::SwapRenamed),
             "old-deleted" => Some(CrashPoint::OldDeleted),
@@ -157,8 +160,8 @@ fn crash_hook() -> Option<CrashPoint> {
                 );
                 None
             }
-        },
-    )
+        }
+    })
 }
 
 /// At `point`: a simulated crash (tests) returns true; the test hook aborts the process.
@@ -559,8 +562,12 @@ impl BatchReader {
             return Err(self.corrupt());
         }
         if self.buf.len() < in_buf + frame.total_bytes {
-            self.fill(frame.total_bytes.max(READ_CHUNK_BYTES.min(left)), budget, stats)
-                .await?;
+            self.fill(
+                frame.total_bytes.max(READ_CHUNK_BYTES.min(left)),
+                budget,
+                stats,
+            )
+            .await?;
             in_buf = 0;
         }
         let batch = self.buf.slice(in_buf..in_buf + frame.total_bytes);
@@ -574,13 +581,8 @@ impl BatchReader {
         budget: &mut Budget,
         stats: &mut CleanStats,
     ) -> io::Result<()> {
-        let data = op::read_exact_at(
-            &self.fd,
-            BytesMut::with_capacity(want),
-            self.position,
-            want,
-        )
-        .await?;
+        let data =
+            op::read_exact_at(&self.fd, BytesMut::with_capacity(want), self.position, want).await?;
         self.buf = data.freeze();
         self.buf_pos = self.position;
         stats.bytes_read += want as u64;
@@ -938,8 +940,7 @@ impl PartitionLog {
         for c in rewrite {
             let fits = groups.last().is_some_and(|g: &Vec<&Closed>| {
                 let bytes: u64 = g.iter().map(|s| s.bytes).sum();
-                bytes + c.bytes <= config.segment_bytes_max
-                    && c.end - g[0].base <= u32::MAX as i64
+                bytes + c.bytes <= config.segment_bytes_max && c.end - g[0].base <= u32::MAX as i64
             });
             if fits {
                 groups.last_mut().expect("a group").push(c);
@@ -952,7 +953,9 @@ impl PartitionLog {
         for group in &groups {
             let (base, end) = (group[0].base, group.last().expect("non-empty").end);
             for ext in ["log", "index", "timeindex"] {
-                guard.cleaned_files.push(self.dir.join(cleaned_name(base, ext)));
+                guard
+                    .cleaned_files
+                    .push(self.dir.join(cleaned_name(base, ext)));
             }
             let mut out = CleanedSegment::create(&self.dir, base, end)?;
             for c in group {
@@ -995,14 +998,16 @@ impl PartitionLog {
                     };
                     match filtered {
                         Filtered::Same => {
-                            out.push(&batch, &frame, interval, &mut budget, stats).await?
+                            out.push(&batch, &frame, interval, &mut budget, stats)
+                                .await?
                         }
                         Filtered::Empty => {}
                         Filtered::Rebuilt(bytes) => {
                             let frame = BatchFrame::parse(&bytes).ok_or_else(|| {
                                 io::Error::other("the cleaner built a malformed batch")
                             })?;
-                            out.push(&bytes, &frame, interval, &mut budget, stats).await?
+                            out.push(&bytes, &frame, interval, &mut budget, stats)
+                                .await?
                         }
                     }
                 }

@@ -66,7 +66,11 @@ async fn read_all(log: &PartitionLog) -> (Vec<Entry>, Vec<(i64, Codec)>) {
         while at < r.records.len() {
             let frame = BatchFrame::parse(&r.records[at..]).unwrap();
             let batch = &r.records[at..at + frame.total_bytes];
-            assert!(frame.crc_matches(batch), "CRC of batch {}", frame.base_offset);
+            assert!(
+                frame.crc_matches(batch),
+                "CRC of batch {}",
+                frame.base_offset
+            );
             let (codec, section, records) = batch_records(batch, &frame).unwrap();
             assert!(!records.is_empty(), "no empty batch is kept");
             let mut max_ts = i64::MIN;
@@ -83,7 +87,10 @@ async fn read_all(log: &PartitionLog) -> (Vec<Entry>, Vec<(i64, Codec)>) {
                 let value = value_of(&section, rec);
                 entries.push((o, key, value));
             }
-            assert_eq!(frame.max_timestamp, max_ts, "max timestamp of the retained records");
+            assert_eq!(
+                frame.max_timestamp, max_ts,
+                "max timestamp of the retained records"
+            );
             batches.push((frame.base_offset, codec));
             offset = frame.next_offset();
             at += frame.total_bytes;
@@ -208,7 +215,10 @@ fn cleaning_keeps_exactly_the_latest_record_of_every_key_and_never_the_active_se
         assert!(want.len() < appended.len() / 2, "cleaning dropped records");
         assert_eq!(stats.first_dirty_offset, active_base);
         assert_eq!(stats.segments_before, before_segments);
-        assert!(stats.segments_after < before_segments, "small segments merged");
+        assert!(
+            stats.segments_after < before_segments,
+            "small segments merged"
+        );
         assert!(stats.records_kept < stats.records_read);
         assert!(stats.bytes_written < stats.bytes_read);
         // Compressed batches keep their codec.
@@ -248,7 +258,9 @@ fn cleaning_keeps_exactly_the_latest_record_of_every_key_and_never_the_active_se
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert!(
-        !names.iter().any(|n| n.ends_with(".cleaned") || n.ends_with(".swap")),
+        !names
+            .iter()
+            .any(|n| n.ends_with(".cleaned") || n.ends_with(".swap")),
         "{names:?}"
     );
     for recovery in [Recovery::TrustCleanShutdown, Recovery::Scan] {
@@ -305,7 +317,11 @@ fn reads_at_offsets_inside_gaps_return_the_next_batch() {
             }
             let st = log.state.borrow();
             let i = st.segments.partition_point(|s| s.base_offset <= o) - 1;
-            if st.segments.get(i + 1).is_some_and(|n| n.base_offset <= want.0) {
+            if st
+                .segments
+                .get(i + 1)
+                .is_some_and(|n| n.base_offset <= want.0)
+            {
                 gaps_at_segment_ends += 1;
             }
         }
@@ -627,7 +643,10 @@ fn retention_delete_records_and_timestamp_lookups_work_on_a_cleaned_log() {
         assert!(f.max_timestamp >= t);
         // DeleteRecords inside a gap: reads start at the next kept batch.
         let mid = want[want.len() / 2].0;
-        let gap = (1..mid).rev().find(|o| !want.iter().any(|e| e.0 == *o)).unwrap();
+        let gap = (1..mid)
+            .rev()
+            .find(|o| !want.iter().any(|e| e.0 == *o))
+            .unwrap();
         log.delete_records_before(gap).await.unwrap();
         let (got, _) = read_all(&log).await;
         assert!(got[0].0 >= gap, "nothing below the start");
@@ -641,8 +660,13 @@ fn retention_delete_records_and_timestamp_lookups_work_on_a_cleaned_log() {
         let start = log.log_start_offset();
         let (got, _) = read_all(&log).await;
         assert_eq!(
-            got.iter().filter(|e| e.0 >= start).cloned().collect::<Vec<_>>(),
-            want.into_iter().filter(|e| e.0 >= start).collect::<Vec<_>>()
+            got.iter()
+                .filter(|e| e.0 >= start)
+                .cloned()
+                .collect::<Vec<_>>(),
+            want.into_iter()
+                .filter(|e| e.0 >= start)
+                .collect::<Vec<_>>()
         );
         // A cleaning after both works from the new start.
         log.clean(&clean_config(10_000)).await.unwrap();
@@ -754,9 +778,16 @@ fn the_first_dirty_offset_file_round_trips_and_a_damaged_one_is_ignored() {
     assert_eq!(read_first_dirty(dir.path()), None);
     write_first_dirty(dir.path(), 42).unwrap();
     assert_eq!(read_first_dirty(dir.path()), Some(42));
-    std::fs::write(dir.path().join(FILE_NAME), b"RBCO\0\0\0\0\0\0\0\x07\0\0\0\0").unwrap();
+    std::fs::write(
+        dir.path().join(FILE_NAME),
+        b"RBCO\0\0\0\0\0\0\0\x07\0\0\0\0",
+    )
+    .unwrap();
     assert_eq!(read_first_dirty(dir.path()), None);
     assert_eq!(parse_swap_log(&swap_log_name(5, 90)), Some((5, 90)));
-    assert_eq!(parse_segment_file("00000000000000000005.index"), Some((5, "index")));
+    assert_eq!(
+        parse_segment_file("00000000000000000005.index"),
+        Some((5, "index"))
+    );
     assert_eq!(parse_segment_file("00000000000000000005.index.swap"), None);
 }
