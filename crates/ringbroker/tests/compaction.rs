@@ -746,3 +746,84 @@ fn a_faust_table_changelog_is_compacted_and_restores_the_table() {
     }
     assert_eq!(faust(&["restore", &broker.addr]), want);
 }
+
+/// An offsets partition written by an earlier release holds key-less offset records, which a
+/// cleaning drops: start-up replays them and writes what they leave committed again as keyed
+/// records, so the offsets survive the cleaning and the next restart.
+#[test]
+fn offsets_committed_by_an_earlier_release_survive_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--segment-bytes", "1024", "--cleaner-backoff-ms", "100"];
+    let mut broker = Broker::start(dir.path(), &flags);
+    assert_eq!(
+        script(&["create", &broker.addr, "old", "1"], "").trim(),
+        "ok"
+    );
+    broker.stop();
+
+    // The earlier release's record: version 1, group, topic, partition, offset, epoch, no
+    // metadata; one batch of 40 commits of partition 0 (the last one wins), no key.
+    let group = "upgraded";
+    let legacy = |offset: i64| -> Vec<u8> {
+        let mut v = vec![1u8];
+        for s in [group, "old"] {
+            v.extend_from_slice(&(s.len() as u16).to_be_bytes());
+            v.extend_from_slice(s.as_bytes());
+        }
+        v.extend_from_slice(&0i32.to_be_bytes());
+        v.extend_from_slice(&offset.to_be_bytes());
+        v.extend_from_slice(&(-1i32).to_be_bytes());
+        v.extend_from_slice(&(-1i32).to_be_bytes());
+        v
+    };
+    let values: Vec<Vec<u8>> = (1..=40).map(|i| legacy(i * 100)).collect();
+    let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+    let batch = ringbroker_protocol::batch::build_batch(0, 1_700_000_000_000, &refs);
+    assert!(
+        batch.len() > 1024,
+        "the legacy segment must be closed by the next append"
+    );
+    let partition = ringbroker_broker::groups::offsets_partition(group);
+    let segment = dir
+        .path()
+        .join(format!("__consumer_offsets-{partition}"))
+        .join("00000000000000000000.log");
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), 0);
+    std::fs::write(&segment, &batch).unwrap();
+    // As after a crash: the start scans the segment (and finds the batch).
+    std::fs::remove_file(dir.path().join("meta/clean-shutdown")).unwrap();
+
+    let mut broker = Broker::start(dir.path(), &flags);
+    let committed = |broker: &Broker| {
+        script(
+            &["committed", "kafka-python", &broker.addr, "old", "1", group],
+            "",
+        )
+    };
+    assert_eq!(committed(&broker), format!("{group}\t0\t4000\n"));
+    // A commit of another group of the same offsets partition closes the legacy segment
+    // (if the keyed rewrite has not), which is then cleaned: its key-less records go.
+    let other = (0..)
+        .map(|i| format!("other-{i}"))
+        .find(|g| ringbroker_broker::groups::offsets_partition(g) == partition)
+        .unwrap();
+    commit(&mut Client::connect(&broker.addr), &other, "old", &[(0, 7)]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let labels = [("topic", "__consumer_offsets")];
+    loop {
+        let (_, body) = broker.http_get("/metrics");
+        if metric(&body, "ringbroker_cleaner_records_removed_total", &[]).unwrap_or(0.0) >= 40.0 {
+            assert!(metric(&body, "ringbroker_partition_cleanable_dirty_ratio", &labels).is_some());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never cleaned:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    broker.stop();
+    let broker = Broker::start(dir.path(), &flags);
+    assert_eq!(committed(&broker), format!("{group}\t0\t4000\n"));
+}
