@@ -7,8 +7,8 @@
 //! - [`segment`]: one `.log` file plus its `.index`, named by base offset.
 //! - [`log`]: `PartitionLog`: offset assignment, ordered appends through the ring, the high
 //!   watermark, group-commit fdatasync, reads by offset, recovery at open; the durable log
-//!   start offset DeleteRecords moves (`log/log_start.rs`) and batch lookups by timestamp
-//!   (`log/timestamps.rs`).
+//!   start offset DeleteRecords moves (`log/log_start.rs`), batch lookups by timestamp
+//!   (`log/timestamps.rs`) and log compaction (`log/clean.rs`).
 //! - [`recovery`]: rebuilding segments at open (trusted, from the recovery point, or scanned).
 //! - [`checkpoint`]: the per-partition recovery checkpoint (Kafka's recovery point).
 //! - [`atomic_file`]: write-new + fsync + rename, for metadata.

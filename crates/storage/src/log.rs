@@ -10,7 +10,8 @@
 //! run as tasks of their own once started, so they always end completed or failed in the
 //! log's state, whatever happens to the caller; reads only look at the state.
 //!
-//! Invariants: segments are sorted and contiguous in offsets; `committed_bytes <=
+//! Invariants: segments are sorted by offset (after a cleaning, `log/clean.rs`, offsets may have
+//! gaps inside and between segments; reads skip them); `committed_bytes <=
 //! reserved_bytes`; reads never see bytes at or above the high watermark.
 
 use crate::checkpoint::{Checkpoint, CheckpointFile};
@@ -398,7 +399,8 @@ impl PartitionLog {
             let mut st = log.state.borrow_mut();
             st.first_dirty_offset = st
                 .first_dirty_offset
-                .clamp(st.log_start_offset, st.high_watermark);
+                .min(st.high_watermark)
+                .max(st.log_start_offset);
         }
         Ok(log)
     }

@@ -84,6 +84,11 @@ pub const CLEAN_BATCH_DECOMPRESSED_BYTES_MAX: usize = 64 * 1024 * 1024;
 const READ_CHUNK_BYTES: usize = 1024 * 1024;
 /// Bytes of cleaned batches gathered before one write.
 const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+/// Groups (new segments) written before they are swapped in, so a cleaning holds at most
+/// this many new segments' files open; a log of more groups is swapped in several steps, in
+/// offset order (a crash between two steps leaves a cleaned prefix, which keeps every latest
+/// record: the groups after it are either old, holding everything, or cleaned).
+const GROUPS_PER_SWAP_MAX: usize = if cfg!(test) { 2 } else { 16 };
 /// Passes one cleaning makes at most (each pass cleans at least one batch's worth).
 pub const CLEAN_PASSES_MAX: usize = 4096;
 
@@ -747,7 +752,6 @@ pub(crate) enum Pass {
 /// failed before its swap.
 struct PassGuard {
     state: Rc<RefCell<State>>,
-    dir: Rc<Path>,
     cleaned_files: Vec<PathBuf>,
 }
 
@@ -761,7 +765,6 @@ impl Drop for PassGuard {
         if let Ok(mut st) = self.state.try_borrow_mut() {
             st.cleaning = false;
         }
-        let _ = &self.dir;
     }
 }
 
@@ -772,7 +775,8 @@ impl PartitionLog {
         let st = self.state.borrow();
         let first_dirty = st
             .first_dirty_offset
-            .clamp(st.log_start_offset, st.high_watermark);
+            .min(st.high_watermark)
+            .max(st.log_start_offset);
         let (mut clean_bytes, mut dirty_bytes, mut oldest) = (0u64, 0u64, None);
         for pair in st.segments.windows(2) {
             let (s, end) = (&pair[0], pair[1].base_offset);
@@ -843,7 +847,8 @@ impl PartitionLog {
                     bytes: s.committed_bytes,
                 });
             }
-            let first_dirty = st.first_dirty_offset.clamp(log_start, hw);
+            // Not `clamp`: retention may briefly put the log start above the high watermark.
+            let first_dirty = st.first_dirty_offset.min(hw).max(log_start);
             let Some(dirty_segment) = closed.iter().position(|c| c.end > first_dirty) else {
                 return Ok(Pass::Nothing);
             };
@@ -864,7 +869,6 @@ impl PartitionLog {
         };
         let mut guard = PassGuard {
             state: self.state.clone(),
-            dir: self.dir.clone(),
             cleaned_files: Vec::new(),
         };
         let mut budget = Budget {
@@ -899,9 +903,13 @@ impl PartitionLog {
                     let offset = frame.base_offset + r.offset_delta;
                     Some((offset, r.key.clone()?)).filter(|_| offset >= first_dirty)
                 });
+                // The keys this batch adds to the map (each once).
+                let mut new_keys = std::collections::HashSet::new();
                 let needed: usize = keyed
                     .clone()
-                    .map(|(_, k)| k.len() + MAP_ENTRY_OVERHEAD_BYTES)
+                    .map(|(_, k)| &section[k])
+                    .filter(|k| !map.contains_key(*k) && new_keys.insert(*k))
+                    .map(|k| k.len() + MAP_ENTRY_OVERHEAD_BYTES)
                     .sum();
                 if map_bytes + needed > config.map_bytes_max {
                     if map.is_empty() {
@@ -949,8 +957,8 @@ impl PartitionLog {
             }
         }
         let delete_horizon = config.now_ms.saturating_sub(config.delete_retention_ms);
-        let mut cleaned = Vec::with_capacity(groups.len());
-        for group in &groups {
+        let mut cleaned = Vec::with_capacity(groups.len().min(GROUPS_PER_SWAP_MAX));
+        for (group_index, group) in groups.iter().enumerate() {
             let (base, end) = (group[0].base, group.last().expect("non-empty").end);
             for ext in ["log", "index", "timeindex"] {
                 guard
@@ -1014,33 +1022,66 @@ impl PartitionLog {
             }
             out.finish(&mut budget, stats).await?;
             cleaned.push(out);
+            if cleaned.len() == GROUPS_PER_SWAP_MAX || group_index + 1 == groups.len() {
+                if crash_at(CrashPoint::CleanedWritten, crash) {
+                    guard.cleaned_files.clear();
+                    return Ok(Pass::Crashed);
+                }
+                // From the first rename on, these files are no longer the guard's to delete;
+                // an abandoned swap deletes them itself.
+                guard.cleaned_files.clear();
+                if let Some(stop) = self.swap_in(std::mem::take(&mut cleaned), crash)? {
+                    return Ok(stop);
+                }
+            }
         }
-        if crash_at(CrashPoint::CleanedWritten, crash) {
-            guard.cleaned_files.clear();
-            return Ok(Pass::Crashed);
+        self.state.borrow_mut().first_dirty_offset = map_end;
+        if let Err(e) = write_first_dirty(&self.dir, map_end) {
+            // Only costs a cleaning of more than is dirty next time.
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not persist the first dirty offset");
         }
+        tracing::debug!(dir = %self.dir.display(), first_dirty, map_end, groups = groups.len(), "cleaned");
+        Ok(Pass::Cleaned { more })
+    }
 
-        // 3. The swap: no await from here on.
+    /// Swaps `cleaned` (written and fdatasync'd, consecutive, in offset order) in for the
+    /// segments they replace: renames to `.swap`, directory fsync, old files deleted, renames
+    /// to the final names, directory fsync, then the segment list in one step. No await: no
+    /// other task sees a half-swapped list. `Some` when the pass must stop: the log changed
+    /// under it (`Abandoned`, the new files deleted) or a simulated crash point was reached.
+    fn swap_in(
+        &self,
+        cleaned: Vec<CleanedSegment>,
+        crash: Option<CrashPoint>,
+    ) -> io::Result<Option<Pass>> {
         let mut st = self.state.borrow_mut();
         let first_old = cleaned[0].replaces[0].clone();
-        let Some(at) = st
+        let at = st
             .segments
             .iter()
-            .position(|s| Arc::ptr_eq(&s.log, &first_old))
-        else {
-            return Ok(Pass::Abandoned); // retention deleted it meanwhile
-        };
+            .position(|s| Arc::ptr_eq(&s.log, &first_old));
         let olds = cleaned.iter().map(|c| c.replaces.len()).sum::<usize>();
-        let unchanged = !st.removed
-            && st.segments.len() > at + olds
-            && cleaned
-                .iter()
-                .flat_map(|c| &c.replaces)
-                .zip(&st.segments[at..])
-                .all(|(o, s)| Arc::ptr_eq(o, &s.log));
-        if !unchanged {
-            return Ok(Pass::Abandoned);
-        }
+        let unchanged = at.is_some_and(|at| {
+            !st.removed
+                && st.segments.len() > at + olds
+                && cleaned
+                    .iter()
+                    .flat_map(|c| &c.replaces)
+                    .zip(&st.segments[at..])
+                    .all(|(o, s)| Arc::ptr_eq(o, &s.log))
+        });
+        let Some(at) = at.filter(|_| unchanged) else {
+            // Retention or DeleteRecords took segments meanwhile, or the log was deleted.
+            for c in &cleaned {
+                for ext in ["log", "index", "timeindex"] {
+                    let path = self.dir.join(cleaned_name(c.base, ext));
+                    if let Err(e) = remove_if_present(&path) {
+                        tracing::warn!(path = %path.display(), error = %e, "could not delete a cleaner's unfinished file");
+                    }
+                }
+            }
+            return Ok(Some(Pass::Abandoned));
+        };
         let dir = self.dir.clone();
         let swap = || -> io::Result<bool> {
             for c in &cleaned {
@@ -1084,11 +1125,9 @@ impl PartitionLog {
             sync_dir(&dir)?;
             Ok(true)
         };
-        // From the first rename on, the `.cleaned` files are no longer the guard's to delete.
-        guard.cleaned_files.clear();
         match swap() {
             Ok(true) => {}
-            Ok(false) => return Ok(Pass::Crashed),
+            Ok(false) => return Ok(Some(Pass::Crashed)),
             Err(e) => {
                 // Half swapped: the files are what a crash would leave, and a reopen finishes
                 // or discards it; the segments in memory are no longer backed by their names.
@@ -1104,14 +1143,7 @@ impl PartitionLog {
             .map(|c| c.into_segment(&self.dir))
             .collect();
         st.segments.splice(at..at + olds, new);
-        st.first_dirty_offset = map_end;
-        drop(st);
-        if let Err(e) = write_first_dirty(&self.dir, map_end) {
-            // Only costs a cleaning of more than is dirty next time.
-            tracing::warn!(dir = %self.dir.display(), error = %e, "could not persist the first dirty offset");
-        }
-        tracing::debug!(dir = %self.dir.display(), first_dirty, map_end, groups = groups.len(), "cleaned");
-        Ok(Pass::Cleaned { more })
+        Ok(None)
     }
 }
 

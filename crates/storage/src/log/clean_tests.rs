@@ -2,16 +2,16 @@ use super::*;
 use crate::log::{LogConfig, ReadError, Recovery};
 use ringbroker_runtime::block_on;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 /// `(offset, key, value)` of one record; `None` value: a tombstone.
 type Entry = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+/// `(key, value)` of a record to append; `None` value: a tombstone.
+type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+type OwnedKeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// A v2 batch of keyed records compressed with `codec`; record `i` has timestamp `ts + i`.
-pub(crate) fn keyed_batch(
-    codec: Codec,
-    ts: i64,
-    records: &[(Option<&[u8]>, Option<&[u8]>)],
-) -> Bytes {
+pub(crate) fn keyed_batch(codec: Codec, ts: i64, records: &[KeyValue]) -> Bytes {
     let mut section = Vec::new();
     for (i, (key, value)) in records.iter().enumerate() {
         let mut body = vec![0u8];
@@ -162,7 +162,7 @@ async fn append_updates(log: &PartitionLog, rounds: usize, ts: i64) -> Vec<Entry
     let mut appended = Vec::new();
     for round in 0..rounds {
         let n = 1 + round % 3;
-        let recs: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> = (0..n)
+        let recs: Vec<OwnedKeyValue> = (0..n)
             .map(|i| {
                 let k = (round * 7 + i * 5) % 12;
                 let key = (k != 11 || round % 2 == 0).then(|| format!("key-{k}").into_bytes());
@@ -170,7 +170,7 @@ async fn append_updates(log: &PartitionLog, rounds: usize, ts: i64) -> Vec<Entry
                 (key, value)
             })
             .collect();
-        let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> = recs
+        let refs: Vec<KeyValue> = recs
             .iter()
             .map(|(k, v)| (k.as_deref(), v.as_deref()))
             .collect();
@@ -481,6 +481,21 @@ fn a_small_map_cleans_in_several_passes_to_the_same_result() {
     .unwrap();
 }
 
+/// `got` is the `new` content up to some offset and the `old` one after it (the groups
+/// swapped in before a crash, in offset order).
+fn assert_cleaned_prefix(got: &[Entry], old: &[Entry], new: &[Entry]) {
+    let split = old.iter().map(|e| e.0).chain([i64::MAX]).find(|&x| {
+        let mixed: Vec<Entry> = new
+            .iter()
+            .filter(|e| e.0 < x)
+            .chain(old.iter().filter(|e| e.0 >= x))
+            .cloned()
+            .collect();
+        mixed == got
+    });
+    assert!(split.is_some(), "not a cleaned prefix: {got:?}");
+}
+
 #[test]
 fn a_crash_at_any_point_of_the_swap_leaves_the_old_or_the_new_content() {
     for (point, decided) in [
@@ -507,12 +522,19 @@ fn a_crash_at_any_point_of_the_swap_leaves_the_old_or_the_new_content() {
                 (appended, new)
             })
             .unwrap();
+            let (old, new) = (old, new);
             let p = path.clone();
-            let want = if decided { new.clone() } else { old.clone() };
             block_on(async move {
                 let log = PartitionLog::open_with(&p, small_log_config(), recovery).unwrap();
                 let (got, _) = read_all(&log).await;
-                assert_eq!(got, want, "{point:?} {recovery:?}");
+                if decided {
+                    // The groups swapped in so far (in offset order) are new, the rest old:
+                    // the new content up to some offset, the old one after it.
+                    assert_cleaned_prefix(&got, &old, &new);
+                    assert_ne!(got, old, "{point:?}: the decided swap was finished");
+                } else {
+                    assert_eq!(got, old, "{point:?} {recovery:?}");
+                }
                 // A cleaning after the restart finishes the job.
                 log.clean(&clean_config(10_000)).await.unwrap();
                 assert_eq!(read_all(&log).await.0, new, "{point:?} {recovery:?}");
@@ -539,7 +561,7 @@ fn an_interrupted_rename_of_the_swap_files_is_finished_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r-0");
     let p = path.clone();
-    let new = block_on(async move {
+    let (old, new) = block_on(async move {
         let log = PartitionLog::open(&p, small_log_config()).unwrap();
         let appended = append_updates(&log, 100, 1000).await;
         log.close().await.unwrap();
@@ -554,7 +576,7 @@ fn an_interrupted_rename_of_the_swap_files_is_finished_at_open() {
             .await
             .unwrap();
         assert!(matches!(pass, Pass::Crashed));
-        new
+        (appended, new)
     })
     .unwrap();
     let swap = std::fs::read_dir(&path)
@@ -570,7 +592,9 @@ fn an_interrupted_rename_of_the_swap_files_is_finished_at_open() {
     std::fs::write(path.join(swap_index_name(999_999, "timeindex")), b"junk").unwrap();
     block_on(async move {
         let log = PartitionLog::open(&path, small_log_config()).unwrap();
-        assert_eq!(read_all(&log).await.0, new);
+        let (got, _) = read_all(&log).await;
+        assert_ne!(got, old);
+        assert_cleaned_prefix(&got, &old, &new);
         assert!(!path.join(swap_index_name(999_999, "timeindex")).exists());
     })
     .unwrap();
@@ -715,10 +739,12 @@ fn keyless_records_are_dropped_and_control_batches_kept() {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
     /// Random keyed appends and tombstones over many small segments, cleaned with a map of a
-    /// few keys: reading from the start gives exactly the latest record of every key below the
-    /// active segment and everything in it, with their offsets; after a reopen too.
+    /// few keys (several passes), several times: reading from the start gives exactly the
+    /// latest record of every key below the active segment and everything in it, with their
+    /// offsets; after a reopen too. With `crash`, the last cleaning stops at that point as a
+    /// crash would; the log reopens (scan or trusted) and a cleaning then ends the same.
     #[test]
     fn cleaning_matches_the_model(
         ops in proptest::collection::vec(
@@ -727,21 +753,25 @@ proptest::proptest! {
         map_keys in 1usize..30,
         merge_bytes in 700u64..6000,
         cleanings in 1usize..3,
+        crash in proptest::option::of((0usize..3, proptest::bool::ANY)),
     ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p-0");
         let p = path.clone();
-        let (want, end) = block_on(async move {
+        let config = CleanConfig {
+            map_bytes_max: map_keys * (MAP_ENTRY_OVERHEAD_BYTES + 6) + 4 * (MAP_ENTRY_OVERHEAD_BYTES + 6),
+            segment_bytes_max: merge_bytes,
+            delete_retention_ms: i64::MAX / 4,
+            ..clean_config(1_000_000)
+        };
+        let c = config.clone();
+        let (want, end, old) = block_on(async move {
             let log = PartitionLog::open(&p, small_log_config()).unwrap();
             let mut appended = Vec::new();
-            let config = CleanConfig {
-                map_bytes_max: map_keys * (MAP_ENTRY_OVERHEAD_BYTES + 6) + 4 * (MAP_ENTRY_OVERHEAD_BYTES + 6),
-                segment_bytes_max: merge_bytes,
-                delete_retention_ms: i64::MAX / 4,
-                ..clean_config(1_000_000)
-            };
             let chunk = ops.len().div_ceil(cleanings);
-            for part in ops.chunks(chunk) {
+            let parts = ops.chunks(chunk).count();
+            let mut old = Vec::new();
+            for (n, part) in ops.chunks(chunk).enumerate() {
                 for (i, (recs, codec)) in part.iter().enumerate() {
                     let owned: Vec<(Vec<u8>, Option<Vec<u8>>)> = recs
                         .iter()
@@ -749,7 +779,7 @@ proptest::proptest! {
                             (format!("k{k:02}").into_bytes(), (!tomb).then(|| vec![b'a' + (i % 26) as u8; len]))
                         })
                         .collect();
-                    let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> =
+                    let refs: Vec<KeyValue> =
                         owned.iter().map(|(k, v)| (Some(&k[..]), v.as_deref())).collect();
                     let b = keyed_batch(CODECS[*codec], 1000, &refs);
                     let base = log.append_batch(b, refs.len() as u32).await.unwrap();
@@ -757,16 +787,43 @@ proptest::proptest! {
                         appended.push((base + j as i64, Some(k), v));
                     }
                 }
-                log.clean(&config).await.unwrap();
+                match crash {
+                    Some((point, _)) if n + 1 == parts => {
+                        log.close().await.unwrap();
+                        old = read_all(&log).await.0;
+                        let point = [CrashPoint::CleanedWritten, CrashPoint::SwapRenamed, CrashPoint::OldDeleted][point];
+                        let mut stats = CleanStats::default();
+                        log.clean_pass(&c, &mut stats, Some(point)).await.unwrap();
+                    }
+                    _ => {
+                        log.clean(&c).await.unwrap();
+                    }
+                }
             }
             let end = log.active_segment_base();
             let want = expected(&appended, end);
-            assert_eq!(read_all(&log).await.0, want.clone());
-            (want, end)
+            if crash.is_none() {
+                assert_eq!(read_all(&log).await.0, want.clone());
+            }
+            (want, end, old)
         }).unwrap();
         block_on(async move {
-            let log = PartitionLog::open(&path, small_log_config()).unwrap();
-            assert_eq!(read_all(&log).await.0, want);
+            let recovery = match crash {
+                Some((_, false)) => Recovery::Scan,
+                _ => Recovery::TrustCleanShutdown,
+            };
+            let log = PartitionLog::open_with(&path, small_log_config(), recovery).unwrap();
+            let (got, _) = read_all(&log).await;
+            if crash.is_some() {
+                // Whatever the point: every record the model keeps is there, with its offset,
+                // and nothing that was not appended.
+                assert!(want.iter().all(|e| got.contains(e)), "lost a latest record");
+                assert!(got.iter().all(|e| old.contains(e)), "a record that was not in the log");
+                log.clean(&config).await.unwrap();
+                assert_eq!(read_all(&log).await.0, want);
+            } else {
+                assert_eq!(got, want);
+            }
             assert_eq!(log.cleanable_state().first_dirty_offset, end);
         }).unwrap();
     }
@@ -790,4 +847,220 @@ fn the_first_dirty_offset_file_round_trips_and_a_damaged_one_is_ignored() {
         Some((5, "index"))
     );
     assert_eq!(parse_segment_file("00000000000000000005.index.swap"), None);
+}
+
+#[test]
+fn retention_deleting_segments_under_a_running_clean_makes_it_abandon_its_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("z-0");
+    let p = path.clone();
+    block_on(async move {
+        let log = Rc::new(PartitionLog::open(&p, small_log_config()).unwrap());
+        let appended = append_updates(&log, 120, 1000).await;
+        let segments = log.segment_count();
+        let cleaner = {
+            let log = log.clone();
+            ringbroker_runtime::spawn(async move {
+                let mut stats = CleanStats::default();
+                log.clean_pass(&clean_config(10_000), &mut stats, None)
+                    .await
+            })
+        };
+        // Let the pass get into its rewrite, then retention drops the oldest segments.
+        while !log.state.borrow().cleaning {
+            ringbroker_runtime::yield_now().await;
+        }
+        for _ in 0..4 {
+            ringbroker_runtime::yield_now().await;
+        }
+        log.set_config(LogConfig {
+            retention_bytes: Some(3000),
+            ..small_log_config()
+        });
+        assert!(log.enforce_retention(0).unwrap() > 0);
+        let pass = cleaner.await.unwrap().unwrap();
+        assert!(matches!(pass, Pass::Abandoned));
+        assert!(log.segment_count() < segments);
+        let start = log.log_start_offset();
+        let want: Vec<Entry> = appended.into_iter().filter(|e| e.0 >= start).collect();
+        assert_eq!(read_all(&log).await.0, want);
+        assert_eq!(log.cleanable_state().first_dirty_offset, start);
+        assert!(!log.state.borrow().cleaning);
+    })
+    .unwrap();
+    let names: Vec<String> = std::fs::read_dir(&path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".cleaned")), "{names:?}");
+}
+
+/// Where the crash-hook child process finds its log.
+const CHILD_DIR_VAR: &str = "RINGBROKER_TEST_CLEAN_CHILD_DIR";
+
+#[test]
+#[ignore = "run as a child process by the_crash_hook_aborts_mid_clean_and_a_reopen_recovers"]
+fn crash_hook_child_cleans_its_log() {
+    let path = PathBuf::from(std::env::var(CHILD_DIR_VAR).expect("run by the parent test"));
+    block_on(async move {
+        let log = PartitionLog::open(&path, small_log_config()).unwrap();
+        log.clean(&clean_config(10_000)).await.unwrap();
+    })
+    .unwrap();
+    panic!("RINGBROKER_TEST_CLEAN_CRASH_AT did not abort the cleaning");
+}
+
+#[test]
+fn the_crash_hook_aborts_mid_clean_and_a_reopen_recovers() {
+    use std::os::unix::process::ExitStatusExt;
+    for (point, decided) in [
+        ("cleaned-written", false),
+        ("swap-renamed", true),
+        ("old-deleted", true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h-0");
+        let p = path.clone();
+        let (old, new) = block_on(async move {
+            let log = PartitionLog::open(&p, small_log_config()).unwrap();
+            let appended = append_updates(&log, 100, 1000).await;
+            log.close().await.unwrap();
+            let new = expected(&appended, log.active_segment_base());
+            (appended, new)
+        })
+        .unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "log::clean::tests::crash_hook_child_cleans_its_log",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("RINGBROKER_TEST_CLEAN_CRASH_AT", point)
+            .env(CHILD_DIR_VAR, &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGABRT), "{point}: {status:?}");
+        block_on(async move {
+            let log = PartitionLog::open(&path, small_log_config()).unwrap();
+            let (got, _) = read_all(&log).await;
+            if decided {
+                assert_ne!(got, old, "{point}");
+                assert_cleaned_prefix(&got, &old, &new);
+            } else {
+                assert_eq!(got, old, "{point}");
+            }
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn rebuilt_batches_keep_offsets_and_producer_fields_with_new_timestamps_count_and_crc() {
+    let recs: [KeyValue; 4] = [
+        (Some(b"a"), Some(b"1")),
+        (Some(b"b"), Some(b"2")),
+        (Some(b"c"), None),
+        (Some(b"d"), Some(b"4")),
+    ];
+    for codec in CODECS {
+        for append_time in [false, true] {
+            let mut b = keyed_batch(codec, 5000, &recs).to_vec();
+            b[..8].copy_from_slice(&100i64.to_be_bytes());
+            b[43..51].copy_from_slice(&77i64.to_be_bytes()); // producer id
+            b[53..57].copy_from_slice(&9i32.to_be_bytes()); // base sequence
+            if append_time {
+                let attributes = codec.attribute_bits() | ATTR_LOG_APPEND_TIME;
+                b[21..23].copy_from_slice(&attributes.to_be_bytes());
+                b[35..43].copy_from_slice(&9999i64.to_be_bytes());
+            }
+            let crc = crc32c::crc32c(&b[21..]);
+            b[17..21].copy_from_slice(&crc.to_be_bytes());
+            let frame = BatchFrame::parse(&b).unwrap();
+            let (c, section, records) = batch_records(&b, &frame).unwrap();
+            assert_eq!(c, codec);
+            let all = rebuild(&b, &frame, c, &section, &records, &[true; 4]).unwrap();
+            assert!(matches!(all, Filtered::Same));
+            let none = rebuild(&b, &frame, c, &section, &records, &[false; 4]).unwrap();
+            assert!(matches!(none, Filtered::Empty));
+            let Filtered::Rebuilt(out) = rebuild(
+                &b,
+                &frame,
+                c,
+                &section,
+                &records,
+                &[false, true, true, false],
+            )
+            .unwrap() else {
+                panic!("rebuilt");
+            };
+            let f = BatchFrame::parse(&out).unwrap();
+            assert!(f.crc_matches(&out));
+            assert_eq!(
+                (f.base_offset, f.next_offset()),
+                (100, 104),
+                "last offset kept"
+            );
+            assert_eq!(f.attributes, frame.attributes);
+            assert_eq!(out[43..57], b[43..57], "producer id, epoch, base sequence");
+            assert_eq!(i32::from_be_bytes(out[57..61].try_into().unwrap()), 2);
+            let (_, section2, kept) = batch_records(&out, &f).unwrap();
+            let offsets: Vec<i64> = kept.iter().map(|r| r.offset_delta).collect();
+            assert_eq!(offsets, vec![1, 2]);
+            assert!(kept[1].tombstone);
+            assert_eq!(&section2[kept[0].key.clone().unwrap()], b"b");
+            let base_ts = i64::from_be_bytes(out[27..35].try_into().unwrap());
+            if append_time {
+                assert_eq!((base_ts, f.max_timestamp), (5000, 9999));
+            } else {
+                // Records had timestamps 5000 + i: the kept ones 5001 and 5002.
+                assert_eq!((base_ts, f.max_timestamp), (5001, 5002));
+                let ts: Vec<i64> = kept.iter().map(|r| base_ts + r.ts_delta).collect();
+                assert_eq!(ts, vec![5001, 5002]);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_pass_stopped_by_the_map_leaves_the_rest_dirty_in_the_cleanable_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s-0");
+    block_on(async move {
+        let log = PartitionLog::open(&path, small_log_config()).unwrap();
+        append_updates(&log, 120, 1000).await;
+        let closed_bytes = |log: &PartitionLog| -> u64 {
+            let st = log.state.borrow();
+            st.segments[..st.segments.len() - 1]
+                .iter()
+                .map(|s| s.committed_bytes)
+                .sum()
+        };
+        let before = log.cleanable_state();
+        assert_eq!(before.dirty_bytes, closed_bytes(&log));
+        let first_max = log.state.borrow().segments[0].max_timestamp;
+        assert_eq!(before.oldest_dirty_timestamp_ms, Some(first_max));
+        let config = CleanConfig {
+            map_bytes_max: 4 * (MAP_ENTRY_OVERHEAD_BYTES + 6),
+            ..clean_config(10_000)
+        };
+        let mut stats = CleanStats::default();
+        let pass = log.clean_pass(&config, &mut stats, None).await.unwrap();
+        assert!(matches!(pass, Pass::Cleaned { more: true }));
+        let after = log.cleanable_state();
+        assert!(after.first_dirty_offset > 0);
+        assert!(after.first_dirty_offset < log.active_segment_base());
+        assert!(after.clean_bytes > 0 && after.dirty_bytes > 0);
+        assert_eq!(after.clean_bytes + after.dirty_bytes, closed_bytes(&log));
+        // Persisted: a reopen starts from the same first dirty offset.
+        drop(log);
+        let log = PartitionLog::open(&path, small_log_config()).unwrap();
+        assert_eq!(
+            log.cleanable_state().first_dirty_offset,
+            after.first_dirty_offset
+        );
+    })
+    .unwrap();
 }
