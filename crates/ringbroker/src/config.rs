@@ -429,6 +429,50 @@ mod tests {
     }
 
     #[test]
+    fn cleaner_flags_resolve_and_bad_ones_are_explained() {
+        let s = ServeArgs {
+            cores: Some("0".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            s.broker.cleaner,
+            ringbroker_broker::config::CleanerConfig::default()
+        );
+        assert!(s.broker.cleaner.enabled);
+        let s = ServeArgs {
+            cores: Some("0".into()),
+            log_cleaner_enable: Some(false),
+            cleaner_backoff_ms: Some(250),
+            cleaner_dedupe_buffer_bytes: Some(1 << 20),
+            cleaner_io_bytes_per_turn: Some(65536),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let c = &s.broker.cleaner;
+        assert!(!c.enabled);
+        assert_eq!(c.backoff, std::time::Duration::from_millis(250));
+        assert_eq!(c.map_bytes_per_shard(1), 1 << 20);
+        assert_eq!(c.map_bytes_per_shard(4), 1 << 18);
+        assert_eq!(c.io_bytes_per_turn, 65536);
+        for args in [
+            ServeArgs {
+                cleaner_dedupe_buffer_bytes: Some(100),
+                ..Default::default()
+            },
+            ServeArgs {
+                cleaner_io_bytes_per_turn: Some(10),
+                ..Default::default()
+            },
+        ] {
+            let e = args.resolve().err().unwrap();
+            assert!(format!("{e:#}").contains("--cleaner-"), "{e:#}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_explained() {
         let e = ServeArgs {
             cores: Some("5-1".into()),
