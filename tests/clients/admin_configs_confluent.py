@@ -128,7 +128,10 @@ def alter(bootstrap):
     # APPEND/SUBTRACT on the list-typed cleanup.policy.
     incremental(a, "topic", "altered", [("cleanup.policy", A, "delete")]).result(timeout=TIMEOUT)
     assert describe_topic(a, "altered")["cleanup.policy"].value == "delete"
-    code = error_code(incremental(a, "topic", "altered", [("cleanup.policy", A, "compact")]))
+    incremental(a, "topic", "altered", [("cleanup.policy", A, "compact")]).result(timeout=TIMEOUT)
+    assert describe_topic(a, "altered")["cleanup.policy"].value == "delete,compact"
+    code = error_code(incremental(a, "topic", "altered",
+                                  [("min.cleanable.dirty.ratio", S, "1.5")]))
     assert code == KafkaError.INVALID_CONFIG, code
     incremental(a, "topic", "altered", [("cleanup.policy", X, "compact")]).result(timeout=TIMEOUT)
     assert describe_topic(a, "altered")["cleanup.policy"].value == "delete"
@@ -174,7 +177,9 @@ def create_strict(bootstrap):
         KafkaError.INVALID_CONFIG
     assert code_of(NewTopic("bad-value", 1, 1, config={"retention.ms": "soon"})) == \
         KafkaError.INVALID_CONFIG
-    assert code_of(NewTopic("compacted", 1, 1, config={"cleanup.policy": "compact"})) == \
+    assert code_of(NewTopic("compacted", 1, 1, config={"cleanup.policy": "compact",
+                                                       "min.compaction.lag.ms": "10",
+                                                       "max.compaction.lag.ms": "5"})) == \
         KafkaError.INVALID_CONFIG
     assert code_of(NewTopic("rf3", 1, 3)) == KafkaError.INVALID_REPLICATION_FACTOR
     assert code_of(NewTopic("elsewhere", 1, -1, replica_assignment=[[1]])) == \

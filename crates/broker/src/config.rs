@@ -85,6 +85,50 @@ pub struct BrokerConfig {
     /// Kafka's `group.max.size`: members of one group; a JoinGroup beyond it gets
     /// GROUP_MAX_SIZE_REACHED. At most `limits::GROUP_MEMBERS_MAX`.
     pub group_max_size: usize,
+    /// The log cleaner of compacted topics (one per shard).
+    pub cleaner: CleanerConfig,
+}
+
+/// The log cleaner's settings (`--log-cleaner-enable`, `--cleaner-*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CleanerConfig {
+    /// Kafka's `log.cleaner.enable`: without it compacted topics grow (nothing is removed).
+    pub enabled: bool,
+    /// Kafka's `log.cleaner.backoff.ms`: how long a shard's cleaner sleeps between looks for
+    /// a partition to clean.
+    pub backoff: std::time::Duration,
+    /// Kafka's `log.cleaner.dedupe.buffer.size`: the key→offset maps of all shards together;
+    /// each shard's cleaner gets an equal share, as each Kafka cleaner thread does.
+    pub dedupe_buffer_bytes: usize,
+    /// Bytes a cleaner reads and writes before it yields to the shard's requests.
+    pub io_bytes_per_turn: usize,
+}
+
+/// Default `--cleaner-backoff-ms` (Kafka's `log.cleaner.backoff.ms`).
+pub const CLEANER_BACKOFF_DEFAULT: std::time::Duration = std::time::Duration::from_secs(15);
+/// Default `--cleaner-dedupe-buffer-bytes` (Kafka's `log.cleaner.dedupe.buffer.size`).
+pub const CLEANER_DEDUPE_BUFFER_BYTES_DEFAULT: usize = 128 * 1024 * 1024;
+/// Default `--cleaner-io-bytes-per-turn`.
+pub const CLEANER_IO_BYTES_PER_TURN_DEFAULT: usize = 1024 * 1024;
+
+impl Default for CleanerConfig {
+    fn default() -> CleanerConfig {
+        CleanerConfig {
+            enabled: true,
+            backoff: CLEANER_BACKOFF_DEFAULT,
+            dedupe_buffer_bytes: CLEANER_DEDUPE_BUFFER_BYTES_DEFAULT,
+            io_bytes_per_turn: CLEANER_IO_BYTES_PER_TURN_DEFAULT,
+        }
+    }
+}
+
+impl CleanerConfig {
+    /// One shard's share of the dedupe buffer (Kafka: the buffer size over the number of
+    /// cleaner threads, each share at most 2 GiB).
+    pub fn map_bytes_per_shard(&self, shard_count: usize) -> usize {
+        const SHARE_BYTES_MAX: usize = i32::MAX as usize;
+        (self.dedupe_buffer_bytes / shard_count.max(1)).min(SHARE_BYTES_MAX)
+    }
 }
 
 /// Default `--recovery-checkpoint-ms`: after a crash, recovery scans what was written since
@@ -119,6 +163,7 @@ impl BrokerConfig {
             max_connections: MAX_CONNECTIONS_DEFAULT,
             recv_budget_bytes: crate::limits::RECV_BUDGET_BYTES_DEFAULT,
             group_max_size: crate::limits::GROUP_MEMBERS_MAX,
+            cleaner: CleanerConfig::default(),
         }
     }
 }

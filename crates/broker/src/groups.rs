@@ -1140,18 +1140,110 @@ pub fn subscription_topics(mut b: &[u8]) -> Option<Vec<String>> {
 
 // --- committed offsets -------------------------------------------------------------------
 
-const RECORD_VERSION: u8 = 1;
+/// Kafka's `OffsetCommitKey` version: the key of an offset record is (group, topic,
+/// partition), so compaction keeps the latest commit of each and a tombstone (null value)
+/// removes it.
+const OFFSET_KEY_VERSION: i16 = 1;
+/// The value layout of Kafka's `OffsetCommitValue` version 3: offset, leader epoch, metadata,
+/// commit timestamp. (A commit without metadata is stored with length -1, so OffsetFetch
+/// answers null for it as before, where Kafka stores "".)
+const OFFSET_VALUE_VERSION: i16 = 3;
 
-/// One offset record: version, group, topic, partition, offset (-1: deleted), leader epoch,
-/// metadata (length -1: none).
-pub fn encode_offset_record(
+fn put_short_string(b: &mut BytesMut, s: &str) {
+    b.put_i16(s.len() as i16);
+    b.put_slice(s.as_bytes());
+}
+
+fn get_short_string(b: &mut &[u8]) -> Option<String> {
+    if b.remaining() < 2 {
+        return None;
+    }
+    let n = usize::try_from(b.get_i16()).ok()?;
+    if b.remaining() < n {
+        return None;
+    }
+    let s = std::str::from_utf8(&b[..n]).ok()?.to_string();
+    b.advance(n);
+    Some(s)
+}
+
+/// The key of an offset record (Kafka's `OffsetCommitKey` v1): version, group, topic,
+/// partition.
+pub fn encode_offset_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
+    let mut b = BytesMut::with_capacity(8 + group.len() + topic.len());
+    b.put_i16(OFFSET_KEY_VERSION);
+    put_short_string(&mut b, group);
+    put_short_string(&mut b, topic);
+    b.put_i32(partition);
+    b.to_vec()
+}
+
+/// Parses an offset record's key; `None` if it is not one (Kafka's group metadata records,
+/// version 2, are not offsets).
+pub fn decode_offset_key(mut b: &[u8]) -> Option<(String, String, i32)> {
+    if b.remaining() < 2 || b.get_i16() != OFFSET_KEY_VERSION {
+        return None;
+    }
+    let group = get_short_string(&mut b)?;
+    let topic = get_short_string(&mut b)?;
+    if b.remaining() != 4 {
+        return None;
+    }
+    Some((group, topic, b.get_i32()))
+}
+
+/// The value of an offset record: a commit made at `commit_ms`.
+pub fn encode_offset_value(c: &Committed, commit_ms: i64) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_i16(OFFSET_VALUE_VERSION);
+    b.put_i64(c.offset);
+    b.put_i32(c.leader_epoch);
+    match &c.metadata {
+        Some(m) => put_short_string(&mut b, m),
+        None => b.put_i16(-1),
+    }
+    b.put_i64(commit_ms);
+    b.to_vec()
+}
+
+/// Parses an offset record's value.
+pub fn decode_offset_value(mut b: &[u8]) -> Option<Committed> {
+    if b.remaining() < 2 + 8 + 4 + 2 || b.get_i16() != OFFSET_VALUE_VERSION {
+        return None;
+    }
+    let offset = b.get_i64();
+    let leader_epoch = b.get_i32();
+    let metadata = if b[..2] == (-1i16).to_be_bytes() {
+        b.advance(2);
+        None
+    } else {
+        Some(get_short_string(&mut b)?)
+    };
+    if b.remaining() != 8 {
+        return None;
+    }
+    Some(Committed {
+        offset,
+        leader_epoch,
+        metadata,
+    })
+}
+
+/// The version byte of the key-less offset records earlier releases wrote (still replayed).
+const LEGACY_RECORD_VERSION: u8 = 1;
+
+/// A key-less offset record as earlier releases wrote it: version, group, topic, partition,
+/// offset (-1: deleted), leader epoch, metadata (length -1: none). Only start-up reads them
+/// (and rewrites what they hold as keyed records, which compaction can keep).
+#[cfg(test)]
+fn encode_offset_record(
     group: &str,
     topic: &str,
     partition: i32,
     c: Option<&Committed>,
 ) -> Vec<u8> {
     let mut b = BytesMut::new();
-    b.put_u8(RECORD_VERSION);
+    b.put_u8(LEGACY_RECORD_VERSION);
     for s in [group, topic] {
         b.put_u16(s.len() as u16);
         b.put_slice(s.as_bytes());
@@ -1169,7 +1261,8 @@ pub fn encode_offset_record(
     b.to_vec()
 }
 
-/// Parses an offset record; `None` if it is not one (so a foreign record is skipped).
+/// Parses a key-less offset record of an earlier release; `None` if it is not one (so a
+/// foreign record is skipped).
 pub fn decode_offset_record(mut b: &[u8]) -> Option<(String, String, i32, Option<Committed>)> {
     let string = |b: &mut &[u8]| -> Option<String> {
         if b.remaining() < 2 {
@@ -1183,7 +1276,7 @@ pub fn decode_offset_record(mut b: &[u8]) -> Option<(String, String, i32, Option
         b.advance(n);
         Some(s)
     };
-    if b.remaining() < 1 || b.get_u8() != RECORD_VERSION {
+    if b.remaining() < 1 || b.get_u8() != LEGACY_RECORD_VERSION {
         return None;
     }
     let group = string(&mut b)?;
@@ -1224,21 +1317,32 @@ pub async fn store_offsets(
     let log = sh
         .log(OFFSETS_TOPIC, offsets_partition(group))
         .ok_or("offsets partition not on this shard")?;
-    let values: Vec<Vec<u8>> = entries
-        .iter()
-        .map(|(t, p, c)| encode_offset_record(group, t, *p, c.as_ref()))
-        .collect();
-    let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    let batch = Bytes::from(ringbroker_protocol::batch::build_batch(0, now_ms, &refs));
+    // Keyed by (group, topic, partition); a deleted offset is a tombstone (null value).
+    let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = entries
+        .iter()
+        .map(|(t, p, c)| {
+            (
+                encode_offset_key(group, t, *p),
+                c.as_ref().map(|c| encode_offset_value(c, now_ms)),
+            )
+        })
+        .collect();
+    let records: Vec<ringbroker_protocol::batch::KeyValue<'_>> = encoded
+        .iter()
+        .map(|(k, v)| (Some(k.as_slice()), v.as_deref()))
+        .collect();
+    let batch = Bytes::from(ringbroker_protocol::batch::build_keyed_batch(
+        0, now_ms, &records,
+    ));
     let base = log
-        .append_batch(batch, refs.len() as u32)
+        .append_batch(batch, records.len() as u32)
         .await
         .map_err(|e| e.to_string())?;
     if sh.shared.config.flush.sync_before_ack(-1) {
-        log.sync_to(base + refs.len() as i64)
+        log.sync_to(base + records.len() as i64)
             .await
             .map_err(|e| e.to_string())?;
     }
@@ -1368,8 +1472,29 @@ pub async fn delete_offsets(group: &str, partitions: &[(String, i32)]) -> Result
     Ok(codes)
 }
 
-/// Rebuilds committed offsets from an offsets partition log (shard start-up).
+/// Rebuilds committed offsets from an offsets partition log (shard start-up). The log may
+/// have offset gaps (compaction removed records): reads go on from the batch after each.
+/// Key-less records of earlier releases are replayed too, and what they leave committed is
+/// then written again as keyed records, so a cleaning (which drops key-less records) loses
+/// nothing.
 pub async fn load_offsets(log: Rc<PartitionLog>) -> usize {
+    let mut legacy: HashSet<String> = HashSet::new();
+    let applied = replay_offsets(&log, &mut legacy).await;
+    for group in legacy {
+        let entries: Vec<(String, i32, Option<Committed>)> = fetch_offsets(&group, None);
+        if entries.is_empty() {
+            continue;
+        }
+        if let Err(e) = store_offsets(&group, entries).await {
+            tracing::error!(group, error = %e, "could not rewrite committed offsets as keyed records");
+        }
+    }
+    applied
+}
+
+/// Applies every offset record of `log`; the groups of key-less (legacy) records go to
+/// `legacy`.
+async fn replay_offsets(log: &PartitionLog, legacy: &mut HashSet<String>) -> usize {
     let mut offset = log.log_start_offset();
     let mut applied = 0;
     while offset < log.high_watermark() {
@@ -1386,8 +1511,24 @@ pub async fn load_offsets(log: Rc<PartitionLog>) -> usize {
                 break;
             };
             let batch = &chunk[at..at + h.total_bytes.min(chunk.len() - at)];
-            for value in ringbroker_protocol::batch::record_values(batch) {
-                if let Some((group, topic, partition, committed)) = decode_offset_record(value) {
+            for (key, value) in ringbroker_protocol::batch::record_keys_and_values(batch) {
+                let record = match (key, value) {
+                    (Some(key), value) => {
+                        decode_offset_key(key).and_then(|(g, t, p)| match value {
+                            None => Some((g, t, p, None)),
+                            Some(v) => decode_offset_value(v).map(|c| (g, t, p, Some(c))),
+                        })
+                    }
+                    (None, Some(value)) => {
+                        let r = decode_offset_record(value);
+                        if let Some((group, ..)) = &r {
+                            legacy.insert(group.clone());
+                        }
+                        r
+                    }
+                    (None, None) => None,
+                };
+                if let Some((group, topic, partition, committed)) = record {
                     with(|c| c.apply_offset(&group, topic, partition, committed));
                     applied += 1;
                 }
@@ -1631,5 +1772,28 @@ mod tests {
         );
         assert_eq!(decode_offset_record(b"garbage"), None);
         assert_eq!(decode_offset_record(&r[..r.len() - 2]), None);
+    }
+
+    #[test]
+    fn offset_keys_are_kafkas_and_values_round_trip() {
+        let key = encode_offset_key("g", "t", 7);
+        // Kafka's OffsetCommitKey v1: int16 version, string group, string topic, int32.
+        assert_eq!(key, [0, 1, 0, 1, b'g', 0, 1, b't', 0, 0, 0, 7]);
+        assert_eq!(decode_offset_key(&key), Some(("g".into(), "t".into(), 7)));
+        assert_eq!(decode_offset_key(&key[..key.len() - 1]), None);
+        let mut group_metadata_key = key.clone();
+        group_metadata_key[1] = 2;
+        assert_eq!(decode_offset_key(&group_metadata_key), None);
+        for metadata in [Some("m".to_string()), Some(String::new()), None] {
+            let c = Committed {
+                offset: 42,
+                leader_epoch: 3,
+                metadata,
+            };
+            let v = encode_offset_value(&c, 1000);
+            assert_eq!(&v[..2], &[0, 3]);
+            assert_eq!(decode_offset_value(&v), Some(c));
+            assert_eq!(decode_offset_value(&v[..v.len() - 1]), None);
+        }
     }
 }

@@ -17,6 +17,8 @@
 //!   configs set at runtime.
 //! - [`metrics`], [`http`], [`health`]: Prometheus metrics, the HTTP endpoint that serves them
 //!   and `/health`, the shards' heartbeats.
+//! - [`cleaner`]: the per-shard log cleaner of compacted topics (picks the dirtiest due
+//!   partition, cleans it through the storage crate, counts what it did).
 //! - [`faults`]: fault injection for the fail-stop tests (inert unless an env var is set).
 //!
 //! Flow of a Produce: the connection's shard decodes and validates, then each partition's
@@ -25,6 +27,7 @@
 
 pub mod acl;
 pub mod api;
+pub mod cleaner;
 pub mod config;
 pub mod connection;
 pub mod errors;

@@ -53,12 +53,18 @@ pub struct ShardSnapshot {
     pub partitions: Vec<(String, i32, i64, i64, u64)>,
     /// (group, topic, partition, committed offset) of the groups it coordinates.
     pub committed: Vec<(String, String, i32, i64)>,
+    /// What its log cleaner did, and the compacted partitions it owns.
+    pub cleaner: crate::cleaner::CleanerCounters,
+    pub compacted: Vec<crate::cleaner::PartitionCleanState>,
 }
 
 /// Runs on a shard thread.
 fn take_snapshot() -> ShardSnapshot {
     let shard = crate::shard::current();
+    let (cleaner, compacted) = crate::cleaner::snapshot();
     ShardSnapshot {
+        cleaner,
+        compacted,
         shard: shard.id,
         requests: crate::stats::snapshot(),
         ring: Some(ringbroker_runtime::driver::stats()),
@@ -177,6 +183,37 @@ fn describe() {
         "ringbroker_partition_size_bytes",
         Unit::Bytes,
         "Bytes in the partition's segment files."
+    );
+    describe_counter!(
+        "ringbroker_cleaner_bytes_read_total",
+        Unit::Bytes,
+        "Segment bytes the log cleaner read (its key maps and its copies), by shard."
+    );
+    describe_counter!(
+        "ringbroker_cleaner_bytes_written_total",
+        Unit::Bytes,
+        "Cleaned segment bytes the log cleaner wrote, by shard."
+    );
+    describe_counter!(
+        "ringbroker_cleaner_records_removed_total",
+        "Records the log cleaner removed (superseded values and expired tombstones), by shard."
+    );
+    describe_counter!(
+        "ringbroker_cleaner_cleanings_total",
+        "Cleanings of a compacted partition completed, by shard."
+    );
+    describe_counter!(
+        "ringbroker_cleaner_errors_total",
+        "Cleanings that failed (the partition is left as it was and retried later), by shard."
+    );
+    describe_gauge!(
+        "ringbroker_partition_cleanable_dirty_ratio",
+        "Of a compacted partition's closed segments, the share of bytes not cleaned yet (compared with min.cleanable.dirty.ratio)."
+    );
+    describe_gauge!(
+        "ringbroker_partition_seconds_since_last_clean",
+        Unit::Seconds,
+        "Time since a compacted partition was last cleaned (since the broker started when it was not cleaned yet)."
     );
     describe_histogram!(
         "ringbroker_fsync_duration_seconds",
@@ -469,6 +506,28 @@ fn apply(snapshots: &[ShardSnapshot], mesh: &Mesh) {
             &histogram!("ringbroker_fsync_duration_seconds", "shard" => shard.clone()),
             &s.fsync,
         );
+        let c = &s.cleaner;
+        for (name, n) in [
+            ("ringbroker_cleaner_bytes_read_total", c.bytes_read),
+            ("ringbroker_cleaner_bytes_written_total", c.bytes_written),
+            (
+                "ringbroker_cleaner_records_removed_total",
+                c.records_removed,
+            ),
+            ("ringbroker_cleaner_cleanings_total", c.cleanings),
+            ("ringbroker_cleaner_errors_total", c.errors),
+        ] {
+            counter!(name, "shard" => shard.clone()).absolute(n);
+        }
+        for p in &s.compacted {
+            let labels = [
+                ("topic", p.topic.clone()),
+                ("partition", p.partition.to_string()),
+            ];
+            gauge!("ringbroker_partition_cleanable_dirty_ratio", &labels).set(p.dirty_ratio);
+            gauge!("ringbroker_partition_seconds_since_last_clean", &labels)
+                .set(p.seconds_since_last_clean);
+        }
         for (topic, partition, start, end, size) in &s.partitions {
             let labels = [
                 ("topic", topic.clone()),

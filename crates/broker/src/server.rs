@@ -189,8 +189,23 @@ impl Broker {
                 owners,
                 configs,
             }));
-            meta.save(&config.data_dir)
-                .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+        }
+        // The offsets topic is compacted (the latest commit per group, topic and partition
+        // is kept); one created by an earlier release gets the policy now.
+        if let Some(at) = meta
+            .topics
+            .iter()
+            .position(|t| t.name == crate::groups::OFFSETS_TOPIC)
+        {
+            let offsets = &meta.topics[at];
+            if offsets.configs.get("cleanup.policy").map(String::as_str) != Some("compact") {
+                let mut info = (**offsets).clone();
+                info.configs
+                    .insert("cleanup.policy".to_string(), "compact".to_string());
+                meta.topics[at] = Arc::new(info);
+                meta.save(&config.data_dir)
+                    .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+            }
         }
         if meta.reassign_orphans(shards) {
             tracing::info!(
@@ -556,6 +571,9 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
             shard.shared.config.retention_check_interval,
         )),
     ];
+    if shard.shared.config.cleaner.enabled {
+        background.push(spawn(cleaner_every(shard.shared.config.cleaner.backoff)));
+    }
     if let FlushPolicy::Interval(every) = shard.shared.config.flush {
         background.push(spawn(flush_every(every)));
     }
@@ -672,6 +690,14 @@ async fn retention_every(every: Duration) {
                 tracing::error!(dir = %log.dir().display(), error = %e, "retention failed");
             }
         }
+    }
+}
+
+/// Cleans the dirtiest due compacted partition this shard owns, periodically; a cleaning in
+/// progress when the shard drains is dropped (the storage side keeps the log whole).
+async fn cleaner_every(every: Duration) {
+    while sleep_unless_draining(every).await {
+        crate::cleaner::clean_dirtiest(drain_started()).await;
     }
 }
 

@@ -213,6 +213,7 @@ impl Shard {
                 index: p,
             };
             let removed = self.partitions.borrow_mut().remove(&id);
+            crate::cleaner::partition_removed(id);
             if let Some(partition) = removed {
                 if let Err(e) = partition.log.remove_files() {
                     tracing::error!(topic = name, partition = p, error = %e, "could not delete partition files");
@@ -494,9 +495,9 @@ impl Shard {
             .insert(topic.id, settings);
     }
 
-    /// The log settings of topic `name` with `configs` on this broker. The offsets topic keeps
-    /// every commit whatever the retention settings say: without compaction, retention would
-    /// delete live groups' committed offsets (start-up replays them from the log), and its
+    /// The log settings of topic `name` with `configs` on this broker. The offsets topic is
+    /// compacted and never deleted by retention whatever the settings say (retention would
+    /// delete live groups' committed offsets, which start-up replays from the log), and its
     /// segments follow the start-up flags only.
     fn log_config_of(
         &self,
@@ -674,8 +675,8 @@ pub async fn alter_topic_configs(
                 ));
             };
             if name == crate::groups::OFFSETS_TOPIC {
-                // Its retention and segments are the broker's to keep: until compaction
-                // exists, it holds every commit (see `log_config_of`).
+                // Its policy (compact), retention and segments are the broker's to keep: it
+                // holds every group's latest commit (see `log_config_of`).
                 return Err((
                     errors::POLICY_VIOLATION,
                     format!("the configs of the internal topic {name} cannot be changed"),

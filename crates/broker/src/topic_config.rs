@@ -203,8 +203,6 @@ const LONG_MAX: i64 = i64::MAX;
 const INT_MAX: i64 = i32::MAX as i64;
 const LONG_MAX_STR: &str = "9223372036854775807";
 
-const NO_COMPACTION: &str =
-    "it only applies to compaction, which this broker does not implement (cleanup.policy is delete)";
 const NO_TIERED: &str = "tiered storage is not implemented (remote.storage.enable is false)";
 const ONE_NODE: &str = "this broker is a single node: every partition has one replica";
 
@@ -217,7 +215,7 @@ pub static TOPIC_CONFIGS: &[TopicConfigDef] = &[
         synonym: Some("log.cleanup.policy"),
         default: "delete",
         rule: Rule::ListOf(&["delete", "compact"]),
-        support: Support::Only { accepted: &["delete"], why: "compaction is not implemented yet" },
+        support: Support::Honoured,
     },
     TopicConfigDef {
         name: "compression.gzip.level",
@@ -262,7 +260,7 @@ pub static TOPIC_CONFIGS: &[TopicConfigDef] = &[
         synonym: Some("log.cleaner.delete.retention.ms"),
         default: "86400000",
         rule: Rule::Integer { min: 0, max: LONG_MAX },
-        support: Support::Inert { why: NO_COMPACTION },
+        support: Support::Honoured,
     },
     TopicConfigDef {
         name: "file.delete.delay.ms",
@@ -343,7 +341,7 @@ pub static TOPIC_CONFIGS: &[TopicConfigDef] = &[
         synonym: Some("log.cleaner.max.compaction.lag.ms"),
         default: LONG_MAX_STR,
         rule: Rule::Integer { min: 1, max: LONG_MAX },
-        support: Support::Inert { why: NO_COMPACTION },
+        support: Support::Honoured,
     },
     TopicConfigDef {
         name: "max.message.bytes",
@@ -415,7 +413,7 @@ pub static TOPIC_CONFIGS: &[TopicConfigDef] = &[
         synonym: Some("log.cleaner.min.cleanable.ratio"),
         default: "0.5",
         rule: Rule::Double { min: 0.0, max: 1.0 },
-        support: Support::Inert { why: NO_COMPACTION },
+        support: Support::Honoured,
     },
     TopicConfigDef {
         name: "min.compaction.lag.ms",
@@ -424,7 +422,7 @@ pub static TOPIC_CONFIGS: &[TopicConfigDef] = &[
         synonym: Some("log.cleaner.min.compaction.lag.ms"),
         default: "0",
         rule: Rule::Integer { min: 0, max: LONG_MAX },
-        support: Support::Inert { why: NO_COMPACTION },
+        support: Support::Honoured,
     },
     TopicConfigDef {
         name: "min.insync.replicas",
@@ -734,6 +732,8 @@ pub struct TopicProduceSettings {
     pub timestamp_before_ms_max: i64,
     /// CreateTime batches may be at most this much newer than the broker's clock.
     pub timestamp_after_ms_max: i64,
+    /// `compact` in `cleanup.policy`: a record without a key is refused (INVALID_RECORD).
+    pub keys_required: bool,
 }
 
 impl TopicProduceSettings {
@@ -751,6 +751,7 @@ impl TopicProduceSettings {
                 log_append_time: false,
                 timestamp_before_ms_max: i64::MAX,
                 timestamp_after_ms_max: i64::MAX,
+                keys_required: false,
             };
         }
         let difference = effective_i64("message.timestamp.difference.max.ms", overrides, broker);
@@ -770,13 +771,65 @@ impl TopicProduceSettings {
                 .is_some_and(|v| v.trim().eq_ignore_ascii_case("LogAppendTime")),
             timestamp_before_ms_max: bound("message.timestamp.before.max.ms"),
             timestamp_after_ms_max: bound("message.timestamp.after.max.ms"),
+            keys_required: effective("cleanup.policy", overrides, broker)
+                .is_some_and(|v| v.split(',').any(|p| p.trim() == "compact")),
         }
     }
 }
 
+/// How a topic's old records go (`cleanup.policy` and the compaction configs), checked as
+/// Kafka's `LogConfig.validateValues` checks them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TopicCleanSettings {
+    /// `compact` in the policy: the cleaner keeps the latest record of each key.
+    pub compact: bool,
+    /// `delete` in the policy: retention.ms/retention.bytes delete whole old segments.
+    pub delete: bool,
+    pub delete_retention_ms: i64,
+    pub min_compaction_lag_ms: i64,
+    pub max_compaction_lag_ms: i64,
+    pub min_cleanable_dirty_ratio: f64,
+}
+
+impl TopicCleanSettings {
+    pub fn of(
+        overrides: &BTreeMap<String, String>,
+        broker: BrokerView<'_>,
+    ) -> Result<TopicCleanSettings, String> {
+        let checked = |name: &str| -> Result<String, String> {
+            let v = effective(name, overrides, broker).unwrap_or(Cow::Borrowed(""));
+            topic_config(name).expect("registered").check(&v)
+        };
+        let long = |name: &str| -> Result<i64, String> {
+            checked(name)?
+                .parse::<i64>()
+                .map_err(|_| format!("{name} is not a number"))
+        };
+        let policy = checked("cleanup.policy")?;
+        let min_compaction_lag_ms = long("min.compaction.lag.ms")?;
+        let max_compaction_lag_ms = long("max.compaction.lag.ms")?;
+        if min_compaction_lag_ms > max_compaction_lag_ms {
+            return Err(format!(
+                "conflict topic config setting min.compaction.lag.ms ({min_compaction_lag_ms}) > max.compaction.lag.ms ({max_compaction_lag_ms})"
+            ));
+        }
+        Ok(TopicCleanSettings {
+            compact: policy.split(',').any(|p| p == "compact"),
+            delete: policy.split(',').any(|p| p == "delete"),
+            delete_retention_ms: long("delete.retention.ms")?,
+            min_compaction_lag_ms,
+            max_compaction_lag_ms,
+            min_cleanable_dirty_ratio: checked("min.cleanable.dirty.ratio")?
+                .parse::<f64>()
+                .map_err(|_| "min.cleanable.dirty.ratio is not a number".to_string())?,
+        })
+    }
+}
+
 /// The log settings of a topic: its overrides, else the broker's dynamic and static configs.
-/// `-1` means unlimited for `retention.ms`/`retention.bytes`, as in Kafka. Names this registry
-/// does not know are skipped (older releases stored them).
+/// `-1` means unlimited for `retention.ms`/`retention.bytes`, as in Kafka; a policy without
+/// `delete` (`compact` alone) deletes nothing by age or size. Names this registry does not
+/// know are skipped (older releases stored them).
 pub fn topic_log_config(
     overrides: &BTreeMap<String, String>,
     broker: BrokerView<'_>,
@@ -800,6 +853,10 @@ pub fn topic_log_config(
     log.index_interval_bytes =
         limit(value("index.interval.bytes")?).unwrap_or(log.index_interval_bytes);
     value("max.message.bytes")?;
+    if !TopicCleanSettings::of(overrides, broker)?.delete {
+        log.retention_ms = None;
+        log.retention_bytes = None;
+    }
     Ok(log)
 }
 
@@ -840,8 +897,6 @@ mod tests {
         assert!(e.contains("dummy.doesntexist"), "{e}");
         let e = check_topic_configs(&map(&[("retention.ms", "soon")])).unwrap_err();
         assert!(e.contains("retention.ms"), "{e}");
-        let e = check_topic_configs(&map(&[("cleanup.policy", "compact")])).unwrap_err();
-        assert!(e.contains("compaction is not implemented"), "{e}");
         let e = check_topic_configs(&map(&[("compression.type", "zstd")])).unwrap_err();
         assert!(e.contains("compression.type"), "{e}");
         let e = check_topic_configs(&map(&[("min.insync.replicas", "2")])).unwrap_err();
@@ -905,6 +960,79 @@ mod tests {
         )
         .unwrap();
         assert_eq!(log.retention_ms, Some(8));
+    }
+
+    #[test]
+    fn compaction_configs_are_honoured_and_checked_as_kafka_checks_them() {
+        let config = broker();
+        let dynamic = DynamicBrokerConfigs::default();
+        let b = BrokerView {
+            config: &config,
+            dynamic: &dynamic,
+        };
+        for (given, normal) in [
+            ("compact", "compact"),
+            ("compact,delete", "compact,delete"),
+            ("delete, compact", "delete,compact"),
+        ] {
+            let ok = check_topic_configs(&map(&[("cleanup.policy", given)])).unwrap();
+            assert_eq!(ok["cleanup.policy"], normal);
+        }
+        for bad in [
+            ("min.cleanable.dirty.ratio", "1.5"),
+            ("min.cleanable.dirty.ratio", "-0.1"),
+            ("min.compaction.lag.ms", "-1"),
+            ("max.compaction.lag.ms", "0"),
+            ("delete.retention.ms", "-1"),
+        ] {
+            let e = check_topic_configs(&map(&[bad])).unwrap_err();
+            assert!(e.contains(bad.0), "{e}");
+        }
+        let e = topic_log_config(
+            &map(&[
+                ("min.compaction.lag.ms", "10"),
+                ("max.compaction.lag.ms", "5"),
+            ]),
+            b,
+        )
+        .unwrap_err();
+        assert!(e.contains("min.compaction.lag.ms"), "{e}");
+
+        // compact alone: retention deletes nothing; compact,delete: both apply.
+        let retention = [("retention.ms", "1000"), ("retention.bytes", "5000")];
+        let compact = [retention.as_slice(), &[("cleanup.policy", "compact")]].concat();
+        let log = topic_log_config(&map(&compact), b).unwrap();
+        assert_eq!((log.retention_ms, log.retention_bytes), (None, None));
+        let both = [
+            retention.as_slice(),
+            &[("cleanup.policy", "compact,delete")],
+        ]
+        .concat();
+        let log = topic_log_config(&map(&both), b).unwrap();
+        assert_eq!(
+            (log.retention_ms, log.retention_bytes),
+            (Some(1000), Some(5000))
+        );
+        let s = TopicCleanSettings::of(&map(&both), b).unwrap();
+        assert!(s.compact && s.delete);
+        assert_eq!(s.min_cleanable_dirty_ratio, 0.5);
+        assert_eq!(s.delete_retention_ms, 86_400_000);
+        let s = TopicCleanSettings::of(&BTreeMap::new(), b).unwrap();
+        assert!(!s.compact && s.delete);
+        // The broker synonym log.cleanup.policy applies to topics without an override.
+        let mut dynamic = DynamicBrokerConfigs::default();
+        dynamic
+            .cluster
+            .insert("log.cleanup.policy".into(), "compact".into());
+        let b = BrokerView {
+            config: &config,
+            dynamic: &dynamic,
+        };
+        assert!(TopicCleanSettings::of(&BTreeMap::new(), b).unwrap().compact);
+        assert_eq!(
+            topic_log_config(&map(&retention), b).unwrap().retention_ms,
+            None
+        );
     }
 
     #[test]

@@ -181,6 +181,18 @@ fn records_fill_exactly(mut records: &[u8], count: i32) -> bool {
 /// The values of the records of a whole uncompressed batch (empty for a compressed or
 /// malformed one). Records: length, attributes, timestampDelta, offsetDelta, key, value, headers.
 pub fn record_values(batch: &[u8]) -> Vec<&[u8]> {
+    record_keys_and_values(batch)
+        .into_iter()
+        .filter_map(|(_, value)| value)
+        .collect()
+}
+
+/// A record's key and value; `None` is null (a null value is a tombstone).
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// The (key, value) of each record of a whole uncompressed batch, `None` for a null key or
+/// value (a tombstone); empty for a compressed batch, cut at the first malformed record.
+pub fn record_keys_and_values(batch: &[u8]) -> Vec<KeyValue<'_>> {
     let mut out = Vec::new();
     let Ok(h) = BatchHeader::parse(batch) else {
         return out;
@@ -206,23 +218,23 @@ pub fn record_values(batch: &[u8]) -> Vec<&[u8]> {
             r = &r[n..];
             Some(v)
         };
-        let (Some(_ts), Some(_od), Some(key_len)) = (field(), field(), field()) else {
+        let (Some(_ts), Some(_od)) = (field(), field()) else {
             break;
         };
-        if key_len > 0 {
-            let Some(rest_after_key) = r.get(key_len as usize..) else {
-                break;
-            };
-            r = rest_after_key;
-        }
-        let Some((value_len, n)) = read_varint(r) else {
-            break;
-        };
-        if value_len >= 0 {
-            if let Some(v) = r.get(n..n + value_len as usize) {
-                out.push(v);
+        let mut bytes_field = || -> Result<Option<&[u8]>, ()> {
+            let (n, used) = read_varint(r).ok_or(())?;
+            r = &r[used..];
+            if n < 0 {
+                return Ok(None);
             }
-        }
+            let v = r.get(..n as usize).ok_or(())?;
+            r = &r[n as usize..];
+            Ok(Some(v))
+        };
+        let (Ok(key), Ok(value)) = (bytes_field(), bytes_field()) else {
+            break;
+        };
+        out.push((key, value));
     }
     out
 }
@@ -277,6 +289,13 @@ pub fn base_offset_bytes(base_offset: i64) -> [u8; 8] {
 
 /// Test and tooling helper: builds an uncompressed v2 batch holding `values` (key-less).
 pub fn build_batch(base_offset: i64, timestamp_ms: i64, values: &[&[u8]]) -> Vec<u8> {
+    let records: Vec<KeyValue<'_>> = values.iter().map(|v| (None, Some(*v))).collect();
+    build_keyed_batch(base_offset, timestamp_ms, &records)
+}
+
+/// Builds an uncompressed v2 batch of `records` (key, value; `None` is null: a null value is
+/// a tombstone), all stamped `timestamp_ms`.
+pub fn build_keyed_batch(base_offset: i64, timestamp_ms: i64, records: &[KeyValue<'_>]) -> Vec<u8> {
     fn put_varint(out: &mut Vec<u8>, v: i64) {
         let mut z = ((v << 1) ^ (v >> 63)) as u64;
         loop {
@@ -289,18 +308,26 @@ pub fn build_batch(base_offset: i64, timestamp_ms: i64, values: &[&[u8]]) -> Vec
             out.push(b | 0x80);
         }
     }
-    let mut records = Vec::new();
-    for (i, v) in values.iter().enumerate() {
+    let count = records.len();
+    let mut section = Vec::new();
+    for (i, (key, value)) in records.iter().enumerate() {
         let mut body = vec![0u8]; // attributes
         put_varint(&mut body, 0); // timestamp delta
         put_varint(&mut body, i as i64); // offset delta
-        put_varint(&mut body, -1); // null key
-        put_varint(&mut body, v.len() as i64);
-        body.extend_from_slice(v);
+        for field in [key, value] {
+            match field {
+                Some(bytes) => {
+                    put_varint(&mut body, bytes.len() as i64);
+                    body.extend_from_slice(bytes);
+                }
+                None => put_varint(&mut body, -1),
+            }
+        }
         put_varint(&mut body, 0); // no headers
-        put_varint(&mut records, body.len() as i64);
-        records.extend_from_slice(&body);
+        put_varint(&mut section, body.len() as i64);
+        section.extend_from_slice(&body);
     }
+    let records = section;
     let mut b = Vec::with_capacity(HEADER_BYTES + records.len());
     b.extend_from_slice(&base_offset.to_be_bytes());
     b.extend_from_slice(&((HEADER_BYTES - LOG_OVERHEAD + records.len()) as i32).to_be_bytes());
@@ -308,13 +335,13 @@ pub fn build_batch(base_offset: i64, timestamp_ms: i64, values: &[&[u8]]) -> Vec
     b.push(2);
     b.extend_from_slice(&[0; 4]); // crc, filled below
     b.extend_from_slice(&0i16.to_be_bytes());
-    b.extend_from_slice(&(values.len() as i32 - 1).to_be_bytes());
+    b.extend_from_slice(&(count as i32 - 1).to_be_bytes());
     b.extend_from_slice(&timestamp_ms.to_be_bytes());
     b.extend_from_slice(&timestamp_ms.to_be_bytes());
     b.extend_from_slice(&(-1i64).to_be_bytes());
     b.extend_from_slice(&(-1i16).to_be_bytes());
     b.extend_from_slice(&(-1i32).to_be_bytes());
-    b.extend_from_slice(&(values.len() as i32).to_be_bytes());
+    b.extend_from_slice(&(count as i32).to_be_bytes());
     b.extend_from_slice(&records);
     let crc = crc32c::crc32c(&b[CRC_START..]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
@@ -340,6 +367,21 @@ pub fn build_idempotent_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyed_batches_round_trip_keys_values_and_tombstones() {
+        let records: Vec<KeyValue<'_>> = vec![
+            (Some(b"k1"), Some(b"v1")),
+            (Some(b"k2"), None),
+            (None, Some(b"v3")),
+            (Some(b""), Some(b"")),
+        ];
+        let b = build_keyed_batch(7, 1000, &records);
+        let h = validate_produced(&Bytes::from(b.clone())).unwrap();
+        assert_eq!((h.base_offset, h.records_count), (7, 4));
+        assert_eq!(record_keys_and_values(&b), records);
+        assert_eq!(record_values(&b), vec![&b"v1"[..], b"v3", b""]);
+    }
     use proptest::prelude::*;
 
     #[test]

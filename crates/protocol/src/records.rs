@@ -53,7 +53,31 @@ fn read_varint(r: &mut impl Read) -> Result<Option<i64>, RecordsError> {
 pub fn find_record(
     batch: &[u8],
     bytes_max: u64,
-    visit: impl FnMut(i64, i64) -> bool,
+    mut visit: impl FnMut(i64, i64) -> bool,
+) -> Result<Option<(i64, i64)>, RecordsError> {
+    find_record_with_key(batch, bytes_max, |o, t, _| visit(o, t))
+}
+
+/// The index in its batch of the first record without a key (key length -1), walking at most
+/// `bytes_max` decompressed bytes (beyond: `TooLarge`). A compacted topic refuses such
+/// records (Kafka's LogValidator), compressed batches included.
+pub fn first_keyless_record(batch: &[u8], bytes_max: u64) -> Result<Option<i32>, RecordsError> {
+    let mut index: i32 = 0;
+    let found = find_record_with_key(batch, bytes_max, |_, _, key_len| {
+        if key_len < 0 {
+            return true;
+        }
+        index = index.saturating_add(1);
+        false
+    })?;
+    Ok(found.map(|_| index))
+}
+
+/// `find_record` with each record's key length (-1: no key) given to `visit` too.
+fn find_record_with_key(
+    batch: &[u8],
+    bytes_max: u64,
+    visit: impl FnMut(i64, i64, i64) -> bool,
 ) -> Result<Option<(i64, i64)>, RecordsError> {
     let bytes_max = bytes_max.min(DECOMPRESSED_BATCH_BYTES_MAX);
     let h = BatchHeader::parse(batch).map_err(|_| RecordsError::BadHeader)?;
@@ -79,7 +103,7 @@ pub fn find_record(
 fn walk(
     reader: &mut io::Take<impl Read>,
     h: &BatchHeader,
-    mut visit: impl FnMut(i64, i64) -> bool,
+    mut visit: impl FnMut(i64, i64, i64) -> bool,
 ) -> Result<Option<(i64, i64)>, RecordsError> {
     let mut count: i64 = 0;
     while let Some(len) = read_varint(reader)? {
@@ -91,6 +115,12 @@ fn walk(
             .map_err(|_| RecordsError::Malformed)?;
         let ts_delta = read_varint(reader)?.ok_or(RecordsError::Malformed)?;
         let offset_delta = read_varint(reader)?.ok_or(RecordsError::Malformed)?;
+        // A record that ends before its key field has no key (lookups tolerate it).
+        let key_len = if len > before - reader.limit() {
+            read_varint(reader)?.ok_or(RecordsError::Malformed)?
+        } else {
+            -1
+        };
         let used = before - reader.limit();
         let rest = len.checked_sub(used).ok_or(RecordsError::Malformed)?;
         let skipped = io::copy(&mut reader.take(rest), &mut io::sink())
@@ -107,7 +137,7 @@ fn walk(
             h.base_timestamp.wrapping_add(ts_delta)
         };
         let offset = h.base_offset.wrapping_add(offset_delta);
-        if visit(offset, timestamp) {
+        if visit(offset, timestamp, key_len) {
             return Ok(Some((offset, timestamp)));
         }
         count += 1;
@@ -265,11 +295,61 @@ mod tests {
                 first_at_or_after(&bomb, 1000, 0, 1 << 20).unwrap(),
                 Some((40, 1000))
             );
+            assert_eq!(first_keyless_record(&b, u64::MAX).unwrap(), Some(0));
             log_append[22] |= 0x8;
             assert_eq!(
                 first_at_or_after(&log_append, 0, 41, u64::MAX).unwrap(),
                 Some((41, 1030))
             );
+        }
+    }
+
+    #[test]
+    fn keyless_records_are_found_in_plain_and_compressed_batches() {
+        let keyed = |key: Option<&[u8]>| {
+            let mut body = vec![0u8];
+            put_varint(&mut body, 0);
+            put_varint(&mut body, 0);
+            match key {
+                Some(k) => {
+                    put_varint(&mut body, k.len() as i64);
+                    body.extend_from_slice(k);
+                }
+                None => put_varint(&mut body, -1),
+            }
+            put_varint(&mut body, 1);
+            body.push(b'v');
+            put_varint(&mut body, 0);
+            body
+        };
+        for codec in [
+            Codec::None,
+            Codec::Gzip,
+            Codec::Lz4,
+            Codec::Zstd,
+            Codec::Snappy,
+        ] {
+            for (keys, want) in [
+                (vec![Some(&b"a"[..]), Some(b""), Some(b"c")], None),
+                (vec![Some(&b"a"[..]), None, Some(b"c")], Some(1)),
+                (vec![None], Some(0)),
+            ] {
+                let mut section = Vec::new();
+                for (i, k) in keys.iter().enumerate() {
+                    let mut body = keyed(*k);
+                    // offset delta = i
+                    body[2] = (i as u8) << 1;
+                    put_varint(&mut section, body.len() as i64);
+                    section.extend_from_slice(&body);
+                }
+                let n = keys.len() as i32;
+                let b = build_batch_around(codec, 0, n, (5, 5), &section).unwrap();
+                assert_eq!(
+                    first_keyless_record(&b, u64::MAX).unwrap(),
+                    want,
+                    "{codec:?} {keys:?}"
+                );
+            }
         }
     }
 }

@@ -9,6 +9,9 @@ use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
+/// The smallest share of `--cleaner-dedupe-buffer-bytes` a shard may get.
+const CLEANER_MAP_BYTES_PER_SHARD_MIN: usize = 4096;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ringbroker",
@@ -143,11 +146,34 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGBROKER_GROUP_MAX_SIZE")]
     pub group_max_size: Option<usize>,
 
+    /// Run the log cleaner of compacted topics (Kafka's `log.cleaner.enable`): one per shard,
+    /// for the partitions that shard owns. [default: true]
+    #[arg(long, env = "RINGBROKER_LOG_CLEANER_ENABLE", num_args = 0..=1, default_missing_value = "true")]
+    pub log_cleaner_enable: Option<bool>,
+
+    /// How long a shard's cleaner sleeps between looks for a partition to clean, in ms
+    /// (Kafka's `log.cleaner.backoff.ms`). [default: 15000]
+    #[arg(long, env = "RINGBROKER_CLEANER_BACKOFF_MS")]
+    pub cleaner_backoff_ms: Option<u64>,
+
+    /// Memory for the cleaners' key→offset maps, all shards together (Kafka's
+    /// `log.cleaner.dedupe.buffer.size`); each shard gets an equal share, as each Kafka cleaner
+    /// thread does. A log with more keys than a share holds is cleaned in several passes.
+    /// [default: 134217728 (128 MiB)]
+    #[arg(long, env = "RINGBROKER_CLEANER_DEDUPE_BUFFER_BYTES")]
+    pub cleaner_dedupe_buffer_bytes: Option<usize>,
+
+    /// Bytes a cleaner reads and writes before it yields to the shard's requests.
+    /// [default: 1048576]
+    #[arg(long, env = "RINGBROKER_CLEANER_IO_BYTES_PER_TURN")]
+    pub cleaner_io_bytes_per_turn: Option<usize>,
+
     /// TOML file with the same keys (listen, data_dir, cores, advertise, auto_create_topics,
     /// default_partitions, flush, segment_bytes, segment_ms, retention_ms, retention_bytes,
     /// retention_check_ms, recovery_checkpoint_ms, uring_fallback, metrics_listen,
     /// max_connections, frame_bytes_max, max_message_bytes, fetch_max_bytes, recv_budget_bytes,
-    /// group_max_size).
+    /// group_max_size, log_cleaner_enable, cleaner_backoff_ms, cleaner_dedupe_buffer_bytes,
+    /// cleaner_io_bytes_per_turn).
     #[arg(long, env = "RINGBROKER_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -176,6 +202,10 @@ struct FileConfig {
     fetch_max_bytes: Option<usize>,
     recv_budget_bytes: Option<usize>,
     group_max_size: Option<usize>,
+    log_cleaner_enable: Option<bool>,
+    cleaner_backoff_ms: Option<u64>,
+    cleaner_dedupe_buffer_bytes: Option<usize>,
+    cleaner_io_bytes_per_turn: Option<usize>,
 }
 
 pub struct Settings {
@@ -332,6 +362,35 @@ impl ServeArgs {
             }
             broker.group_max_size = n;
         }
+        if let Some(on) = self.log_cleaner_enable.or(file.log_cleaner_enable) {
+            broker.cleaner.enabled = on;
+        }
+        if let Some(ms) = self.cleaner_backoff_ms.or(file.cleaner_backoff_ms) {
+            broker.cleaner.backoff = std::time::Duration::from_millis(ms.max(10));
+        }
+        if let Some(n) = self
+            .cleaner_dedupe_buffer_bytes
+            .or(file.cleaner_dedupe_buffer_bytes)
+        {
+            // Small maps are allowed (tests force cleanings in several passes with them).
+            let min = broker.cores.len() * CLEANER_MAP_BYTES_PER_SHARD_MIN;
+            if n < min {
+                bail!(
+                    "--cleaner-dedupe-buffer-bytes must be at least \
+                     {CLEANER_MAP_BYTES_PER_SHARD_MIN} per shard ({min})"
+                );
+            }
+            broker.cleaner.dedupe_buffer_bytes = n;
+        }
+        if let Some(n) = self
+            .cleaner_io_bytes_per_turn
+            .or(file.cleaner_io_bytes_per_turn)
+        {
+            if !(4096..=1 << 30).contains(&n) {
+                bail!("--cleaner-io-bytes-per-turn must be between 4096 and 1073741824");
+            }
+            broker.cleaner.io_bytes_per_turn = n;
+        }
         let uring_fallback = self.uring_fallback.or(file.uring_fallback).unwrap_or(false);
         if uring_fallback {
             broker.ring.use_taskrun_flags = false;
@@ -367,6 +426,50 @@ mod tests {
         assert_eq!(s.broker.default_partitions, 5);
         assert!(!s.broker.auto_create_topics);
         assert_eq!(s.broker.data_dir, PathBuf::from("ringbroker-data"));
+    }
+
+    #[test]
+    fn cleaner_flags_resolve_and_bad_ones_are_explained() {
+        let s = ServeArgs {
+            cores: Some("0".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            s.broker.cleaner,
+            ringbroker_broker::config::CleanerConfig::default()
+        );
+        assert!(s.broker.cleaner.enabled);
+        let s = ServeArgs {
+            cores: Some("0".into()),
+            log_cleaner_enable: Some(false),
+            cleaner_backoff_ms: Some(250),
+            cleaner_dedupe_buffer_bytes: Some(1 << 20),
+            cleaner_io_bytes_per_turn: Some(65536),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let c = &s.broker.cleaner;
+        assert!(!c.enabled);
+        assert_eq!(c.backoff, std::time::Duration::from_millis(250));
+        assert_eq!(c.map_bytes_per_shard(1), 1 << 20);
+        assert_eq!(c.map_bytes_per_shard(4), 1 << 18);
+        assert_eq!(c.io_bytes_per_turn, 65536);
+        for args in [
+            ServeArgs {
+                cleaner_dedupe_buffer_bytes: Some(100),
+                ..Default::default()
+            },
+            ServeArgs {
+                cleaner_io_bytes_per_turn: Some(10),
+                ..Default::default()
+            },
+        ] {
+            let e = args.resolve().err().unwrap();
+            assert!(format!("{e:#}").contains("--cleaner-"), "{e:#}");
+        }
     }
 
     #[test]

@@ -366,8 +366,21 @@ fn every_config_api_version_answers_and_decodes() {
             &[("cleanup.policy", APPEND, Some("compact"))],
             false,
         );
+        assert_eq!(code, 0, "compaction is honoured: {msg:?}");
+        assert_eq!(
+            topic_value(&mut c, "c6", "cleanup.policy").0,
+            "delete,compact"
+        );
+        let (code, msg) = incremental(
+            &mut c,
+            v,
+            TOPIC,
+            "c6",
+            &[("max.compaction.lag.ms", SET, Some("0"))],
+            false,
+        );
         assert_eq!(code, 40);
-        assert!(msg.unwrap().contains("compaction is not implemented"));
+        assert!(msg.unwrap().contains("max.compaction.lag.ms"));
         let (code, _) = incremental(
             &mut c,
             v,
@@ -486,9 +499,25 @@ fn create_topics_is_as_strict_as_kafka() {
     assert_eq!(
         code(
             &mut c,
-            creatable("compact", 1, &[("cleanup.policy", "compact")])
+            creatable(
+                "compact",
+                1,
+                &[
+                    ("cleanup.policy", "compact"),
+                    ("min.compaction.lag.ms", "10"),
+                    ("max.compaction.lag.ms", "5")
+                ]
+            )
         ),
-        40
+        40,
+        "min.compaction.lag.ms above max.compaction.lag.ms"
+    );
+    assert_eq!(
+        code(
+            &mut c,
+            creatable("compacted", 1, &[("cleanup.policy", "compact,delete")])
+        ),
+        0
     );
     assert_eq!(
         code(
@@ -844,7 +873,7 @@ fn list_offsets_by_time_in_a_log_append_time_topic_answers_the_broker_stamp() {
     );
 }
 
-/// Without compaction the offsets topic must keep every commit: no alter of its configs, and
+/// The offsets topic must keep every group's latest commit: no alter of its configs, and
 /// no cluster-wide retention or segment setting reaches it, so a restart (which replays the
 /// commits from its log) still finds every group's offsets.
 #[test]

@@ -51,6 +51,10 @@ const STATIC_BROKER_CONFIGS: &[StaticConfig] = &[
     ("default.replication.factor", ConfigType::Int, "The replication factor for automatically created topics.", Some("1")),
     ("fetch.max.bytes", ConfigType::Int, "The maximum number of bytes we will return for a fetch request.", Some("57671680")),
     ("listeners", ConfigType::String, "Listener list: the URIs the broker listens on.", None),
+    ("log.cleaner.backoff.ms", ConfigType::Long, "The amount of time to sleep when there are no logs to clean.", Some("15000")),
+    ("log.cleaner.dedupe.buffer.size", ConfigType::Long, "The total memory used for log deduplication across all cleaner threads (here: shards, each one an equal share).", Some("134217728")),
+    ("log.cleaner.enable", ConfigType::Boolean, "Enable the log cleaner process to run on the server.", Some("true")),
+    ("log.cleaner.threads", ConfigType::Int, "The number of background threads to use for log cleaning (here: one cleaner per shard).", Some("1")),
     ("log.dirs", ConfigType::String, "The directories in which the log data is kept.", None),
     ("log.retention.check.interval.ms", ConfigType::Long, "The frequency in milliseconds that the log cleaner checks whether any log is eligible for deletion.", Some("300000")),
     ("max.connections", ConfigType::Int, "The maximum number of connections we allow in the broker at any time.", Some("2147483647")),
@@ -86,6 +90,10 @@ fn static_broker_value(shard: &Shard, name: &str) -> String {
             };
             format!("PLAINTEXT://{}:{port}", c.listen.ip())
         }
+        "log.cleaner.backoff.ms" => c.cleaner.backoff.as_millis().to_string(),
+        "log.cleaner.dedupe.buffer.size" => c.cleaner.dedupe_buffer_bytes.to_string(),
+        "log.cleaner.enable" => c.cleaner.enabled.to_string(),
+        "log.cleaner.threads" => shared.shard_count.to_string(),
         "log.dirs" => c.data_dir.display().to_string(),
         "log.retention.check.interval.ms" => c.retention_check_interval.as_millis().to_string(),
         "max.connections" => c.max_connections.to_string(),

@@ -10,7 +10,9 @@ use crate::producer_state::{Check, ProducerBatch, SequenceError, Settled};
 use crate::shard::{self, Partition};
 use crate::topic_config::TopicProduceSettings;
 use bytes::Bytes;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use ringbroker_protocol::batch::{
     record_timestamp_range, stamp_log_append_time, validate_produced, BatchError, BatchHeader,
@@ -29,6 +31,9 @@ struct PartitionResult {
     base_offset: i64,
     log_start_offset: i64,
     message: Option<String>,
+    /// The index in its batch of the record that made the whole batch refused (v8+
+    /// `record_errors`).
+    record_error: Option<i32>,
 }
 
 impl PartitionResult {
@@ -38,7 +43,33 @@ impl PartitionResult {
             base_offset: -1,
             log_start_offset: -1,
             message: Some(message),
+            record_error: None,
         }
+    }
+}
+
+/// A batch for a compacted topic holding a record without a key is refused whole, as Kafka's
+/// LogValidator refuses it: INVALID_RECORD (87, on every version since Kafka 2.4; v8+ also
+/// carry the record's index in `record_errors` and the message), compressed batches included
+/// (their records are walked through a bounded decompression). A batch whose records cannot
+/// be walked is CORRUPT_MESSAGE.
+fn keyless_refusal(records: &[u8], topic: &str, partition: i32) -> Option<PartitionResult> {
+    use ringbroker_protocol::records::{first_keyless_record, DECOMPRESSED_BATCH_BYTES_MAX};
+    match first_keyless_record(records, DECOMPRESSED_BATCH_BYTES_MAX) {
+        Ok(None) => None,
+        Ok(Some(index)) => Some(PartitionResult {
+            record_error: Some(index),
+            ..PartitionResult::error(
+                errors::INVALID_RECORD,
+                format!(
+                    "Compacted topic cannot accept message without key in topic partition {topic}-{partition}."
+                ),
+            )
+        }),
+        Err(e) => Some(PartitionResult::error(
+            errors::CORRUPT_MESSAGE,
+            format!("the records of the batch cannot be read: {e}"),
+        )),
     }
 }
 
@@ -240,7 +271,13 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
                             "transactional and control batches are not supported".into(),
                         ))
                     }
-                    Ok(h) => settings.and_then(|s| timestamp_refusal(&records, &h, s, now_ms)),
+                    Ok(h) => settings.and_then(|s| {
+                        timestamp_refusal(&records, &h, s, now_ms).or_else(|| {
+                            s.keys_required
+                                .then(|| keyless_refusal(&records, &topic_data.name.0, index))
+                                .flatten()
+                        })
+                    }),
                 },
             };
             let pending = match early {
@@ -286,6 +323,7 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
                         base_offset,
                         log_start_offset,
                         message: None,
+                        record_error: None,
                     },
                     Ok(Some(Err((code, message)))) => PartitionResult::error(code, message),
                     Ok(None) | Err(_) => PartitionResult::error(
@@ -305,6 +343,16 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
                 r = r.with_log_start_offset(result.log_start_offset);
             }
             if req.version >= 8 {
+                if let Some(index) = result.record_error {
+                    r = r.with_record_errors(vec![BatchIndexAndErrorMessage::default()
+                        .with_batch_index(index)
+                        .with_batch_index_error_message(
+                            result
+                                .message
+                                .clone()
+                                .map(kafka_protocol::protocol::StrBytes::from_string),
+                        )]);
+                }
                 r = r.with_error_message(
                     result
                         .message
