@@ -181,6 +181,7 @@ pub async fn clean_dirtiest(stop: impl Future<Output = ()>) -> bool {
         min_compaction_lag_ms: settings.min_compaction_lag_ms,
         map_bytes_max: cleaner.map_bytes_per_shard(shard.shared.shard_count),
         io_bytes_per_turn: cleaner.io_bytes_per_turn,
+        duty_percent: cleaner.duty_percent,
         segment_bytes_max: log_config.segment_bytes,
     };
     let removed = Notify::new();

@@ -102,6 +102,8 @@ pub struct CleanerConfig {
     pub dedupe_buffer_bytes: usize,
     /// Bytes a cleaner reads and writes before it yields to the shard's requests.
     pub io_bytes_per_turn: usize,
+    /// Share of a shard's wall clock its cleaner may take, in percent (1-100).
+    pub duty_percent: u32,
 }
 
 /// Default `--cleaner-backoff-ms` (Kafka's `log.cleaner.backoff.ms`).
@@ -110,6 +112,10 @@ pub const CLEANER_BACKOFF_DEFAULT: std::time::Duration = std::time::Duration::fr
 pub const CLEANER_DEDUPE_BUFFER_BYTES_DEFAULT: usize = 128 * 1024 * 1024;
 /// Default `--cleaner-io-bytes-per-turn`.
 pub const CLEANER_IO_BYTES_PER_TURN_DEFAULT: usize = 1024 * 1024;
+/// Default `--cleaner-duty-percent`: a cleaning takes at most a fifth of its shard's time, so
+/// a shard at half its produce capacity keeps its latency while a log is cleaned (measured in
+/// docs/benchmarks.md, "Log compaction").
+pub const CLEANER_DUTY_PERCENT_DEFAULT: u32 = 20;
 
 impl Default for CleanerConfig {
     fn default() -> CleanerConfig {
@@ -118,6 +124,7 @@ impl Default for CleanerConfig {
             backoff: CLEANER_BACKOFF_DEFAULT,
             dedupe_buffer_bytes: CLEANER_DEDUPE_BUFFER_BYTES_DEFAULT,
             io_bytes_per_turn: CLEANER_IO_BYTES_PER_TURN_DEFAULT,
+            duty_percent: CLEANER_DUTY_PERCENT_DEFAULT,
         }
     }
 }

@@ -168,12 +168,18 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGBROKER_CLEANER_IO_BYTES_PER_TURN")]
     pub cleaner_io_bytes_per_turn: Option<usize>,
 
+    /// Share of a shard's time its cleaner may take, in percent (1-100): after each slice of
+    /// `--cleaner-io-bytes-per-turn` bytes the cleaner pauses so that its slices take at most
+    /// this share of the wall clock; 100 = only yield between slices. [default: 20]
+    #[arg(long, env = "RINGBROKER_CLEANER_DUTY_PERCENT")]
+    pub cleaner_duty_percent: Option<u32>,
+
     /// TOML file with the same keys (listen, data_dir, cores, advertise, auto_create_topics,
     /// default_partitions, flush, segment_bytes, segment_ms, retention_ms, retention_bytes,
     /// retention_check_ms, recovery_checkpoint_ms, uring_fallback, metrics_listen,
     /// max_connections, frame_bytes_max, max_message_bytes, fetch_max_bytes, recv_budget_bytes,
     /// group_max_size, log_cleaner_enable, cleaner_backoff_ms, cleaner_dedupe_buffer_bytes,
-    /// cleaner_io_bytes_per_turn).
+    /// cleaner_io_bytes_per_turn, cleaner_duty_percent).
     #[arg(long, env = "RINGBROKER_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -206,6 +212,7 @@ struct FileConfig {
     cleaner_backoff_ms: Option<u64>,
     cleaner_dedupe_buffer_bytes: Option<usize>,
     cleaner_io_bytes_per_turn: Option<usize>,
+    cleaner_duty_percent: Option<u32>,
 }
 
 pub struct Settings {
@@ -391,6 +398,12 @@ impl ServeArgs {
             }
             broker.cleaner.io_bytes_per_turn = n;
         }
+        if let Some(p) = self.cleaner_duty_percent.or(file.cleaner_duty_percent) {
+            if !(1..=100).contains(&p) {
+                bail!("--cleaner-duty-percent must be between 1 and 100");
+            }
+            broker.cleaner.duty_percent = p;
+        }
         let uring_fallback = self.uring_fallback.or(file.uring_fallback).unwrap_or(false);
         if uring_fallback {
             broker.ring.use_taskrun_flags = false;
@@ -447,6 +460,7 @@ mod tests {
             cleaner_backoff_ms: Some(250),
             cleaner_dedupe_buffer_bytes: Some(1 << 20),
             cleaner_io_bytes_per_turn: Some(65536),
+            cleaner_duty_percent: Some(50),
             ..Default::default()
         }
         .resolve()
@@ -457,6 +471,7 @@ mod tests {
         assert_eq!(c.map_bytes_per_shard(1), 1 << 20);
         assert_eq!(c.map_bytes_per_shard(4), 1 << 18);
         assert_eq!(c.io_bytes_per_turn, 65536);
+        assert_eq!(c.duty_percent, 50);
         for args in [
             ServeArgs {
                 cleaner_dedupe_buffer_bytes: Some(100),
@@ -464,6 +479,14 @@ mod tests {
             },
             ServeArgs {
                 cleaner_io_bytes_per_turn: Some(10),
+                ..Default::default()
+            },
+            ServeArgs {
+                cleaner_duty_percent: Some(0),
+                ..Default::default()
+            },
+            ServeArgs {
+                cleaner_duty_percent: Some(101),
                 ..Default::default()
             },
         ] {

@@ -87,8 +87,11 @@ const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
 /// Groups (new segments) written before they are swapped in, so a cleaning holds at most
 /// this many new segments' files open; a log of more groups is swapped in several steps, in
 /// offset order (a crash between two steps leaves a cleaned prefix, which keeps every latest
-/// record: the groups after it are either old, holding everything, or cleaned).
-const GROUPS_PER_SWAP_MAX: usize = if cfg!(test) { 2 } else { 16 };
+/// record: the groups after it are either old, holding everything, or cleaned). Small, because
+/// a swap step runs without an await and fsyncs the directory twice per group on the shard
+/// thread: with 16 groups per step a step stalled the shard's requests for 30-60 ms
+/// (docs/benchmarks.md, "Log compaction"); with 2, the fsyncs spread over the cleaning.
+const GROUPS_PER_SWAP_MAX: usize = 2;
 /// Passes one cleaning makes at most (each pass cleans at least one batch's worth).
 pub const CLEAN_PASSES_MAX: usize = 4096;
 
@@ -103,8 +106,12 @@ pub struct CleanConfig {
     pub min_compaction_lag_ms: i64,
     /// Memory bound of the key→offset map; a larger dirty section is cleaned in passes.
     pub map_bytes_max: usize,
-    /// After reading + writing this many bytes the cleaner yields.
+    /// After reading + writing this many bytes (a slice) the cleaner yields.
     pub io_bytes_per_turn: usize,
+    /// Share of the wall clock, in percent (1-100), the cleaner's slices may take: after a
+    /// slice that took `t`, it sleeps on a ring timeout for `t × (100 − p) / p`, so requests
+    /// on the shard get the rest of its time whatever the log's size (100: only a yield).
+    pub duty_percent: u32,
     /// Cleaned segments are merged up to this size.
     pub segment_bytes_max: u64,
 }
@@ -496,21 +503,49 @@ fn rebuild(
 
 // ---- I/O -----------------------------------------------------------------------------------
 
-/// Bytes moved since the last yield.
+/// Bytes moved since the last yield, and the duty cycle between slices.
 struct Budget {
     per_turn: usize,
     used: usize,
+    duty_percent: u32,
+    slice_started: std::time::Instant,
 }
 
 impl Budget {
+    fn new(per_turn: usize, duty_percent: u32) -> Budget {
+        Budget {
+            per_turn,
+            used: 0,
+            duty_percent: duty_percent.clamp(1, 100),
+            slice_started: std::time::Instant::now(),
+        }
+    }
+
+    /// The pause after a slice that took `busy`.
+    fn pause_after(&self, busy: std::time::Duration) -> std::time::Duration {
+        let p = self.duty_percent;
+        (busy * (100 - p) / p).min(PAUSE_MAX)
+    }
+
     async fn spend(&mut self, bytes: usize) {
         self.used += bytes;
         if self.used >= self.per_turn.max(1) {
             self.used = 0;
-            ringbroker_runtime::yield_now().await;
+            let pause = self.pause_after(self.slice_started.elapsed());
+            if pause.is_zero() {
+                ringbroker_runtime::yield_now().await;
+            } else {
+                // A ring timeout: the shard enters the ring and serves what arrived meanwhile.
+                ringbroker_runtime::op::sleep(pause).await;
+            }
+            self.slice_started = std::time::Instant::now();
         }
     }
 }
+
+/// The longest pause between two slices (a slice stretched by a stall of the whole machine
+/// must not park the cleaner for minutes).
+const PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Whole batches of one segment file, read in chunks through the ring.
 struct BatchReader {
@@ -871,10 +906,7 @@ impl PartitionLog {
             state: self.state.clone(),
             cleaned_files: Vec::new(),
         };
-        let mut budget = Budget {
-            per_turn: config.io_bytes_per_turn,
-            used: 0,
-        };
+        let mut budget = Budget::new(config.io_bytes_per_turn, config.duty_percent);
 
         // 1. The key→offset map of the dirty section.
         let lag_limit = config.now_ms.saturating_sub(config.min_compaction_lag_ms);

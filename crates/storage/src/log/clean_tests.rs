@@ -144,6 +144,7 @@ fn clean_config(now_ms: i64) -> CleanConfig {
         min_compaction_lag_ms: 0,
         map_bytes_max: 1 << 20,
         io_bytes_per_turn: 512,
+        duty_percent: 100,
         segment_bytes_max: 3000,
     }
 }
@@ -1063,4 +1064,17 @@ fn a_pass_stopped_by_the_map_leaves_the_rest_dirty_in_the_cleanable_state() {
         );
     })
     .unwrap();
+}
+
+#[test]
+fn the_duty_cycle_pauses_in_proportion_to_the_slice_and_never_for_long() {
+    use std::time::Duration;
+    let ms = Duration::from_millis;
+    assert_eq!(Budget::new(1, 20).pause_after(ms(1)), ms(4));
+    assert_eq!(Budget::new(1, 50).pause_after(ms(3)), ms(3));
+    assert_eq!(Budget::new(1, 100).pause_after(ms(3)), Duration::ZERO);
+    // Out-of-range shares are clamped, and a slice stretched by a stall pauses at most 1 s.
+    assert_eq!(Budget::new(1, 0).pause_after(ms(1)), ms(99));
+    assert_eq!(Budget::new(1, 500).pause_after(ms(1)), Duration::ZERO);
+    assert_eq!(Budget::new(1, 20).pause_after(ms(10_000)), PAUSE_MAX);
 }
