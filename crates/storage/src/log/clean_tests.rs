@@ -448,7 +448,7 @@ fn a_small_map_cleans_in_several_passes_to_the_same_result() {
         let appended = append_updates(&log, 150, 1000).await;
         let active_base = log.active_segment_base();
         let config = CleanConfig {
-            map_bytes_max: 3 * (MAP_ENTRY_OVERHEAD_BYTES + 6),
+            map_bytes_max: 3 * map_entry_bytes(6),
             ..clean_config(10_000)
         };
         let mut passes = 0;
@@ -759,7 +759,7 @@ proptest::proptest! {
         let path = dir.path().join("p-0");
         let p = path.clone();
         let config = CleanConfig {
-            map_bytes_max: map_keys * (MAP_ENTRY_OVERHEAD_BYTES + 6) + 4 * (MAP_ENTRY_OVERHEAD_BYTES + 6),
+            map_bytes_max: map_keys * map_entry_bytes(6) + 4 * map_entry_bytes(6),
             segment_bytes_max: merge_bytes,
             delete_retention_ms: i64::MAX / 4,
             ..clean_config(1_000_000)
@@ -1043,7 +1043,7 @@ fn a_pass_stopped_by_the_map_leaves_the_rest_dirty_in_the_cleanable_state() {
         let first_max = log.state.borrow().segments[0].max_timestamp;
         assert_eq!(before.oldest_dirty_timestamp_ms, Some(first_max));
         let config = CleanConfig {
-            map_bytes_max: 4 * (MAP_ENTRY_OVERHEAD_BYTES + 6),
+            map_bytes_max: 4 * map_entry_bytes(6),
             ..clean_config(10_000)
         };
         let mut stats = CleanStats::default();
