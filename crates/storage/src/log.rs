@@ -300,6 +300,7 @@ impl PartitionLog {
         let mut checkpoint_used = false;
         for (i, &base) in bases.iter().enumerate() {
             let mut seg = Segment::open(dir, base)?;
+            let next_base = bases.get(i + 1).copied();
             // A cleaned segment may end before the next base (a gap); a cut one may not.
             let cut = segments.last().is_some_and(|s| s.truncated);
             if i > 0 && (base < next_offset || (cut && base != next_offset)) {
@@ -309,13 +310,13 @@ impl PartitionLog {
             report.log_bytes += std::fs::File::from(seg.log.try_clone()?).metadata()?.len();
             let loaded = match (recovery, usable) {
                 (Recovery::TrustCleanShutdown, _) => {
-                    recovery::load_trusted_segment(&mut seg, &config)?
+                    recovery::load_trusted_segment(&mut seg, &config, next_base)?
                 }
                 (Recovery::Scan, Some(c)) if base < c.segment_base => {
-                    recovery::load_trusted_segment(&mut seg, &config)?
+                    recovery::load_trusted_segment(&mut seg, &config, next_base)?
                 }
                 (Recovery::Scan, Some(c)) if base == c.segment_base => {
-                    match recovery::load_checkpointed_segment(&mut seg, &config, &c)? {
+                    match recovery::load_checkpointed_segment(&mut seg, &config, &c, next_base)? {
                         Some(scanned) => {
                             report.scanned_bytes += scanned;
                             durable_segments_below.get_or_insert(base);
@@ -328,7 +329,7 @@ impl PartitionLog {
                 _ => false,
             };
             if !loaded {
-                report.scanned_bytes += recovery::recover_segment(&mut seg, &config)?;
+                report.scanned_bytes += recovery::recover_segment(&mut seg, &config, next_base)?;
                 durable_segments_below.get_or_insert(base);
             }
             next_offset = seg.next_offset;

@@ -32,9 +32,7 @@ impl PartitionLog {
                         .segments
                         .get(i + 1)
                         .map_or(st.high_watermark, |n| n.base_offset);
-                    s.max_timestamp >= timestamp
-                        && s.committed_bytes > 0
-                        && end_offset > from
+                    s.max_timestamp >= timestamp && s.committed_bytes > 0 && end_offset > from
                 });
                 let Some((i, seg)) = found else {
                     return Ok(None);
