@@ -1131,6 +1131,9 @@ fn a_read_pending_while_a_cleaning_merges_segments_still_finds_the_next_segments
             read.as_mut().poll(&mut cx).is_pending(),
             "the read waits for the disk"
         );
+        // And so does a timestamp lookup from the same offset.
+        let mut by_time = std::pin::pin!(log.batch_for_timestamp(0, o));
+        assert!(by_time.as_mut().poll(&mut cx).is_pending());
         // A cleaning merging A and B runs while the read is pending.
         log.clean(&clean_config(20_000)).await.unwrap();
         {
@@ -1154,6 +1157,12 @@ fn a_read_pending_while_a_cleaning_merges_segments_still_finds_the_next_segments
             (got.base_offset, got.next_offset()),
             (want.base_offset, want.next_offset()),
             "the first surviving batch at or after {o}"
+        );
+        let by_time = by_time.await.unwrap().expect("a batch");
+        let by_time = BatchFrame::parse(&by_time).unwrap();
+        assert_eq!(
+            by_time.base_offset, want.base_offset,
+            "timestamp lookup from {o}"
         );
     })
     .unwrap();
