@@ -24,8 +24,9 @@
 //!    `<base>.log.cleaned` (`.index.cleaned`, `.timeindex.cleaned`), fdatasync'd, renamed to
 //!    `.swap` group by group (index files first, the log last: `<base>.log.<end>.swap`
 //!    carries the end of the offsets it replaces, so start-up knows exactly which old segments
-//!    it stands for), the directory fsync'd; the old segments' files are deleted, the directory fsync'd; the `.swap`
-//!    files renamed to their final names; the directory fsync'd. Then the segment list is
+//!    it stands for), the directory fsync'd; the old segments' files are deleted, the
+//!    directory fsync'd; the `.swap` files renamed to their final names; the directory
+//!    fsync'd. Then the segment list is
 //!    replaced in one step and the new first dirty offset persisted. At open,
 //!    [`finish_interrupted_clean`] deletes `.cleaned` files and finishes every `.swap`.
 //!
@@ -861,6 +862,7 @@ impl PartitionLog {
     }
 
     /// One pass; `crash` stops it at that point as a crash would (tests).
+    #[cfg(test)]
     pub(crate) async fn clean_pass(
         &self,
         config: &CleanConfig,

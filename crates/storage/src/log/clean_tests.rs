@@ -1184,7 +1184,11 @@ fn a_multi_pass_cleaning_keeps_every_tombstone_it_cleans_for_the_first_time() {
                 _ => format!("u-{i}"),
             };
             let value = (!(2..4).contains(&i)).then_some(b"v".to_vec());
-            let b = keyed_batch(Codec::None, 1000, &[(Some(key.as_bytes()), value.as_deref())]);
+            let b = keyed_batch(
+                Codec::None,
+                1000,
+                &[(Some(key.as_bytes()), value.as_deref())],
+            );
             let o = log.append_batch(b, 1).await.unwrap();
             appended.push((o, Some(key.into_bytes()), value));
         }
