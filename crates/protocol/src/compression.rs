@@ -163,7 +163,11 @@ pub fn decompress(
         Codec::Gzip => read_bounded(codec, flate2::read::MultiGzDecoder::new(data), bytes_max),
         Codec::Lz4 => read_bounded(codec, lz4_flex::frame::FrameDecoder::new(data), bytes_max),
         Codec::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(data).map_err(|e| codec.malformed(e))?;
+            let mut decoder =
+                zstd::stream::read::Decoder::new(data).map_err(|e| codec.malformed(e))?;
+            decoder
+                .window_log_max(ZSTD_WINDOW_LOG_MAX)
+                .map_err(|e| codec.malformed(e))?;
             read_bounded(codec, decoder, bytes_max)
         }
         Codec::Snappy => {

@@ -300,6 +300,7 @@ impl PartitionLog {
         let mut checkpoint_used = false;
         for (i, &base) in bases.iter().enumerate() {
             let mut seg = Segment::open(dir, base)?;
+            let next_base = bases.get(i + 1).copied();
             // A cleaned segment may end before the next base (a gap); a cut one may not.
             let cut = segments.last().is_some_and(|s| s.truncated);
             if i > 0 && (base < next_offset || (cut && base != next_offset)) {
@@ -309,13 +310,13 @@ impl PartitionLog {
             report.log_bytes += std::fs::File::from(seg.log.try_clone()?).metadata()?.len();
             let loaded = match (recovery, usable) {
                 (Recovery::TrustCleanShutdown, _) => {
-                    recovery::load_trusted_segment(&mut seg, &config)?
+                    recovery::load_trusted_segment(&mut seg, &config, next_base)?
                 }
                 (Recovery::Scan, Some(c)) if base < c.segment_base => {
-                    recovery::load_trusted_segment(&mut seg, &config)?
+                    recovery::load_trusted_segment(&mut seg, &config, next_base)?
                 }
                 (Recovery::Scan, Some(c)) if base == c.segment_base => {
-                    match recovery::load_checkpointed_segment(&mut seg, &config, &c)? {
+                    match recovery::load_checkpointed_segment(&mut seg, &config, &c, next_base)? {
                         Some(scanned) => {
                             report.scanned_bytes += scanned;
                             durable_segments_below.get_or_insert(base);
@@ -328,7 +329,7 @@ impl PartitionLog {
                 _ => false,
             };
             if !loaded {
-                report.scanned_bytes += recovery::recover_segment(&mut seg, &config)?;
+                report.scanned_bytes += recovery::recover_segment(&mut seg, &config, next_base)?;
                 durable_segments_below.get_or_insert(base);
             }
             next_offset = seg.next_offset;
@@ -622,6 +623,12 @@ impl PartitionLog {
         tracing::warn!(dir = %self.dir.display(), high_watermark = hw, dropped_bytes = dropped, "partition cut back to its high watermark after a failed write; accepting writes again");
     }
 
+    /// Below this offset everything is on stable storage (tests).
+    #[cfg(test)]
+    pub(crate) fn synced_offset(&self) -> i64 {
+        self.state.borrow().synced_offset
+    }
+
     /// Returns once everything below `offset` is on stable storage (fdatasync through the
     /// ring). Concurrent callers share syncs: group commit.
     pub async fn sync_to(&self, offset: i64) -> Result<(), AppendError> {
@@ -694,21 +701,17 @@ impl PartitionLog {
         if offset == high_watermark {
             return Ok(Err(nothing));
         }
-        // The segment searched last (its base), when a gap ran to its end.
-        let mut after: Option<i64> = None;
+        // Where the search goes on: `offset`, or the base of the segment after the one where
+        // a gap ran to its end. By offset, not by segment: a cleaning may merge segments
+        // while `locate_in` awaits, and the next segment's offsets then sit in the merged one.
+        let mut search_from = offset;
         loop {
-            let (log_fd, seg_base, position, end, is_last) = {
+            let (log_fd, seg_base, position, end, next_base) = {
                 let st = self.state.borrow();
-                let i = match after {
-                    None => st
-                        .segments
-                        .partition_point(|s| s.base_offset <= offset)
-                        .checked_sub(1),
-                    Some(prev) => {
-                        let i = st.segments.partition_point(|s| s.base_offset <= prev);
-                        (i < st.segments.len()).then_some(i)
-                    }
-                };
+                let i = st
+                    .segments
+                    .partition_point(|s| s.base_offset <= search_from)
+                    .checked_sub(1);
                 let Some(i) = i else {
                     return Ok(Err(nothing));
                 };
@@ -716,17 +719,13 @@ impl PartitionLog {
                 if seg.base_offset >= high_watermark {
                     return Ok(Err(nothing));
                 }
-                let pos = if after.is_none() {
-                    seg.index.lookup((offset - seg.base_offset) as u32) as u64
-                } else {
-                    0
-                };
+                let pos = seg.index.lookup((search_from - seg.base_offset) as u32) as u64;
                 (
                     seg.log.clone(),
                     seg.base_offset,
                     pos,
                     seg.committed_bytes,
-                    i + 1 == st.segments.len(),
+                    st.segments.get(i + 1).map(|n| n.base_offset),
                 )
             };
             match self
@@ -744,15 +743,17 @@ impl PartitionLog {
                         log_start_offset,
                     }))
                 }
-                // Data below the high watermark must exist in the active segment; reaching
-                // its end means damage.
-                None if is_last => {
-                    return Err(ReadError::Corrupt {
-                        segment: seg_base,
-                        position: end,
-                    })
-                }
-                None => after = Some(seg_base),
+                None => match next_base {
+                    Some(next) => search_from = search_from.max(next),
+                    // Data below the high watermark must exist in the active segment;
+                    // reaching its end means damage.
+                    None => {
+                        return Err(ReadError::Corrupt {
+                            segment: seg_base,
+                            position: end,
+                        })
+                    }
+                },
             }
         }
     }
@@ -911,6 +912,11 @@ impl PartitionLog {
     pub fn enforce_retention(&self, now_ms: i64) -> io::Result<usize> {
         let removed: Vec<Segment> = {
             let mut st = self.state.borrow_mut();
+            // A failed log's files may not be what its segments say (a cleaner's swap failed
+            // half way): nothing is deleted by name until a reopen has sorted them out.
+            if st.failed.is_some() {
+                return Ok(0);
+            }
             let mut total: u64 = st.segments.iter().map(|s| s.committed_bytes).sum();
             let mut count = 0;
             while count + 1 < st.segments.len() {

@@ -142,13 +142,14 @@ impl Rebuilt {
     }
 
     /// Walks batch headers (no CRC) from `self.position` to exactly `end`; false when the
-    /// headers do not lead there in sequence.
+    /// headers do not lead there in sequence, or a batch ends past `next_offset_max`.
     fn walk_headers(
         &mut self,
         log: &std::fs::File,
         base_offset: i64,
         end: u64,
         config: &LogConfig,
+        next_offset_max: i64,
     ) -> io::Result<bool> {
         let mut header = [0u8; HEADER_BYTES];
         while self.position < end {
@@ -161,6 +162,7 @@ impl Rebuilt {
             };
             // A cleaned segment has gaps: a batch may start past the previous one's end.
             if frame.base_offset < self.next_offset
+                || frame.next_offset() > next_offset_max
                 || self.position + frame.total_bytes as u64 > end
             {
                 return Ok(false);
@@ -205,7 +207,12 @@ impl Rebuilt {
 /// Loads a segment whose files are all durable and whole (a clean shutdown, or below the
 /// recovery checkpoint) from its index files, walking only the batch headers after the last
 /// index entry. Returns false (nothing changed) if what it finds is inconsistent.
-pub(crate) fn load_trusted_segment(seg: &mut Segment, config: &LogConfig) -> io::Result<bool> {
+/// `next_base`: the base offset of the segment after it (`None` for the last one).
+pub(crate) fn load_trusted_segment(
+    seg: &mut Segment,
+    config: &LogConfig,
+    next_base: Option<i64>,
+) -> io::Result<bool> {
     let log = std::fs::File::from(seg.log.try_clone()?);
     let log_len = log.metadata()?.len();
     let index_len = std::fs::File::from(seg.index_file.try_clone()?)
@@ -223,7 +230,8 @@ pub(crate) fn load_trusted_segment(seg: &mut Segment, config: &LogConfig) -> io:
     if rebuilt.index.len() as u64 != index_len / 8 {
         return Ok(false); // an entry at or past the end of the log
     }
-    if !rebuilt.walk_headers(&log, seg.base_offset, log_len, config)? {
+    let max = next_offset_max(seg.base_offset, next_base);
+    if !rebuilt.walk_headers(&log, seg.base_offset, log_len, config, max)? {
         return Ok(false);
     }
     rebuilt.install(seg)?;
@@ -238,6 +246,7 @@ pub(crate) fn load_checkpointed_segment(
     seg: &mut Segment,
     config: &LogConfig,
     checkpoint: &Checkpoint,
+    next_base: Option<i64>,
 ) -> io::Result<Option<u64>> {
     debug_assert_eq!(seg.base_offset, checkpoint.segment_base);
     let log = std::fs::File::from(seg.log.try_clone()?);
@@ -249,25 +258,49 @@ pub(crate) fn load_checkpointed_segment(
     else {
         return Ok(None);
     };
-    if !rebuilt.walk_headers(&log, seg.base_offset, checkpoint.position, config)?
+    let max = next_offset_max(seg.base_offset, next_base);
+    if !rebuilt.walk_headers(&log, seg.base_offset, checkpoint.position, config, max)?
         || rebuilt.next_offset != checkpoint.offset
     {
         return Ok(None);
     }
-    scan(seg, config, rebuilt).map(Some)
+    scan(seg, config, rebuilt, max).map(Some)
 }
 
 /// Scans a segment from the start: rebuilds its index and next offset, and truncates the
 /// file at the first batch that is short, malformed, out of sequence or fails its CRC.
 /// Returns the bytes scanned.
-pub(crate) fn recover_segment(seg: &mut Segment, config: &LogConfig) -> io::Result<u64> {
+pub(crate) fn recover_segment(
+    seg: &mut Segment,
+    config: &LogConfig,
+    next_base: Option<i64>,
+) -> io::Result<u64> {
     let start = Rebuilt::empty(seg.base_offset);
-    scan(seg, config, start)
+    scan(
+        seg,
+        config,
+        start,
+        next_offset_max(seg.base_offset, next_base),
+    )
+}
+
+/// The largest end (last offset + 1) a batch of the segment based at `base` may have: its
+/// offsets relative to the base fit in a u32, and stay below the next segment's base (Kafka's
+/// `ensureOffsetInRange`). A batch past it has a damaged base offset, whatever its CRC says
+/// (a gap left by a cleaning is a forward jump too, but never one beyond these).
+fn next_offset_max(base: i64, next_base: Option<i64>) -> i64 {
+    let relative_max = base.saturating_add(u32::MAX as i64);
+    next_base.map_or(relative_max, |n| n.min(relative_max))
 }
 
 /// Reads and CRC-checks every batch from `from.position` to the end of the file, cutting
 /// it at the first bad one. Returns the bytes scanned.
-fn scan(seg: &mut Segment, config: &LogConfig, from: Rebuilt) -> io::Result<u64> {
+fn scan(
+    seg: &mut Segment,
+    config: &LogConfig,
+    from: Rebuilt,
+    next_offset_max: i64,
+) -> io::Result<u64> {
     let mut file = std::fs::File::from(seg.log.try_clone()?);
     let file_len = file.seek(SeekFrom::End(0))?;
     let start = from.position;
@@ -291,6 +324,9 @@ fn scan(seg: &mut Segment, config: &LogConfig, from: Rebuilt) -> io::Result<u64>
         // Offsets only grow; a cleaned segment has gaps between batches.
         if frame.base_offset < rebuilt.next_offset {
             break Some("offset out of sequence");
+        }
+        if frame.next_offset() > next_offset_max {
+            break Some("offset beyond the segment's range");
         }
         if position + frame.total_bytes as u64 > file_len {
             break Some("batch cut short");

@@ -15,14 +15,18 @@
 //!    delta and producer fields kept (Kafka's `filterTo` for v2), base/max timestamps of the
 //!    retained records, and a new CRC; a batch left with no record is dropped. Control batches
 //!    are copied as they are. A batch the cleaner cannot parse (or that expands beyond
-//!    [`CLEAN_BATCH_DECOMPRESSED_BYTES_MAX`]) is copied as is and adds nothing to the map: that
-//!    only keeps more records, never fewer.
+//!    [`CLEAN_BATCH_DECOMPRESSED_BYTES_MAX`], or holds more than [`CLEAN_BATCH_RECORDS_MAX`]
+//!    records) is copied as is and adds nothing to the map: that only keeps more records,
+//!    never fewer. But it may hold a record of a key whose later tombstone expires, so once a
+//!    pass meets such a batch it removes no tombstone after it (a tombstone before it is
+//!    older than anything in it and may go); Kafka instead fails the cleaning.
 //! 3. swaps the new segments in, crash-safely (Kafka's protocol): the new files are written as
 //!    `<base>.log.cleaned` (`.index.cleaned`, `.timeindex.cleaned`), fdatasync'd, renamed to
 //!    `.swap` group by group (index files first, the log last: `<base>.log.<end>.swap`
 //!    carries the end of the offsets it replaces, so start-up knows exactly which old segments
-//!    it stands for), the directory fsync'd; the old segments' files are deleted; the `.swap`
-//!    files renamed to their final names; the directory fsync'd. Then the segment list is
+//!    it stands for), the directory fsync'd; the old segments' files are deleted, the
+//!    directory fsync'd; the `.swap` files renamed to their final names; the directory
+//!    fsync'd. Then the segment list is
 //!    replaced in one step and the new first dirty offset persisted. At open,
 //!    [`finish_interrupted_clean`] deletes `.cleaned` files and finishes every `.swap`.
 //!
@@ -38,12 +42,17 @@
 //! the active segment, never from cleaned segments.
 //!
 //! The map stores the keys themselves (`HashMap<Box<[u8]>, i64>`), each counted as its length
-//! plus [`MAP_ENTRY_OVERHEAD_BYTES`] against `map_bytes_max`: exact (no hash collision can
+//! rounded up to 16 plus [`MAP_ENTRY_OVERHEAD_BYTES`] against `map_bytes_max` (an upper bound
+//! of its real memory, the table's spare buckets and growth included): exact (no hash collision can
 //! ever drop a live record, which a 128-bit hash map like Kafka's makes merely unlikely) at the
 //! cost of fewer keys per byte when keys are long.
 //!
 //! A segment may end up empty (every record of its group dropped); it stays (its base offset
 //! keeps the log start where it was) and is merged into its neighbour by the next cleaning.
+//!
+//! Before its first swap a pass fdatasyncs the old segments up to the map's end (the log's
+//! group-commit sync): a rewritten group may drop K=v1 because K=v2 sits in a later segment,
+//! which must not be lost to a power cut after the swap.
 //!
 //! The cleaning never blocks the partition: segment bytes are read and written through the
 //! ring, with a yield after every `io_bytes_per_turn` bytes; appends go to the active segment,
@@ -74,12 +83,22 @@ const MAGIC: [u8; 4] = *b"RBCO";
 /// magic 4, offset 8, CRC32C 4.
 const RECORD_BYTES: usize = 16;
 
-/// Bytes a key costs in the map besides its own length (the boxed slice's pointer and length,
-/// the offset, the table's control byte and spare capacity, the allocator's rounding).
-pub const MAP_ENTRY_OVERHEAD_BYTES: usize = 64;
+/// Bytes a key costs in the map besides its own length rounded up to 16 (see
+/// [`map_entry_bytes`]). A bucket of the table is 25 bytes (the boxed slice's pointer and
+/// length 16, the offset 8, a control byte 1); the table stays at most 7/8 full and doubles,
+/// so just after a growth it holds 16/7 buckets per entry (~57 bytes), and while it grows the
+/// old and the new table both live (~86 bytes per entry). The key's own allocation costs the
+/// allocator's header and rounding (16 bytes with glibc, beyond the rounded length). So an
+/// entry never costs more than this plus its rounded length, even mid-growth.
+pub const MAP_ENTRY_OVERHEAD_BYTES: usize = 112;
 /// Most bytes a batch's records may expand to for the cleaner to filter it; a batch that
-/// expands beyond is kept as it is.
-pub const CLEAN_BATCH_DECOMPRESSED_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// expands beyond is unreadable to the cleaner (copied as it is, see the module doc).
+pub const CLEAN_BATCH_DECOMPRESSED_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Most records of a batch the cleaner parses: each costs about 80 bytes of bookkeeping (its
+/// `Rec`) and up to a set slot while the map is built, so this bounds that memory at about
+/// 64 MiB whatever the records section holds (a record can be as small as 7 bytes). A batch
+/// of more records is unreadable to the cleaner (copied as it is, see the module doc).
+pub const CLEAN_BATCH_RECORDS_MAX: usize = 1 << 19;
 /// Bytes read from a segment at once (more only for a larger batch).
 const READ_CHUNK_BYTES: usize = 1024 * 1024;
 /// Bytes of cleaned batches gathered before one write.
@@ -152,6 +171,10 @@ pub(crate) enum CrashPoint {
     SwapRenamed,
     /// Old segments deleted, `.swap` not yet renamed.
     OldDeleted,
+    /// A pending repairable write failure, then the swap fails after the old segments'
+    /// deletion (tests).
+    #[cfg(test)]
+    SwapFailsAfterWriteFailure,
 }
 
 /// `RINGBROKER_TEST_CLEAN_CRASH_AT`, read once.
@@ -303,6 +326,8 @@ pub fn finish_interrupted_clean(dir: &Path) -> io::Result<()> {
                 }
             }
         }
+        // The unlinks are on disk before the final names appear.
+        sync_dir(dir)?;
         for ext in ["index", "timeindex"] {
             let swap = dir.join(swap_index_name(base, ext));
             if swap.exists() {
@@ -368,9 +393,18 @@ struct Rec {
     tombstone: bool,
 }
 
-/// Parses every record of `section`; `None` unless it holds exactly `count` whole records.
+/// What a key of `key_bytes` bytes costs in the map, counted against `map_bytes_max`.
+pub fn map_entry_bytes(key_bytes: usize) -> usize {
+    key_bytes.next_multiple_of(16) + MAP_ENTRY_OVERHEAD_BYTES
+}
+
+/// Parses every record of `section`; `None` unless it holds exactly `count` whole records,
+/// and for a count above [`CLEAN_BATCH_RECORDS_MAX`].
 fn parse_records(section: &[u8], count: i32) -> Option<Vec<Rec>> {
     let count = usize::try_from(count).ok()?;
+    if count > CLEAN_BATCH_RECORDS_MAX {
+        return None;
+    }
     // A record takes at least 7 bytes: the count cannot ask for more than the bytes allow.
     let mut out = Vec::with_capacity(count.min(section.len() / 7 + 1));
     let mut at = 0;
@@ -845,8 +879,14 @@ impl PartitionLog {
             segments_before: self.segment_count(),
             ..CleanStats::default()
         };
+        // Tombstones cleaned for the first time by a pass of this cleaning are not "cleaned
+        // once" for its later passes.
+        let cleaned_once_below = self.cleanable_state().first_dirty_offset;
         for _ in 0..CLEAN_PASSES_MAX {
-            match self.clean_pass(config, &mut stats, None).await? {
+            match self
+                .clean_pass_from(config, &mut stats, None, Some(cleaned_once_below))
+                .await?
+            {
                 Pass::Cleaned { more: true } => continue,
                 _ => break,
             }
@@ -857,11 +897,25 @@ impl PartitionLog {
     }
 
     /// One pass; `crash` stops it at that point as a crash would (tests).
+    #[cfg(test)]
     pub(crate) async fn clean_pass(
         &self,
         config: &CleanConfig,
         stats: &mut CleanStats,
         crash: Option<CrashPoint>,
+    ) -> io::Result<Pass> {
+        self.clean_pass_from(config, stats, crash, None).await
+    }
+
+    /// One pass of a cleaning that began with `cleaned_once_below` as the first dirty offset
+    /// (`None`: this pass's own): only tombstones in batches below it were cleaned once
+    /// before, whatever earlier passes of the same cleaning moved the first dirty offset to.
+    async fn clean_pass_from(
+        &self,
+        config: &CleanConfig,
+        stats: &mut CleanStats,
+        crash: Option<CrashPoint>,
+        cleaned_once_below: Option<i64>,
     ) -> io::Result<Pass> {
         let (closed, first_dirty, log_start, dirty_position, interval) = {
             let mut st = self.state.borrow_mut();
@@ -941,7 +995,7 @@ impl PartitionLog {
                     .clone()
                     .map(|(_, k)| &section[k])
                     .filter(|k| !map.contains_key(*k) && new_keys.insert(*k))
-                    .map(|k| k.len() + MAP_ENTRY_OVERHEAD_BYTES)
+                    .map(|k| map_entry_bytes(k.len()))
                     .sum();
                 if map_bytes + needed > config.map_bytes_max {
                     if map.is_empty() {
@@ -961,7 +1015,7 @@ impl PartitionLog {
                     match map.get_mut(key) {
                         Some(o) => *o = offset.max(*o),
                         None => {
-                            map_bytes += key.len() + MAP_ENTRY_OVERHEAD_BYTES;
+                            map_bytes += map_entry_bytes(key.len());
                             map.insert(key.into(), offset);
                         }
                     }
@@ -973,6 +1027,16 @@ impl PartitionLog {
         if map_end <= first_dirty {
             return Ok(Pass::Nothing);
         }
+        // The old segments up to the map's end must be durable before the first swap: a
+        // swapped group may have dropped K=v1 because K=v2 sits in a later segment, and a
+        // power loss must not take K=v2 with it (the log's group-commit sync fdatasyncs
+        // every unsynced segment below the high watermark).
+        self.sync_to(map_end).await.map_err(|e| match e {
+            super::AppendError::Io(e) => e,
+            other => io::Error::other(format!(
+                "cannot sync the log below the cleaned range: {other}"
+            )),
+        })?;
 
         // 2. Rewrite the closed segments up to the map's end, in groups.
         let rewrite: Vec<&Closed> = closed.iter().filter(|c| c.base < map_end).collect();
@@ -989,6 +1053,11 @@ impl PartitionLog {
             }
         }
         let delete_horizon = config.now_ms.saturating_sub(config.delete_retention_ms);
+        // Batches ending at or below it were cleaned once before this cleaning began.
+        let cleaned_once_below = cleaned_once_below.unwrap_or(first_dirty).min(first_dirty);
+        // A batch the cleaner cannot read was met (it is copied as it is): no tombstone after
+        // it is removed in this pass, or a record of its key inside it would come back.
+        let mut unreadable_seen = false;
         let mut cleaned = Vec::with_capacity(groups.len().min(GROUPS_PER_SWAP_MAX));
         for (group_index, group) in groups.iter().enumerate() {
             let (base, end) = (group[0].base, group.last().expect("non-empty").end);
@@ -1010,10 +1079,14 @@ impl PartitionLog {
                         Filtered::Same
                     } else {
                         match batch_records(&batch, &frame) {
-                            None => Filtered::Same,
+                            None => {
+                                unreadable_seen = true;
+                                Filtered::Same
+                            }
                             Some((codec, section, records)) => {
-                                let old_tombstones = frame.next_offset() <= first_dirty
-                                    && frame.max_timestamp < delete_horizon;
+                                let old_tombstones = frame.next_offset() <= cleaned_once_below
+                                    && frame.max_timestamp < delete_horizon
+                                    && !unreadable_seen;
                                 let mut keep = Vec::with_capacity(records.len());
                                 for r in &records {
                                     let offset = frame.base_offset + r.offset_delta;
@@ -1114,6 +1187,12 @@ impl PartitionLog {
             }
             return Ok(Some(Pass::Abandoned));
         };
+        #[cfg(test)]
+        if crash == Some(CrashPoint::SwapFailsAfterWriteFailure) {
+            // A write failure (repairable) happened while the pass ran.
+            st.failed = Some("simulated write failure".into());
+            st.repairable = true;
+        }
         let dir = self.dir.clone();
         let swap = || -> io::Result<bool> {
             for c in &cleaned {
@@ -1142,6 +1221,13 @@ impl PartitionLog {
             if crash_at(CrashPoint::OldDeleted, crash) {
                 return Ok(false);
             }
+            #[cfg(test)]
+            if crash == Some(CrashPoint::SwapFailsAfterWriteFailure) {
+                return Err(io::Error::other("simulated rename failure"));
+            }
+            // The unlinks are on disk before any final name appears, whatever order the file
+            // system gives metadata operations.
+            sync_dir(&dir)?;
             for c in &cleaned {
                 for ext in ["index", "timeindex"] {
                     std::fs::rename(
@@ -1163,10 +1249,11 @@ impl PartitionLog {
             Err(e) => {
                 // Half swapped: the files are what a crash would leave, and a reopen finishes
                 // or discards it; the segments in memory are no longer backed by their names.
+                // Whatever failure was pending (a repairable write failure would be cleared by
+                // the next append's cut back): only a reopen may resume this log.
                 tracing::error!(dir = %self.dir.display(), error = %e, "a cleaner's segment swap failed; partition refuses writes until reopened");
-                if st.failed.is_none() {
-                    st.failed = Some(format!("a cleaner's segment swap failed: {e}"));
-                }
+                st.failed = Some(format!("a cleaner's segment swap failed: {e}"));
+                st.repairable = false;
                 return Err(e);
             }
         }

@@ -137,7 +137,13 @@ impl PartitionLog {
             // persist a smaller offset after this one.
             write(&self.dir, target)?;
             st.log_start_offset = target;
-            take_segments_below_start(&mut st)
+            // A failed log's files may not be what its segments say (a cleaner's swap failed
+            // half way): the segments below the start are deleted at the reopen instead.
+            if st.failed.is_some() {
+                Vec::new()
+            } else {
+                take_segments_below_start(&mut st)
+            }
         };
         self.remove_segment_files(&removed);
         if !removed.is_empty() {

@@ -19,24 +19,28 @@ impl PartitionLog {
         timestamp: i64,
         offset_min: i64,
     ) -> Result<Option<Bytes>, ReadError> {
-        let mut segment_from = i64::MIN;
+        // Below this offset every batch was searched already. An offset, not a segment: a
+        // cleaning may merge segments while the walk awaits, and the offsets after a searched
+        // segment then sit in a merged one whose base is below them.
+        let mut searched_to = i64::MIN;
         loop {
-            let (log_fd, seg_base, mut position, end, from) = {
+            let (log_fd, seg_base, mut position, end, from, seg_end) = {
                 let st = self.state.borrow();
-                let from = offset_min.max(st.log_start_offset);
+                let from = offset_min.max(st.log_start_offset).max(searched_to);
                 let found = st.segments.iter().enumerate().find(|(i, s)| {
                     let end_offset = st
                         .segments
                         .get(i + 1)
                         .map_or(st.high_watermark, |n| n.base_offset);
-                    s.base_offset > segment_from
-                        && s.max_timestamp >= timestamp
-                        && s.committed_bytes > 0
-                        && end_offset > from
+                    s.max_timestamp >= timestamp && s.committed_bytes > 0 && end_offset > from
                 });
-                let Some((_, seg)) = found else {
+                let Some((i, seg)) = found else {
                     return Ok(None);
                 };
+                let seg_end = st
+                    .segments
+                    .get(i + 1)
+                    .map_or(st.high_watermark, |n| n.base_offset);
                 let i = seg.time_index.partition_point(|&(t, _)| t < timestamp);
                 let by_time = if i == 0 {
                     0
@@ -54,6 +58,7 @@ impl PartitionLog {
                     by_time.max(by_offset),
                     seg.committed_bytes,
                     from,
+                    seg_end,
                 )
             };
             while position + HEADER_BYTES as u64 <= end {
@@ -80,7 +85,7 @@ impl PartitionLog {
                 }
                 position += f.total_bytes as u64;
             }
-            segment_from = seg_base;
+            searched_to = searched_to.max(seg_end);
         }
     }
 
