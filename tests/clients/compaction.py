@@ -14,6 +14,9 @@ A value written "<null>" is a tombstone (null value).
                                                       "offset<TAB>key<TAB>value"
   committed LIB BOOTSTRAP TOPIC PARTITIONS GROUP...   "group<TAB>partition<TAB>offset" (-1:
                                                       none) of each group's committed offsets
+  alter-broker-default BOOTSTRAP NAME VALUE           confluent incremental_alter_configs SET
+                                                      on broker 0's dynamic configs; "ok"
+                                                      or "error<TAB>NAME<TAB>message"
 """
 import sys
 import time
@@ -175,6 +178,22 @@ def committed(lib, bootstrap, topic, partitions, *groups):
             c.close()
 
 
+def alter_broker_default(bootstrap, name, value):
+    from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry,
+                                       ConfigResource, ResourceType)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    resource = ConfigResource(ResourceType.BROKER, "0", incremental_configs=[
+        ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)])
+    try:
+        admin.incremental_alter_configs([resource])[resource].result(timeout=TIMEOUT)
+        print("ok")
+    except Exception as e:
+        err = e.args[0] if e.args else e
+        name = err.name() if hasattr(err, "name") else type(e).__name__
+        msg = err.str() if hasattr(err, "str") else str(e)
+        print(f"error\t{name}\t{msg}")
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     commands = {
@@ -183,5 +202,6 @@ if __name__ == "__main__":
         "produce-keyless": produce_keyless,
         "consume": consume,
         "committed": committed,
+        "alter-broker-default": alter_broker_default,
     }
     commands[command](*args)

@@ -1479,22 +1479,42 @@ pub async fn delete_offsets(group: &str, partitions: &[(String, i32)]) -> Result
 /// nothing.
 pub async fn load_offsets(log: Rc<PartitionLog>) -> usize {
     let mut legacy: HashSet<String> = HashSet::new();
-    let applied = replay_offsets(&log, &mut legacy).await;
+    let (applied, complete) = replay_offsets(&log, &mut legacy).await;
+    if !complete && !legacy.is_empty() {
+        // Rewriting a partial state at the log end would make it the newest (an older commit
+        // read before the failure would win over a newer one after it): leave the log as is.
+        tracing::error!(dir = %log.dir().display(), "committed offsets not fully read; key-less offset records not rewritten as keyed ones");
+        return applied;
+    }
+    let mut rewritten = false;
     for group in legacy {
         let entries: Vec<(String, i32, Option<Committed>)> = fetch_offsets(&group, None);
-        if entries.is_empty() {
-            continue;
+        // In batches a segment always holds (a group may have committed many partitions).
+        for part in entries.chunks(LEGACY_REWRITE_ENTRIES_MAX) {
+            match store_offsets(&group, part.to_vec()).await {
+                Ok(()) => rewritten = true,
+                Err(e) => {
+                    tracing::error!(group, error = %e, "could not rewrite committed offsets as keyed records")
+                }
+            }
         }
-        if let Err(e) = store_offsets(&group, entries).await {
-            tracing::error!(group, error = %e, "could not rewrite committed offsets as keyed records");
+    }
+    if rewritten {
+        // Durable before any cleaning drops the key-less originals, whatever --flush says.
+        let end = log.high_watermark();
+        if let Err(e) = log.sync_to(end).await {
+            tracing::error!(dir = %log.dir().display(), error = %e, "could not sync the rewritten offsets");
         }
     }
     applied
 }
 
+/// Offsets rewritten per batch when key-less records of an earlier release are made keyed.
+const LEGACY_REWRITE_ENTRIES_MAX: usize = 1000;
+
 /// Applies every offset record of `log`; the groups of key-less (legacy) records go to
-/// `legacy`.
-async fn replay_offsets(log: &PartitionLog, legacy: &mut HashSet<String>) -> usize {
+/// `legacy`. Returns the records applied and whether the whole log was read.
+async fn replay_offsets(log: &PartitionLog, legacy: &mut HashSet<String>) -> (usize, bool) {
     let mut offset = log.log_start_offset();
     let mut applied = 0;
     while offset < log.high_watermark() {
@@ -1502,7 +1522,7 @@ async fn replay_offsets(log: &PartitionLog, legacy: &mut HashSet<String>) -> usi
             Ok(r) => r.records,
             Err(e) => {
                 tracing::error!(dir = %log.dir().display(), error = %e, "could not read committed offsets");
-                return applied;
+                return (applied, false);
             }
         };
         let mut at = 0;
@@ -1537,10 +1557,11 @@ async fn replay_offsets(log: &PartitionLog, legacy: &mut HashSet<String>) -> usi
             at += h.total_bytes;
         }
         if at == 0 {
-            break;
+            tracing::error!(dir = %log.dir().display(), offset, "unreadable batch in the committed offsets; later ones not replayed");
+            return (applied, false);
         }
     }
-    applied
+    (applied, true)
 }
 
 /// Committed offset of every (group, topic, partition) on this shard, for lag metrics.

@@ -693,13 +693,22 @@ async fn retention_every(every: Duration) {
     }
 }
 
-/// Cleans the dirtiest due compacted partition this shard owns, periodically; a cleaning in
-/// progress when the shard drains is dropped (the storage side keeps the log whole).
+/// Cleans the due compacted partitions this shard owns, dirtiest first, one after the other;
+/// sleeps `every` (Kafka's `log.cleaner.backoff.ms`) only once none is due (or after
+/// [`CLEANINGS_PER_LOOK_MAX`] in a row); a cleaning in progress when the shard drains is
+/// dropped (the storage side keeps the log whole).
 async fn cleaner_every(every: Duration) {
     while sleep_unless_draining(every).await {
-        crate::cleaner::clean_dirtiest(drain_started()).await;
+        for _ in 0..CLEANINGS_PER_LOOK_MAX {
+            if draining() || !crate::cleaner::clean_dirtiest(drain_started()).await {
+                break;
+            }
+        }
     }
 }
+
+/// Cleanings a shard's cleaner runs back to back before it sleeps its backoff again.
+const CLEANINGS_PER_LOOK_MAX: usize = 64;
 
 async fn accept_loop(listener: SharedFd) {
     let shared = crate::shard::current().shared.clone();

@@ -809,6 +809,14 @@ pub async fn alter_broker_configs(
             };
             topic_config::topic_log_config(&BTreeMap::new(), view)
                 .map_err(|why| (errors::INVALID_CONFIG, why))?;
+            // With its own overrides too (e.g. a topic's min.compaction.lag.ms against a new
+            // default max.compaction.lag.ms): a default a topic conflicts with is refused, as
+            // an accepted one would leave that topic unconfigurable (and unopenable at start).
+            for topic in shard.all_topics() {
+                topic_config::topic_log_config(&topic.configs, view).map_err(|why| {
+                    (errors::INVALID_CONFIG, format!("topic {}: {why}", topic.name))
+                })?;
+            }
         }
         if validate_only {
             return Ok(());

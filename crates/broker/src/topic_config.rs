@@ -853,9 +853,16 @@ pub fn topic_log_config(
     log.index_interval_bytes =
         limit(value("index.interval.bytes")?).unwrap_or(log.index_interval_bytes);
     value("max.message.bytes")?;
-    if !TopicCleanSettings::of(overrides, broker)?.delete {
+    let clean = TopicCleanSettings::of(overrides, broker)?;
+    if !clean.delete {
         log.retention_ms = None;
         log.retention_bytes = None;
+    }
+    if clean.compact && clean.max_compaction_lag_ms < i64::MAX {
+        // As Kafka (KIP-354): a compacted topic's active segment rolls by max.compaction.lag.ms
+        // too, or a quiet topic's records would never reach a cleanable segment.
+        let lag_ms = clean.max_compaction_lag_ms as u64;
+        log.segment_ms = Some(log.segment_ms.map_or(lag_ms, |ms| ms.min(lag_ms)));
     }
     Ok(log)
 }
@@ -1015,6 +1022,27 @@ mod tests {
         );
         let s = TopicCleanSettings::of(&map(&both), b).unwrap();
         assert!(s.compact && s.delete);
+        // A compacted topic's active segment rolls by max.compaction.lag.ms too (KIP-354).
+        let lag = [
+            ("cleanup.policy", "compact"),
+            ("max.compaction.lag.ms", "1000"),
+        ];
+        assert_eq!(
+            topic_log_config(&map(&lag), b).unwrap().segment_ms,
+            Some(1000)
+        );
+        let lag_and_roll = [lag.as_slice(), &[("segment.ms", "500")]].concat();
+        assert_eq!(
+            topic_log_config(&map(&lag_and_roll), b).unwrap().segment_ms,
+            Some(500)
+        );
+        let not_compacted = [("max.compaction.lag.ms", "1000")];
+        assert_eq!(
+            topic_log_config(&map(&not_compacted), b)
+                .unwrap()
+                .segment_ms,
+            None
+        );
         assert_eq!(s.min_cleanable_dirty_ratio, 0.5);
         assert_eq!(s.delete_retention_ms, 86_400_000);
         let s = TopicCleanSettings::of(&BTreeMap::new(), b).unwrap();

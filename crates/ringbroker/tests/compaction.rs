@@ -724,6 +724,17 @@ fn a_faust_table_changelog_is_compacted_and_restores_the_table() {
         .find(|t| t["name"] == "cwfaust-counts-changelog")
         .unwrap_or_else(|| panic!("no changelog topic in {topics}"));
     assert_eq!(changelog["configs"]["cleanup.policy"], "compact");
+    // One more record closes the segment Faust's last batches went to (the active segment is
+    // never cleaned, and how many updates a batch carries depends on the machine's speed).
+    script(
+        &[
+            "produce",
+            "confluent",
+            &broker.addr,
+            "cwfaust-counts-changelog",
+        ],
+        "\"roll\"\t<null>\n",
+    );
     // The changelog (500 updates of 5 keys over many segments) gets cleaned.
     let labels = [("topic", "cwfaust-counts-changelog"), ("partition", "0")];
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -826,4 +837,101 @@ fn offsets_committed_by_an_earlier_release_survive_compaction() {
     broker.stop();
     let broker = Broker::start(dir.path(), &flags);
     assert_eq!(committed(&broker), format!("{group}\t0\t4000\n"));
+}
+
+/// A broker default that one topic's own compaction settings conflict with is refused (an
+/// accepted one would leave that topic's configs unusable, and the broker unable to open it at
+/// its next start), and the broker still restarts.
+#[test]
+fn a_broker_default_a_topic_conflicts_with_is_refused_and_the_broker_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    create(
+        &broker.addr,
+        "lagged",
+        &["cleanup.policy=compact", "min.compaction.lag.ms=100000"],
+    );
+    let out = script(
+        &[
+            "alter-broker-default",
+            &broker.addr,
+            "log.cleaner.max.compaction.lag.ms",
+            "60000",
+        ],
+        "",
+    );
+    assert!(
+        out.starts_with("error\tINVALID_CONFIG") && out.contains("lagged"),
+        "{out}"
+    );
+    // A default no topic conflicts with is accepted.
+    let out = script(
+        &[
+            "alter-broker-default",
+            &broker.addr,
+            "log.cleaner.max.compaction.lag.ms",
+            "600000",
+        ],
+        "",
+    );
+    assert_eq!(out.trim(), "ok");
+    drop(broker);
+    let broker = Broker::start(dir.path(), &[]);
+    create(&broker.addr, "after", &["cleanup.policy=compact"]);
+}
+
+/// Clients cannot write to `__consumer_offsets` (Kafka: INVALID_TOPIC_EXCEPTION "Cannot append
+/// to internal topic"): compaction keeps the latest record of each commit key, so a client's
+/// record there would replace a group's real commit. Commits made before stay as they were.
+#[test]
+fn clients_cannot_produce_to_the_offsets_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    create(&broker.addr, "plain", &[]);
+    let (ok, stdout, stderr) = common::run_status(
+        "kcat",
+        &[
+            "-P",
+            "-b",
+            &broker.addr,
+            "-t",
+            "__consumer_offsets",
+            "-p",
+            "0",
+            "-K",
+            ":",
+            "-X",
+            "message.send.max.retries=0",
+        ],
+        "somekey:garbage\n",
+    );
+    let said = format!("{stdout}{stderr}");
+    assert!(
+        !ok || said.contains("Invalid topic") || said.contains("INVALID_TOPIC"),
+        "kcat: ok={ok} {said}"
+    );
+    assert!(
+        said.contains("nvalid topic") || said.contains("INVALID_TOPIC"),
+        "{said}"
+    );
+    let stored = run(
+        "kcat",
+        &[
+            "-C",
+            "-b",
+            &broker.addr,
+            "-t",
+            "__consumer_offsets",
+            "-p",
+            "0",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%o\n",
+        ],
+        "",
+    );
+    assert_eq!(stored.trim(), "", "nothing written");
 }

@@ -250,6 +250,15 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
                     errors::UNKNOWN_TOPIC_OR_PARTITION,
                     "unknown partition".into(),
                 )),
+                // Only the group coordinator writes the offsets topic (as in Kafka): a client's
+                // record under a commit's key would be kept by compaction in its place.
+                Some(t) if t.name == crate::groups::OFFSETS_TOPIC => {
+                    crate::warn_limited!(%peer, "refused a Produce to the internal topic __consumer_offsets");
+                    Some(PartitionResult::error(
+                        errors::INVALID_TOPIC_EXCEPTION,
+                        format!("Cannot append to internal topic {}", t.name),
+                    ))
+                }
                 _ if records.len() > message_bytes_max => {
                     crate::warn_limited!(%peer, topic = %topic_data.name.0, partition = index, bytes = records.len(), message_bytes_max, "rejected record batch: MESSAGE_TOO_LARGE");
                     Some(PartitionResult::error(
