@@ -422,6 +422,19 @@ pub struct Committed {
 struct Coordinator {
     groups: HashMap<String, Group>,
     offsets: HashMap<String, BTreeMap<(String, i32), Committed>>,
+    /// Offset writes of a group being appended, and deletions of its offsets waiting or
+    /// writing (an entry while either is not zero).
+    writes: HashMap<String, GroupWrites>,
+}
+
+/// What orders a group's offset writes: a deletion (DeleteGroups, OffsetDelete) reads the
+/// committed offsets it writes tombstones for only once no write of the group is in flight
+/// (a commit appended but not yet applied would otherwise be missed, and live on in the log
+/// after its tombstones), and a commit starts its append only while no deletion is pending.
+#[derive(Default)]
+struct GroupWrites {
+    in_flight: usize,
+    deletions: usize,
 }
 
 impl Coordinator {
@@ -459,6 +472,81 @@ thread_local! {
 
 fn with<R>(f: impl FnOnce(&mut Coordinator) -> R) -> R {
     COORDINATOR.with(|c| f(&mut c.borrow_mut()))
+}
+
+thread_local! {
+    /// Woken whenever a group's offset write or deletion ends.
+    static WRITES_SETTLED: Rc<Notify> = Notify::new();
+}
+
+/// Counts one offset write (`deletion` false) or one deletion of a group in
+/// [`Coordinator::writes`] while it lives: dropped (done, failed or cancelled), it uncounts it
+/// and wakes the waiters.
+struct WriteGuard {
+    group: String,
+    deletion: bool,
+}
+
+impl WriteGuard {
+    fn new(group: &str, deletion: bool) -> WriteGuard {
+        with(|c| {
+            let w = c.writes.entry(group.to_string()).or_default();
+            if deletion {
+                w.deletions += 1;
+            } else {
+                w.in_flight += 1;
+            }
+        });
+        WriteGuard {
+            group: group.to_string(),
+            deletion,
+        }
+    }
+}
+
+/// For drops: like [`with`], but nothing once the thread's coordinator is gone (tasks dropped
+/// as the thread ends).
+fn with_if_alive(f: impl FnOnce(&mut Coordinator)) {
+    let _ = COORDINATOR.try_with(|c| f(&mut c.borrow_mut()));
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        with_if_alive(|c| {
+            if let Some(w) = c.writes.get_mut(&self.group) {
+                if self.deletion {
+                    w.deletions -= 1;
+                } else {
+                    w.in_flight -= 1;
+                }
+                if w.deletions == 0 && w.in_flight == 0 {
+                    c.writes.remove(&self.group);
+                }
+            }
+        });
+        let _ = WRITES_SETTLED.try_with(|n| n.notify_all());
+    }
+}
+
+/// Waits until `ready` holds for `group`'s writes (checked on this poll first, so what the
+/// caller does right after, before its next await, still sees it hold).
+async fn wait_for_writes(group: &str, ready: impl Fn(&GroupWrites) -> bool) {
+    let settled = WRITES_SETTLED.with(Rc::clone);
+    loop {
+        let notified = settled.notified();
+        if with(|c| c.writes.get(group).is_none_or(&ready)) {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// A deletion of `group`'s offsets: counted (so new commits of the group wait for it), then
+/// returned once no offset write of the group is in flight.
+async fn start_deletion(group: &str) -> WriteGuard {
+    let deletion = WriteGuard::new(group, true);
+    wait_for_writes(group, |w| w.in_flight == 0).await;
+    deletion
 }
 
 fn new_member_id(client_id: &str) -> String {
@@ -1305,7 +1393,8 @@ pub fn decode_offset_record(mut b: &[u8]) -> Option<(String, String, i32, Option
     Some((group, topic, partition, committed))
 }
 
-/// Appends offset records to the group's offsets partition (on this shard) and applies them.
+/// Appends offset records to the group's offsets partition (on this shard) and applies them,
+/// once no deletion of the group's offsets is pending (see [`GroupWrites`]).
 pub async fn store_offsets(
     group: &str,
     entries: Vec<(String, i32, Option<Committed>)>,
@@ -1313,6 +1402,20 @@ pub async fn store_offsets(
     if entries.is_empty() {
         return Ok(());
     }
+    wait_for_writes(group, |w| w.deletions == 0).await;
+    append_offsets(group, entries).await
+}
+
+/// Appends offset records and applies them, counted as a write in flight of the group until
+/// they are applied (or the append failed or was cancelled).
+async fn append_offsets(
+    group: &str,
+    entries: Vec<(String, i32, Option<Committed>)>,
+) -> Result<(), String> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let _write = WriteGuard::new(group, false);
     let sh = shard::current();
     let log = sh
         .log(OFFSETS_TOPIC, offsets_partition(group))
@@ -1382,8 +1485,10 @@ pub fn fetch_offsets(
 
 /// DeleteGroups for one group: NON_EMPTY_GROUP while it has members, GROUP_ID_NOT_FOUND when
 /// unknown (or already being deleted); otherwise the group is Dead (commits and joins get
-/// COORDINATOR_NOT_AVAILABLE) until its offsets' tombstones are stored, then gone.
+/// COORDINATOR_NOT_AVAILABLE) until its offsets' tombstones are stored, then gone. It first
+/// waits for the group's commits in flight, so its tombstones cover every offset they add.
 pub async fn delete_group(group: &str) -> i16 {
+    let _deletion = start_deletion(group).await;
     let checked = with(|c| {
         match c.groups.get(group) {
             Some(g) if g.state == GroupState::Dead => return GROUP_ID_NOT_FOUND,
@@ -1401,24 +1506,38 @@ pub async fn delete_group(group: &str) -> i16 {
     if checked != errors::NONE {
         return checked;
     }
+    // Dropped before the group is gone (the tombstones failed, or this was cancelled): the
+    // group is Empty again.
+    let revive = Revive(group);
     let entries: Vec<(String, i32, Option<Committed>)> = fetch_offsets(group, None)
         .into_iter()
         .map(|(t, p, _)| (t, p, None))
         .collect();
-    if let Err(e) = store_offsets(group, entries).await {
+    if let Err(e) = append_offsets(group, entries).await {
         tracing::error!(group, error = %e, "could not write offset tombstones");
-        with(|c| {
-            if let Some(g) = c.groups.get_mut(group) {
-                g.state = GroupState::Empty;
-            }
-        });
         return errors::KAFKA_STORAGE_ERROR;
     }
     with(|c| {
         c.groups.remove(group);
         c.offsets.remove(group);
     });
+    drop(revive);
     errors::NONE
+}
+
+/// Makes a Dead group Empty again when dropped (a DeleteGroups that did not finish).
+struct Revive<'a>(&'a str);
+
+impl Drop for Revive<'_> {
+    fn drop(&mut self) {
+        with_if_alive(|c| {
+            if let Some(g) = c.groups.get_mut(self.0) {
+                if g.state == GroupState::Dead {
+                    g.state = GroupState::Empty;
+                }
+            }
+        });
+    }
 }
 
 /// OffsetDelete for `group` (Kafka's `handleDeleteOffsets` for classic groups): one error per
@@ -1426,8 +1545,10 @@ pub async fn delete_group(group: &str) -> i16 {
 /// members of another protocol type than "consumer": NON_EMPTY_GROUP; a consumer group with
 /// members: GROUP_SUBSCRIBED_TO_TOPIC for the partitions of topics a member subscribes to
 /// (every topic when the subscriptions cannot be read). The other partitions' committed
-/// offsets get tombstones in the offsets partition.
+/// offsets get tombstones in the offsets partition (once the group's commits in flight are
+/// applied, so none of them lands after its tombstone).
 pub async fn delete_offsets(group: &str, partitions: &[(String, i32)]) -> Result<Vec<i16>, i16> {
+    let _deletion = start_deletion(group).await;
     let codes = with(|c| {
         let codes: Vec<i16> = match c.groups.get(group) {
             Some(g) if g.state == GroupState::Dead => return Err(GROUP_ID_NOT_FOUND),
@@ -1465,7 +1586,7 @@ pub async fn delete_offsets(group: &str, partitions: &[(String, i32)]) -> Result
             tombstones.push((key.0, key.1, None));
         }
     }
-    if let Err(e) = store_offsets(group, tombstones).await {
+    if let Err(e) = append_offsets(group, tombstones).await {
         tracing::error!(group, error = %e, "could not write offset tombstones");
         return Err(errors::KAFKA_STORAGE_ERROR);
     }
@@ -1816,5 +1937,76 @@ mod tests {
             assert_eq!(decode_offset_value(&v), Some(c));
             assert_eq!(decode_offset_value(&v[..v.len() - 1]), None);
         }
+    }
+
+    /// Runs `f` on a one-shard broker (a fresh data directory holding `__consumer_offsets`).
+    fn on_a_shard<F: Future<Output = ()> + 'static>(f: impl FnOnce() -> F) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::BrokerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().to_path_buf(),
+            vec![0],
+        );
+        let mut meta = crate::metadata::ClusterMeta {
+            cluster_id: "c".into(),
+            topics: Vec::new(),
+        };
+        let owners = meta.place(OFFSETS_PARTITIONS, 1);
+        meta.topics
+            .push(std::sync::Arc::new(crate::metadata::TopicInfo {
+                name: OFFSETS_TOPIC.into(),
+                id: uuid::Uuid::new_v4(),
+                owners,
+                configs: BTreeMap::new(),
+            }));
+        let shared = std::sync::Arc::new(shard::Shared {
+            config,
+            advertised_host: "localhost".into(),
+            advertised_port: 9092,
+            cluster_id: "c".into(),
+            shard_count: 1,
+            recovered_clean: false,
+            shards_loaded: std::sync::atomic::AtomicUsize::new(0),
+            connections: Default::default(),
+        });
+        let rt =
+            ringbroker_runtime::Runtime::new(&ringbroker_runtime::RingConfig::default()).unwrap();
+        shard::Shard::install(0, shared, &meta, ringbroker_storage::Recovery::Scan).unwrap();
+        rt.block_on(f());
+    }
+
+    #[test]
+    fn a_commit_in_flight_when_its_group_is_deleted_is_covered_by_a_tombstone() {
+        on_a_shard(|| async {
+            let at = |offset| Committed {
+                offset,
+                leader_epoch: -1,
+                metadata: None,
+            };
+            // An Empty group with one committed offset.
+            store_offsets("g", vec![("t".into(), 1, Some(at(10)))])
+                .await
+                .unwrap();
+            // A commit of a partition new to the group is appending when DeleteGroups comes.
+            let commit = ringbroker_runtime::spawn(async move {
+                store_offsets("g", vec![("t".into(), 5, Some(at(50)))]).await
+            });
+            ringbroker_runtime::yield_now().await;
+            let delete = ringbroker_runtime::spawn(async { delete_group("g").await });
+            assert_eq!(commit.await.unwrap(), Ok(()));
+            assert_eq!(delete.await.unwrap(), errors::NONE);
+            assert_eq!(fetch_offsets("g", None), vec![]);
+            // What a restart rebuilds from the log.
+            with(|c| *c = Coordinator::default());
+            let log = shard::current()
+                .log(OFFSETS_TOPIC, offsets_partition("g"))
+                .unwrap();
+            replay_offsets(&log, &mut HashSet::new()).await;
+            assert_eq!(
+                fetch_offsets("g", None),
+                vec![],
+                "the log revives the group"
+            );
+        });
     }
 }
