@@ -61,7 +61,7 @@
 //! plane, plain syscalls) runs without an await, so no other task sees a half-swapped list.
 
 use super::{PartitionLog, State};
-use crate::atomic_file::write_atomically;
+use crate::atomic_file::{decode_offset_record, encode_offset_record, write_atomically};
 use crate::frame::{BatchFrame, HEADER_BYTES};
 use crate::index::OffsetIndex;
 use crate::segment::{self, encode_time_entries, Segment};
@@ -80,8 +80,6 @@ use std::sync::Arc;
 /// The first dirty offset of the partition: below it every record was cleaned once.
 pub const FILE_NAME: &str = "cleaner-offset-checkpoint";
 const MAGIC: [u8; 4] = *b"RBCO";
-/// magic 4, offset 8, CRC32C 4.
-const RECORD_BYTES: usize = 16;
 
 /// Bytes a key costs in the map besides its own length rounded up to 16 (see
 /// [`map_entry_bytes`]). A bucket of the table is 25 bytes (the boxed slice's pointer and
@@ -208,30 +206,12 @@ fn crash_at(point: CrashPoint, simulated: Option<CrashPoint>) -> bool {
     simulated == Some(point)
 }
 
-fn encode(offset: i64) -> [u8; RECORD_BYTES] {
-    let mut b = [0u8; RECORD_BYTES];
-    b[..4].copy_from_slice(&MAGIC);
-    b[4..12].copy_from_slice(&offset.to_be_bytes());
-    let crc = crc32c::crc32c(&b[..12]);
-    b[12..].copy_from_slice(&crc.to_be_bytes());
-    b
-}
-
-fn decode(b: &[u8]) -> Option<i64> {
-    let b: &[u8; RECORD_BYTES] = b.try_into().ok()?;
-    if b[..4] != MAGIC || crc32c::crc32c(&b[..12]).to_be_bytes() != b[12..] {
-        return None;
-    }
-    let offset = i64::from_be_bytes(b[4..12].try_into().ok()?);
-    (offset >= 0).then_some(offset)
-}
-
 /// The persisted first dirty offset of the partition in `dir` (`None`: never cleaned, or the
 /// file is damaged, which only means cleaning again from the log start).
 pub fn read_first_dirty(dir: &Path) -> Option<i64> {
     match std::fs::read(dir.join(FILE_NAME)) {
         Ok(bytes) => {
-            let found = decode(&bytes);
+            let found = decode_offset_record(MAGIC, &bytes);
             if found.is_none() {
                 tracing::warn!(dir = %dir.display(), "damaged {FILE_NAME}; cleaning from the log start");
             }
@@ -247,7 +227,7 @@ pub fn read_first_dirty(dir: &Path) -> Option<i64> {
 }
 
 fn write_first_dirty(dir: &Path, offset: i64) -> io::Result<()> {
-    write_atomically(&dir.join(FILE_NAME), &encode(offset))
+    write_atomically(&dir.join(FILE_NAME), &encode_offset_record(MAGIC, offset))
 }
 
 fn cleaned_name(base: i64, ext: &str) -> String {

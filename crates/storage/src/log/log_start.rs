@@ -8,7 +8,7 @@
 //! table.
 
 use super::{PartitionLog, State};
-use crate::atomic_file::write_atomically;
+use crate::atomic_file::{decode_offset_record, encode_offset_record, write_atomically};
 use crate::segment::Segment;
 use std::io;
 use std::path::Path;
@@ -16,36 +16,18 @@ use std::path::Path;
 pub const FILE_NAME: &str = "log-start-offset-checkpoint";
 
 const MAGIC: [u8; 4] = *b"RBLS";
-/// magic 4, offset 8, CRC32C 4.
-const RECORD_BYTES: usize = 16;
-
-fn encode(offset: i64) -> [u8; RECORD_BYTES] {
-    let mut b = [0u8; RECORD_BYTES];
-    b[..4].copy_from_slice(&MAGIC);
-    b[4..12].copy_from_slice(&offset.to_be_bytes());
-    let crc = crc32c::crc32c(&b[..12]);
-    b[12..].copy_from_slice(&crc.to_be_bytes());
-    b
-}
-
-fn decode(b: &[u8]) -> Option<i64> {
-    let b: &[u8; RECORD_BYTES] = b.try_into().ok()?;
-    if b[..4] != MAGIC || crc32c::crc32c(&b[..12]).to_be_bytes() != b[12..] {
-        return None;
-    }
-    let offset = i64::from_be_bytes(b[4..12].try_into().ok()?);
-    (offset >= 0).then_some(offset)
-}
 
 /// The persisted log start offset of the partition in `dir`; `None` when none was set.
 pub fn read(dir: &Path) -> io::Result<Option<i64>> {
     match std::fs::read(dir.join(FILE_NAME)) {
-        Ok(bytes) => decode(&bytes).map(Some).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} is damaged", dir.join(FILE_NAME).display()),
-            )
-        }),
+        Ok(bytes) => decode_offset_record(MAGIC, &bytes)
+            .map(Some)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is damaged", dir.join(FILE_NAME).display()),
+                )
+            }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
@@ -53,7 +35,7 @@ pub fn read(dir: &Path) -> io::Result<Option<i64>> {
 
 /// Makes `offset` the persisted log start offset of the partition in `dir`.
 pub fn write(dir: &Path, offset: i64) -> io::Result<()> {
-    write_atomically(&dir.join(FILE_NAME), &encode(offset))
+    write_atomically(&dir.join(FILE_NAME), &encode_offset_record(MAGIC, offset))
 }
 
 /// The log start at open: the first segment's base, or the persisted offset when that is
