@@ -1,11 +1,12 @@
 //! The log cleaner of compacted topics: one background task per shard, for the partitions
 //! that shard owns whose `cleanup.policy` holds `compact` (and `__consumer_offsets`).
 //!
-//! Every `--cleaner-backoff-ms` the task picks the partition with the highest cleanable dirty
-//! ratio among those at or above their `min.cleanable.dirty.ratio`, or whose oldest dirty
-//! record is older than `max.compaction.lag.ms`, and cleans it once (`PartitionLog::clean`,
-//! which reads and writes through the ring and yields to requests every
-//! `--cleaner-io-bytes-per-turn`). A cleaning is dropped, never awaited, when the shard drains
+//! Every `--cleaner-backoff-ms` the task cleans, one after the other, the partitions due: each
+//! time the one with the highest cleanable dirty ratio among those at or above their
+//! `min.cleanable.dirty.ratio`, or whose oldest dirty record is older than
+//! `max.compaction.lag.ms` (`PartitionLog::clean`, which reads and writes through the ring and
+//! pauses after every `--cleaner-io-bytes-per-turn` so that it takes at most
+//! `--cleaner-duty-percent` of the shard's time). A cleaning is dropped, never awaited, when the shard drains
 //! or the partition is deleted: the storage side leaves the old segments or the new ones.
 //! A failing cleaning is counted and logged (rate-limited); the partition is skipped for a
 //! while and the shard goes on.
