@@ -1347,7 +1347,7 @@ impl Drop for CheckpointPass {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ringbroker_runtime::block_on;
     use std::future::Future;
@@ -1937,7 +1937,7 @@ mod tests {
     }
 
     /// The bytes of a slice, read back with plain file I/O.
-    fn slice_bytes(r: &SliceResult) -> Vec<u8> {
+    pub(crate) fn slice_bytes(r: &SliceResult) -> Vec<u8> {
         let s = r.slice.as_ref().expect("a slice");
         let mut buf = vec![0u8; s.len as usize];
         std::os::unix::fs::FileExt::read_exact_at(

@@ -1,4 +1,5 @@
 use super::*;
+use crate::log::tests::slice_bytes;
 use crate::log::{LogConfig, ReadError, Recovery};
 use ringbroker_runtime::block_on;
 use std::collections::BTreeMap;
@@ -333,18 +334,6 @@ fn reads_at_offsets_inside_gaps_return_the_next_batch() {
         ));
     })
     .unwrap();
-}
-
-fn slice_bytes(r: &crate::log::SliceResult) -> Vec<u8> {
-    let s = r.slice.as_ref().expect("a slice");
-    let mut buf = vec![0u8; s.len as usize];
-    std::os::unix::fs::FileExt::read_exact_at(
-        &std::fs::File::from(s.file.try_clone().unwrap()),
-        &mut buf,
-        s.position,
-    )
-    .unwrap();
-    buf
 }
 
 #[test]
