@@ -1956,6 +1956,7 @@ mod tests {
             .push(std::sync::Arc::new(crate::metadata::TopicInfo {
                 name: OFFSETS_TOPIC.into(),
                 id: uuid::Uuid::new_v4(),
+                replication: vec![crate::metadata::ReplicaSet::single(0); owners.len()],
                 owners,
                 configs: BTreeMap::new(),
             }));
@@ -1968,6 +1969,8 @@ mod tests {
             recovered_clean: false,
             shards_loaded: std::sync::atomic::AtomicUsize::new(0),
             connections: Default::default(),
+            node_id: 0,
+            cluster: None,
         });
         let rt =
             ringbroker_runtime::Runtime::new(&ringbroker_runtime::RingConfig::default()).unwrap();

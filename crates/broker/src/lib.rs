@@ -19,6 +19,8 @@
 //!   and `/health`, the shards' heartbeats.
 //! - [`cleaner`]: the per-shard log cleaner of compacted topics (picks the dirtiest due
 //!   partition, cleans it through the storage crate, counts what it did).
+//! - [`replication`]: a partition's part in its replica set on this node (leader, follower or
+//!   neither): follower fetching, the leader's view of its followers, the high watermark.
 //! - [`faults`]: fault injection for the fail-stop tests (inert unless an env var is set).
 //!
 //! Flow of a Produce: the connection's shard decodes and validates, then each partition's
@@ -39,6 +41,7 @@ pub mod limits;
 pub mod metadata;
 pub mod metrics;
 pub mod producer_state;
+pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod stats;

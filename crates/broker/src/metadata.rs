@@ -12,18 +12,61 @@ use uuid::Uuid;
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 
+/// Node id of a broker that runs without `--cluster` (a one-node cluster).
+pub const SINGLE_NODE_ID: i32 = 0;
+
+/// One partition's replicas as the cluster metadata says. A single node: itself, the leader,
+/// epoch 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSet {
+    /// Assigned replicas (node ids); the first is the preferred leader.
+    pub replicas: Vec<i32>,
+    /// In-sync replicas; includes the leader when there is one.
+    pub isr: Vec<i32>,
+    /// -1: no leader.
+    pub leader: i32,
+    pub leader_epoch: i32,
+    /// Bumped on every change of the partition's state (ISR included).
+    pub partition_epoch: i32,
+}
+
+impl ReplicaSet {
+    /// A partition of a broker running alone as `node`.
+    pub fn single(node: i32) -> ReplicaSet {
+        ReplicaSet {
+            replicas: vec![node],
+            isr: vec![node],
+            leader: node,
+            leader_epoch: 0,
+            partition_epoch: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicInfo {
     pub name: String,
     pub id: Uuid,
-    /// `owners[p]` is the shard that owns partition `p`.
+    /// `owners[p]` is the shard that owns partition `p` on this node (when the node holds a
+    /// replica of it).
     pub owners: Vec<usize>,
     pub configs: BTreeMap<String, String>,
+    /// `replication[p]`: partition `p`'s replicas, ISR, leader and epochs; as long as `owners`.
+    /// Not persisted in `topics.json`: a single node fills it with [`ReplicaSet::single`], a
+    /// cluster member from the metadata quorum's image.
+    pub replication: Vec<ReplicaSet>,
 }
 
 impl TopicInfo {
     pub fn partition_count(&self) -> i32 {
         self.owners.len() as i32
+    }
+
+    /// Partition `partition`'s replica set.
+    pub fn replicas(&self, partition: i32) -> Option<&ReplicaSet> {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.replication.get(p))
     }
 
     pub fn owner(&self, partition: i32) -> Option<usize> {
@@ -81,6 +124,10 @@ impl ClusterMeta {
                             Arc::new(TopicInfo {
                                 name: t.name,
                                 id: t.id,
+                                replication: vec![
+                                    ReplicaSet::single(SINGLE_NODE_ID);
+                                    t.owners.len()
+                                ],
                                 owners: t.owners,
                                 configs: t.configs,
                             })
@@ -209,6 +256,7 @@ mod tests {
         meta.topics.push(Arc::new(TopicInfo {
             name: "t".into(),
             id: Uuid::new_v4(),
+            replication: vec![ReplicaSet::single(0); owners.len()],
             owners,
             configs: BTreeMap::new(),
         }));
@@ -229,6 +277,7 @@ mod tests {
             id: Uuid::nil(),
             owners: vec![0, 1, 2, 3],
             configs: BTreeMap::new(),
+            replication: vec![ReplicaSet::single(0); 4],
         }));
         assert!(meta.reassign_orphans(2));
         assert!(meta.topics[0].owners.iter().all(|&o| o < 2));

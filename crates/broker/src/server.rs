@@ -186,6 +186,12 @@ impl Broker {
             meta.topics.push(Arc::new(crate::metadata::TopicInfo {
                 name: crate::groups::OFFSETS_TOPIC.to_string(),
                 id: uuid::Uuid::new_v4(),
+                replication: vec![
+                    crate::metadata::ReplicaSet::single(
+                        crate::metadata::SINGLE_NODE_ID
+                    );
+                    owners.len()
+                ],
                 owners,
                 configs,
             }));
@@ -252,6 +258,8 @@ impl Broker {
             shard_count: shards,
             shards_loaded: std::sync::atomic::AtomicUsize::new(0),
             connections: Arc::default(),
+            node_id: crate::metadata::SINGLE_NODE_ID,
+            cluster: None,
         });
         let meta = Arc::new(meta);
         let heartbeats = Arc::new(Heartbeats::new(shards));

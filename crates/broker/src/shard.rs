@@ -35,6 +35,29 @@ pub struct Shared {
     pub shards_loaded: std::sync::atomic::AtomicUsize,
     /// Client connections open on every shard together.
     pub connections: Arc<crate::limits::ConnectionCount>,
+    /// This broker's node id: `--node-id` in a cluster, [`crate::metadata::SINGLE_NODE_ID`]
+    /// alone.
+    pub node_id: i32,
+    /// The metadata quorum this broker belongs to; `None`: a single node (no `--cluster`).
+    pub cluster: Option<Arc<ringbroker_cluster::Cluster>>,
+}
+
+/// How clients and other brokers reach a broker (its Kafka listener).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+    /// Fenced by the controller (not heard from): listed by no Metadata response.
+    pub fenced: bool,
+}
+
+/// The brokers of the cluster as this shard last heard, and the active controller.
+#[derive(Debug, Clone, Default)]
+pub struct BrokersView {
+    pub brokers: BTreeMap<i32, BrokerAddress>,
+    /// -1: unknown.
+    pub controller_id: i32,
 }
 
 /// Names a partition without allocating: its topic's id (a topic created again under the same
@@ -67,6 +90,9 @@ pub struct Shard {
     /// What a Produce to each topic checks and does, by topic id: derived from the topic's
     /// configs and the broker's, refreshed when either changes (not parsed per request).
     produce_settings: RefCell<HashMap<Uuid, TopicProduceSettings>>,
+    /// Every broker of the cluster (a single node: itself), kept current from the metadata
+    /// quorum's images.
+    brokers: RefCell<Arc<BrokersView>>,
 }
 
 thread_local! {
@@ -90,19 +116,41 @@ impl Shard {
         let shared_data_dir = shared.config.data_dir.clone();
         let shard = Rc::new(Shard {
             id,
-            shared,
+            shared: shared.clone(),
             topics: RefCell::new(HashMap::new()),
             topic_ids: RefCell::new(HashMap::new()),
             partitions: RefCell::new(HashMap::new()),
             table: (id == 0).then(|| RefCell::new(meta.clone())),
             dynamic: RefCell::new(Arc::new(DynamicBrokerConfigs::load(&shared_data_dir)?)),
             produce_settings: RefCell::new(HashMap::new()),
+            brokers: RefCell::new(Arc::new(BrokersView {
+                brokers: BTreeMap::from([(
+                    shared.node_id,
+                    BrokerAddress {
+                        id: shared.node_id,
+                        host: shared.advertised_host.clone(),
+                        port: shared.advertised_port,
+                        fenced: false,
+                    },
+                )]),
+                controller_id: shared.node_id,
+            })),
         });
         for topic in &meta.topics {
             shard.apply_topic(topic.clone(), 0, recovery, Producers::awaiting_restore)?;
         }
         CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
         Ok(shard)
+    }
+
+    /// The cluster's brokers and controller as this shard last heard.
+    pub fn brokers(&self) -> Arc<BrokersView> {
+        self.brokers.borrow().clone()
+    }
+
+    /// Replaces the brokers view (from a new metadata image).
+    pub fn set_brokers(&self, view: Arc<BrokersView>) {
+        *self.brokers.borrow_mut() = view;
     }
 
     pub fn topic(&self, name: &str) -> Option<Arc<TopicInfo>> {
@@ -196,7 +244,10 @@ impl Shard {
         }
         self.refresh_produce_settings(&topic);
         self.topic_ids.borrow_mut().insert(topic.id, topic.clone());
-        self.topics.borrow_mut().insert(topic.name.clone(), topic);
+        self.topics
+            .borrow_mut()
+            .insert(topic.name.clone(), topic.clone());
+        crate::replication::topic_changed(self, &topic);
         Ok(())
     }
 
@@ -214,6 +265,7 @@ impl Shard {
             };
             let removed = self.partitions.borrow_mut().remove(&id);
             crate::cleaner::partition_removed(id);
+            crate::replication::partition_removed(self, id);
             if let Some(partition) = removed {
                 if let Err(e) = partition.log.remove_files() {
                     tracing::error!(topic = name, partition = p, error = %e, "could not delete partition files");
@@ -345,6 +397,10 @@ async fn coordinator_create(
                     id: Uuid::new_v4(),
                     owners: meta.place(partitions as usize, shard.shared.shard_count),
                     configs: topic_config::check_topic_configs(&t.configs).unwrap_or_default(),
+                    replication: vec![
+                        crate::metadata::ReplicaSet::single(shard.shared.node_id);
+                        partitions as usize
+                    ],
                 });
                 // Validated topics count too, as if created: one validate_only request
                 // cannot answer (with configs) for more partitions than the broker may hold.
@@ -1048,6 +1104,10 @@ async fn coordinator_create_partitions(
             let mut info = (*topic).clone();
             info.owners
                 .extend(meta.place(added, shard.shared.shard_count));
+            info.replication.resize(
+                info.owners.len(),
+                crate::metadata::ReplicaSet::single(shard.shared.node_id),
+            );
             let info = Arc::new(info);
             let at = meta
                 .topics

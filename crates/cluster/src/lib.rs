@@ -1,0 +1,243 @@
+//! The cluster's metadata quorum: brokers, topics, partition assignments, topic configs and
+//! partition leadership (leader, leader epoch, in-sync replicas) kept in a replicated log on
+//! tikv's `raft` crate (raft-rs), the role KRaft's controller plays in Kafka.
+//!
+//! It runs on its own thread(s), off the shard cores: metadata changes are rare, their fsyncs
+//! and blocking socket I/O must not stall a shard's loop. The broker talks to it through
+//! [`Cluster`]: every committed change reaches the broker as a whole new [`MetadataImage`]
+//! through the `publish` callback; requests ([`AdminRequest`]) go to the quorum's leader (the
+//! active controller) from any broker and are answered once committed.
+//!
+//! INTERFACE SKELETON: the types and signatures here are the contract the broker codes
+//! against; the implementation is being written on branch `cl-controller`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A broker's id in the cluster (`--node-id`), Kafka's `BrokerId`.
+pub type NodeId = i32;
+
+/// How this node joins the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_id: NodeId,
+    /// The voters of the metadata quorum and the broker-to-broker address of each
+    /// (`--cluster 1@127.0.0.1:19093,2@…`). This node is one of them.
+    pub voters: Vec<(NodeId, SocketAddr)>,
+    /// Where this node accepts broker-to-broker (quorum) connections.
+    pub internal_listen: SocketAddr,
+    /// The Kafka listener clients and other brokers reach this broker on (advertised).
+    pub client_host: String,
+    pub client_port: u16,
+    /// Where the quorum's log, hard state and snapshots live (`<data-dir>/meta/raft`).
+    pub dir: PathBuf,
+    /// Raft tick.
+    pub tick: Duration,
+    /// Election timeout in ticks (raft-rs randomises within [this, 2 × this)).
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// How often a broker tells the active controller it is alive.
+    pub broker_heartbeat_interval: Duration,
+    /// A broker not heard from for this long is fenced: it leads nothing and leaves every ISR.
+    pub broker_session_timeout: Duration,
+    /// Applied entries after which a snapshot replaces the log before them.
+    pub snapshot_entries: u64,
+}
+
+impl ClusterConfig {
+    /// Defaults for everything but the identity and addresses.
+    pub fn new(
+        node_id: NodeId,
+        voters: Vec<(NodeId, SocketAddr)>,
+        internal_listen: SocketAddr,
+        client_host: String,
+        client_port: u16,
+        dir: PathBuf,
+    ) -> ClusterConfig {
+        ClusterConfig {
+            node_id,
+            voters,
+            internal_listen,
+            client_host,
+            client_port,
+            dir,
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            broker_heartbeat_interval: Duration::from_millis(250),
+            broker_session_timeout: Duration::from_millis(2000),
+            snapshot_entries: 1000,
+        }
+    }
+}
+
+/// The whole replicated state after some committed entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataImage {
+    /// Set once by the first active controller; empty until then.
+    pub cluster_id: String,
+    /// Index of the last raft entry applied to this image.
+    pub applied_index: u64,
+    pub brokers: BTreeMap<NodeId, BrokerInfo>,
+    pub topics: BTreeMap<String, TopicImage>,
+    /// The active controller (raft leader) as this node last knew it when publishing; -1 when
+    /// unknown. Not replicated state: filled in by the node that publishes the image.
+    pub controller_id: NodeId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerInfo {
+    pub id: NodeId,
+    /// Its Kafka listener, as clients and other brokers reach it.
+    pub host: String,
+    pub port: u16,
+    /// Not heard from within the session timeout (or never since the controller started):
+    /// leads nothing and is in no ISR until it heartbeats again.
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicImage {
+    pub id: Uuid,
+    pub partitions: Vec<PartitionImage>,
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionImage {
+    /// Assigned replicas; the first is the preferred leader.
+    pub replicas: Vec<NodeId>,
+    /// In-sync replicas (always includes the leader when there is one).
+    pub isr: Vec<NodeId>,
+    /// -1: no leader (every ISR member is fenced).
+    pub leader: NodeId,
+    /// Bumped on every leader change (KIP-320 leader epoch).
+    pub leader_epoch: i32,
+    /// Bumped on every change of this partition's state (ISR changes included), Kafka's
+    /// partition epoch; AlterPartition names the one it starts from.
+    pub partition_epoch: i32,
+}
+
+/// A change asked of the active controller. Answered after it is committed and applied on the
+/// asking node (its `publish` has been called with an image at or past the returned index).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// `assignments`: replicas per partition chosen by the client; `None`: the controller
+    /// spreads `partitions` × `replication_factor` over unfenced brokers, leaders rotating.
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        replication_factor: i16,
+        assignments: Option<Vec<Vec<NodeId>>>,
+        configs: BTreeMap<String, String>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// Grows `name` to `total` partitions.
+    CreatePartitions {
+        name: String,
+        total: i32,
+        assignments: Option<Vec<Vec<NodeId>>>,
+    },
+    /// Replaces the topic's configs whole.
+    SetTopicConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
+    /// A partition leader changes its ISR (Kafka's AlterPartition): accepted only when
+    /// `leader_epoch` and `partition_epoch` are the current ones and `from` is the leader.
+    AlterIsr {
+        from: NodeId,
+        topic: String,
+        partition: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<NodeId>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum AdminError {
+    #[error("topic already exists")]
+    TopicExists,
+    #[error("unknown topic or partition")]
+    UnknownTopic,
+    #[error("invalid replication factor: {0}")]
+    InvalidReplicationFactor(String),
+    #[error("invalid partitions: {0}")]
+    InvalidPartitions(String),
+    #[error("invalid replica assignment: {0}")]
+    InvalidReplicaAssignment(String),
+    /// AlterIsr from a leader whose epoch is not the current one, or not the leader.
+    #[error("fenced leader epoch")]
+    FencedLeaderEpoch,
+    /// AlterIsr naming a stale partition epoch.
+    #[error("stale partition epoch")]
+    InvalidUpdateVersion,
+    /// AlterIsr with a member that is not an assigned, unfenced replica.
+    #[error("ineligible replica: {0}")]
+    IneligibleReplica(String),
+    /// No active controller could be reached before the request's deadline.
+    #[error("no active controller")]
+    NotController,
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What the broker is told when a request finished: the raft index it was applied at.
+pub type AdminResult = Result<u64, AdminError>;
+pub type Reply = Box<dyn FnOnce(AdminResult) + Send>;
+/// Called on the cluster's thread with each new image, in order.
+pub type Publish = Box<dyn Fn(Arc<MetadataImage>) + Send>;
+
+/// Quorum facts for metrics and DescribeCluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    pub controller_id: NodeId,
+    pub raft_term: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+}
+
+/// A running member of the cluster.
+pub struct Cluster {
+    _private: (),
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Replays the local quorum state (calls `publish` with it before returning, so the broker
+    /// starts from what this node last applied), then starts the quorum thread(s).
+    pub fn start(config: ClusterConfig, publish: Publish) -> std::io::Result<Arc<Cluster>> {
+        let _ = (config, publish);
+        Err(std::io::Error::other("cluster mode is not built yet"))
+    }
+
+    /// Sends `request` to the active controller (forwarded when that is another node); `reply`
+    /// runs on a cluster thread once it is committed and applied here, or failed.
+    pub fn submit(&self, request: AdminRequest, timeout: Duration, reply: Reply) {
+        let _ = (request, timeout);
+        reply(Err(AdminError::NotController))
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        ClusterStatus::default()
+    }
+
+    /// Stops the threads (orderly shutdown).
+    pub fn shutdown(&self) {}
+}
