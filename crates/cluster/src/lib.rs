@@ -47,6 +47,10 @@ pub struct ClusterConfig {
     pub broker_session_timeout: Duration,
     /// Applied entries after which a snapshot replaces the log before them.
     pub snapshot_entries: u64,
+    /// Replication factor of a CreateTopic that asks for -1 (Kafka's `default.replication.factor`).
+    pub default_replication_factor: i16,
+    /// How often the active controller moves leadership back to preferred replicas.
+    pub leader_rebalance_interval: Duration,
 }
 
 impl ClusterConfig {
@@ -72,6 +76,8 @@ impl ClusterConfig {
             broker_heartbeat_interval: Duration::from_millis(250),
             broker_session_timeout: Duration::from_millis(2000),
             snapshot_entries: 1000,
+            default_replication_factor: 1,
+            leader_rebalance_interval: Duration::from_secs(5),
         }
     }
 }
@@ -99,6 +105,9 @@ pub struct BrokerInfo {
     /// Not heard from within the session timeout (or never since the controller started):
     /// leads nothing and is in no ISR until it heartbeats again.
     pub fenced: bool,
+    /// Chosen anew by every start of the broker's process; a new one means the broker
+    /// restarted (it is then fenced and unfenced: it leads nothing it led before).
+    pub incarnation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
