@@ -74,11 +74,11 @@ pub struct Node {
     answers: Vec<(Reply, AdminResult)>,
 }
 
-/// Applies committed `entries` to `image`; returns, per entry proposed with a tag, its result.
-pub fn apply_entries(
-    image: &mut MetadataImage,
-    entries: &[Entry],
-) -> Vec<(Option<(NodeId, u64)>, u64, Result<(), AdminError>)> {
+/// What applying one command gave: who proposed it (origin, request id), its index, its result.
+pub type Applied = (Option<(NodeId, u64)>, u64, Result<(), AdminError>);
+
+/// Applies committed `entries` to `image`; returns, per command, what it gave.
+pub fn apply_entries(image: &mut MetadataImage, entries: &[Entry]) -> Vec<Applied> {
     let mut out = Vec::new();
     for entry in entries {
         image.applied_index = entry.index;
@@ -364,7 +364,7 @@ impl Node {
     fn on_tick(&mut self, now: Instant) {
         if self
             .last_heartbeat
-            .map_or(true, |t| now >= t + self.config.broker_heartbeat_interval)
+            .is_none_or(|t| now >= t + self.config.broker_heartbeat_interval)
         {
             self.last_heartbeat = Some(now);
             let hb = Heartbeat {
@@ -499,6 +499,7 @@ impl Node {
             image.controller_id = controller;
             (self.publish)(Arc::new(image));
         }
+        self.update_status();
         for (reply, result) in self.answers.drain(..) {
             reply(result);
         }

@@ -93,8 +93,10 @@ impl DiskStorage {
     /// quorum (the same on every node). Returns the storage and the snapshot's image.
     pub fn open(dir: &Path, voters: &[u64]) -> Result<(DiskStorage, MetadataImage), StoreError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let mut conf_state = ConfState::default();
-        conf_state.voters = voters.to_vec();
+        let mut conf_state = ConfState {
+            voters: voters.to_vec(),
+            ..ConfState::default()
+        };
 
         let snap_path = dir.join(SNAPSHOT_FILE);
         let (snapshot_index, snapshot_term, image) = match std::fs::read(&snap_path) {
@@ -408,12 +410,16 @@ impl raft::Storage for DiskStorage {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let mut snap = Snapshot::default();
-        snap.data = self.snapshot_data.clone().into();
-        let mut meta = SnapshotMetadata::default();
-        meta.index = self.snapshot_index;
-        meta.term = self.snapshot_term;
+        let mut meta = SnapshotMetadata {
+            index: self.snapshot_index,
+            term: self.snapshot_term,
+            ..SnapshotMetadata::default()
+        };
         meta.set_conf_state(self.conf_state.clone());
+        let mut snap = Snapshot {
+            data: self.snapshot_data.clone().into(),
+            ..Snapshot::default()
+        };
         snap.set_metadata(meta);
         Ok(snap)
     }
@@ -478,11 +484,12 @@ mod tests {
     use raft::Storage as _;
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = data.to_vec().into();
-        e
+        Entry {
+            index,
+            term,
+            data: data.to_vec().into(),
+            ..Entry::default()
+        }
     }
 
     #[test]
@@ -496,10 +503,12 @@ mod tests {
                 .unwrap();
             // A new leader replaces the suffix from 3.
             s.append(&[entry(3, 2, b"C"), entry(4, 2, b"d")]).unwrap();
-            let mut hs = HardState::default();
-            hs.term = 2;
-            hs.vote = 3;
-            hs.commit = 3;
+            let hs = HardState {
+                term: 2,
+                vote: 3,
+                commit: 3,
+                ..HardState::default()
+            };
             s.set_hard_state(&hs).unwrap();
         }
         let (s, _) = DiskStorage::open(dir.path(), &[1, 2, 3]).unwrap();
