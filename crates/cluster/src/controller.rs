@@ -102,7 +102,11 @@ pub fn decide(
                     state::partition_count(image),
                 )?,
             };
-            Ok(Command::CreatePartitions { name, assignments })
+            Ok(Command::CreatePartitions {
+                name,
+                current,
+                assignments,
+            })
         }
         AdminRequest::SetTopicConfigs { name, configs } => {
             if !image.topics.contains_key(&name) {

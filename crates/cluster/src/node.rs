@@ -13,10 +13,10 @@ use crate::transport::{Forward, ForwardReply, Frame, Heartbeat, Transport};
 use crate::{AdminError, AdminRequest, AdminResult, ClusterConfig, ClusterStatus, MetadataImage};
 use crate::{NodeId, Publish, Reply};
 use protobuf::Message as _;
-use raft::eraftpb::{Entry, EntryType, Message};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -28,6 +28,9 @@ pub const PENDING_REQUESTS_MAX: usize = 10_000;
 pub const INBOUND_FRAMES_MAX: usize = 4096;
 /// A forwarded request not answered within this is sent again (the frame may have been lost).
 const FORWARD_RETRY: Duration = Duration::from_secs(2);
+/// Tags of applied entries remembered to recognise a request sent again (after a lost reply
+/// or a leader change) that was already applied: it is not proposed twice.
+const TAGS_REMEMBERED_MAX: usize = 8192;
 
 pub enum Event {
     Frame(Frame),
@@ -72,6 +75,12 @@ pub struct Node {
     next_request_id: u64,
     /// Replies due once the image holding their entry is published.
     answers: Vec<(Reply, AdminResult)>,
+    /// Requests that reached this leader before it applied the previous terms' entries.
+    deferred: VecDeque<(NodeId, u64, AdminRequest)>,
+    applied_tags: HashSet<(NodeId, u64)>,
+    applied_tags_order: VecDeque<(NodeId, u64)>,
+    /// Requests proposed during this leadership.
+    proposed_tags: HashSet<(NodeId, u64)>,
 }
 
 /// What applying one command gave: who proposed it (origin, request id), its index, its result.
@@ -137,6 +146,10 @@ impl Node {
             pending: HashMap::new(),
             next_request_id,
             answers: Vec::new(),
+            deferred: VecDeque::new(),
+            applied_tags: HashSet::new(),
+            applied_tags_order: VecDeque::new(),
+            proposed_tags: HashSet::new(),
         }
     }
 
@@ -276,16 +289,36 @@ impl Node {
         }
     }
 
-    /// On the leader: decide and propose `request` for `origin`, or answer its error.
+    /// On the leader: decide and propose `request` for `origin`, or answer its error. A
+    /// request already proposed or applied is not proposed again (its origin answers when it
+    /// applies it); one that comes before this leader caught up waits.
     fn handle_request(&mut self, origin: NodeId, request_id: u64, request: AdminRequest) {
+        let tag = (origin, request_id);
+        if self.applied_tags.contains(&tag) || self.proposed_tags.contains(&tag) {
+            return;
+        }
+        let caught_up = self
+            .controller
+            .as_ref()
+            .is_some_and(|c| self.image.applied_index >= c.start_index);
+        if !caught_up {
+            if self.deferred.len() < PENDING_REQUESTS_MAX {
+                self.deferred.push_back((origin, request_id, request));
+            } else {
+                self.answer(origin, request_id, Err(AdminError::NotController));
+            }
+            return;
+        }
         let decided =
             controller::decide(&self.image, request, self.config.default_replication_factor);
         let result = match decided {
             Ok(cmd) => {
-                let tag = Tag { origin, request_id };
-                let context = serde_json::to_vec(&tag).unwrap_or_default();
+                let context = serde_json::to_vec(&Tag { origin, request_id }).unwrap_or_default();
                 match self.raw.propose(context, cmd.encode()) {
-                    Ok(()) => return,
+                    Ok(()) => {
+                        self.proposed_tags.insert(tag);
+                        return;
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "metadata proposal refused");
                         Err(AdminError::NotController)
@@ -380,6 +413,15 @@ impl Node {
             self.heartbeats.insert(self.id(), (now, hb));
         }
         self.track_leadership(now);
+        let caught_up = self
+            .controller
+            .as_ref()
+            .is_some_and(|c| self.image.applied_index >= c.start_index);
+        if caught_up {
+            for (origin, id, request) in std::mem::take(&mut self.deferred) {
+                self.handle_request(origin, id, request);
+            }
+        }
         if let Some(c) = self.controller.as_mut() {
             let cmds = c.duties(
                 now,
@@ -417,6 +459,9 @@ impl Node {
             (false, true) => {
                 tracing::info!(node = self.id(), "no longer the active controller");
                 self.controller = None;
+                self.proposed_tags.clear();
+                // Their origins send them again to the new leader.
+                self.deferred.clear();
             }
             _ => {}
         }
@@ -425,9 +470,23 @@ impl Node {
     fn send_messages(&mut self, msgs: Vec<Message>) {
         for msg in msgs {
             let to = msg.to as NodeId;
-            match msg.write_to_bytes() {
+            let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+            let sent = match msg.write_to_bytes() {
                 Ok(bytes) => self.transport.send(to, &Frame::Raft(bytes)),
-                Err(e) => tracing::warn!(error = %e, "raft message not encodable"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "raft message not encodable");
+                    false
+                }
+            };
+            if is_snapshot {
+                // Raft waits for this before probing the follower again; a lost snapshot is
+                // noticed by the probe and sent again.
+                let status = if sent {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(msg.to, status);
             }
         }
     }
@@ -439,6 +498,14 @@ impl Node {
         let me = self.id();
         for (tag, index, result) in apply_entries(&mut self.image, entries) {
             if let Some((origin, request_id)) = tag {
+                if self.applied_tags.insert((origin, request_id)) {
+                    self.applied_tags_order.push_back((origin, request_id));
+                    if self.applied_tags_order.len() > TAGS_REMEMBERED_MAX {
+                        if let Some(old) = self.applied_tags_order.pop_front() {
+                            self.applied_tags.remove(&old);
+                        }
+                    }
+                }
                 if origin == me {
                     if let Some(p) = self.pending.remove(&request_id) {
                         self.answers.push((p.reply, result.map(|()| index)));
@@ -492,6 +559,7 @@ impl Node {
                 self.maybe_snapshot();
             }
         }
+        self.track_leadership(Instant::now());
         let controller = self.leader();
         if changed || controller != self.published_controller {
             self.published_controller = controller;

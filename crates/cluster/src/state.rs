@@ -40,6 +40,9 @@ pub enum Command {
     },
     CreatePartitions {
         name: String,
+        /// The partition count it was decided against: a repeated request is refused, not
+        /// applied twice.
+        current: usize,
         /// Replicas of the new partitions, appended after the existing ones.
         assignments: Vec<Vec<NodeId>>,
     },
@@ -134,10 +137,20 @@ pub fn apply(image: &mut MetadataImage, index: u64, command: &Command) -> Result
             Some(_) => Ok(()),
             None => Err(AdminError::UnknownTopic),
         },
-        Command::CreatePartitions { name, assignments } => {
+        Command::CreatePartitions {
+            name,
+            current,
+            assignments,
+        } => {
             let Some(topic) = image.topics.get(name) else {
                 return Err(AdminError::UnknownTopic);
             };
+            if topic.partitions.len() != *current {
+                return Err(AdminError::InvalidPartitions(format!(
+                    "the topic has {} partitions now, not {current}",
+                    topic.partitions.len()
+                )));
+            }
             let width = topic.partitions.first().map(|p| p.replicas.len());
             validate_assignments(image, assignments, width)?;
             let added: Vec<PartitionImage> = assignments
@@ -746,14 +759,24 @@ mod tests {
         );
         let grow = Command::CreatePartitions {
             name: "t".to_string(),
+            current: 1,
             assignments: vec![vec![2, 3], vec![3, 1]],
         };
         apply(&mut image, index + 2, &grow).unwrap();
         let t = &image.topics["t"];
         assert_eq!(t.partitions.len(), 3);
         assert_eq!(t.partitions[2].leader, 3);
+        assert!(
+            matches!(
+                apply(&mut image, index + 3, &grow),
+                Err(AdminError::InvalidPartitions(_))
+            ),
+            "a repeated CreatePartitions is not applied twice"
+        );
+        assert_eq!(image.topics["t"].partitions.len(), 3);
         let narrow = Command::CreatePartitions {
             name: "t".to_string(),
+            current: 3,
             assignments: vec![vec![2]],
         };
         assert!(apply(&mut image, index + 3, &narrow).is_err());

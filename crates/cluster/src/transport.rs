@@ -11,6 +11,7 @@
 
 use crate::{AdminRequest, AdminResult, NodeId};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,12 +144,36 @@ impl FrameReader {
     }
 }
 
+/// Open sockets, so that shutdown can close them under threads blocked on them.
+#[derive(Default)]
+struct Conns {
+    next_id: u64,
+    open: HashMap<u64, TcpStream>,
+}
+
+type SharedConns = Arc<Mutex<Conns>>;
+
+fn register(conns: &SharedConns, stream: &TcpStream) -> Option<u64> {
+    let clone = stream.try_clone().ok()?;
+    let mut c = conns.lock().ok()?;
+    c.next_id += 1;
+    let id = c.next_id;
+    c.open.insert(id, clone);
+    Some(id)
+}
+
+fn unregister(conns: &SharedConns, id: Option<u64>) {
+    if let (Some(id), Ok(mut c)) = (id, conns.lock()) {
+        c.open.remove(&id);
+    }
+}
+
 /// The network side of one node: its listener, readers and per-peer writers.
 pub struct Transport {
     stop: Arc<AtomicBool>,
     peers: Vec<(NodeId, SyncSender<Vec<u8>>)>,
     threads: Vec<JoinHandle<()>>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
+    conns: SharedConns,
 }
 
 impl Transport {
@@ -162,7 +187,7 @@ impl Transport {
     ) -> io::Result<Transport> {
         let listener = TcpListener::bind(listen)?;
         listener.set_nonblocking(true)?;
-        let conns = Arc::new(Mutex::new(Vec::new()));
+        let conns: SharedConns = Arc::default();
         let mut threads = Vec::new();
         {
             let stop = stop.clone();
@@ -193,17 +218,28 @@ impl Transport {
         })
     }
 
-    /// Queues `frame` for `peer`; dropped when its queue is full or the peer is unknown.
-    pub fn send(&self, peer: NodeId, frame: &Frame) {
+    /// Queues `frame` for `peer`; false when it was dropped (queue full, frame over the
+    /// limit, unknown peer).
+    pub fn send(&self, peer: NodeId, frame: &Frame) -> bool {
         let Some((_, tx)) = self.peers.iter().find(|(id, _)| *id == peer) else {
-            return;
+            return false;
         };
-        match tx.try_send(frame.encode()) {
-            Ok(()) => {}
+        let bytes = frame.encode();
+        if bytes.len() > FRAME_BYTES_MAX + 4 {
+            tracing::error!(
+                peer,
+                bytes = bytes.len(),
+                "quorum frame over the limit, not sent"
+            );
+            return false;
+        }
+        match tx.try_send(bytes) {
+            Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 tracing::debug!(peer, "quorum peer queue full, frame dropped");
+                false
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Disconnected(_)) => false,
         }
     }
 
@@ -216,7 +252,7 @@ impl Transport {
         self.stop.store(true, Ordering::SeqCst);
         self.peers.clear();
         if let Ok(conns) = self.conns.lock() {
-            for c in conns.iter() {
+            for c in conns.open.values() {
                 let _ = c.shutdown(Shutdown::Both);
             }
         }
@@ -232,12 +268,7 @@ impl Drop for Transport {
     }
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    inbound: Inbound,
-    stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-) {
+fn accept_loop(listener: TcpListener, inbound: Inbound, stop: Arc<AtomicBool>, conns: SharedConns) {
     let mut readers: Vec<JoinHandle<()>> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         readers.retain(|r| !r.is_finished());
@@ -247,19 +278,16 @@ fn accept_loop(
                     tracing::warn!(%addr, "too many quorum connections, closing");
                     continue;
                 }
-                let Ok(clone) = stream.try_clone() else {
-                    continue;
-                };
-                if let Ok(mut c) = conns.lock() {
-                    c.retain(|s| s.peer_addr().is_ok());
-                    c.push(clone);
-                }
+                let conn_id = register(&conns, &stream);
                 let inbound = inbound.clone();
                 let stop = stop.clone();
+                let conns = conns.clone();
                 match std::thread::Builder::new()
                     .name("quorum-read".to_string())
-                    .spawn(move || read_loop(stream, addr, inbound, stop))
-                {
+                    .spawn(move || {
+                        read_loop(stream, addr, inbound, stop);
+                        unregister(&conns, conn_id);
+                    }) {
                     Ok(h) => readers.push(h),
                     Err(e) => tracing::warn!(error = %e, "cannot start a quorum reader"),
                 }
@@ -322,9 +350,9 @@ fn write_loop(
     addr: SocketAddr,
     queue: Receiver<Vec<u8>>,
     stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
+    conns: SharedConns,
 ) {
-    let mut conn: Option<TcpStream> = None;
+    let mut conn: Option<(TcpStream, Option<u64>)> = None;
     let mut backoff = BACKOFF_MIN;
     while !stop.load(Ordering::SeqCst) {
         let frame = match queue.recv_timeout(POLL_INTERVAL) {
@@ -335,12 +363,8 @@ fn write_loop(
         if conn.is_none() {
             match connect(addr) {
                 Ok(s) => {
-                    if let Ok(clone) = s.try_clone() {
-                        if let Ok(mut c) = conns.lock() {
-                            c.push(clone);
-                        }
-                    }
-                    conn = Some(s);
+                    let id = register(&conns, &s);
+                    conn = Some((s, id));
                     backoff = BACKOFF_MIN;
                 }
                 Err(e) => {
@@ -353,16 +377,18 @@ fn write_loop(
                 }
             }
         }
-        if let Some(s) = conn.as_mut() {
+        if let Some((s, id)) = conn.as_mut() {
             if let Err(e) = s.write_all(&frame) {
                 tracing::debug!(peer, error = %e, "quorum peer write failed, reconnecting");
                 let _ = s.shutdown(Shutdown::Both);
+                unregister(&conns, *id);
                 conn = None;
             }
         }
     }
-    if let Some(s) = conn {
+    if let Some((s, id)) = conn {
         let _ = s.shutdown(Shutdown::Both);
+        unregister(&conns, id);
     }
 }
 
