@@ -609,3 +609,115 @@ fn fail_stop(e: &dyn std::fmt::Display) -> ! {
     tracing::error!(error = %e, "metadata quorum storage failed");
     panic!("metadata quorum storage failed: {e}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::HardState;
+    use std::collections::BTreeMap;
+
+    fn entry(index: u64, cmd: &Command) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            data: cmd.encode().into(),
+            ..Entry::default()
+        }
+    }
+
+    fn commands() -> Vec<Command> {
+        let mut cmds = vec![Command::InitCluster {
+            cluster_id: "c1".to_string(),
+        }];
+        for id in 1..=3 {
+            cmds.push(Command::RegisterBroker {
+                id,
+                incarnation: 7,
+                host: "h".to_string(),
+                port: 9000,
+            });
+        }
+        for t in 0..6 {
+            cmds.push(Command::CreateTopic {
+                name: format!("t{t}"),
+                id: uuid::Uuid::from_u128(t),
+                assignments: vec![vec![1, 2, 3], vec![2, 3, 1]],
+                configs: BTreeMap::new(),
+            });
+        }
+        cmds.push(Command::Fence { id: 1 });
+        cmds.push(Command::DeleteTopic {
+            name: "t2".to_string(),
+        });
+        cmds.push(Command::RegisterBroker {
+            id: 1,
+            incarnation: 8,
+            host: "h".to_string(),
+            port: 9000,
+        });
+        cmds
+    }
+
+    #[test]
+    fn replay_from_snapshot_and_log_gives_the_same_image() {
+        let cmds = commands();
+        let entries: Vec<Entry> = cmds
+            .iter()
+            .enumerate()
+            .map(|(i, c)| entry(i as u64 + 1, c))
+            .collect();
+        let mut direct = MetadataImage::default();
+        apply_entries(&mut direct, &entries);
+        assert_eq!(direct.cluster_id, "c1");
+        assert_eq!(direct.topics.len(), 5);
+        assert_eq!(direct.applied_index, cmds.len() as u64);
+
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut store, _) = DiskStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+            store.append(&entries).unwrap();
+            // A snapshot of the image after the first 6 entries, then the log after it.
+            let mut at6 = MetadataImage::default();
+            apply_entries(&mut at6, &entries[..6]);
+            store.snapshot_and_compact(&at6, 6).unwrap();
+            let hs = HardState {
+                term: 1,
+                commit: cmds.len() as u64,
+                ..HardState::default()
+            };
+            store.set_hard_state(&hs).unwrap();
+        }
+        let (store, mut replayed) = DiskStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+        assert_eq!(replayed.applied_index, 6);
+        assert_eq!(store.snapshot_index(), 6);
+        apply_entries(&mut replayed, store.entries_to(store.hard_state().commit));
+        // `controller_id` is not replicated: the snapshot stores "unknown".
+        direct.controller_id = -1;
+        assert_eq!(replayed, direct);
+    }
+
+    #[test]
+    fn entries_answer_their_origin_by_tag() {
+        let cmd = Command::DeleteTopic {
+            name: "missing".to_string(),
+        };
+        let mut e = entry(1, &cmd);
+        e.context = serde_json::to_vec(&Tag {
+            origin: 2,
+            request_id: 99,
+        })
+        .unwrap()
+        .into();
+        let garbage = Entry {
+            index: 2,
+            data: b"not a command".to_vec().into(),
+            ..Entry::default()
+        };
+        let mut image = MetadataImage::default();
+        let out = apply_entries(&mut image, &[e, garbage]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0], (Some((2, 99)), 1, Err(AdminError::UnknownTopic)));
+        assert!(matches!(out[1], (None, 2, Err(AdminError::Other(_)))));
+        assert_eq!(image.applied_index, 2);
+    }
+}
