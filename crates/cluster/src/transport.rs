@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest frame (kind byte + payload) a peer may send; a raft snapshot carries the whole image.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
@@ -33,6 +33,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A connection silent for this long is dead (peers send raft and broker heartbeats several
+/// times a second); its reader closes it, so vanished peers do not pile up readers.
+const READ_IDLE_MAX: Duration = Duration::from_secs(10);
 
 const KIND_RAFT: u8 = 1;
 const KIND_HEARTBEAT: u8 = 2;
@@ -312,17 +315,26 @@ fn read_loop(mut stream: TcpStream, addr: SocketAddr, inbound: Inbound, stop: Ar
     }
     let mut reader = FrameReader::default();
     let mut buf = vec![0u8; 64 << 10];
+    let mut last_read = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         match stream.read(&mut buf) {
             Ok(0) => return,
-            Ok(n) => reader.push(&buf[..n]),
+            Ok(n) => {
+                last_read = Instant::now();
+                reader.push(&buf[..n]);
+            }
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                continue
+                if last_read.elapsed() > READ_IDLE_MAX {
+                    tracing::debug!(%addr, "idle quorum connection closed");
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return;
+                }
+                continue;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return,
@@ -441,6 +453,54 @@ mod tests {
         assert!(matches!(&out[1], Frame::Heartbeat(h) if h.node_id == 2 && h.incarnation == 9));
         assert!(
             matches!(&out[2], Frame::ForwardReply(r) if r.request_id == 7 && r.result.is_err())
+        );
+    }
+
+    fn closed(r: io::Result<usize>) -> bool {
+        match r {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+        }
+    }
+
+    #[test]
+    fn a_bad_frame_closes_only_its_connection() {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let inbound: Inbound = Arc::new(move |f| tx.lock().unwrap().send(f).is_ok());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut t = Transport::start(1, addr, &[], inbound, stop).unwrap();
+        let mut bad = TcpStream::connect(addr).unwrap();
+        let mut good = TcpStream::connect(addr).unwrap();
+        bad.write_all(&[0, 0, 0, 2, 99, 0]).unwrap();
+        bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut byte = [0u8; 1];
+        assert!(closed(bad.read(&mut byte)), "the bad connection is closed");
+        let hb = Frame::Heartbeat(Heartbeat {
+            node_id: 3,
+            incarnation: 1,
+            host: "h".to_string(),
+            port: 1,
+        });
+        good.write_all(&hb.encode()).unwrap();
+        match rx.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Frame::Heartbeat(h) => assert_eq!(h.node_id, 3),
+            other => panic!("{other:?}"),
+        }
+        let started = Instant::now();
+        t.shutdown();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        good.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(
+            closed(good.read(&mut byte)),
+            "shutdown closes accepted sockets"
         );
     }
 
