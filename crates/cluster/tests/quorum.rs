@@ -490,3 +490,55 @@ fn a_voter_that_accepts_but_never_reads_blocks_nobody() {
     );
     drop(paused);
 }
+
+#[test]
+fn a_single_voter_leads_itself_and_survives_restart() {
+    fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<Cluster>();
+
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut config = ClusterConfig::new(
+        1,
+        vec![(1, addr)],
+        addr,
+        "127.0.0.1".to_string(),
+        9092,
+        dir.path().to_path_buf(),
+    );
+    config.tick = Duration::from_millis(20);
+    let mut node = TestNode {
+        config,
+        latest: Arc::new(Mutex::new(Arc::new(MetadataImage::default()))),
+        cluster: None,
+    };
+    node.start();
+    wait_until("the single voter to lead", || {
+        let i = node.image();
+        i.controller_id == 1
+            && !i.cluster_id.is_empty()
+            && i.brokers.get(&1).is_some_and(|b| !b.fenced)
+    });
+    let index = submit(&node, create("solo", 4, -1, None)).expect("created");
+    let image = node.image();
+    assert!(image.applied_index >= index);
+    let topic = &image.topics["solo"];
+    assert!(topic
+        .partitions
+        .iter()
+        .all(|p| p.replicas == vec![1] && p.leader == 1));
+    assert_eq!(topic.configs["cleanup.policy"], "delete");
+    let cluster_id = image.cluster_id.clone();
+    node.stop();
+    node.start();
+    let replayed = node.image();
+    assert_eq!(replayed.cluster_id, cluster_id);
+    assert_eq!(replayed.topics["solo"], *topic);
+    assert_eq!(
+        replayed.controller_id, -1,
+        "not known before the quorum runs"
+    );
+    wait_until("the restarted voter to lead again", || {
+        node.image().controller_id == 1
+    });
+}
