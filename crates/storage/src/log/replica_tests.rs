@@ -613,3 +613,104 @@ fn reads_until_an_end_offset_stop_below_it() {
     })
     .unwrap();
 }
+
+#[test]
+fn a_crash_right_after_a_truncation_recovers_the_truncated_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r-0");
+    let p = path.clone();
+    let batches = sixty_batches();
+    let b = batches.clone();
+    block_on(async move {
+        let log = PartitionLog::open(&p, config()).unwrap();
+        log.append_replicated(concat(&b)).await.unwrap();
+        log.sync_to(120).await.unwrap();
+        log.checkpoint_recovery_point().await.unwrap().unwrap();
+        assert_eq!(log.truncate_to(85).await.unwrap(), 84);
+        // No close: a crash.
+    })
+    .unwrap();
+    for recovery in [Recovery::Scan, Recovery::TrustCleanShutdown] {
+        let (p, batches) = (path.clone(), batches.clone());
+        block_on(async move {
+            let log = PartitionLog::open_with(&p, config(), recovery).unwrap();
+            assert_eq!(log.log_end_offset(), 84, "{recovery:?}");
+            assert_eq!(log_bytes(&log).await, batches[..42].concat());
+            assert_eq!(log.epoch_entries(), vec![(1, 0), (3, 40), (4, 80)]);
+            assert_eq!(segment_files(&p), vec![0, 20, 40, 60, 80]);
+        })
+        .unwrap();
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+    /// The bounded rebuild finds what walking every header finds, wherever epochs change.
+    #[test]
+    fn rebuilt_epochs_match_a_walk_of_every_header(
+        steps in proptest::collection::vec((1usize..4, 0i32..3), 1..160),
+        segment_bytes in 300u64..3000,
+        index_interval_bytes in 1u64..600,
+    ) {
+        let mut epoch = -1;
+        let mut base = 0;
+        let batches: Vec<Vec<u8>> = steps
+            .iter()
+            .map(|&(n, step)| {
+                // Mostly the same epoch; sometimes a jump.
+                if step == 2 || (epoch < 0 && step == 1) {
+                    epoch += 1 + step;
+                }
+                let b = leader_batch(base, n, epoch);
+                base += n as i64;
+                b
+            })
+            .collect();
+        let expected = walked_epochs(&batches);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r-0");
+        let cfg = LogConfig { segment_bytes, index_interval_bytes, ..LogConfig::default() };
+        let (p, c) = (path.clone(), cfg.clone());
+        block_on(async move {
+            let log = PartitionLog::open(&p, c).unwrap();
+            log.append_replicated(concat(&batches)).await.unwrap();
+            log.close().await.unwrap();
+        })
+        .unwrap();
+        let _ = std::fs::remove_file(path.join(epochs::FILE_NAME));
+        let log = PartitionLog::open(&path, cfg).unwrap();
+        proptest::prop_assert_eq!(log.epoch_entries(), expected);
+    }
+}
+
+#[test]
+fn rebuilding_epochs_reads_few_headers_of_a_big_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r-0");
+    // 3000 one-record batches (78 bytes) in 64 KiB segments (4 of them), an index entry
+    // every 4 KiB (about 53 batches); one epoch change.
+    let batches: Vec<Vec<u8>> = (0..3000)
+        .map(|i| leader_batch(i, 1, if i < 1234 { 3 } else { 4 }))
+        .collect();
+    let cfg = LogConfig {
+        segment_bytes: 1 << 16,
+        index_interval_bytes: 4096,
+        ..LogConfig::default()
+    };
+    let (p, c) = (path.clone(), cfg.clone());
+    block_on(async move {
+        let log = PartitionLog::open(&p, c).unwrap();
+        log.append_replicated(concat(&batches)).await.unwrap();
+        assert_eq!(log.segment_count(), 4);
+        log.close().await.unwrap();
+    })
+    .unwrap();
+    std::fs::remove_file(path.join(epochs::FILE_NAME)).unwrap();
+    epochs::REBUILD_HEADER_READS.with(|n| n.set(0));
+    let log = PartitionLog::open(&path, cfg).unwrap();
+    assert_eq!(log.epoch_entries(), vec![(3, 0), (4, 1234)]);
+    let reads = epochs::REBUILD_HEADER_READS.with(|n| n.get());
+    // Per segment: its first header and its last index interval; around the change a
+    // bisection of the index and one interval.
+    assert!(reads < 4 * 60 + 70, "{reads} header reads");
+}
