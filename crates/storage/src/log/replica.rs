@@ -28,6 +28,9 @@ use std::time::Duration;
 /// How long a truncation waits for a running fdatasync or recovery checkpoint to end before
 /// giving up with `AppendError::Busy` (they take milliseconds; a stuck disk takes longer).
 pub const TRUNCATE_WAIT_MS_MAX: u64 = 10_000;
+/// Attempts `truncate_to` makes when the log changes under one.
+const TRUNCATE_ATTEMPTS_MAX: u32 = 5;
+const LOG_CHANGED: &str = "the log changed during truncation";
 /// Poll interval while a truncation waits for a recovery checkpoint pass to end.
 const TRUNCATE_POLL_MS: u64 = 5;
 
@@ -386,6 +389,20 @@ impl PartitionLog {
     /// recovery checkpoint. An offset at or below the log start (or a cut there) leaves the
     /// log empty at its log start offset; one at or past the end changes nothing.
     pub async fn truncate_to(&self, offset: i64) -> Result<i64, AppendError> {
+        // A recovery checkpoint pass or sync starting while the cut is located makes an
+        // attempt give up before changing anything; the next one waits for it.
+        let mut attempt = 1;
+        loop {
+            match self.try_truncate_to(offset).await {
+                Err(AppendError::Busy(LOG_CHANGED)) if attempt < TRUNCATE_ATTEMPTS_MAX => {
+                    attempt += 1
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn try_truncate_to(&self, offset: i64) -> Result<i64, AppendError> {
         self.wait_quiet().await?;
         let (end, log_start) = {
             let st = self.state.borrow();
@@ -411,7 +428,7 @@ impl PartitionLog {
                 .iter()
                 .position(|s| Arc::ptr_eq(&s.log, &at.log_fd))
             else {
-                return Err(AppendError::Busy("the log changed during truncation"));
+                return Err(AppendError::Busy(LOG_CHANGED));
             };
             // A first batch after a gap at the start of its segment: that segment goes too
             // (kept empty it would end the log past `offset`).
@@ -486,7 +503,7 @@ impl PartitionLog {
             && st.high_watermark == end
             && st.next_offset == end;
         let Some(si) = si.filter(|_| quiet) else {
-            return Err(AppendError::Busy("the log changed during truncation"));
+            return Err(AppendError::Busy(LOG_CHANGED));
         };
         let keep_base = st.segments[si].base_offset;
         // 1. A recovery checkpoint promising bytes that go is moved back first: to the start
@@ -587,7 +604,7 @@ impl PartitionLog {
             && !st.sync_running
             && !st.checkpoint_running;
         if !quiet {
-            return Err(AppendError::Busy("the log changed during truncation"));
+            return Err(AppendError::Busy(LOG_CHANGED));
         }
         // Old files first (a crash then leaves an empty log, which the follower fetches
         // into again), then the new segment, its directory entry, the log start, the

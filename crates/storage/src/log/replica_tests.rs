@@ -276,6 +276,19 @@ fn truncation_cuts_mid_segment_and_across_segments_and_the_log_reopens_the_same(
             Err(ReadError::OutOfRange { .. })
         ));
         assert_eq!(log.epoch_entries(), vec![(1, 0), (3, 40), (4, 80)]);
+        // A wait for a sync of what went ends (it would spin on fdatasyncs for ever).
+        let waited = op::timeout(Duration::from_secs(2), log.sync_to(120)).await;
+        assert!(
+            matches!(
+                waited,
+                Some(Err(AppendError::Truncated {
+                    offset: 120,
+                    log_end: 90
+                }))
+            ),
+            "{waited:?}"
+        );
+        log.sync_to(90).await.unwrap();
         // Across segment boundaries, to a batch boundary: epoch 4's entry goes.
         assert_eq!(log.truncate_to(50).await.unwrap(), 50);
         assert_eq!(segment_files(&p), vec![0, 20, 40]);
