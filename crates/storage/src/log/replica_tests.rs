@@ -727,3 +727,48 @@ fn rebuilding_epochs_reads_few_headers_of_a_big_log() {
     // bisection of the index and one interval.
     assert!(reads < 4 * 60 + 70, "{reads} header reads");
 }
+
+#[test]
+fn truncation_of_a_compacted_log_ends_at_the_last_batch_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r-0");
+    let p = path.clone();
+    // 30 batches of 2 records at 0, 3, 6, …: a gap of one offset after each; 10 batches per
+    // segment, each segment based at its first batch (0, 30, 60).
+    let batches: Vec<Vec<u8>> = (0..30).map(|i| leader_batch(3 * i, 2, 1)).collect();
+    let b = batches.clone();
+    block_on(async move {
+        let log = PartitionLog::open(&p, config()).unwrap();
+        assert_eq!(log.append_replicated(concat(&b)).await.unwrap(), 89);
+        assert_eq!(segment_files(&p), vec![0, 30, 60]);
+        // In the gap at the end of segment 0: segment 30 (starting past 29) goes whole.
+        assert_eq!(log.truncate_to(29).await.unwrap(), 29);
+        assert_eq!(segment_files(&p), vec![0]);
+        // In a gap inside a segment: the batch after it goes.
+        assert_eq!(log.truncate_to(26).await.unwrap(), 26);
+        // Inside a batch after a gap: it goes, the end is the previous batch's.
+        assert_eq!(log.truncate_to(25).await.unwrap(), 23);
+        assert_eq!(log_bytes(&log).await, b[..8].concat());
+        assert_eq!(
+            log.append_replicated(concat(&[leader_batch(23, 1, 2)]))
+                .await
+                .unwrap(),
+            24
+        );
+        log.sync_to(24).await.unwrap();
+    })
+    .unwrap();
+    for recovery in [Recovery::Scan, Recovery::TrustCleanShutdown] {
+        let (p, batches) = (path.clone(), batches.clone());
+        block_on(async move {
+            let log = PartitionLog::open_with(&p, config(), recovery).unwrap();
+            assert_eq!(log.log_end_offset(), 24, "{recovery:?}");
+            assert_eq!(
+                log_bytes(&log).await,
+                [batches[..8].concat(), leader_batch(23, 1, 2)].concat()
+            );
+            assert_eq!(log.epoch_entries(), vec![(1, 0), (2, 23)]);
+        })
+        .unwrap();
+    }
+}
