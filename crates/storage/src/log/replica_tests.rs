@@ -460,6 +460,8 @@ fn a_leader_stamps_its_epoch_into_appended_batches_and_answers_offsets_for_leade
 
         log.begin_leader_epoch(5).unwrap();
         assert_eq!(log.epoch_entries(), vec![(5, 2)]);
+        let on_disk = epochs::read(&p).unwrap().unwrap();
+        assert_eq!(on_disk.entries(), &[(5, 2)], "persisted before returning");
         assert_eq!(log.append_batch(batch(1, 10, 0), 1).await.unwrap(), 2);
         let r = log.read(2, 1).await.unwrap();
         assert_eq!(headers(&r.records), vec![(2, 3, 5)], "stamped, CRC valid");
@@ -771,4 +773,59 @@ fn truncation_of_a_compacted_log_ends_at_the_last_batch_kept() {
         })
         .unwrap();
     }
+}
+
+#[test]
+fn a_cleaning_running_across_a_truncation_brings_nothing_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r-0");
+    let p = path.clone();
+    block_on(async move {
+        let log = Rc::new(PartitionLog::open(&p, config()).unwrap());
+        log.append_replicated(concat(&sixty_batches()))
+            .await
+            .unwrap();
+        log.sync_to(120).await.unwrap();
+        // Keyless records: the cleaning drops them all, slowly (it yields every 64 bytes).
+        let cleaner = {
+            let log = log.clone();
+            spawn(async move {
+                log.clean(&crate::log::CleanConfig {
+                    now_ms: 1 << 40,
+                    delete_retention_ms: 0,
+                    min_compaction_lag_ms: 0,
+                    map_bytes_max: 1 << 20,
+                    io_bytes_per_turn: 64,
+                    duty_percent: 100,
+                    segment_bytes_max: 3000,
+                })
+                .await
+            })
+        };
+        // Once it writes its second group (segments 60 and 80), it has read the first
+        // (0, 20, 40) whole; the truncation cuts 40 and deletes what the second reads.
+        let second_group = p.join("00000000000000000060.log.cleaned");
+        while !second_group.exists() {
+            ringbroker_runtime::yield_now().await;
+        }
+        assert_eq!(log.truncate_to(51).await.unwrap(), 50);
+        // It read what it cleaned before the cut (unlinked files stay readable) and gives up
+        // its swap: the segments it would replace are no longer all closed ones.
+        let cleaned = cleaner.await.unwrap();
+        assert!(cleaned.is_ok(), "{cleaned:?}");
+        assert_eq!(log.log_end_offset(), 50);
+        assert!(segment_files(&p).iter().all(|&b| b <= 40));
+        let all = log_bytes(&log).await;
+        assert!(headers(&all).iter().all(|&(_, next, _)| next <= 50));
+        log.sync_to(50).await.unwrap();
+    })
+    .unwrap();
+    let p = path.clone();
+    block_on(async move {
+        let log = PartitionLog::open_with(&p, config(), Recovery::Scan).unwrap();
+        assert_eq!(log.log_end_offset(), 50);
+        let all = log_bytes(&log).await;
+        assert!(headers(&all).iter().all(|&(_, next, _)| next <= 50));
+    })
+    .unwrap();
 }
