@@ -368,7 +368,9 @@ pub fn fence(image: &mut MetadataImage, id: NodeId) {
     }
 }
 
-/// The broker is unfenced; leaderless partitions whose ISR holds it get it as leader.
+/// The broker is unfenced; leaderless partitions whose ISR holds it get it as leader. A
+/// leaderless partition with an empty ISR never had a leader (it was created while all its
+/// replicas were fenced: nothing was written to it), so any of its replicas may lead it.
 fn unfence(image: &mut MetadataImage, id: NodeId) {
     let Some(b) = image.brokers.get_mut(&id) else {
         return;
@@ -376,7 +378,13 @@ fn unfence(image: &mut MetadataImage, id: NodeId) {
     b.fenced = false;
     for topic in image.topics.values_mut() {
         for p in &mut topic.partitions {
-            if p.leader == -1 && p.isr.contains(&id) {
+            if p.leader != -1 {
+                continue;
+            }
+            if p.isr.is_empty() && p.replicas.contains(&id) {
+                p.isr = vec![id];
+            }
+            if p.isr.contains(&id) {
                 p.leader = id;
                 p.leader_epoch += 1;
                 p.partition_epoch += 1;
@@ -560,6 +568,36 @@ mod tests {
         assert_eq!(p.leader, 1);
         assert_eq!(p.leader_epoch, 2);
         assert!(!image.brokers[&1].fenced);
+    }
+
+    #[test]
+    fn a_partition_created_while_all_its_replicas_are_fenced_gets_a_leader_on_unfence() {
+        let (mut image, mut index) = cluster_with(vec![3]);
+        for id in [1, 2] {
+            index += 1;
+            apply(&mut image, index, &Command::Fence { id }).unwrap();
+        }
+        index += 1;
+        let cmd = Command::CreateTopic {
+            name: "u".to_string(),
+            id: Uuid::nil(),
+            assignments: vec![vec![1, 2]],
+            configs: BTreeMap::new(),
+        };
+        apply(&mut image, index, &cmd).unwrap();
+        let p = &image.topics["u"].partitions[0];
+        assert_eq!((p.leader, p.isr.clone()), (-1, vec![]));
+        // A broker that is no replica of it changes nothing.
+        register(&mut image, &mut index, 3, 555);
+        assert_eq!(image.topics["u"].partitions[0].leader, -1);
+        register(&mut image, &mut index, 2, 102);
+        let p = &image.topics["u"].partitions[0];
+        assert_eq!((p.leader, p.isr.clone()), (2, vec![2]));
+        assert_eq!((p.leader_epoch, p.partition_epoch), (1, 1));
+        // The other replica coming back does not take it over.
+        register(&mut image, &mut index, 1, 101);
+        let p = &image.topics["u"].partitions[0];
+        assert_eq!((p.leader, p.isr.clone()), (2, vec![2]));
     }
 
     #[test]
