@@ -10,6 +10,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
+/// Largest encoded command the controller proposes (requests whose command would be larger
+/// are refused): far under the log's record limit (`storage::ENTRY_BYTES_MAX`) and raft's
+/// per-message batch, so every entry is written, replicated and read back alike.
+pub const COMMAND_BYTES_MAX: usize = 1 << 20;
+/// Longest broker host name a heartbeat may carry (DNS names are at most 253 bytes).
+pub const HOST_BYTES_MAX: usize = 255;
+
 /// One change of the metadata, as committed in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
