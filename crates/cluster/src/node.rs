@@ -783,6 +783,76 @@ mod tests {
         assert_eq!(replayed, direct);
     }
 
+    /// A single-voter node driven by hand (no thread), with no peers.
+    fn lone_node(dir: &std::path::Path) -> Node {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let inbound: crate::transport::Inbound = Arc::new(|_, _, _| true);
+        let transport = Transport::start(1, addr, &[], 0, inbound, stop.clone()).unwrap();
+        let config = ClusterConfig::new(1, vec![(1, addr)], addr, "h".to_string(), 1, dir.into());
+        let (storage, image) = DiskStorage::open(dir, &[1]).unwrap();
+        let raft_config = raft::Config {
+            id: 1,
+            pre_vote: true,
+            ..raft::Config::default()
+        };
+        let raw = RawNode::new(&raft_config, storage, &crate::logger::raft_logger()).unwrap();
+        let (_tx, rx) = std::sync::mpsc::channel();
+        Node::new(
+            config,
+            raw,
+            image,
+            Box::new(|_| {}),
+            transport,
+            rx,
+            Arc::default(),
+            stop,
+            Arc::default(),
+            1,
+        )
+    }
+
+    #[test]
+    fn a_request_deferred_by_a_lost_leadership_is_proposed_when_it_is_regained() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = lone_node(dir.path());
+        node.raw.campaign().unwrap();
+        node.on_ready();
+        assert_eq!(node.leader(), 1);
+        // The controller has not caught up: the request waits (sent to itself).
+        node.controller = Some(Controller::new(Instant::now(), Duration::ZERO, u64::MAX));
+        let (tx, rx) = std::sync::mpsc::channel();
+        node.handle_event(Event::Submit {
+            request: AdminRequest::DeleteTopic {
+                name: "missing".to_string(),
+            },
+            deadline: Instant::now() + Duration::from_secs(60),
+            reply: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        });
+        assert_eq!(node.deferred.len(), 1);
+        // Leadership lost, then regained with no other leader known in between.
+        let term = node.raw.raft.term;
+        node.raw.raft.become_follower(term + 1, 0);
+        node.on_ready();
+        assert!(node.controller.is_none());
+        node.raw.campaign().unwrap();
+        for _ in 0..20 {
+            node.on_ready();
+            node.on_tick(Instant::now());
+        }
+        assert_eq!(node.leader(), 1);
+        assert_eq!(
+            rx.try_recv().expect("the request was answered"),
+            Err(AdminError::UnknownTopic)
+        );
+        node.transport.shutdown();
+    }
+
     #[test]
     fn raft_messages_are_taken_only_from_their_connections_node() {
         let msg = |from: u64, to: u64| Message {
