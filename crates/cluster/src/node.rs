@@ -358,6 +358,18 @@ impl Node {
                     self.answer(origin, request_id, Err(too_large(data.len())));
                     return;
                 }
+                if grows_image(&cmd) {
+                    // A partition costs about three times its assignment in the image.
+                    let after = image_bytes(&self.image).saturating_add(3 * data.len());
+                    if after > IMAGE_BYTES_MAX {
+                        let err = AdminError::Other(format!(
+                            "the cluster metadata would reach {after} bytes, over the limit of \
+                             {IMAGE_BYTES_MAX}"
+                        ));
+                        self.answer(origin, request_id, Err(err));
+                        return;
+                    }
+                }
                 match self.raw.propose(context, data) {
                     Ok(()) => {
                         self.proposed_tags.insert(tag);
@@ -685,6 +697,39 @@ fn raft_message_acceptable(msg: &Message, me: NodeId, conn: NodeId) -> bool {
     raft_to_node(msg.to) == Some(me) && raft_to_node(msg.from) == Some(conn)
 }
 
+/// The image travels whole in a raft snapshot message (not chunked): requests that would grow
+/// it past this are refused, so a snapshot always fits a frame
+/// ([`crate::transport::FRAME_BYTES_MAX`]) with room for the message around it.
+pub const IMAGE_BYTES_MAX: usize = 48 << 20;
+
+fn grows_image(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::CreateTopic { .. }
+            | Command::CreatePartitions { .. }
+            | Command::SetTopicConfigs { .. }
+    )
+}
+
+/// The image's JSON length (what a snapshot carries), counted without building it.
+fn image_bytes(image: &MetadataImage) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    match serde_json::to_writer(&mut c, image) {
+        Ok(()) => c.0,
+        Err(_) => usize::MAX,
+    }
+}
+
 fn too_large(bytes: usize) -> AdminError {
     AdminError::Other(format!(
         "metadata request of {bytes} bytes is over the limit of {COMMAND_BYTES_MAX}"
@@ -850,6 +895,63 @@ mod tests {
             rx.try_recv().expect("the request was answered"),
             Err(AdminError::UnknownTopic)
         );
+        node.transport.shutdown();
+    }
+
+    #[test]
+    fn requests_that_would_grow_the_image_past_a_snapshot_frame_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = lone_node(dir.path());
+        node.raw.campaign().unwrap();
+        for _ in 0..5 {
+            node.on_ready();
+        }
+        node.image.brokers.insert(
+            1,
+            crate::BrokerInfo {
+                id: 1,
+                host: "h".to_string(),
+                port: 1,
+                fenced: false,
+                incarnation: 1,
+            },
+        );
+        let submit = |node: &mut Node, name: &str| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            node.handle_event(Event::Submit {
+                request: AdminRequest::CreateTopic {
+                    name: name.to_string(),
+                    partitions: 1,
+                    replication_factor: 1,
+                    assignments: None,
+                    configs: Default::default(),
+                },
+                deadline: Instant::now() + Duration::from_secs(60),
+                reply: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            });
+            for _ in 0..5 {
+                node.on_ready();
+            }
+            rx.try_recv().expect("answered")
+        };
+        assert!(submit(&mut node, "fits").is_ok());
+        // Many topics' configs, as committed earlier, fill the image up to its limit.
+        let filler = crate::TopicImage {
+            id: uuid::Uuid::nil(),
+            partitions: Vec::new(),
+            configs: [("x".to_string(), "v".repeat(1 << 20))].into(),
+        };
+        for i in 0..(IMAGE_BYTES_MAX >> 20) {
+            node.image
+                .topics
+                .insert(format!("filler-{i}"), filler.clone());
+        }
+        match submit(&mut node, "too-much") {
+            Err(AdminError::Other(msg)) => assert!(msg.contains("over the limit"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
         node.transport.shutdown();
     }
 
