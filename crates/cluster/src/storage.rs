@@ -108,7 +108,6 @@ impl DiskStorage {
     /// quorum (the same on every node). Returns the storage and the snapshot's image.
     pub fn open(dir: &Path, voters: &[u64]) -> Result<(DiskStorage, MetadataImage), StoreError> {
         create_dir_durable(dir)?;
-        check_voters(dir, voters)?;
         let mut conf_state = ConfState {
             voters: voters.to_vec(),
             ..ConfState::default()
@@ -140,6 +139,9 @@ impl DiskStorage {
             }
             Err(e) => return Err(io_err(&snap_path)(e)),
         };
+        // After the snapshot's own check: a directory from before the voters file existed gets
+        // it only when its snapshot agrees.
+        check_voters(dir, voters)?;
         let snapshot_data = serde_json::to_vec(&image).unwrap_or_default();
 
         let hs_path = dir.join(HARD_STATE_FILE);
@@ -777,6 +779,22 @@ mod tests {
             assert!(matches!(e, StoreError::Mismatch { .. }), "{e}");
             assert_eq!(io::Error::from(e).kind(), io::ErrorKind::InvalidInput);
         }
+        // A directory from before the voters file: its snapshot's voters decide, and a wrong
+        // list does not get recorded.
+        {
+            let (mut st, _) = DiskStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+            st.append(&[entry(1, 1, b"x")]).unwrap();
+            st.snapshot_and_compact(&MetadataImage::default(), 1)
+                .unwrap();
+        }
+        std::fs::remove_file(dir.path().join(VOTERS_FILE)).unwrap();
+        assert!(matches!(
+            DiskStorage::open(dir.path(), &[1, 2]),
+            Err(StoreError::Mismatch { .. })
+        ));
+        assert!(!dir.path().join(VOTERS_FILE).exists());
+        drop(DiskStorage::open(dir.path(), &[1, 2, 3]).unwrap());
+        assert!(dir.path().join(VOTERS_FILE).exists());
     }
 
     #[test]
