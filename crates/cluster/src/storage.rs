@@ -212,8 +212,12 @@ impl DiskStorage {
         let last_index = entries.last().map_or(snapshot_index, |e| e.index);
         // The commit index never trails the snapshot and never passes the durable log.
         hard_state.commit = hard_state.commit.max(snapshot_index).min(last_index);
-        // A crash while installing a snapshot may leave the hard state's term behind it.
-        hard_state.term = hard_state.term.max(snapshot_term);
+        // A crash while installing a snapshot may leave the hard state's term behind it (no
+        // vote was cast in the snapshot's term then).
+        if hard_state.term < snapshot_term {
+            hard_state.term = snapshot_term;
+            hard_state.vote = 0;
+        }
         log.seek(SeekFrom::Start(good_len))
             .map_err(io_err(&log_path))?;
         let storage = DiskStorage {
