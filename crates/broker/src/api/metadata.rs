@@ -71,6 +71,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                                 partitions: shared.config.default_partitions,
                                 replication_factor: -1,
                                 configs: BTreeMap::new(),
+                                assignments: None,
                             });
                         }
                     }
