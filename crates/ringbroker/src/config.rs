@@ -503,8 +503,8 @@ fn parse_voters(text: &str) -> Result<Vec<(i32, SocketAddr)>> {
         let id: i32 = id
             .parse()
             .with_context(|| format!("--cluster: bad node id {id:?} in {entry:?}"))?;
-        if id < 0 {
-            bail!("--cluster: node id {id} is negative");
+        if id <= 0 {
+            bail!("--cluster: node id {id} must be positive (0 is a single node's id)");
         }
         let addr = socket_addr(addr, "--cluster")?;
         if voters.iter().any(|&(other, _)| other == id) {
@@ -828,6 +828,7 @@ mod tests {
             (Some(1), Some("1@nohostport"), None, "bad address"),
             (Some(1), Some("1-127.0.0.1:1"), None, "id@host:port"),
             (Some(1), Some("x@127.0.0.1:1"), None, "bad node id"),
+            (Some(0), Some("0@127.0.0.1:1"), None, "must be positive"),
             (None, Some("1@127.0.0.1:1"), None, "needs --node-id"),
             (Some(1), None, None, "needs --cluster"),
             (
