@@ -573,7 +573,17 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
     }
     // Committed offsets of the groups this shard coordinates, before any client is served.
     let offsets_topic = shard.topic(crate::groups::OFFSETS_TOPIC);
-    for p in 0..offsets_topic.as_ref().map_or(0, |t| t.partition_count()) {
+    // A cluster member coordinates (and loads) only the offsets partitions it leads.
+    if let (Some(topic), true) = (&offsets_topic, shard.shared.cluster.is_some()) {
+        for load in crate::groups::offsets_topic_changed(&shard, topic) {
+            let _ = load.await;
+        }
+    }
+    let single_node_partitions = match shard.shared.cluster {
+        Some(_) => 0,
+        None => offsets_topic.as_ref().map_or(0, |t| t.partition_count()),
+    };
+    for p in 0..single_node_partitions {
         if let Some(log) = shard.log(crate::groups::OFFSETS_TOPIC, p) {
             let n = crate::groups::load_offsets(log).await;
             if n > 0 {

@@ -617,7 +617,9 @@ impl Shard {
     fn sync_topic(&self, topic: Arc<TopicInfo>) -> std::io::Result<()> {
         let known = self.topic_ids.borrow().get(&topic.id).cloned();
         let Some(known) = known else {
-            return self.apply_topic(topic, 0, Recovery::Scan, Producers::default);
+            self.apply_topic(topic.clone(), 0, Recovery::Scan, Producers::default)?;
+            drop(crate::groups::offsets_topic_changed(self, &topic));
+            return Ok(());
         };
         let node_id = self.shared.node_id;
         let config = self
@@ -659,6 +661,8 @@ impl Shard {
             self.reconfigure_owned(&topic);
         }
         crate::replication::topic_changed(self, &topic);
+        // A new leader of an offsets partition coordinates its groups (loads them).
+        drop(crate::groups::offsets_topic_changed(self, &topic));
         Ok(())
     }
 
@@ -1016,6 +1020,7 @@ mod tests {
                     host: "h".into(),
                     port: 1,
                     fenced: false,
+                    incarnation: 1,
                 },
             )]),
             topics: topics
