@@ -339,15 +339,6 @@ pub struct Merge {
     pub persist: bool,
 }
 
-impl Default for ClusterMeta {
-    fn default() -> ClusterMeta {
-        ClusterMeta {
-            cluster_id: String::new(),
-            topics: Vec::new(),
-        }
-    }
-}
-
 /// Merges `image` into `meta`: every topic of the image, with the image's replica sets and
 /// configs; partitions already in `meta` keep their owner shard, new ones go to the shard
 /// holding the fewest partitions this node hosts.
@@ -414,7 +405,7 @@ pub fn merge_image(
         merge.meta.topics.push(info);
     }
     for t in &meta.topics {
-        if !image.topics.get(&t.name).is_some_and(|i| i.id == t.id) {
+        if image.topics.get(&t.name).is_none_or(|i| i.id != t.id) {
             merge.persist = true;
             merge.deleted.push(t.clone());
         }
