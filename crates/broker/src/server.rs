@@ -695,13 +695,24 @@ fn join_cluster(
     (client_host, client_port): (&str, u16),
     meta: &mut ClusterMeta,
 ) -> Result<Membership, StartError> {
+    let raft_dir = config.data_dir.join("meta").join("raft");
+    // The quorum decides which topics exist: topics kept by a single node's data dir (no
+    // quorum state yet) would be deleted as unknown. Refuse instead of losing them.
+    if !raft_dir.exists() && !meta.topics.is_empty() {
+        return Err(StartError::Other(format!(
+            "{} holds {} topic(s) of a broker that ran without --cluster; cluster mode would \
+             delete them as unknown to the metadata quorum: give this node an empty --data-dir",
+            config.data_dir.display(),
+            meta.topics.len()
+        )));
+    }
     let mut cluster_config = ringbroker_cluster::ClusterConfig::new(
         settings.node_id,
         settings.voters.clone(),
         settings.internal_listen,
         client_host.to_string(),
         client_port,
-        config.data_dir.join("meta").join("raft"),
+        raft_dir,
     );
     cluster_config.broker_heartbeat_interval = settings.broker_heartbeat_interval;
     cluster_config.broker_session_timeout = settings.broker_session_timeout;

@@ -393,3 +393,45 @@ fn a_paused_node_is_fenced_until_resumed_and_a_node_down_during_a_delete_drops_t
     assert!(!has_topic(&m, "held"));
     assert!(!has_topic(&metadata(&cluster.addr(target), None), "held"));
 }
+
+#[test]
+fn a_single_node_data_dir_is_refused_and_a_one_node_cluster_works() {
+    // A data dir with topics of a broker that ran alone: cluster mode would delete them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut alone = common::Broker::start(dir.path(), &[]);
+    assert!(alone.stop().success());
+    let internal = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (ok, out) = common::run_unchecked(
+        env!("CARGO_BIN_EXE_ringbroker"),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--node-id",
+            "1",
+            "--cluster",
+            &format!("1@{internal}"),
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("ran without --cluster"), "{out}");
+    assert!(dir.path().join("__consumer_offsets-0").is_dir());
+
+    // One voter: a cluster of one, replication factor 1.
+    let cluster = Cluster::start(1);
+    let m = wait_metadata(&cluster.addr(1), None, WAIT, |m| {
+        partitions(m, "__consumer_offsets").is_some_and(|p| p.iter().all(|x| x.0 == 1))
+    });
+    assert_eq!(broker_ids(&m), BTreeSet::from([1]));
+    assert_eq!(m.controller_id.0, 1);
+    for (_, _, replicas, _, _) in partitions(&m, "__consumer_offsets").unwrap() {
+        assert_eq!(replicas, [1]);
+    }
+}
