@@ -738,13 +738,17 @@ fn join_cluster(
         )));
     };
     // A node that was down catches up first (topics deleted or moved meanwhile are not
-    // opened only to be removed): it waits, bounded, for the quorum's committed entries. With
-    // no majority reachable it starts from what it has.
+    // opened only to be removed): it waits, bounded, until its image holds its own
+    // registration by this process (the active controller commits it after everything before
+    // it). With no majority reachable it starts from what it has.
     let deadline = Instant::now() + CLUSTER_CATCH_UP_TIMEOUT;
+    let incarnation = cluster.incarnation();
     let image = loop {
         let latest = slot.latest();
-        let caught_up =
-            latest.controller_id >= 0 && latest.applied_index >= cluster.status().committed_index;
+        let caught_up = latest
+            .brokers
+            .get(&settings.node_id)
+            .is_some_and(|b| b.incarnation == incarnation && !b.fenced);
         if caught_up || Instant::now() >= deadline {
             if !caught_up {
                 tracing::warn!(
