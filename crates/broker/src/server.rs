@@ -175,10 +175,13 @@ impl Broker {
         let mut meta = ClusterMeta::load_or_create(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
         let shards = config.cores.len();
-        if !meta
-            .topics
-            .iter()
-            .any(|t| t.name == crate::groups::OFFSETS_TOPIC)
+        // A cluster member gets the offsets topic (and every other) from the metadata quorum.
+        let clustered = config.cluster.is_some();
+        if !clustered
+            && !meta
+                .topics
+                .iter()
+                .any(|t| t.name == crate::groups::OFFSETS_TOPIC)
         {
             let owners = meta.place(crate::groups::OFFSETS_PARTITIONS, shards);
             let mut configs = std::collections::BTreeMap::new();
@@ -201,7 +204,7 @@ impl Broker {
         if let Some(at) = meta
             .topics
             .iter()
-            .position(|t| t.name == crate::groups::OFFSETS_TOPIC)
+            .position(|t| t.name == crate::groups::OFFSETS_TOPIC && !clustered)
         {
             let offsets = &meta.topics[at];
             if offsets.configs.get("cleanup.policy").map(String::as_str) != Some("compact") {
@@ -249,17 +252,31 @@ impl Broker {
         let use_msg_ring = config.use_msg_ring && features.msg_ring;
         let (mesh, endpoints) =
             Mesh::build(shards, use_msg_ring).map_err(|e| StartError::Other(e.to_string()))?;
+        let membership = match &config.cluster {
+            Some(settings) => Some(join_cluster(
+                &config,
+                settings,
+                (&advertised_host, advertised_port),
+                &mut meta,
+            )?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             config: config.clone(),
             advertised_host,
             advertised_port,
-            cluster_id: meta.cluster_id.clone(),
+            cluster_id: membership
+                .as_ref()
+                .map_or_else(|| meta.cluster_id.clone(), |m| m.image.cluster_id.clone()),
             recovered_clean: previous_shutdown_clean,
             shard_count: shards,
             shards_loaded: std::sync::atomic::AtomicUsize::new(0),
             connections: Arc::default(),
-            node_id: crate::metadata::SINGLE_NODE_ID,
-            cluster: None,
+            node_id: config
+                .cluster
+                .as_ref()
+                .map_or(crate::metadata::SINGLE_NODE_ID, |c| c.node_id),
+            cluster: membership.as_ref().map(|m| m.cluster.clone()),
         });
         let meta = Arc::new(meta);
         let heartbeats = Arc::new(Heartbeats::new(shards));
@@ -277,6 +294,14 @@ impl Broker {
             };
             let clean = previous_shutdown_clean;
             let heartbeats = heartbeats.clone();
+            let member = membership.as_ref().map(|m| {
+                (
+                    m.slot.clone(),
+                    mesh.clone(),
+                    m.default_replication_factor,
+                    m.image.clone(),
+                )
+            });
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
                 .spawn(move || {
@@ -294,8 +319,18 @@ impl Broker {
                         } else {
                             Recovery::Scan
                         };
-                        Shard::install(id, shared, &meta, recovery)
+                        let shard = Shard::install(id, shared, &meta, recovery)
                             .map_err(|e| format!("opening partitions: {e}"))?;
+                        if let Some((slot, mesh, replication_factor, image)) = member {
+                            shard
+                                .set_brokers(Arc::new(crate::shard::cluster::brokers_view(&image)));
+                            crate::shard::cluster::install(slot, mesh, replication_factor, image);
+                            // The topics were taken before the brokers view: tell the
+                            // replication hook again, now that it knows every broker.
+                            for topic in shard.all_topics() {
+                                crate::replication::topic_changed(&shard, &topic);
+                            }
+                        }
                         Ok(rt)
                     })();
                     let rt = match setup {
@@ -365,6 +400,10 @@ impl Broker {
                     ));
                 }
             }
+        }
+        if let Some(m) = &membership {
+            // From now on each new metadata image goes to shard 0.
+            m.slot.connect(broker.mesh.clone());
         }
         ready.store(true, std::sync::atomic::Ordering::Release);
         crate::faults::start_watcher(broker.mesh.clone());
@@ -472,15 +511,20 @@ impl Broker {
         }
     }
 
-    /// Waits for every shard thread; how many did not report their logs closed.
+    /// Waits for every shard thread, then stops the metadata quorum's threads (cluster mode);
+    /// how many shards did not report their logs closed.
     fn join(mut self) -> usize {
         self.stop_metrics();
         let threads = std::mem::take(&mut self.threads);
-        threads
+        let failed = threads
             .into_iter()
             .map(|t| t.join().unwrap_or(false))
             .filter(|closed| !closed)
-            .count()
+            .count();
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.shutdown();
+        }
+        failed
     }
 
     /// Orderly stop: every shard stops accepting and drains its connections, then every
@@ -529,7 +573,17 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
     }
     // Committed offsets of the groups this shard coordinates, before any client is served.
     let offsets_topic = shard.topic(crate::groups::OFFSETS_TOPIC);
-    for p in 0..offsets_topic.as_ref().map_or(0, |t| t.partition_count()) {
+    // A cluster member coordinates (and loads) only the offsets partitions it leads.
+    if let (Some(topic), true) = (&offsets_topic, shard.shared.cluster.is_some()) {
+        for load in crate::groups::offsets_topic_changed(&shard, topic) {
+            let _ = load.await;
+        }
+    }
+    let single_node_partitions = match shard.shared.cluster {
+        Some(_) => 0,
+        None => offsets_topic.as_ref().map_or(0, |t| t.partition_count()),
+    };
+    for p in 0..single_node_partitions {
         if let Some(log) = shard.log(crate::groups::OFFSETS_TOPIC, p) {
             let n = crate::groups::load_offsets(log).await;
             if n > 0 {
@@ -585,6 +639,9 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
     if let FlushPolicy::Interval(every) = shard.shared.config.flush {
         background.push(spawn(flush_every(every)));
     }
+    if shard.id == 0 && shard.shared.cluster.is_some() {
+        background.push(spawn(crate::shard::cluster::run_applier()));
+    }
     let acceptor = spawn(accept_loop(listener.clone()));
 
     drain.await;
@@ -609,6 +666,127 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
         "shard stopped"
     );
     closed
+}
+
+/// How long a new cluster member waits at start-up for the metadata quorum to have a cluster
+/// id (a leader elected once by a majority of the voters).
+pub const CLUSTER_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a cluster member waits at start-up to catch up with the quorum's committed
+/// metadata once it has a cluster id.
+pub const CLUSTER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running member of the metadata quorum, as start-up hands it to the shards.
+struct Membership {
+    cluster: Arc<ringbroker_cluster::Cluster>,
+    slot: Arc<crate::shard::cluster::ImageSlot>,
+    /// The image the shards are built from.
+    image: Arc<ringbroker_cluster::MetadataImage>,
+    default_replication_factor: i16,
+}
+
+/// Cluster mode: starts this node's member of the metadata quorum (`<data-dir>/meta/raft`),
+/// waits (at most [`CLUSTER_JOIN_TIMEOUT`]) until the quorum has a cluster id, then merges the
+/// newest image into `meta` (persisted) and removes the partition directories this node no
+/// longer hosts.
+fn join_cluster(
+    config: &BrokerConfig,
+    settings: &crate::config::ClusterSettings,
+    (client_host, client_port): (&str, u16),
+    meta: &mut ClusterMeta,
+) -> Result<Membership, StartError> {
+    let raft_dir = config.data_dir.join("meta").join("raft");
+    // The quorum decides which topics exist: topics kept by a single node's data dir (no
+    // quorum state yet) would be deleted as unknown. Refuse instead of losing them.
+    if !raft_dir.exists() && !meta.topics.is_empty() {
+        return Err(StartError::Other(format!(
+            "{} holds {} topic(s) of a broker that ran without --cluster; cluster mode would \
+             delete them as unknown to the metadata quorum: give this node an empty --data-dir",
+            config.data_dir.display(),
+            meta.topics.len()
+        )));
+    }
+    let mut cluster_config = ringbroker_cluster::ClusterConfig::new(
+        settings.node_id,
+        settings.voters.clone(),
+        settings.internal_listen,
+        client_host.to_string(),
+        client_port,
+        raft_dir,
+    );
+    cluster_config.broker_heartbeat_interval = settings.broker_heartbeat_interval;
+    cluster_config.broker_session_timeout = settings.broker_session_timeout;
+    let slot = crate::shard::cluster::ImageSlot::new();
+    let publish_to = slot.clone();
+    let cluster = ringbroker_cluster::Cluster::start(
+        cluster_config,
+        Box::new(move |image| publish_to.publish(image)),
+    )
+    .map_err(|e| StartError::Other(format!("cannot start the metadata quorum member: {e}")))?;
+    tracing::info!(
+        node_id = settings.node_id,
+        voters = ?settings.voters,
+        internal_listen = %settings.internal_listen,
+        "joining the cluster's metadata quorum"
+    );
+    let Some(image) = slot.wait_until(CLUSTER_JOIN_TIMEOUT, |i| !i.cluster_id.is_empty()) else {
+        cluster.shutdown();
+        return Err(StartError::Other(format!(
+            "the metadata quorum has no cluster id after {} s: a majority of the voters in \
+             --cluster must be running and reach each other's internal addresses",
+            CLUSTER_JOIN_TIMEOUT.as_secs()
+        )));
+    };
+    // A node that was down catches up first (topics deleted or moved meanwhile are not
+    // opened only to be removed): it waits, bounded, until its image holds its own
+    // registration by this process (the active controller commits it after everything before
+    // it). With no majority reachable it starts from what it has.
+    let deadline = Instant::now() + CLUSTER_CATCH_UP_TIMEOUT;
+    let incarnation = cluster.incarnation();
+    let image = loop {
+        let latest = slot.latest();
+        let caught_up = latest
+            .brokers
+            .get(&settings.node_id)
+            .is_some_and(|b| b.incarnation == incarnation && !b.fenced);
+        if caught_up || Instant::now() >= deadline {
+            if !caught_up {
+                tracing::warn!(
+                    applied_index = latest.applied_index,
+                    "no active controller reached; starting from the local metadata"
+                );
+            }
+            break if latest.cluster_id.is_empty() {
+                image
+            } else {
+                latest
+            };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let merge =
+        crate::shard::cluster::merge_image(meta, &image, settings.node_id, config.cores.len());
+    *meta = merge.meta;
+    if merge.persist {
+        if let Err(e) = meta.save(&config.data_dir) {
+            cluster.shutdown();
+            return Err(StartError::DataDir(config.data_dir.clone(), e));
+        }
+    }
+    crate::shard::cluster::remove_unhosted_dirs(&config.data_dir, meta, settings.node_id);
+    tracing::info!(
+        cluster_id = %image.cluster_id,
+        applied_index = image.applied_index,
+        topics = image.topics.len(),
+        brokers = image.brokers.len(),
+        "metadata image loaded"
+    );
+    Ok(Membership {
+        cluster,
+        slot,
+        image,
+        default_replication_factor: settings.default_replication_factor,
+    })
 }
 
 /// Sleeps for `duration`; whether the shard still serves afterwards.
