@@ -142,6 +142,21 @@ impl CheckpointFile {
         self.sequence = sequence;
         Ok(())
     }
+
+    /// [`CheckpointFile::write`] with plain blocking calls, for a control-plane step that
+    /// must not await (a truncation moving the recovery point back, `log/replica.rs`).
+    pub fn write_blocking(&mut self, checkpoint: &Checkpoint) -> io::Result<()> {
+        let sequence = self.sequence + 1;
+        let file = std::fs::File::from(self.file.try_clone()?);
+        file.write_all_at(&checkpoint.encode(sequence), (sequence % 2) * SLOT_BYTES)?;
+        file.sync_data()?;
+        if let Some(dir) = &self.dir_to_sync {
+            std::fs::File::from(dir.try_clone()?).sync_all()?;
+            self.dir_to_sync = None;
+        }
+        self.sequence = sequence;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,11 @@ impl OffsetIndex {
             .partition_point(|&(_, p)| (p as u64) < position)
     }
 
+    /// The position of entry `i`.
+    pub fn position_at(&self, i: usize) -> Option<u32> {
+        self.entries.get(i).map(|&(_, p)| p)
+    }
+
     pub fn last_position(&self) -> Option<u32> {
         self.entries.last().map(|&(_, p)| p)
     }

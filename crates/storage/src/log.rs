@@ -31,9 +31,12 @@ use std::path::Path;
 use std::rc::Rc;
 
 mod clean;
+mod epochs;
 mod log_start;
+mod replica;
 mod timestamps;
 pub use clean::{CleanConfig, CleanStats, CleanableState};
+pub use epochs::{UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use log_start::{DeleteRecordsError, HIGH_WATERMARK};
 
 /// Most bytes `locate` reads at once while walking batch headers from an index entry to the
@@ -118,6 +121,18 @@ pub enum AppendError {
     Io(#[from] io::Error),
     #[error("batch of {0} bytes does not fit a segment")]
     TooLarge(usize),
+    /// A replicated batch starts below the log end or an earlier batch's end (an overlap).
+    #[error("replicated batch at offset {got} overlaps the log, which continues at {expected}")]
+    OutOfOrder { expected: i64, got: i64 },
+    /// Replicated bytes that are not whole valid v2 batches (nothing was written).
+    #[error("replicated batch at byte {position} is invalid: {reason}")]
+    Corrupt {
+        position: usize,
+        reason: &'static str,
+    },
+    /// A truncation was asked for while appends (or a cleaning) were in flight; try again.
+    #[error("the log is busy: {0}")]
+    Busy(&'static str),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +224,11 @@ struct State {
     first_dirty_offset: i64,
     /// A cleaning pass runs on this log.
     cleaning: bool,
+    /// Leader epochs (`log/epochs.rs`; persisted).
+    epochs: epochs::Epochs,
+    /// The leader epoch `append_batch` writes into each batch (`begin_leader_epoch`); `None`:
+    /// batches keep the epoch they carry.
+    stamp_epoch: Option<i32>,
 }
 
 pub struct PartitionLog {
@@ -390,6 +410,8 @@ impl PartitionLog {
                 removed: false,
                 first_dirty_offset: clean::read_first_dirty(dir).unwrap_or(0),
                 cleaning: false,
+                epochs: epochs::Epochs::default(),
+                stamp_epoch: None,
             })),
             appended: Notify::new(),
             synced: Notify::new(),
@@ -398,6 +420,8 @@ impl PartitionLog {
         log.drop_segments_below_start();
         {
             let mut st = log.state.borrow_mut();
+            let epochs = epochs::at_open(dir, &st.segments, st.high_watermark)?;
+            st.epochs = epochs;
             st.first_dirty_offset = st
                 .first_dirty_offset
                 .min(st.high_watermark)
@@ -471,7 +495,7 @@ impl PartitionLog {
         if len > self.config.borrow().segment_bytes.max(1 << 20) || len > u32::MAX as u64 / 2 {
             return Err(AppendError::TooLarge(batch.len()));
         }
-        let (base_offset, end_offset, seq, log_fd, position, index_flushes, epoch) = {
+        let (base_offset, end_offset, seq, log_fd, position, index_flushes, epoch, stamp) = {
             let mut st = self.state.borrow_mut();
             if st.failed.is_some() {
                 self.try_repair(&mut st);
@@ -540,7 +564,23 @@ impl PartitionLog {
                 position,
                 index_flushes,
                 epoch,
+                st.stamp_epoch,
             )
+        };
+        // baseOffset (and a leader's partitionLeaderEpoch) are outside the CRC: write ours,
+        // then the batch from after them.
+        let bufs = match stamp {
+            None => vec![
+                Bytes::copy_from_slice(&base_offset.to_be_bytes()),
+                batch.slice(8..),
+            ],
+            Some(leader_epoch) => {
+                let mut head = [0u8; 16];
+                head[..8].copy_from_slice(&base_offset.to_be_bytes());
+                head[8..12].copy_from_slice(&batch[8..12]);
+                head[12..].copy_from_slice(&leader_epoch.to_be_bytes());
+                vec![Bytes::copy_from_slice(&head), batch.slice(16..)]
+            }
         };
         // The write and its bookkeeping run as a task of their own: once offsets are handed
         // out, the append must end written or failed even if this future is dropped, or its
@@ -553,7 +593,7 @@ impl PartitionLog {
             epoch,
             settled: false,
         };
-        let written = spawn(write.run(log_fd, base_offset, batch, position, index_flushes)).await;
+        let written = spawn(write.run(log_fd, bufs, position, index_flushes)).await;
         written
             .unwrap_or_else(|_| Err(AppendError::Failed("the shard stopped mid-append".into())))?;
         // Wait until every earlier append is written too, so the caller's data is visible.
@@ -617,6 +657,9 @@ impl PartitionLog {
         active.reserved_bytes = keep;
         active.next_offset = hw;
         st.next_offset = hw;
+        // Epochs a failed replicated append recorded for offsets it did not keep (the file
+        // drops them at the next open).
+        st.epochs.drop_past(hw);
         st.pending.clear();
         st.failed = None;
         st.repairable = false;
@@ -855,6 +898,12 @@ impl PartitionLog {
                 })
             }
         };
+        self.slice_at(at, max_bytes).await
+    }
+
+    /// The file range of whole batches from `at`, up to `max_bytes` (at least the first
+    /// batch), ending at or before `at.end`.
+    async fn slice_at(&self, at: Located, max_bytes: usize) -> Result<SliceResult, ReadError> {
         let limit = at.position + (max_bytes as u64).max(at.first_len);
         let indexed_end = || {
             let st = self.state.borrow();
@@ -1194,17 +1243,15 @@ struct AppendWrite {
 }
 
 impl AppendWrite {
+    /// Writes `bufs` (one batch, or several whole ones) at `position` of `log_fd`.
     async fn run(
         mut self,
         log_fd: SharedFd,
-        base_offset: i64,
-        batch: Bytes,
+        bufs: Vec<Bytes>,
         position: u64,
         index_flushes: Vec<IndexFlush>,
     ) -> Result<(), AppendError> {
-        // baseOffset is outside the CRC: write our 8 bytes, then the batch from byte 8 on.
-        let head = Bytes::copy_from_slice(&base_offset.to_be_bytes());
-        let mut written = op::writev_all_at(&log_fd, vec![head, batch.slice(8..)], position).await;
+        let mut written = op::writev_all_at(&log_fd, bufs, position).await;
         for flush in index_flushes {
             if written.is_err() {
                 break;

@@ -1465,3 +1465,27 @@ fn recovery_cuts_a_segment_at_a_batch_whose_offsets_leave_its_range() {
         .unwrap();
     }
 }
+
+#[test]
+fn rebuilt_batches_keep_the_partition_leader_epoch() {
+    // Kafka's cleaner keeps partitionLeaderEpoch (bytes 12..16, outside the CRC): followers
+    // and OffsetsForLeaderEpoch rely on it after a cleaning too.
+    let recs: [KeyValue; 3] = [
+        (Some(b"a"), Some(b"1")),
+        (Some(b"b"), Some(b"2")),
+        (Some(b"a"), Some(b"3")),
+    ];
+    for codec in CODECS {
+        let mut b = keyed_batch(codec, 5000, &recs).to_vec();
+        b[12..16].copy_from_slice(&7i32.to_be_bytes());
+        let frame = BatchFrame::parse(&b).unwrap();
+        let (c, section, records) = batch_records(&b, &frame).unwrap();
+        let Filtered::Rebuilt(out) =
+            rebuild(&b, &frame, c, &section, &records, &[false, true, true]).unwrap()
+        else {
+            panic!("rebuilt");
+        };
+        assert!(BatchFrame::parse(&out).unwrap().crc_matches(&out));
+        assert_eq!(out[12..16], 7i32.to_be_bytes(), "{codec:?}");
+    }
+}
