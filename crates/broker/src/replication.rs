@@ -577,12 +577,11 @@ fn become_leader(
         }
     }
     step_down(shard, p, Role::Unassigned);
-    let newer = p.log.latest_epoch().is_none_or(|e| set.leader_epoch > e);
-    if newer {
-        if let Err(e) = p.log.begin_leader_epoch(set.leader_epoch) {
-            tracing::error!(topic = %topic.name, partition = p.id.index, error = %e, "could not record the leader epoch; not leading");
-            return;
-        }
+    // Records the epoch when it is new, and makes appends stamp it (a follower's log stops
+    // stamping).
+    if let Err(e) = p.log.begin_leader_epoch(set.leader_epoch) {
+        tracing::error!(topic = %topic.name, partition = p.id.index, error = %e, "could not record the leader epoch; not leading");
+        return;
     }
     let end = log_end(&p.log);
     let hw = p
