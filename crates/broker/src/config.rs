@@ -87,7 +87,35 @@ pub struct BrokerConfig {
     pub group_max_size: usize,
     /// The log cleaner of compacted topics (one per shard).
     pub cleaner: CleanerConfig,
+    /// Membership of a cluster (`--cluster`); `None`: a single node, as without clustering.
+    pub cluster: Option<ClusterSettings>,
 }
+
+/// How this broker joins a cluster (`--node-id`, `--cluster`, `--internal-listen`, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// This broker's id (`--node-id`); one of `voters`.
+    pub node_id: i32,
+    /// The metadata quorum's voters and their broker-to-broker addresses (`--cluster`).
+    pub voters: Vec<(i32, SocketAddr)>,
+    /// Where this node accepts broker-to-broker connections (`--internal-listen`).
+    pub internal_listen: SocketAddr,
+    /// Replicas of a topic created with replication factor -1 (and of `__consumer_offsets`).
+    pub default_replication_factor: i16,
+    /// A broker not heard from for this long is fenced by the active controller.
+    pub broker_session_timeout: std::time::Duration,
+    /// How often this broker tells the active controller it is alive.
+    pub broker_heartbeat_interval: std::time::Duration,
+}
+
+/// Default `--broker-session-timeout-ms`.
+pub const BROKER_SESSION_TIMEOUT_DEFAULT: std::time::Duration =
+    std::time::Duration::from_millis(2000);
+/// Default `--broker-heartbeat-interval-ms`.
+pub const BROKER_HEARTBEAT_INTERVAL_DEFAULT: std::time::Duration =
+    std::time::Duration::from_millis(250);
+/// The largest replication factor `--default-replication-factor` defaults to.
+pub const DEFAULT_REPLICATION_FACTOR_MAX: i16 = 3;
 
 /// The log cleaner's settings (`--log-cleaner-enable`, `--cleaner-*`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,6 +199,7 @@ impl BrokerConfig {
             recv_budget_bytes: crate::limits::RECV_BUDGET_BYTES_DEFAULT,
             group_max_size: crate::limits::GROUP_MEMBERS_MAX,
             cleaner: CleanerConfig::default(),
+            cluster: None,
         }
     }
 }

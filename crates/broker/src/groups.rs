@@ -60,6 +60,18 @@ pub fn offsets_partition(group: &str) -> i32 {
     (crc32c::crc32c(group.as_bytes()) % OFFSETS_PARTITIONS as u32) as i32
 }
 
+/// Cluster mode: NOT_COORDINATOR when this node does not lead `group`'s offsets partition
+/// (the client then finds the coordinator again); `None` on its coordinator and on a single
+/// node, which coordinates every group.
+pub fn coordinator_error(group: &str) -> Option<i16> {
+    let shard = shard::current();
+    shard.shared.cluster.as_ref()?;
+    let leader = shard
+        .topic(OFFSETS_TOPIC)
+        .and_then(|t| t.replicas(offsets_partition(group)).map(|r| r.leader));
+    (leader != Some(shard.shared.node_id)).then_some(errors::NOT_COORDINATOR)
+}
+
 /// The shard coordinating `group`.
 pub fn group_shard(group: &str) -> usize {
     shard::current()

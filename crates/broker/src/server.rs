@@ -175,10 +175,13 @@ impl Broker {
         let mut meta = ClusterMeta::load_or_create(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
         let shards = config.cores.len();
-        if !meta
-            .topics
-            .iter()
-            .any(|t| t.name == crate::groups::OFFSETS_TOPIC)
+        // A cluster member gets the offsets topic (and every other) from the metadata quorum.
+        let clustered = config.cluster.is_some();
+        if !clustered
+            && !meta
+                .topics
+                .iter()
+                .any(|t| t.name == crate::groups::OFFSETS_TOPIC)
         {
             let owners = meta.place(crate::groups::OFFSETS_PARTITIONS, shards);
             let mut configs = std::collections::BTreeMap::new();
@@ -201,7 +204,7 @@ impl Broker {
         if let Some(at) = meta
             .topics
             .iter()
-            .position(|t| t.name == crate::groups::OFFSETS_TOPIC)
+            .position(|t| t.name == crate::groups::OFFSETS_TOPIC && !clustered)
         {
             let offsets = &meta.topics[at];
             if offsets.configs.get("cleanup.policy").map(String::as_str) != Some("compact") {
@@ -249,17 +252,31 @@ impl Broker {
         let use_msg_ring = config.use_msg_ring && features.msg_ring;
         let (mesh, endpoints) =
             Mesh::build(shards, use_msg_ring).map_err(|e| StartError::Other(e.to_string()))?;
+        let membership = match &config.cluster {
+            Some(settings) => Some(join_cluster(
+                &config,
+                settings,
+                (&advertised_host, advertised_port),
+                &mut meta,
+            )?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             config: config.clone(),
             advertised_host,
             advertised_port,
-            cluster_id: meta.cluster_id.clone(),
+            cluster_id: membership
+                .as_ref()
+                .map_or_else(|| meta.cluster_id.clone(), |m| m.image.cluster_id.clone()),
             recovered_clean: previous_shutdown_clean,
             shard_count: shards,
             shards_loaded: std::sync::atomic::AtomicUsize::new(0),
             connections: Arc::default(),
-            node_id: crate::metadata::SINGLE_NODE_ID,
-            cluster: None,
+            node_id: config
+                .cluster
+                .as_ref()
+                .map_or(crate::metadata::SINGLE_NODE_ID, |c| c.node_id),
+            cluster: membership.as_ref().map(|m| m.cluster.clone()),
         });
         let meta = Arc::new(meta);
         let heartbeats = Arc::new(Heartbeats::new(shards));
@@ -277,6 +294,14 @@ impl Broker {
             };
             let clean = previous_shutdown_clean;
             let heartbeats = heartbeats.clone();
+            let member = membership.as_ref().map(|m| {
+                (
+                    m.slot.clone(),
+                    mesh.clone(),
+                    m.default_replication_factor,
+                    m.image.clone(),
+                )
+            });
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
                 .spawn(move || {
@@ -294,8 +319,18 @@ impl Broker {
                         } else {
                             Recovery::Scan
                         };
-                        Shard::install(id, shared, &meta, recovery)
+                        let shard = Shard::install(id, shared, &meta, recovery)
                             .map_err(|e| format!("opening partitions: {e}"))?;
+                        if let Some((slot, mesh, replication_factor, image)) = member {
+                            shard
+                                .set_brokers(Arc::new(crate::shard::cluster::brokers_view(&image)));
+                            crate::shard::cluster::install(slot, mesh, replication_factor, image);
+                            // The topics were taken before the brokers view: tell the
+                            // replication hook again, now that it knows every broker.
+                            for topic in shard.all_topics() {
+                                crate::replication::topic_changed(&shard, &topic);
+                            }
+                        }
                         Ok(rt)
                     })();
                     let rt = match setup {
@@ -365,6 +400,10 @@ impl Broker {
                     ));
                 }
             }
+        }
+        if let Some(m) = &membership {
+            // From now on each new metadata image goes to shard 0.
+            m.slot.connect(broker.mesh.clone());
         }
         ready.store(true, std::sync::atomic::Ordering::Release);
         crate::faults::start_watcher(broker.mesh.clone());
@@ -472,15 +511,20 @@ impl Broker {
         }
     }
 
-    /// Waits for every shard thread; how many did not report their logs closed.
+    /// Waits for every shard thread, then stops the metadata quorum's threads (cluster mode);
+    /// how many shards did not report their logs closed.
     fn join(mut self) -> usize {
         self.stop_metrics();
         let threads = std::mem::take(&mut self.threads);
-        threads
+        let failed = threads
             .into_iter()
             .map(|t| t.join().unwrap_or(false))
             .filter(|closed| !closed)
-            .count()
+            .count();
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.shutdown();
+        }
+        failed
     }
 
     /// Orderly stop: every shard stops accepting and drains its connections, then every
@@ -585,6 +629,9 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
     if let FlushPolicy::Interval(every) = shard.shared.config.flush {
         background.push(spawn(flush_every(every)));
     }
+    if shard.id == 0 && shard.shared.cluster.is_some() {
+        background.push(spawn(crate::shard::cluster::run_applier()));
+    }
     let acceptor = spawn(accept_loop(listener.clone()));
 
     drain.await;
@@ -609,6 +656,85 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
         "shard stopped"
     );
     closed
+}
+
+/// How long a new cluster member waits at start-up for the metadata quorum to have a cluster
+/// id (a leader elected once by a majority of the voters).
+pub const CLUSTER_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running member of the metadata quorum, as start-up hands it to the shards.
+struct Membership {
+    cluster: Arc<ringbroker_cluster::Cluster>,
+    slot: Arc<crate::shard::cluster::ImageSlot>,
+    /// The image the shards are built from.
+    image: Arc<ringbroker_cluster::MetadataImage>,
+    default_replication_factor: i16,
+}
+
+/// Cluster mode: starts this node's member of the metadata quorum (`<data-dir>/meta/raft`),
+/// waits (at most [`CLUSTER_JOIN_TIMEOUT`]) until the quorum has a cluster id, then merges the
+/// newest image into `meta` (persisted) and removes the partition directories this node no
+/// longer hosts.
+fn join_cluster(
+    config: &BrokerConfig,
+    settings: &crate::config::ClusterSettings,
+    (client_host, client_port): (&str, u16),
+    meta: &mut ClusterMeta,
+) -> Result<Membership, StartError> {
+    let mut cluster_config = ringbroker_cluster::ClusterConfig::new(
+        settings.node_id,
+        settings.voters.clone(),
+        settings.internal_listen,
+        client_host.to_string(),
+        client_port,
+        config.data_dir.join("meta").join("raft"),
+    );
+    cluster_config.broker_heartbeat_interval = settings.broker_heartbeat_interval;
+    cluster_config.broker_session_timeout = settings.broker_session_timeout;
+    let slot = crate::shard::cluster::ImageSlot::new();
+    let publish_to = slot.clone();
+    let cluster = ringbroker_cluster::Cluster::start(
+        cluster_config,
+        Box::new(move |image| publish_to.publish(image)),
+    )
+    .map_err(|e| StartError::Other(format!("cannot start the metadata quorum member: {e}")))?;
+    tracing::info!(
+        node_id = settings.node_id,
+        voters = ?settings.voters,
+        internal_listen = %settings.internal_listen,
+        "joining the cluster's metadata quorum"
+    );
+    let Some(image) = slot.wait_until(CLUSTER_JOIN_TIMEOUT, |i| !i.cluster_id.is_empty()) else {
+        cluster.shutdown();
+        return Err(StartError::Other(format!(
+            "the metadata quorum has no cluster id after {} s: a majority of the voters in \
+             --cluster must be running and reach each other's internal addresses",
+            CLUSTER_JOIN_TIMEOUT.as_secs()
+        )));
+    };
+    let merge =
+        crate::shard::cluster::merge_image(meta, &image, settings.node_id, config.cores.len());
+    *meta = merge.meta;
+    if merge.persist {
+        if let Err(e) = meta.save(&config.data_dir) {
+            cluster.shutdown();
+            return Err(StartError::DataDir(config.data_dir.clone(), e));
+        }
+    }
+    crate::shard::cluster::remove_unhosted_dirs(&config.data_dir, meta, settings.node_id);
+    tracing::info!(
+        cluster_id = %image.cluster_id,
+        applied_index = image.applied_index,
+        topics = image.topics.len(),
+        brokers = image.brokers.len(),
+        "metadata image loaded"
+    );
+    Ok(Membership {
+        cluster,
+        slot,
+        image,
+        default_replication_factor: settings.default_replication_factor,
+    })
 }
 
 /// Sleeps for `duration`; whether the shard still serves afterwards.

@@ -20,6 +20,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use uuid::Uuid;
 
+pub mod cluster;
+
 /// What every shard shares, read-only after start-up.
 #[derive(Debug)]
 pub struct Shared {
@@ -227,7 +229,8 @@ impl Shard {
             .log_config_of(&topic.name, &topic.configs)
             .map_err(std::io::Error::other)?;
         for (p, &owner) in topic.owners.iter().enumerate().skip(first) {
-            if owner != self.id {
+            // A cluster member opens only the partitions it holds a replica of.
+            if owner != self.id || !cluster::hosts(&topic, p, self.shared.node_id) {
                 continue;
             }
             let dir = partition_dir(&self.shared.config.data_dir, &topic.name, p as i32);
@@ -316,6 +319,9 @@ pub struct NewTopic {
     pub partitions: i32,
     pub replication_factor: i16,
     pub configs: BTreeMap<String, String>,
+    /// Replicas per partition chosen by the client (cluster mode; a single node has checked
+    /// them already and ignores them).
+    pub assignments: Option<Vec<Vec<i32>>>,
 }
 
 /// Why a topic operation was refused: a Kafka error code and a message.
@@ -327,6 +333,9 @@ pub async fn create_topics(
     topics: Vec<NewTopic>,
     validate_only: bool,
 ) -> Vec<Result<Arc<TopicInfo>, TopicError>> {
+    if current().shared.cluster.is_some() {
+        return cluster::create_topics(topics, validate_only).await;
+    }
     mesh::call_detached(0, move || async move {
         coordinator_create(topics, validate_only).await
     })
@@ -469,6 +478,9 @@ async fn coordinator_create(
 
 /// Deletes topics by name (through shard 0); returns one result per name.
 pub async fn delete_topics(names: Vec<String>) -> Vec<Result<Arc<TopicInfo>, TopicError>> {
+    if current().shared.cluster.is_some() {
+        return cluster::delete_topics(names).await;
+    }
     mesh::call_detached(0, move || async move {
         let shard = current();
         let table = shard.table.as_ref().expect("shard 0 holds the topic table");
@@ -722,6 +734,9 @@ pub async fn alter_topic_configs(
     change: ConfigChange,
     validate_only: bool,
 ) -> Result<(), TopicError> {
+    if current().shared.cluster.is_some() {
+        return cluster::alter_topic_configs(name, change, validate_only).await;
+    }
     mesh::call_detached(0, move || async move {
         let shard = current();
         let table = shard.table.as_ref().expect("shard 0 holds the topic table");
@@ -982,6 +997,9 @@ pub async fn create_partitions(
     requests: Vec<NewPartitions>,
     validate_only: bool,
 ) -> Vec<Result<(), TopicError>> {
+    if current().shared.cluster.is_some() {
+        return cluster::create_partitions(requests, validate_only).await;
+    }
     mesh::call_detached(0, move || async move {
         coordinator_create_partitions(requests, validate_only).await
     })

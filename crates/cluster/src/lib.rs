@@ -8,15 +8,33 @@
 //! through the `publish` callback; requests ([`AdminRequest`]) go to the quorum's leader (the
 //! active controller) from any broker and are answered once committed.
 //!
-//! INTERFACE SKELETON: the types and signatures here are the contract the broker codes
-//! against; the implementation is being written on branch `cl-controller`.
+//! Modules:
+//! - [`state`]: the deterministic state machine (commands applied to a [`MetadataImage`]).
+//! - [`controller`]: what the active controller decides before proposing (placement, ids,
+//!   fencing and unfencing from heartbeats, preferred-leader moves).
+//! - [`storage`]: raft-rs's `Storage` over durable files (entries log, hard state, snapshot).
+//! - [`transport`]: framed TCP between quorum members (listener, readers, per-peer writers).
+//! - `node`: the quorum thread's loop (tick, Ready handling, request routing, publishing).
+//!
+//! Threads: one quorum thread, one listener, one reader per accepted connection, one writer
+//! per peer. None of them ever runs on a shard core; a dead or paused peer only fills its
+//! writer's bounded queue.
+
+pub mod controller;
+mod logger;
+mod node;
+pub mod state;
+pub mod storage;
+pub mod transport;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// A broker's id in the cluster (`--node-id`), Kafka's `BrokerId`.
@@ -47,6 +65,10 @@ pub struct ClusterConfig {
     pub broker_session_timeout: Duration,
     /// Applied entries after which a snapshot replaces the log before them.
     pub snapshot_entries: u64,
+    /// Replication factor of a CreateTopic that asks for -1 (Kafka's `default.replication.factor`).
+    pub default_replication_factor: i16,
+    /// How often the active controller moves leadership back to preferred replicas.
+    pub leader_rebalance_interval: Duration,
 }
 
 impl ClusterConfig {
@@ -72,6 +94,8 @@ impl ClusterConfig {
             broker_heartbeat_interval: Duration::from_millis(250),
             broker_session_timeout: Duration::from_millis(2000),
             snapshot_entries: 1000,
+            default_replication_factor: 1,
+            leader_rebalance_interval: Duration::from_secs(5),
         }
     }
 }
@@ -99,6 +123,9 @@ pub struct BrokerInfo {
     /// Not heard from within the session timeout (or never since the controller started):
     /// leads nothing and is in no ISR until it heartbeats again.
     pub fenced: bool,
+    /// Chosen anew by every start of the broker's process; a new one means the broker
+    /// restarted (it is then fenced and unfenced: it leads nothing it led before).
+    pub incarnation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,34 +237,203 @@ pub struct ClusterStatus {
 
 /// A running member of the cluster.
 pub struct Cluster {
-    _private: (),
+    node_id: NodeId,
+    incarnation: u64,
+    events: mpsc::Sender<node::Event>,
+    stop: Arc<AtomicBool>,
+    status: Arc<Mutex<ClusterStatus>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster").finish_non_exhaustive()
+        f.debug_struct("Cluster")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
     }
+}
+
+/// A number no earlier start of this node used (time, process id and a counter mixed).
+fn new_incarnation() -> u64 {
+    static STARTS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = STARTS.fetch_add(1, Ordering::SeqCst);
+    (nanos ^ (u64::from(std::process::id()) << 40)).wrapping_add(n) | 1
+}
+
+fn invalid(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, msg)
 }
 
 impl Cluster {
     /// Replays the local quorum state (calls `publish` with it before returning, so the broker
     /// starts from what this node last applied), then starts the quorum thread(s).
     pub fn start(config: ClusterConfig, publish: Publish) -> std::io::Result<Arc<Cluster>> {
-        let _ = (config, publish);
-        Err(std::io::Error::other("cluster mode is not built yet"))
+        if config.node_id <= 0 {
+            return Err(invalid(format!(
+                "node id {} must be positive in cluster mode",
+                config.node_id
+            )));
+        }
+        if config.voters.iter().any(|(id, _)| *id <= 0) {
+            return Err(invalid("voter ids must be positive".to_string()));
+        }
+        if !config.voters.iter().any(|(id, _)| *id == config.node_id) {
+            return Err(invalid(format!(
+                "node {} is not one of the voters",
+                config.node_id
+            )));
+        }
+        let mut voters: Vec<u64> = config.voters.iter().map(|(id, _)| *id as u64).collect();
+        voters.sort_unstable();
+        voters.dedup();
+        if voters.len() != config.voters.len() {
+            return Err(invalid("a voter id is listed twice".to_string()));
+        }
+
+        let (storage, mut image) = storage::DiskStorage::open(&config.dir, &voters)?;
+        let commit = storage.hard_state().commit;
+        node::apply_entries(&mut image, storage.entries_to(commit));
+        image.controller_id = -1;
+        tracing::info!(
+            node = config.node_id,
+            applied = image.applied_index,
+            topics = image.topics.len(),
+            "metadata replayed"
+        );
+
+        let raft_config = raft::Config {
+            id: config.node_id as u64,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied: image.applied_index.max(storage.snapshot_index()),
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..raft::Config::default()
+        };
+        raft_config.validate().map_err(|e| invalid(e.to_string()))?;
+        let raw = raft::RawNode::new(&raft_config, storage, &logger::raft_logger())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let inbound_queued = Arc::new(AtomicUsize::new(0));
+        let inbound: transport::Inbound = {
+            let tx = tx.clone();
+            let queued = inbound_queued.clone();
+            let stop = stop.clone();
+            Arc::new(move |frame| {
+                while queued.load(Ordering::SeqCst) >= node::INBOUND_FRAMES_MAX {
+                    if stop.load(Ordering::SeqCst) {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                queued.fetch_add(1, Ordering::SeqCst);
+                tx.send(node::Event::Frame(frame)).is_ok()
+            })
+        };
+        let peers: Vec<(NodeId, SocketAddr)> = config
+            .voters
+            .iter()
+            .copied()
+            .filter(|(id, _)| *id != config.node_id)
+            .collect();
+        let transport = transport::Transport::start(
+            config.node_id,
+            config.internal_listen,
+            &peers,
+            inbound,
+            stop.clone(),
+        )?;
+
+        publish(Arc::new(image.clone()));
+
+        let status = Arc::new(Mutex::new(ClusterStatus {
+            node_id: config.node_id,
+            controller_id: -1,
+            raft_term: raw.raft.term,
+            committed_index: raw.raft.raft_log.committed,
+            applied_index: image.applied_index,
+        }));
+        let incarnation = new_incarnation();
+        let node_id = config.node_id;
+        let node = node::Node::new(
+            config,
+            raw,
+            image,
+            publish,
+            transport,
+            rx,
+            inbound_queued,
+            stop.clone(),
+            status.clone(),
+            incarnation,
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("quorum-{node_id}"))
+            .spawn(move || node.run())?;
+        Ok(Arc::new(Cluster {
+            node_id,
+            incarnation,
+            events: tx,
+            stop,
+            status,
+            thread: Mutex::new(Some(thread)),
+        }))
     }
 
     /// Sends `request` to the active controller (forwarded when that is another node); `reply`
     /// runs on a cluster thread once it is committed and applied here, or failed.
     pub fn submit(&self, request: AdminRequest, timeout: Duration, reply: Reply) {
-        let _ = (request, timeout);
-        reply(Err(AdminError::NotController))
+        if self.stop.load(Ordering::SeqCst) {
+            reply(Err(AdminError::NotController));
+            return;
+        }
+        let event = node::Event::Submit {
+            request,
+            deadline: Instant::now() + timeout,
+            reply,
+        };
+        if let Err(mpsc::SendError(node::Event::Submit { reply, .. })) = self.events.send(event) {
+            reply(Err(AdminError::NotController));
+        }
     }
 
     pub fn status(&self) -> ClusterStatus {
-        ClusterStatus::default()
+        match self.status.lock() {
+            Ok(s) => s.clone(),
+            Err(_) => ClusterStatus::default(),
+        }
+    }
+
+    /// This process's incarnation, as the node's heartbeats carry it.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// Stops the threads (orderly shutdown).
-    pub fn shutdown(&self) {}
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let handle = match self.thread.lock() {
+            Ok(mut t) => t.take(),
+            Err(_) => None,
+        };
+        if let Some(h) = handle {
+            // A reply or publish callback may shut the cluster down from the quorum thread.
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
 }

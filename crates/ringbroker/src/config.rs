@@ -3,7 +3,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use ringbroker_broker::config::BrokerConfig;
+use ringbroker_broker::config::{
+    BrokerConfig, ClusterSettings, BROKER_HEARTBEAT_INTERVAL_DEFAULT,
+    BROKER_SESSION_TIMEOUT_DEFAULT, DEFAULT_REPLICATION_FACTOR_MAX,
+};
 use ringbroker_runtime::affinity;
 use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -174,12 +177,43 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGBROKER_CLEANER_DUTY_PERCENT")]
     pub cleaner_duty_percent: Option<u32>,
 
+    /// This broker's id in the cluster (with --cluster; it must be one of the voters listed
+    /// there). [default: 0, a single node]
+    #[arg(long, env = "RINGBROKER_NODE_ID")]
+    pub node_id: Option<i32>,
+
+    /// Run as one node of a cluster: the metadata quorum's voters and the broker-to-broker
+    /// address of each, `id@host:port,...` (every broker of the cluster, this one included).
+    /// [default: none, a single node]
+    #[arg(long, env = "RINGBROKER_CLUSTER")]
+    pub cluster: Option<String>,
+
+    /// Address to accept broker-to-broker (quorum) connections on. [default: this node's
+    /// address in --cluster]
+    #[arg(long, env = "RINGBROKER_INTERNAL_LISTEN")]
+    pub internal_listen: Option<String>,
+
+    /// Replicas of a topic created with replication factor -1 (auto-created topics included)
+    /// and of `__consumer_offsets`. [default: min(3, number of voters)]
+    #[arg(long, env = "RINGBROKER_DEFAULT_REPLICATION_FACTOR")]
+    pub default_replication_factor: Option<i16>,
+
+    /// A broker the active controller has not heard from for this long, in ms, is fenced
+    /// (leads nothing, leaves every ISR). [default: 2000]
+    #[arg(long, env = "RINGBROKER_BROKER_SESSION_TIMEOUT_MS")]
+    pub broker_session_timeout_ms: Option<u64>,
+
+    /// How often this broker tells the active controller it is alive, in ms. [default: 250]
+    #[arg(long, env = "RINGBROKER_BROKER_HEARTBEAT_INTERVAL_MS")]
+    pub broker_heartbeat_interval_ms: Option<u64>,
+
     /// TOML file with the same keys (listen, data_dir, cores, advertise, auto_create_topics,
     /// default_partitions, flush, segment_bytes, segment_ms, retention_ms, retention_bytes,
     /// retention_check_ms, recovery_checkpoint_ms, uring_fallback, metrics_listen,
     /// max_connections, frame_bytes_max, max_message_bytes, fetch_max_bytes, recv_budget_bytes,
     /// group_max_size, log_cleaner_enable, cleaner_backoff_ms, cleaner_dedupe_buffer_bytes,
-    /// cleaner_io_bytes_per_turn, cleaner_duty_percent).
+    /// cleaner_io_bytes_per_turn, cleaner_duty_percent, node_id, cluster, internal_listen,
+    /// default_replication_factor, broker_session_timeout_ms, broker_heartbeat_interval_ms).
     #[arg(long, env = "RINGBROKER_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -213,6 +247,12 @@ struct FileConfig {
     cleaner_dedupe_buffer_bytes: Option<usize>,
     cleaner_io_bytes_per_turn: Option<usize>,
     cleaner_duty_percent: Option<u32>,
+    node_id: Option<i32>,
+    cluster: Option<String>,
+    internal_listen: Option<String>,
+    default_replication_factor: Option<i16>,
+    broker_session_timeout_ms: Option<u64>,
+    broker_heartbeat_interval_ms: Option<u64>,
 }
 
 pub struct Settings {
@@ -404,6 +444,20 @@ impl ServeArgs {
             }
             broker.cleaner.duty_percent = p;
         }
+        broker.cluster = resolve_cluster(ClusterFlags {
+            node_id: self.node_id.or(file.node_id),
+            cluster: self.cluster.or(file.cluster),
+            internal_listen: self.internal_listen.or(file.internal_listen),
+            default_replication_factor: self
+                .default_replication_factor
+                .or(file.default_replication_factor),
+            broker_session_timeout_ms: self
+                .broker_session_timeout_ms
+                .or(file.broker_session_timeout_ms),
+            broker_heartbeat_interval_ms: self
+                .broker_heartbeat_interval_ms
+                .or(file.broker_heartbeat_interval_ms),
+        })?;
         let uring_fallback = self.uring_fallback.or(file.uring_fallback).unwrap_or(false);
         if uring_fallback {
             broker.ring.use_taskrun_flags = false;
@@ -414,6 +468,130 @@ impl ServeArgs {
             uring_fallback,
         })
     }
+}
+
+/// The cluster settings as given (flags > env > file).
+#[derive(Debug, Default)]
+struct ClusterFlags {
+    node_id: Option<i32>,
+    cluster: Option<String>,
+    internal_listen: Option<String>,
+    default_replication_factor: Option<i16>,
+    broker_session_timeout_ms: Option<u64>,
+    broker_heartbeat_interval_ms: Option<u64>,
+}
+
+/// Voters one `--cluster` may list (a metadata quorum of more than a few voters only slows
+/// its commits).
+const CLUSTER_VOTERS_MAX: usize = 64;
+
+/// Resolves one `host:port` to a socket address, naming `what` in the error.
+fn socket_addr(text: &str, what: &str) -> Result<SocketAddr> {
+    text.to_socket_addrs()
+        .with_context(|| format!("{what}: bad address {text:?} (expected host:port)"))?
+        .next()
+        .with_context(|| format!("{what}: {text:?} resolves to no address"))
+}
+
+/// Parses `--cluster id@host:port,...`.
+fn parse_voters(text: &str) -> Result<Vec<(i32, SocketAddr)>> {
+    let mut voters: Vec<(i32, SocketAddr)> = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry
+            .split_once('@')
+            .with_context(|| format!("--cluster: {entry:?} is not id@host:port"))?;
+        let id: i32 = id
+            .parse()
+            .with_context(|| format!("--cluster: bad node id {id:?} in {entry:?}"))?;
+        if id <= 0 {
+            bail!("--cluster: node id {id} must be positive (0 is a single node's id)");
+        }
+        let addr = socket_addr(addr, "--cluster")?;
+        if voters.iter().any(|&(other, _)| other == id) {
+            bail!("--cluster: node id {id} is listed twice");
+        }
+        if let Some((other, _)) = voters.iter().find(|&&(_, a)| a == addr) {
+            bail!("--cluster: nodes {other} and {id} have the same address {addr}");
+        }
+        voters.push((id, addr));
+    }
+    if voters.is_empty() {
+        bail!("--cluster: no voters listed (expected id@host:port,...)");
+    }
+    if voters.len() > CLUSTER_VOTERS_MAX {
+        bail!(
+            "--cluster: {} voters, at most {CLUSTER_VOTERS_MAX}",
+            voters.len()
+        );
+    }
+    Ok(voters)
+}
+
+fn resolve_cluster(flags: ClusterFlags) -> Result<Option<ClusterSettings>> {
+    let Some(text) = flags.cluster else {
+        let stray = [
+            (flags.node_id.is_some(), "--node-id"),
+            (flags.internal_listen.is_some(), "--internal-listen"),
+            (
+                flags.default_replication_factor.is_some(),
+                "--default-replication-factor",
+            ),
+        ];
+        if let Some((_, name)) = stray.iter().find(|(given, _)| *given) {
+            bail!("{name} needs --cluster (a single node has node id 0 and one replica)");
+        }
+        return Ok(None);
+    };
+    let voters = parse_voters(&text)?;
+    let node_id = flags
+        .node_id
+        .context("--cluster needs --node-id (this broker's id among the voters)")?;
+    let Some(&(_, own_addr)) = voters.iter().find(|&&(id, _)| id == node_id) else {
+        bail!(
+            "--node-id {node_id} is not one of the voters in --cluster ({})",
+            voters
+                .iter()
+                .map(|(id, _)| id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let internal_listen = match flags.internal_listen {
+        Some(text) => socket_addr(&text, "--internal-listen")?,
+        None => own_addr,
+    };
+    let voter_count = i16::try_from(voters.len()).unwrap_or(i16::MAX);
+    let default_replication_factor = flags
+        .default_replication_factor
+        .unwrap_or(DEFAULT_REPLICATION_FACTOR_MAX.min(voter_count));
+    if !(1..=voter_count).contains(&default_replication_factor) {
+        bail!(
+            "--default-replication-factor must be between 1 and the number of voters ({voter_count})"
+        );
+    }
+    let session_ms = flags
+        .broker_session_timeout_ms
+        .unwrap_or(BROKER_SESSION_TIMEOUT_DEFAULT.as_millis() as u64);
+    let heartbeat_ms = flags
+        .broker_heartbeat_interval_ms
+        .unwrap_or(BROKER_HEARTBEAT_INTERVAL_DEFAULT.as_millis() as u64);
+    if heartbeat_ms == 0 {
+        bail!("--broker-heartbeat-interval-ms must be at least 1");
+    }
+    if session_ms <= heartbeat_ms {
+        bail!(
+            "--broker-session-timeout-ms ({session_ms}) must be longer than \
+             --broker-heartbeat-interval-ms ({heartbeat_ms})"
+        );
+    }
+    Ok(Some(ClusterSettings {
+        node_id,
+        voters,
+        internal_listen,
+        default_replication_factor,
+        broker_session_timeout: std::time::Duration::from_millis(session_ms),
+        broker_heartbeat_interval: std::time::Duration::from_millis(heartbeat_ms),
+    }))
 }
 
 #[cfg(test)]
@@ -581,5 +759,116 @@ mod tests {
             .unwrap();
             assert!(format!("{e:#}").contains("--group-max-size"), "{e:#}");
         }
+    }
+
+    #[test]
+    fn cluster_flags_resolve_with_defaults() {
+        let s = ServeArgs::default().resolve().unwrap();
+        assert_eq!(s.broker.cluster, None);
+        let s = ServeArgs {
+            node_id: Some(2),
+            cluster: Some("1@127.0.0.1:19192, 2@127.0.0.1:19193,3@127.0.0.1:19194".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let c = s.broker.cluster.unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.voters.len(), 3);
+        assert_eq!(c.internal_listen, "127.0.0.1:19193".parse().unwrap());
+        assert_eq!(c.default_replication_factor, 3);
+        assert_eq!(
+            c.broker_session_timeout,
+            std::time::Duration::from_millis(2000)
+        );
+        assert_eq!(
+            c.broker_heartbeat_interval,
+            std::time::Duration::from_millis(250)
+        );
+        let s = ServeArgs {
+            node_id: Some(1),
+            cluster: Some("1@127.0.0.1:19192,2@127.0.0.1:19193".into()),
+            internal_listen: Some("0.0.0.0:19999".into()),
+            broker_session_timeout_ms: Some(5000),
+            broker_heartbeat_interval_ms: Some(100),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let c = s.broker.cluster.unwrap();
+        assert_eq!(c.default_replication_factor, 2);
+        assert_eq!(c.internal_listen, "0.0.0.0:19999".parse().unwrap());
+        assert_eq!(
+            c.broker_session_timeout,
+            std::time::Duration::from_millis(5000)
+        );
+    }
+
+    #[test]
+    fn bad_cluster_flags_are_explained() {
+        let cases: &[(Option<i32>, Option<&str>, Option<i16>, &str)] = &[
+            (
+                Some(4),
+                Some("1@127.0.0.1:1,2@127.0.0.1:2"),
+                None,
+                "not one of the voters",
+            ),
+            (
+                Some(1),
+                Some("1@127.0.0.1:1,1@127.0.0.1:2"),
+                None,
+                "listed twice",
+            ),
+            (
+                Some(1),
+                Some("1@127.0.0.1:1,2@127.0.0.1:1"),
+                None,
+                "same address",
+            ),
+            (Some(1), Some("1@nohostport"), None, "bad address"),
+            (Some(1), Some("1-127.0.0.1:1"), None, "id@host:port"),
+            (Some(1), Some("x@127.0.0.1:1"), None, "bad node id"),
+            (Some(0), Some("0@127.0.0.1:1"), None, "must be positive"),
+            (None, Some("1@127.0.0.1:1"), None, "needs --node-id"),
+            (Some(1), None, None, "needs --cluster"),
+            (
+                Some(1),
+                Some("1@127.0.0.1:1,2@127.0.0.1:2"),
+                Some(3),
+                "--default-replication-factor",
+            ),
+            (
+                Some(1),
+                Some("1@127.0.0.1:1"),
+                Some(0),
+                "--default-replication-factor",
+            ),
+        ];
+        for &(node_id, cluster, rf, expected) in cases {
+            let e = ServeArgs {
+                node_id,
+                cluster: cluster.map(String::from),
+                default_replication_factor: rf,
+                ..Default::default()
+            }
+            .resolve()
+            .err()
+            .unwrap_or_else(|| panic!("{node_id:?} {cluster:?} {rf:?} accepted"));
+            assert!(format!("{e:#}").contains(expected), "{e:#}");
+        }
+        let e = ServeArgs {
+            node_id: Some(1),
+            cluster: Some("1@127.0.0.1:1".into()),
+            broker_session_timeout_ms: Some(100),
+            broker_heartbeat_interval_ms: Some(100),
+            ..Default::default()
+        }
+        .resolve()
+        .err()
+        .unwrap();
+        assert!(
+            format!("{e:#}").contains("--broker-session-timeout-ms"),
+            "{e:#}"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! (a TOPIC's overrides, or the dynamic configs of the BROKER resource "" or this node's id).
 //! Validated first (INVALID_CONFIG naming the key), persisted, then applied to live partitions.
 
-use super::describe_configs::{broker_scope, NODE_ID, RESOURCE_BROKER, RESOURCE_TOPIC};
+use super::describe_configs::{broker_scope, RESOURCE_BROKER, RESOURCE_TOPIC};
 use super::{decode_body, refuse_over, respond, Outcome};
 use crate::errors;
 use crate::limits::{REQUEST_TOPICS_MAX, TOPIC_CONFIGS_BYTES_MAX};
@@ -33,7 +33,10 @@ pub async fn alter_resource(
             Some(scope) => shard::alter_broker_configs(scope, change, validate_only).await,
             None => Err((
                 errors::INVALID_REQUEST,
-                format!("unexpected broker id {name:?}: this is node {NODE_ID}"),
+                format!(
+                    "unexpected broker id {name:?}: this is node {}",
+                    crate::shard::current().shared.node_id
+                ),
             )),
         },
         other => Err((

@@ -19,9 +19,10 @@ use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 
-/// Kafka's checks of explicit replica assignments, for a single node: counts then are -1,
-/// partitions are numbered 0..n-1, each lists this node once.
-fn assignment_refusal(t: &CreatableTopic) -> Option<(i16, String)> {
+/// Kafka's checks of explicit replica assignments: counts then are -1, partitions are
+/// numbered 0..n-1, each lists distinct brokers; on a single node, only this node (in a
+/// cluster the controller checks the brokers are registered).
+fn assignment_refusal(t: &CreatableTopic, single_node: bool) -> Option<(i16, String)> {
     if t.assignments.is_empty() {
         return None;
     }
@@ -61,7 +62,7 @@ fn assignment_refusal(t: &CreatableTopic) -> Option<(i16, String)> {
                 ),
             ));
         }
-        if let Some(b) = brokers.iter().find(|&&b| b != NODE_ID) {
+        if let Some(b) = brokers.iter().find(|&&b| single_node && b != NODE_ID) {
             return Some((
                 errors::INVALID_REPLICA_ASSIGNMENT,
                 format!(
@@ -112,6 +113,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             .map(|c| c.name.len() + c.value.as_ref().map_or(0, |v| v.len()))
             .sum::<usize>()
     };
+    let single_node = shard::current().shared.cluster.is_none();
     let refused: Vec<Option<(i16, String)>> = body
         .topics
         .iter()
@@ -136,7 +138,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                     ),
                 ))
             } else {
-                assignment_refusal(t)
+                assignment_refusal(t, single_node)
             }
         })
         .collect();
@@ -155,9 +157,19 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             },
             replication_factor: if t.assignments.is_empty() {
                 t.replication_factor
-            } else {
+            } else if single_node {
                 1
+            } else {
+                t.assignments[0].broker_ids.len() as i16
             },
+            assignments: (!t.assignments.is_empty()).then(|| {
+                let mut by_partition: Vec<_> = t.assignments.iter().collect();
+                by_partition.sort_by_key(|a| a.partition_index);
+                by_partition
+                    .into_iter()
+                    .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                    .collect()
+            }),
             configs: t
                 .configs
                 .iter()
@@ -184,7 +196,11 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                     if v >= 5 {
                         r = r
                             .with_num_partitions(info.partition_count())
-                            .with_replication_factor(1)
+                            .with_replication_factor(
+                                info.replication
+                                    .first()
+                                    .map_or(1, |r| r.replicas.len() as i16),
+                            )
                             .with_configs(Some(configs_of(&shard, &info.configs)));
                     }
                     if v >= 7 && !body.validate_only {

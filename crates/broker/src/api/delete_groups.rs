@@ -13,10 +13,15 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     for group in body.groups_names {
         let name = group.0.to_string();
         let n = name.clone();
-        let code = mesh::call_detached(groups::group_shard(&name), move || async move {
-            groups::delete_group(&n).await
-        })
-        .await;
+        let code = match groups::coordinator_error(&name) {
+            Some(error) => error,
+            None => {
+                mesh::call_detached(groups::group_shard(&name), move || async move {
+                    groups::delete_group(&n).await
+                })
+                .await
+            }
+        };
         results.push(
             DeletableGroupResult::default()
                 .with_group_id(group)

@@ -1,8 +1,8 @@
-//! DescribeCluster (KIP-700): this broker as node 0 and controller of a one-node cluster, at
-//! its advertised address. Kafka's checks on `endpoint_type` (v1+): an unknown type gets
+//! DescribeCluster (KIP-700): the cluster's unfenced brokers (with `include_fenced_brokers`,
+//! v2, the fenced ones too, marked), the active controller and the cluster id; a single node
+//! is node 0 and its own controller, at its advertised address. Kafka's checks on `endpoint_type` (v1+): an unknown type gets
 //! UNSUPPORTED_ENDPOINT_TYPE, the controller type MISMATCHED_ENDPOINT_TYPE (this listener
-//! serves brokers); v0 requests cannot carry either. The broker is never fenced, so
-//! `include_fenced_brokers` (v2) lists the same broker.
+//! serves brokers); v0 requests cannot carry either.
 
 use super::{decode_body, respond, Outcome};
 use crate::{acl, errors, shard};
@@ -17,7 +17,8 @@ const ENDPOINT_TYPE_CONTROLLER: i8 = 2;
 
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: DescribeClusterRequest = decode_body(&mut req)?;
-    let shared = shard::current().shared.clone();
+    let shard = shard::current();
+    let shared = shard.shared.clone();
     let endpoint_error = match body.endpoint_type {
         ENDPOINT_TYPE_BROKER => None,
         ENDPOINT_TYPE_CONTROLLER => Some((
@@ -39,15 +40,24 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                 .with_error_message(Some(StrBytes::from_string(message))),
         ));
     }
-    let broker = DescribeClusterBroker::default()
-        .with_broker_id(BrokerId(0))
-        .with_host(StrBytes::from_string(shared.advertised_host.clone()))
-        .with_port(shared.advertised_port as i32)
-        .with_rack(None);
+    let view = shard.brokers();
+    let brokers = view
+        .brokers
+        .values()
+        .filter(|b| !b.fenced || (req.version >= 2 && body.include_fenced_brokers))
+        .map(|b| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.id))
+                .with_host(StrBytes::from_string(b.host.clone()))
+                .with_port(b.port as i32)
+                .with_rack(None)
+                .with_is_fenced(b.fenced)
+        })
+        .collect();
     let response = DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(shared.cluster_id.clone()))
-        .with_controller_id(BrokerId(0))
-        .with_brokers(vec![broker])
+        .with_controller_id(BrokerId(view.controller_id))
+        .with_brokers(brokers)
         .with_cluster_authorized_operations(acl::authorized(
             body.include_cluster_authorized_operations,
             acl::CLUSTER_OPERATIONS,

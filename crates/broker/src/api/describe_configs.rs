@@ -80,8 +80,10 @@ fn static_broker_value(shard: &Shard, name: &str) -> String {
             shared.advertised_host, shared.advertised_port
         ),
         "auto.create.topics.enable" => c.auto_create_topics.to_string(),
-        "broker.id" | "node.id" => NODE_ID.to_string(),
-        "default.replication.factor" | "offsets.topic.replication.factor" => "1".into(),
+        "broker.id" | "node.id" => shared.node_id.to_string(),
+        "default.replication.factor" | "offsets.topic.replication.factor" => {
+            crate::shard::cluster::default_replication_factor().to_string()
+        }
         "fetch.max.bytes" => c.fetch_bytes_max.to_string(),
         "listeners" => {
             let port = match c.listen.port() {
@@ -223,7 +225,10 @@ fn describe_resource(
             }
             None => Err((
                 errors::INVALID_REQUEST,
-                format!("unexpected broker id {name:?}: this is node {NODE_ID}"),
+                format!(
+                    "unexpected broker id {name:?}: this is node {}",
+                    crate::shard::current().shared.node_id
+                ),
             )),
         },
         other => Err((
@@ -237,7 +242,7 @@ fn describe_resource(
 pub fn broker_scope(name: &str) -> Option<crate::shard::BrokerScope> {
     if name.is_empty() {
         Some(crate::shard::BrokerScope::Cluster)
-    } else if name.trim().parse::<i32>() == Ok(NODE_ID) {
+    } else if name.trim().parse::<i32>() == Ok(crate::shard::current().shared.node_id) {
         Some(crate::shard::BrokerScope::ThisBroker)
     } else {
         None

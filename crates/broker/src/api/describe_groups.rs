@@ -19,6 +19,14 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     for group in body.groups {
         let name = group.0.to_string();
         let n = name.clone();
+        if let Some(error) = groups::coordinator_error(&name) {
+            described.push(
+                DescribedGroup::default()
+                    .with_group_id(group)
+                    .with_error_code(error),
+            );
+            continue;
+        }
         let found = mesh::call(groups::group_shard(&name), move || async move {
             groups::describe(&n)
         })

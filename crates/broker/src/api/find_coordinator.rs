@@ -1,8 +1,11 @@
-//! FindCoordinator: this broker (node 0) coordinates every group; transactions are not
+//! FindCoordinator: a group's coordinator is the leader of its `__consumer_offsets`
+//! partition (a single node: itself, node 0, for every group); no leader (or no offsets topic
+//! yet) gives COORDINATOR_NOT_AVAILABLE, so the client asks again. Transactions are not
 //! offered, so transaction keys get COORDINATOR_NOT_AVAILABLE.
 
 use super::{decode_body, respond, Outcome};
-use crate::{errors, shard};
+use crate::shard::Shard;
+use crate::{errors, groups, shard};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
@@ -10,43 +13,70 @@ use ringbroker_protocol::request::Request;
 
 const KEY_TYPE_GROUP: i8 = 0;
 
+/// The coordinator of group `group`: (node id, host, port).
+fn group_coordinator(shard: &Shard, group: &str) -> Result<(i32, StrBytes, i32), i16> {
+    let shared = &shard.shared;
+    if shared.cluster.is_none() {
+        return Ok((
+            shared.node_id,
+            StrBytes::from_string(shared.advertised_host.clone()),
+            shared.advertised_port as i32,
+        ));
+    }
+    let leader = shard
+        .topic(groups::OFFSETS_TOPIC)
+        .and_then(|t| {
+            t.replicas(groups::offsets_partition(group))
+                .map(|r| r.leader)
+        })
+        .ok_or(errors::COORDINATOR_NOT_AVAILABLE)?;
+    let view = shard.brokers();
+    match view.brokers.get(&leader) {
+        Some(b) if !b.fenced => Ok((b.id, StrBytes::from_string(b.host.clone()), b.port as i32)),
+        _ => Err(errors::COORDINATOR_NOT_AVAILABLE),
+    }
+}
+
 pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     let body: FindCoordinatorRequest = decode_body(&mut req)?;
-    let shared = shard::current().shared.clone();
-    let (host, port) = (
-        StrBytes::from_string(shared.advertised_host.clone()),
-        shared.advertised_port as i32,
-    );
-    let error = if body.key_type == KEY_TYPE_GROUP {
-        errors::NONE
-    } else {
-        crate::errors::COORDINATOR_NOT_AVAILABLE
+    let shard = shard::current();
+    let locate = |key: &str| {
+        if body.key_type == KEY_TYPE_GROUP {
+            group_coordinator(&shard, key)
+        } else {
+            Err(errors::COORDINATOR_NOT_AVAILABLE)
+        }
     };
     let mut response = FindCoordinatorResponse::default();
     if req.version >= 4 {
         response.coordinators = body
             .coordinator_keys
-            .into_iter()
+            .iter()
             .map(|key| {
-                Coordinator::default()
-                    .with_key(key)
-                    .with_node_id(BrokerId(if error == 0 { 0 } else { -1 }))
-                    .with_host(if error == 0 {
-                        host.clone()
-                    } else {
-                        StrBytes::default()
-                    })
-                    .with_port(if error == 0 { port } else { -1 })
-                    .with_error_code(error)
+                let c = Coordinator::default().with_key(key.clone());
+                match locate(key) {
+                    Ok((node, host, port)) => c
+                        .with_node_id(BrokerId(node))
+                        .with_host(host)
+                        .with_port(port)
+                        .with_error_code(errors::NONE),
+                    Err(error) => c
+                        .with_node_id(BrokerId(-1))
+                        .with_host(StrBytes::default())
+                        .with_port(-1)
+                        .with_error_code(error),
+                }
             })
             .collect();
     } else {
-        response = response
-            .with_error_code(error)
-            .with_node_id(BrokerId(if error == 0 { 0 } else { -1 }));
-        if error == 0 {
-            response = response.with_host(host).with_port(port);
-        }
+        response = match locate(&body.key) {
+            Ok((node, host, port)) => response
+                .with_error_code(errors::NONE)
+                .with_node_id(BrokerId(node))
+                .with_host(host)
+                .with_port(port),
+            Err(error) => response.with_error_code(error).with_node_id(BrokerId(-1)),
+        };
     }
     Ok(respond(&req, &response))
 }

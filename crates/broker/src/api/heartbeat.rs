@@ -15,6 +15,12 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         body.member_id.to_string(),
         body.group_instance_id.map(|s| s.to_string()),
     );
+    if let Some(error) = groups::coordinator_error(&group) {
+        return Ok(respond(
+            &req,
+            &HeartbeatResponse::default().with_error_code(error),
+        ));
+    }
     let g = group.clone();
     let error = mesh::call(groups::group_shard(&group), move || async move {
         groups::heartbeat(&g, generation, &member, instance.as_deref())

@@ -32,7 +32,14 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             .collect(),
         require_known_member_id: v >= 4,
     };
-    let r = mesh::call(groups::group_shard(&group), move || groups::join(join)).await;
+    let r = match groups::coordinator_error(&group) {
+        Some(error) => groups::JoinResult {
+            error,
+            member_id: join.member_id,
+            ..groups::JoinResult::default()
+        },
+        None => mesh::call(groups::group_shard(&group), move || groups::join(join)).await,
+    };
     let members = r
         .members
         .into_iter()

@@ -24,6 +24,12 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     } else {
         vec![(body.member_id.to_string(), None)]
     };
+    if let Some(error) = groups::coordinator_error(&group) {
+        return Ok(respond(
+            &req,
+            &LeaveGroupResponse::default().with_error_code(error),
+        ));
+    }
     let (g, asked) = (group.clone(), members.clone());
     let codes = mesh::call(groups::group_shard(&group), move || async move {
         groups::leave(&g, asked)

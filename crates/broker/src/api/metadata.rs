@@ -1,5 +1,7 @@
-//! Metadata: this broker as node 0 of a one-node cluster, and the requested topics (all of
-//! them when none are named). Unknown topics are created when auto-creation is on and the
+//! Metadata: the cluster's unfenced brokers and controller (a single node: itself, node 0),
+//! and the requested topics (all of them when none are named), each partition with its
+//! leader, epoch, replicas, ISR and offline (fenced) replicas; a partition without a leader
+//! gets LEADER_NOT_AVAILABLE. Unknown topics are created when auto-creation is on and the
 //! client allows it. A topic named twice is answered once (as Kafka does), so a response is
 //! never a multiple of the broker's state. v8+ reports the operations allowed on each topic
 //! (and, v8-10, on the cluster) when asked: all of them, as there is no authorizer yet.
@@ -7,7 +9,7 @@
 use super::{decode_body, respond, Outcome};
 use crate::api::refuse_over;
 use crate::metadata::TopicInfo;
-use crate::shard::{self, NewTopic};
+use crate::shard::{self, BrokersView, NewTopic};
 use crate::{acl, errors};
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -33,6 +35,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     )?;
     let shard = shard::current();
     let shared = shard.shared.clone();
+    let brokers = shard.brokers();
     let mut topics = Vec::new();
     // v0: empty list = all topics; v1+: null = all topics.
     let requested: Option<Vec<(Option<String>, uuid::Uuid)>> = match body.topics {
@@ -51,7 +54,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     match requested {
         None => {
             for t in shard.all_topics() {
-                topics.push(topic_entry(&t, v, topic_operations));
+                topics.push(topic_entry(&t, v, topic_operations, &brokers));
             }
         }
         Some(list) => {
@@ -71,6 +74,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                                 partitions: shared.config.default_partitions,
                                 replication_factor: -1,
                                 configs: BTreeMap::new(),
+                                assignments: None,
                             });
                         }
                     }
@@ -97,7 +101,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                     None => shard.topic_by_id(&id),
                 };
                 topics.push(match known {
-                    Some(t) => topic_entry(&t, v, topic_operations),
+                    Some(t) => topic_entry(&t, v, topic_operations, &brokers),
                     None => {
                         let code = name
                             .as_ref()
@@ -122,15 +126,22 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             }
         }
     }
-    let broker = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(0))
-        .with_host(StrBytes::from_string(shared.advertised_host.clone()))
-        .with_port(shared.advertised_port as i32);
+    let broker_entries = brokers
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(StrBytes::from_string(b.host.clone()))
+                .with_port(b.port as i32)
+        })
+        .collect();
     let mut response = MetadataResponse::default()
-        .with_brokers(vec![broker])
+        .with_brokers(broker_entries)
         .with_topics(topics);
     if v >= 1 {
-        response = response.with_controller_id(BrokerId(0));
+        response = response.with_controller_id(BrokerId(brokers.controller_id));
     }
     if v >= 2 {
         response = response.with_cluster_id(Some(StrBytes::from_string(shared.cluster_id.clone())));
@@ -145,16 +156,37 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
 }
 
 /// A known topic's entry; `authorized_operations` is what v8+ reports for it.
-fn topic_entry(t: &TopicInfo, v: i16, authorized_operations: i32) -> MetadataResponseTopic {
-    let partitions = (0..t.partition_count())
-        .map(|p| {
+fn topic_entry(
+    t: &TopicInfo,
+    v: i16,
+    authorized_operations: i32,
+    brokers: &BrokersView,
+) -> MetadataResponseTopic {
+    let ids = |nodes: &[i32]| nodes.iter().map(|&n| BrokerId(n)).collect::<Vec<_>>();
+    let partitions = t
+        .replication
+        .iter()
+        .enumerate()
+        .map(|(p, r)| {
+            let offline: Vec<BrokerId> = r
+                .replicas
+                .iter()
+                .filter(|n| brokers.brokers.get(n).is_none_or(|b| b.fenced))
+                .map(|&n| BrokerId(n))
+                .collect();
             let mut entry = MetadataResponsePartition::default()
-                .with_partition_index(p)
-                .with_leader_id(BrokerId(0))
-                .with_replica_nodes(vec![BrokerId(0)])
-                .with_isr_nodes(vec![BrokerId(0)]);
+                .with_partition_index(p as i32)
+                .with_leader_id(BrokerId(r.leader))
+                .with_replica_nodes(ids(&r.replicas))
+                .with_isr_nodes(ids(&r.isr));
+            if r.leader < 0 {
+                entry = entry.with_error_code(errors::LEADER_NOT_AVAILABLE);
+            }
+            if v >= 5 {
+                entry = entry.with_offline_replicas(offline);
+            }
             if v >= 7 {
-                entry = entry.with_leader_epoch(0);
+                entry = entry.with_leader_epoch(r.leader_epoch);
             }
             entry
         })

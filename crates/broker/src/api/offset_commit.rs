@@ -61,24 +61,29 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         .filter(|a| a.2 == errors::NONE)
         .map(|(t, p, _, c)| (t.clone(), *p, Some(c.clone())))
         .collect();
-    let group_error = mesh::call(groups::group_shard(&group), move || async move {
-        let room = groups::offsets_room(&g);
-        if room != errors::NONE {
-            return room;
-        }
-        let allowed = groups::commit_allowed(&g, generation, &member, instance.as_deref());
-        if allowed != errors::NONE {
-            return allowed;
-        }
-        match groups::store_offsets(&g, valid).await {
-            Ok(()) => errors::NONE,
-            Err(e) => {
-                tracing::error!(group = %g, error = %e, "could not store committed offsets");
-                errors::KAFKA_STORAGE_ERROR
+    let not_coordinator = groups::coordinator_error(&group);
+    let group_error = if let Some(error) = not_coordinator {
+        error
+    } else {
+        mesh::call(groups::group_shard(&group), move || async move {
+            let room = groups::offsets_room(&g);
+            if room != errors::NONE {
+                return room;
             }
-        }
-    })
-    .await;
+            let allowed = groups::commit_allowed(&g, generation, &member, instance.as_deref());
+            if allowed != errors::NONE {
+                return allowed;
+            }
+            match groups::store_offsets(&g, valid).await {
+                Ok(()) => errors::NONE,
+                Err(e) => {
+                    tracing::error!(group = %g, error = %e, "could not store committed offsets");
+                    errors::KAFKA_STORAGE_ERROR
+                }
+            }
+        })
+        .await
+    };
     let mut topics: Vec<OffsetCommitResponseTopic> = Vec::new();
     // `asked` holds the request's partitions in request order.
     let mut asked = asked.into_iter();

@@ -42,6 +42,12 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             }
         }
     }
+    if let Some(error) = groups::coordinator_error(&group) {
+        return Ok(respond(
+            &req,
+            &OffsetDeleteResponse::default().with_error_code(error),
+        ));
+    }
     let g = group.clone();
     let outcome = mesh::call_detached(groups::group_shard(&group), move || async move {
         groups::delete_offsets(&g, &deletable).await

@@ -69,6 +69,14 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     if v >= 8 {
         let mut groups_out = Vec::new();
         for g in body.groups {
+            if let Some(error) = groups::coordinator_error(&g.group_id.0) {
+                groups_out.push(
+                    OffsetFetchResponseGroup::default()
+                        .with_group_id(GroupId(g.group_id.0))
+                        .with_error_code(error),
+                );
+                continue;
+            }
             let wanted = g
                 .topics
                 .map(|ts| wanted(ts.iter().map(|t| (&*t.name.0, &t.partition_indexes[..]))));
@@ -103,6 +111,34 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             &req,
             &OffsetFetchResponse::default().with_groups(groups_out),
         ));
+    }
+    if let Some(error) = groups::coordinator_error(&body.group_id.0) {
+        // v2+ carry a top-level error; v1 only per-partition ones.
+        let topics = body
+            .topics
+            .iter()
+            .flatten()
+            .map(|t| {
+                let partitions = t
+                    .partition_indexes
+                    .iter()
+                    .map(|&p| {
+                        OffsetFetchResponsePartition::default()
+                            .with_partition_index(p)
+                            .with_committed_offset(-1)
+                            .with_error_code(error)
+                    })
+                    .collect();
+                OffsetFetchResponseTopic::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(partitions)
+            })
+            .collect();
+        let mut response = OffsetFetchResponse::default().with_topics(topics);
+        if v >= 2 {
+            response = response.with_error_code(error);
+        }
+        return Ok(respond(&req, &response));
     }
     let wanted = body
         .topics

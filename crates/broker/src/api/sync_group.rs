@@ -21,10 +21,18 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         .map(|a| (a.member_id.to_string(), a.assignment))
         .collect();
     let g = group.clone();
-    let r = mesh::call(groups::group_shard(&group), move || {
-        groups::sync(g, generation, member, instance, assignments)
-    })
-    .await;
+    let r = match groups::coordinator_error(&group) {
+        Some(error) => groups::SyncResult {
+            error,
+            ..groups::SyncResult::default()
+        },
+        None => {
+            mesh::call(groups::group_shard(&group), move || {
+                groups::sync(g, generation, member, instance, assignments)
+            })
+            .await
+        }
+    };
     let mut response = SyncGroupResponse::default()
         .with_error_code(r.error)
         .with_assignment(r.assignment);

@@ -2,6 +2,8 @@
 //! port with a temporary data dir, run real Kafka clients (kcat, kafka-python) against it.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -39,9 +41,10 @@ impl Broker {
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Broker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringbroker"));
         cmd.envs(env.iter().copied());
-        cmd.arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir);
+        cmd.arg("serve").arg("--data-dir").arg(data_dir);
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         if !extra.contains(&"--metrics-listen") {
             cmd.args(["--metrics-listen", "127.0.0.1:0"]);
         }

@@ -1,0 +1,809 @@
+//! The replicated state machine: [`Command`]s carried (as JSON) in committed raft entries and
+//! applied to a [`MetadataImage`] in log order. Applying is deterministic: everything that
+//! needs a choice (a topic id, replica placement, a new leader) was decided by the active
+//! controller before proposing and travels in the command, so every node that applies the same
+//! entries gets the same image. A command that no longer fits the image (a stale epoch, a topic
+//! that appeared meanwhile) fails or is a no-op on every node alike.
+
+use crate::{AdminError, BrokerInfo, MetadataImage, NodeId, PartitionImage, TopicImage};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// One change of the metadata, as committed in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Proposed once by the first active controller; a no-op when the image has an id.
+    InitCluster {
+        cluster_id: String,
+    },
+    /// A heartbeat from a broker that is unknown, fenced, restarted (new incarnation) or
+    /// moved (new address): it becomes (or stays) unfenced.
+    RegisterBroker {
+        id: NodeId,
+        incarnation: u64,
+        host: String,
+        port: u16,
+    },
+    /// The broker's session expired.
+    Fence {
+        id: NodeId,
+    },
+    CreateTopic {
+        name: String,
+        id: Uuid,
+        assignments: Vec<Vec<NodeId>>,
+        configs: BTreeMap<String, String>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    CreatePartitions {
+        name: String,
+        /// The partition count it was decided against: a repeated request is refused, not
+        /// applied twice.
+        current: usize,
+        /// Replicas of the new partitions, appended after the existing ones.
+        assignments: Vec<Vec<NodeId>>,
+    },
+    SetTopicConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
+    AlterIsr {
+        from: NodeId,
+        topic: String,
+        partition: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<NodeId>,
+    },
+    /// Leader moves decided by the controller (preferred-leader rebalance).
+    ElectLeaders {
+        moves: Vec<LeaderMove>,
+    },
+}
+
+/// One leadership change, valid only against the epochs it was decided on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderMove {
+    pub topic: String,
+    pub partition: i32,
+    pub leader: NodeId,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+}
+
+impl Command {
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain data with string keys cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(data: &[u8]) -> Result<Command, serde_json::Error> {
+        serde_json::from_slice(data)
+    }
+}
+
+/// Applies `command` (committed at `index`) to `image`. The result is what the request that
+/// proposed it is told.
+pub fn apply(image: &mut MetadataImage, index: u64, command: &Command) -> Result<(), AdminError> {
+    image.applied_index = index;
+    match command {
+        Command::InitCluster { cluster_id } => {
+            if image.cluster_id.is_empty() {
+                image.cluster_id = cluster_id.clone();
+            }
+            Ok(())
+        }
+        Command::RegisterBroker {
+            id,
+            incarnation,
+            host,
+            port,
+        } => {
+            register_broker(image, *id, *incarnation, host, *port);
+            Ok(())
+        }
+        Command::Fence { id } => {
+            fence(image, *id);
+            Ok(())
+        }
+        Command::CreateTopic {
+            name,
+            id,
+            assignments,
+            configs,
+        } => {
+            if image.topics.contains_key(name) {
+                return Err(AdminError::TopicExists);
+            }
+            validate_assignments(image, assignments, None)?;
+            let partitions = assignments
+                .iter()
+                .map(|replicas| new_partition(image, replicas))
+                .collect();
+            image.topics.insert(
+                name.clone(),
+                TopicImage {
+                    id: *id,
+                    partitions,
+                    configs: configs.clone(),
+                },
+            );
+            Ok(())
+        }
+        Command::DeleteTopic { name } => match image.topics.remove(name) {
+            Some(_) => Ok(()),
+            None => Err(AdminError::UnknownTopic),
+        },
+        Command::CreatePartitions {
+            name,
+            current,
+            assignments,
+        } => {
+            let Some(topic) = image.topics.get(name) else {
+                return Err(AdminError::UnknownTopic);
+            };
+            if topic.partitions.len() != *current {
+                return Err(AdminError::InvalidPartitions(format!(
+                    "the topic has {} partitions now, not {current}",
+                    topic.partitions.len()
+                )));
+            }
+            let width = topic.partitions.first().map(|p| p.replicas.len());
+            validate_assignments(image, assignments, width)?;
+            let added: Vec<PartitionImage> = assignments
+                .iter()
+                .map(|replicas| new_partition(image, replicas))
+                .collect();
+            if let Some(topic) = image.topics.get_mut(name) {
+                topic.partitions.extend(added);
+            }
+            Ok(())
+        }
+        Command::SetTopicConfigs { name, configs } => match image.topics.get_mut(name) {
+            Some(topic) => {
+                topic.configs = configs.clone();
+                Ok(())
+            }
+            None => Err(AdminError::UnknownTopic),
+        },
+        Command::AlterIsr {
+            from,
+            topic,
+            partition,
+            leader_epoch,
+            partition_epoch,
+            isr,
+        } => alter_isr(
+            image,
+            *from,
+            topic,
+            *partition,
+            *leader_epoch,
+            *partition_epoch,
+            isr,
+        ),
+        Command::ElectLeaders { moves } => {
+            for m in moves {
+                elect(image, m);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn is_unfenced(image: &MetadataImage, id: NodeId) -> bool {
+    image.brokers.get(&id).is_some_and(|b| !b.fenced)
+}
+
+/// A new partition: ISR = its unfenced replicas, leader = the first of them.
+fn new_partition(image: &MetadataImage, replicas: &[NodeId]) -> PartitionImage {
+    let isr: Vec<NodeId> = replicas
+        .iter()
+        .copied()
+        .filter(|&r| is_unfenced(image, r))
+        .collect();
+    PartitionImage {
+        replicas: replicas.to_vec(),
+        leader: isr.first().copied().unwrap_or(-1),
+        isr,
+        leader_epoch: 0,
+        partition_epoch: 0,
+    }
+}
+
+/// Explicit or decided replica lists: non-empty, distinct, known brokers, one length
+/// (`width` when the topic already has partitions).
+pub fn validate_assignments(
+    image: &MetadataImage,
+    assignments: &[Vec<NodeId>],
+    width: Option<usize>,
+) -> Result<(), AdminError> {
+    let Some(first) = assignments.first() else {
+        return Err(AdminError::InvalidReplicaAssignment(
+            "no partitions".to_string(),
+        ));
+    };
+    let width = width.unwrap_or(first.len());
+    for (p, replicas) in assignments.iter().enumerate() {
+        if replicas.is_empty() {
+            return Err(AdminError::InvalidReplicaAssignment(format!(
+                "partition {p} has no replicas"
+            )));
+        }
+        if replicas.len() != width {
+            return Err(AdminError::InvalidReplicaAssignment(format!(
+                "partition {p} has {} replicas, expected {width}",
+                replicas.len()
+            )));
+        }
+        for (i, r) in replicas.iter().enumerate() {
+            if replicas[..i].contains(r) {
+                return Err(AdminError::InvalidReplicaAssignment(format!(
+                    "partition {p} names broker {r} twice"
+                )));
+            }
+            if !image.brokers.contains_key(r) {
+                return Err(AdminError::InvalidReplicaAssignment(format!(
+                    "partition {p} names unknown broker {r}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Replica lists for `count` new partitions of `replication_factor` over the unfenced brokers
+/// (sorted by id): round-robin from a start that moves by one per partition, so first replicas
+/// (the preferred leaders) spread evenly. `first_partition` numbers the first new partition in
+/// the cluster-wide sequence the rotation follows.
+pub fn place(
+    image: &MetadataImage,
+    count: i32,
+    replication_factor: i16,
+    first_partition: usize,
+) -> Result<Vec<Vec<NodeId>>, AdminError> {
+    if count <= 0 {
+        return Err(AdminError::InvalidPartitions(format!(
+            "partition count {count} must be positive"
+        )));
+    }
+    let brokers: Vec<NodeId> = image
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .map(|b| b.id)
+        .collect();
+    if replication_factor <= 0 {
+        return Err(AdminError::InvalidReplicationFactor(format!(
+            "replication factor {replication_factor} must be positive"
+        )));
+    }
+    let rf = replication_factor as usize;
+    if rf > brokers.len() {
+        return Err(AdminError::InvalidReplicationFactor(format!(
+            "replication factor {rf} is larger than the {} available brokers",
+            brokers.len()
+        )));
+    }
+    let n = brokers.len();
+    Ok((0..count as usize)
+        .map(|p| {
+            let start = (first_partition + p) % n;
+            (0..rf).map(|r| brokers[(start + r) % n]).collect()
+        })
+        .collect())
+}
+
+/// Partitions in the whole image, the rotation base of [`place`].
+pub fn partition_count(image: &MetadataImage) -> usize {
+    image.topics.values().map(|t| t.partitions.len()).sum()
+}
+
+fn register_broker(image: &mut MetadataImage, id: NodeId, incarnation: u64, host: &str, port: u16) {
+    match image.brokers.get_mut(&id) {
+        Some(b) => {
+            let restarted = b.incarnation != incarnation;
+            b.host = host.to_string();
+            b.port = port;
+            b.incarnation = incarnation;
+            if restarted && !b.fenced {
+                fence(image, id);
+            }
+        }
+        None => {
+            image.brokers.insert(
+                id,
+                BrokerInfo {
+                    id,
+                    host: host.to_string(),
+                    port,
+                    fenced: true,
+                    incarnation,
+                },
+            );
+        }
+    }
+    unfence(image, id);
+}
+
+/// The broker leaves every ISR; partitions it led get the first unfenced ISR member (in
+/// replica order) as leader, or leader -1 with the ISR kept when there is none.
+pub fn fence(image: &mut MetadataImage, id: NodeId) {
+    let Some(b) = image.brokers.get_mut(&id) else {
+        return;
+    };
+    b.fenced = true;
+    let unfenced: Vec<NodeId> = image
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .map(|b| b.id)
+        .collect();
+    for topic in image.topics.values_mut() {
+        for p in &mut topic.partitions {
+            if p.leader == id {
+                let next = p
+                    .replicas
+                    .iter()
+                    .chain(p.isr.iter())
+                    .copied()
+                    .find(|r| *r != id && p.isr.contains(r) && unfenced.contains(r));
+                match next {
+                    Some(next) => {
+                        p.leader = next;
+                        p.isr.retain(|r| *r != id);
+                    }
+                    None => p.leader = -1,
+                }
+                p.leader_epoch += 1;
+                p.partition_epoch += 1;
+            } else if p.leader != -1 && p.isr.contains(&id) {
+                p.isr.retain(|r| *r != id);
+                p.partition_epoch += 1;
+            }
+        }
+    }
+}
+
+/// The broker is unfenced; leaderless partitions whose ISR holds it get it as leader.
+fn unfence(image: &mut MetadataImage, id: NodeId) {
+    let Some(b) = image.brokers.get_mut(&id) else {
+        return;
+    };
+    b.fenced = false;
+    for topic in image.topics.values_mut() {
+        for p in &mut topic.partitions {
+            if p.leader == -1 && p.isr.contains(&id) {
+                p.leader = id;
+                p.leader_epoch += 1;
+                p.partition_epoch += 1;
+            }
+        }
+    }
+}
+
+fn alter_isr(
+    image: &mut MetadataImage,
+    from: NodeId,
+    topic: &str,
+    partition: i32,
+    leader_epoch: i32,
+    partition_epoch: i32,
+    isr: &[NodeId],
+) -> Result<(), AdminError> {
+    let unfenced: Vec<NodeId> = image
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .map(|b| b.id)
+        .collect();
+    let p = image
+        .topics
+        .get_mut(topic)
+        .and_then(|t| {
+            usize::try_from(partition)
+                .ok()
+                .and_then(|i| t.partitions.get_mut(i))
+        })
+        .ok_or(AdminError::UnknownTopic)?;
+    if p.leader != from || p.leader_epoch != leader_epoch {
+        return Err(AdminError::FencedLeaderEpoch);
+    }
+    if p.partition_epoch != partition_epoch {
+        return Err(AdminError::InvalidUpdateVersion);
+    }
+    if !isr.contains(&from) {
+        return Err(AdminError::IneligibleReplica(format!(
+            "the ISR must hold the leader {from}"
+        )));
+    }
+    for (i, r) in isr.iter().enumerate() {
+        if isr[..i].contains(r) {
+            return Err(AdminError::IneligibleReplica(format!("{r} named twice")));
+        }
+        if !p.replicas.contains(r) {
+            return Err(AdminError::IneligibleReplica(format!(
+                "{r} is not an assigned replica"
+            )));
+        }
+        if !unfenced.contains(r) {
+            return Err(AdminError::IneligibleReplica(format!("{r} is fenced")));
+        }
+    }
+    p.isr = isr.to_vec();
+    p.partition_epoch += 1;
+    Ok(())
+}
+
+fn elect(image: &mut MetadataImage, m: &LeaderMove) {
+    let unfenced = is_unfenced(image, m.leader);
+    let Some(p) = image.topics.get_mut(&m.topic).and_then(|t| {
+        usize::try_from(m.partition)
+            .ok()
+            .and_then(|i| t.partitions.get_mut(i))
+    }) else {
+        return;
+    };
+    if p.leader_epoch != m.leader_epoch
+        || p.partition_epoch != m.partition_epoch
+        || !p.isr.contains(&m.leader)
+        || !unfenced
+        || p.leader == m.leader
+    {
+        return;
+    }
+    p.leader = m.leader;
+    p.leader_epoch += 1;
+    p.partition_epoch += 1;
+}
+
+/// The moves that give partitions back to their preferred replica (first of `replicas`) where
+/// it is unfenced, in the ISR and not the leader.
+pub fn preferred_leader_moves(image: &MetadataImage) -> Vec<LeaderMove> {
+    let mut moves = Vec::new();
+    for (name, topic) in &image.topics {
+        for (i, p) in topic.partitions.iter().enumerate() {
+            let Some(&preferred) = p.replicas.first() else {
+                continue;
+            };
+            if p.leader != preferred && p.isr.contains(&preferred) && is_unfenced(image, preferred)
+            {
+                moves.push(LeaderMove {
+                    topic: name.clone(),
+                    partition: i as i32,
+                    leader: preferred,
+                    leader_epoch: p.leader_epoch,
+                    partition_epoch: p.partition_epoch,
+                });
+            }
+        }
+    }
+    moves
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(image: &mut MetadataImage, index: &mut u64, id: NodeId, incarnation: u64) {
+        *index += 1;
+        let cmd = Command::RegisterBroker {
+            id,
+            incarnation,
+            host: "127.0.0.1".to_string(),
+            port: 9000 + id as u16,
+        };
+        apply(image, *index, &cmd).expect("register");
+    }
+
+    /// Three unfenced brokers and topic "t" with one partition on replicas `replicas`.
+    fn cluster_with(replicas: Vec<NodeId>) -> (MetadataImage, u64) {
+        let mut image = MetadataImage::default();
+        let mut index = 0;
+        for id in 1..=3 {
+            register(&mut image, &mut index, id, 100 + id as u64);
+        }
+        index += 1;
+        let cmd = Command::CreateTopic {
+            name: "t".to_string(),
+            id: Uuid::nil(),
+            assignments: vec![replicas],
+            configs: BTreeMap::new(),
+        };
+        apply(&mut image, index, &cmd).expect("create");
+        (image, index)
+    }
+
+    fn part(image: &MetadataImage) -> &PartitionImage {
+        &image.topics["t"].partitions[0]
+    }
+
+    #[test]
+    fn fence_elects_first_unfenced_isr_member() {
+        let (mut image, index) = cluster_with(vec![1, 2, 3]);
+        assert_eq!(part(&image).leader, 1);
+        assert_eq!(part(&image).isr, vec![1, 2, 3]);
+        apply(&mut image, index + 1, &Command::Fence { id: 1 }).unwrap();
+        let p = part(&image);
+        assert_eq!(p.leader, 2);
+        assert_eq!(p.isr, vec![2, 3]);
+        assert_eq!(p.leader_epoch, 1);
+        assert_eq!(p.partition_epoch, 1);
+        assert!(image.brokers[&1].fenced);
+        // A fenced follower just leaves the ISR.
+        apply(&mut image, index + 2, &Command::Fence { id: 3 }).unwrap();
+        let p = part(&image);
+        assert_eq!((p.leader, p.isr.clone()), (2, vec![2]));
+        assert_eq!((p.leader_epoch, p.partition_epoch), (1, 2));
+    }
+
+    #[test]
+    fn fence_of_last_isr_member_leaves_no_leader_and_unfence_recovers() {
+        let (mut image, mut index) = cluster_with(vec![1, 2]);
+        index += 1;
+        apply(&mut image, index, &Command::Fence { id: 2 }).unwrap();
+        index += 1;
+        apply(&mut image, index, &Command::Fence { id: 1 }).unwrap();
+        let p = part(&image);
+        assert_eq!(p.leader, -1);
+        assert_eq!(p.isr, vec![1], "the ISR is kept when nobody can lead");
+        assert_eq!(p.leader_epoch, 1);
+        // Broker 2 comes back: not in the ISR, so it does not lead.
+        register(&mut image, &mut index, 2, 102);
+        assert_eq!(part(&image).leader, -1);
+        // Broker 1 comes back (same incarnation): it leads again.
+        register(&mut image, &mut index, 1, 101);
+        let p = part(&image);
+        assert_eq!(p.leader, 1);
+        assert_eq!(p.leader_epoch, 2);
+        assert!(!image.brokers[&1].fenced);
+    }
+
+    #[test]
+    fn new_incarnation_is_fence_then_unfence() {
+        let (mut image, mut index) = cluster_with(vec![1, 2, 3]);
+        // Same incarnation: nothing changes.
+        register(&mut image, &mut index, 1, 101);
+        assert_eq!(part(&image).leader_epoch, 0);
+        // Restarted broker 1: leadership moves, it leaves the ISR, it is unfenced.
+        register(&mut image, &mut index, 1, 999);
+        let p = part(&image);
+        assert_eq!(p.leader, 2);
+        assert_eq!(p.isr, vec![2, 3]);
+        assert_eq!(p.leader_epoch, 1);
+        assert!(!image.brokers[&1].fenced);
+        assert_eq!(image.brokers[&1].incarnation, 999);
+        // Restarted follower 3: leaves the ISR.
+        register(&mut image, &mut index, 3, 777);
+        assert_eq!(part(&image).isr, vec![2]);
+    }
+
+    #[test]
+    fn alter_isr_checks_leader_and_epochs() {
+        let (mut image, mut index) = cluster_with(vec![1, 2, 3]);
+        let alter = |from, le, pe, isr: Vec<NodeId>| Command::AlterIsr {
+            from,
+            topic: "t".to_string(),
+            partition: 0,
+            leader_epoch: le,
+            partition_epoch: pe,
+            isr,
+        };
+        index += 1;
+        assert_eq!(
+            apply(&mut image, index, &alter(2, 0, 0, vec![1, 2])),
+            Err(AdminError::FencedLeaderEpoch),
+            "not the leader"
+        );
+        assert_eq!(
+            apply(&mut image, index, &alter(1, 5, 0, vec![1, 2])),
+            Err(AdminError::FencedLeaderEpoch),
+            "wrong leader epoch"
+        );
+        assert_eq!(
+            apply(&mut image, index, &alter(1, 0, 3, vec![1, 2])),
+            Err(AdminError::InvalidUpdateVersion)
+        );
+        assert!(matches!(
+            apply(&mut image, index, &alter(1, 0, 0, vec![2, 3])),
+            Err(AdminError::IneligibleReplica(_))
+        ));
+        assert!(matches!(
+            apply(&mut image, index, &alter(1, 0, 0, vec![1, 4])),
+            Err(AdminError::IneligibleReplica(_))
+        ));
+        let unknown = Command::AlterIsr {
+            from: 1,
+            topic: "nope".to_string(),
+            partition: 0,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            isr: vec![1],
+        };
+        assert_eq!(
+            apply(&mut image, index, &unknown),
+            Err(AdminError::UnknownTopic)
+        );
+        assert_eq!(
+            part(&image).isr,
+            vec![1, 2, 3],
+            "failed changes change nothing"
+        );
+        apply(&mut image, index, &alter(1, 0, 0, vec![1, 2])).unwrap();
+        assert_eq!(part(&image).isr, vec![1, 2]);
+        assert_eq!(part(&image).partition_epoch, 1);
+        // A fenced member cannot join.
+        index += 1;
+        apply(&mut image, index, &Command::Fence { id: 3 }).unwrap();
+        assert!(matches!(
+            apply(&mut image, index, &alter(1, 0, 1, vec![1, 2, 3])),
+            Err(AdminError::IneligibleReplica(_))
+        ));
+    }
+
+    #[test]
+    fn elect_leaders_applies_only_at_the_decided_epochs() {
+        let (mut image, mut index) = cluster_with(vec![1, 2, 3]);
+        index += 1;
+        apply(&mut image, index, &Command::Fence { id: 1 }).unwrap();
+        assert!(preferred_leader_moves(&image).is_empty(), "1 is fenced");
+        register(&mut image, &mut index, 1, 101);
+        assert!(
+            preferred_leader_moves(&image).is_empty(),
+            "1 is not in the ISR"
+        );
+        index += 1;
+        let add = Command::AlterIsr {
+            from: 2,
+            topic: "t".to_string(),
+            partition: 0,
+            leader_epoch: 1,
+            partition_epoch: 1,
+            isr: vec![2, 3, 1],
+        };
+        apply(&mut image, index, &add).unwrap();
+        let moves = preferred_leader_moves(&image);
+        assert_eq!(moves.len(), 1);
+        let stale = Command::ElectLeaders {
+            moves: vec![LeaderMove {
+                partition_epoch: 0,
+                ..moves[0].clone()
+            }],
+        };
+        index += 1;
+        apply(&mut image, index, &stale).unwrap();
+        assert_eq!(part(&image).leader, 2, "a stale decision is a no-op");
+        apply(&mut image, index, &Command::ElectLeaders { moves }).unwrap();
+        let p = part(&image);
+        assert_eq!((p.leader, p.leader_epoch, p.partition_epoch), (1, 2, 3));
+        assert!(preferred_leader_moves(&image).is_empty());
+    }
+
+    #[test]
+    fn placement_spreads_leaders_and_checks_replication_factor() {
+        let (image, _) = cluster_with(vec![1]);
+        let base = partition_count(&image);
+        let a = place(&image, 6, 2, base).unwrap();
+        let mut leaders = BTreeMap::new();
+        for replicas in &a {
+            assert_eq!(replicas.len(), 2);
+            assert_ne!(replicas[0], replicas[1]);
+            *leaders.entry(replicas[0]).or_insert(0) += 1;
+        }
+        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+        assert_eq!(
+            a[0],
+            vec![2, 3],
+            "rotation continues after the existing partition"
+        );
+        assert!(matches!(
+            place(&image, 1, 4, 0),
+            Err(AdminError::InvalidReplicationFactor(_))
+        ));
+        assert!(matches!(
+            place(&image, 1, 0, 0),
+            Err(AdminError::InvalidReplicationFactor(_))
+        ));
+        assert!(matches!(
+            place(&image, 0, 1, 0),
+            Err(AdminError::InvalidPartitions(_))
+        ));
+        // Fenced brokers get no new replicas.
+        let mut fenced = image.clone();
+        fence(&mut fenced, 2);
+        let b = place(&fenced, 4, 2, 0).unwrap();
+        assert!(b.iter().flatten().all(|r| *r != 2));
+        assert!(matches!(
+            place(&fenced, 1, 3, 0),
+            Err(AdminError::InvalidReplicationFactor(_))
+        ));
+    }
+
+    #[test]
+    fn explicit_assignments_are_validated() {
+        let (image, _) = cluster_with(vec![1]);
+        assert!(validate_assignments(&image, &[vec![1, 2], vec![2, 3]], None).is_ok());
+        for bad in [
+            vec![vec![1, 1]],
+            vec![vec![1, 9]],
+            vec![vec![1, 2], vec![3]],
+            vec![vec![]],
+            vec![],
+        ] {
+            assert!(
+                matches!(
+                    validate_assignments(&image, &bad, None),
+                    Err(AdminError::InvalidReplicaAssignment(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(validate_assignments(&image, &[vec![1, 2]], Some(1)).is_err());
+    }
+
+    #[test]
+    fn create_partitions_and_topic_errors() {
+        let (mut image, index) = cluster_with(vec![1, 2]);
+        let dup = Command::CreateTopic {
+            name: "t".to_string(),
+            id: Uuid::nil(),
+            assignments: vec![vec![1]],
+            configs: BTreeMap::new(),
+        };
+        assert_eq!(
+            apply(&mut image, index + 1, &dup),
+            Err(AdminError::TopicExists)
+        );
+        let grow = Command::CreatePartitions {
+            name: "t".to_string(),
+            current: 1,
+            assignments: vec![vec![2, 3], vec![3, 1]],
+        };
+        apply(&mut image, index + 2, &grow).unwrap();
+        let t = &image.topics["t"];
+        assert_eq!(t.partitions.len(), 3);
+        assert_eq!(t.partitions[2].leader, 3);
+        assert!(
+            matches!(
+                apply(&mut image, index + 3, &grow),
+                Err(AdminError::InvalidPartitions(_))
+            ),
+            "a repeated CreatePartitions is not applied twice"
+        );
+        assert_eq!(image.topics["t"].partitions.len(), 3);
+        let narrow = Command::CreatePartitions {
+            name: "t".to_string(),
+            current: 3,
+            assignments: vec![vec![2]],
+        };
+        assert!(apply(&mut image, index + 3, &narrow).is_err());
+        apply(
+            &mut image,
+            index + 4,
+            &Command::DeleteTopic {
+                name: "t".to_string(),
+            },
+        )
+        .unwrap();
+        assert!(image.topics.is_empty());
+        assert_eq!(image.applied_index, index + 4);
+    }
+
+    #[test]
+    fn command_round_trips_through_json() {
+        let cmd = Command::ElectLeaders {
+            moves: vec![LeaderMove {
+                topic: "t".to_string(),
+                partition: 3,
+                leader: 2,
+                leader_epoch: 4,
+                partition_epoch: 5,
+            }],
+        };
+        assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
+        assert!(Command::decode(b"{not json").is_err());
+    }
+}

@@ -1,0 +1,525 @@
+//! TCP between quorum members, blocking std I/O on plain threads.
+//!
+//! Connections are one-way: each node has one writer thread per peer that connects to the
+//! peer's `internal_listen` and sends frames from a bounded queue (full → the frame is
+//! dropped; raft retransmits and heartbeats repeat), reconnecting with backoff. The listener
+//! accepts connections and runs one reader thread per connection that decodes frames and hands
+//! them to the quorum thread through a channel. A bad frame closes its connection only.
+//!
+//! Frame: `u32 len (big endian) | u8 kind | payload`, `len` = 1 + payload length, at most
+//! [`FRAME_BYTES_MAX`].
+
+use crate::{AdminRequest, AdminResult, NodeId};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Largest frame (kind byte + payload) a peer may send; a raft snapshot carries the whole image.
+pub const FRAME_BYTES_MAX: usize = 64 << 20;
+/// Frames waiting for one peer's writer; more are dropped.
+pub const PEER_QUEUE_FRAMES_MAX: usize = 4096;
+/// Connections a listener serves at once (a voter has one per peer; more is a misbehaving
+/// client).
+pub const CONNECTIONS_MAX: usize = 64;
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often blocked threads look at the stop flag.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A connection silent for this long is dead (peers send raft and broker heartbeats several
+/// times a second); its reader closes it, so vanished peers do not pile up readers.
+const READ_IDLE_MAX: Duration = Duration::from_secs(10);
+
+const KIND_RAFT: u8 = 1;
+const KIND_HEARTBEAT: u8 = 2;
+const KIND_FORWARD: u8 = 3;
+const KIND_FORWARD_REPLY: u8 = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: NodeId,
+    pub incarnation: u64,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Forward {
+    pub request_id: u64,
+    pub origin: NodeId,
+    pub request: AdminRequest,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardReply {
+    pub request_id: u64,
+    pub result: AdminResult,
+}
+
+/// Where readers hand decoded frames; false when nobody listens any more.
+pub type Inbound = Arc<dyn Fn(Frame) -> bool + Send + Sync>;
+
+/// A decoded frame.
+#[derive(Debug)]
+pub enum Frame {
+    /// Protobuf bytes of an `eraftpb::Message` (decoded by the quorum thread).
+    Raft(Vec<u8>),
+    Heartbeat(Heartbeat),
+    Forward(Forward),
+    ForwardReply(ForwardReply),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is over the limit")]
+    TooLong(usize),
+    #[error("empty frame")]
+    Empty,
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("bad payload: {0}")]
+    Payload(#[from] serde_json::Error),
+}
+
+impl Frame {
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, payload) = match self {
+            Frame::Raft(bytes) => (KIND_RAFT, bytes.clone()),
+            // Serialising plain data cannot fail.
+            Frame::Heartbeat(h) => (KIND_HEARTBEAT, serde_json::to_vec(h).unwrap_or_default()),
+            Frame::Forward(f) => (KIND_FORWARD, serde_json::to_vec(f).unwrap_or_default()),
+            Frame::ForwardReply(r) => (
+                KIND_FORWARD_REPLY,
+                serde_json::to_vec(r).unwrap_or_default(),
+            ),
+        };
+        let mut out = Vec::with_capacity(5 + payload.len());
+        out.extend_from_slice(&((payload.len() + 1) as u32).to_be_bytes());
+        out.push(kind);
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    /// Decodes the body of a frame (what follows the length).
+    pub fn decode(body: &[u8]) -> Result<Frame, FrameError> {
+        let (&kind, payload) = body.split_first().ok_or(FrameError::Empty)?;
+        Ok(match kind {
+            KIND_RAFT => Frame::Raft(payload.to_vec()),
+            KIND_HEARTBEAT => Frame::Heartbeat(serde_json::from_slice(payload)?),
+            KIND_FORWARD => Frame::Forward(serde_json::from_slice(payload)?),
+            KIND_FORWARD_REPLY => Frame::ForwardReply(serde_json::from_slice(payload)?),
+            other => return Err(FrameError::UnknownKind(other)),
+        })
+    }
+}
+
+/// Splits a byte stream into frame bodies. Bytes are pushed as they arrive.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame, if one is buffered.
+    pub fn next_frame(&mut self) -> Option<Result<Frame, FrameError>> {
+        let header: [u8; 4] = self.buf.get(..4)?.try_into().ok()?;
+        let len = u32::from_be_bytes(header) as usize;
+        if len > FRAME_BYTES_MAX {
+            return Some(Err(FrameError::TooLong(len)));
+        }
+        if self.buf.len() < 4 + len {
+            return None;
+        }
+        let frame = Frame::decode(&self.buf[4..4 + len]);
+        self.buf.drain(..4 + len);
+        Some(frame)
+    }
+}
+
+/// Open sockets, so that shutdown can close them under threads blocked on them.
+#[derive(Default)]
+struct Conns {
+    next_id: u64,
+    open: HashMap<u64, TcpStream>,
+}
+
+type SharedConns = Arc<Mutex<Conns>>;
+
+fn register(conns: &SharedConns, stream: &TcpStream) -> Option<u64> {
+    let clone = stream.try_clone().ok()?;
+    let mut c = conns.lock().ok()?;
+    c.next_id += 1;
+    let id = c.next_id;
+    c.open.insert(id, clone);
+    Some(id)
+}
+
+fn unregister(conns: &SharedConns, id: Option<u64>) {
+    if let (Some(id), Ok(mut c)) = (id, conns.lock()) {
+        c.open.remove(&id);
+    }
+}
+
+/// The network side of one node: its listener, readers and per-peer writers.
+pub struct Transport {
+    stop: Arc<AtomicBool>,
+    peers: Vec<(NodeId, SyncSender<Vec<u8>>)>,
+    threads: Vec<JoinHandle<()>>,
+    conns: SharedConns,
+}
+
+impl Transport {
+    /// Binds `listen` and starts the threads; frames received go to `inbound`.
+    pub fn start(
+        node_id: NodeId,
+        listen: SocketAddr,
+        peers: &[(NodeId, SocketAddr)],
+        inbound: Inbound,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<Transport> {
+        let listener = TcpListener::bind(listen)?;
+        listener.set_nonblocking(true)?;
+        let conns: SharedConns = Arc::default();
+        let mut threads = Vec::new();
+        {
+            let stop = stop.clone();
+            let conns = conns.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("quorum-listen-{node_id}"))
+                    .spawn(move || accept_loop(listener, inbound, stop, conns))?,
+            );
+        }
+        let mut senders = Vec::new();
+        for &(peer, addr) in peers {
+            let (tx, rx) = mpsc::sync_channel(PEER_QUEUE_FRAMES_MAX);
+            let stop = stop.clone();
+            let conns = conns.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("quorum-peer-{peer}"))
+                    .spawn(move || write_loop(peer, addr, rx, stop, conns))?,
+            );
+            senders.push((peer, tx));
+        }
+        Ok(Transport {
+            stop,
+            peers: senders,
+            threads,
+            conns,
+        })
+    }
+
+    /// Queues `frame` for `peer`; false when it was dropped (queue full, frame over the
+    /// limit, unknown peer).
+    pub fn send(&self, peer: NodeId, frame: &Frame) -> bool {
+        let Some((_, tx)) = self.peers.iter().find(|(id, _)| *id == peer) else {
+            return false;
+        };
+        let bytes = frame.encode();
+        if bytes.len() > FRAME_BYTES_MAX + 4 {
+            tracing::error!(
+                peer,
+                bytes = bytes.len(),
+                "quorum frame over the limit, not sent"
+            );
+            return false;
+        }
+        match tx.try_send(bytes) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                tracing::debug!(peer, "quorum peer queue full, frame dropped");
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    pub fn peer_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.peers.iter().map(|(id, _)| *id)
+    }
+
+    /// Stops every thread and closes every socket.
+    pub fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.peers.clear();
+        if let Ok(conns) = self.conns.lock() {
+            for c in conns.open.values() {
+                let _ = c.shutdown(Shutdown::Both);
+            }
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn accept_loop(listener: TcpListener, inbound: Inbound, stop: Arc<AtomicBool>, conns: SharedConns) {
+    let mut readers: Vec<JoinHandle<()>> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        readers.retain(|r| !r.is_finished());
+        match listener.accept() {
+            Ok((stream, addr)) => {
+                if readers.len() >= CONNECTIONS_MAX {
+                    tracing::warn!(%addr, "too many quorum connections, closing");
+                    continue;
+                }
+                let conn_id = register(&conns, &stream);
+                let inbound = inbound.clone();
+                let stop = stop.clone();
+                let conns = conns.clone();
+                match std::thread::Builder::new()
+                    .name("quorum-read".to_string())
+                    .spawn(move || {
+                        read_loop(stream, addr, inbound, stop);
+                        unregister(&conns, conn_id);
+                    }) {
+                    Ok(h) => readers.push(h),
+                    Err(e) => tracing::warn!(error = %e, "cannot start a quorum reader"),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL_INTERVAL),
+            Err(e) => {
+                tracing::warn!(error = %e, "quorum accept failed");
+                std::thread::sleep(POLL_INTERVAL);
+            }
+        }
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+}
+
+fn read_loop(mut stream: TcpStream, addr: SocketAddr, inbound: Inbound, stop: Arc<AtomicBool>) {
+    if stream.set_nonblocking(false).is_err()
+        || stream.set_read_timeout(Some(POLL_INTERVAL)).is_err()
+    {
+        return;
+    }
+    let mut reader = FrameReader::default();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut last_read = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                last_read = Instant::now();
+                reader.push(&buf[..n]);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if last_read.elapsed() > READ_IDLE_MAX {
+                    tracing::debug!(%addr, "idle quorum connection closed");
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return;
+                }
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+        loop {
+            match reader.next_frame() {
+                None => break,
+                Some(Ok(frame)) => {
+                    if !inbound(frame) {
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(%addr, error = %e, "bad quorum frame, closing the connection");
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn write_loop(
+    peer: NodeId,
+    addr: SocketAddr,
+    queue: Receiver<Vec<u8>>,
+    stop: Arc<AtomicBool>,
+    conns: SharedConns,
+) {
+    let mut conn: Option<(TcpStream, Option<u64>)> = None;
+    let mut backoff = BACKOFF_MIN;
+    while !stop.load(Ordering::SeqCst) {
+        let frame = match queue.recv_timeout(POLL_INTERVAL) {
+            Ok(f) => f,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        if conn.is_none() {
+            match connect(addr) {
+                Ok(s) => {
+                    let id = register(&conns, &s);
+                    conn = Some((s, id));
+                    backoff = BACKOFF_MIN;
+                }
+                Err(e) => {
+                    tracing::debug!(peer, %addr, error = %e, "quorum peer unreachable");
+                    // Frames queued meanwhile are stale; raft resends what matters.
+                    sleep_unless_stopped(backoff, &stop);
+                    while queue.try_recv().is_ok() {}
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            }
+        }
+        if let Some((s, id)) = conn.as_mut() {
+            if let Err(e) = s.write_all(&frame) {
+                tracing::debug!(peer, error = %e, "quorum peer write failed, reconnecting");
+                let _ = s.shutdown(Shutdown::Both);
+                unregister(&conns, *id);
+                conn = None;
+            }
+        }
+    }
+    if let Some((s, id)) = conn {
+        let _ = s.shutdown(Shutdown::Both);
+        unregister(&conns, id);
+    }
+}
+
+fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
+    let mut left = d;
+    while !left.is_zero() && !stop.load(Ordering::SeqCst) {
+        let step = left.min(POLL_INTERVAL);
+        std::thread::sleep(step);
+        left -= step;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_split_across_reads() {
+        let frames = [
+            Frame::Raft(vec![1, 2, 3]),
+            Frame::Heartbeat(Heartbeat {
+                node_id: 2,
+                incarnation: 9,
+                host: "h".to_string(),
+                port: 9092,
+            }),
+            Frame::ForwardReply(ForwardReply {
+                request_id: 7,
+                result: Err(crate::AdminError::TopicExists),
+            }),
+        ];
+        let bytes: Vec<u8> = frames.iter().flat_map(|f| f.encode()).collect();
+        let mut r = FrameReader::default();
+        let mut out = Vec::new();
+        for chunk in bytes.chunks(3) {
+            r.push(chunk);
+            while let Some(f) = r.next_frame() {
+                out.push(f.unwrap());
+            }
+        }
+        assert_eq!(out.len(), 3);
+        assert!(matches!(&out[0], Frame::Raft(b) if b == &[1, 2, 3]));
+        assert!(matches!(&out[1], Frame::Heartbeat(h) if h.node_id == 2 && h.incarnation == 9));
+        assert!(
+            matches!(&out[2], Frame::ForwardReply(r) if r.request_id == 7 && r.result.is_err())
+        );
+    }
+
+    fn closed(r: io::Result<usize>) -> bool {
+        match r {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+        }
+    }
+
+    #[test]
+    fn a_bad_frame_closes_only_its_connection() {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let inbound: Inbound = Arc::new(move |f| tx.lock().unwrap().send(f).is_ok());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut t = Transport::start(1, addr, &[], inbound, stop).unwrap();
+        let mut bad = TcpStream::connect(addr).unwrap();
+        let mut good = TcpStream::connect(addr).unwrap();
+        bad.write_all(&[0, 0, 0, 2, 99, 0]).unwrap();
+        bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut byte = [0u8; 1];
+        assert!(closed(bad.read(&mut byte)), "the bad connection is closed");
+        let hb = Frame::Heartbeat(Heartbeat {
+            node_id: 3,
+            incarnation: 1,
+            host: "h".to_string(),
+            port: 1,
+        });
+        good.write_all(&hb.encode()).unwrap();
+        match rx.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Frame::Heartbeat(h) => assert_eq!(h.node_id, 3),
+            other => panic!("{other:?}"),
+        }
+        let started = Instant::now();
+        t.shutdown();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        good.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(
+            closed(good.read(&mut byte)),
+            "shutdown closes accepted sockets"
+        );
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        let mut r = FrameReader::default();
+        r.push(&u32::MAX.to_be_bytes());
+        assert!(matches!(r.next_frame(), Some(Err(FrameError::TooLong(_)))));
+        let mut r = FrameReader::default();
+        r.push(&[0, 0, 0, 2, 99, 0]);
+        assert!(matches!(
+            r.next_frame(),
+            Some(Err(FrameError::UnknownKind(99)))
+        ));
+        let mut r = FrameReader::default();
+        r.push(&[0, 0, 0, 3, KIND_HEARTBEAT, b'{', b'x']);
+        assert!(matches!(r.next_frame(), Some(Err(FrameError::Payload(_)))));
+        let mut r = FrameReader::default();
+        r.push(&[0, 0, 0, 0]);
+        assert!(matches!(r.next_frame(), Some(Err(FrameError::Empty))));
+    }
+}
