@@ -57,7 +57,10 @@ enum Role {
     /// Not a replica, or the partition has no leader: refuses Produce and Fetch.
     Unassigned,
     Leader(Box<Leader>),
-    Follower { leader: i32, epoch: i32 },
+    Follower {
+        leader: i32,
+        epoch: i32,
+    },
 }
 
 /// The leader's view of its replica set.
@@ -303,8 +306,7 @@ pub fn fetch_access(
         _ => return Err(errors::NOT_LEADER_OR_FOLLOWER),
     };
     check_epoch(current_leader_epoch, l.epoch)?;
-    if replica_id < 0 || !l.replicas.contains(&replica_id) || replica_id == shard.shared.node_id
-    {
+    if replica_id < 0 || !l.replicas.contains(&replica_id) || replica_id == shard.shared.node_id {
         return Ok(Some(l.high_watermark(log_end(&p.log))));
     }
     let now = Instant::now();
@@ -322,6 +324,7 @@ pub fn fetch_access(
     l.refresh(end);
     p.replica.hw.set(l.hw);
     if !l.isr.contains(&replica_id) && should_join_isr(&progress, l.hw, l.epoch_start) {
+        tracing::info!(topic = %l.topic, partition = l.partition, replica = replica_id, fetch_offset = offset, hw = l.hw, log_end = end, epoch_start = l.epoch_start, "follower caught up");
         let mut isr = l.isr.clone();
         isr.push(replica_id);
         isr.sort_unstable();
@@ -441,9 +444,10 @@ pub fn shrunk_isr(
 ) -> Option<Vec<i32>> {
     let lagging = |r: i32| {
         r != me
-            && followers.iter().find(|f| f.id == r).is_none_or(|f| {
-                now.saturating_duration_since(f.last_caught_up) > lag_max
-            })
+            && followers
+                .iter()
+                .find(|f| f.id == r)
+                .is_none_or(|f| now.saturating_duration_since(f.last_caught_up) > lag_max)
     };
     if !isr.iter().any(|&r| lagging(r)) {
         return None;
@@ -584,12 +588,7 @@ fn become_leader(
         return;
     }
     let end = log_end(&p.log);
-    let hw = p
-        .replica
-        .hw
-        .get()
-        .max(p.log.log_start_offset())
-        .min(end);
+    let hw = p.replica.hw.get().max(p.log.log_start_offset()).min(end);
     let followers: Vec<FollowerProgress> = set
         .replicas
         .iter()
@@ -687,7 +686,9 @@ async fn leader_tick() {
                         } else {
                             end - f.fetch_offset
                         };
-                        snapshot.lags.push((l.topic.clone(), l.partition, f.id, lag.max(0)));
+                        snapshot
+                            .lags
+                            .push((l.topic.clone(), l.partition, f.id, lag.max(0)));
                     }
                     snapshot
                         .high_watermarks
@@ -800,13 +801,19 @@ mod tests {
         let now = Instant::now();
         let followers = [progress(2, 40, now), progress(3, 70, now)];
         // Both followers in the ISR: the slower one bounds it.
-        assert_eq!(compute_high_watermark(10, 100, 1, &[1, 2, 3], &followers), 40);
+        assert_eq!(
+            compute_high_watermark(10, 100, 1, &[1, 2, 3], &followers),
+            40
+        );
         // Follower 2 out of the ISR: only 3 counts.
         assert_eq!(compute_high_watermark(10, 100, 1, &[1, 3], &followers), 70);
         // The leader alone: its log end.
         assert_eq!(compute_high_watermark(10, 100, 1, &[1], &followers), 100);
         // Never back.
-        assert_eq!(compute_high_watermark(50, 100, 1, &[1, 2, 3], &followers), 50);
+        assert_eq!(
+            compute_high_watermark(50, 100, 1, &[1, 2, 3], &followers),
+            50
+        );
         // An ISR member that has not fetched since the leadership began holds it.
         let fresh = [FollowerProgress::new(2, now), progress(3, 70, now)];
         assert_eq!(compute_high_watermark(10, 100, 1, &[1, 2, 3], &fresh), 10);

@@ -309,11 +309,7 @@ type WantedTopics = Vec<(
 )>;
 
 /// Reads every wanted partition, in parallel across their owner shards.
-async fn read_all(
-    wanted: &Rc<WantedTopics>,
-    unknown_code: i16,
-    replica_id: i32,
-) -> Vec<Vec<Got>> {
+async fn read_all(wanted: &Rc<WantedTopics>, unknown_code: i16, replica_id: i32) -> Vec<Vec<Got>> {
     let mut handles = Vec::new();
     for (ti, (_, _, info, parts)) in wanted.iter().enumerate() {
         for pi in 0..parts.len() {

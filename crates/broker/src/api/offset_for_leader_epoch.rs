@@ -50,10 +50,11 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                 // A cluster member answers from the partition's leader epoch cache.
                 Some(topic) if !alone => {
                     let requested = p.leader_epoch;
-                    let found = shard::on_owned_partition(topic, p.partition, move |p| async move {
-                        crate::replication::epoch_end_offset(&p, replica_id, current, requested)
-                    })
-                    .await;
+                    let found =
+                        shard::on_owned_partition(topic, p.partition, move |p| async move {
+                            crate::replication::epoch_end_offset(&p, replica_id, current, requested)
+                        })
+                        .await;
                     match found {
                         None | Some(None) => {
                             answer.with_error_code(errors::UNKNOWN_TOPIC_OR_PARTITION)

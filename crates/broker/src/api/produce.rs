@@ -115,14 +115,10 @@ async fn append_on_owner(
         None => None,
         Some(batch) => match partition.producers.check_and_reserve(batch) {
             Check::Reserved(reservation) => Some(reservation),
-            Check::Duplicate(base) => {
-                return duplicate(&partition, base, count, sync, acks).await
-            }
+            Check::Duplicate(base) => return duplicate(&partition, base, count, sync, acks).await,
             Check::InFlight(original) => {
                 return match original.outcome().await {
-                    Settled::Written(base) => {
-                        duplicate(&partition, base, count, sync, acks).await
-                    }
+                    Settled::Written(base) => duplicate(&partition, base, count, sync, acks).await,
                     Settled::Failed => Err((
                         errors::KAFKA_STORAGE_ERROR,
                         "the first copy of this retried batch could not be written".into(),

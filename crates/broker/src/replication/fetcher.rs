@@ -151,11 +151,8 @@ pub(super) fn forget(shard: &Shard, id: PartitionId) {
 
 /// This fetcher is still the shard's fetcher for its leader (not stopped or replaced).
 fn registered(f: &Rc<Fetcher>) -> bool {
-    FETCHERS.with(|fs| {
-        fs.borrow()
-            .get(&f.leader)
-            .is_some_and(|x| Rc::ptr_eq(x, f))
-    }) && !crate::server::draining()
+    FETCHERS.with(|fs| fs.borrow().get(&f.leader).is_some_and(|x| Rc::ptr_eq(x, f)))
+        && !crate::server::draining()
 }
 
 /// Resolves when the fetcher is stopped (its last partition left, or the shard drains).
@@ -395,7 +392,12 @@ async fn truncate(
                 continue;
             }
             if r.error_code != errors::NONE {
-                tracing::info!(topic, partition = id.index, error = r.error_code, "leader refused OffsetForLeaderEpoch; waiting");
+                tracing::info!(
+                    topic,
+                    partition = id.index,
+                    error = r.error_code,
+                    "leader refused OffsetForLeaderEpoch; waiting"
+                );
                 set_retry(f, *id, *generation);
                 continue;
             }
@@ -409,7 +411,14 @@ async fn truncate(
                 |e| p.log.end_offset_for_epoch(e).1,
             );
             if target < end {
-                tracing::info!(topic, partition = id.index, from = end, to = target, leader_epoch = r.leader_epoch, "truncating to the leader's log");
+                tracing::info!(
+                    topic,
+                    partition = id.index,
+                    from = end,
+                    to = target,
+                    leader_epoch = r.leader_epoch,
+                    "truncating to the leader's log"
+                );
                 if let Err(e) = p.log.truncate_to(target).await {
                     tracing::error!(topic, partition = id.index, error = %e, "truncation failed");
                     set_retry(f, *id, *generation);
@@ -601,7 +610,13 @@ async fn apply_fetched(
         errors::OFFSET_OUT_OF_RANGE => {
             let end = log_end(&p.log);
             if r.log_start_offset >= 0 && end < r.log_start_offset {
-                tracing::info!(topic, partition = id.index, from = end, to = r.log_start_offset, "behind the leader's log start: restarting the log there");
+                tracing::info!(
+                    topic,
+                    partition = id.index,
+                    from = end,
+                    to = r.log_start_offset,
+                    "behind the leader's log start: restarting the log there"
+                );
                 if let Err(e) = p.log.truncate_fully_and_start_at(r.log_start_offset).await {
                     tracing::error!(topic, partition = id.index, error = %e, "could not restart the log");
                     set_retry(f, id, generation);
@@ -612,7 +627,12 @@ async fn apply_fetched(
             }
         }
         code => {
-            tracing::debug!(topic, partition = id.index, error = code, "leader refused the fetch; waiting for new metadata");
+            tracing::debug!(
+                topic,
+                partition = id.index,
+                error = code,
+                "leader refused the fetch; waiting for new metadata"
+            );
             set_retry(f, id, generation);
         }
     }
@@ -755,9 +775,11 @@ mod tests {
         let len = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
         assert_eq!(len, frame.len() - 4);
         let mut body = frame.slice(4..);
-        let header =
-            RequestHeader::decode(&mut body, ApiKey::Fetch.request_header_version(FETCH_VERSION))
-                .unwrap();
+        let header = RequestHeader::decode(
+            &mut body,
+            ApiKey::Fetch.request_header_version(FETCH_VERSION),
+        )
+        .unwrap();
         assert_eq!(header.correlation_id, 7);
         let back = FetchRequest::decode(&mut body, FETCH_VERSION).unwrap();
         assert_eq!(back.replica_id, BrokerId(2));
@@ -765,7 +787,10 @@ mod tests {
         let mut answer = BytesMut::new();
         ResponseHeader::default()
             .with_correlation_id(8)
-            .encode(&mut answer, ApiKey::Fetch.response_header_version(FETCH_VERSION))
+            .encode(
+                &mut answer,
+                ApiKey::Fetch.response_header_version(FETCH_VERSION),
+            )
             .unwrap();
         FetchResponse::default()
             .encode(&mut answer, FETCH_VERSION)
