@@ -8,7 +8,9 @@
 //! - [`log`]: `PartitionLog`: offset assignment, ordered appends through the ring, the high
 //!   watermark, group-commit fdatasync, reads by offset, recovery at open; the durable log
 //!   start offset DeleteRecords moves (`log/log_start.rs`), batch lookups by timestamp
-//!   (`log/timestamps.rs`) and log compaction (`log/clean.rs`).
+//!   (`log/timestamps.rs`), log compaction (`log/clean.rs`), leader epochs
+//!   (`log/epochs.rs`) and what a replica needs: replicated appends, truncation, reads below
+//!   the replicated high watermark (`log/replica.rs`).
 //! - [`recovery`]: rebuilding segments at open (trusted, from the recovery point, or scanned).
 //! - [`checkpoint`]: the per-partition recovery checkpoint (Kafka's recovery point).
 //! - [`atomic_file`]: write-new + fsync + rename, for metadata.
@@ -27,5 +29,6 @@ pub use checkpoint::Checkpoint;
 pub use log::{
     AppendError, CleanConfig, CleanStats, CleanableState, DeleteRecordsError, LogConfig,
     PartitionLog, ReadError, ReadResult, Recovery, SliceResult, HIGH_WATERMARK, SEGMENT_BYTES_MAX,
+    UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET,
 };
 pub use recovery::{RecoveryReport, RecoveryTotals};

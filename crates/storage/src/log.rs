@@ -130,7 +130,10 @@ pub enum AppendError {
         position: usize,
         reason: &'static str,
     },
-    /// A truncation was asked for while appends (or a cleaning) were in flight; try again.
+    /// What a caller waits for is gone: the log was truncated below `offset` (`sync_to`).
+    #[error("the log was truncated to {log_end}, below offset {offset}")]
+    Truncated { offset: i64, log_end: i64 },
+    /// A truncation was asked for while appends were in flight; try again.
     #[error("the log is busy: {0}")]
     Busy(&'static str),
 }
@@ -684,6 +687,13 @@ impl PartitionLog {
                 }
                 if let Some(why) = &st.failed {
                     return Err(AppendError::Failed(why.clone()));
+                }
+                // Nothing written or in flight reaches it: a truncation took it away.
+                if offset > st.next_offset {
+                    return Err(AppendError::Truncated {
+                        offset,
+                        log_end: st.next_offset,
+                    });
                 }
                 st.sync_running
             };

@@ -177,8 +177,16 @@ pub(crate) fn write(dir: &Path, epochs: &Epochs) -> io::Result<()> {
     write_atomically(&dir.join(FILE_NAME), epochs.encode().as_bytes())
 }
 
-/// The epoch and batch length of the batch header at `position` of a segment.
+#[cfg(test)]
+thread_local! {
+    /// Batch headers [`rebuild`] read on this thread (tests check the bound holds).
+    pub(crate) static REBUILD_HEADER_READS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The epoch, base offset and length of the batch header at `position` of a segment.
 fn header_at(file: &std::fs::File, position: u64) -> io::Result<(i32, i64, u64)> {
+    #[cfg(test)]
+    REBUILD_HEADER_READS.with(|n| n.set(n.get() + 1));
     let mut header = [0u8; HEADER_BYTES];
     file.read_exact_at(&mut header, position)?;
     let frame = BatchFrame::parse(&header).ok_or_else(|| {

@@ -143,7 +143,7 @@ impl PartitionLog {
 
     /// Unlinks the files of segments already taken out of the log (plain syscalls; a file
     /// still being read stays readable until that read ends).
-    pub(super) fn remove_segment_files(&self, removed: &[Segment]) {
+    fn remove_segment_files(&self, removed: &[Segment]) {
         for seg in removed {
             for ext in ["log", "index", "timeindex"] {
                 let path = self

@@ -28,6 +28,9 @@ use std::time::Duration;
 /// How long a truncation waits for a running fdatasync or recovery checkpoint to end before
 /// giving up with `AppendError::Busy` (they take milliseconds; a stuck disk takes longer).
 pub const TRUNCATE_WAIT_MS_MAX: u64 = 10_000;
+/// Attempts `truncate_to` makes when the log changes under one.
+const TRUNCATE_ATTEMPTS_MAX: u32 = 5;
+const LOG_CHANGED: &str = "the log changed during truncation";
 /// Poll interval while a truncation waits for a recovery checkpoint pass to end.
 const TRUNCATE_POLL_MS: u64 = 5;
 
@@ -94,6 +97,35 @@ fn cut_file(fd: &SharedFd, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Unlinks the files of the segments based at `bases` (last first), then fsyncs the directory;
+/// a file already gone is fine, any other failure is an error (a stale segment left behind
+/// would come back at the next open).
+fn unlink_segments(dir: &std::path::Path, bases: &[i64]) -> io::Result<()> {
+    if bases.is_empty() {
+        return Ok(());
+    }
+    for &base in bases.iter().rev() {
+        for ext in ["log", "index", "timeindex"] {
+            match std::fs::remove_file(dir.join(crate::segment::file_name(base, ext))) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A truncation failed half way: memory and files may disagree, so the log refuses writes
+/// until a reopen (the follower truncates again after it).
+fn fail(dir: &std::path::Path, st: &mut State, e: io::Error) -> AppendError {
+    tracing::error!(dir = %dir.display(), error = %e, "truncation failed half way; partition refuses writes until reopened");
+    if st.failed.is_none() {
+        st.failed = Some(e.to_string());
+    }
+    st.repairable = false;
+    AppendError::Io(e)
+}
+
 fn read_error(e: ReadError) -> AppendError {
     match e {
         ReadError::Io(e) => AppendError::Io(e),
@@ -138,14 +170,6 @@ impl PartitionLog {
                     got: frames[0].1.base_offset,
                 });
             }
-            // Where the batches go: the segments to roll to, opened before anything changes.
-            let rolls = self.plan_rolls(&st, &frames);
-            let mut new_segments = Vec::with_capacity(rolls.iter().filter(|r| **r).count());
-            for (roll, (_, f)) in rolls.iter().zip(&frames) {
-                if *roll {
-                    new_segments.push(Segment::open(&self.dir, f.base_offset)?);
-                }
-            }
             // New leader epochs are durable before data of theirs can be.
             let latest = st.epochs.latest();
             let new_epoch = |(at, _): &(usize, BatchFrame)| {
@@ -158,6 +182,27 @@ impl PartitionLog {
                     epochs.assign(batch_epoch(&batches[*at..]), f.base_offset);
                 }
                 st.set_epochs(&self.dir, epochs)?;
+            }
+            // Where the batches go: the segments to roll to, opened before anything changes
+            // (and removed again if one cannot be).
+            let rolls = self.plan_rolls(&st, &frames);
+            let mut new_segments = Vec::with_capacity(rolls.iter().filter(|r| **r).count());
+            for (roll, (_, f)) in rolls.iter().zip(&frames) {
+                if !*roll {
+                    continue;
+                }
+                match Segment::open(&self.dir, f.base_offset) {
+                    Ok(seg) => new_segments.push(seg),
+                    Err(e) => {
+                        let bases: Vec<i64> = new_segments.iter().map(|s| s.base_offset).collect();
+                        // Best effort: an empty segment left behind starts at a base the
+                        // leader has a batch at, so a reopen ending the log there loses nothing.
+                        if let Err(e) = unlink_segments(&self.dir, &bases) {
+                            tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove a segment opened for a failed append");
+                        }
+                        return Err(AppendError::Io(e));
+                    }
+                }
             }
             st.stamp_epoch = None;
             let interval = self.config.borrow().index_interval_bytes;
@@ -386,6 +431,20 @@ impl PartitionLog {
     /// recovery checkpoint. An offset at or below the log start (or a cut there) leaves the
     /// log empty at its log start offset; one at or past the end changes nothing.
     pub async fn truncate_to(&self, offset: i64) -> Result<i64, AppendError> {
+        // A recovery checkpoint pass or sync starting while the cut is located makes an
+        // attempt give up before changing anything; the next one waits for it.
+        let mut attempt = 1;
+        loop {
+            match self.try_truncate_to(offset).await {
+                Err(AppendError::Busy(LOG_CHANGED)) if attempt < TRUNCATE_ATTEMPTS_MAX => {
+                    attempt += 1
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn try_truncate_to(&self, offset: i64) -> Result<i64, AppendError> {
         self.wait_quiet().await?;
         let (end, log_start) = {
             let st = self.state.borrow();
@@ -411,7 +470,7 @@ impl PartitionLog {
                 .iter()
                 .position(|s| Arc::ptr_eq(&s.log, &at.log_fd))
             else {
-                return Err(AppendError::Busy("the log changed during truncation"));
+                return Err(AppendError::Busy(LOG_CHANGED));
             };
             // A first batch after a gap at the start of its segment: that segment goes too
             // (kept empty it would end the log past `offset`).
@@ -486,7 +545,7 @@ impl PartitionLog {
             && st.high_watermark == end
             && st.next_offset == end;
         let Some(si) = si.filter(|_| quiet) else {
-            return Err(AppendError::Busy("the log changed during truncation"));
+            return Err(AppendError::Busy(LOG_CHANGED));
         };
         let keep_base = st.segments[si].base_offset;
         // 1. A recovery checkpoint promising bytes that go is moved back first: to the start
@@ -518,33 +577,37 @@ impl PartitionLog {
             st.durable_segments_below = st.durable_segments_below.min(base);
         }
         // 2. The later segments go, durably, before the kept one is cut (a crash between
-        // must not leave a cut segment followed by stale ones).
+        // must not leave a cut segment followed by stale ones). From here on a failure
+        // leaves memory and files apart: the log refuses writes until a reopen.
         let removed: Vec<Segment> = st.segments.drain(si + 1..).collect();
         st.unsynced
             .retain(|f| !removed.iter().any(|s| Arc::ptr_eq(&s.log, f)));
-        drop(st);
-        self.remove_segment_files(&removed);
-        if !removed.is_empty() {
-            std::fs::File::open(&*self.dir)?.sync_all()?;
+        let bases: Vec<i64> = removed.iter().map(|s| s.base_offset).collect();
+        let seg = st.segments.last().expect("the kept segment");
+        let entries = seg.index.entries_below(cut_at);
+        let on_disk = seg.index_on_disk.min(entries) as u64;
+        let files = [
+            (seg.log.clone(), cut_at),
+            (seg.index_file.clone(), on_disk * 8),
+            (seg.time_index_file.clone(), on_disk * 12),
+        ];
+        let changed = (|| -> io::Result<()> {
+            unlink_segments(&self.dir, &bases)?;
+            // 3. The kept segment's files are cut.
+            for (fd, len) in &files {
+                cut_file(fd, *len)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = changed {
+            return Err(fail(&self.dir, &mut st, e));
         }
-        // 3. The kept segment is cut: file, indexes (memory and disk), bookkeeping.
-        let mut st = self.state.borrow_mut();
         let seg = st.segments.last_mut().expect("the kept segment");
         let entries = seg.index.truncate_at_position(cut_at as u32);
         seg.time_index.truncate(entries);
         seg.last_indexed_position = seg.index.last_position().map(u64::from);
         seg.index_on_disk = seg.index_on_disk.min(entries);
         seg.index_durable = seg.index_durable.min(entries);
-        let on_disk = seg.index_on_disk as u64;
-        let cut = cut_file(&seg.log, cut_at)
-            .and_then(|()| cut_file(&seg.index_file, on_disk * 8))
-            .and_then(|()| cut_file(&seg.time_index_file, on_disk * 12));
-        if let Err(e) = cut {
-            tracing::error!(dir = %self.dir.display(), error = %e, "cannot cut a segment during truncation; partition refuses writes until reopened");
-            st.failed = Some(e.to_string());
-            st.repairable = false;
-            return Err(AppendError::Io(e));
-        }
         seg.reserved_bytes = cut_at;
         seg.committed_bytes = cut_at;
         seg.next_offset = new_end;
@@ -562,7 +625,13 @@ impl PartitionLog {
         // 4. Epochs that started in what went.
         let mut epochs = st.epochs.clone();
         if epochs.truncate_from_end(new_end) {
-            st.set_epochs(&self.dir, epochs)?;
+            if let Err(e) = st.set_epochs(&self.dir, epochs) {
+                return Err(fail(&self.dir, &mut st, e));
+            }
+        }
+        drop(st);
+        if !removed.is_empty() {
+            tracing::debug!(dir = %self.dir.display(), segments = removed.len(), "truncation deleted later segments");
         }
         Ok(())
     }
@@ -587,18 +656,15 @@ impl PartitionLog {
             && !st.sync_running
             && !st.checkpoint_running;
         if !quiet {
-            return Err(AppendError::Busy("the log changed during truncation"));
+            return Err(AppendError::Busy(LOG_CHANGED));
         }
         // Old files first (a crash then leaves an empty log, which the follower fetches
         // into again), then the new segment, its directory entry, the log start, the
-        // recovery checkpoint, the epochs.
-        let removed: Vec<Segment> = st.segments.drain(..).collect();
-        st.unsynced.clear();
-        drop(st);
-        self.remove_segment_files(&removed);
+        // recovery checkpoint, the epochs. A failure on the way fails the log until a reopen.
+        let bases: Vec<i64> = st.segments.iter().map(|s| s.base_offset).collect();
         let fresh = (|| -> io::Result<Segment> {
+            unlink_segments(&self.dir, &bases)?;
             let seg = Segment::open(&self.dir, offset)?;
-            // Empty even if an old file of that name could not be unlinked.
             for fd in [&seg.log, &seg.index_file, &seg.time_index_file] {
                 cut_file(fd, 0)?;
             }
@@ -606,18 +672,12 @@ impl PartitionLog {
             super::log_start::write(&self.dir, offset)?;
             Ok(seg)
         })();
-        let mut st = self.state.borrow_mut();
         let seg = match fresh {
             Ok(seg) => seg,
-            Err(e) => {
-                tracing::error!(dir = %self.dir.display(), error = %e, "cannot restart the log; partition refuses writes until reopened");
-                st.failed = Some(e.to_string());
-                st.repairable = false;
-                // Keep a segment in the list: the log's code relies on an active one.
-                st.segments = removed;
-                return Err(AppendError::Io(e));
-            }
+            Err(e) => return Err(fail(&self.dir, &mut st, e)),
         };
+        st.segments.clear();
+        st.unsynced.clear();
         st.unsynced.push(seg.log.clone());
         st.segments.push(seg);
         st.next_offset = offset;
@@ -633,15 +693,20 @@ impl PartitionLog {
             position: 0,
             index_entries: 0,
         };
-        let mut file = match st.checkpoint_file.take() {
-            Some(f) => f,
-            None => CheckpointFile::open(&self.dir, st.checkpoint_sequence)?,
-        };
-        let written = file.write_blocking(&checkpoint);
-        st.checkpoint_file = Some(file);
-        written?;
-        st.checkpoint = Some(checkpoint);
-        st.set_epochs(&self.dir, super::epochs::Epochs::default())?;
+        let written = (|| -> io::Result<()> {
+            let mut file = match st.checkpoint_file.take() {
+                Some(f) => f,
+                None => CheckpointFile::open(&self.dir, st.checkpoint_sequence)?,
+            };
+            let written = file.write_blocking(&checkpoint);
+            st.checkpoint_file = Some(file);
+            written?;
+            st.checkpoint = Some(checkpoint);
+            st.set_epochs(&self.dir, super::epochs::Epochs::default())
+        })();
+        if let Err(e) = written {
+            return Err(fail(&self.dir, &mut st, e));
+        }
         drop(st);
         self.appended.notify_all();
         tracing::info!(dir = %self.dir.display(), log_start_offset = offset, "log restarted empty");

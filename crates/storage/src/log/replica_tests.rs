@@ -276,6 +276,19 @@ fn truncation_cuts_mid_segment_and_across_segments_and_the_log_reopens_the_same(
             Err(ReadError::OutOfRange { .. })
         ));
         assert_eq!(log.epoch_entries(), vec![(1, 0), (3, 40), (4, 80)]);
+        // A wait for a sync of what went ends (it would spin on fdatasyncs for ever).
+        let waited = op::timeout(Duration::from_secs(2), log.sync_to(120)).await;
+        assert!(
+            matches!(
+                waited,
+                Some(Err(AppendError::Truncated {
+                    offset: 120,
+                    log_end: 90
+                }))
+            ),
+            "{waited:?}"
+        );
+        log.sync_to(90).await.unwrap();
         // Across segment boundaries, to a batch boundary: epoch 4's entry goes.
         assert_eq!(log.truncate_to(50).await.unwrap(), 50);
         assert_eq!(segment_files(&p), vec![0, 20, 40]);
@@ -447,6 +460,8 @@ fn a_leader_stamps_its_epoch_into_appended_batches_and_answers_offsets_for_leade
 
         log.begin_leader_epoch(5).unwrap();
         assert_eq!(log.epoch_entries(), vec![(5, 2)]);
+        let on_disk = epochs::read(&p).unwrap().unwrap();
+        assert_eq!(on_disk.entries(), &[(5, 2)], "persisted before returning");
         assert_eq!(log.append_batch(batch(1, 10, 0), 1).await.unwrap(), 2);
         let r = log.read(2, 1).await.unwrap();
         assert_eq!(headers(&r.records), vec![(2, 3, 5)], "stamped, CRC valid");
@@ -610,6 +625,207 @@ fn reads_until_an_end_offset_stop_below_it() {
             log.read_slice_until(121, 10, 100).await,
             Err(ReadError::OutOfRange { .. })
         ));
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_crash_right_after_a_truncation_recovers_the_truncated_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r-0");
+    let p = path.clone();
+    let batches = sixty_batches();
+    let b = batches.clone();
+    block_on(async move {
+        let log = PartitionLog::open(&p, config()).unwrap();
+        log.append_replicated(concat(&b)).await.unwrap();
+        log.sync_to(120).await.unwrap();
+        log.checkpoint_recovery_point().await.unwrap().unwrap();
+        assert_eq!(log.truncate_to(85).await.unwrap(), 84);
+        // No close: a crash.
+    })
+    .unwrap();
+    for recovery in [Recovery::Scan, Recovery::TrustCleanShutdown] {
+        let (p, batches) = (path.clone(), batches.clone());
+        block_on(async move {
+            let log = PartitionLog::open_with(&p, config(), recovery).unwrap();
+            assert_eq!(log.log_end_offset(), 84, "{recovery:?}");
+            assert_eq!(log_bytes(&log).await, batches[..42].concat());
+            assert_eq!(log.epoch_entries(), vec![(1, 0), (3, 40), (4, 80)]);
+            assert_eq!(segment_files(&p), vec![0, 20, 40, 60, 80]);
+        })
+        .unwrap();
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+    /// The bounded rebuild finds what walking every header finds, wherever epochs change.
+    #[test]
+    fn rebuilt_epochs_match_a_walk_of_every_header(
+        steps in proptest::collection::vec((1usize..4, 0i32..3), 1..160),
+        segment_bytes in 300u64..3000,
+        index_interval_bytes in 1u64..600,
+    ) {
+        let mut epoch = -1;
+        let mut base = 0;
+        let batches: Vec<Vec<u8>> = steps
+            .iter()
+            .map(|&(n, step)| {
+                // Mostly the same epoch; sometimes a jump.
+                if step == 2 || (epoch < 0 && step == 1) {
+                    epoch += 1 + step;
+                }
+                let b = leader_batch(base, n, epoch);
+                base += n as i64;
+                b
+            })
+            .collect();
+        let expected = walked_epochs(&batches);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r-0");
+        let cfg = LogConfig { segment_bytes, index_interval_bytes, ..LogConfig::default() };
+        let (p, c) = (path.clone(), cfg.clone());
+        block_on(async move {
+            let log = PartitionLog::open(&p, c).unwrap();
+            log.append_replicated(concat(&batches)).await.unwrap();
+            log.close().await.unwrap();
+        })
+        .unwrap();
+        let _ = std::fs::remove_file(path.join(epochs::FILE_NAME));
+        let log = PartitionLog::open(&path, cfg).unwrap();
+        proptest::prop_assert_eq!(log.epoch_entries(), expected);
+    }
+}
+
+#[test]
+fn rebuilding_epochs_reads_few_headers_of_a_big_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r-0");
+    // 3000 one-record batches (78 bytes) in 64 KiB segments (4 of them), an index entry
+    // every 4 KiB (about 53 batches); one epoch change.
+    let batches: Vec<Vec<u8>> = (0..3000)
+        .map(|i| leader_batch(i, 1, if i < 1234 { 3 } else { 4 }))
+        .collect();
+    let cfg = LogConfig {
+        segment_bytes: 1 << 16,
+        index_interval_bytes: 4096,
+        ..LogConfig::default()
+    };
+    let (p, c) = (path.clone(), cfg.clone());
+    block_on(async move {
+        let log = PartitionLog::open(&p, c).unwrap();
+        log.append_replicated(concat(&batches)).await.unwrap();
+        assert_eq!(log.segment_count(), 4);
+        log.close().await.unwrap();
+    })
+    .unwrap();
+    std::fs::remove_file(path.join(epochs::FILE_NAME)).unwrap();
+    epochs::REBUILD_HEADER_READS.with(|n| n.set(0));
+    let log = PartitionLog::open(&path, cfg).unwrap();
+    assert_eq!(log.epoch_entries(), vec![(3, 0), (4, 1234)]);
+    let reads = epochs::REBUILD_HEADER_READS.with(|n| n.get());
+    // Per segment: its first header and its last index interval; around the change a
+    // bisection of the index and one interval.
+    assert!(reads < 4 * 60 + 70, "{reads} header reads");
+}
+
+#[test]
+fn truncation_of_a_compacted_log_ends_at_the_last_batch_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r-0");
+    let p = path.clone();
+    // 30 batches of 2 records at 0, 3, 6, …: a gap of one offset after each; 10 batches per
+    // segment, each segment based at its first batch (0, 30, 60).
+    let batches: Vec<Vec<u8>> = (0..30).map(|i| leader_batch(3 * i, 2, 1)).collect();
+    let b = batches.clone();
+    block_on(async move {
+        let log = PartitionLog::open(&p, config()).unwrap();
+        assert_eq!(log.append_replicated(concat(&b)).await.unwrap(), 89);
+        assert_eq!(segment_files(&p), vec![0, 30, 60]);
+        // In the gap at the end of segment 0: segment 30 (starting past 29) goes whole.
+        assert_eq!(log.truncate_to(29).await.unwrap(), 29);
+        assert_eq!(segment_files(&p), vec![0]);
+        // In a gap inside a segment: the batch after it goes.
+        assert_eq!(log.truncate_to(26).await.unwrap(), 26);
+        // Inside a batch after a gap: it goes, the end is the previous batch's.
+        assert_eq!(log.truncate_to(25).await.unwrap(), 23);
+        assert_eq!(log_bytes(&log).await, b[..8].concat());
+        assert_eq!(
+            log.append_replicated(concat(&[leader_batch(23, 1, 2)]))
+                .await
+                .unwrap(),
+            24
+        );
+        log.sync_to(24).await.unwrap();
+    })
+    .unwrap();
+    for recovery in [Recovery::Scan, Recovery::TrustCleanShutdown] {
+        let (p, batches) = (path.clone(), batches.clone());
+        block_on(async move {
+            let log = PartitionLog::open_with(&p, config(), recovery).unwrap();
+            assert_eq!(log.log_end_offset(), 24, "{recovery:?}");
+            assert_eq!(
+                log_bytes(&log).await,
+                [batches[..8].concat(), leader_batch(23, 1, 2)].concat()
+            );
+            assert_eq!(log.epoch_entries(), vec![(1, 0), (2, 23)]);
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_cleaning_running_across_a_truncation_brings_nothing_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r-0");
+    let p = path.clone();
+    block_on(async move {
+        let log = Rc::new(PartitionLog::open(&p, config()).unwrap());
+        log.append_replicated(concat(&sixty_batches()))
+            .await
+            .unwrap();
+        log.sync_to(120).await.unwrap();
+        // Keyless records: the cleaning drops them all, slowly (it yields every 64 bytes).
+        let cleaner = {
+            let log = log.clone();
+            spawn(async move {
+                log.clean(&crate::log::CleanConfig {
+                    now_ms: 1 << 40,
+                    delete_retention_ms: 0,
+                    min_compaction_lag_ms: 0,
+                    map_bytes_max: 1 << 20,
+                    io_bytes_per_turn: 64,
+                    duty_percent: 100,
+                    segment_bytes_max: 3000,
+                })
+                .await
+            })
+        };
+        // Once it writes its second group (segments 60 and 80), it has read the first
+        // (0, 20, 40) whole; the truncation cuts 40 and deletes what the second reads.
+        let second_group = p.join("00000000000000000060.log.cleaned");
+        while !second_group.exists() {
+            ringbroker_runtime::yield_now().await;
+        }
+        assert_eq!(log.truncate_to(51).await.unwrap(), 50);
+        // It read what it cleaned before the cut (unlinked files stay readable) and gives up
+        // its swap: the segments it would replace are no longer all closed ones.
+        let cleaned = cleaner.await.unwrap();
+        assert!(cleaned.is_ok(), "{cleaned:?}");
+        assert_eq!(log.log_end_offset(), 50);
+        assert!(segment_files(&p).iter().all(|&b| b <= 40));
+        let all = log_bytes(&log).await;
+        assert!(headers(&all).iter().all(|&(_, next, _)| next <= 50));
+        log.sync_to(50).await.unwrap();
+    })
+    .unwrap();
+    let p = path.clone();
+    block_on(async move {
+        let log = PartitionLog::open_with(&p, config(), Recovery::Scan).unwrap();
+        assert_eq!(log.log_end_offset(), 50);
+        let all = log_bytes(&log).await;
+        assert!(headers(&all).iter().all(|&(_, next, _)| next <= 50));
     })
     .unwrap();
 }
