@@ -1697,6 +1697,109 @@ async fn replay_offsets(log: &PartitionLog, legacy: &mut HashSet<String>) -> (us
     (applied, true)
 }
 
+thread_local! {
+    /// Cluster mode: the offsets partitions this shard coordinates the groups of (this node
+    /// leads them), each with the leader epoch it loaded them at.
+    static LED: RefCell<HashMap<i32, i32>> = RefCell::new(HashMap::new());
+}
+
+/// Forgets every group of offsets partition `partition` on this shard (members, rebalances,
+/// committed offsets); JoinGroup and SyncGroup answers still waiting get NOT_COORDINATOR, so
+/// their clients find the new coordinator.
+fn drop_partition_groups(partition: i32) {
+    with(|c| {
+        c.groups.retain(|name, g| {
+            if offsets_partition(name) != partition {
+                return true;
+            }
+            for (_, m) in g.members.iter_mut() {
+                if let Some(tx) = m.join_waiter.take() {
+                    tx.send(JoinResult {
+                        error: errors::NOT_COORDINATOR,
+                        ..Default::default()
+                    });
+                }
+                if let Some(tx) = m.sync_waiter.take() {
+                    tx.send(SyncResult {
+                        error: errors::NOT_COORDINATOR,
+                        ..Default::default()
+                    });
+                }
+            }
+            false
+        });
+        c.offsets
+            .retain(|name, _| offsets_partition(name) != partition);
+    });
+}
+
+/// Cluster mode, on the shard owning offsets partition `partition`: this node now leads it at
+/// `leader_epoch`, so it coordinates its groups: whatever this shard kept of them is dropped
+/// and their committed offsets are loaded again from the partition's log (which, as a
+/// follower's, holds what the previous leader wrote). Does nothing when already led at this
+/// epoch. The load's task is returned (dropping it lets it run on).
+pub fn offsets_partition_led(
+    shard: &shard::Shard,
+    partition: i32,
+    leader_epoch: i32,
+) -> Option<ringbroker_runtime::executor::JoinHandle<usize>> {
+    let known = LED.with(|l| l.borrow_mut().insert(partition, leader_epoch));
+    if known == Some(leader_epoch) {
+        return None;
+    }
+    drop_partition_groups(partition);
+    let log = shard.log(OFFSETS_TOPIC, partition)?;
+    let shard_id = shard.id;
+    Some(ringbroker_runtime::executor::spawn(async move {
+        let records = load_offsets(log).await;
+        tracing::info!(
+            shard = shard_id,
+            partition,
+            leader_epoch,
+            records,
+            "coordinating the groups of an offsets partition"
+        );
+        records
+    }))
+}
+
+/// Cluster mode, on the shard owning offsets partition `partition`: this node no longer leads
+/// it; its groups are dropped here (their new coordinator loads them from its own replica).
+pub fn offsets_partition_lost(partition: i32) {
+    if LED.with(|l| l.borrow_mut().remove(&partition)).is_some() {
+        drop_partition_groups(partition);
+        tracing::info!(
+            partition,
+            "no longer coordinating the groups of an offsets partition"
+        );
+    }
+}
+
+/// Cluster mode: after the offsets topic changed in `shard`'s view, takes up or gives up
+/// each offsets partition this shard owns as its leadership changed. The load tasks are
+/// returned (start-up waits for them before serving).
+pub fn offsets_topic_changed(
+    shard: &shard::Shard,
+    topic: &crate::metadata::TopicInfo,
+) -> Vec<ringbroker_runtime::executor::JoinHandle<usize>> {
+    let mut loads = Vec::new();
+    if topic.name != OFFSETS_TOPIC || shard.shared.cluster.is_none() {
+        return loads;
+    }
+    for (p, replicas) in topic.replication.iter().enumerate() {
+        let p = p as i32;
+        let leads = topic.owner(p) == Some(shard.id)
+            && replicas.leader == shard.shared.node_id
+            && shard.log(OFFSETS_TOPIC, p).is_some();
+        if leads {
+            loads.extend(offsets_partition_led(shard, p, replicas.leader_epoch));
+        } else {
+            offsets_partition_lost(p);
+        }
+    }
+    loads
+}
+
 /// Committed offset of every (group, topic, partition) on this shard, for lag metrics.
 pub fn all_committed() -> Vec<(String, String, i32, i64)> {
     with(|c| {
@@ -1988,6 +2091,44 @@ mod tests {
             ringbroker_runtime::Runtime::new(&ringbroker_runtime::RingConfig::default()).unwrap();
         shard::Shard::install(0, shared, &meta, ringbroker_storage::Recovery::Scan).unwrap();
         rt.block_on(f());
+    }
+
+    #[test]
+    fn a_new_leader_of_an_offsets_partition_loads_its_groups_and_a_former_one_drops_them() {
+        on_a_shard(|| async {
+            let shard = shard::current();
+            let at = |offset| Committed {
+                offset,
+                leader_epoch: -1,
+                metadata: None,
+            };
+            let p = offsets_partition("g");
+            if let Some(load) = offsets_partition_led(&shard, p, 0) {
+                load.await.unwrap();
+            }
+            store_offsets("g", vec![("t".into(), 0, Some(at(7)))])
+                .await
+                .unwrap();
+            let other = (0..)
+                .map(|i| format!("other-{i}"))
+                .find(|g| offsets_partition(g) != p)
+                .unwrap();
+            store_offsets(&other, vec![("t".into(), 0, Some(at(3)))])
+                .await
+                .unwrap();
+            // Leadership lost: the partition's groups are gone here, the others stay.
+            offsets_partition_lost(p);
+            assert!(fetch_offsets("g", None).is_empty());
+            assert_eq!(fetch_offsets(&other, None).len(), 1);
+            // Led again (a new epoch): loaded from the partition's log.
+            let load = offsets_partition_led(&shard, p, 1).expect("a load");
+            assert!(load.await.unwrap() >= 1);
+            let found = fetch_offsets("g", None);
+            assert_eq!(found.len(), 1);
+            assert_eq!(found[0].2.as_ref().map(|c| c.offset), Some(7));
+            // The same epoch again: nothing to do.
+            assert!(offsets_partition_led(&shard, p, 1).is_none());
+        });
     }
 
     #[test]

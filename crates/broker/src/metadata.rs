@@ -92,7 +92,7 @@ struct MetaFile {
 }
 
 /// The whole table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ClusterMeta {
     pub cluster_id: String,
     pub topics: Vec<Arc<TopicInfo>>,

@@ -573,7 +573,17 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
     }
     // Committed offsets of the groups this shard coordinates, before any client is served.
     let offsets_topic = shard.topic(crate::groups::OFFSETS_TOPIC);
-    for p in 0..offsets_topic.as_ref().map_or(0, |t| t.partition_count()) {
+    // A cluster member coordinates (and loads) only the offsets partitions it leads.
+    if let (Some(topic), true) = (&offsets_topic, shard.shared.cluster.is_some()) {
+        for load in crate::groups::offsets_topic_changed(&shard, topic) {
+            let _ = load.await;
+        }
+    }
+    let single_node_partitions = match shard.shared.cluster {
+        Some(_) => 0,
+        None => offsets_topic.as_ref().map_or(0, |t| t.partition_count()),
+    };
+    for p in 0..single_node_partitions {
         if let Some(log) = shard.log(crate::groups::OFFSETS_TOPIC, p) {
             let n = crate::groups::load_offsets(log).await;
             if n > 0 {
@@ -662,6 +672,10 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
 /// id (a leader elected once by a majority of the voters).
 pub const CLUSTER_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a cluster member waits at start-up to catch up with the quorum's committed
+/// metadata once it has a cluster id.
+pub const CLUSTER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A running member of the metadata quorum, as start-up hands it to the shards.
 struct Membership {
     cluster: Arc<ringbroker_cluster::Cluster>,
@@ -711,6 +725,29 @@ fn join_cluster(
              --cluster must be running and reach each other's internal addresses",
             CLUSTER_JOIN_TIMEOUT.as_secs()
         )));
+    };
+    // A node that was down catches up first (topics deleted or moved meanwhile are not
+    // opened only to be removed): it waits, bounded, for the quorum's committed entries. With
+    // no majority reachable it starts from what it has.
+    let deadline = Instant::now() + CLUSTER_CATCH_UP_TIMEOUT;
+    let image = loop {
+        let latest = slot.latest();
+        let caught_up =
+            latest.controller_id >= 0 && latest.applied_index >= cluster.status().committed_index;
+        if caught_up || Instant::now() >= deadline {
+            if !caught_up {
+                tracing::warn!(
+                    applied_index = latest.applied_index,
+                    "no active controller reached; starting from the local metadata"
+                );
+            }
+            break if latest.cluster_id.is_empty() {
+                image
+            } else {
+                latest
+            };
+        }
+        std::thread::sleep(Duration::from_millis(20));
     };
     let merge =
         crate::shard::cluster::merge_image(meta, &image, settings.node_id, config.cores.len());

@@ -12,6 +12,9 @@ use uuid::Uuid;
 
 /// A proposal about a broker that is not yet reflected in the image is not repeated sooner.
 const REPROPOSE_INTERVAL: Duration = Duration::from_secs(1);
+/// Partitions one topic may have (a client-controlled count; each costs image space on every
+/// node and a log on its replicas).
+pub const TOPIC_PARTITIONS_MAX: i32 = 100_000;
 
 /// The command for `request`, decided against `image`.
 pub fn decide(
@@ -29,6 +32,15 @@ pub fn decide(
         } => {
             if image.topics.contains_key(&name) {
                 return Err(AdminError::TopicExists);
+            }
+            if partitions > TOPIC_PARTITIONS_MAX
+                || assignments
+                    .as_ref()
+                    .is_some_and(|a| a.len() > TOPIC_PARTITIONS_MAX as usize)
+            {
+                return Err(AdminError::InvalidPartitions(format!(
+                    "at most {TOPIC_PARTITIONS_MAX} partitions per topic"
+                )));
             }
             let assignments = match assignments {
                 Some(a) => {
@@ -77,6 +89,11 @@ pub fn decide(
         } => {
             let topic = image.topics.get(&name).ok_or(AdminError::UnknownTopic)?;
             let current = topic.partitions.len();
+            if total > TOPIC_PARTITIONS_MAX {
+                return Err(AdminError::InvalidPartitions(format!(
+                    "at most {TOPIC_PARTITIONS_MAX} partitions per topic"
+                )));
+            }
             if total <= 0 || (total as usize) <= current {
                 return Err(AdminError::InvalidPartitions(format!(
                     "topic has {current} partitions, {total} asked"
@@ -383,6 +400,10 @@ mod tests {
             Err(AdminError::InvalidReplicaAssignment(_))
         ));
         assert!(decide(&image, create(-1, -1, Some(vec![vec![3, 1]])), 1).is_ok());
+        assert!(matches!(
+            decide(&image, create(i32::MAX, 1, None), 1),
+            Err(AdminError::InvalidPartitions(_))
+        ));
         assert_eq!(
             decide(
                 &image,

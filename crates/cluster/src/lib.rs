@@ -17,7 +17,7 @@
 //! - `node`: the quorum thread's loop (tick, Ready handling, request routing, publishing).
 //!
 //! Threads: one quorum thread, one listener, one reader per accepted connection, one writer
-//! per peer. None of them ever runs on a shard core; a dead or paused peer only fills its
+//! per peer; none of them is a shard thread, and a dead or paused peer only fills its
 //! writer's bounded queue.
 
 pub mod controller;
@@ -267,32 +267,56 @@ fn invalid(msg: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidInput, msg)
 }
 
+/// Checks the identities in `config`; returns the voters' raft ids, sorted.
+fn validate(config: &ClusterConfig) -> std::io::Result<Vec<u64>> {
+    if config.node_id <= 0 {
+        return Err(invalid(format!(
+            "node id {} must be positive in cluster mode",
+            config.node_id
+        )));
+    }
+    if config.voters.iter().any(|(id, _)| *id <= 0) {
+        return Err(invalid("voter ids must be positive".to_string()));
+    }
+    if !config.voters.iter().any(|(id, _)| *id == config.node_id) {
+        return Err(invalid(format!(
+            "node {} is not one of the voters",
+            config.node_id
+        )));
+    }
+    let mut voters: Vec<u64> = config.voters.iter().map(|(id, _)| *id as u64).collect();
+    voters.sort_unstable();
+    voters.dedup();
+    if voters.len() != config.voters.len() {
+        return Err(invalid("a voter id is listed twice".to_string()));
+    }
+    Ok(voters)
+}
+
+/// Where the quorum's readers put decoded frames: the quorum thread's channel, holding at
+/// most `node::INBOUND_FRAMES_MAX` frames (readers wait, which backs the TCP stream up).
+fn inbound_sink(
+    tx: mpsc::Sender<node::Event>,
+    queued: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> transport::Inbound {
+    Arc::new(move |frame| {
+        while queued.load(Ordering::SeqCst) >= node::INBOUND_FRAMES_MAX {
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        queued.fetch_add(1, Ordering::SeqCst);
+        tx.send(node::Event::Frame(frame)).is_ok()
+    })
+}
+
 impl Cluster {
     /// Replays the local quorum state (calls `publish` with it before returning, so the broker
     /// starts from what this node last applied), then starts the quorum thread(s).
     pub fn start(config: ClusterConfig, publish: Publish) -> std::io::Result<Arc<Cluster>> {
-        if config.node_id <= 0 {
-            return Err(invalid(format!(
-                "node id {} must be positive in cluster mode",
-                config.node_id
-            )));
-        }
-        if config.voters.iter().any(|(id, _)| *id <= 0) {
-            return Err(invalid("voter ids must be positive".to_string()));
-        }
-        if !config.voters.iter().any(|(id, _)| *id == config.node_id) {
-            return Err(invalid(format!(
-                "node {} is not one of the voters",
-                config.node_id
-            )));
-        }
-        let mut voters: Vec<u64> = config.voters.iter().map(|(id, _)| *id as u64).collect();
-        voters.sort_unstable();
-        voters.dedup();
-        if voters.len() != config.voters.len() {
-            return Err(invalid("a voter id is listed twice".to_string()));
-        }
-
+        let voters = validate(&config)?;
         let (storage, mut image) = storage::DiskStorage::open(&config.dir, &voters)?;
         let commit = storage.hard_state().commit;
         node::apply_entries(&mut image, storage.entries_to(commit));
@@ -322,21 +346,7 @@ impl Cluster {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let inbound_queued = Arc::new(AtomicUsize::new(0));
-        let inbound: transport::Inbound = {
-            let tx = tx.clone();
-            let queued = inbound_queued.clone();
-            let stop = stop.clone();
-            Arc::new(move |frame| {
-                while queued.load(Ordering::SeqCst) >= node::INBOUND_FRAMES_MAX {
-                    if stop.load(Ordering::SeqCst) {
-                        return false;
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                queued.fetch_add(1, Ordering::SeqCst);
-                tx.send(node::Event::Frame(frame)).is_ok()
-            })
-        };
+        let inbound = inbound_sink(tx.clone(), inbound_queued.clone(), stop.clone());
         let peers: Vec<(NodeId, SocketAddr)> = config
             .voters
             .iter()
@@ -435,5 +445,38 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_are_checked_at_start() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let config = |node_id, voters: Vec<(NodeId, SocketAddr)>| {
+            ClusterConfig::new(
+                node_id,
+                voters,
+                a,
+                "h".to_string(),
+                1,
+                PathBuf::from("/nonexistent"),
+            )
+        };
+        assert_eq!(
+            validate(&config(2, vec![(2, a), (1, a)])).unwrap(),
+            vec![1, 2]
+        );
+        for bad in [
+            config(0, vec![(0, a)]),
+            config(1, vec![(2, a)]),
+            config(1, vec![(1, a), (-3, a)]),
+            config(1, vec![(1, a), (1, a)]),
+        ] {
+            let e = Cluster::start(bad, Box::new(|_| {})).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        }
     }
 }

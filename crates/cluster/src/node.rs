@@ -261,6 +261,15 @@ impl Node {
                     );
                     return;
                 }
+                // The image in a snapshot is checked before raft takes it: installing it
+                // cannot fail on its content.
+                if msg.get_msg_type() == MessageType::MsgSnapshot {
+                    let data = &msg.get_snapshot().data;
+                    if let Err(e) = serde_json::from_slice::<MetadataImage>(data) {
+                        tracing::warn!(from = msg.from, error = %e, "undecodable snapshot dropped");
+                        return;
+                    }
+                }
                 if let Err(e) = self.raw.step(msg) {
                     tracing::debug!(error = %e, "raft step refused a message");
                 }
@@ -549,7 +558,9 @@ impl Node {
             changed |= self.apply_committed(&committed);
             let mut light = self.raw.advance(rd);
             if let Some(commit) = light.commit_index() {
-                self.raw.mut_store().set_commit(commit);
+                if let Err(e) = self.raw.mut_store().set_commit(commit) {
+                    fail_stop(&e);
+                }
             }
             self.send_messages(light.take_messages());
             let committed = light.take_committed_entries();

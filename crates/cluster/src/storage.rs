@@ -262,10 +262,15 @@ impl DiskStorage {
         Ok(())
     }
 
-    /// Keeps the commit index in memory only (the next hard state write persists it; replay
-    /// after a crash re-learns it from the leader).
-    pub fn set_commit(&mut self, commit: u64) {
-        self.hard_state.commit = commit;
+    /// Persists a new commit index (raft reports it after `advance`, outside the `Ready`'s
+    /// hard state), so a restart replays everything this node applied.
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), StoreError> {
+        if commit <= self.hard_state.commit {
+            return Ok(());
+        }
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        self.set_hard_state(&hs)
     }
 
     /// Records `image` (applied through `index`) as the snapshot and drops the log up to it.

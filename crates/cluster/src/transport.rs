@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 /// Largest frame (kind byte + payload) a peer may send; a raft snapshot carries the whole image.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
 /// Frames waiting for one peer's writer; more are dropped.
-pub const PEER_QUEUE_FRAMES_MAX: usize = 4096;
+pub const PEER_QUEUE_FRAMES_MAX: usize = 1024;
+/// Bytes waiting for one peer's writer; a frame that would pass this is dropped (unless the
+/// queue is empty, so one snapshot-sized frame still goes).
+pub const PEER_QUEUE_BYTES_MAX: usize = 32 << 20;
 /// Connections a listener serves at once (a voter has one per peer; more is a misbehaving
 /// client).
 pub const CONNECTIONS_MAX: usize = 64;
@@ -171,10 +174,39 @@ fn unregister(conns: &SharedConns, id: Option<u64>) {
     }
 }
 
+/// One peer's writer queue, bounded in frames and bytes.
+struct PeerQueue {
+    tx: SyncSender<Vec<u8>>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+/// The writer's end of a [`PeerQueue`].
+struct PeerQueueRx {
+    rx: Receiver<Vec<u8>>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+impl PeerQueueRx {
+    fn taken(&self, frame: Vec<u8>) -> Vec<u8> {
+        self.queued_bytes.fetch_sub(frame.len(), Ordering::SeqCst);
+        frame
+    }
+
+    fn recv_timeout(&self, d: Duration) -> Result<Vec<u8>, mpsc::RecvTimeoutError> {
+        self.rx.recv_timeout(d).map(|f| self.taken(f))
+    }
+
+    fn drain(&self) {
+        while let Ok(f) = self.rx.try_recv() {
+            self.taken(f);
+        }
+    }
+}
+
 /// The network side of one node: its listener, readers and per-peer writers.
 pub struct Transport {
     stop: Arc<AtomicBool>,
-    peers: Vec<(NodeId, SyncSender<Vec<u8>>)>,
+    peers: Vec<(NodeId, PeerQueue)>,
     threads: Vec<JoinHandle<()>>,
     conns: SharedConns,
 }
@@ -204,6 +236,12 @@ impl Transport {
         let mut senders = Vec::new();
         for &(peer, addr) in peers {
             let (tx, rx) = mpsc::sync_channel(PEER_QUEUE_FRAMES_MAX);
+            let queued_bytes = Arc::new(AtomicUsize::new(0));
+            let rx = PeerQueueRx {
+                rx,
+                queued_bytes: queued_bytes.clone(),
+            };
+            let tx = PeerQueue { tx, queued_bytes };
             let stop = stop.clone();
             let conns = conns.clone();
             threads.push(
@@ -222,9 +260,9 @@ impl Transport {
     }
 
     /// Queues `frame` for `peer`; false when it was dropped (queue full, frame over the
-    /// limit, unknown peer).
+    /// limit, unknown peer). Never blocks.
     pub fn send(&self, peer: NodeId, frame: &Frame) -> bool {
-        let Some((_, tx)) = self.peers.iter().find(|(id, _)| *id == peer) else {
+        let Some((_, queue)) = self.peers.iter().find(|(id, _)| *id == peer) else {
             return false;
         };
         let bytes = frame.encode();
@@ -236,13 +274,24 @@ impl Transport {
             );
             return false;
         }
-        match tx.try_send(bytes) {
+        let len = bytes.len();
+        let before = queue.queued_bytes.fetch_add(len, Ordering::SeqCst);
+        if before > 0 && before + len > PEER_QUEUE_BYTES_MAX {
+            queue.queued_bytes.fetch_sub(len, Ordering::SeqCst);
+            tracing::debug!(peer, "quorum peer queue full (bytes), frame dropped");
+            return false;
+        }
+        match queue.tx.try_send(bytes) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
+                queue.queued_bytes.fetch_sub(len, Ordering::SeqCst);
                 tracing::debug!(peer, "quorum peer queue full, frame dropped");
                 false
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Disconnected(_)) => {
+                queue.queued_bytes.fetch_sub(len, Ordering::SeqCst);
+                false
+            }
         }
     }
 
@@ -360,7 +409,7 @@ fn read_loop(mut stream: TcpStream, addr: SocketAddr, inbound: Inbound, stop: Ar
 fn write_loop(
     peer: NodeId,
     addr: SocketAddr,
-    queue: Receiver<Vec<u8>>,
+    queue: PeerQueueRx,
     stop: Arc<AtomicBool>,
     conns: SharedConns,
 ) {
@@ -383,7 +432,7 @@ fn write_loop(
                     tracing::debug!(peer, %addr, error = %e, "quorum peer unreachable");
                     // Frames queued meanwhile are stale; raft resends what matters.
                     sleep_unless_stopped(backoff, &stop);
-                    while queue.try_recv().is_ok() {}
+                    queue.drain();
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
@@ -502,6 +551,43 @@ mod tests {
             closed(good.read(&mut byte)),
             "shutdown closes accepted sockets"
         );
+    }
+
+    #[test]
+    fn a_peer_that_never_reads_never_blocks_send() {
+        // Connections to it complete in the kernel; nobody reads them.
+        let paused = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let inbound: Inbound = Arc::new(|_| true);
+        let stop = Arc::new(AtomicBool::new(false));
+        let peer = (7, paused.local_addr().unwrap());
+        let mut t = Transport::start(1, addr, &[peer], inbound, stop).unwrap();
+        let frame = Frame::Raft(vec![0u8; 256 << 10]);
+        let started = Instant::now();
+        let mut dropped = 0;
+        // 256 MiB offered: far more than socket buffers and the queue hold.
+        for _ in 0..1024 {
+            if !t.send(7, &frame) {
+                dropped += 1;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "send blocked: {:?}",
+            started.elapsed()
+        );
+        assert!(dropped > 0, "the queue is bounded");
+        let started = Instant::now();
+        t.shutdown();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "shutdown waited on the stuck writer: {:?}",
+            started.elapsed()
+        );
+        drop(paused);
     }
 
     #[test]

@@ -423,3 +423,122 @@ fn requests_without_a_quorum_fail_by_their_deadline() {
         Err(AdminError::NotController)
     );
 }
+
+#[test]
+fn a_voter_that_accepts_but_never_reads_blocks_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    // Voter 3 is a socket whose connections complete in the kernel but are never read: a
+    // paused process. Voters 1 and 2 are a majority and must carry on.
+    let paused = TcpListener::bind("127.0.0.1:0").unwrap();
+    let voters: Vec<(NodeId, SocketAddr)> = vec![
+        (1, free_addr()),
+        (2, free_addr()),
+        (3, paused.local_addr().unwrap()),
+    ];
+    let mut nodes: Vec<TestNode> = (1..=2)
+        .map(|id| {
+            let mut config = ClusterConfig::new(
+                id,
+                voters.clone(),
+                voters[(id - 1) as usize].1,
+                "127.0.0.1".to_string(),
+                9000 + id as u16,
+                dir.path().join(format!("node-{id}")),
+            );
+            config.tick = Duration::from_millis(50);
+            let mut node = TestNode {
+                config,
+                latest: Arc::new(Mutex::new(Arc::new(MetadataImage::default()))),
+                cluster: None,
+            };
+            node.start();
+            node
+        })
+        .collect();
+    wait_until("a controller and a cluster id", || {
+        nodes
+            .iter()
+            .all(|n| n.image().controller_id != -1 && !n.image().cluster_id.is_empty())
+    });
+    // Enough traffic to fill the socket buffers towards the paused voter.
+    for i in 0..40 {
+        let mut configs = BTreeMap::new();
+        configs.insert("padding".to_string(), "x".repeat(20_000));
+        let request = AdminRequest::CreateTopic {
+            name: format!("big{i}"),
+            partitions: 1,
+            replication_factor: 1,
+            assignments: None,
+            configs,
+        };
+        let started = Instant::now();
+        submit(&nodes[i % 2], request).expect("created");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "request {i} took {:?}",
+            started.elapsed()
+        );
+    }
+    let started = Instant::now();
+    for n in &mut nodes {
+        n.stop();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    drop(paused);
+}
+
+#[test]
+fn a_single_voter_leads_itself_and_survives_restart() {
+    fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<Cluster>();
+
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut config = ClusterConfig::new(
+        1,
+        vec![(1, addr)],
+        addr,
+        "127.0.0.1".to_string(),
+        9092,
+        dir.path().to_path_buf(),
+    );
+    config.tick = Duration::from_millis(20);
+    let mut node = TestNode {
+        config,
+        latest: Arc::new(Mutex::new(Arc::new(MetadataImage::default()))),
+        cluster: None,
+    };
+    node.start();
+    wait_until("the single voter to lead", || {
+        let i = node.image();
+        i.controller_id == 1
+            && !i.cluster_id.is_empty()
+            && i.brokers.get(&1).is_some_and(|b| !b.fenced)
+    });
+    let index = submit(&node, create("solo", 4, -1, None)).expect("created");
+    let image = node.image();
+    assert!(image.applied_index >= index);
+    let topic = &image.topics["solo"];
+    assert!(topic
+        .partitions
+        .iter()
+        .all(|p| p.replicas == vec![1] && p.leader == 1));
+    assert_eq!(topic.configs["cleanup.policy"], "delete");
+    let cluster_id = image.cluster_id.clone();
+    node.stop();
+    node.start();
+    let replayed = node.image();
+    assert_eq!(replayed.cluster_id, cluster_id);
+    assert_eq!(replayed.topics["solo"], *topic);
+    assert_eq!(
+        replayed.controller_id, -1,
+        "not known before the quorum runs"
+    );
+    wait_until("the restarted voter to lead again", || {
+        node.image().controller_id == 1
+    });
+}

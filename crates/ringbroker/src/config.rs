@@ -26,6 +26,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of `Serve`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the broker until SIGINT or SIGTERM.
@@ -806,7 +808,9 @@ mod tests {
 
     #[test]
     fn bad_cluster_flags_are_explained() {
-        let cases: &[(Option<i32>, Option<&str>, Option<i16>, &str)] = &[
+        // (--node-id, --cluster, --default-replication-factor, what the error says)
+        type Case<'a> = (Option<i32>, Option<&'a str>, Option<i16>, &'a str);
+        let cases: &[Case] = &[
             (
                 Some(4),
                 Some("1@127.0.0.1:1,2@127.0.0.1:2"),

@@ -338,3 +338,58 @@ fn a_killed_node_leaves_and_its_partitions_get_new_leaders_then_it_comes_back() 
         cluster.logs()
     );
 }
+
+#[test]
+fn a_paused_node_is_fenced_until_resumed_and_a_node_down_during_a_delete_drops_the_files() {
+    let mut cluster = Cluster::start(3);
+    let m = wait_brokers(&cluster, &[1, 2, 3]);
+    let controller = m.controller_id.0;
+    let created = python_admin(&["create", &cluster.addr(controller), "held", "3", "3"]);
+    assert_eq!(created, serde_json::json!({"ok": true}));
+    let target = (1..=3).find(|&id| id != controller).unwrap();
+    for node in &cluster.nodes {
+        wait_metadata(&node.addr(), None, WAIT, |m| {
+            partitions(m, "held").is_some()
+        });
+    }
+    assert!(cluster.node(target).data_dir.join("held-0").is_dir());
+
+    // SIGSTOP: its sockets stay open but it stops heartbeating; the controller fences it.
+    cluster.pause(target);
+    let others: BTreeSet<i32> = (1..=3).filter(|&id| id != target).collect();
+    let fenced = wait_metadata(&cluster.addr(controller), None, WAIT, |m| {
+        broker_ids(m) == others
+            && partitions(m, "held").is_some_and(|ps| ps.iter().all(|p| p.0 != target))
+    });
+    for (leader, _, _, isr, offline) in partitions(&fenced, "held").unwrap() {
+        assert!(others.contains(&leader));
+        assert!(!isr.contains(&target));
+        assert_eq!(offline, [target]);
+    }
+    cluster.resume(target);
+    wait_brokers(&cluster, &[1, 2, 3]);
+
+    // Down while its topic is deleted: at the next start it removes the topic's files.
+    cluster.kill(target);
+    let mut client = Client::connect(&cluster.addr(controller));
+    let deleted: DeleteTopicsResponse = client.call(
+        ApiKey::DeleteTopics,
+        6,
+        &DeleteTopicsRequest::default()
+            .with_topics(vec![
+                DeleteTopicState::default().with_name(Some(topic_name("held")))
+            ])
+            .with_timeout_ms(10_000),
+    );
+    assert_eq!(deleted.responses[0].error_code, 0, "{deleted:?}");
+    assert!(cluster.node(target).data_dir.join("held-0").is_dir());
+    cluster.restart(target);
+    assert!(
+        !cluster.node(target).data_dir.join("held-0").exists(),
+        "{}",
+        cluster.log(target)
+    );
+    let m = wait_brokers(&cluster, &[1, 2, 3]);
+    assert!(!has_topic(&m, "held"));
+    assert!(!has_topic(&metadata(&cluster.addr(target), None), "held"));
+}

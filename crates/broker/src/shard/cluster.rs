@@ -339,15 +339,6 @@ pub struct Merge {
     pub persist: bool,
 }
 
-impl Default for ClusterMeta {
-    fn default() -> ClusterMeta {
-        ClusterMeta {
-            cluster_id: String::new(),
-            topics: Vec::new(),
-        }
-    }
-}
-
 /// Merges `image` into `meta`: every topic of the image, with the image's replica sets and
 /// configs; partitions already in `meta` keep their owner shard, new ones go to the shard
 /// holding the fewest partitions this node hosts.
@@ -414,7 +405,7 @@ pub fn merge_image(
         merge.meta.topics.push(info);
     }
     for t in &meta.topics {
-        if !image.topics.get(&t.name).is_some_and(|i| i.id == t.id) {
+        if image.topics.get(&t.name).is_none_or(|i| i.id != t.id) {
             merge.persist = true;
             merge.deleted.push(t.clone());
         }
@@ -617,7 +608,9 @@ impl Shard {
     fn sync_topic(&self, topic: Arc<TopicInfo>) -> std::io::Result<()> {
         let known = self.topic_ids.borrow().get(&topic.id).cloned();
         let Some(known) = known else {
-            return self.apply_topic(topic, 0, Recovery::Scan, Producers::default);
+            self.apply_topic(topic.clone(), 0, Recovery::Scan, Producers::default)?;
+            drop(crate::groups::offsets_topic_changed(self, &topic));
+            return Ok(());
         };
         let node_id = self.shared.node_id;
         let config = self
@@ -660,6 +653,8 @@ impl Shard {
             self.reconfigure_owned(&topic);
         }
         crate::replication::topic_changed(self, &topic);
+        // A new leader of an offsets partition coordinates its groups (loads them).
+        drop(crate::groups::offsets_topic_changed(self, &topic));
         Ok(())
     }
 
@@ -1017,6 +1012,7 @@ mod tests {
                     host: "h".into(),
                     port: 1,
                     fenced: false,
+                    incarnation: 1,
                 },
             )]),
             topics: topics
