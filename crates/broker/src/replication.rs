@@ -788,6 +788,183 @@ pub mod metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use ringbroker_storage::LogConfig;
+
+    /// An uncompressed v2 batch of `n` small records, CRC valid.
+    fn batch(n: usize) -> Bytes {
+        let mut records = Vec::new();
+        for i in 0..n {
+            let body = [0u8, 0, (i as u8) << 1, 1, 2, b'x', 0];
+            records.push((body.len() as u8) << 1);
+            records.extend_from_slice(&body);
+        }
+        let mut b = Vec::new();
+        b.extend_from_slice(&0i64.to_be_bytes());
+        b.extend_from_slice(&((49 + records.len()) as i32).to_be_bytes());
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        b.push(2);
+        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&(n as i32 - 1).to_be_bytes());
+        b.extend_from_slice(&0i64.to_be_bytes());
+        b.extend_from_slice(&0i64.to_be_bytes());
+        b.extend_from_slice(&(-1i64).to_be_bytes());
+        b.extend_from_slice(&(-1i16).to_be_bytes());
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        b.extend_from_slice(&(n as i32).to_be_bytes());
+        b.extend_from_slice(&records);
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        Bytes::from(b)
+    }
+
+    fn leader_role(isr: Vec<i32>, min_insync: usize) -> Role {
+        let now = Instant::now();
+        Role::Leader(Box::new(Leader {
+            me: 1,
+            topic: "t".into(),
+            partition: 0,
+            epoch: 3,
+            partition_epoch: 0,
+            epoch_start: 0,
+            replicas: vec![1, 2, 3],
+            isr,
+            min_insync,
+            hw: 0,
+            followers: vec![FollowerProgress::new(2, now), FollowerProgress::new(3, now)],
+            alter: None,
+        }))
+    }
+
+    fn partition(dir: &std::path::Path, role: Role) -> Rc<Partition> {
+        let log = PartitionLog::open(dir, LogConfig::default()).unwrap();
+        Rc::new(Partition {
+            id: PartitionId {
+                topic_id: uuid::Uuid::nil(),
+                index: 0,
+            },
+            topic: "t".into(),
+            log: Rc::new(log),
+            producers: Default::default(),
+            replica: ReplicaState {
+                role: RefCell::new(role),
+                hw: Cell::new(-1),
+            },
+        })
+    }
+
+    fn with_leader(p: &Partition, f: impl FnOnce(&mut Leader)) {
+        match &mut *p.replica.role.borrow_mut() {
+            Role::Leader(l) => f(l),
+            _ => panic!("not leader"),
+        }
+        p.log.appended().notify_all();
+    }
+
+    #[test]
+    fn produce_goes_to_the_leader_and_acks_all_needs_min_insync() {
+        let dir = tempfile::tempdir().unwrap();
+        let alone = partition(&dir.path().join("a"), Role::Alone);
+        assert!(check_produce(&alone, -1).is_ok());
+        let follower = partition(
+            &dir.path().join("f"),
+            Role::Follower {
+                leader: 2,
+                epoch: 3,
+            },
+        );
+        assert_eq!(
+            check_produce(&follower, 1).unwrap_err().0,
+            errors::NOT_LEADER_OR_FOLLOWER
+        );
+        let none = partition(&dir.path().join("n"), Role::Unassigned);
+        assert_eq!(
+            check_produce(&none, 0).unwrap_err().0,
+            errors::NOT_LEADER_OR_FOLLOWER
+        );
+        let short = partition(&dir.path().join("s"), leader_role(vec![1], 2));
+        assert_eq!(
+            check_produce(&short, -1).unwrap_err().0,
+            errors::NOT_ENOUGH_REPLICAS
+        );
+        assert!(check_produce(&short, 1).is_ok());
+        let enough = partition(&dir.path().join("e"), leader_role(vec![1, 2], 2));
+        assert!(check_produce(&enough, -1).is_ok());
+    }
+
+    #[test]
+    fn acks_all_is_answered_when_the_high_watermark_passes_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        ringbroker_runtime::block_on(async move {
+            let p = partition(dir.path(), leader_role(vec![1, 2], 1));
+            let base = p.log.append_batch(batch(3), 3).await.unwrap();
+            let end = base + 3;
+            assert_eq!(high_watermark(&p), 0);
+            // Waits while the follower lacks the batch.
+            let waiting = {
+                let p = p.clone();
+                spawn(async move { await_acks(&p, end, Duration::from_secs(10)).await })
+            };
+            op::sleep(Duration::from_millis(20)).await;
+            with_leader(&p, |l| l.hw = end - 1);
+            op::sleep(Duration::from_millis(20)).await;
+            with_leader(&p, |l| l.hw = end);
+            assert_eq!(waiting.await.unwrap(), Ok(()));
+            assert_eq!(high_watermark(&p), end);
+
+            // The ISR shrank below min.insync.replicas meanwhile.
+            let base = p.log.append_batch(batch(1), 1).await.unwrap();
+            with_leader(&p, |l| l.min_insync = 2);
+            let waiting = {
+                let p = p.clone();
+                spawn(async move { await_acks(&p, base + 1, Duration::from_secs(10)).await })
+            };
+            op::sleep(Duration::from_millis(20)).await;
+            with_leader(&p, |l| {
+                l.isr = vec![1];
+                l.hw = base + 1;
+            });
+            let code = waiting.await.unwrap().unwrap_err().0;
+            assert_eq!(code, errors::NOT_ENOUGH_REPLICAS_AFTER_APPEND);
+
+            // Leadership lost while waiting.
+            with_leader(&p, |l| {
+                l.isr = vec![1, 2];
+                l.min_insync = 1;
+            });
+            let base = p.log.append_batch(batch(1), 1).await.unwrap();
+            let waiting = {
+                let p = p.clone();
+                spawn(async move { await_acks(&p, base + 1, Duration::from_secs(10)).await })
+            };
+            op::sleep(Duration::from_millis(20)).await;
+            *p.replica.role.borrow_mut() = Role::Follower {
+                leader: 2,
+                epoch: 4,
+            };
+            p.log.appended().notify_all();
+            let code = waiting.await.unwrap().unwrap_err().0;
+            assert_eq!(code, errors::NOT_LEADER_OR_FOLLOWER);
+
+            // Nobody fetches: the request's timeout.
+            *p.replica.role.borrow_mut() = leader_role(vec![1, 2], 1);
+            let code = await_acks(&p, base + 1, Duration::from_millis(50))
+                .await
+                .unwrap_err()
+                .0;
+            assert_eq!(code, errors::REQUEST_TIMED_OUT);
+
+            // A leader alone: its log end is the high watermark.
+            *p.replica.role.borrow_mut() = leader_role(vec![1], 1);
+            assert_eq!(high_watermark(&p), base + 1);
+            assert_eq!(
+                await_acks(&p, base + 1, Duration::from_millis(50)).await,
+                Ok(())
+            );
+        })
+        .unwrap();
+    }
 
     fn progress(id: i32, fetch_offset: i64, now: Instant) -> FollowerProgress {
         FollowerProgress {
