@@ -6,9 +6,22 @@
 
 mod common;
 
+use bytes::Bytes;
 use common::cluster::{wait_metadata, Cluster};
-use common::run;
+use common::{run, Client};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_response::MetadataResponse;
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
+    TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -249,4 +262,122 @@ fn a_paused_leader_loses_leadership_and_rejoins_when_resumed() {
         .collect();
     let expected: Vec<i64> = (0..100).chain(0..100).collect();
     assert_eq!(values, expected, "{}", c.logs());
+}
+
+const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+const UNKNOWN_LEADER_EPOCH: i16 = 75;
+const FENCED_LEADER_EPOCH: i16 = 74;
+
+fn name(topic: &str) -> TopicName {
+    TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+/// Produce v9 of one batch with acks=all: (error, base offset).
+fn produce_one(c: &mut Client, topic: &str) -> (i16, i64) {
+    let batch = ringbroker_protocol::batch::build_batch(0, 1000, &[b"x", b"y"]);
+    let pd = PartitionProduceData::default()
+        .with_index(0)
+        .with_records(Some(Bytes::from(batch)));
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name(topic))
+            .with_partition_data(vec![pd])]);
+    let r: ProduceResponse = c.call(ApiKey::Produce, 9, &req);
+    let p = &r.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// A consumer's Fetch v12 of partition 0 from offset 0: (error, high watermark, record bytes).
+fn fetch_one(c: &mut Client, topic: &str, current_leader_epoch: i32) -> (i16, i64, usize) {
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_min_bytes(0)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(name(topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_current_leader_epoch(current_leader_epoch)
+                .with_fetch_offset(0)
+                .with_last_fetched_epoch(-1)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(1 << 20)])]);
+    let r: FetchResponse = c.call(ApiKey::Fetch, 12, &req);
+    let p = &r.responses[0].partitions[0];
+    (
+        p.error_code,
+        p.high_watermark,
+        p.records.as_ref().map_or(0, Bytes::len),
+    )
+}
+
+/// ListOffsets v7 latest of partition 0: (error, offset, leader epoch).
+fn latest_offset(c: &mut Client, topic: &str) -> (i16, i64, i32) {
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(name(topic))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_current_leader_epoch(-1)
+                .with_timestamp(-1)])]);
+    let r: ListOffsetsResponse = c.call(ApiKey::ListOffsets, 7, &req);
+    let p = &r.topics[0].partitions[0];
+    (p.error_code, p.offset, p.leader_epoch)
+}
+
+/// OffsetForLeaderEpoch v4 (as a consumer) of partition 0 for `epoch`: (error, epoch, end).
+fn epoch_end(c: &mut Client, topic: &str, epoch: i32) -> (i16, i32, i64) {
+    let req = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![OffsetForLeaderTopic::default()
+            .with_topic(name(topic))
+            .with_partitions(vec![OffsetForLeaderPartition::default()
+                .with_partition(0)
+                .with_current_leader_epoch(-1)
+                .with_leader_epoch(epoch)])]);
+    let r: OffsetForLeaderEpochResponse = c.call(ApiKey::OffsetForLeaderEpoch, 4, &req);
+    let p = &r.topics[0].partitions[0];
+    (p.error_code, p.leader_epoch, p.end_offset)
+}
+
+#[test]
+fn only_the_leader_serves_clients_and_it_checks_their_leader_epochs() {
+    let c = Cluster::start(3);
+    let topic = "roles";
+    create(&c, topic, 1);
+    let m = wait_metadata(&c.addr(1), Some(&[topic]), WAIT, |m| {
+        partitions(m, topic).is_some_and(|ps| ps[0].0 >= 0)
+    });
+    let p = &m.topics[0].partitions[0];
+    let (leader, epoch) = (p.leader_id.0, p.leader_epoch);
+    let follower = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&id| id != leader)
+        .unwrap();
+    let mut l = Client::connect(&c.addr(leader));
+    let mut f = Client::connect(&c.addr(follower));
+    // Writes and reads go to the leader only.
+    assert_eq!(produce_one(&mut f, topic).0, NOT_LEADER_OR_FOLLOWER);
+    assert_eq!(produce_one(&mut l, topic), (0, 0));
+    assert_eq!(fetch_one(&mut f, topic, -1).0, NOT_LEADER_OR_FOLLOWER);
+    assert_eq!(latest_offset(&mut f, topic).0, NOT_LEADER_OR_FOLLOWER);
+    // acks=all answered: every replica has it, the high watermark covers it.
+    let (error, hw, bytes) = fetch_one(&mut l, topic, epoch);
+    assert_eq!((error, hw), (0, 2));
+    assert!(bytes > 0);
+    assert_eq!(latest_offset(&mut l, topic), (0, 2, epoch));
+    // KIP-320: a newer epoch than the leader's is unknown, an older one fenced.
+    assert_eq!(fetch_one(&mut l, topic, epoch + 1).0, UNKNOWN_LEADER_EPOCH);
+    if epoch > 0 {
+        assert_eq!(fetch_one(&mut l, topic, epoch - 1).0, FENCED_LEADER_EPOCH);
+    }
+    // The leader's epoch cache: its epoch ends at its log end.
+    assert_eq!(epoch_end(&mut l, topic, epoch), (0, epoch, 2));
 }
