@@ -410,6 +410,10 @@ async fn truncate(
                 p.replica.hw.get().max(p.log.log_start_offset()),
                 |e| p.log.end_offset_for_epoch(e).1,
             );
+            // KIP-279: when the leader never had our latest epoch, the cut may still leave
+            // records of an earlier epoch the leader does not share: ask again with the latest
+            // epoch left (each round cuts the log shorter, so this ends).
+            let again = target < end && r.leader_epoch >= 0 && r.leader_epoch < *latest;
             if target < end {
                 tracing::info!(
                     topic,
@@ -430,7 +434,7 @@ async fn truncate(
                 // Batches cut off may have been idempotent ones: rebuild from the log.
                 crate::producer_state::restore(topic, id.index, &p.log, false).await;
             }
-            with_followed(f, *id, *generation, |x| x.truncated = true);
+            with_followed(f, *id, *generation, |x| x.truncated = !again);
         }
     }
     // Partitions the answer left out are asked again.
