@@ -508,14 +508,22 @@ impl PartitionLog {
             return Ok(log_start);
         }
         self.cut(end, &keep_fd, cut_at, new_end, max_before.max(walked_max))?;
-        // The cut segment's length (and its kept bytes) on stable storage.
-        if let Err(e) = op::fdatasync(&keep_fd).await {
-            let mut st = self.state.borrow_mut();
-            tracing::error!(dir = %self.dir.display(), error = %e, "fdatasync after a truncation failed; partition stops accepting writes");
-            st.failed = Some(e.to_string());
-            st.repairable = false;
-            return Err(AppendError::Io(e));
-        }
+        // The cut segment's length (and its kept bytes) on stable storage. A task of its own,
+        // so a caller dropped meanwhile cannot make its error go unseen (the kernel reports a
+        // writeback error once).
+        let (state, dir) = (self.state.clone(), self.dir.clone());
+        let synced = spawn(async move {
+            let synced = op::fdatasync(&keep_fd).await;
+            if let Err(e) = &synced {
+                let mut st = state.borrow_mut();
+                tracing::error!(dir = %dir.display(), error = %e, "fdatasync after a truncation failed; partition stops accepting writes");
+                st.failed = Some(e.to_string());
+                st.repairable = false;
+            }
+            synced
+        })
+        .await;
+        synced.unwrap_or_else(|_| Err(io::Error::other("the shard stopped mid-truncation")))?;
         tracing::info!(dir = %self.dir.display(), offset, log_end_offset = new_end, "log truncated");
         Ok(new_end)
     }
