@@ -695,13 +695,24 @@ fn join_cluster(
     (client_host, client_port): (&str, u16),
     meta: &mut ClusterMeta,
 ) -> Result<Membership, StartError> {
+    let raft_dir = config.data_dir.join("meta").join("raft");
+    // The quorum decides which topics exist: topics kept by a single node's data dir (no
+    // quorum state yet) would be deleted as unknown. Refuse instead of losing them.
+    if !raft_dir.exists() && !meta.topics.is_empty() {
+        return Err(StartError::Other(format!(
+            "{} holds {} topic(s) of a broker that ran without --cluster; cluster mode would \
+             delete them as unknown to the metadata quorum: give this node an empty --data-dir",
+            config.data_dir.display(),
+            meta.topics.len()
+        )));
+    }
     let mut cluster_config = ringbroker_cluster::ClusterConfig::new(
         settings.node_id,
         settings.voters.clone(),
         settings.internal_listen,
         client_host.to_string(),
         client_port,
-        config.data_dir.join("meta").join("raft"),
+        raft_dir,
     );
     cluster_config.broker_heartbeat_interval = settings.broker_heartbeat_interval;
     cluster_config.broker_session_timeout = settings.broker_session_timeout;
@@ -727,13 +738,17 @@ fn join_cluster(
         )));
     };
     // A node that was down catches up first (topics deleted or moved meanwhile are not
-    // opened only to be removed): it waits, bounded, for the quorum's committed entries. With
-    // no majority reachable it starts from what it has.
+    // opened only to be removed): it waits, bounded, until its image holds its own
+    // registration by this process (the active controller commits it after everything before
+    // it). With no majority reachable it starts from what it has.
     let deadline = Instant::now() + CLUSTER_CATCH_UP_TIMEOUT;
+    let incarnation = cluster.incarnation();
     let image = loop {
         let latest = slot.latest();
-        let caught_up =
-            latest.controller_id >= 0 && latest.applied_index >= cluster.status().committed_index;
+        let caught_up = latest
+            .brokers
+            .get(&settings.node_id)
+            .is_some_and(|b| b.incarnation == incarnation && !b.fenced);
         if caught_up || Instant::now() >= deadline {
             if !caught_up {
                 tracing::warn!(

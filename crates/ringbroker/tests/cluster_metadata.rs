@@ -9,12 +9,19 @@ mod common;
 use common::cluster::{metadata, wait_metadata, Cluster};
 use common::{run, Client};
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
 use kafka_protocol::messages::metadata_response::MetadataResponse;
 use kafka_protocol::messages::{
-    ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
-    HeartbeatRequest, HeartbeatResponse, TopicName,
+    ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatRequest, HeartbeatResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use std::collections::{BTreeMap, BTreeSet};
@@ -223,6 +230,89 @@ fn three_nodes_form_one_cluster_that_clients_see_whole() {
     );
     assert_eq!(again.responses[0].error_code, 3, "{again:?}");
 
+    // Auto-creation on Metadata goes through the controller with the default RF (3).
+    let auto = wait_metadata(&cluster.addr(3), Some(&["auto-made"]), WAIT, |m| {
+        partitions(m, "auto-made").is_some()
+    });
+    for (_, _, replicas, _, _) in partitions(&auto, "auto-made").unwrap() {
+        assert_eq!(replicas.len(), 3, "{auto:?}");
+    }
+    for node in &cluster.nodes {
+        wait_metadata(&node.addr(), None, WAIT, |m| has_topic(m, "auto-made"));
+    }
+    // Topic configs changed on one node are the cluster's.
+    let altered: IncrementalAlterConfigsResponse = client.call(
+        ApiKey::IncrementalAlterConfigs,
+        1,
+        &IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("auto-made"))
+                .with_configs(vec![AlterableConfig::default()
+                    .with_name(StrBytes::from_static_str("retention.ms"))
+                    .with_config_operation(0)
+                    .with_value(Some(StrBytes::from_static_str("1234")))]),
+        ]),
+    );
+    assert_eq!(altered.responses[0].error_code, 0, "{altered:?}");
+    for node in &cluster.nodes {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let described: DescribeConfigsResponse = Client::connect(&node.addr()).call(
+                ApiKey::DescribeConfigs,
+                4,
+                &DescribeConfigsRequest::default().with_resources(vec![
+                    DescribeConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(StrBytes::from_static_str("auto-made"))
+                        .with_configuration_keys(Some(vec![StrBytes::from_static_str(
+                            "retention.ms",
+                        )])),
+                ]),
+            );
+            let value = described.results[0].configs[0].value.clone();
+            if value.as_deref() == Some("1234") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {}: {described:?}",
+                node.id
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // validate_only is answered locally: more replicas than brokers is refused, nothing made.
+    let checked: CreateTopicsResponse = client.call(
+        ApiKey::CreateTopics,
+        5,
+        &CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(topic_name("too-many"))
+                .with_num_partitions(1)
+                .with_replication_factor(4)])
+            .with_validate_only(true)
+            .with_timeout_ms(10_000),
+    );
+    assert_eq!(checked.topics[0].error_code, 38, "{checked:?}");
+    let checked: CreateTopicsResponse = client.call(
+        ApiKey::CreateTopics,
+        5,
+        &CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(topic_name("just-checked"))
+                .with_num_partitions(2)
+                .with_replication_factor(-1)])
+            .with_validate_only(true)
+            .with_timeout_ms(10_000),
+    );
+    assert_eq!(checked.topics[0].error_code, 0, "{checked:?}");
+    assert_eq!(checked.topics[0].replication_factor, 3, "{checked:?}");
+    assert!(!has_topic(
+        &metadata(&cluster.addr(1), None),
+        "just-checked"
+    ));
+
     // FindCoordinator names the leader of the group's offsets partition, a live broker; the
     // other nodes answer group requests NOT_COORDINATOR.
     wait_metadata(&cluster.addr(1), None, WAIT, |m| {
@@ -392,4 +482,46 @@ fn a_paused_node_is_fenced_until_resumed_and_a_node_down_during_a_delete_drops_t
     let m = wait_brokers(&cluster, &[1, 2, 3]);
     assert!(!has_topic(&m, "held"));
     assert!(!has_topic(&metadata(&cluster.addr(target), None), "held"));
+}
+
+#[test]
+fn a_single_node_data_dir_is_refused_and_a_one_node_cluster_works() {
+    // A data dir with topics of a broker that ran alone: cluster mode would delete them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut alone = common::Broker::start(dir.path(), &[]);
+    assert!(alone.stop().success());
+    let internal = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (ok, out) = common::run_unchecked(
+        env!("CARGO_BIN_EXE_ringbroker"),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--node-id",
+            "1",
+            "--cluster",
+            &format!("1@{internal}"),
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("ran without --cluster"), "{out}");
+    assert!(dir.path().join("__consumer_offsets-0").is_dir());
+
+    // One voter: a cluster of one, replication factor 1.
+    let cluster = Cluster::start(1);
+    let m = wait_metadata(&cluster.addr(1), None, WAIT, |m| {
+        partitions(m, "__consumer_offsets").is_some_and(|p| p.iter().all(|x| x.0 == 1))
+    });
+    assert_eq!(broker_ids(&m), BTreeSet::from([1]));
+    assert_eq!(m.controller_id.0, 1);
+    for (_, _, replicas, _, _) in partitions(&m, "__consumer_offsets").unwrap() {
+        assert_eq!(replicas, [1]);
+    }
 }

@@ -31,11 +31,16 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// How long an admin request waits for the controller to commit it and this node to apply it.
+/// How long an admin request (all the topics it names together) waits for the controller to
+/// commit it and this node to apply it.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer than its deadline an admin request waits for the quorum's answer and for
+/// this shard to apply it.
+const REPLY_GRACE: Duration = Duration::from_millis(500);
 /// Shard 0's applier looks at the newest image at least this often (a missed wake-up, a
 /// retried creation of the offsets topic).
 const APPLIER_POLL: Duration = Duration::from_secs(1);
@@ -56,6 +61,8 @@ pub struct ImageSlot {
     changed: Condvar,
     /// Set once the shards run: from then on each new image wakes shard 0.
     mesh: OnceLock<Arc<Mesh>>,
+    /// A wake-up is on its way to shard 0 (one at a time: the applier reads the newest).
+    wake_pending: AtomicBool,
 }
 
 impl ImageSlot {
@@ -67,6 +74,7 @@ impl ImageSlot {
             })),
             changed: Condvar::new(),
             mesh: OnceLock::new(),
+            wake_pending: AtomicBool::new(false),
         })
     }
 
@@ -79,7 +87,9 @@ impl ImageSlot {
 
     fn wake_applier(&self) {
         if let Some(mesh) = self.mesh.get() {
-            mesh.send_control(0, Box::new(image_arrived));
+            if !self.wake_pending.swap(true, Ordering::AcqRel) {
+                mesh.send_control(0, Box::new(image_arrived));
+            }
         }
     }
 
@@ -182,6 +192,7 @@ pub fn install(
 fn image_arrived() {
     LOCAL.with(|l| {
         if let Some(local) = l.borrow().as_ref() {
+            local.slot.wake_pending.store(false, Ordering::Release);
             local.arrived.notify_all();
         }
     });
@@ -236,9 +247,14 @@ impl Drop for ReplyGuard {
     }
 }
 
-/// Sends `request` to the active controller and waits (at most [`ADMIN_TIMEOUT`]) for it to
-/// be committed and applied on this shard: the raft index it was applied at.
-pub async fn submit(request: AdminRequest) -> AdminResult {
+/// Sends `request` to the active controller and waits (until `deadline`) for it to be
+/// committed and applied on this shard: the raft index it was applied at. A deadline already
+/// past submits nothing.
+pub async fn submit(request: AdminRequest, deadline: Instant) -> AdminResult {
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    if timeout.is_zero() {
+        return Err(AdminError::Timeout);
+    }
     let shard = current();
     let Some(cluster) = shard.shared.cluster.clone() else {
         return Err(AdminError::Other("not a cluster member".into()));
@@ -254,10 +270,9 @@ pub async fn submit(request: AdminRequest) -> AdminResult {
     };
     let mesh = local.mesh.clone();
     let me = shard.id;
-    let started = Instant::now();
     cluster.submit(
         request,
-        ADMIN_TIMEOUT,
+        timeout,
         Box::new(move |result| {
             mesh.send_control(
                 me,
@@ -275,12 +290,13 @@ pub async fn submit(request: AdminRequest) -> AdminResult {
             )
         }),
     );
-    let index = match op::timeout(ADMIN_TIMEOUT + Duration::from_secs(1), rx).await {
+    // The quorum answers by the deadline; a little more covers the trip back.
+    let index = match op::timeout(timeout + REPLY_GRACE, rx).await {
         Some(Ok(result)) => result?,
         Some(Err(_)) | None => return Err(AdminError::Timeout),
     };
-    let left = ADMIN_TIMEOUT.saturating_sub(started.elapsed());
-    if wait_applied(index, left.max(Duration::from_millis(100))).await {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if wait_applied(index, left.max(REPLY_GRACE)).await {
         Ok(index)
     } else {
         Err(AdminError::Timeout)
@@ -582,13 +598,16 @@ fn ensure_offsets_topic(local: &Rc<Local>, image: &MetadataImage) {
             ("cleanup.policy".to_string(), "compact".to_string()),
             ("retention.ms".to_string(), "-1".to_string()),
         ]);
-        let result = submit(AdminRequest::CreateTopic {
-            name: crate::groups::OFFSETS_TOPIC.to_string(),
-            partitions: crate::groups::OFFSETS_PARTITIONS as i32,
-            replication_factor,
-            assignments: None,
-            configs,
-        })
+        let result = submit(
+            AdminRequest::CreateTopic {
+                name: crate::groups::OFFSETS_TOPIC.to_string(),
+                partitions: crate::groups::OFFSETS_PARTITIONS as i32,
+                replication_factor,
+                assignments: None,
+                configs,
+            },
+            Instant::now() + ADMIN_TIMEOUT,
+        )
         .await;
         match result {
             Ok(_) | Err(AdminError::TopicExists) => {
@@ -712,6 +731,8 @@ pub async fn create_topics(
     validate_only: bool,
 ) -> Vec<Result<Arc<TopicInfo>, TopicError>> {
     let shard = current();
+    // One deadline for the whole request, however many topics it names.
+    let deadline = Instant::now() + ADMIN_TIMEOUT;
     let mut results = Vec::with_capacity(topics.len());
     let mut partitions_total: usize = shard
         .all_topics()
@@ -812,13 +833,16 @@ pub async fn create_topics(
                         .collect(),
                 }));
             }
-            submit(AdminRequest::CreateTopic {
-                name: t.name.clone(),
-                partitions,
-                replication_factor,
-                assignments: t.assignments.clone(),
-                configs,
-            })
+            submit(
+                AdminRequest::CreateTopic {
+                    name: t.name.clone(),
+                    partitions,
+                    replication_factor,
+                    assignments: t.assignments.clone(),
+                    configs,
+                },
+                deadline,
+            )
             .await
             .map_err(admin_error)?;
             let created = shard.topic(&t.name).ok_or((
@@ -837,6 +861,7 @@ pub async fn create_topics(
 /// DeleteTopics in cluster mode: each known topic deleted by the controller.
 pub async fn delete_topics(names: Vec<String>) -> Vec<Result<Arc<TopicInfo>, TopicError>> {
     let shard = current();
+    let deadline = Instant::now() + ADMIN_TIMEOUT;
     let mut results = Vec::with_capacity(names.len());
     for name in names {
         let Some(info) = shard.topic(&name) else {
@@ -846,7 +871,7 @@ pub async fn delete_topics(names: Vec<String>) -> Vec<Result<Arc<TopicInfo>, Top
             )));
             continue;
         };
-        let result = submit(AdminRequest::DeleteTopic { name: name.clone() })
+        let result = submit(AdminRequest::DeleteTopic { name: name.clone() }, deadline)
             .await
             .map(|_| info)
             .map_err(admin_error);
@@ -865,6 +890,7 @@ pub async fn create_partitions(
     validate_only: bool,
 ) -> Vec<Result<(), TopicError>> {
     let shard = current();
+    let deadline = Instant::now() + ADMIN_TIMEOUT;
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
         let result = async {
@@ -915,11 +941,14 @@ pub async fn create_partitions(
             if validate_only {
                 return Ok(());
             }
-            submit(AdminRequest::CreatePartitions {
-                name: request.topic.clone(),
-                total: count,
-                assignments: request.assignments.clone(),
-            })
+            submit(
+                AdminRequest::CreatePartitions {
+                    name: request.topic.clone(),
+                    total: count,
+                    assignments: request.assignments.clone(),
+                },
+                deadline,
+            )
             .await
             .map_err(admin_error)?;
             tracing::info!(topic = %request.topic, partitions = count, "added partitions (metadata quorum)");
@@ -976,10 +1005,13 @@ pub async fn alter_topic_configs(
     if validate_only {
         return Ok(());
     }
-    submit(AdminRequest::SetTopicConfigs {
-        name: name.clone(),
-        configs: set.clone(),
-    })
+    submit(
+        AdminRequest::SetTopicConfigs {
+            name: name.clone(),
+            configs: set.clone(),
+        },
+        Instant::now() + ADMIN_TIMEOUT,
+    )
     .await
     .map_err(admin_error)?;
     tracing::info!(topic = %name, configs = ?set, "topic configs changed (metadata quorum)");

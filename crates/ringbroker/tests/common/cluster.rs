@@ -38,12 +38,31 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-/// A port free right now on 127.0.0.1 (the kernel's pick; released before use).
+/// A port free right now on 127.0.0.1, below the kernel's ephemeral range (so no outgoing
+/// connection, e.g. one node dialling another before that one listens, can take it first);
+/// released before use.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let low = 10_000u32;
+    let span = ephemeral_start.saturating_sub(low).max(1);
+    // Spread over the range by process and time, so concurrent test processes differ.
+    let seed = std::process::id().wrapping_mul(7919).wrapping_add(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
+    );
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + (seed.wrapping_add(n.wrapping_mul(104_729)) % span);
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
 }
 
 impl Cluster {
