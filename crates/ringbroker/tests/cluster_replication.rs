@@ -179,6 +179,86 @@ fn replicas_hold_identical_logs_and_consumers_read_every_acked_record() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+    // Every leader publishes its partitions' high watermark, and nothing is under-replicated.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let bodies: Vec<String> = c
+            .nodes
+            .iter()
+            .map(|n| n.broker.as_ref().unwrap().http_get("/metrics").1)
+            .collect();
+        let all = bodies.concat();
+        let hw_total: i64 = (0..3)
+            .map(|p| {
+                let key = format!(
+                    "ringbroker_partition_high_watermark{{topic=\"{topic}\",partition=\"{p}\"}} "
+                );
+                // The leader's and the followers' values agree once the load stops.
+                bodies
+                    .iter()
+                    .filter_map(|b| b.lines().find_map(|l| l.strip_prefix(key.as_str())))
+                    .filter_map(|v| v.trim().parse::<f64>().ok())
+                    .map(|v| v as i64)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .sum();
+        let under_replicated = bodies.iter().all(|b| {
+            b.lines()
+                .any(|l| l == "ringbroker_under_replicated_partitions 0")
+        });
+        if hw_total == 3000 && under_replicated {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replication metrics: high watermarks sum to {hw_total}\n{all}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_killed_follower_leaves_the_isr_and_acks_all_goes_on_without_it() {
+    let mut c = Cluster::start(3);
+    let topic = "follower-down";
+    create(&c, topic, 1);
+    let leader = wait_partitions(&c, 1, topic, |_, _| true)[0].0;
+    let follower = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&id| id != leader)
+        .unwrap();
+    c.kill(follower);
+    // acks=all waits until the ISR no longer holds it, then goes on with the other two.
+    let out = py(&["produce", &c.bootstrap(), topic, "200"]);
+    assert_eq!(acked(&out).len(), 200, "{out}\n{}", c.logs());
+    let after = wait_partitions(&c, leader, topic, |l, isr| {
+        l == leader && !isr.contains(&follower)
+    });
+    assert_eq!(after[0].1.len(), 2, "{after:?}");
+    // Restarted, it fetches what it missed and is back in the ISR.
+    c.restart(follower);
+    wait_partitions(&c, leader, topic, |_, isr| isr.contains(&follower));
+    let mut f = Client::connect(&c.addr(follower));
+    assert_eq!(produce_one(&mut f, topic).0, NOT_LEADER_OR_FOLLOWER);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let logs: Vec<Vec<u8>> = [leader, follower]
+            .iter()
+            .map(|&id| log_bytes(&c.node(id).data_dir, topic, 0))
+            .collect();
+        if logs[0] == logs[1] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted follower's log differs"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    check_consumed(&c.bootstrap(), topic, &acked(&out), 200);
 }
 
 #[test]
