@@ -525,3 +525,71 @@ fn a_single_node_data_dir_is_refused_and_a_one_node_cluster_works() {
         assert_eq!(replicas, [1]);
     }
 }
+
+#[test]
+fn a_consumer_group_reaches_its_coordinator_on_another_node() {
+    let cluster = Cluster::start(3);
+    wait_brokers(&cluster, &[1, 2, 3]);
+    wait_metadata(&cluster.addr(1), None, WAIT, |m| {
+        partitions(m, "__consumer_offsets")
+            .is_some_and(|p| p.len() == 8 && p.iter().all(|x| x.0 > 0))
+    });
+    // One replica per partition: this test is about group routing, not data replication.
+    let created = python_admin(&["create", &cluster.addr(1), "grouped", "3", "1"]);
+    assert_eq!(created, serde_json::json!({"ok": true}));
+    for node in &cluster.nodes {
+        wait_metadata(&node.addr(), None, WAIT, |m| {
+            partitions(m, "grouped").is_some_and(|p| p.iter().all(|x| x.0 > 0))
+        });
+    }
+    let input: String = (0..30).map(|i| format!("k{i}\tv{i}\n")).collect();
+    common::kcat_produce(&cluster.bootstrap(), "grouped", &input);
+
+    // A group whose coordinator is not node 1, the only node the consumer is told about.
+    let coordinator_of = |group: &str| {
+        let found: FindCoordinatorResponse = Client::connect(&cluster.addr(1)).call(
+            ApiKey::FindCoordinator,
+            3,
+            &FindCoordinatorRequest::default()
+                .with_key(StrBytes::from_string(group.to_string()))
+                .with_key_type(0),
+        );
+        assert_eq!(found.error_code, 0, "{found:?}");
+        found.node_id.0
+    };
+    let group = (0..)
+        .map(|i| format!("routed-{i}"))
+        .find(|g| coordinator_of(g) != 1)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("member.txt");
+    let script = format!(
+        "{}/../../tests/clients/kafka_python_client.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let member = |seconds: &str| {
+        run(
+            "python3",
+            &[
+                &script,
+                "group-member",
+                &cluster.addr(1),
+                "grouped",
+                &group,
+                out.to_str().unwrap(),
+                seconds,
+            ],
+            "",
+        );
+        std::fs::read_to_string(&out).unwrap_or_default()
+    };
+    let first = member("8");
+    let records = first.lines().filter(|l| l.starts_with("record\t")).count();
+    assert_eq!(records, 30, "{first}");
+    assert!(first.contains("assigned\t0,1,2"), "{first}");
+    // Its commits are at the coordinator: a new session of the group reads nothing again.
+    std::fs::remove_file(&out).unwrap();
+    let second = member("4");
+    assert!(second.contains("assigned\t0,1,2"), "{second}");
+    assert!(!second.contains("record\t"), "{second}");
+}
