@@ -121,6 +121,16 @@ async fn lookup(
         },
         ts => first_at_or_after(&log, ts).await,
     };
+    // A replicated leader answers timestamp lookups only with records below its high
+    // watermark (what consumers may read).
+    let found = match (found, hw) {
+        (Ok(Some((offset, _))), Some(hw))
+            if (which >= 0 || which == MAX_TIMESTAMP) && offset >= hw =>
+        {
+            Ok(None)
+        }
+        (found, _) => found,
+    };
     match found {
         Ok(Some((offset, ts))) => (errors::NONE, offset, ts, leader_epoch),
         // No record that recent (or an empty log): Kafka answers offset -1.
