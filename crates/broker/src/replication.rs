@@ -35,7 +35,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A follower in the ISR that has not caught up with the leader's log end for this long is
-/// dropped from the ISR (Kafka's `replica.lag.time.max.ms` default).
+/// dropped from the ISR (Kafka's `replica.lag.time.max.ms` default; the default of
+/// `BrokerConfig::replica_lag_time_max`).
 pub const REPLICA_LAG_TIME_MAX: Duration = Duration::from_secs(10);
 /// How long an `AlterIsr` may take before the leader may send another.
 const ALTER_ISR_TIMEOUT: Duration = Duration::from_secs(5);
@@ -664,6 +665,7 @@ async fn leader_tick() {
         let shard = crate::shard::current();
         let now = Instant::now();
         let me = shard.shared.node_id;
+        let lag_max = shard.shared.config.replica_lag_time_max;
         let mut snapshot = metrics::Snapshot::default();
         for p in shard.owned() {
             let mut role = p.replica.role.borrow_mut();
@@ -672,9 +674,7 @@ async fn leader_tick() {
                     let end = log_end(&p.log);
                     l.hw = l.high_watermark(end);
                     p.replica.hw.set(l.hw);
-                    if let Some(isr) =
-                        shrunk_isr(&l.isr, me, &l.followers, now, REPLICA_LAG_TIME_MAX)
-                    {
+                    if let Some(isr) = shrunk_isr(&l.isr, me, &l.followers, now, lag_max) {
                         alter_isr(&shard, l, isr, now);
                     }
                     if l.isr.len() < l.replicas.len() {
