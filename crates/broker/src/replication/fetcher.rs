@@ -621,9 +621,13 @@ async fn apply_fetched(
                     to = r.log_start_offset,
                     "behind the leader's log start: restarting the log there"
                 );
-                if let Err(e) = p.log.truncate_fully_and_start_at(r.log_start_offset).await {
-                    tracing::error!(topic, partition = id.index, error = %e, "could not restart the log");
-                    set_retry(f, id, generation);
+                match p.log.truncate_fully_and_start_at(r.log_start_offset).await {
+                    // Nothing of the old log is left: neither are its producers.
+                    Ok(()) => crate::producer_state::restore(topic, id.index, &p.log, false).await,
+                    Err(e) => {
+                        tracing::error!(topic, partition = id.index, error = %e, "could not restart the log");
+                        set_retry(f, id, generation);
+                    }
                 }
             } else {
                 // Ahead of the leader's end: reconcile.
