@@ -7,7 +7,8 @@ crates/ringbroker/tests/cluster_replication.rs. Each command prints one JSON lin
   produce BOOTSTRAP TOPIC COUNT [PAUSE_MS]
       an idempotent producer (acks=all) sends values "v<index>" for index 0..COUNT, keyed
       by index so they spread over the partitions, PAUSE_MS between sends (0: as fast as it
-      can); waits for every delivery report. {"acked": [indexes], "failed": {error: count}}
+      can; -1: each record delivered before the next is sent, one batch each); waits for
+      every delivery report. {"acked": [indexes], "failed": {error: count}}
   consume BOOTSTRAP TOPIC EXPECTED TIMEOUT_S
       reads every partition from the beginning until EXPECTED records arrived or the time
       is up. {"partitions": {partition: [index, ...] in offset order}}
@@ -64,6 +65,8 @@ def produce(bootstrap, topic, count, pause_ms):
         producer.poll(0)
         if pause_ms > 0:
             time.sleep(pause_ms / 1000.0)
+        elif pause_ms < 0:
+            producer.flush(60)  # one record per batch
     producer.flush(180)
     return {"acked": sorted(acked), "failed": failed}
 

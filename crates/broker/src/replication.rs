@@ -792,7 +792,7 @@ mod tests {
     use ringbroker_storage::LogConfig;
 
     /// An uncompressed v2 batch of `n` small records, CRC valid.
-    fn batch(n: usize) -> Bytes {
+    pub(super) fn batch(n: usize) -> Bytes {
         let mut records = Vec::new();
         for i in 0..n {
             let body = [0u8, 0, (i as u8) << 1, 1, 2, b'x', 0];

@@ -9,6 +9,9 @@ mod common;
 use bytes::Bytes;
 use common::cluster::{wait_metadata, Cluster};
 use common::{run, Client};
+use kafka_protocol::messages::delete_records_request::{
+    DeleteRecordsPartition, DeleteRecordsTopic,
+};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_response::MetadataResponse;
@@ -17,9 +20,9 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 };
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
-    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse,
-    TopicName,
+    ApiKey, BrokerId, DeleteRecordsRequest, DeleteRecordsResponse, FetchRequest, FetchResponse,
+    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use std::collections::BTreeMap;
@@ -71,11 +74,17 @@ fn wait_partitions(
     topic: &str,
     ok: impl Fn(i32, &[i32]) -> bool,
 ) -> Vec<(i32, Vec<i32>)> {
-    let m = wait_metadata(&c.addr(via), Some(&[topic]), WAIT, |m| {
-        partitions(m, topic)
-            .is_some_and(|ps| !ps.is_empty() && ps.iter().all(|(l, isr)| *l >= 0 && ok(*l, isr)))
-    });
-    partitions(&m, topic).expect("checked")
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_metadata(&c.addr(via), Some(&[topic]), WAIT, |m| {
+            partitions(m, topic).is_some_and(|ps| {
+                !ps.is_empty() && ps.iter().all(|(l, isr)| *l >= 0 && ok(*l, isr))
+            })
+        })
+    }));
+    match waited {
+        Ok(m) => partitions(&m, topic).expect("checked"),
+        Err(_) => panic!("{topic} did not settle as expected\n{}", c.logs()),
+    }
 }
 
 fn create(c: &Cluster, topic: &str, partitions: i32) {
@@ -460,4 +469,60 @@ fn only_the_leader_serves_clients_and_it_checks_their_leader_epochs() {
     }
     // The leader's epoch cache: its epoch ends at its log end.
     assert_eq!(epoch_end(&mut l, topic, epoch), (0, epoch, 2));
+}
+
+#[test]
+fn a_follower_behind_the_leaders_log_start_restarts_its_log_there() {
+    let mut c = Cluster::start(3);
+    let topic = "moved-start";
+    create(&c, topic, 1);
+    let leader = wait_partitions(&c, 1, topic, |_, _| true)[0].0;
+    let follower = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&id| id != leader)
+        .unwrap();
+    c.kill(follower);
+    // One record per batch, so that offset 150 starts a batch.
+    let out = py(&["produce", &c.bootstrap(), topic, "200", "-1"]);
+    assert_eq!(acked(&out).len(), 200, "{out}\n{}", c.logs());
+    // The leader drops everything below 150 while the follower is away.
+    let mut l = Client::connect(&c.addr(leader));
+    let r: DeleteRecordsResponse = l.call(
+        ApiKey::DeleteRecords,
+        2,
+        &DeleteRecordsRequest::default()
+            .with_timeout_ms(10000)
+            .with_topics(vec![DeleteRecordsTopic::default()
+                .with_name(name(topic))
+                .with_partitions(vec![DeleteRecordsPartition::default()
+                    .with_partition_index(0)
+                    .with_offset(150)])]),
+    );
+    let p = &r.topics[0].partitions[0];
+    assert_eq!((p.error_code, p.low_watermark), (0, 150));
+    // Back, it finds its log end below the leader's start: it starts its log at the batch
+    // holding 150, fetches the rest and rejoins the ISR.
+    c.restart(follower);
+    wait_partitions(&c, leader, topic, |_, isr| isr.contains(&follower));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ours = log_bytes(&c.node(follower).data_dir, topic, 0);
+        let theirs = log_bytes(&c.node(leader).data_dir, topic, 0);
+        let dir = c.node(follower).data_dir.join(format!("{topic}-0"));
+        let restarted = dir.join(format!("{:020}.log", 150)).exists();
+        if restarted && !ours.is_empty() && ours.len() < theirs.len() && theirs.ends_with(&ours) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "follower log: {} bytes, leader's: {}\n{}",
+            ours.len(),
+            theirs.len(),
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    check_consumed(&c.bootstrap(), topic, &(150..200).collect::<Vec<i64>>(), 50);
 }

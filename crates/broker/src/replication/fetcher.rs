@@ -577,6 +577,16 @@ async fn apply_fetched(
             }
             let records = r.records.unwrap_or_default();
             if !records.is_empty() {
+                if let Some(base) = starts_before_empty_log(&p.log, &records) {
+                    // The leader's log start is inside its first batch (DeleteRecords): as
+                    // Kafka does, our empty log starts at that batch instead.
+                    tracing::info!(topic, partition = id.index, base, "the leader's first batch starts before our empty log: starting the log at it");
+                    if let Err(e) = p.log.truncate_fully_and_start_at(base).await {
+                        tracing::error!(topic, partition = id.index, error = %e, "could not restart the log");
+                        set_retry(f, id, generation);
+                        return;
+                    }
+                }
                 let appended = p.log.append_replicated(records.clone()).await;
                 let end = match appended {
                     Ok(end) => end,
@@ -644,6 +654,18 @@ async fn apply_fetched(
             set_retry(f, id, generation);
         }
     }
+}
+
+/// The base offset of the first of `records` when our log is empty and that batch starts
+/// before the log's start yet ends at or after it (the leader's log start fell inside it).
+fn starts_before_empty_log(log: &ringbroker_storage::PartitionLog, records: &[u8]) -> Option<i64> {
+    let end = log_end(log);
+    if end != log.log_start_offset() {
+        return None;
+    }
+    let h = ringbroker_protocol::batch::BatchHeader::parse(records).ok()?;
+    let last = h.base_offset + i64::from(h.last_offset_delta);
+    (h.base_offset < end && last >= end).then_some(h.base_offset)
 }
 
 /// A connection to a leader's Kafka listener.
@@ -772,6 +794,29 @@ mod tests {
         // Undefined: back to the HW we know.
         assert_eq!(truncation_target(5, -1, -1, 120, 50, ours), 50);
         assert_eq!(truncation_target(5, -1, -1, 40, 50, ours), 40);
+    }
+
+    #[test]
+    fn an_empty_log_starts_at_the_batch_holding_the_leaders_log_start() {
+        let dir = tempfile::tempdir().unwrap();
+        ringbroker_runtime::block_on(async move {
+            let log = ringbroker_storage::PartitionLog::open(
+                dir.path(),
+                ringbroker_storage::LogConfig::default(),
+            )
+            .unwrap();
+            let b = super::super::tests::batch(5); // offsets 0..=4
+            assert_eq!(starts_before_empty_log(&log, &b), None);
+            log.truncate_fully_and_start_at(3).await.unwrap();
+            assert_eq!(starts_before_empty_log(&log, &b), Some(0));
+            log.truncate_fully_and_start_at(5).await.unwrap();
+            assert_eq!(starts_before_empty_log(&log, &b), None);
+            // Not empty: appends must follow on as usual.
+            log.truncate_fully_and_start_at(0).await.unwrap();
+            assert_eq!(log.append_replicated(b.clone()).await.unwrap(), 5);
+            assert_eq!(starts_before_empty_log(&log, &b), None);
+        })
+        .unwrap();
     }
 
     #[test]
