@@ -3,7 +3,7 @@
 //! register, unfence or fence from the heartbeats it hears. Its decisions are proposals only;
 //! the state machine re-checks them when they are applied.
 
-use crate::state::{self, Command};
+use crate::state::{self, Command, LeaderMove};
 use crate::transport::Heartbeat;
 use crate::{AdminError, AdminRequest, MetadataImage, NodeId};
 use std::collections::HashMap;
@@ -244,12 +244,39 @@ impl Controller {
         if now >= self.last_rebalance + rebalance_interval {
             self.last_rebalance = now;
             let moves = state::preferred_leader_moves(image);
-            if !moves.is_empty() {
-                out.push(Command::ElectLeaders { moves });
-            }
+            out.extend(elect_leaders_batches(moves));
         }
         out
     }
+}
+
+/// `moves` as ElectLeaders commands, each under [`state::COMMAND_BYTES_MAX`] encoded.
+pub fn elect_leaders_batches(moves: Vec<LeaderMove>) -> Vec<Command> {
+    // The envelope `{"ElectLeaders":{"moves":[...]}}` and a comma per move.
+    const ENVELOPE_BYTES: usize = 64;
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    let mut bytes = ENVELOPE_BYTES;
+    for m in moves {
+        let len = serde_json::to_vec(&m).map_or(usize::MAX, |b| b.len().saturating_add(1));
+        if ENVELOPE_BYTES.saturating_add(len) > state::COMMAND_BYTES_MAX {
+            // Cannot happen with valid topic names; never propose it.
+            tracing::error!(topic = m.topic, "leader move too large to propose");
+            continue;
+        }
+        if bytes + len > state::COMMAND_BYTES_MAX {
+            out.push(Command::ElectLeaders {
+                moves: std::mem::take(&mut batch),
+            });
+            bytes = ENVELOPE_BYTES;
+        }
+        bytes += len;
+        batch.push(m);
+    }
+    if !batch.is_empty() {
+        out.push(Command::ElectLeaders { moves: batch });
+    }
+    out
 }
 
 /// A cluster id in Kafka's form: a random UUID in unpadded URL-safe base64 (22 characters).
@@ -414,6 +441,31 @@ mod tests {
             ),
             Err(AdminError::UnknownTopic)
         );
+    }
+
+    #[test]
+    fn many_leader_moves_are_split_under_the_command_limit() {
+        let moves: Vec<LeaderMove> = (0..40_000)
+            .map(|i| LeaderMove {
+                topic: format!("a-topic-with-a-longish-name-{i}"),
+                partition: i,
+                leader: 3,
+                leader_epoch: 12,
+                partition_epoch: 40,
+            })
+            .collect();
+        let cmds = elect_leaders_batches(moves.clone());
+        assert!(cmds.len() > 1);
+        let mut all = Vec::new();
+        for cmd in cmds {
+            assert!(cmd.encode().len() <= state::COMMAND_BYTES_MAX);
+            match cmd {
+                Command::ElectLeaders { moves } => all.extend(moves),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(all, moves, "every move once, in order");
+        assert!(elect_leaders_batches(Vec::new()).is_empty());
     }
 
     #[test]

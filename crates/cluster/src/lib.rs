@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -278,6 +278,12 @@ fn validate(config: &ClusterConfig) -> std::io::Result<Vec<u64>> {
     if config.voters.iter().any(|(id, _)| *id <= 0) {
         return Err(invalid("voter ids must be positive".to_string()));
     }
+    if config.client_host.len() > state::HOST_BYTES_MAX {
+        return Err(invalid(format!(
+            "advertised host is longer than {} bytes",
+            state::HOST_BYTES_MAX
+        )));
+    }
     if !config.voters.iter().any(|(id, _)| *id == config.node_id) {
         return Err(invalid(format!(
             "node {} is not one of the voters",
@@ -294,21 +300,30 @@ fn validate(config: &ClusterConfig) -> std::io::Result<Vec<u64>> {
 }
 
 /// Where the quorum's readers put decoded frames: the quorum thread's channel, holding at
-/// most `node::INBOUND_FRAMES_MAX` frames (readers wait, which backs the TCP stream up).
+/// most `node::INBOUND_FRAMES_MAX` frames and `node::INBOUND_BYTES_MAX` bytes (readers wait,
+/// which backs the TCP stream up; one frame alone always goes).
 fn inbound_sink(
     tx: mpsc::Sender<node::Event>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<node::InboundQueued>,
     stop: Arc<AtomicBool>,
 ) -> transport::Inbound {
-    Arc::new(move |frame| {
-        while queued.load(Ordering::SeqCst) >= node::INBOUND_FRAMES_MAX {
+    Arc::new(move |from, frame, bytes| {
+        loop {
+            let frames = queued.frames.load(Ordering::SeqCst);
+            let held = queued.bytes.load(Ordering::SeqCst);
+            if frames == 0
+                || (frames < node::INBOUND_FRAMES_MAX && held + bytes <= node::INBOUND_BYTES_MAX)
+            {
+                break;
+            }
             if stop.load(Ordering::SeqCst) {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        queued.fetch_add(1, Ordering::SeqCst);
-        tx.send(node::Event::Frame(frame)).is_ok()
+        queued.frames.fetch_add(1, Ordering::SeqCst);
+        queued.bytes.fetch_add(bytes, Ordering::SeqCst);
+        tx.send(node::Event::Frame { from, frame, bytes }).is_ok()
     })
 }
 
@@ -345,7 +360,7 @@ impl Cluster {
 
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
-        let inbound_queued = Arc::new(AtomicUsize::new(0));
+        let inbound_queued = Arc::new(node::InboundQueued::default());
         let inbound = inbound_sink(tx.clone(), inbound_queued.clone(), stop.clone());
         let peers: Vec<(NodeId, SocketAddr)> = config
             .voters
@@ -357,6 +372,7 @@ impl Cluster {
             config.node_id,
             config.internal_listen,
             &peers,
+            transport::cluster_fingerprint(&config.voters),
             inbound,
             stop.clone(),
         )?;

@@ -7,7 +7,7 @@
 //! proposed is applied here and the image holding it was published.
 
 use crate::controller::{self, Controller};
-use crate::state::{self, Command};
+use crate::state::{self, Command, COMMAND_BYTES_MAX, HOST_BYTES_MAX};
 use crate::storage::DiskStorage;
 use crate::transport::{Forward, ForwardReply, Frame, Heartbeat, Transport};
 use crate::{AdminError, AdminRequest, AdminResult, ClusterConfig, ClusterStatus, MetadataImage};
@@ -26,14 +26,28 @@ use std::time::{Duration, Instant};
 pub const PENDING_REQUESTS_MAX: usize = 10_000;
 /// Frames read from peers and not yet taken by the quorum thread; readers wait beyond this.
 pub const INBOUND_FRAMES_MAX: usize = 4096;
+/// Bytes of those frames; readers wait beyond this (one frame alone always goes).
+pub const INBOUND_BYTES_MAX: usize = 64 << 20;
 /// A forwarded request not answered within this is sent again (the frame may have been lost).
 const FORWARD_RETRY: Duration = Duration::from_secs(2);
 /// Tags of applied entries remembered to recognise a request sent again (after a lost reply
 /// or a leader change) that was already applied: it is not proposed twice.
 const TAGS_REMEMBERED_MAX: usize = 8192;
 
+/// What the readers handed over and the quorum thread did not take yet.
+#[derive(Debug, Default)]
+pub struct InboundQueued {
+    pub frames: AtomicUsize,
+    pub bytes: AtomicUsize,
+}
+
 pub enum Event {
-    Frame(Frame),
+    /// A frame from the peer `from` (as its connection's hello named it), `bytes` long.
+    Frame {
+        from: NodeId,
+        frame: Frame,
+        bytes: usize,
+    },
     Submit {
         request: AdminRequest,
         deadline: Instant,
@@ -63,7 +77,7 @@ pub struct Node {
     pub publish: Publish,
     pub transport: Transport,
     pub events: Receiver<Event>,
-    pub inbound_queued: Arc<AtomicUsize>,
+    pub inbound_queued: Arc<InboundQueued>,
     pub stop: Arc<AtomicBool>,
     pub status: Arc<Mutex<ClusterStatus>>,
     pub incarnation: u64,
@@ -119,7 +133,7 @@ impl Node {
         publish: Publish,
         transport: Transport,
         events: Receiver<Event>,
-        inbound_queued: Arc<AtomicUsize>,
+        inbound_queued: Arc<InboundQueued>,
         stop: Arc<AtomicBool>,
         status: Arc<Mutex<ClusterStatus>>,
         incarnation: u64,
@@ -158,10 +172,7 @@ impl Node {
     }
 
     fn leader(&self) -> NodeId {
-        match self.raw.raft.leader_id {
-            0 => -1,
-            id => id as NodeId,
-        }
+        raft_to_node(self.raw.raft.leader_id).unwrap_or(-1)
     }
 
     pub fn run(mut self) {
@@ -208,9 +219,10 @@ impl Node {
 
     fn handle_event(&mut self, ev: Event) {
         match ev {
-            Event::Frame(frame) => {
-                self.inbound_queued.fetch_sub(1, Ordering::SeqCst);
-                self.handle_frame(frame);
+            Event::Frame { from, frame, bytes } => {
+                self.inbound_queued.frames.fetch_sub(1, Ordering::SeqCst);
+                self.inbound_queued.bytes.fetch_sub(bytes, Ordering::SeqCst);
+                self.handle_frame(from, frame);
             }
             Event::Submit {
                 request,
@@ -221,6 +233,12 @@ impl Node {
                     reply(Err(AdminError::Other(
                         "too many pending metadata requests".to_string(),
                     )));
+                    return;
+                }
+                // Its forward frame and its command stay under their limits.
+                let size = serde_json::to_vec(&request).map_or(usize::MAX, |b| b.len());
+                if size > COMMAND_BYTES_MAX {
+                    reply(Err(too_large(size)));
                     return;
                 }
                 let id = self.next_request_id;
@@ -243,7 +261,8 @@ impl Node {
         self.config.voters.iter().any(|(v, _)| *v == id)
     }
 
-    fn handle_frame(&mut self, frame: Frame) {
+    /// A frame from the peer `from` (the transport checked it is one).
+    fn handle_frame(&mut self, from: NodeId, frame: Frame) {
         match frame {
             Frame::Raft(bytes) => {
                 let msg = match Message::parse_from_bytes(&bytes) {
@@ -253,8 +272,9 @@ impl Node {
                         return;
                     }
                 };
-                if msg.to != self.id() as u64 || !self.is_voter(msg.from as NodeId) {
+                if !raft_message_acceptable(&msg, self.id(), from) || !self.is_voter(from) {
                     tracing::warn!(
+                        conn = from,
                         from = msg.from,
                         to = msg.to,
                         "misaddressed raft message dropped"
@@ -275,12 +295,20 @@ impl Node {
                 }
             }
             Frame::Heartbeat(hb) => {
-                if self.is_voter(hb.node_id) {
+                if hb.node_id == from && hb.host.len() <= HOST_BYTES_MAX {
                     self.heartbeats.insert(hb.node_id, (Instant::now(), hb));
+                } else {
+                    tracing::warn!(conn = from, node = hb.node_id, "bad heartbeat dropped");
                 }
             }
             Frame::Forward(f) => {
-                if self.raw.raft.state == StateRole::Leader {
+                if f.origin != from {
+                    tracing::warn!(
+                        conn = from,
+                        origin = f.origin,
+                        "misattributed request dropped"
+                    );
+                } else if self.raw.raft.state == StateRole::Leader {
                     self.handle_request(f.origin, f.request_id, f.request);
                 } else {
                     // The origin sends it again to the leader it learns of.
@@ -295,6 +323,8 @@ impl Node {
                     (p.reply)(r.result);
                 }
             }
+            // The transport takes the hello; one here is ignored.
+            Frame::Hello(_) => {}
         }
     }
 
@@ -323,7 +353,24 @@ impl Node {
         let result = match decided {
             Ok(cmd) => {
                 let context = serde_json::to_vec(&Tag { origin, request_id }).unwrap_or_default();
-                match self.raw.propose(context, cmd.encode()) {
+                let data = cmd.encode();
+                if data.len() > COMMAND_BYTES_MAX {
+                    self.answer(origin, request_id, Err(too_large(data.len())));
+                    return;
+                }
+                if grows_image(&cmd) {
+                    // A partition costs about three times its assignment in the image.
+                    let after = image_bytes(&self.image).saturating_add(3 * data.len());
+                    if after > IMAGE_BYTES_MAX {
+                        let err = AdminError::Other(format!(
+                            "the cluster metadata would reach {after} bytes, over the limit of \
+                             {IMAGE_BYTES_MAX}"
+                        ));
+                        self.answer(origin, request_id, Err(err));
+                        return;
+                    }
+                }
+                match self.raw.propose(context, data) {
                     Ok(()) => {
                         self.proposed_tags.insert(tag);
                         return;
@@ -440,7 +487,13 @@ impl Node {
                 self.config.leader_rebalance_interval,
             );
             for cmd in cmds {
-                if let Err(e) = self.raw.propose(Vec::new(), cmd.encode()) {
+                let data = cmd.encode();
+                if data.len() > COMMAND_BYTES_MAX {
+                    // Duties are built under the limit; never write what could not be read.
+                    tracing::error!(bytes = data.len(), "controller command over the limit");
+                    continue;
+                }
+                if let Err(e) = self.raw.propose(Vec::new(), data) {
                     tracing::debug!(error = %e, "controller proposal refused");
                 }
             }
@@ -471,18 +524,31 @@ impl Node {
                 self.proposed_tags.clear();
                 // Their origins send them again to the new leader.
                 self.deferred.clear();
+                // Requests of this node it proposed (or deferred) itself: whoever leads next
+                // (this node again, too) gets them again.
+                let me = self.id();
+                for p in self.pending.values_mut() {
+                    if p.sent.is_some_and(|(to, _)| to == me) {
+                        p.sent = None;
+                    }
+                }
             }
             _ => {}
         }
     }
 
-    fn send_messages(&mut self, msgs: Vec<Message>) {
+    /// Sends `msgs`; the snapshots among them are noted in `snapshots` (to report to raft
+    /// after `advance`, never between `ready` and `advance`).
+    fn send_messages(&mut self, msgs: Vec<Message>, snapshots: &mut Vec<(u64, SnapshotStatus)>) {
         for msg in msgs {
-            let to = msg.to as NodeId;
             let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
-            let sent = match msg.write_to_bytes() {
-                Ok(bytes) => self.transport.send(to, &Frame::Raft(bytes)),
-                Err(e) => {
+            let sent = match (raft_to_node(msg.to), msg.write_to_bytes()) {
+                (Some(to), Ok(bytes)) => self.transport.send(to, &Frame::Raft(bytes)),
+                (None, _) => {
+                    tracing::warn!(to = msg.to, "raft message to an impossible node id");
+                    false
+                }
+                (_, Err(e)) => {
                     tracing::warn!(error = %e, "raft message not encodable");
                     false
                 }
@@ -495,7 +561,7 @@ impl Node {
                 } else {
                     SnapshotStatus::Failure
                 };
-                self.raw.report_snapshot(msg.to, status);
+                snapshots.push((msg.to, status));
             }
         }
     }
@@ -507,6 +573,7 @@ impl Node {
         let me = self.id();
         for (tag, index, result) in apply_entries(&mut self.image, entries) {
             if let Some((origin, request_id)) = tag {
+                self.proposed_tags.remove(&(origin, request_id));
                 if self.applied_tags.insert((origin, request_id)) {
                     self.applied_tags_order.push_back((origin, request_id));
                     if self.applied_tags_order.len() > TAGS_REMEMBERED_MAX {
@@ -552,8 +619,9 @@ impl Node {
                     fail_stop(&e);
                 }
             }
-            self.send_messages(rd.take_messages());
-            self.send_messages(rd.take_persisted_messages());
+            let mut snapshots = Vec::new();
+            self.send_messages(rd.take_messages(), &mut snapshots);
+            self.send_messages(rd.take_persisted_messages(), &mut snapshots);
             let committed = rd.take_committed_entries();
             changed |= self.apply_committed(&committed);
             let mut light = self.raw.advance(rd);
@@ -562,10 +630,13 @@ impl Node {
                     fail_stop(&e);
                 }
             }
-            self.send_messages(light.take_messages());
+            self.send_messages(light.take_messages(), &mut snapshots);
             let committed = light.take_committed_entries();
             changed |= self.apply_committed(&committed);
             self.raw.advance_apply();
+            for (to, status) in snapshots {
+                self.raw.report_snapshot(to, status);
+            }
             if changed {
                 self.maybe_snapshot();
             }
@@ -613,6 +684,56 @@ impl Node {
             s.applied_index = self.image.applied_index;
         }
     }
+}
+
+/// A raft id as a node id: 0 (none) and ids out of the node id range are not nodes.
+fn raft_to_node(id: u64) -> Option<NodeId> {
+    NodeId::try_from(id).ok().filter(|id| *id > 0)
+}
+
+/// A raft message is taken only when addressed to this node and sent by the node its
+/// connection belongs to (the `from` of the message, read as a node id without truncation).
+fn raft_message_acceptable(msg: &Message, me: NodeId, conn: NodeId) -> bool {
+    raft_to_node(msg.to) == Some(me) && raft_to_node(msg.from) == Some(conn)
+}
+
+/// The image travels whole in a raft snapshot message (not chunked): requests that would grow
+/// it past this are refused, so a snapshot always fits a frame
+/// ([`crate::transport::FRAME_BYTES_MAX`]) with room for the message around it.
+pub const IMAGE_BYTES_MAX: usize = 48 << 20;
+
+fn grows_image(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::CreateTopic { .. }
+            | Command::CreatePartitions { .. }
+            | Command::SetTopicConfigs { .. }
+    )
+}
+
+/// The image's JSON length (what a snapshot carries), counted without building it.
+fn image_bytes(image: &MetadataImage) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    match serde_json::to_writer(&mut c, image) {
+        Ok(()) => c.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+fn too_large(bytes: usize) -> AdminError {
+    AdminError::Other(format!(
+        "metadata request of {bytes} bytes is over the limit of {COMMAND_BYTES_MAX}"
+    ))
 }
 
 /// The quorum cannot go on without its disk: continuing would break raft's promises.
@@ -705,6 +826,152 @@ mod tests {
         // `controller_id` is not replicated: the snapshot stores "unknown".
         direct.controller_id = -1;
         assert_eq!(replayed, direct);
+    }
+
+    /// A single-voter node driven by hand (no thread), with no peers.
+    fn lone_node(dir: &std::path::Path) -> Node {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let inbound: crate::transport::Inbound = Arc::new(|_, _, _| true);
+        let transport = Transport::start(1, addr, &[], 0, inbound, stop.clone()).unwrap();
+        let config = ClusterConfig::new(1, vec![(1, addr)], addr, "h".to_string(), 1, dir.into());
+        let (storage, image) = DiskStorage::open(dir, &[1]).unwrap();
+        let raft_config = raft::Config {
+            id: 1,
+            pre_vote: true,
+            ..raft::Config::default()
+        };
+        let raw = RawNode::new(&raft_config, storage, &crate::logger::raft_logger()).unwrap();
+        let (_tx, rx) = std::sync::mpsc::channel();
+        Node::new(
+            config,
+            raw,
+            image,
+            Box::new(|_| {}),
+            transport,
+            rx,
+            Arc::default(),
+            stop,
+            Arc::default(),
+            1,
+        )
+    }
+
+    #[test]
+    fn a_request_deferred_by_a_lost_leadership_is_proposed_when_it_is_regained() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = lone_node(dir.path());
+        node.raw.campaign().unwrap();
+        node.on_ready();
+        assert_eq!(node.leader(), 1);
+        // The controller has not caught up: the request waits (sent to itself).
+        node.controller = Some(Controller::new(Instant::now(), Duration::ZERO, u64::MAX));
+        let (tx, rx) = std::sync::mpsc::channel();
+        node.handle_event(Event::Submit {
+            request: AdminRequest::DeleteTopic {
+                name: "missing".to_string(),
+            },
+            deadline: Instant::now() + Duration::from_secs(60),
+            reply: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        });
+        assert_eq!(node.deferred.len(), 1);
+        // Leadership lost, then regained with no other leader known in between.
+        let term = node.raw.raft.term;
+        node.raw.raft.become_follower(term + 1, 0);
+        node.on_ready();
+        assert!(node.controller.is_none());
+        node.raw.campaign().unwrap();
+        for _ in 0..20 {
+            node.on_ready();
+            node.on_tick(Instant::now());
+        }
+        assert_eq!(node.leader(), 1);
+        assert_eq!(
+            rx.try_recv().expect("the request was answered"),
+            Err(AdminError::UnknownTopic)
+        );
+        node.transport.shutdown();
+    }
+
+    #[test]
+    fn requests_that_would_grow_the_image_past_a_snapshot_frame_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = lone_node(dir.path());
+        node.raw.campaign().unwrap();
+        for _ in 0..5 {
+            node.on_ready();
+        }
+        node.image.brokers.insert(
+            1,
+            crate::BrokerInfo {
+                id: 1,
+                host: "h".to_string(),
+                port: 1,
+                fenced: false,
+                incarnation: 1,
+            },
+        );
+        let submit = |node: &mut Node, name: &str| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            node.handle_event(Event::Submit {
+                request: AdminRequest::CreateTopic {
+                    name: name.to_string(),
+                    partitions: 1,
+                    replication_factor: 1,
+                    assignments: None,
+                    configs: Default::default(),
+                },
+                deadline: Instant::now() + Duration::from_secs(60),
+                reply: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            });
+            for _ in 0..5 {
+                node.on_ready();
+            }
+            rx.try_recv().expect("answered")
+        };
+        assert!(submit(&mut node, "fits").is_ok());
+        // Many topics' configs, as committed earlier, fill the image up to its limit.
+        let filler = crate::TopicImage {
+            id: uuid::Uuid::nil(),
+            partitions: Vec::new(),
+            configs: [("x".to_string(), "v".repeat(1 << 20))].into(),
+        };
+        for i in 0..(IMAGE_BYTES_MAX >> 20) {
+            node.image
+                .topics
+                .insert(format!("filler-{i}"), filler.clone());
+        }
+        match submit(&mut node, "too-much") {
+            Err(AdminError::Other(msg)) => assert!(msg.contains("over the limit"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        node.transport.shutdown();
+    }
+
+    #[test]
+    fn raft_messages_are_taken_only_from_their_connections_node() {
+        let msg = |from: u64, to: u64| Message {
+            from,
+            to,
+            ..Message::default()
+        };
+        assert!(raft_message_acceptable(&msg(2, 1), 1, 2));
+        // Another voter's id on this connection, or addressed to another node.
+        assert!(!raft_message_acceptable(&msg(3, 1), 1, 2));
+        assert!(!raft_message_acceptable(&msg(2, 3), 1, 2));
+        // Ids that would truncate to a voter's.
+        assert!(!raft_message_acceptable(&msg((1 << 32) | 2, 1), 1, 2));
+        assert!(!raft_message_acceptable(&msg(2, (1 << 32) | 1), 1, 2));
+        assert_eq!(raft_to_node((1 << 32) | 2), None);
+        assert_eq!(raft_to_node(0), None);
+        assert_eq!(raft_to_node(7), Some(7));
     }
 
     #[test]

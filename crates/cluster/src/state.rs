@@ -10,6 +10,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
+/// Largest encoded command the controller proposes (requests whose command would be larger
+/// are refused): far under the log's record limit (`storage::ENTRY_BYTES_MAX`) and raft's
+/// per-message batch, so every entry is written, replicated and read back alike.
+pub const COMMAND_BYTES_MAX: usize = 1 << 20;
+/// Longest broker host name a heartbeat may carry (DNS names are at most 253 bytes).
+pub const HOST_BYTES_MAX: usize = 255;
+
 /// One change of the metadata, as committed in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -368,7 +375,9 @@ pub fn fence(image: &mut MetadataImage, id: NodeId) {
     }
 }
 
-/// The broker is unfenced; leaderless partitions whose ISR holds it get it as leader.
+/// The broker is unfenced; leaderless partitions whose ISR holds it get it as leader. A
+/// leaderless partition with an empty ISR never had a leader (it was created while all its
+/// replicas were fenced: nothing was written to it), so any of its replicas may lead it.
 fn unfence(image: &mut MetadataImage, id: NodeId) {
     let Some(b) = image.brokers.get_mut(&id) else {
         return;
@@ -376,7 +385,13 @@ fn unfence(image: &mut MetadataImage, id: NodeId) {
     b.fenced = false;
     for topic in image.topics.values_mut() {
         for p in &mut topic.partitions {
-            if p.leader == -1 && p.isr.contains(&id) {
+            if p.leader != -1 {
+                continue;
+            }
+            if p.isr.is_empty() && p.replicas.contains(&id) {
+                p.isr = vec![id];
+            }
+            if p.isr.contains(&id) {
                 p.leader = id;
                 p.leader_epoch += 1;
                 p.partition_epoch += 1;
@@ -560,6 +575,36 @@ mod tests {
         assert_eq!(p.leader, 1);
         assert_eq!(p.leader_epoch, 2);
         assert!(!image.brokers[&1].fenced);
+    }
+
+    #[test]
+    fn a_partition_created_while_all_its_replicas_are_fenced_gets_a_leader_on_unfence() {
+        let (mut image, mut index) = cluster_with(vec![3]);
+        for id in [1, 2] {
+            index += 1;
+            apply(&mut image, index, &Command::Fence { id }).unwrap();
+        }
+        index += 1;
+        let cmd = Command::CreateTopic {
+            name: "u".to_string(),
+            id: Uuid::nil(),
+            assignments: vec![vec![1, 2]],
+            configs: BTreeMap::new(),
+        };
+        apply(&mut image, index, &cmd).unwrap();
+        let p = &image.topics["u"].partitions[0];
+        assert_eq!((p.leader, p.isr.clone()), (-1, vec![]));
+        // A broker that is no replica of it changes nothing.
+        register(&mut image, &mut index, 3, 555);
+        assert_eq!(image.topics["u"].partitions[0].leader, -1);
+        register(&mut image, &mut index, 2, 102);
+        let p = &image.topics["u"].partitions[0];
+        assert_eq!((p.leader, p.isr.clone()), (2, vec![2]));
+        assert_eq!((p.leader_epoch, p.partition_epoch), (1, 1));
+        // The other replica coming back does not take it over.
+        register(&mut image, &mut index, 1, 101);
+        let p = &image.topics["u"].partitions[0];
+        assert_eq!((p.leader, p.isr.clone()), (2, vec![2]));
     }
 
     #[test]

@@ -2,12 +2,19 @@
 //!
 //! Files (all in `dir`):
 //! - `entries.log`: append-only records `u32 len | u32 crc32c(payload) | payload` (big endian),
-//!   payload = protobuf `eraftpb::Entry`. A torn or corrupt tail is cut at open. Raft may replace
-//!   a suffix (a new leader's entries win): the file is truncated to the first replaced record.
+//!   payload = protobuf `eraftpb::Entry`. A damaged *last* record (a torn write: cut short, or
+//!   a bad checksum with nothing but zeros after it) is cut at open; a damaged record followed
+//!   by more data, or a whole record over [`ENTRY_BYTES_MAX`], is corruption: open refuses.
+//!   Raft may replace a suffix (a new leader's entries win): the file is truncated (and synced)
+//!   to the first replaced record before the new ones are written.
 //! - `hardstate`: `u32 crc32c | protobuf HardState`, replaced atomically (temp, fsync, rename,
 //!   dir fsync).
 //! - `snapshot.json`: the [`MetadataImage`] at `index` plus the raft metadata (term, voters),
-//!   replaced atomically; the log before it is dropped by rewriting `entries.log`.
+//!   replaced atomically; the log before it is dropped by rewriting `entries.log`. A snapshot
+//!   installed from the leader is marked `installed`: if the node crashes before the log is
+//!   rewritten, open discards the old log (it may hold another history after the index).
+//! - `voters`: the voter ids (JSON), written when the directory is first used; open refuses a
+//!   different voter set.
 //!
 //! Entries since the snapshot are also kept in memory: the metadata log is small and bounded
 //! by snapshots, and raft-rs reads it often.
@@ -28,6 +35,7 @@ const RECORD_HEADER_BYTES: usize = 8;
 const ENTRIES_FILE: &str = "entries.log";
 const HARD_STATE_FILE: &str = "hardstate";
 const SNAPSHOT_FILE: &str = "snapshot.json";
+const VOTERS_FILE: &str = "voters";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,6 +43,9 @@ pub enum StoreError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: corrupt: {what}")]
     Corrupt { path: PathBuf, what: String },
+    /// The directory belongs to another configuration (a different voter set).
+    #[error("{path}: {what}")]
+    Mismatch { path: PathBuf, what: String },
 }
 
 impl From<StoreError> for io::Error {
@@ -42,6 +53,7 @@ impl From<StoreError> for io::Error {
         match e {
             StoreError::Io { source, .. } => source,
             e @ StoreError::Corrupt { .. } => io::Error::new(io::ErrorKind::InvalidData, e),
+            e @ StoreError::Mismatch { .. } => io::Error::new(io::ErrorKind::InvalidInput, e),
         }
     }
 }
@@ -60,6 +72,9 @@ struct SnapshotFile {
     term: u64,
     voters: Vec<u64>,
     image: MetadataImage,
+    /// Installed from the leader's snapshot (the log then held may be another history).
+    #[serde(default)]
+    installed: bool,
 }
 
 pub struct DiskStorage {
@@ -92,26 +107,41 @@ impl DiskStorage {
     /// Opens (creating) the storage in `dir`; `voters` is the initial configuration of a new
     /// quorum (the same on every node). Returns the storage and the snapshot's image.
     pub fn open(dir: &Path, voters: &[u64]) -> Result<(DiskStorage, MetadataImage), StoreError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        create_dir_durable(dir)?;
         let mut conf_state = ConfState {
             voters: voters.to_vec(),
             ..ConfState::default()
         };
 
         let snap_path = dir.join(SNAPSHOT_FILE);
-        let (snapshot_index, snapshot_term, image) = match std::fs::read(&snap_path) {
+        let (snapshot_index, snapshot_term, image, installed) = match std::fs::read(&snap_path) {
             Ok(bytes) => {
                 let snap: SnapshotFile =
                     serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
                         path: snap_path.clone(),
                         what: e.to_string(),
                     })?;
+                let mut theirs = snap.voters.clone();
+                theirs.sort_unstable();
+                let mut ours = voters.to_vec();
+                ours.sort_unstable();
+                if theirs != ours {
+                    return Err(StoreError::Mismatch {
+                        path: snap_path,
+                        what: format!("the snapshot's voters are {theirs:?}, not {ours:?}"),
+                    });
+                }
                 conf_state.voters = snap.voters;
-                (snap.index, snap.term, snap.image)
+                (snap.index, snap.term, snap.image, snap.installed)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, 0, MetadataImage::default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                (0, 0, MetadataImage::default(), false)
+            }
             Err(e) => return Err(io_err(&snap_path)(e)),
         };
+        // After the snapshot's own check: a directory from before the voters file existed gets
+        // it only when its snapshot agrees.
+        check_voters(dir, voters)?;
         let snapshot_data = serde_json::to_vec(&image).unwrap_or_default();
 
         let hs_path = dir.join(HARD_STATE_FILE);
@@ -132,7 +162,24 @@ impl DiskStorage {
             .truncate(false)
             .open(&log_path)
             .map_err(io_err(&log_path))?;
-        let (records, good_len) = read_records(&mut log).map_err(io_err(&log_path))?;
+        // The log file may have just been created.
+        sync_dir(dir)?;
+        let (mut records, mut good_len) = read_records(&mut log, &log_path)?;
+        if installed
+            && records
+                .first()
+                .is_some_and(|(_, e)| e.index <= snapshot_index)
+        {
+            // The node crashed while installing the leader's snapshot, before the log was
+            // rewritten: what it holds after the snapshot's index may be another history.
+            tracing::warn!(
+                path = %log_path.display(),
+                snapshot_index,
+                "discarding the log left from before an installed snapshot"
+            );
+            records.clear();
+            good_len = 0;
+        }
         let file_len = log.metadata().map_err(io_err(&log_path))?.len();
         if good_len < file_len {
             tracing::warn!(
@@ -165,6 +212,12 @@ impl DiskStorage {
         let last_index = entries.last().map_or(snapshot_index, |e| e.index);
         // The commit index never trails the snapshot and never passes the durable log.
         hard_state.commit = hard_state.commit.max(snapshot_index).min(last_index);
+        // A crash while installing a snapshot may leave the hard state's term behind it (no
+        // vote was cast in the snapshot's term then).
+        if hard_state.term < snapshot_term {
+            hard_state.term = snapshot_term;
+            hard_state.vote = 0;
+        }
         log.seek(SeekFrom::Start(good_len))
             .map_err(io_err(&log_path))?;
         let storage = DiskStorage {
@@ -227,6 +280,9 @@ impl DiskStorage {
             self.entries.truncate(keep);
             self.offsets.truncate(keep);
             self.log.set_len(cut).map_err(io_err(&path))?;
+            // The cut is durable before the replacing records are written: a crash cannot
+            // leave old records behind new ones.
+            self.log.sync_data().map_err(io_err(&path))?;
             self.log_len = cut;
         }
         let mut buf = Vec::new();
@@ -283,7 +339,7 @@ impl DiskStorage {
             return Ok(());
         }
         let term = self.entry_term(index).unwrap_or(0);
-        self.write_snapshot(image, index, term)?;
+        self.write_snapshot(image, index, term, false)?;
         let drop = (index - self.snapshot_index) as usize;
         self.snapshot_index = index;
         self.snapshot_term = term;
@@ -301,7 +357,7 @@ impl DiskStorage {
                 what: format!("snapshot from the leader: {e}"),
             })?;
         self.conf_state = meta.get_conf_state().clone();
-        self.write_snapshot(&image, meta.index, meta.term)?;
+        self.write_snapshot(&image, meta.index, meta.term, true)?;
         self.snapshot_index = meta.index;
         self.snapshot_term = meta.term;
         self.entries.clear();
@@ -318,6 +374,7 @@ impl DiskStorage {
         image: &MetadataImage,
         index: u64,
         term: u64,
+        installed: bool,
     ) -> Result<(), StoreError> {
         let mut image = image.clone();
         image.applied_index = index;
@@ -327,6 +384,7 @@ impl DiskStorage {
             term,
             voters: self.conf_state.voters.clone(),
             image,
+            installed,
         };
         let bytes = serde_json::to_vec(&file).unwrap_or_default();
         write_atomic(&self.dir, SNAPSHOT_FILE, &bytes)?;
@@ -439,33 +497,108 @@ fn decode_hard_state(bytes: &[u8]) -> Option<HardState> {
 }
 
 /// Reads whole, checksummed records from the start; returns them with their offsets and the
-/// length of the good prefix.
-fn read_records(file: &mut File) -> io::Result<(Vec<(u64, Entry)>, u64)> {
+/// length of the good prefix. A damaged record is a torn tail (the end of the good prefix) only
+/// when nothing but zeros follows it; a damaged record with data after it, or a whole record
+/// with a good checksum that is over the limit or undecodable, is corruption.
+fn read_records(file: &mut File, path: &Path) -> Result<(Vec<(u64, Entry)>, u64), StoreError> {
     let mut bytes = Vec::new();
-    file.seek(SeekFrom::Start(0))?;
-    file.read_to_end(&mut bytes)?;
+    file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+    file.read_to_end(&mut bytes).map_err(io_err(path))?;
+    let corrupt = |pos: usize, what: String| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        what: format!("record at offset {pos}: {what}"),
+    };
     let mut out = Vec::new();
     let mut pos = 0usize;
     while let Some(header) = bytes.get(pos..pos + RECORD_HEADER_BYTES) {
         let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-        if len > ENTRY_BYTES_MAX {
-            break;
-        }
         let start = pos + RECORD_HEADER_BYTES;
-        let Some(payload) = bytes.get(start..start + len) else {
+        let end = start.saturating_add(len);
+        let payload = bytes.get(start..end);
+        let checked = payload.filter(|p| len > 0 && crc32c::crc32c(p) == crc);
+        let Some(payload) = checked else {
+            // Cut short or a bad checksum: a torn write if nothing was written after it.
+            let after = bytes.get(end.min(bytes.len())..).unwrap_or_default();
+            if after.iter().any(|b| *b != 0) {
+                return Err(corrupt(
+                    pos,
+                    format!(
+                        "bad checksum or length ({len} bytes) with {} bytes after it",
+                        after.len()
+                    ),
+                ));
+            }
             break;
         };
-        if crc32c::crc32c(payload) != crc {
-            break;
+        if len > ENTRY_BYTES_MAX {
+            return Err(corrupt(
+                pos,
+                format!("{len} bytes, over the limit of {ENTRY_BYTES_MAX}"),
+            ));
         }
-        let Ok(entry) = Entry::parse_from_bytes(payload) else {
-            break;
-        };
+        let entry = Entry::parse_from_bytes(payload)
+            .map_err(|e| corrupt(pos, format!("undecodable entry: {e}")))?;
         out.push((pos as u64, entry));
-        pos = start + len;
+        pos = end;
     }
     Ok((out, pos as u64))
+}
+
+/// Creates `dir` and its missing ancestors, each made durable (its parent fsynced).
+fn create_dir_durable(dir: &Path) -> Result<(), StoreError> {
+    let mut missing = Vec::new();
+    let mut d = Some(dir);
+    while let Some(p) = d.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(p);
+        d = p.parent();
+    }
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    for p in missing.iter().rev() {
+        if let Some(parent) = p.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// The voter set this directory was first used with: recorded then, compared on every later
+/// open (the quorum's membership is fixed; another `--cluster` would split its history).
+fn check_voters(dir: &Path, voters: &[u64]) -> Result<(), StoreError> {
+    let path = dir.join(VOTERS_FILE);
+    let mut ours = voters.to_vec();
+    ours.sort_unstable();
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let mut theirs: Vec<u64> =
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    path: path.clone(),
+                    what: e.to_string(),
+                })?;
+            theirs.sort_unstable();
+            if theirs != ours {
+                return Err(StoreError::Mismatch {
+                    path,
+                    what: format!(
+                        "this node's quorum state belongs to voters {theirs:?}; --cluster names \
+                         {ours:?} (the voter set cannot change)"
+                    ),
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let bytes = serde_json::to_vec(&ours).unwrap_or_default();
+            write_atomic(dir, VOTERS_FILE, &bytes)
+        }
+        Err(e) => Err(io_err(&path)(e)),
+    }
 }
 
 /// Replaces `dir/name` with `bytes`: temp file, fsync, rename, dir fsync.
@@ -477,10 +610,7 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> 
     f.sync_all().map_err(io_err(&tmp))?;
     drop(f);
     std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
-    Ok(())
+    sync_dir(dir)
 }
 
 #[cfg(test)]
@@ -561,6 +691,125 @@ mod tests {
     }
 
     #[test]
+    fn damage_before_the_last_record_is_corruption_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut s, _) = DiskStorage::open(dir.path(), &[1]).unwrap();
+            s.append(&[entry(1, 1, b"one"), entry(2, 1, b"two"), entry(3, 1, b"3")])
+                .unwrap();
+        }
+        let path = dir.path().join(ENTRIES_FILE);
+        let good = std::fs::read(&path).unwrap();
+        // A flipped byte in the first record's payload: records follow it.
+        let mut bytes = good.clone();
+        bytes[RECORD_HEADER_BYTES + 2] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = DiskStorage::open(dir.path(), &[1]).unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was cut");
+        // A zero-filled tail (blocks allocated, never written) is torn, not corrupt.
+        let mut bytes = good.clone();
+        bytes.extend_from_slice(&[0u8; 4096]);
+        std::fs::write(&path, &bytes).unwrap();
+        let (s, _) = DiskStorage::open(dir.path(), &[1]).unwrap();
+        assert_eq!(s.last_index(), 3);
+        drop(s);
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+        // A whole, checksummed record over the limit is refused even when it is the last.
+        let big = entry(4, 1, &vec![7u8; ENTRY_BYTES_MAX + 1])
+            .write_to_bytes()
+            .unwrap();
+        let mut bytes = good.clone();
+        bytes.extend_from_slice(&(big.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&big).to_be_bytes());
+        bytes.extend_from_slice(&big);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            DiskStorage::open(dir.path(), &[1]),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_crash_while_installing_a_snapshot_drops_the_old_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = MetadataImage {
+            cluster_id: "leader's".to_string(),
+            ..MetadataImage::default()
+        };
+        {
+            let (mut s, _) = DiskStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+            // Entries 1..=10 of term 1, 6..=10 never committed.
+            let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1, b"old")).collect();
+            s.append(&ents).unwrap();
+            // The leader's snapshot at 8 (term 2, another history after 5) is written, then
+            // the node crashes before `entries.log` is rewritten.
+            s.write_snapshot(&image, 8, 2, true).unwrap();
+        }
+        let (s, restored) = DiskStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+        assert_eq!(restored.cluster_id, "leader's");
+        assert_eq!(s.snapshot_index(), 8);
+        assert_eq!(
+            s.last_index(),
+            8,
+            "entries 9 and 10 of the old history are gone"
+        );
+        assert_eq!(s.term(8).unwrap(), 2);
+        assert_eq!(s.hard_state().term, 2);
+        assert_eq!(
+            std::fs::metadata(dir.path().join(ENTRIES_FILE))
+                .unwrap()
+                .len(),
+            0
+        );
+        drop(s);
+        // Entries appended after a completed install are kept.
+        {
+            let (mut s, _) = DiskStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+            s.append(&[entry(9, 2, b"new")]).unwrap();
+        }
+        let (s, _) = DiskStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+        assert_eq!(s.last_index(), 9);
+    }
+
+    #[test]
+    fn another_voter_set_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(DiskStorage::open(dir.path(), &[3, 1, 2]).unwrap());
+        // The order does not matter.
+        drop(DiskStorage::open(dir.path(), &[1, 2, 3]).unwrap());
+        for other in [&[1, 2][..], &[1, 2, 4], &[1, 2, 3, 4]] {
+            let e = DiskStorage::open(dir.path(), other).unwrap_err();
+            assert!(matches!(e, StoreError::Mismatch { .. }), "{e}");
+            assert_eq!(io::Error::from(e).kind(), io::ErrorKind::InvalidInput);
+        }
+        // A directory from before the voters file: its snapshot's voters decide, and a wrong
+        // list does not get recorded.
+        {
+            let (mut st, _) = DiskStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+            st.append(&[entry(1, 1, b"x")]).unwrap();
+            st.snapshot_and_compact(&MetadataImage::default(), 1)
+                .unwrap();
+        }
+        std::fs::remove_file(dir.path().join(VOTERS_FILE)).unwrap();
+        assert!(matches!(
+            DiskStorage::open(dir.path(), &[1, 2]),
+            Err(StoreError::Mismatch { .. })
+        ));
+        assert!(!dir.path().join(VOTERS_FILE).exists());
+        drop(DiskStorage::open(dir.path(), &[1, 2, 3]).unwrap());
+        assert!(dir.path().join(VOTERS_FILE).exists());
+    }
+
+    #[test]
+    fn missing_directories_are_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("meta").join("raft");
+        drop(DiskStorage::open(&deep, &[1]).unwrap());
+        assert!(deep.join(VOTERS_FILE).exists());
+    }
+
+    #[test]
     fn snapshot_compacts_the_log_and_survives_restart() {
         let dir = tempfile::tempdir().unwrap();
         let mut image = MetadataImage {
@@ -599,8 +848,8 @@ mod tests {
             vec![8, 9, 10]
         );
         // The log file holds only what is after the snapshot.
-        let (records, _) =
-            read_records(&mut File::open(dir.path().join(ENTRIES_FILE)).unwrap()).unwrap();
+        let path = dir.path().join(ENTRIES_FILE);
+        let (records, _) = read_records(&mut File::open(&path).unwrap(), &path).unwrap();
         assert_eq!(records.len(), 3);
     }
 

@@ -7,7 +7,15 @@
 //! them to the quorum thread through a channel. A bad frame closes its connection only.
 //!
 //! Frame: `u32 len (big endian) | u8 kind | payload`, `len` = 1 + payload length, at most
-//! [`FRAME_BYTES_MAX`].
+//! [`FRAME_BYTES_MAX`] for raft messages (a snapshot carries the whole image) and
+//! [`CONTROL_FRAME_BYTES_MAX`] for every other kind.
+//!
+//! Every connection starts with a hello frame (the sender's node id and the fingerprint of the
+//! voter list, [`cluster_fingerprint`]); the reader closes a connection whose hello is missing
+//! (within [`HELLO_TIMEOUT`]), names a node that is not a peer or another fingerprint, and tags
+//! every later frame with the hello's node. This catches misconfiguration (a node of another
+//! cluster, a stale `--cluster`), not a hostile network: there is no authentication yet
+//! (issue #16).
 
 use crate::{AdminRequest, AdminResult, NodeId};
 use serde::{Deserialize, Serialize};
@@ -22,6 +30,11 @@ use std::time::{Duration, Instant};
 
 /// Largest frame (kind byte + payload) a peer may send; a raft snapshot carries the whole image.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
+/// Largest frame of any other kind (heartbeat, forwarded request, reply, hello): a forwarded
+/// request is at most a command ([`crate::state::COMMAND_BYTES_MAX`]) plus its envelope.
+pub const CONTROL_FRAME_BYTES_MAX: usize = crate::state::COMMAND_BYTES_MAX + (64 << 10);
+/// A connection must say who it is within this.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Frames waiting for one peer's writer; more are dropped.
 pub const PEER_QUEUE_FRAMES_MAX: usize = 1024;
 /// Bytes waiting for one peer's writer; a frame that would pass this is dropped (unless the
@@ -44,6 +57,27 @@ const KIND_RAFT: u8 = 1;
 const KIND_HEARTBEAT: u8 = 2;
 const KIND_FORWARD: u8 = 3;
 const KIND_FORWARD_REPLY: u8 = 4;
+const KIND_HELLO: u8 = 5;
+
+/// The first frame of every connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub node_id: NodeId,
+    pub fingerprint: u64,
+}
+
+/// A hash of the sorted voter list (`id@addr`): nodes started with different `--cluster`
+/// lists refuse each other's connections. FNV-1a, stable across builds.
+pub fn cluster_fingerprint(voters: &[(NodeId, SocketAddr)]) -> u64 {
+    let mut list: Vec<String> = voters.iter().map(|(id, a)| format!("{id}@{a}")).collect();
+    list.sort_unstable();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in list.join(",").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
@@ -66,8 +100,9 @@ pub struct ForwardReply {
     pub result: AdminResult,
 }
 
-/// Where readers hand decoded frames; false when nobody listens any more.
-pub type Inbound = Arc<dyn Fn(Frame) -> bool + Send + Sync>;
+/// Where readers hand decoded frames: the node the connection's hello named, the frame and
+/// its length on the wire. False when nobody listens any more.
+pub type Inbound = Arc<dyn Fn(NodeId, Frame, usize) -> bool + Send + Sync>;
 
 /// A decoded frame.
 #[derive(Debug)]
@@ -77,6 +112,7 @@ pub enum Frame {
     Heartbeat(Heartbeat),
     Forward(Forward),
     ForwardReply(ForwardReply),
+    Hello(Hello),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +138,7 @@ impl Frame {
                 KIND_FORWARD_REPLY,
                 serde_json::to_vec(r).unwrap_or_default(),
             ),
+            Frame::Hello(h) => (KIND_HELLO, serde_json::to_vec(h).unwrap_or_default()),
         };
         let mut out = Vec::with_capacity(5 + payload.len());
         out.extend_from_slice(&((payload.len() + 1) as u32).to_be_bytes());
@@ -118,6 +155,7 @@ impl Frame {
             KIND_HEARTBEAT => Frame::Heartbeat(serde_json::from_slice(payload)?),
             KIND_FORWARD => Frame::Forward(serde_json::from_slice(payload)?),
             KIND_FORWARD_REPLY => Frame::ForwardReply(serde_json::from_slice(payload)?),
+            KIND_HELLO => Frame::Hello(serde_json::from_slice(payload)?),
             other => return Err(FrameError::UnknownKind(other)),
         })
     }
@@ -134,11 +172,14 @@ impl FrameReader {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next whole frame, if one is buffered.
-    pub fn next_frame(&mut self) -> Option<Result<Frame, FrameError>> {
+    /// The next whole frame and its length on the wire, if one is buffered.
+    pub fn next_frame(&mut self) -> Option<Result<(Frame, usize), FrameError>> {
         let header: [u8; 4] = self.buf.get(..4)?.try_into().ok()?;
         let len = u32::from_be_bytes(header) as usize;
         if len > FRAME_BYTES_MAX {
+            return Some(Err(FrameError::TooLong(len)));
+        }
+        if len > CONTROL_FRAME_BYTES_MAX && self.buf.get(4).is_some_and(|k| *k != KIND_RAFT) {
             return Some(Err(FrameError::TooLong(len)));
         }
         if self.buf.len() < 4 + len {
@@ -146,7 +187,7 @@ impl FrameReader {
         }
         let frame = Frame::decode(&self.buf[4..4 + len]);
         self.buf.drain(..4 + len);
-        Some(frame)
+        Some(frame.map(|f| (f, 4 + len)))
     }
 }
 
@@ -212,11 +253,13 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Binds `listen` and starts the threads; frames received go to `inbound`.
+    /// Binds `listen` and starts the threads; frames received from `peers` (connections whose
+    /// hello carries `fingerprint`) go to `inbound`.
     pub fn start(
         node_id: NodeId,
         listen: SocketAddr,
         peers: &[(NodeId, SocketAddr)],
+        fingerprint: u64,
         inbound: Inbound,
         stop: Arc<AtomicBool>,
     ) -> io::Result<Transport> {
@@ -227,12 +270,21 @@ impl Transport {
         {
             let stop = stop.clone();
             let conns = conns.clone();
+            let known = Known {
+                peers: peers.iter().map(|(id, _)| *id).collect(),
+                fingerprint,
+            };
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("quorum-listen-{node_id}"))
-                    .spawn(move || accept_loop(listener, inbound, stop, conns))?,
+                    .spawn(move || accept_loop(listener, known, inbound, stop, conns))?,
             );
         }
+        let hello = Frame::Hello(Hello {
+            node_id,
+            fingerprint,
+        })
+        .encode();
         let mut senders = Vec::new();
         for &(peer, addr) in peers {
             let (tx, rx) = mpsc::sync_channel(PEER_QUEUE_FRAMES_MAX);
@@ -244,10 +296,11 @@ impl Transport {
             let tx = PeerQueue { tx, queued_bytes };
             let stop = stop.clone();
             let conns = conns.clone();
+            let hello = hello.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("quorum-peer-{peer}"))
-                    .spawn(move || write_loop(peer, addr, rx, stop, conns))?,
+                    .spawn(move || write_loop(peer, addr, &hello, rx, stop, conns))?,
             );
             senders.push((peer, tx));
         }
@@ -266,7 +319,11 @@ impl Transport {
             return false;
         };
         let bytes = frame.encode();
-        if bytes.len() > FRAME_BYTES_MAX + 4 {
+        let limit = match frame {
+            Frame::Raft(_) => FRAME_BYTES_MAX,
+            _ => CONTROL_FRAME_BYTES_MAX,
+        };
+        if bytes.len() > limit + 4 {
             tracing::error!(
                 peer,
                 bytes = bytes.len(),
@@ -320,7 +377,20 @@ impl Drop for Transport {
     }
 }
 
-fn accept_loop(listener: TcpListener, inbound: Inbound, stop: Arc<AtomicBool>, conns: SharedConns) {
+/// Who may connect: the peers' ids and the cluster's fingerprint.
+#[derive(Debug, Clone)]
+struct Known {
+    peers: Vec<NodeId>,
+    fingerprint: u64,
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    known: Known,
+    inbound: Inbound,
+    stop: Arc<AtomicBool>,
+    conns: SharedConns,
+) {
     let mut readers: Vec<JoinHandle<()>> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         readers.retain(|r| !r.is_finished());
@@ -334,10 +404,11 @@ fn accept_loop(listener: TcpListener, inbound: Inbound, stop: Arc<AtomicBool>, c
                 let inbound = inbound.clone();
                 let stop = stop.clone();
                 let conns = conns.clone();
+                let known = known.clone();
                 match std::thread::Builder::new()
                     .name("quorum-read".to_string())
                     .spawn(move || {
-                        read_loop(stream, addr, inbound, stop);
+                        read_loop(stream, addr, &known, inbound, stop);
                         unregister(&conns, conn_id);
                     }) {
                     Ok(h) => readers.push(h),
@@ -356,7 +427,13 @@ fn accept_loop(listener: TcpListener, inbound: Inbound, stop: Arc<AtomicBool>, c
     }
 }
 
-fn read_loop(mut stream: TcpStream, addr: SocketAddr, inbound: Inbound, stop: Arc<AtomicBool>) {
+fn read_loop(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    known: &Known,
+    inbound: Inbound,
+    stop: Arc<AtomicBool>,
+) {
     if stream.set_nonblocking(false).is_err()
         || stream.set_read_timeout(Some(POLL_INTERVAL)).is_err()
     {
@@ -364,8 +441,16 @@ fn read_loop(mut stream: TcpStream, addr: SocketAddr, inbound: Inbound, stop: Ar
     }
     let mut reader = FrameReader::default();
     let mut buf = vec![0u8; 64 << 10];
-    let mut last_read = Instant::now();
+    let started = Instant::now();
+    let mut last_read = started;
+    // The node the connection's hello named.
+    let mut from: Option<NodeId> = None;
     while !stop.load(Ordering::SeqCst) {
+        if from.is_none() && started.elapsed() > HELLO_TIMEOUT {
+            tracing::warn!(%addr, "quorum connection without a hello, closing");
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
         match stream.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {
@@ -391,8 +476,33 @@ fn read_loop(mut stream: TcpStream, addr: SocketAddr, inbound: Inbound, stop: Ar
         loop {
             match reader.next_frame() {
                 None => break,
-                Some(Ok(frame)) => {
-                    if !inbound(frame) {
+                Some(Ok((frame, bytes))) => {
+                    let refused = match (from, frame) {
+                        (None, Frame::Hello(h)) => {
+                            if h.fingerprint != known.fingerprint {
+                                Some(format!(
+                                    "node {} has another voter list (fingerprint {:x}, ours {:x})",
+                                    h.node_id, h.fingerprint, known.fingerprint
+                                ))
+                            } else if !known.peers.contains(&h.node_id) {
+                                Some(format!("node {} is not a peer", h.node_id))
+                            } else {
+                                from = Some(h.node_id);
+                                None
+                            }
+                        }
+                        (None, _) => Some("a frame before the hello".to_string()),
+                        (Some(_), Frame::Hello(_)) => Some("a second hello".to_string()),
+                        (Some(node), frame) => {
+                            if !inbound(node, frame, bytes) {
+                                return;
+                            }
+                            None
+                        }
+                    };
+                    if let Some(why) = refused {
+                        tracing::warn!(%addr, why, "quorum connection refused");
+                        let _ = stream.shutdown(Shutdown::Both);
                         return;
                     }
                 }
@@ -409,6 +519,7 @@ fn read_loop(mut stream: TcpStream, addr: SocketAddr, inbound: Inbound, stop: Ar
 fn write_loop(
     peer: NodeId,
     addr: SocketAddr,
+    hello: &[u8],
     queue: PeerQueueRx,
     stop: Arc<AtomicBool>,
     conns: SharedConns,
@@ -422,7 +533,7 @@ fn write_loop(
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
         if conn.is_none() {
-            match connect(addr) {
+            match connect(addr).and_then(|mut s| s.write_all(hello).map(|()| s)) {
                 Ok(s) => {
                     let id = register(&conns, &s);
                     conn = Some((s, id));
@@ -494,7 +605,7 @@ mod tests {
         for chunk in bytes.chunks(3) {
             r.push(chunk);
             while let Some(f) = r.next_frame() {
-                out.push(f.unwrap());
+                out.push(f.unwrap().0);
             }
         }
         assert_eq!(out.len(), 3);
@@ -503,6 +614,72 @@ mod tests {
         assert!(
             matches!(&out[2], Frame::ForwardReply(r) if r.request_id == 7 && r.result.is_err())
         );
+    }
+
+    fn hello(node_id: NodeId, fingerprint: u64) -> Vec<u8> {
+        Frame::Hello(Hello {
+            node_id,
+            fingerprint,
+        })
+        .encode()
+    }
+
+    #[test]
+    fn connections_must_say_who_they_are() {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let inbound: Inbound =
+            Arc::new(move |from, f, _| tx.lock().unwrap().send((from, f)).is_ok());
+        let stop = Arc::new(AtomicBool::new(false));
+        let voters = [(1, addr), (2, addr), (3, addr)];
+        let fp = cluster_fingerprint(&voters);
+        let mut t = Transport::start(1, addr, &[(2, addr), (3, addr)], fp, inbound, stop).unwrap();
+        let hb = Frame::Heartbeat(Heartbeat {
+            node_id: 2,
+            incarnation: 1,
+            host: "h".to_string(),
+            port: 1,
+        })
+        .encode();
+        let mut byte = [0u8; 1];
+        // No hello: closed once the hello deadline passed. Wrong fingerprint, unknown node,
+        // a frame before the hello: closed.
+        let mut silent = TcpStream::connect(addr).unwrap();
+        let mut refused = Vec::new();
+        for first in [hello(2, fp ^ 1), hello(4, fp), hb.clone()] {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(&first).unwrap();
+            s.write_all(&hb).unwrap();
+            refused.push(s);
+        }
+        for s in refused.iter_mut() {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            assert!(closed(s.read(&mut byte)), "refused connection closed");
+        }
+        silent
+            .set_read_timeout(Some(HELLO_TIMEOUT + Duration::from_secs(3)))
+            .unwrap();
+        let started = Instant::now();
+        assert!(closed(silent.read(&mut byte)), "silent connection closed");
+        assert!(started.elapsed() < HELLO_TIMEOUT + Duration::from_secs(2));
+        assert!(rx.try_recv().is_err(), "no refused frame was delivered");
+        // A proper hello: frames are delivered, tagged with its node.
+        let mut good = TcpStream::connect(addr).unwrap();
+        good.write_all(&hello(3, fp)).unwrap();
+        good.write_all(&hb).unwrap();
+        let (from, frame) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(from, 3);
+        assert!(matches!(frame, Frame::Heartbeat(h) if h.node_id == 2));
+        // The fingerprint covers ids and addresses, not their order.
+        let other: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(fp, cluster_fingerprint(&[(3, addr), (1, addr), (2, addr)]));
+        assert_ne!(fp, cluster_fingerprint(&[(1, addr), (2, addr), (3, other)]));
+        assert_ne!(fp, cluster_fingerprint(&[(1, addr), (2, addr), (4, addr)]));
+        t.shutdown();
     }
 
     fn closed(r: io::Result<usize>) -> bool {
@@ -523,11 +700,12 @@ mod tests {
             .unwrap();
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
-        let inbound: Inbound = Arc::new(move |f| tx.lock().unwrap().send(f).is_ok());
+        let inbound: Inbound = Arc::new(move |_, f, _| tx.lock().unwrap().send(f).is_ok());
         let stop = Arc::new(AtomicBool::new(false));
-        let mut t = Transport::start(1, addr, &[], inbound, stop).unwrap();
+        let mut t = Transport::start(1, addr, &[(3, addr)], 77, inbound, stop).unwrap();
         let mut bad = TcpStream::connect(addr).unwrap();
         let mut good = TcpStream::connect(addr).unwrap();
+        good.write_all(&hello(3, 77)).unwrap();
         bad.write_all(&[0, 0, 0, 2, 99, 0]).unwrap();
         bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut byte = [0u8; 1];
@@ -561,10 +739,10 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let inbound: Inbound = Arc::new(|_| true);
+        let inbound: Inbound = Arc::new(|_, _, _| true);
         let stop = Arc::new(AtomicBool::new(false));
         let peer = (7, paused.local_addr().unwrap());
-        let mut t = Transport::start(1, addr, &[peer], inbound, stop).unwrap();
+        let mut t = Transport::start(1, addr, &[peer], 0, inbound, stop).unwrap();
         let frame = Frame::Raft(vec![0u8; 256 << 10]);
         let started = Instant::now();
         let mut dropped = 0;
@@ -607,5 +785,20 @@ mod tests {
         let mut r = FrameReader::default();
         r.push(&[0, 0, 0, 0]);
         assert!(matches!(r.next_frame(), Some(Err(FrameError::Empty))));
+        // Only raft messages may be longer than a control frame; known before the payload.
+        let long = ((CONTROL_FRAME_BYTES_MAX + 1) as u32).to_be_bytes();
+        for kind in [KIND_HEARTBEAT, KIND_FORWARD, KIND_FORWARD_REPLY, KIND_HELLO] {
+            let mut r = FrameReader::default();
+            r.push(&long);
+            r.push(&[kind]);
+            assert!(matches!(r.next_frame(), Some(Err(FrameError::TooLong(_)))));
+        }
+        let mut r = FrameReader::default();
+        r.push(&long);
+        r.push(&[KIND_RAFT]);
+        assert!(
+            r.next_frame().is_none(),
+            "a raft frame waits for its payload"
+        );
     }
 }

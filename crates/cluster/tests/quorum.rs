@@ -542,3 +542,55 @@ fn a_single_voter_leads_itself_and_survives_restart() {
         node.image().controller_id == 1
     });
 }
+
+#[test]
+fn oversized_requests_are_refused_and_another_voter_set_cannot_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut config = ClusterConfig::new(
+        1,
+        vec![(1, addr)],
+        addr,
+        "127.0.0.1".to_string(),
+        9092,
+        dir.path().join("meta").join("raft"),
+    );
+    config.tick = Duration::from_millis(20);
+    let mut node = TestNode {
+        config: config.clone(),
+        latest: Arc::new(Mutex::new(Arc::new(MetadataImage::default()))),
+        cluster: None,
+    };
+    node.start();
+    wait_until("the single voter to lead", || {
+        let i = node.image();
+        i.controller_id == 1 && i.brokers.get(&1).is_some_and(|b| !b.fenced)
+    });
+    let huge = AdminRequest::CreateTopic {
+        name: "huge".to_string(),
+        partitions: 1,
+        replication_factor: 1,
+        assignments: None,
+        configs: BTreeMap::from([(
+            "x".to_string(),
+            "v".repeat(ringbroker_cluster::state::COMMAND_BYTES_MAX),
+        )]),
+    };
+    match submit(&node, huge) {
+        Err(AdminError::Other(msg)) => assert!(msg.contains("over the limit"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    // Nothing oversized reached the log: the node restarts with what it had.
+    submit(&node, create("small", 1, 1, None)).expect("created");
+    node.stop();
+    node.start();
+    assert!(node.image().topics.contains_key("small"));
+    assert!(!node.image().topics.contains_key("huge"));
+    node.stop();
+    // The same directory with another --cluster list is refused.
+    let mut other = config;
+    other.voters.push((2, free_addr()));
+    let e = Cluster::start(other, Box::new(|_| {})).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("voters"), "{e}");
+}

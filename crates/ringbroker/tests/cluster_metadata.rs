@@ -9,7 +9,7 @@ mod common;
 use common::cluster::{metadata, wait_metadata, Cluster};
 use common::{run, Client};
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableReplicaAssignment, CreatableTopic};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_request::{
@@ -17,7 +17,7 @@ use kafka_protocol::messages::incremental_alter_configs_request::{
 };
 use kafka_protocol::messages::metadata_response::MetadataResponse;
 use kafka_protocol::messages::{
-    ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    ApiKey, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
     CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
     DescribeConfigsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
     HeartbeatRequest, HeartbeatResponse, IncrementalAlterConfigsRequest,
@@ -312,6 +312,39 @@ fn three_nodes_form_one_cluster_that_clients_see_whole() {
         &metadata(&cluster.addr(1), None),
         "just-checked"
     ));
+    // Replicas chosen by the client are kept as given; unknown brokers are refused.
+    let mut assigned = |name: &str, replicas: &[&[i32]]| -> CreateTopicsResponse {
+        client.call(
+            ApiKey::CreateTopics,
+            5,
+            &CreateTopicsRequest::default()
+                .with_topics(vec![CreatableTopic::default()
+                    .with_name(topic_name(name))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1)
+                    .with_assignments(
+                        replicas
+                            .iter()
+                            .enumerate()
+                            .map(|(p, brokers)| {
+                                CreatableReplicaAssignment::default()
+                                    .with_partition_index(p as i32)
+                                    .with_broker_ids(brokers.iter().map(|&b| BrokerId(b)).collect())
+                            })
+                            .collect(),
+                    )])
+                .with_timeout_ms(10_000),
+        )
+    };
+    let placed = assigned("placed", &[&[2, 3], &[3, 1]]);
+    assert_eq!(placed.topics[0].error_code, 0, "{placed:?}");
+    assert_eq!(placed.topics[0].replication_factor, 2, "{placed:?}");
+    let refused = assigned("misplaced", &[&[1, 9]]);
+    assert_eq!(refused.topics[0].error_code, 39, "{refused:?}");
+    let m = metadata(&cluster.addr(non_controller), None);
+    let ps = partitions(&m, "placed").unwrap();
+    assert_eq!(ps[0].2, [2, 3], "{ps:?}");
+    assert_eq!(ps[1].2, [3, 1], "{ps:?}");
 
     // FindCoordinator names the leader of the group's offsets partition, a live broker; the
     // other nodes answer group requests NOT_COORDINATOR.
