@@ -47,10 +47,7 @@ const APPLIER_POLL: Duration = Duration::from_secs(1);
 /// How long shard 0 waits for another shard to take an image (only a stopping shard takes
 /// longer than a moment).
 const APPLY_CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Kafka's NOT_CONTROLLER.
-pub const NOT_CONTROLLER: i16 = 41;
-/// Kafka's REQUEST_TIMED_OUT.
-pub const REQUEST_TIMED_OUT: i16 = 7;
+use crate::errors::{NOT_CONTROLLER, REQUEST_TIMED_OUT};
 /// Kafka's UNKNOWN_SERVER_ERROR.
 const UNKNOWN_SERVER_ERROR: i16 = -1;
 

@@ -83,7 +83,11 @@ fn a_new_coordinator_resumes_a_group_from_its_committed_offsets() {
         std::fs::read_to_string(&out).unwrap_or_default()
     };
     let read = member(&cluster.bootstrap(), "8");
-    assert_eq!(read.lines().filter(|l| l.starts_with("record\t")).count(), 30, "{read}");
+    assert_eq!(
+        read.lines().filter(|l| l.starts_with("record\t")).count(),
+        30,
+        "{read}"
+    );
     // The commits reach the offsets partition's followers (they fetch continuously).
     std::thread::sleep(Duration::from_secs(2));
 
@@ -98,7 +102,9 @@ fn a_new_coordinator_resumes_a_group_from_its_committed_offsets() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_ne!(after, before);
-    wait_metadata(&cluster.addr(survivor), None, WAIT, |m| settled(m, "resumed", 2));
+    wait_metadata(&cluster.addr(survivor), None, WAIT, |m| {
+        settled(m, "resumed", 2)
+    });
     let second: String = (0..10).map(|i| format!("k{i}\tsecond{i}\n")).collect();
     common::kcat_produce(&cluster.bootstrap(), "resumed", &second);
     // The group goes on from its commits: only the new records.
