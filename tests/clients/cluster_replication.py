@@ -2,8 +2,8 @@
 """Replication load through confluent-kafka (librdkafka), driven from
 crates/ringbroker/tests/cluster_replication.rs. Each command prints one JSON line.
 
-  create BOOTSTRAP TOPIC PARTITIONS RF
-      AdminClient.create_topics; {"ok": true} or {"error": NAME}
+  create BOOTSTRAP TOPIC PARTITIONS RF [NAME=VALUE...]
+      AdminClient.create_topics with those topic configs; {"ok": true} or {"error": NAME}
   produce BOOTSTRAP TOPIC COUNT [PAUSE_MS]
       an idempotent producer (acks=all) sends values "v<index>" for index 0..COUNT, keyed
       by index so they spread over the partitions, PAUSE_MS between sends (0: as fast as it
@@ -22,9 +22,11 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
-def create(bootstrap, topic, partitions, rf):
+def create(bootstrap, topic, partitions, rf, *configs):
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(topic, partitions, rf)], request_timeout=30)
+    config = dict(c.split("=", 1) for c in configs)
+    futures = admin.create_topics([NewTopic(topic, partitions, rf, config=config)],
+                                  request_timeout=30)
     try:
         futures[topic].result(timeout=60)
         return {"ok": True}
@@ -100,7 +102,7 @@ def consume(bootstrap, topic, expected, timeout_s):
 def main():
     command, bootstrap, topic = sys.argv[1], sys.argv[2], sys.argv[3]
     if command == "create":
-        out = create(bootstrap, topic, int(sys.argv[4]), int(sys.argv[5]))
+        out = create(bootstrap, topic, int(sys.argv[4]), int(sys.argv[5]), *sys.argv[6:])
     elif command == "produce":
         pause_ms = int(sys.argv[5]) if len(sys.argv) > 5 else 0
         out = produce(bootstrap, topic, int(sys.argv[4]), pause_ms)

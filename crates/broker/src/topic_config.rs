@@ -558,6 +558,31 @@ pub fn check_topic_configs(
     Ok(out)
 }
 
+/// Like [`check_topic_configs`], for a cluster member: `min.insync.replicas` is honoured there
+/// (any value from 1; a value above a partition's in-sync replicas refuses acks=all produces
+/// with NOT_ENOUGH_REPLICAS, as Kafka does), while a single node accepts only 1.
+pub fn check_cluster_topic_configs(
+    configs: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, String> {
+    const NAME: &str = "min.insync.replicas";
+    let Some(value) = configs.get(NAME) else {
+        return check_topic_configs(configs);
+    };
+    let n: i64 = value.trim().parse().map_err(|_| {
+        format!("Invalid value {value} for configuration {NAME}: Not a number of type INT")
+    })?;
+    if !(1..=INT_MAX).contains(&n) {
+        return Err(format!(
+            "Invalid value {value} for configuration {NAME}: Value must be at least 1"
+        ));
+    }
+    let mut rest = configs.clone();
+    rest.remove(NAME);
+    let mut out = check_topic_configs(&rest)?;
+    out.insert(NAME.to_string(), n.to_string());
+    Ok(out)
+}
+
 /// Broker configs set at runtime (AlterConfigs / IncrementalAlterConfigs on a BROKER
 /// resource), persisted as `meta/broker-configs.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -909,6 +934,20 @@ mod tests {
         let e = check_topic_configs(&map(&[("min.insync.replicas", "2")])).unwrap_err();
         assert!(e.contains("min.insync.replicas"), "{e}");
         assert!(check_topic_configs(&map(&[("cleanup.policy", "bogus")])).is_err());
+    }
+
+    #[test]
+    fn a_cluster_honours_min_insync_replicas_and_a_single_node_only_takes_1() {
+        let two = map(&[("min.insync.replicas", " 2"), ("retention.ms", "1000")]);
+        assert!(check_topic_configs(&two).is_err());
+        let ok = check_cluster_topic_configs(&two).unwrap();
+        assert_eq!(ok["min.insync.replicas"], "2");
+        assert_eq!(ok["retention.ms"], "1000");
+        for bad in ["0", "-1", "two"] {
+            let e = check_cluster_topic_configs(&map(&[("min.insync.replicas", bad)])).unwrap_err();
+            assert!(e.contains("min.insync.replicas"), "{e}");
+        }
+        assert!(check_cluster_topic_configs(&map(&[("retention.ms", "soon")])).is_err());
     }
 
     #[test]

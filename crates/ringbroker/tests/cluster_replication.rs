@@ -357,18 +357,60 @@ const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 const UNKNOWN_LEADER_EPOCH: i16 = 75;
 const FENCED_LEADER_EPOCH: i16 = 74;
 
+const NOT_ENOUGH_REPLICAS: i16 = 19;
+
+#[test]
+fn min_insync_replicas_refuses_acks_all_while_the_isr_is_smaller_and_not_acks_1() {
+    let mut c = Cluster::start(3);
+    let topic = "min-insync";
+    let out = py(&[
+        "create",
+        &c.bootstrap(),
+        topic,
+        "1",
+        "3",
+        "min.insync.replicas=3",
+    ]);
+    assert_eq!(out["ok"], true, "{out}\n{}", c.logs());
+    let leader = wait_partitions(&c, 1, topic, |_, isr| isr.len() == 3)[0].0;
+    let mut l = Client::connect(&c.addr(leader));
+    assert_eq!(produce_one(&mut l, topic).0, 0, "{}", c.logs());
+    let follower = c
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&id| id != leader)
+        .unwrap();
+    c.kill(follower);
+    wait_partitions(&c, leader, topic, |l, isr| {
+        l == leader && !isr.contains(&follower)
+    });
+    let mut l = Client::connect(&c.addr(leader));
+    assert_eq!(produce_one(&mut l, topic).0, NOT_ENOUGH_REPLICAS);
+    assert_eq!(produce_one_with(&mut l, topic, 1).0, 0);
+    c.restart(follower);
+    wait_partitions(&c, leader, topic, |_, isr| isr.len() == 3);
+    let mut l = Client::connect(&c.addr(leader));
+    assert_eq!(produce_one(&mut l, topic).0, 0, "{}", c.logs());
+}
+
 fn name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
 }
 
 /// Produce v9 of one batch with acks=all: (error, base offset).
 fn produce_one(c: &mut Client, topic: &str) -> (i16, i64) {
+    produce_one_with(c, topic, -1)
+}
+
+/// Produce v9 of one batch with `acks`: (error, base offset).
+fn produce_one_with(c: &mut Client, topic: &str, acks: i16) -> (i16, i64) {
     let batch = ringbroker_protocol::batch::build_batch(0, 1000, &[b"x", b"y"]);
     let pd = PartitionProduceData::default()
         .with_index(0)
         .with_records(Some(Bytes::from(batch)));
     let req = ProduceRequest::default()
-        .with_acks(-1)
+        .with_acks(acks)
         .with_timeout_ms(10000)
         .with_topic_data(vec![TopicProduceData::default()
             .with_name(name(topic))

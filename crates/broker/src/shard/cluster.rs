@@ -791,7 +791,7 @@ pub async fn create_topics(
                     ),
                 ));
             }
-            let configs = topic_config::check_topic_configs(&t.configs)
+            let configs = topic_config::check_cluster_topic_configs(&t.configs)
                 .and_then(|c| shard.log_config_of(&t.name, &c).map(|_| c))
                 .map_err(|why| (errors::INVALID_CONFIG, why))?;
             if t.assignments.is_none() {
@@ -984,8 +984,8 @@ pub async fn alter_topic_configs(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let set = changed_set(&known, change, list_default_of_topic_config)?;
-    let set =
-        topic_config::check_topic_configs(&set).map_err(|why| (errors::INVALID_CONFIG, why))?;
+    let set = topic_config::check_cluster_topic_configs(&set)
+        .map_err(|why| (errors::INVALID_CONFIG, why))?;
     shard
         .log_config_of(&name, &set)
         .map_err(|why| (errors::INVALID_CONFIG, why))?;
