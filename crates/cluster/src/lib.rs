@@ -148,6 +148,34 @@ pub struct PartitionImage {
     /// Bumped on every change of this partition's state (ISR changes included), Kafka's
     /// partition epoch; AlterPartition names the one it starts from.
     pub partition_epoch: i32,
+    /// An ongoing reassignment (KIP-455): replicas being added (in `replicas`, fetching, not
+    /// yet all in the ISR). Empty when none is ongoing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding_replicas: Vec<NodeId>,
+    /// An ongoing reassignment: replicas that leave `replicas` when it completes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing_replicas: Vec<NodeId>,
+    /// An ongoing reassignment's target, in its order (what `replicas` becomes when every
+    /// adding replica is in the ISR). Empty when none is ongoing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_replicas: Vec<NodeId>,
+}
+
+impl PartitionImage {
+    /// Whether a reassignment of this partition is ongoing.
+    pub fn reassigning(&self) -> bool {
+        !self.target_replicas.is_empty()
+    }
+}
+
+/// One partition's reassignment asked of the controller (Kafka's AlterPartitionReassignments):
+/// `target` the replicas it should end with, in order (the first is the preferred leader);
+/// `None` cancels the ongoing one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReassignmentMove {
+    pub topic: String,
+    pub partition: i32,
+    pub target: Option<Vec<NodeId>>,
 }
 
 /// A change asked of the active controller. Answered after it is committed and applied on the
@@ -187,6 +215,12 @@ pub enum AdminRequest {
         partition_epoch: i32,
         isr: Vec<NodeId>,
     },
+    /// Starts, replaces or cancels partition reassignments (KIP-455). Decided as a whole: one
+    /// invalid move refuses the request (the broker submits one request per partition to
+    /// answer each on its own).
+    AlterReassignments {
+        moves: Vec<ReassignmentMove>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -215,6 +249,9 @@ pub enum AdminError {
     NotController,
     #[error("timed out")]
     Timeout,
+    /// A cancel of a partition that has no reassignment ongoing.
+    #[error("no reassignment in progress")]
+    NoReassignmentInProgress,
     #[error("{0}")]
     Other(String),
 }

@@ -313,6 +313,7 @@ pub fn admin_error(e: AdminError) -> TopicError {
         AdminError::InvalidReplicaAssignment(_) => errors::INVALID_REPLICA_ASSIGNMENT,
         AdminError::NotController => NOT_CONTROLLER,
         AdminError::Timeout => REQUEST_TIMED_OUT,
+        AdminError::NoReassignmentInProgress => errors::NO_REASSIGNMENT_IN_PROGRESS,
         AdminError::FencedLeaderEpoch
         | AdminError::InvalidUpdateVersion
         | AdminError::IneligibleReplica(_)
@@ -1029,6 +1030,9 @@ mod tests {
             leader,
             leader_epoch: epoch,
             partition_epoch: epoch,
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
+            target_replicas: Vec::new(),
         }
     }
 
