@@ -235,6 +235,11 @@ pub async fn wait_applied(index: u64, timeout: Duration) -> bool {
     }
 }
 
+/// The newest metadata image this node has (None: a broker alone, not in a cluster).
+pub fn latest_image() -> Option<Arc<MetadataImage>> {
+    LOCAL.with(|l| l.borrow().as_ref().map(|local| local.slot.latest()))
+}
+
 /// Removes a waiting reply when the request's future is dropped first.
 struct ReplyGuard {
     local: Rc<Local>,
