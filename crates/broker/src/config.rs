@@ -87,6 +87,9 @@ pub struct BrokerConfig {
     pub group_max_size: usize,
     /// The log cleaner of compacted topics (one per shard).
     pub cleaner: CleanerConfig,
+    /// A partition leader drops a follower from the ISR that has not caught up for this long
+    /// (Kafka's `replica.lag.time.max.ms`; cluster mode only).
+    pub replica_lag_time_max: std::time::Duration,
     /// Membership of a cluster (`--cluster`); `None`: a single node, as without clustering.
     pub cluster: Option<ClusterSettings>,
 }
@@ -199,6 +202,7 @@ impl BrokerConfig {
             recv_budget_bytes: crate::limits::RECV_BUDGET_BYTES_DEFAULT,
             group_max_size: crate::limits::GROUP_MEMBERS_MAX,
             cleaner: CleanerConfig::default(),
+            replica_lag_time_max: crate::replication::REPLICA_LAG_TIME_MAX,
             cluster: None,
         }
     }

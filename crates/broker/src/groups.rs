@@ -1405,6 +1405,10 @@ pub fn decode_offset_record(mut b: &[u8]) -> Option<(String, String, i32, Option
     Some((group, topic, partition, committed))
 }
 
+/// How long an offset commit waits for the in-sync replicas of the offsets partition (Kafka's
+/// `offsets.commit.timeout.ms` default).
+const OFFSETS_REPLICATION_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Appends offset records to the group's offsets partition (on this shard) and applies them,
 /// once no deletion of the group's offsets is pending (see [`GroupWrites`]).
 pub async fn store_offsets(
@@ -1429,9 +1433,14 @@ async fn append_offsets(
     }
     let _write = WriteGuard::new(group, false);
     let sh = shard::current();
-    let log = sh
-        .log(OFFSETS_TOPIC, offsets_partition(group))
+    let partition = sh
+        .partition_named(OFFSETS_TOPIC, offsets_partition(group))
         .ok_or("offsets partition not on this shard")?;
+    // In a cluster only the partition's leader writes it (a follower's log is its leader's).
+    if !partition.replica.is_leader() {
+        return Err("this broker no longer leads the group's offsets partition".into());
+    }
+    let log = partition.log.clone();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -1460,6 +1469,17 @@ async fn append_offsets(
         log.sync_to(base + records.len() as i64)
             .await
             .map_err(|e| e.to_string())?;
+    }
+    // As Kafka commits offsets with acks=all: on every in-sync replica before the answer, so
+    // a new coordinator has them (a single node returns at once).
+    if !partition.replica.is_alone() {
+        crate::replication::await_acks(
+            &partition,
+            base + records.len() as i64,
+            OFFSETS_REPLICATION_WAIT_MAX,
+        )
+        .await
+        .map_err(|(_, why)| why)?;
     }
     with(|c| {
         for (t, p, committed) in entries {

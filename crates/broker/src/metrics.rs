@@ -398,6 +398,7 @@ impl Publisher {
         let mesh = self.mesh.clone();
         with_local_recorder(&self.recorder, || {
             apply(&snapshots, &mesh);
+            crate::replication::metrics::record();
             for (shard, age) in ages.iter().enumerate() {
                 gauge!("ringbroker_shard_heartbeat_age_seconds", "shard" => shard.to_string())
                     .set(age.as_secs_f64());

@@ -447,6 +447,22 @@ impl Producers {
         }
     }
 
+    /// Records the idempotent batches of `records` (whole batches a follower appended from its
+    /// leader), so that, should it lead the partition later, their retries are duplicates.
+    pub fn record_replicated(&self, records: &[u8]) {
+        let mut state = self.state.borrow_mut();
+        let mut at = 0;
+        while at < records.len() {
+            let Ok(h) = BatchHeader::parse(&records[at..]) else {
+                break;
+            };
+            if let Some(b) = ProducerBatch::of(&h).filter(|_| h.records_count > 0) {
+                state.record(b, h.base_offset);
+            }
+            at += h.total_bytes;
+        }
+    }
+
     fn replace(&self, state: PartitionProducers) {
         *self.state.borrow_mut() = state;
         self.restore.pending.set(false);

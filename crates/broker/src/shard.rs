@@ -77,6 +77,8 @@ pub struct Partition {
     pub topic: String,
     pub log: Rc<PartitionLog>,
     pub producers: Producers,
+    /// Its role in its replica set (leader, follower) and high watermark.
+    pub replica: crate::replication::ReplicaState,
 }
 
 pub struct Shard {
@@ -242,6 +244,7 @@ impl Shard {
                 topic: topic.name.clone(),
                 log: Rc::new(log),
                 producers: producers(),
+                replica: Default::default(),
             };
             self.partitions.borrow_mut().insert(id, Rc::new(partition));
         }

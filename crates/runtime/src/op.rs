@@ -164,6 +164,31 @@ pub async fn accept(listener: &SharedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// Opens a TCP connection to `addr` through the ring (IORING_OP_CONNECT). The socket is
+/// created non-blocking and close-on-exec, like the listeners; the connect itself completes
+/// on the ring, so the shard's loop never blocks on it. Drop the future to give up (the
+/// socket is closed once the kernel lets go of it).
+pub async fn connect(addr: std::net::SocketAddr) -> io::Result<SharedFd> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    let fd: SharedFd = Arc::new(socket.into());
+    let sockaddr = Box::new(socket2::SockAddr::from(addr));
+    let entry = opcode::Connect::new(
+        types::Fd(fd.as_raw_fd()),
+        sockaddr.as_ptr() as *const libc::sockaddr,
+        sockaddr.len(),
+    )
+    .build();
+    // SAFETY: the address is boxed (it does not move) and owned by the op's data with the fd.
+    let (result, _data) = unsafe { Op::submit(entry, (sockaddr, fd.clone())) }.await;
+    cvt(result)?;
+    Ok(fd)
+}
+
 /// Receives into the spare capacity of `buf` (at most `buf.capacity() - buf.len()` bytes).
 pub async fn recv(fd: &SharedFd, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
     let spare = buf.capacity() - buf.len();
@@ -440,6 +465,37 @@ mod tests {
             assert_eq!(&buf[..], b"hello ring!");
             let (n, _) = read_at(&fd, BytesMut::new(), 11, 10).await;
             assert_eq!(n.unwrap(), 0);
+        });
+    }
+
+    #[test]
+    fn connect_reaches_a_local_listener_and_fails_on_a_closed_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"hi").unwrap();
+        });
+        rt().block_on(async move {
+            let fd = connect(addr).await.unwrap();
+            let mut buf = BytesMut::with_capacity(16);
+            while buf.len() < 2 {
+                let (n, b) = recv(&fd, buf).await;
+                buf = b;
+                assert!(n.unwrap() > 0, "peer closed early");
+            }
+            assert_eq!(&buf[..], b"hi");
+            send_all(&fd, vec![Bytes::from_static(b"x")]).await.unwrap();
+        });
+        server.join().unwrap();
+        // A port nobody listens on: bind, note the port, close, then connect to it.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        rt().block_on(async move {
+            let e = connect(closed).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
         });
     }
 

@@ -35,20 +35,38 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                 Some(topic) => {
                     let offset = p.offset;
                     let done =
-                        shard::on_partition(topic, p.partition_index, move |log| async move {
-                            log.delete_records_before(offset).await
+                        shard::on_owned_partition(topic, p.partition_index, move |p| async move {
+                            // Only the leader; a replicated one deletes no further than its
+                            // high watermark (-1: up to it), as Kafka does.
+                            let offset = match crate::replication::delete_records_access(&p) {
+                                Err(code) => return Err(code),
+                                Ok(Some(hw)) if offset == -1 => hw,
+                                Ok(Some(hw)) if offset > hw => {
+                                    return Err(errors::OFFSET_OUT_OF_RANGE)
+                                }
+                                Ok(_) => offset,
+                            };
+                            Ok(p.log.delete_records_before(offset).await)
                         })
                         .await;
+                    let done = match done {
+                        Some(Err(code)) => Err(code),
+                        Some(Ok(r)) => Ok(Some(r)),
+                        None => Ok(None),
+                    };
                     match done {
-                        None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1),
-                        Some(Ok(start)) => (errors::NONE, start),
-                        Some(Err(DeleteRecordsError::OutOfRange { .. })) => {
-                            (errors::OFFSET_OUT_OF_RANGE, -1)
-                        }
-                        Some(Err(e)) => {
-                            tracing::error!(topic = %topic.name, partition = p.partition_index, error = %e, "DeleteRecords failed");
-                            (errors::KAFKA_STORAGE_ERROR, -1)
-                        }
+                        Err(code) => (code, -1),
+                        Ok(done) => match done {
+                            None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1),
+                            Some(Ok(start)) => (errors::NONE, start),
+                            Some(Err(DeleteRecordsError::OutOfRange { .. })) => {
+                                (errors::OFFSET_OUT_OF_RANGE, -1)
+                            }
+                            Some(Err(e)) => {
+                                tracing::error!(topic = %topic.name, partition = p.partition_index, error = %e, "DeleteRecords failed");
+                                (errors::KAFKA_STORAGE_ERROR, -1)
+                            }
+                        },
                     }
                 }
             };

@@ -11,6 +11,7 @@ use crate::connection::Conn;
 use crate::errors;
 use crate::limits::{FETCH_WAIT_MS_MAX, REQUEST_PARTITIONS_MAX};
 use crate::metadata::TopicInfo;
+use crate::replication;
 use crate::shard;
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
@@ -31,6 +32,8 @@ use std::time::{Duration, Instant};
 /// First Fetch version that names topics by id.
 const TOPIC_ID_VERSION: i16 = 13;
 const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+/// First Fetch version that carries the follower's id in `replica_state`.
+const REPLICA_STATE_VERSION: i16 = 15;
 
 /// The most record bytes a response carries: the client's `max_bytes` (0 or less: no limit of
 /// its own) clamped to the broker's `--fetch-max-bytes`.
@@ -53,6 +56,8 @@ struct Wanted {
     partition: i32,
     offset: i64,
     max_bytes: usize,
+    /// KIP-320: the leader epoch the fetcher knows (-1: not checked).
+    current_leader_epoch: i32,
 }
 
 struct Got {
@@ -69,7 +74,14 @@ impl Got {
     }
 }
 
-async fn read_partition(topic: &Option<Arc<TopicInfo>>, unknown_code: i16, w: &Wanted) -> Got {
+/// Reads one partition on its owner. `replica_id` ≥ 0: a follower's fetch (read to the log
+/// end, recorded by the leader); else a consumer's (read below the high watermark).
+async fn read_partition(
+    topic: &Option<Arc<TopicInfo>>,
+    unknown_code: i16,
+    w: &Wanted,
+    replica_id: i32,
+) -> Got {
     let missing = Got {
         error: unknown_code,
         high_watermark: -1,
@@ -77,12 +89,39 @@ async fn read_partition(topic: &Option<Arc<TopicInfo>>, unknown_code: i16, w: &W
         slice: None,
     };
     let Some(topic) = topic else { return missing };
-    let (offset, max_bytes) = (w.offset, w.max_bytes);
-    let result = shard::on_partition(topic, w.partition, move |log| async move {
-        match log.read_slice(offset, max_bytes).await {
+    let (offset, max_bytes, epoch) = (w.offset, w.max_bytes, w.current_leader_epoch);
+    let result = shard::on_owned_partition(topic, w.partition, move |p| async move {
+        let access = replication::fetch_access(&shard::current(), &p, replica_id, epoch, offset);
+        let log = &p.log;
+        let read = match access {
+            Err(error) => {
+                return Got {
+                    error,
+                    high_watermark: -1,
+                    log_start_offset: -1,
+                    slice: None,
+                }
+            }
+            Ok(None) => log.read_slice(offset, max_bytes).await,
+            // A consumer of a replicated leader: nothing at or past the high watermark.
+            Ok(Some(hw)) if offset >= hw && offset <= log.log_end_offset() => {
+                Ok(ringbroker_storage::SliceResult {
+                    slice: None,
+                    high_watermark: hw,
+                    log_start_offset: log.log_start_offset(),
+                })
+            }
+            Ok(Some(hw)) => log.read_slice_until(offset, max_bytes, hw).await,
+        };
+        let replicated = !p.replica.is_alone();
+        match read {
             Ok(r) => Got {
                 error: errors::NONE,
-                high_watermark: r.high_watermark,
+                high_watermark: if replicated {
+                    replication::high_watermark(&p)
+                } else {
+                    r.high_watermark
+                },
                 log_start_offset: r.log_start_offset,
                 slice: r.slice,
             },
@@ -96,7 +135,11 @@ async fn read_partition(topic: &Option<Arc<TopicInfo>>, unknown_code: i16, w: &W
                 };
                 Got {
                     error,
-                    high_watermark: log.high_watermark(),
+                    high_watermark: if replicated {
+                        replication::high_watermark(&p)
+                    } else {
+                        log.high_watermark()
+                    },
                     log_start_offset: log.log_start_offset(),
                     slice: None,
                 }
@@ -111,6 +154,12 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
     let body: FetchRequest = decode_body(&mut req)?;
     let v = req.version;
     let shard = shard::current();
+    // A follower's fetch names its broker (v15+ in `replica_state`); consumers send -1.
+    let replica_id = if v >= REPLICA_STATE_VERSION {
+        body.replica_state.replica_id.0
+    } else {
+        body.replica_id.0
+    };
     if body.session_id != 0 {
         let response = FetchResponse::default().with_error_code(FETCH_SESSION_ID_NOT_FOUND);
         return Ok(respond(&req, &response));
@@ -143,6 +192,7 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
                         partition: p.partition,
                         offset: p.fetch_offset,
                         max_bytes: partition_bytes_max(p.partition_max_bytes, max_bytes),
+                        current_leader_epoch: p.current_leader_epoch,
                     }
                 })
                 .collect();
@@ -154,7 +204,7 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
     let deadline = Instant::now() + max_wait;
     let min_bytes = body.min_bytes.max(0) as usize;
     let results = loop {
-        let results = read_all(&wanted, unknown_code).await;
+        let results = read_all(&wanted, unknown_code, replica_id).await;
         let ready: usize = results.iter().flatten().map(Got::len).sum();
         let any_error = results.iter().flatten().any(|g| g.error != errors::NONE);
         let now = Instant::now();
@@ -164,7 +214,7 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
         }
         // A long poll: the connection reads the requests behind this one meanwhile.
         let _parked = conn.park();
-        wait_for_append(&wanted, &results, deadline - now).await;
+        wait_for_append(&wanted, &results, deadline - now, replica_id >= 0).await;
     };
     // Trim to the response limit, keeping at least the first non-empty partition. Each
     // partition's records are a placeholder of the slice's length, filled from the file below.
@@ -259,7 +309,7 @@ type WantedTopics = Vec<(
 )>;
 
 /// Reads every wanted partition, in parallel across their owner shards.
-async fn read_all(wanted: &Rc<WantedTopics>, unknown_code: i16) -> Vec<Vec<Got>> {
+async fn read_all(wanted: &Rc<WantedTopics>, unknown_code: i16, replica_id: i32) -> Vec<Vec<Got>> {
     let mut handles = Vec::new();
     for (ti, (_, _, info, parts)) in wanted.iter().enumerate() {
         for pi in 0..parts.len() {
@@ -267,7 +317,9 @@ async fn read_all(wanted: &Rc<WantedTopics>, unknown_code: i16) -> Vec<Vec<Got>>
             let info = info.clone();
             handles.push((
                 ti,
-                spawn(async move { read_partition(&info, unknown_code, &wanted[ti].3[pi]).await }),
+                spawn(async move {
+                    read_partition(&info, unknown_code, &wanted[ti].3[pi], replica_id).await
+                }),
             ));
         }
     }
@@ -284,9 +336,14 @@ fn long_poll_wait(max_wait_ms: i32) -> Duration {
     Duration::from_millis(max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64)
 }
 
-/// Waits until any wanted partition's high watermark moves past what the last read saw (so
-/// new data exists), or for `wait`.
-async fn wait_for_append(wanted: &WantedTopics, seen: &[Vec<Got>], wait: Duration) {
+/// Waits until any wanted partition's high watermark (its log end for a follower's fetch)
+/// moves past what the last read saw (so new data exists), or for `wait`.
+async fn wait_for_append(
+    wanted: &WantedTopics,
+    seen: &[Vec<Got>],
+    wait: Duration,
+    replica_fetch: bool,
+) {
     let woke = Notify::new();
     let released = woke.notified();
     for ((_, _, info, parts), got) in wanted.iter().zip(seen) {
@@ -296,12 +353,12 @@ async fn wait_for_append(wanted: &WantedTopics, seen: &[Vec<Got>], wait: Duratio
             let offset = w.offset.max(g.high_watermark);
             let topic = topic.clone();
             spawn(async move {
-                shard::on_partition(&topic, partition, move |log| async move {
-                    let appended = log.appended();
+                shard::on_owned_partition(&topic, partition, move |p| async move {
+                    let appended = p.log.appended();
                     op::timeout(wait, async {
                         loop {
                             let next = appended.notified();
-                            if log.high_watermark() > offset {
+                            if replication::readable_end(&p, replica_fetch) > offset {
                                 return;
                             }
                             next.await;

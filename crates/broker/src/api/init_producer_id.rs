@@ -31,11 +31,21 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                 .with_producer_epoch(epoch),
         ));
     }
-    let data_dir = shard::current().shared.config.data_dir.clone();
+    let shard = shard::current();
+    let data_dir = shard.shared.config.data_dir.clone();
+    let clustered = shard.shared.cluster.is_some();
+    let node_id = shard.shared.node_id;
     let id = mesh::call(0, move || async move {
         producer_state::allocate_producer_id(&data_dir)
     })
-    .await;
+    .await
+    .map(|local| {
+        if clustered {
+            in_node_range(local, node_id)
+        } else {
+            local
+        }
+    });
     response = match id {
         Ok(id) => response
             .with_producer_id(ProducerId(id))
@@ -46,4 +56,30 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             .with_producer_epoch(-1),
     };
     Ok(respond(&req, &response))
+}
+
+/// Bits of a producer id below the node's part (cluster mode).
+const NODE_LOCAL_ID_BITS: u32 = 40;
+/// Node ids whose range is distinct: 2^22 nodes × 2^40 ids stay below 2^62.
+const NODE_RANGE_MASK: i64 = (1 << 22) - 1;
+
+/// In a cluster, every node hands out ids from its own range (its node id above the local
+/// counter): partitions move between leaders, and two producers with one id would have each
+/// other's batches taken for duplicates.
+fn in_node_range(local: i64, node_id: i32) -> i64 {
+    ((i64::from(node_id) & NODE_RANGE_MASK) << NODE_LOCAL_ID_BITS)
+        | (local & ((1 << NODE_LOCAL_ID_BITS) - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_hand_out_disjoint_producer_ids() {
+        assert_ne!(in_node_range(0, 1), in_node_range(0, 2));
+        assert_eq!(in_node_range(5, 0), 5);
+        assert_eq!(in_node_range(5, 3), (3 << 40) | 5);
+        assert!(in_node_range((1 << 40) - 1, (1 << 22) - 1) > 0);
+    }
 }

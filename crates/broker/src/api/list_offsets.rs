@@ -47,6 +47,7 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             .map(|p| (t.name.0.as_str(), p.partition_index))
     }));
     let shard = shard::current();
+    let alone = shard.shared.cluster.is_none();
     let mut topics = Vec::with_capacity(body.topics.len());
     for t in body.topics {
         let topic = shard.topic(&t.name.0);
@@ -58,14 +59,25 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
                 _ if twice => (errors::INVALID_REQUEST, -1, -1, -1),
                 None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1, -1, -1),
                 Some(_) if p.timestamp < LATEST_TIERED => (errors::INVALID_REQUEST, -1, -1, -1),
-                Some(_) if p.current_leader_epoch > LEADER_EPOCH => {
+                // A single node leads at epoch 0; a cluster member checks on the owner.
+                Some(_) if alone && p.current_leader_epoch > LEADER_EPOCH => {
                     (errors::UNKNOWN_LEADER_EPOCH, -1, -1, -1)
                 }
-                Some(_) if p.current_leader_epoch < -1 => (errors::FENCED_LEADER_EPOCH, -1, -1, -1),
+                Some(_) if alone && p.current_leader_epoch < -1 => {
+                    (errors::FENCED_LEADER_EPOCH, -1, -1, -1)
+                }
                 Some(topic) => {
-                    let which = p.timestamp;
-                    let found =
-                        shard::on_partition(topic, index, move |log| lookup(log, which)).await;
+                    let (which, epoch) = (p.timestamp, p.current_leader_epoch);
+                    let found = shard::on_owned_partition(topic, index, move |p| async move {
+                        match crate::replication::list_offsets_access(&p, epoch) {
+                            Err(code) => (code, -1, -1, -1),
+                            Ok(hw) => {
+                                let leader_epoch = p.replica.leader_epoch().unwrap_or(0);
+                                lookup(p.log.clone(), which, hw, leader_epoch).await
+                            }
+                        }
+                    })
+                    .await;
                     found.unwrap_or((errors::UNKNOWN_TOPIC_OR_PARTITION, -1, -1, -1))
                 }
             };
@@ -91,10 +103,16 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
     ))
 }
 
-/// Answers one partition on its owner.
-async fn lookup(log: std::rc::Rc<PartitionLog>, which: i64) -> Found {
+/// Answers one partition on its owner; `hw`: a replicated leader's high watermark (latest),
+/// `leader_epoch`: the epoch found offsets are reported under.
+async fn lookup(
+    log: std::rc::Rc<PartitionLog>,
+    which: i64,
+    hw: Option<i64>,
+    leader_epoch: i32,
+) -> Found {
     let found = match which {
-        LATEST => Ok(Some((log.high_watermark(), -1))),
+        LATEST => Ok(Some((hw.unwrap_or_else(|| log.high_watermark()), -1))),
         EARLIEST | EARLIEST_LOCAL => Ok(Some((log.log_start_offset(), -1))),
         LATEST_TIERED => return (errors::NONE, -1, -1, -1),
         MAX_TIMESTAMP => match log.max_timestamp() {
@@ -103,8 +121,18 @@ async fn lookup(log: std::rc::Rc<PartitionLog>, which: i64) -> Found {
         },
         ts => first_at_or_after(&log, ts).await,
     };
+    // A replicated leader answers timestamp lookups only with records below its high
+    // watermark (what consumers may read).
+    let found = match (found, hw) {
+        (Ok(Some((offset, _))), Some(hw))
+            if (which >= 0 || which == MAX_TIMESTAMP) && offset >= hw =>
+        {
+            Ok(None)
+        }
+        (found, _) => found,
+    };
     match found {
-        Ok(Some((offset, ts))) => (errors::NONE, offset, ts, 0),
+        Ok(Some((offset, ts))) => (errors::NONE, offset, ts, leader_epoch),
         // No record that recent (or an empty log): Kafka answers offset -1.
         Ok(None) => (errors::NONE, -1, -1, -1),
         Err(e) => {

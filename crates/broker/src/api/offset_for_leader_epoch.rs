@@ -33,6 +33,8 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
         REQUEST_PARTITIONS_MAX,
     )?;
     let shard = shard::current();
+    let alone = shard.shared.cluster.is_none();
+    let replica_id = body.replica_id.0;
     let mut topics = Vec::with_capacity(body.topics.len());
     for t in body.topics {
         let topic = shard.topic(&t.topic.0);
@@ -45,6 +47,24 @@ pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
             let current = p.current_leader_epoch;
             let answer = match &topic {
                 None => answer.with_error_code(errors::UNKNOWN_TOPIC_OR_PARTITION),
+                // A cluster member answers from the partition's leader epoch cache.
+                Some(topic) if !alone => {
+                    let requested = p.leader_epoch;
+                    let found =
+                        shard::on_owned_partition(topic, p.partition, move |p| async move {
+                            crate::replication::epoch_end_offset(&p, replica_id, current, requested)
+                        })
+                        .await;
+                    match found {
+                        None | Some(None) => {
+                            answer.with_error_code(errors::UNKNOWN_TOPIC_OR_PARTITION)
+                        }
+                        Some(Some(Err(code))) => answer.with_error_code(code),
+                        Some(Some(Ok((epoch, end)))) => {
+                            answer.with_leader_epoch(epoch).with_end_offset(end)
+                        }
+                    }
+                }
                 Some(_) if current > LEADER_EPOCH => {
                     answer.with_error_code(errors::UNKNOWN_LEADER_EPOCH)
                 }

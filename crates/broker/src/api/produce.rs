@@ -99,10 +99,13 @@ async fn append_on_owner(
     records: Bytes,
     header: BatchHeader,
     sync: bool,
+    acks: Acks,
 ) -> AppendResult {
     let log = &partition.log;
     let count = header.records_count as u32;
     let storage_error = |e: AppendError| (errors::KAFKA_STORAGE_ERROR, e.to_string());
+    // Only the leader takes writes; acks=all also needs min.insync.replicas in the ISR.
+    crate::replication::check_produce(&partition, acks.acks)?;
     let batch = ProducerBatch::of(&header);
     if batch.is_some() {
         // Just after start-up, the state may still be read from its snapshot and the log.
@@ -112,10 +115,10 @@ async fn append_on_owner(
         None => None,
         Some(batch) => match partition.producers.check_and_reserve(batch) {
             Check::Reserved(reservation) => Some(reservation),
-            Check::Duplicate(base) => return duplicate(&partition, base, count, sync).await,
+            Check::Duplicate(base) => return duplicate(&partition, base, count, sync, acks).await,
             Check::InFlight(original) => {
                 return match original.outcome().await {
-                    Settled::Written(base) => duplicate(&partition, base, count, sync).await,
+                    Settled::Written(base) => duplicate(&partition, base, count, sync, acks).await,
                     Settled::Failed => Err((
                         errors::KAFKA_STORAGE_ERROR,
                         "the first copy of this retried batch could not be written".into(),
@@ -147,18 +150,43 @@ async fn append_on_owner(
             .await
             .map_err(storage_error)?;
     }
+    replicated(&partition, base + count as i64, acks).await?;
     Ok((base, log.log_start_offset()))
 }
 
+/// The acks a Produce asked for and how long it may wait for them.
+#[derive(Clone, Copy)]
+struct Acks {
+    acks: i16,
+    timeout_ms: i32,
+}
+
+/// acks=all on a replicated leader: the batch ending at `end` is answered once the high
+/// watermark passes it (a single node's partition returns at once).
+async fn replicated(partition: &Partition, end: i64, acks: Acks) -> Result<(), (i16, String)> {
+    if acks.acks != -1 || partition.replica.is_alone() {
+        return Ok(());
+    }
+    let timeout = std::time::Duration::from_millis(acks.timeout_ms.max(0) as u64);
+    crate::replication::await_acks(partition, end, timeout).await
+}
+
 /// Answers a batch already written at `base`, once it is synced with `sync` (its first copy
-/// may still be waiting for its fdatasync).
-async fn duplicate(partition: &Partition, base: i64, count: u32, sync: bool) -> AppendResult {
+/// may still be waiting for its fdatasync) and, for acks=all, replicated.
+async fn duplicate(
+    partition: &Partition,
+    base: i64,
+    count: u32,
+    sync: bool,
+    acks: Acks,
+) -> AppendResult {
     let log = &partition.log;
     if sync {
         log.sync_to(base + count as i64)
             .await
             .map_err(|e| (errors::KAFKA_STORAGE_ERROR, e.to_string()))?;
     }
+    replicated(partition, base + count as i64, acks).await?;
     Ok((base, log.log_start_offset()))
 }
 
@@ -220,6 +248,10 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
     let shard = shard::current();
     let broker_message_bytes_max = shard.shared.config.message_bytes_max;
     let acks = body.acks;
+    let wanted_acks = Acks {
+        acks,
+        timeout_ms: body.timeout_ms,
+    };
     let sync = shard.shared.config.flush.sync_before_ack(acks);
     if !matches!(acks, -1..=1) {
         return Err(Outcome::Close(format!("invalid acks value {acks}")));
@@ -303,7 +335,7 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
                     let header = BatchHeader::parse(&records).expect("validated above");
                     Ok(spawn(async move {
                         shard::on_owned_partition(&topic, index, move |partition| {
-                            append_on_owner(partition, records, header, sync)
+                            append_on_owner(partition, records, header, sync, wanted_acks)
                         })
                         .await
                     }))
@@ -319,7 +351,9 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
     }
     // Waiting for an fdatasync: the connection reads the requests behind this one meanwhile,
     // so Produce requests that arrive during the sync are appended and join the next one.
-    let _parked = sync.then(|| conn.park());
+    // So is waiting for the followers (acks=all in a cluster).
+    let replicating = acks == -1 && shard.shared.cluster.is_some();
+    let _parked = (sync || replicating).then(|| conn.park());
     let mut responses = Vec::with_capacity(topics.len());
     for (name, partitions) in topics {
         let mut partition_responses = Vec::with_capacity(partitions.len());

@@ -662,6 +662,7 @@ impl Shard {
                         topic: topic.name.clone(),
                         log: Rc::new(log),
                         producers: Producers::default(),
+                        replica: Default::default(),
                     }),
                 );
             } else if !wanted && open {
