@@ -45,7 +45,9 @@ pub type NodeId = i32;
 pub struct ClusterConfig {
     pub node_id: NodeId,
     /// The voters of the metadata quorum and the broker-to-broker address of each
-    /// (`--cluster 1@127.0.0.1:19093,2@…`). This node is one of them.
+    /// (`--cluster 1@127.0.0.1:19093,2@…`). A node not among them joins as a raft learner
+    /// (added by the active controller once it said hello): it follows the metadata log and
+    /// is a broker like any other, but does not vote.
     pub voters: Vec<(NodeId, SocketAddr)>,
     /// Where this node accepts broker-to-broker (quorum) connections.
     pub internal_listen: SocketAddr,
@@ -322,10 +324,11 @@ fn validate(config: &ClusterConfig) -> std::io::Result<Vec<u64>> {
         )));
     }
     if !config.voters.iter().any(|(id, _)| *id == config.node_id) {
-        return Err(invalid(format!(
-            "node {} is not one of the voters",
-            config.node_id
-        )));
+        tracing::info!(
+            node = config.node_id,
+            "this node is not one of the voters: it joins the metadata quorum as a learner \
+             (it gets the metadata, it does not vote)"
+        );
     }
     let mut voters: Vec<u64> = config.voters.iter().map(|(id, _)| *id as u64).collect();
     voters.sort_unstable();
@@ -522,9 +525,13 @@ mod tests {
             validate(&config(2, vec![(2, a), (1, a)])).unwrap(),
             vec![1, 2]
         );
+        // A node outside the voters is a learner.
+        assert_eq!(
+            validate(&config(4, vec![(2, a), (1, a)])).unwrap(),
+            vec![1, 2]
+        );
         for bad in [
             config(0, vec![(0, a)]),
-            config(1, vec![(2, a)]),
             config(1, vec![(1, a), (-3, a)]),
             config(1, vec![(1, a), (1, a)]),
         ] {
