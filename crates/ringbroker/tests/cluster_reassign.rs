@@ -1,8 +1,10 @@
-//! Partition reassignment (KIP-455) across real brokers (`--cluster`), driven by kafka-python's
-//! admin client: a partition with data moves from replicas [1, 2] to [2, 3]; the new replica
-//! catches up by fetching, the move completes on its own (ListPartitionReassignments shows
-//! none), Metadata names the new replicas, the new replica's log is byte-identical to the
-//! leader's, the removed replica's directory is gone and a consumer reads every record.
+//! Adding a broker and moving a partition onto it (KIP-455), with real brokers (`--cluster`)
+//! and kafka-python's admin client: a fourth broker started outside the voter list joins as a
+//! metadata learner and registers; a partition with data moves from replicas [1, 2] to
+//! [2, 4]; the new replica catches up by fetching, the move completes on its own
+//! (ListPartitionReassignments shows none), Metadata names the new replicas, the new
+//! replica's log is byte-identical to the leader's, the removed replica's directory is gone
+//! and a consumer reads every record.
 
 mod common;
 
@@ -68,8 +70,8 @@ fn wait_until(c: &Cluster, what: &str, mut ok: impl FnMut() -> bool) {
 }
 
 #[test]
-fn a_partition_with_data_moves_to_another_broker() {
-    let c = Cluster::start(3);
+fn a_partition_with_data_moves_to_an_added_broker() {
+    let mut c = Cluster::start(3);
     let topic = "moving";
     let created = py(&["create", &c.bootstrap(), topic, "1,2;3,1"]);
     assert_eq!(created["ok"], true, "{created}\n{}", c.logs());
@@ -93,7 +95,14 @@ fn a_partition_with_data_moves_to_another_broker() {
         serde_json::json!([])
     );
 
-    let moved = py(&["reassign", &c.bootstrap(), topic, "0", "2,3"]);
+    // Broker 4 is not registered yet: a target naming it is refused.
+    assert_eq!(refused("0", "2,4"), "InvalidReplicationAssignmentError");
+    let added = c.add_node();
+    assert_eq!(added, 4);
+    for node in 1..=4 {
+        wait_metadata(&c.addr(node), None, WAIT, |m| m.brokers.len() == 4);
+    }
+    let moved = py(&["reassign", &c.bootstrap(), topic, "0", "2,4"]);
     assert_eq!(
         moved["result"],
         serde_json::Value::Null,
@@ -104,10 +113,10 @@ fn a_partition_with_data_moves_to_another_broker() {
     wait_until(&c, "the reassignment did not complete", || {
         py(&["list", &c.bootstrap()])["ongoing"] == serde_json::json!([])
     });
-    for node in 1..=3 {
+    for node in 1..=4 {
         wait_metadata(&c.addr(node), Some(&[topic]), WAIT, |m| {
             partition(m, topic, 0)
-                .is_some_and(|(r, isr, l)| r == vec![2, 3] && isr == vec![2, 3] && l == 2)
+                .is_some_and(|(r, isr, l)| r == vec![2, 4] && isr == vec![2, 4] && l == 2)
         });
     }
     // The other partition did not move.
@@ -116,8 +125,8 @@ fn a_partition_with_data_moves_to_another_broker() {
     // The new replica holds the leader's bytes; the removed one dropped its copy.
     let leader = log_bytes(&c.node(2).data_dir, topic, 0);
     assert!(!leader.is_empty());
-    wait_until(&c, "broker 3's log differs from the leader's", || {
-        log_bytes(&c.node(3).data_dir, topic, 0) == leader
+    wait_until(&c, "broker 4's log differs from the leader's", || {
+        log_bytes(&c.node(4).data_dir, topic, 0) == leader
     });
     let removed = c.node(1).data_dir.join(format!("{topic}-0"));
     wait_until(&c, "broker 1 kept the moved partition", || {
