@@ -141,3 +141,20 @@ fn a_partition_with_data_moves_to_an_added_broker() {
         .collect();
     assert_eq!(values, (0..2000).collect::<Vec<i64>>());
 }
+
+#[test]
+fn a_broker_alone_answers_as_a_one_broker_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::Broker::start(dir.path(), &[]);
+    let created = py(&["create", &broker.addr, "alone", "0"]);
+    assert_eq!(created["ok"], true, "{created}");
+    let reassign = |partition: &str, replicas: &str| {
+        py(&["reassign", &broker.addr, "alone", partition, replicas])["result"].clone()
+    };
+    // Its replicas already: nothing to do, success.
+    assert_eq!(reassign("0", "0"), serde_json::Value::Null);
+    assert_eq!(reassign("0", "0,1"), "InvalidReplicationAssignmentError");
+    assert_eq!(reassign("0", "none"), "NoReassignmentInProgressError");
+    assert_eq!(reassign("3", "0"), "UnknownTopicOrPartitionError");
+    assert_eq!(py(&["list", &broker.addr])["ongoing"], serde_json::json!([]));
+}
