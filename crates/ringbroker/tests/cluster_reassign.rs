@@ -156,5 +156,8 @@ fn a_broker_alone_answers_as_a_one_broker_cluster() {
     assert_eq!(reassign("0", "0,1"), "InvalidReplicationAssignmentError");
     assert_eq!(reassign("0", "none"), "NoReassignmentInProgressError");
     assert_eq!(reassign("3", "0"), "UnknownTopicOrPartitionError");
-    assert_eq!(py(&["list", &broker.addr])["ongoing"], serde_json::json!([]));
+    assert_eq!(
+        py(&["list", &broker.addr])["ongoing"],
+        serde_json::json!([])
+    );
 }
