@@ -140,6 +140,30 @@ fn a_partition_with_data_moves_to_an_added_broker() {
         .map(|v| v.as_i64().unwrap())
         .collect();
     assert_eq!(values, (0..2000).collect::<Vec<i64>>());
+
+    // The CLI: partition 1 moves from [3, 1] to [3, 4]; a cancel of nothing fails.
+    let cli = |args: &[&str]| {
+        let mut full = vec!["topic"];
+        full.extend_from_slice(args);
+        let bootstrap = c.bootstrap();
+        full.extend_from_slice(&["--brokers", &bootstrap, "--format", "json"]);
+        common::run_status(env!("CARGO_BIN_EXE_ringbroker"), &full, "")
+    };
+    let (ok, out, err) = cli(&["reassign", "--topic", topic, "-p", "1", "--replicas", "3,4"]);
+    assert!(ok, "{out}{err}");
+    let answer: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(answer["error"], serde_json::Value::Null, "{answer}");
+    wait_until(&c, "the CLI's reassignment did not complete", || {
+        let (ok, out, _) = cli(&["reassignments"]);
+        ok && serde_json::from_str::<serde_json::Value>(out.trim())
+            .is_ok_and(|v| v["reassignments"] == serde_json::json!([]))
+    });
+    wait_metadata(&c.addr(1), Some(&[topic]), WAIT, |m| {
+        partition(m, topic, 1).is_some_and(|(r, isr, _)| r == vec![3, 4] && isr == vec![3, 4])
+    });
+    let (ok, out, _) = cli(&["reassign", "--topic", topic, "-p", "1", "--cancel"]);
+    assert!(!ok, "a cancel of nothing fails: {out}");
+    assert!(out.contains("NO_REASSIGNMENT_IN_PROGRESS"), "{out}");
 }
 
 #[test]
