@@ -146,6 +146,27 @@ pub fn decide(
             partition_epoch,
             isr,
         }),
+        AdminRequest::AlterReassignments { moves } => {
+            if moves.is_empty() {
+                return Err(AdminError::InvalidReplicaAssignment(
+                    "no partitions named".to_string(),
+                ));
+            }
+            for (i, m) in moves.iter().enumerate() {
+                if moves[..i]
+                    .iter()
+                    .any(|o| o.topic == m.topic && o.partition == m.partition)
+                {
+                    return Err(AdminError::InvalidReplicaAssignment(format!(
+                        "{}-{} named twice",
+                        m.topic, m.partition
+                    )));
+                }
+                let mut p = state::partition_of(image, &m.topic, m.partition)?.clone();
+                state::reassign(image, &mut p, m.target.as_deref())?;
+            }
+            Ok(Command::AlterReassignments { moves })
+        }
     }
 }
 
@@ -441,6 +462,72 @@ mod tests {
             ),
             Err(AdminError::UnknownTopic)
         );
+    }
+
+    #[test]
+    fn decide_checks_reassignments_before_proposing() {
+        let mut image = MetadataImage::default();
+        for id in 1..=3 {
+            apply(
+                &mut image,
+                id as u64,
+                &Command::RegisterBroker {
+                    id,
+                    incarnation: 1,
+                    host: "h".to_string(),
+                    port: 1,
+                },
+            )
+            .unwrap();
+        }
+        let create = decide(
+            &image,
+            AdminRequest::CreateTopic {
+                name: "t".to_string(),
+                partitions: 1,
+                replication_factor: -1,
+                assignments: Some(vec![vec![1, 2]]),
+                configs: BTreeMap::new(),
+            },
+            1,
+        )
+        .unwrap();
+        apply(&mut image, 4, &create).unwrap();
+        let mv = |partition, target: Option<Vec<NodeId>>| crate::ReassignmentMove {
+            topic: "t".to_string(),
+            partition,
+            target,
+        };
+        let req = |moves| AdminRequest::AlterReassignments { moves };
+        assert_eq!(
+            decide(&image, req(vec![mv(0, None)]), 1),
+            Err(AdminError::NoReassignmentInProgress)
+        );
+        assert_eq!(
+            decide(&image, req(vec![mv(1, Some(vec![3]))]), 1),
+            Err(AdminError::UnknownTopic)
+        );
+        assert!(matches!(
+            decide(&image, req(vec![mv(0, Some(vec![3, 4]))]), 1),
+            Err(AdminError::InvalidReplicaAssignment(_))
+        ));
+        assert!(matches!(
+            decide(
+                &image,
+                req(vec![mv(0, Some(vec![3])), mv(0, Some(vec![2]))]),
+                1
+            ),
+            Err(AdminError::InvalidReplicaAssignment(_))
+        ));
+        assert!(matches!(
+            decide(&image, req(vec![]), 1),
+            Err(AdminError::InvalidReplicaAssignment(_))
+        ));
+        let cmd = decide(&image, req(vec![mv(0, Some(vec![2, 3]))]), 1).unwrap();
+        assert!(matches!(cmd, Command::AlterReassignments { .. }));
+        apply(&mut image, 5, &cmd).unwrap();
+        assert_eq!(image.topics["t"].partitions[0].adding_replicas, vec![3]);
+        assert!(decide(&image, req(vec![mv(0, None)]), 1).is_ok());
     }
 
     #[test]

@@ -45,7 +45,9 @@ pub type NodeId = i32;
 pub struct ClusterConfig {
     pub node_id: NodeId,
     /// The voters of the metadata quorum and the broker-to-broker address of each
-    /// (`--cluster 1@127.0.0.1:19093,2@…`). This node is one of them.
+    /// (`--cluster 1@127.0.0.1:19093,2@…`). A node not among them joins as a raft learner
+    /// (added by the active controller once it said hello): it follows the metadata log and
+    /// is a broker like any other, but does not vote.
     pub voters: Vec<(NodeId, SocketAddr)>,
     /// Where this node accepts broker-to-broker (quorum) connections.
     pub internal_listen: SocketAddr,
@@ -148,6 +150,34 @@ pub struct PartitionImage {
     /// Bumped on every change of this partition's state (ISR changes included), Kafka's
     /// partition epoch; AlterPartition names the one it starts from.
     pub partition_epoch: i32,
+    /// An ongoing reassignment (KIP-455): replicas being added (in `replicas`, fetching, not
+    /// yet all in the ISR). Empty when none is ongoing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding_replicas: Vec<NodeId>,
+    /// An ongoing reassignment: replicas that leave `replicas` when it completes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing_replicas: Vec<NodeId>,
+    /// An ongoing reassignment's target, in its order (what `replicas` becomes when every
+    /// adding replica is in the ISR). Empty when none is ongoing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_replicas: Vec<NodeId>,
+}
+
+impl PartitionImage {
+    /// Whether a reassignment of this partition is ongoing.
+    pub fn reassigning(&self) -> bool {
+        !self.target_replicas.is_empty()
+    }
+}
+
+/// One partition's reassignment asked of the controller (Kafka's AlterPartitionReassignments):
+/// `target` the replicas it should end with, in order (the first is the preferred leader);
+/// `None` cancels the ongoing one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReassignmentMove {
+    pub topic: String,
+    pub partition: i32,
+    pub target: Option<Vec<NodeId>>,
 }
 
 /// A change asked of the active controller. Answered after it is committed and applied on the
@@ -187,6 +217,12 @@ pub enum AdminRequest {
         partition_epoch: i32,
         isr: Vec<NodeId>,
     },
+    /// Starts, replaces or cancels partition reassignments (KIP-455). Decided as a whole: one
+    /// invalid move refuses the request (the broker submits one request per partition to
+    /// answer each on its own).
+    AlterReassignments {
+        moves: Vec<ReassignmentMove>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -215,6 +251,9 @@ pub enum AdminError {
     NotController,
     #[error("timed out")]
     Timeout,
+    /// A cancel of a partition that has no reassignment ongoing.
+    #[error("no reassignment in progress")]
+    NoReassignmentInProgress,
     #[error("{0}")]
     Other(String),
 }
@@ -285,10 +324,11 @@ fn validate(config: &ClusterConfig) -> std::io::Result<Vec<u64>> {
         )));
     }
     if !config.voters.iter().any(|(id, _)| *id == config.node_id) {
-        return Err(invalid(format!(
-            "node {} is not one of the voters",
-            config.node_id
-        )));
+        tracing::info!(
+            node = config.node_id,
+            "this node is not one of the voters: it joins the metadata quorum as a learner \
+             (it gets the metadata, it does not vote)"
+        );
     }
     let mut voters: Vec<u64> = config.voters.iter().map(|(id, _)| *id as u64).collect();
     voters.sort_unstable();
@@ -485,9 +525,13 @@ mod tests {
             validate(&config(2, vec![(2, a), (1, a)])).unwrap(),
             vec![1, 2]
         );
+        // A node outside the voters is a learner.
+        assert_eq!(
+            validate(&config(4, vec![(2, a), (1, a)])).unwrap(),
+            vec![1, 2]
+        );
         for bad in [
             config(0, vec![(0, a)]),
-            config(1, vec![(2, a)]),
             config(1, vec![(1, a), (-3, a)]),
             config(1, vec![(1, a), (1, a)]),
         ] {

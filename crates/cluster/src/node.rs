@@ -33,6 +33,9 @@ const FORWARD_RETRY: Duration = Duration::from_secs(2);
 /// Tags of applied entries remembered to recognise a request sent again (after a lost reply
 /// or a leader change) that was already applied: it is not proposed twice.
 const TAGS_REMEMBERED_MAX: usize = 8192;
+/// A learner whose addition was proposed and is not in the configuration yet is proposed
+/// again after this.
+const LEARNER_REPROPOSE: Duration = Duration::from_secs(2);
 
 /// What the readers handed over and the quorum thread did not take yet.
 #[derive(Debug, Default)]
@@ -95,6 +98,11 @@ pub struct Node {
     applied_tags_order: VecDeque<(NodeId, u64)>,
     /// Requests proposed during this leadership.
     proposed_tags: HashSet<(NodeId, u64)>,
+    /// Nodes outside the voter list that said hello (learners, or nodes that want to be):
+    /// their writers run; the active controller adds them to the configuration as learners.
+    learners: HashSet<NodeId>,
+    /// When the active controller last proposed adding a learner.
+    learner_proposed: Option<Instant>,
 }
 
 /// What applying one command gave: who proposed it (origin, request id), its index, its result.
@@ -164,6 +172,8 @@ impl Node {
             applied_tags: HashSet::new(),
             applied_tags_order: VecDeque::new(),
             proposed_tags: HashSet::new(),
+            learners: HashSet::new(),
+            learner_proposed: None,
         }
     }
 
@@ -272,7 +282,9 @@ impl Node {
                         return;
                     }
                 };
-                if !raft_message_acceptable(&msg, self.id(), from) || !self.is_voter(from) {
+                if !raft_message_acceptable(&msg, self.id(), from)
+                    || !(self.is_voter(from) || self.learners.contains(&from))
+                {
                     tracing::warn!(
                         conn = from,
                         from = msg.from,
@@ -323,8 +335,24 @@ impl Node {
                     (p.reply)(r.result);
                 }
             }
-            // The transport takes the hello; one here is ignored.
-            Frame::Hello(_) => {}
+            // A node outside the voter list (the transport bounds how many): its address lets
+            // this node reach it back; the active controller makes it a learner.
+            Frame::Hello(h) => {
+                let Some(addr) = h.addr else {
+                    return;
+                };
+                if h.node_id != from || self.is_voter(from) || from == self.id() {
+                    return;
+                }
+                match self.transport.add_peer(from, addr) {
+                    Ok(()) => {
+                        if self.learners.insert(from) {
+                            tracing::info!(node = from, %addr, "a learner said hello");
+                        }
+                    }
+                    Err(e) => tracing::warn!(node = from, error = %e, "cannot reach a learner"),
+                }
+            }
         }
     }
 
@@ -469,6 +497,7 @@ impl Node {
             self.heartbeats.insert(self.id(), (now, hb));
         }
         self.track_leadership(now);
+        self.add_learners(now);
         let caught_up = self
             .controller
             .as_ref()
@@ -499,6 +528,69 @@ impl Node {
             }
         }
         self.route_pending(now);
+    }
+
+    /// On the active controller: proposes adding one learner that said hello and is not in the
+    /// configuration yet (one configuration change at a time, as raft requires).
+    fn add_learners(&mut self, now: Instant) {
+        if self.controller.is_none()
+            || self.raw.raft.has_pending_conf()
+            || self
+                .learner_proposed
+                .is_some_and(|t| now < t + LEARNER_REPROPOSE)
+        {
+            return;
+        }
+        let mut waiting: Vec<NodeId> = self
+            .learners
+            .iter()
+            .copied()
+            .filter(|&id| self.raw.raft.prs().get(id as u64).is_none())
+            .collect();
+        waiting.sort_unstable();
+        let Some(&id) = waiting.first() else {
+            return;
+        };
+        let mut cc = raft::eraftpb::ConfChange::default();
+        cc.set_change_type(raft::eraftpb::ConfChangeType::AddLearnerNode);
+        cc.node_id = id as u64;
+        self.learner_proposed = Some(now);
+        match self.raw.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => tracing::info!(node = id, "proposed adding a learner"),
+            Err(e) => tracing::debug!(node = id, error = %e, "learner proposal refused"),
+        }
+    }
+
+    /// Applies the committed configuration changes among `entries` (adding learners).
+    fn apply_conf_changes(&mut self, entries: &[Entry]) {
+        for entry in entries {
+            if entry.get_entry_type() != EntryType::EntryConfChange {
+                continue;
+            }
+            let cc = match raft::eraftpb::ConfChange::parse_from_bytes(&entry.data) {
+                Ok(cc) => cc,
+                Err(e) => {
+                    tracing::error!(index = entry.index, error = %e, "undecodable configuration change");
+                    continue;
+                }
+            };
+            if cc.get_change_type() != raft::eraftpb::ConfChangeType::AddLearnerNode {
+                tracing::error!(
+                    index = entry.index,
+                    "unexpected configuration change skipped"
+                );
+                continue;
+            }
+            match self.raw.apply_conf_change(&cc) {
+                Ok(cs) => {
+                    tracing::info!(node = cc.node_id, learners = ?cs.learners, "learner added to the metadata quorum");
+                    self.raw.mut_store().set_conf_state(cs);
+                }
+                Err(e) => {
+                    tracing::error!(node = cc.node_id, error = %e, "configuration change refused")
+                }
+            }
+        }
     }
 
     /// Starts or ends the active controller's term with raft leadership.
@@ -570,6 +662,7 @@ impl Node {
         if entries.is_empty() {
             return false;
         }
+        self.apply_conf_changes(entries);
         let me = self.id();
         for (tag, index, result) in apply_entries(&mut self.image, entries) {
             if let Some((origin, request_id)) = tag {

@@ -5,7 +5,9 @@
 //! entries gets the same image. A command that no longer fits the image (a stale epoch, a topic
 //! that appeared meanwhile) fails or is a no-op on every node alike.
 
-use crate::{AdminError, BrokerInfo, MetadataImage, NodeId, PartitionImage, TopicImage};
+use crate::{
+    AdminError, BrokerInfo, MetadataImage, NodeId, PartitionImage, ReassignmentMove, TopicImage,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -69,6 +71,11 @@ pub enum Command {
     ElectLeaders {
         moves: Vec<LeaderMove>,
     },
+    /// Partition reassignments (KIP-455) started, replaced or cancelled, checked by the
+    /// controller and again when applied (all or none).
+    AlterReassignments {
+        moves: Vec<ReassignmentMove>,
+    },
 }
 
 /// One leadership change, valid only against the epochs it was decided on.
@@ -110,10 +117,12 @@ pub fn apply(image: &mut MetadataImage, index: u64, command: &Command) -> Result
             port,
         } => {
             register_broker(image, *id, *incarnation, host, *port);
+            complete_reassignments(image);
             Ok(())
         }
         Command::Fence { id } => {
             fence(image, *id);
+            complete_reassignments(image);
             Ok(())
         }
         Command::CreateTopic {
@@ -183,20 +192,231 @@ pub fn apply(image: &mut MetadataImage, index: u64, command: &Command) -> Result
             leader_epoch,
             partition_epoch,
             isr,
-        } => alter_isr(
-            image,
-            *from,
-            topic,
-            *partition,
-            *leader_epoch,
-            *partition_epoch,
-            isr,
-        ),
+        } => {
+            alter_isr(
+                image,
+                *from,
+                topic,
+                *partition,
+                *leader_epoch,
+                *partition_epoch,
+                isr,
+            )?;
+            complete_reassignments(image);
+            Ok(())
+        }
         Command::ElectLeaders { moves } => {
             for m in moves {
                 elect(image, m);
             }
             Ok(())
+        }
+        Command::AlterReassignments { moves } => {
+            // All or none: every move is checked against the image before any is applied.
+            let mut changed = Vec::with_capacity(moves.len());
+            for m in moves {
+                let mut p = partition_of(image, &m.topic, m.partition)?.clone();
+                reassign(image, &mut p, m.target.as_deref())?;
+                changed.push(p);
+            }
+            for (m, p) in moves.iter().zip(changed) {
+                if let Some(slot) = image
+                    .topics
+                    .get_mut(&m.topic)
+                    .and_then(|t| t.partitions.get_mut(m.partition as usize))
+                {
+                    *slot = p;
+                }
+            }
+            complete_reassignments(image);
+            Ok(())
+        }
+    }
+}
+
+/// Partition `partition` of `topic`, or UnknownTopic.
+pub fn partition_of<'a>(
+    image: &'a MetadataImage,
+    topic: &str,
+    partition: i32,
+) -> Result<&'a PartitionImage, AdminError> {
+    image
+        .topics
+        .get(topic)
+        .and_then(|t| {
+            usize::try_from(partition)
+                .ok()
+                .and_then(|i| t.partitions.get(i))
+        })
+        .ok_or(AdminError::UnknownTopic)
+}
+
+/// Starts, replaces (`target` while one is ongoing) or cancels (`None`) the reassignment of
+/// `p`, as Kafka's KIP-455: with R its replicas before any reassignment and T the target,
+/// replicas = R then T − R appended, adding = T − R, removing = R − T. A target equal to R with
+/// nothing ongoing changes nothing. Completion is [`complete_reassignment`]'s.
+pub fn reassign(
+    image: &MetadataImage,
+    p: &mut PartitionImage,
+    target: Option<&[NodeId]>,
+) -> Result<(), AdminError> {
+    if let Some(t) = target {
+        validate_target(image, t)?;
+    }
+    if p.reassigning() {
+        revert(image, p)?;
+    } else if target.is_none() {
+        return Err(AdminError::NoReassignmentInProgress);
+    }
+    let Some(t) = target else {
+        return Ok(());
+    };
+    if t == p.replicas.as_slice() {
+        return Ok(());
+    }
+    let original = p.replicas.clone();
+    let adding: Vec<NodeId> = t
+        .iter()
+        .copied()
+        .filter(|r| !original.contains(r))
+        .collect();
+    p.removing_replicas = original
+        .iter()
+        .copied()
+        .filter(|r| !t.contains(r))
+        .collect();
+    p.replicas.extend(adding.iter().copied());
+    p.adding_replicas = adding;
+    p.target_replicas = t.to_vec();
+    p.partition_epoch += 1;
+    Ok(())
+}
+
+/// A reassignment target: non-empty, distinct, registered brokers.
+fn validate_target(image: &MetadataImage, target: &[NodeId]) -> Result<(), AdminError> {
+    if target.is_empty() {
+        return Err(AdminError::InvalidReplicaAssignment(
+            "the target has no replicas".to_string(),
+        ));
+    }
+    for (i, r) in target.iter().enumerate() {
+        if target[..i].contains(r) {
+            return Err(AdminError::InvalidReplicaAssignment(format!(
+                "the target names broker {r} twice"
+            )));
+        }
+        if !image.brokers.contains_key(r) {
+            return Err(AdminError::InvalidReplicaAssignment(format!(
+                "the target names unknown broker {r}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The leader `p` gets when its replicas become `replicas` with ISR `isr`: the current one when
+/// it stays (or there is none), else the first of `replicas` in `isr` and unfenced; `None`
+/// when no such replica exists.
+fn leader_within(
+    image: &MetadataImage,
+    p: &PartitionImage,
+    replicas: &[NodeId],
+    isr: &[NodeId],
+) -> Option<NodeId> {
+    if p.leader == -1 || replicas.contains(&p.leader) {
+        return Some(p.leader);
+    }
+    replicas
+        .iter()
+        .copied()
+        .find(|r| isr.contains(r) && is_unfenced(image, *r))
+}
+
+/// Replaces `p`'s replicas, ISR and leader by `replicas`, its ISR members among them and the
+/// leader chosen by [`leader_within`]; the reassignment fields are cleared.
+fn settle(p: &mut PartitionImage, replicas: Vec<NodeId>, isr: Vec<NodeId>, leader: NodeId) {
+    if leader != p.leader {
+        p.leader = leader;
+        p.leader_epoch += 1;
+    }
+    p.replicas = replicas;
+    p.isr = isr;
+    p.adding_replicas.clear();
+    p.removing_replicas.clear();
+    p.target_replicas.clear();
+    p.partition_epoch += 1;
+}
+
+/// Cancels `p`'s ongoing reassignment: back to its replicas before it (adding ones dropped,
+/// also from the ISR). Refused when none of those is in the ISR (nobody could lead it
+/// without losing acknowledged records).
+fn revert(image: &MetadataImage, p: &mut PartitionImage) -> Result<(), AdminError> {
+    let original: Vec<NodeId> = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|r| !p.adding_replicas.contains(r))
+        .collect();
+    let isr: Vec<NodeId> = p
+        .isr
+        .iter()
+        .copied()
+        .filter(|r| original.contains(r))
+        .collect();
+    if isr.is_empty() {
+        return Err(AdminError::InvalidReplicaAssignment(
+            "none of the replicas before the reassignment is in sync".to_string(),
+        ));
+    }
+    let leader = leader_within(image, p, &original, &isr).unwrap_or(-1);
+    settle(p, original, isr, leader);
+    Ok(())
+}
+
+/// Completes `p`'s reassignment when every adding replica is in the ISR and the target has a
+/// replica that can lead (in sync, unfenced): replicas = target (its order), ISR ∩ target,
+/// a new leader (epoch + 1) from the target when the current one leaves.
+pub fn complete_reassignment(image: &MetadataImage, p: &mut PartitionImage) -> bool {
+    if !p.reassigning() || !p.adding_replicas.iter().all(|r| p.isr.contains(r)) {
+        return false;
+    }
+    let target = p.target_replicas.clone();
+    let isr: Vec<NodeId> = p
+        .isr
+        .iter()
+        .copied()
+        .filter(|r| target.contains(r))
+        .collect();
+    if isr.is_empty() {
+        return false;
+    }
+    let Some(leader) = leader_within(image, p, &target, &isr) else {
+        return false;
+    };
+    settle(p, target, isr, leader);
+    true
+}
+
+/// [`complete_reassignment`] on every partition with one ongoing.
+fn complete_reassignments(image: &mut MetadataImage) {
+    let mut done = Vec::new();
+    for (name, topic) in &image.topics {
+        for (i, p) in topic.partitions.iter().enumerate() {
+            if p.reassigning() {
+                let mut p = p.clone();
+                if complete_reassignment(image, &mut p) {
+                    done.push((name.clone(), i, p));
+                }
+            }
+        }
+    }
+    for (name, i, p) in done {
+        if let Some(slot) = image
+            .topics
+            .get_mut(&name)
+            .and_then(|t| t.partitions.get_mut(i))
+        {
+            *slot = p;
         }
     }
 }
@@ -218,6 +438,9 @@ fn new_partition(image: &MetadataImage, replicas: &[NodeId]) -> PartitionImage {
         isr,
         leader_epoch: 0,
         partition_epoch: 0,
+        adding_replicas: Vec::new(),
+        removing_replicas: Vec::new(),
+        target_replicas: Vec::new(),
     }
 }
 
@@ -835,6 +1058,189 @@ mod tests {
         .unwrap();
         assert!(image.topics.is_empty());
         assert_eq!(image.applied_index, index + 4);
+    }
+
+    fn reassign_cmd(target: Option<Vec<NodeId>>) -> Command {
+        Command::AlterReassignments {
+            moves: vec![ReassignmentMove {
+                topic: "t".to_string(),
+                partition: 0,
+                target,
+            }],
+        }
+    }
+
+    fn isr_cmd(image: &MetadataImage, isr: Vec<NodeId>) -> Command {
+        let p = part(image);
+        Command::AlterIsr {
+            from: p.leader,
+            topic: "t".to_string(),
+            partition: 0,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr,
+        }
+    }
+
+    fn four_brokers(replicas: Vec<NodeId>) -> (MetadataImage, u64) {
+        let (mut image, mut index) = cluster_with(replicas);
+        register(&mut image, &mut index, 4, 104);
+        (image, index)
+    }
+
+    #[test]
+    fn reassignment_adds_then_completes_when_the_new_replicas_are_in_sync() {
+        let (mut image, mut index) = four_brokers(vec![1, 2]);
+        index += 1;
+        apply(&mut image, index, &reassign_cmd(Some(vec![3, 2]))).unwrap();
+        let p = part(&image);
+        assert_eq!(p.replicas, vec![1, 2, 3], "R then the new ones");
+        assert_eq!(p.adding_replicas, vec![3]);
+        assert_eq!(p.removing_replicas, vec![1]);
+        assert_eq!(p.isr, vec![1, 2], "new replicas are not in sync yet");
+        assert_eq!((p.leader, p.leader_epoch, p.partition_epoch), (1, 0, 1));
+        // The leader adds 3 to the ISR once it caught up: the move completes.
+        index += 1;
+        let cmd = isr_cmd(&image, vec![1, 2, 3]);
+        apply(&mut image, index, &cmd).unwrap();
+        let p = part(&image);
+        assert_eq!(p.replicas, vec![3, 2], "the target, in its order");
+        assert_eq!(p.isr, vec![2, 3]);
+        assert!(!p.reassigning());
+        assert!(p.adding_replicas.is_empty() && p.removing_replicas.is_empty());
+        assert_eq!(
+            p.leader, 3,
+            "the old leader left: first ISR member of the target"
+        );
+        assert_eq!((p.leader_epoch, p.partition_epoch), (1, 3));
+    }
+
+    #[test]
+    fn reassignment_keeps_a_leader_that_stays_and_shrinks_at_once() {
+        let (mut image, mut index) = four_brokers(vec![1, 2, 3]);
+        index += 1;
+        // Only removals: nothing to wait for.
+        apply(&mut image, index, &reassign_cmd(Some(vec![2, 1]))).unwrap();
+        let p = part(&image);
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone()),
+            (vec![2, 1], vec![1, 2])
+        );
+        assert_eq!((p.leader, p.leader_epoch), (1, 0), "leader 1 stays");
+        assert!(!p.reassigning());
+        // A target equal to the replicas is a no-op.
+        let before = part(&image).clone();
+        index += 1;
+        apply(&mut image, index, &reassign_cmd(Some(vec![2, 1]))).unwrap();
+        assert_eq!(part(&image), &before);
+    }
+
+    #[test]
+    fn reassignment_cancel_reverts_and_cancel_of_nothing_is_refused() {
+        let (mut image, mut index) = four_brokers(vec![1, 2]);
+        index += 1;
+        assert_eq!(
+            apply(&mut image, index, &reassign_cmd(None)),
+            Err(AdminError::NoReassignmentInProgress)
+        );
+        apply(&mut image, index, &reassign_cmd(Some(vec![3, 4]))).unwrap();
+        // 3 catches up, 4 does not: still ongoing.
+        index += 1;
+        let cmd = isr_cmd(&image, vec![1, 2, 3]);
+        apply(&mut image, index, &cmd).unwrap();
+        let p = part(&image);
+        assert!(p.reassigning());
+        assert_eq!(p.replicas, vec![1, 2, 3, 4]);
+        // Replaced by another target: computed from the replicas before the first one.
+        index += 1;
+        apply(&mut image, index, &reassign_cmd(Some(vec![2, 4]))).unwrap();
+        let p = part(&image);
+        assert_eq!(p.replicas, vec![1, 2, 4]);
+        assert_eq!(
+            (p.adding_replicas.clone(), p.removing_replicas.clone()),
+            (vec![4], vec![1])
+        );
+        assert_eq!(p.isr, vec![1, 2], "3 left the ISR with the first target");
+        index += 1;
+        apply(&mut image, index, &reassign_cmd(None)).unwrap();
+        let p = part(&image);
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader),
+            (vec![1, 2], vec![1, 2], 1)
+        );
+        assert!(!p.reassigning());
+        assert_eq!(
+            apply(&mut image, index + 1, &reassign_cmd(None)),
+            Err(AdminError::NoReassignmentInProgress)
+        );
+    }
+
+    #[test]
+    fn reassignment_targets_are_checked_and_all_or_none() {
+        let (mut image, index) = four_brokers(vec![1, 2]);
+        for bad in [vec![], vec![3, 3], vec![3, 9]] {
+            assert!(
+                matches!(
+                    apply(&mut image, index + 1, &reassign_cmd(Some(bad.clone()))),
+                    Err(AdminError::InvalidReplicaAssignment(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let two = Command::AlterReassignments {
+            moves: vec![
+                ReassignmentMove {
+                    topic: "t".to_string(),
+                    partition: 0,
+                    target: Some(vec![3]),
+                },
+                ReassignmentMove {
+                    topic: "t".to_string(),
+                    partition: 7,
+                    target: Some(vec![3]),
+                },
+            ],
+        };
+        assert_eq!(
+            apply(&mut image, index + 1, &two),
+            Err(AdminError::UnknownTopic)
+        );
+        assert!(!part(&image).reassigning(), "nothing applied");
+    }
+
+    #[test]
+    fn reassignment_waits_for_a_target_leader_and_fencing_can_complete_it() {
+        let (mut image, mut index) = four_brokers(vec![1]);
+        index += 1;
+        apply(&mut image, index, &reassign_cmd(Some(vec![2]))).unwrap();
+        index += 1;
+        let cmd = isr_cmd(&image, vec![1, 2]);
+        apply(&mut image, index, &cmd).unwrap();
+        let p = part(&image);
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader),
+            (vec![2], vec![2], 2)
+        );
+        // Old images (no reassignment fields) still load.
+        let json = r#"{"replicas":[1],"isr":[1],"leader":1,"leader_epoch":0,"partition_epoch":0}"#;
+        let old: PartitionImage = serde_json::from_str(json).unwrap();
+        assert!(!old.reassigning());
+        // A cancel that would leave no in-sync original replica is refused.
+        let (mut image, mut index) = four_brokers(vec![1]);
+        index += 1;
+        apply(&mut image, index, &reassign_cmd(Some(vec![2, 3]))).unwrap();
+        index += 1;
+        let cmd = isr_cmd(&image, vec![1, 2]);
+        apply(&mut image, index, &cmd).unwrap();
+        assert!(part(&image).reassigning(), "3 is not in sync yet");
+        index += 1;
+        apply(&mut image, index, &Command::Fence { id: 1 }).unwrap();
+        let p = part(&image);
+        assert_eq!((p.leader, p.isr.clone()), (2, vec![2]));
+        assert!(matches!(
+            apply(&mut image, index + 1, &reassign_cmd(None)),
+            Err(AdminError::InvalidReplicaAssignment(_))
+        ));
     }
 
     #[test]

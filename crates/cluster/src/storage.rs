@@ -71,6 +71,9 @@ struct SnapshotFile {
     index: u64,
     term: u64,
     voters: Vec<u64>,
+    /// Raft learners (brokers that joined after the voters): metadata only, no vote.
+    #[serde(default)]
+    learners: Vec<u64>,
     image: MetadataImage,
     /// Installed from the leader's snapshot (the log then held may be another history).
     #[serde(default)]
@@ -132,6 +135,7 @@ impl DiskStorage {
                     });
                 }
                 conf_state.voters = snap.voters;
+                conf_state.learners = snap.learners;
                 (snap.index, snap.term, snap.image, snap.installed)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -220,6 +224,12 @@ impl DiskStorage {
         }
         log.seek(SeekFrom::Start(good_len))
             .map_err(io_err(&log_path))?;
+        // Learners added by committed entries after the snapshot (raft takes the committed
+        // entries as applied at start: their configuration changes are in the initial state).
+        let committed = hard_state.commit.saturating_sub(snapshot_index) as usize;
+        for entry in &entries[..committed.min(entries.len())] {
+            add_learner_of(&mut conf_state, entry);
+        }
         let storage = DiskStorage {
             dir: dir.to_path_buf(),
             log,
@@ -233,6 +243,15 @@ impl DiskStorage {
             snapshot_data,
         };
         Ok((storage, image))
+    }
+
+    /// The configuration after a committed change was applied (kept in the next snapshot).
+    pub fn set_conf_state(&mut self, conf_state: ConfState) {
+        self.conf_state = conf_state;
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -383,6 +402,7 @@ impl DiskStorage {
             index,
             term,
             voters: self.conf_state.voters.clone(),
+            learners: self.conf_state.learners.clone(),
             image,
             installed,
         };
@@ -570,6 +590,29 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// The voter set this directory was first used with: recorded then, compared on every later
 /// open (the quorum's membership is fixed; another `--cluster` would split its history).
+/// The learner a configuration-change entry adds (the only change this quorum proposes),
+/// added to `conf_state`.
+pub fn add_learner_of(conf_state: &mut ConfState, entry: &Entry) {
+    use protobuf::Message as _;
+    if entry.get_entry_type() != raft::eraftpb::EntryType::EntryConfChange {
+        return;
+    }
+    let Ok(cc) = raft::eraftpb::ConfChange::parse_from_bytes(&entry.data) else {
+        tracing::error!(index = entry.index, "undecodable configuration change");
+        return;
+    };
+    if cc.get_change_type() != raft::eraftpb::ConfChangeType::AddLearnerNode {
+        tracing::error!(
+            index = entry.index,
+            "unexpected configuration change skipped"
+        );
+        return;
+    }
+    if !conf_state.voters.contains(&cc.node_id) && !conf_state.learners.contains(&cc.node_id) {
+        conf_state.learners.push(cc.node_id);
+    }
+}
+
 fn check_voters(dir: &Path, voters: &[u64]) -> Result<(), StoreError> {
     let path = dir.join(VOTERS_FILE);
     let mut ours = voters.to_vec();

@@ -40,6 +40,9 @@ pub const PEER_QUEUE_FRAMES_MAX: usize = 1024;
 /// Bytes waiting for one peer's writer; a frame that would pass this is dropped (unless the
 /// queue is empty, so one snapshot-sized frame still goes).
 pub const PEER_QUEUE_BYTES_MAX: usize = 32 << 20;
+/// Nodes outside the voter list (learners) whose hello a listener accepts: each gets a writer
+/// thread on every voter.
+pub const LEARNERS_MAX: usize = 16;
 /// Connections a listener serves at once (a voter has one per peer; more is a misbehaving
 /// client).
 pub const CONNECTIONS_MAX: usize = 64;
@@ -64,6 +67,10 @@ const KIND_HELLO: u8 = 5;
 pub struct Hello {
     pub node_id: NodeId,
     pub fingerprint: u64,
+    /// The sender's quorum listener: how a node not in the voter list (a learner joining the
+    /// cluster) is reached back. An unspecified IP (`0.0.0.0`) means the connection's own.
+    #[serde(default)]
+    pub addr: Option<SocketAddr>,
 }
 
 /// A hash of the sorted voter list (`id@addr`): nodes started with different `--cluster`
@@ -250,11 +257,16 @@ pub struct Transport {
     peers: Vec<(NodeId, PeerQueue)>,
     threads: Vec<JoinHandle<()>>,
     conns: SharedConns,
+    /// This node's hello frame (sent first on every connection).
+    hello: Vec<u8>,
 }
 
 impl Transport {
     /// Binds `listen` and starts the threads; frames received from `peers` (connections whose
-    /// hello carries `fingerprint`) go to `inbound`.
+    /// hello carries `fingerprint`) go to `inbound`. A hello with the fingerprint from a node
+    /// that is not a peer but names its address (a learner, at most [`LEARNERS_MAX`] of them)
+    /// is handed to `inbound` too, its connection's later frames as well: the quorum thread
+    /// decides whether to take them ([`Transport::add_peer`]).
     pub fn start(
         node_id: NodeId,
         listen: SocketAddr,
@@ -273,6 +285,7 @@ impl Transport {
             let known = Known {
                 peers: peers.iter().map(|(id, _)| *id).collect(),
                 fingerprint,
+                learners: Arc::default(),
             };
             threads.push(
                 std::thread::Builder::new()
@@ -283,33 +296,44 @@ impl Transport {
         let hello = Frame::Hello(Hello {
             node_id,
             fingerprint,
+            addr: Some(listen),
         })
         .encode();
-        let mut senders = Vec::new();
-        for &(peer, addr) in peers {
-            let (tx, rx) = mpsc::sync_channel(PEER_QUEUE_FRAMES_MAX);
-            let queued_bytes = Arc::new(AtomicUsize::new(0));
-            let rx = PeerQueueRx {
-                rx,
-                queued_bytes: queued_bytes.clone(),
-            };
-            let tx = PeerQueue { tx, queued_bytes };
-            let stop = stop.clone();
-            let conns = conns.clone();
-            let hello = hello.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("quorum-peer-{peer}"))
-                    .spawn(move || write_loop(peer, addr, &hello, rx, stop, conns))?,
-            );
-            senders.push((peer, tx));
-        }
-        Ok(Transport {
+        let mut transport = Transport {
             stop,
-            peers: senders,
+            peers: Vec::new(),
             threads,
             conns,
-        })
+            hello,
+        };
+        for &(peer, addr) in peers {
+            transport.add_peer(peer, addr)?;
+        }
+        Ok(transport)
+    }
+
+    /// Starts a writer to `peer` at `addr` (a learner that said hello); a known peer is kept.
+    pub fn add_peer(&mut self, peer: NodeId, addr: SocketAddr) -> io::Result<()> {
+        if self.peers.iter().any(|(id, _)| *id == peer) {
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::sync_channel(PEER_QUEUE_FRAMES_MAX);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let rx = PeerQueueRx {
+            rx,
+            queued_bytes: queued_bytes.clone(),
+        };
+        let tx = PeerQueue { tx, queued_bytes };
+        let stop = self.stop.clone();
+        let conns = self.conns.clone();
+        let hello = self.hello.clone();
+        self.threads.push(
+            std::thread::Builder::new()
+                .name(format!("quorum-peer-{peer}"))
+                .spawn(move || write_loop(peer, addr, &hello, rx, stop, conns))?,
+        );
+        self.peers.push((peer, tx));
+        Ok(())
     }
 
     /// Queues `frame` for `peer`; false when it was dropped (queue full, frame over the
@@ -377,11 +401,30 @@ impl Drop for Transport {
     }
 }
 
-/// Who may connect: the peers' ids and the cluster's fingerprint.
+/// Who may connect: the peers' ids and the cluster's fingerprint, and the learners whose
+/// hello was taken (bounded by [`LEARNERS_MAX`]).
 #[derive(Debug, Clone)]
 struct Known {
     peers: Vec<NodeId>,
     fingerprint: u64,
+    learners: Arc<Mutex<Vec<NodeId>>>,
+}
+
+impl Known {
+    /// Whether a hello from `id`, not a peer, is taken as a learner's.
+    fn admit_learner(&self, id: NodeId) -> bool {
+        let Ok(mut learners) = self.learners.lock() else {
+            return false;
+        };
+        if learners.contains(&id) {
+            return true;
+        }
+        if learners.len() >= LEARNERS_MAX {
+            return false;
+        }
+        learners.push(id);
+        true
+    }
 }
 
 fn accept_loop(
@@ -484,10 +527,28 @@ fn read_loop(
                                     "node {} has another voter list (fingerprint {:x}, ours {:x})",
                                     h.node_id, h.fingerprint, known.fingerprint
                                 ))
-                            } else if !known.peers.contains(&h.node_id) {
-                                Some(format!("node {} is not a peer", h.node_id))
-                            } else {
+                            } else if known.peers.contains(&h.node_id) {
                                 from = Some(h.node_id);
+                                None
+                            } else if h.node_id <= 0 || h.addr.is_none() {
+                                Some(format!("node {} is not a peer", h.node_id))
+                            } else if !known.admit_learner(h.node_id) {
+                                Some(format!(
+                                    "node {} is not a peer and {LEARNERS_MAX} learners are known",
+                                    h.node_id
+                                ))
+                            } else {
+                                // A learner: the quorum thread learns its address.
+                                let mut h = h;
+                                if let Some(a) = h.addr.as_mut() {
+                                    if a.ip().is_unspecified() {
+                                        a.set_ip(addr.ip());
+                                    }
+                                }
+                                from = Some(h.node_id);
+                                if !inbound(h.node_id, Frame::Hello(h), bytes) {
+                                    return;
+                                }
                                 None
                             }
                         }
@@ -620,6 +681,7 @@ mod tests {
         Frame::Hello(Hello {
             node_id,
             fingerprint,
+            addr: None,
         })
         .encode()
     }

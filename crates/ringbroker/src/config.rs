@@ -179,8 +179,10 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGBROKER_CLEANER_DUTY_PERCENT")]
     pub cleaner_duty_percent: Option<u32>,
 
-    /// This broker's id in the cluster (with --cluster; it must be one of the voters listed
-    /// there). [default: 0, a single node]
+    /// This broker's id in the cluster (with --cluster). An id that is not one of the voters
+    /// listed there adds a broker to a running cluster: it joins the metadata quorum as a
+    /// learner (it follows the metadata, it does not vote) and needs --internal-listen.
+    /// [default: 0, a single node]
     #[arg(long, env = "RINGBROKER_NODE_ID")]
     pub node_id: Option<i32>,
 
@@ -548,19 +550,26 @@ fn resolve_cluster(flags: ClusterFlags) -> Result<Option<ClusterSettings>> {
     let node_id = flags
         .node_id
         .context("--cluster needs --node-id (this broker's id among the voters)")?;
-    let Some(&(_, own_addr)) = voters.iter().find(|&&(id, _)| id == node_id) else {
-        bail!(
-            "--node-id {node_id} is not one of the voters in --cluster ({})",
+    if node_id <= 0 {
+        bail!("--node-id {node_id} must be positive in a cluster (0 is a single node's id)");
+    }
+    let own_addr = voters
+        .iter()
+        .find(|&&(id, _)| id == node_id)
+        .map(|&(_, a)| a);
+    let internal_listen = match (flags.internal_listen, own_addr) {
+        (Some(text), _) => socket_addr(&text, "--internal-listen")?,
+        (None, Some(a)) => a,
+        (None, None) => bail!(
+            "--node-id {node_id} is not one of the voters in --cluster ({}): it joins as a \
+             learner (a broker added to the cluster) and needs --internal-listen, the address \
+             the voters reach it on",
             voters
                 .iter()
                 .map(|(id, _)| id.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
-    };
-    let internal_listen = match flags.internal_listen {
-        Some(text) => socket_addr(&text, "--internal-listen")?,
-        None => own_addr,
+        ),
     };
     let voter_count = i16::try_from(voters.len()).unwrap_or(i16::MAX);
     let default_replication_factor = flags
@@ -807,6 +816,21 @@ mod tests {
     }
 
     #[test]
+    fn a_node_id_outside_the_voters_is_a_learner_with_its_own_internal_address() {
+        let s = ServeArgs {
+            node_id: Some(4),
+            cluster: Some("1@127.0.0.1:19192,2@127.0.0.1:19193".into()),
+            internal_listen: Some("127.0.0.1:19194".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let c = s.broker.cluster.unwrap();
+        assert_eq!(c.node_id, 4);
+        assert_eq!(c.internal_listen, "127.0.0.1:19194".parse().unwrap());
+    }
+
+    #[test]
     fn bad_cluster_flags_are_explained() {
         // (--node-id, --cluster, --default-replication-factor, what the error says)
         type Case<'a> = (Option<i32>, Option<&'a str>, Option<i16>, &'a str);
@@ -815,7 +839,7 @@ mod tests {
                 Some(4),
                 Some("1@127.0.0.1:1,2@127.0.0.1:2"),
                 None,
-                "not one of the voters",
+                "joins as a learner (a broker added to the cluster) and needs --internal-listen",
             ),
             (
                 Some(1),

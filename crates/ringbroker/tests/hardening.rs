@@ -298,6 +298,25 @@ fn populated(api: ApiKey, version: i16) -> Option<Vec<u8>> {
             version,
         ),
         ApiKey::DescribeCluster => encode(&DescribeClusterRequest::default(), version),
+        ApiKey::AlterPartitionReassignments => encode(
+            &AlterPartitionReassignmentsRequest::default().with_topics(vec![
+                alter_partition_reassignments_request::ReassignableTopic::default()
+                    .with_name(TopicName(name()))
+                    .with_partitions(vec![
+                        alter_partition_reassignments_request::ReassignablePartition::default()
+                            .with_replicas(Some(vec![BrokerId(0)])),
+                    ]),
+            ]),
+            version,
+        ),
+        ApiKey::ListPartitionReassignments => encode(
+            &ListPartitionReassignmentsRequest::default().with_topics(Some(vec![
+                list_partition_reassignments_request::ListPartitionReassignmentsTopics::default()
+                    .with_name(TopicName(name()))
+                    .with_partition_indexes(vec![0]),
+            ])),
+            version,
+        ),
         other => panic!(
             "no populated request for {other:?}: add one (every advertised API must be probed)"
         ),

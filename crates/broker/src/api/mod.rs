@@ -7,6 +7,7 @@
 //! format predates RecordBatch v2) by closing the connection.
 
 pub mod alter_configs;
+pub mod alter_partition_reassignments;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
@@ -27,6 +28,7 @@ pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
 pub mod list_offsets;
+pub mod list_partition_reassignments;
 pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
@@ -71,6 +73,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::AlterPartitionReassignments, 0, 1),
+    (ApiKey::ListPartitionReassignments, 0, 0),
 ];
 
 pub fn supported(api: ApiKey, version: i16) -> bool {
@@ -206,6 +210,8 @@ async fn dispatch(frame: Bytes, conn: &crate::connection::Conn) -> Outcome {
         ApiKey::DescribeConfigs => describe_configs::handle(req).await,
         ApiKey::AlterConfigs => alter_configs::handle(req).await,
         ApiKey::IncrementalAlterConfigs => incremental_alter_configs::handle(req).await,
+        ApiKey::AlterPartitionReassignments => alter_partition_reassignments::handle(req).await,
+        ApiKey::ListPartitionReassignments => list_partition_reassignments::handle(req).await,
         other => Err(Outcome::Close(format!("{other:?} is not implemented"))),
     };
     result.unwrap_or_else(|outcome| outcome)

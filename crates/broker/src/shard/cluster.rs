@@ -232,6 +232,11 @@ pub async fn wait_applied(index: u64, timeout: Duration) -> bool {
     }
 }
 
+/// The newest metadata image this node has (None: a broker alone, not in a cluster).
+pub fn latest_image() -> Option<Arc<MetadataImage>> {
+    LOCAL.with(|l| l.borrow().as_ref().map(|local| local.slot.latest()))
+}
+
 /// Removes a waiting reply when the request's future is dropped first.
 struct ReplyGuard {
     local: Rc<Local>,
@@ -310,6 +315,7 @@ pub fn admin_error(e: AdminError) -> TopicError {
         AdminError::InvalidReplicaAssignment(_) => errors::INVALID_REPLICA_ASSIGNMENT,
         AdminError::NotController => NOT_CONTROLLER,
         AdminError::Timeout => REQUEST_TIMED_OUT,
+        AdminError::NoReassignmentInProgress => errors::NO_REASSIGNMENT_IN_PROGRESS,
         AdminError::FencedLeaderEpoch
         | AdminError::InvalidUpdateVersion
         | AdminError::IneligibleReplica(_)
@@ -1027,6 +1033,9 @@ mod tests {
             leader,
             leader_epoch: epoch,
             partition_epoch: epoch,
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
+            target_replicas: Vec::new(),
         }
     }
 

@@ -36,6 +36,8 @@ pub mod versions {
     pub const OFFSET_COMMIT: (i16, i16) = (2, 9);
     pub const DELETE_GROUPS: (i16, i16) = (0, 2);
     pub const DESCRIBE_CLUSTER: (i16, i16) = (0, 2);
+    pub const ALTER_PARTITION_REASSIGNMENTS: (i16, i16) = (0, 1);
+    pub const LIST_PARTITION_REASSIGNMENTS: (i16, i16) = (0, 0);
 }
 
 /// How long the broker may take for topic changes (CreateTopics, DeleteTopics, ...).

@@ -1,10 +1,16 @@
-//! `ringbroker topic create|list|describe|alter-config|add-partitions|delete|trim`.
+//! `ringbroker topic create|list|describe|alter-config|add-partitions|delete|trim|reassign|
+//! reassignments`.
 
 use super::admin::{check, str_bytes, topic_name, versions, Admin, ClusterInfo, KafkaError};
 use super::output::{ids, print_fields, print_json, print_section, Format, Table};
 use super::Context;
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Subcommand;
+use kafka_protocol::messages::{
+    alter_partition_reassignments_request::{ReassignablePartition, ReassignableTopic},
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
+};
 use kafka_protocol::messages::{
     create_partitions_request::CreatePartitionsTopic,
     create_topics_request::{CreatableTopic, CreatableTopicConfig},
@@ -108,6 +114,26 @@ pub enum TopicCommand {
         #[arg(short = 'o', long, allow_hyphen_values = true)]
         offset: i64,
     },
+    /// Move a partition to other brokers (AlterPartitionReassignments): the new replicas
+    /// catch up, then the old ones not in the list are dropped. `--cancel` stops an ongoing
+    /// move (back to the replicas before it).
+    Reassign {
+        /// Topic name.
+        #[arg(long)]
+        topic: String,
+        /// The partition to move.
+        #[arg(short = 'p', long)]
+        partition: i32,
+        /// The replicas it should end on, comma separated (the first is the preferred
+        /// leader), e.g. `2,4`.
+        #[arg(long, value_delimiter = ',', required_unless_present = "cancel")]
+        replicas: Vec<i32>,
+        /// Cancel the partition's ongoing reassignment instead.
+        #[arg(long, conflicts_with = "replicas")]
+        cancel: bool,
+    },
+    /// Ongoing reassignments (ListPartitionReassignments).
+    Reassignments,
 }
 
 pub async fn run(mut c: Context, command: TopicCommand) -> Result<()> {
@@ -157,7 +183,135 @@ pub async fn run(mut c: Context, command: TopicCommand) -> Result<()> {
             partition,
             offset,
         } => trim(&mut c, &name, partition, offset).await,
+        TopicCommand::Reassign {
+            topic,
+            partition,
+            replicas,
+            cancel,
+        } => reassign(&mut c, &topic, partition, (!cancel).then_some(replicas)).await,
+        TopicCommand::Reassignments => reassignments(&mut c).await,
     }
+}
+
+async fn reassign(
+    c: &mut Context,
+    name: &str,
+    partition: i32,
+    replicas: Option<Vec<i32>>,
+) -> Result<()> {
+    let controller = c.admin.controller_addr().await?;
+    let target = replicas.clone();
+    let (_, response): (_, AlterPartitionReassignmentsResponse) = c
+        .admin
+        .call_at(
+            &controller,
+            ApiKey::AlterPartitionReassignments,
+            versions::ALTER_PARTITION_REASSIGNMENTS,
+            |_| {
+                AlterPartitionReassignmentsRequest::default()
+                    .with_timeout_ms(super::admin::ADMIN_TIMEOUT_MS)
+                    .with_topics(vec![ReassignableTopic::default()
+                        .with_name(topic_name(name))
+                        .with_partitions(vec![ReassignablePartition::default()
+                            .with_partition_index(partition)
+                            .with_replicas(
+                                target.map(|r| r.into_iter().map(BrokerId).collect()),
+                            )])])
+            },
+        )
+        .await?;
+    check(
+        response.error_code,
+        || "AlterPartitionReassignments".to_string(),
+        response.error_message.as_ref(),
+    )?;
+    let p = response
+        .responses
+        .iter()
+        .filter(|t| t.name.0.as_str() == name)
+        .flat_map(|t| &t.partitions)
+        .find(|p| p.partition_index == partition)
+        .with_context(|| format!("the answer does not mention {name}-{partition}"))?;
+    let error = (p.error_code != 0).then(|| {
+        KafkaError::new(
+            p.error_code,
+            format!("partition {name}-{partition}"),
+            p.error_message.as_ref(),
+        )
+    });
+    let what = match &replicas {
+        Some(r) => ids(r),
+        None => "cancel".to_string(),
+    };
+    match c.format {
+        Format::Json => print_json(&json!({
+            "topic": name,
+            "partition": partition,
+            "replicas": replicas,
+            "error": error_json(&error),
+        })),
+        Format::Text => {
+            let mut t = Table::new(&["TOPIC", "PARTITION", "TARGET", "STATUS"]);
+            t.row(vec![
+                name.to_string(),
+                partition.to_string(),
+                what,
+                status(&error),
+            ]);
+            t.print();
+        }
+    }
+    fail_if_any(&[&error])
+}
+
+async fn reassignments(c: &mut Context) -> Result<()> {
+    let controller = c.admin.controller_addr().await?;
+    let (_, response): (_, ListPartitionReassignmentsResponse) = c
+        .admin
+        .call_at(
+            &controller,
+            ApiKey::ListPartitionReassignments,
+            versions::LIST_PARTITION_REASSIGNMENTS,
+            |_| {
+                ListPartitionReassignmentsRequest::default()
+                    .with_timeout_ms(super::admin::ADMIN_TIMEOUT_MS)
+                    .with_topics(None)
+            },
+        )
+        .await?;
+    check(
+        response.error_code,
+        || "ListPartitionReassignments".to_string(),
+        response.error_message.as_ref(),
+    )?;
+    let plain = |v: &[BrokerId]| v.iter().map(|b| b.0).collect::<Vec<i32>>();
+    let mut rows = Vec::new();
+    for t in &response.topics {
+        for p in &t.partitions {
+            rows.push((
+                t.name.0.to_string(),
+                p.partition_index,
+                plain(&p.replicas),
+                plain(&p.adding_replicas),
+                plain(&p.removing_replicas),
+            ));
+        }
+    }
+    match c.format {
+        Format::Json => print_json(&json!({
+            "reassignments": rows.iter().map(|(t, p, r, a, d)| json!({
+                "topic": t, "partition": p, "replicas": r, "adding": a, "removing": d,
+            })).collect::<Vec<_>>(),
+        })),
+        Format::Text => {
+            let mut t = Table::new(&["TOPIC", "PARTITION", "REPLICAS", "ADDING", "REMOVING"]);
+            for (topic, p, r, a, d) in &rows {
+                t.row(vec![topic.clone(), p.to_string(), ids(r), ids(a), ids(d)]);
+            }
+            t.print();
+        }
+    }
+    Ok(())
 }
 
 fn split_key_value(kv: &str) -> Result<(String, String)> {

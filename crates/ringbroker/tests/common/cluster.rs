@@ -130,8 +130,50 @@ impl Cluster {
             "--cluster".to_string(),
             self.voters.clone(),
         ];
+        // A node added after the start is not among the voters: it says where it listens.
+        if !self
+            .voters
+            .split(',')
+            .any(|v| v.starts_with(&format!("{}@", node.id)))
+        {
+            args.push("--internal-listen".to_string());
+            args.push(format!("127.0.0.1:{}", node.internal_port));
+        }
         args.extend(self.extra.iter().cloned());
         args
+    }
+
+    /// Starts one more broker (the next id), not among the voters: it joins the running
+    /// cluster as a metadata learner. Returns its id once it started (registered).
+    pub fn add_node(&mut self) -> i32 {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 2 {
+            let p = free_port();
+            let taken = self
+                .nodes
+                .iter()
+                .any(|n| n.client_port == p || n.internal_port == p);
+            if !ports.contains(&p) && !taken {
+                ports.push(p);
+            }
+        }
+        let node = Node {
+            id,
+            client_port: ports[0],
+            internal_port: ports[1],
+            data_dir: self._dir.path().join(format!("node-{id}")),
+            broker: None,
+            paused: false,
+        };
+        let args = self.args(&node);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let broker = Broker::start(&node.data_dir, &args);
+        self.nodes.push(Node {
+            broker: Some(broker),
+            ..node
+        });
+        id
     }
 
     pub fn node(&self, id: i32) -> &Node {
