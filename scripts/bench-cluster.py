@@ -55,7 +55,8 @@ def failover(args):
     addrs = {i: n["addr"] for i, n in nodes.items()}
     bootstrap = ",".join(addrs.values())
 
-    acks = []  # (sent_at, acked_at, error or None), monotonic seconds
+    acks = []  # (partition, sent_at, acked_at, error or None), monotonic seconds
+    parts = list(range(args.partitions))
     lock = threading.Lock()
     stop = threading.Event()
     producer = Producer({
@@ -74,18 +75,21 @@ def failover(args):
 
     def produce_loop():
         value = b"x" * 100
+        n = 0
         while not stop.is_set():
             sent = time.monotonic()
+            part = parts[n % len(parts)]
+            n += 1
 
-            def done(err, _msg, sent=sent):
+            def done(err, _msg, sent=sent, part=part):
                 with lock:
-                    acks.append((sent, time.monotonic(), None if err is None else str(err)))
+                    acks.append((part, sent, time.monotonic(), None if err is None else str(err)))
 
             try:
-                producer.produce(args.topic, value=value, partition=args.partition, on_delivery=done)
+                producer.produce(args.topic, value=value, partition=part, on_delivery=done)
             except BufferError:
                 pass
-            producer.poll(0.005)
+            producer.poll(0.002)
         producer.flush(30)
 
     thread = threading.Thread(target=produce_loop, daemon=True)
@@ -96,12 +100,15 @@ def failover(args):
                             "reconnect.backoff.ms": 10, "reconnect.backoff.max.ms": 100,
                             "log_level": 2})
 
-    def wait_full_isr(admin, deadline_s):
+    def wait_full_isr(admin, deadline_s, preferred=False):
+        """{partition: metadata} once every partition has a leader and every broker in its
+        ISR (and, with `preferred`, is led by its preferred replica), or None."""
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
-            m = metadata(admin, args.topic, args.partition)
-            if m and m[0] >= 0 and sorted(m[1]) == sorted(nodes):
-                return m
+            ms = {p: metadata(admin, args.topic, p) for p in parts}
+            if all(m and m[0] >= 0 and sorted(m[1]) == sorted(nodes) and
+                   (not preferred or m[0] == m[2][0]) for m in ms.values()):
+                return ms
             time.sleep(0.05)
         return None
 
@@ -111,26 +118,31 @@ def failover(args):
         sys.exit("bench-cluster: partition never had every broker in its ISR")
     time.sleep(1.0)
     for run in range(args.runs):
-        m = wait_full_isr(admin_all, 120)
-        if m is None:
+        if wait_full_isr(admin_all, 120) is None:
             sys.exit(f"bench-cluster: run {run}: the ISR is not complete after 120 s")
         # The controller moves leadership back to the preferred replica (the first of the
-        # replicas) once it is in the ISR again: wait for that, so that it does not happen
-        # during the measurement (then the same leader twice, 0.5 s apart).
-        settle_end = time.monotonic() + 60
+        # replicas) once it is in the ISR again: wait for that (60 s at most), so that it does
+        # not happen during the measurement, then for the same leaders twice, 0.5 s apart.
+        ms = wait_full_isr(admin_all, 60, preferred=True) or wait_full_isr(admin_all, 60)
         while True:
             time.sleep(0.5)
-            m2 = metadata(admin_all, args.topic, args.partition)
-            if m2 and m2[0] == m[0] and sorted(m2[1]) == sorted(nodes) and \
-                    (m2[0] == m2[2][0] or time.monotonic() > settle_end):
+            ms2 = wait_full_isr(admin_all, 60)
+            if ms2 and all(ms2[p][0] == ms[p][0] for p in parts):
                 break
-            m = m2 or m
-        preferred = m[2][0]
+            ms = ms2 or ms
+        # Alternate: even runs kill a leader that is not the active controller, odd runs the
+        # leader that is (when a partition has it as leader).
+        ctrl0 = controller_id(args.binary, addrs[ms[parts[0]][0]])
+        want_ctrl = run % 2 == 1
+        pick = [p for p in parts if (ms[p][0] == ctrl0) == want_ctrl] or parts
+        partition = pick[0]
+        m = ms[partition]
         old = m[0]
-        ctrl = controller_id(args.binary, addrs[old])
+        preferred = m[2][0]
+        ctrl = ctrl0
         survivors = [i for i in sorted(nodes) if i != old]
         admin = admin_for(survivors)
-        metadata(admin, args.topic, args.partition)  # connect before the kill
+        metadata(admin, args.topic, partition)  # connect before the kill
         pid = int(open(nodes[old]["pidfile"]).read())
         # A second, independent client: `ringbroker produce --acks -1` (routes by Metadata),
         # started again every 20 ms after a failure, bootstrapping from the survivors.
@@ -141,7 +153,7 @@ def failover(args):
                 try:
                     ok = subprocess.run(
                         [args.binary, "produce", "-b", ",".join(addrs[i] for i in survivors),
-                         "--acks", "-1", "-p", str(args.partition), args.topic],
+                         "--acks", "-1", "-p", str(partition), args.topic],
                         input="probe\n", capture_output=True, text=True, timeout=10).returncode == 0
                 except subprocess.TimeoutExpired:
                     ok = False
@@ -156,7 +168,7 @@ def failover(args):
         prober.start()
         new_leader, t_meta = None, None
         while time.monotonic() - t0 < 60:
-            mm = metadata(admin, args.topic, args.partition)
+            mm = metadata(admin, args.topic, partition)
             if mm and mm[0] >= 0 and mm[0] != old:
                 new_leader, t_meta = mm[0], time.monotonic() - t0
                 break
@@ -164,14 +176,14 @@ def failover(args):
         t_ack = None
         while time.monotonic() - t0 < 60:
             with lock:
-                ok = [a for s, a, e in acks if s >= t0 and e is None]
+                ok = [a for q, s, a, e in acks if q == partition and s >= t0 and e is None]
             if ok:
                 t_ack = min(ok) - t0
                 break
             time.sleep(0.01)
         prober.join(70)
         with lock:
-            errors = sorted({e for s, a, e in acks if a >= t0 and e is not None})
+            errors = sorted({e for _q, s, a, e in acks if a >= t0 and e is not None})
         # Restart the killed broker with its own command line and wait for it to rejoin.
         try:
             os.waitpid(pid, 0)
@@ -184,7 +196,7 @@ def failover(args):
             f.write(str(proc.pid))
         back = wait_full_isr(admin_all, 120)
         rejoin_s = time.monotonic() - t_restart if back else None
-        r = {"run": run + 1, "killed": old, "killed_was_controller": ctrl == old,
+        r = {"run": run + 1, "partition": partition, "killed": old, "killed_was_controller": ctrl == old,
              "controller_before": ctrl, "killed_was_preferred": old == preferred, "new_leader": new_leader,
              "metadata_new_leader_s": t_meta, "first_ack_s": t_ack, "cli_ack_s": probe.get("s"),
              "rejoin_isr_s": rejoin_s, "producer_errors": errors}
@@ -196,8 +208,8 @@ def failover(args):
     thread.join(60)
     with lock:
         total = len(acks)
-        failed = sum(1 for _s, _a, e in acks if e is not None)
-    json.dump({"topic": args.topic, "partition": args.partition, "runs": runs,
+        failed = sum(1 for _q, _s, _a, e in acks if e is not None)
+    json.dump({"topic": args.topic, "partitions": args.partitions, "runs": runs,
                "producer_records": total, "producer_failed": failed}, open(args.json, "w"), indent=1)
 
 
@@ -297,36 +309,42 @@ def report(args):
     if fo and fo["runs"]:
         rs = fo["runs"]
         ctl = sum(1 for r in rs if r["killed_was_controller"])
-        out.append(f"Topic `{fo['topic']}` (1 partition, RF=3), a confluent_kafka producer sending one "
-                   "100-byte record every ~5 ms with acks=all to partition "
-                   f"{fo['partition']} throughout; each run kills the partition's current leader with "
-                   "SIGKILL, measures from the kill until Metadata from a surviving broker names "
-                   "another leader, and until the first record sent at or after the kill is "
-                   "acknowledged (acks=all); independently, `ringbroker produce --acks -1` to that "
-                   "partition (bootstrapping from the survivors) is started again 20 ms after each "
-                   "failure until one is acknowledged. Then it restarts the killed broker with its command line "
-                   "and waits until it is back in the ISR. Polling every 10 ms (Metadata) and "
-                   "~5 ms (sends). The controller failing together with the leader: "
-                   f"{ctl} of {len(rs)} runs (the preferred leader is killed each time, and it "
-                   "leads again before the next run).")
-        out += ["", "| run | killed | was controller | new leader | Metadata names new leader (s) | "
+        out.append(f"Topic `{fo['topic']}` ({fo['partitions']} partitions, RF=3), a confluent_kafka "
+                   "producer sending one 100-byte record every ~2 ms with acks=all, round robin over "
+                   "the partitions, throughout. Each run waits until every broker is in every ISR "
+                   "and the preferred replicas lead, kills the leader of one partition with SIGKILL "
+                   "(even runs: a leader that is not the active controller; odd runs: the one that "
+                   "is, so the quorum must elect a new controller first), and measures from the kill "
+                   "until Metadata from a surviving broker names another leader, and until the first "
+                   "record to that partition sent at or after the kill is acknowledged (acks=all); "
+                   "independently, `ringbroker produce --acks -1` to that partition (bootstrapping "
+                   "from the survivors) is started again 20 ms after each failure until one is "
+                   "acknowledged. Then it restarts the killed broker with its command line and "
+                   "measures until it is back in the ISR of every partition. Metadata is polled "
+                   "every 10 ms.")
+        out += ["", "| run | partition | killed | was controller | new leader | Metadata names new leader (s) | "
                 "first acks=all ack, librdkafka (s) | first acks=all ack, `ringbroker produce` (s) | "
-                "rejoined ISR after restart (s) |", "|---:|---:|---|---:|---:|---:|---:|---:|"]
+                "rejoined every ISR after restart (s) |", "|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
         for r in rs:
-            out.append(f"| {r['run']} | {r['killed']} | {'yes' if r['killed_was_controller'] else 'no'} | "
+            out.append(f"| {r['run']} | {r.get('partition', 0)} | {r['killed']} | {'yes' if r['killed_was_controller'] else 'no'} | "
                        f"{r['new_leader']} | {fmt(r['metadata_new_leader_s'], nd=2)} | "
                        f"{fmt(r['first_ack_s'], nd=2)} | {fmt(r.get('cli_ack_s'), nd=2)} | "
                        f"{fmt(r['rejoin_isr_s'], nd=2)} |")
-        out += ["", "| | median (s) | max (s) |", "|---|---:|---:|"]
-        for key, lbl in [("metadata_new_leader_s", "Metadata names a new leader"),
-                         ("first_ack_s", "next acks=all produce acknowledged (librdkafka producer)"),
-                         ("cli_ack_s", "acks=all produce acknowledged (`ringbroker produce` retried every 20 ms)"),
-                         ("rejoin_isr_s", "restarted broker back in the ISR")]:
-            v = [r.get(key) for r in rs if r.get(key) is not None]
-            missing = len(rs) - len(v)
-            note = f" ({missing} run(s) without one)" if missing else ""
-            out.append(f"| {lbl}{note} | {fmt(statistics.median(v) if v else None, nd=2)} | "
-                       f"{fmt(max(v) if v else None, nd=2)} |")
+        for title, sel in [("all runs", rs),
+                           ("leader only (not the controller)", [r for r in rs if not r["killed_was_controller"]]),
+                           ("leader that was also the active controller", [r for r in rs if r["killed_was_controller"]])]:
+            if not sel:
+                continue
+            out += ["", f"| {title}: {len(sel)} run(s) | median (s) | max (s) |", "|---|---:|---:|"]
+            for key, lbl in [("metadata_new_leader_s", "Metadata names a new leader"),
+                             ("first_ack_s", "next acks=all produce acknowledged (librdkafka producer)"),
+                             ("cli_ack_s", "acks=all produce acknowledged (`ringbroker produce` retried every 20 ms)"),
+                             ("rejoin_isr_s", "restarted broker back in every ISR")]:
+                v = [r.get(key) for r in sel if r.get(key) is not None]
+                missing = len(sel) - len(v)
+                note = f" ({missing} run(s) without one)" if missing else ""
+                out.append(f"| {lbl}{note} | {fmt(statistics.median(v) if v else None, nd=2)} | "
+                           f"{fmt(max(v) if v else None, nd=2)} |")
         out += ["", f"The producer sent {fo['producer_records']:,} records over all runs; "
                 f"{fo['producer_failed']:,} of them failed (delivery error after librdkafka's retries)."]
         errs = sorted({e for r in rs for e in r["producer_errors"]})
@@ -367,7 +385,7 @@ def main():
     f = sub.add_parser("failover")
     f.add_argument("--nodes", required=True)
     f.add_argument("--topic", required=True)
-    f.add_argument("--partition", type=int, default=0)
+    f.add_argument("--partitions", type=int, default=3)
     f.add_argument("--runs", type=int, default=5)
     f.add_argument("--binary", required=True)
     f.add_argument("--json", required=True)
