@@ -4,11 +4,12 @@ up or a stop file appears, so the test that starts it controls the faults meanwh
 
   produce BOOTSTRAP TOPIC SECONDS ACKED_FILE STOP_FILE
       idempotent producer, acks=all, values "v<seq>" keyed over 32 keys (so every partition gets
-      records); writes "partition<TAB>offset<TAB>value" for every acknowledged record and prints
+      records); writes "partition<TAB>offset<TAB>value<TAB>unix time" for every acknowledged
+      record (line-buffered, so the test can follow it while it runs) and prints
       "acked<TAB>N<TAB>failed<TAB>M" at the end
   group-consume BOOTSTRAP TOPIC GROUP SECONDS SEEN_FILE STOP_FILE
-      a consumer in GROUP (auto commit); writes "partition<TAB>offset<TAB>value" for every record
-      it receives; prints "consumed<TAB>N"
+      a consumer in GROUP (auto commit); writes "partition<TAB>offset<TAB>value<TAB>unix time"
+      for every record it receives (line-buffered); prints "consumed<TAB>N"
   verify BOOTSTRAP TOPIC ACKED_FILE [SEEN_FILE]
       reads every partition of TOPIC from its start to its end and checks: every acknowledged
       value is present exactly once, at the offset it was acknowledged at, and per partition
@@ -38,7 +39,7 @@ def produce(bootstrap, topic, seconds, acked_file, stop_file):
     })
     acked = 0
     failed = 0
-    out = open(acked_file, "w")
+    out = open(acked_file, "w", buffering=1)
 
     def delivered(err, msg):
         nonlocal acked, failed
@@ -47,7 +48,7 @@ def produce(bootstrap, topic, seconds, acked_file, stop_file):
             print(f"delivery-error\t{err}", file=sys.stderr)
             return
         acked += 1
-        out.write(f"{msg.partition()}\t{msg.offset()}\t{msg.value().decode()}\n")
+        out.write(f"{msg.partition()}\t{msg.offset()}\t{msg.value().decode()}\t{time.time():.3f}\n")
 
     deadline = time.time() + float(seconds)
     seq = 0
@@ -81,7 +82,7 @@ def group_consume(bootstrap, topic, group, seconds, seen_file, stop_file):
     c.subscribe([topic])
     n = 0
     deadline = time.time() + float(seconds)
-    with open(seen_file, "w") as out:
+    with open(seen_file, "w", buffering=1) as out:
         while not stop_requested(deadline, stop_file):
             m = c.poll(0.5)
             if m is None:
@@ -90,7 +91,7 @@ def group_consume(bootstrap, topic, group, seconds, seen_file, stop_file):
                 print(f"consume-error\t{m.error()}", file=sys.stderr)
                 continue
             n += 1
-            out.write(f"{m.partition()}\t{m.offset()}\t{m.value().decode()}\n")
+            out.write(f"{m.partition()}\t{m.offset()}\t{m.value().decode()}\t{time.time():.3f}\n")
     c.close()
     print(f"consumed\t{n}")
 
@@ -126,7 +127,7 @@ def read_all(bootstrap, topic):
 def verify(bootstrap, topic, acked_file, seen_file=None):
     acked = {}
     for line in open(acked_file):
-        p, off, value = line.rstrip("\n").split("\t")
+        p, off, value = line.rstrip("\n").split("\t")[:3]
         acked[value] = (int(p), int(off))
     records = read_all(bootstrap, topic)
     failures = []
