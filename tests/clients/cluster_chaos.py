@@ -2,10 +2,11 @@
 """Clients for the cluster fault tests (confluent-kafka, librdkafka). Each runs until its time is
 up or a stop file appears, so the test that starts it controls the faults meanwhile.
 
-  produce BOOTSTRAP TOPIC SECONDS ACKED_FILE STOP_FILE
+  produce BOOTSTRAP TOPIC SECONDS ACKED_FILE STOP_FILE [RATE]
       idempotent producer, acks=all, values "v<seq>" keyed over 32 keys (so every partition gets
       records); writes "partition<TAB>offset<TAB>value<TAB>unix time" for every acknowledged
-      record (line-buffered, so the test can follow it while it runs) and prints
+      record (line-buffered, so the test can follow it while it runs); at most RATE records a
+      second when given (so a small machine keeps up during faults); prints
       "acked<TAB>N<TAB>failed<TAB>M" at the end
   group-consume BOOTSTRAP TOPIC GROUP SECONDS SEEN_FILE STOP_FILE
       a consumer in GROUP (auto commit); writes "partition<TAB>offset<TAB>value<TAB>unix time"
@@ -26,7 +27,7 @@ def stop_requested(deadline, stop_file):
     return time.time() >= deadline or os.path.exists(stop_file)
 
 
-def produce(bootstrap, topic, seconds, acked_file, stop_file):
+def produce(bootstrap, topic, seconds, acked_file, stop_file, rate=None):
     from confluent_kafka import Producer
     p = Producer({
         "bootstrap.servers": bootstrap,
@@ -50,9 +51,14 @@ def produce(bootstrap, topic, seconds, acked_file, stop_file):
         acked += 1
         out.write(f"{msg.partition()}\t{msg.offset()}\t{msg.value().decode()}\t{time.time():.3f}\n")
 
-    deadline = time.time() + float(seconds)
+    start = time.time()
+    deadline = start + float(seconds)
+    rate = float(rate) if rate is not None else None
     seq = 0
     while not stop_requested(deadline, stop_file):
+        if rate is not None and seq >= (time.time() - start) * rate:
+            p.poll(0.01)
+            continue
         try:
             p.produce(topic, key=str(seq % 32).encode(), value=f"v{seq}".encode(),
                       on_delivery=delivered)
