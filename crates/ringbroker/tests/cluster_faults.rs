@@ -14,7 +14,10 @@ mod common;
 use common::cluster::{metadata, Cluster};
 use common::{run, Client};
 use kafka_protocol::messages::metadata_response::MetadataResponse;
-use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+use kafka_protocol::messages::{
+    ApiKey, FindCoordinatorRequest, FindCoordinatorResponse, GroupId, OffsetFetchRequest,
+    OffsetFetchResponse,
+};
 use kafka_protocol::protocol::StrBytes;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -81,10 +84,7 @@ fn wait_all(
             })
             .collect();
         if let Some(Some(first)) = answers.first() {
-            if !first.is_empty()
-                && answers.iter().all(|a| a.as_ref() == Some(first))
-                && ok(first)
-            {
+            if !first.is_empty() && answers.iter().all(|a| a.as_ref() == Some(first)) && ok(first) {
                 return first.clone();
             }
         }
@@ -109,7 +109,14 @@ fn create(c: &Cluster, topic: &str) {
     );
     let out = run(
         "python3",
-        &[&admin, "create", &c.bootstrap(), topic, &PARTITIONS.to_string(), "3"],
+        &[
+            &admin,
+            "create",
+            &c.bootstrap(),
+            topic,
+            &PARTITIONS.to_string(),
+            "3",
+        ],
         "",
     );
     assert!(out.contains("\"ok\": true"), "{out}\n{}", c.logs());
@@ -227,11 +234,7 @@ impl Load {
 
     /// Stops the current consumer (it commits as it closes); returns its output.
     fn stop_consumer(&mut self) -> String {
-        std::fs::write(
-            self.file(&format!("stop-consumer-{}", self.generation)),
-            "",
-        )
-        .unwrap();
+        std::fs::write(self.file(&format!("stop-consumer-{}", self.generation)), "").unwrap();
         output_text(&self.consumer.take().unwrap().wait_with_output().unwrap())
     }
 
@@ -254,7 +257,9 @@ impl Load {
 
     /// What every consumer generation saw.
     fn seen(&self) -> Vec<(i32, i64, String, f64)> {
-        (1..=self.generation).flat_map(|g| self.seen_by(g)).collect()
+        (1..=self.generation)
+            .flat_map(|g| self.seen_by(g))
+            .collect()
     }
 
     /// Waits until the producer has `n` more acknowledgements than now.
@@ -422,7 +427,11 @@ fn chaos(rounds: usize, plan: impl Fn(usize) -> Fault) {
             vec![]
         };
         let fault_at = Instant::now();
-        let others = if paused.is_empty() { vec![] } else { vec![victim] };
+        let others = if paused.is_empty() {
+            vec![]
+        } else {
+            vec![victim]
+        };
         let survivor = live(&c, &others)
             .into_iter()
             .find(|&id| id != victim)
@@ -452,9 +461,9 @@ fn chaos(rounds: usize, plan: impl Fn(usize) -> Fault) {
             let deadline = fault_at + WAIT;
             loop {
                 let acked = load.acked();
-                let all = led.iter().all(|p| {
-                    acked.iter().filter(|r| r.0 == *p).count() > acked_before[p]
-                });
+                let all = led
+                    .iter()
+                    .all(|p| acked.iter().filter(|r| r.0 == *p).count() > acked_before[p]);
                 if all {
                     to_ack.push(fault_at.elapsed());
                     break;
@@ -531,28 +540,87 @@ fn coordinator(addr: &str, group: &str) -> Option<i32> {
     (found.error_code == 0).then_some(found.node_id.0)
 }
 
-/// Highest offset + 1 per partition among `seen` records read before `unix` time.
-fn read_before(seen: &[(i32, i64, String, f64)], unix: f64) -> BTreeMap<i32, i64> {
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-    for r in seen.iter().filter(|r| r.3 < unix) {
-        let e = next.entry(r.0).or_insert(0);
-        *e = (*e).max(r.1 + 1);
+/// The committed offsets of `group` in `topic` as node `addr` answers OffsetFetch (v5, all
+/// partitions); `None` when it does not answer or is not (yet) the coordinator.
+fn committed(addr: &str, group: &str, topic: &str) -> Option<BTreeMap<i32, i64>> {
+    let r: OffsetFetchResponse = std::panic::catch_unwind(|| {
+        Client::connect(addr).call(
+            ApiKey::OffsetFetch,
+            5,
+            &OffsetFetchRequest::default()
+                .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+                .with_topics(None),
+        )
+    })
+    .ok()?;
+    if r.error_code != 0 {
+        return None;
     }
-    next
+    Some(
+        r.topics
+            .iter()
+            .filter(|t| t.name.0.as_str() == topic)
+            .flat_map(|t| t.partitions.iter())
+            .filter(|p| p.error_code == 0 && p.committed_offset >= 0)
+            .map(|p| (p.partition_index, p.committed_offset))
+            .collect(),
+    )
 }
 
-fn now_unix() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
+/// Waits until `group`'s coordinator (asked through node `via`) is `want` (any node but
+/// `not` when `want` is `None`) and its committed offsets of every partition of `topic` are
+/// at least `floor`'s and beyond `beyond`'s; returns (coordinator, offsets).
+#[allow(clippy::too_many_arguments)]
+fn wait_committed(
+    c: &Cluster,
+    via: i32,
+    group: &str,
+    topic: &str,
+    want: Option<i32>,
+    not: i32,
+    floor: &BTreeMap<i32, i64>,
+    beyond: &BTreeMap<i32, i64>,
+) -> (i32, BTreeMap<i32, i64>) {
+    let deadline = Instant::now() + WAIT;
+    let mut last = None;
+    loop {
+        if let Some(n) =
+            coordinator(&c.addr(via), group).filter(|&n| n != not && want.is_none_or(|w| w == n))
+        {
+            if let Some(offsets) = committed(&c.addr(n), group, topic) {
+                // A coordinator never answers with less than was committed before.
+                for (p, &f) in floor {
+                    let got = offsets.get(p).copied().unwrap_or(-1);
+                    assert!(
+                        got >= f,
+                        "coordinator {n}: partition {p} committed at {got}, but {f} was committed before\n{}",
+                        c.logs()
+                    );
+                }
+                let done = (0..PARTITIONS).all(|p| {
+                    offsets.get(&p).copied().unwrap_or(-1) > beyond.get(&p).copied().unwrap_or(0)
+                });
+                if done {
+                    return (n, offsets);
+                }
+                last = Some((n, offsets));
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no coordinator with commits beyond {beyond:?} (want {want:?}, not {not}); last {last:?}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The group's coordinator dies while the group consumes (and produce goes on): the offsets
-/// partition's new leader takes the group over and the consumer keeps consuming and
-/// committing there; the old coordinator comes back (it fetched those commits as a follower)
-/// and, when it leads the offsets partition again, serves them: a new member of the group
-/// starts from the commits made while it was dead, and the group misses no acknowledged record.
+/// partition's new leader takes the group over, with every commit made before (loaded from
+/// its replica), and the consumer keeps consuming and committing there; the old coordinator
+/// comes back (it fetched those commits as a follower) and, when it leads the offsets
+/// partition again, serves them; a new member of the group starts from them, and the group
+/// misses no acknowledged record.
 #[test]
 fn the_group_resumes_from_its_commits_when_its_coordinator_dies_mid_consumption() {
     let mut c = Cluster::start(3);
@@ -561,71 +629,45 @@ fn the_group_resumes_from_its_commits_when_its_coordinator_dies_mid_consumption(
     wait_all(&c, &[], "__consumer_offsets", WAIT, full);
     let group = "chaos-coordinated";
     let mut load = Load::start(&c, topic, group);
-    // The consumer is well under way and has committed (auto commit every 500 ms).
-    let deadline = Instant::now() + WAIT;
-    while load.seen().len() < 1500 {
-        assert!(Instant::now() < deadline, "the group consumed nothing\n{}", c.logs());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let before = coordinator(&c.addr(1), group).expect("a coordinator");
+    let none = BTreeMap::new();
+    // The group has committed on every partition.
+    let (before, first) = wait_committed(&c, 1, group, topic, None, -1, &none, &none);
     c.kill(before);
     let killed_at = Instant::now();
     let survivor = (1..=3).find(|&id| id != before).unwrap();
-    let deadline = Instant::now() + WAIT;
-    let after = loop {
-        if let Some(n) = coordinator(&c.addr(survivor), group).filter(|&n| n != before) {
-            break n;
-        }
-        assert!(Instant::now() < deadline, "no new coordinator\n{}", c.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let to_coordinator = killed_at.elapsed();
-    // The group keeps consuming (and committing) with the new coordinator.
-    let seen_at_kill = load.seen().len();
-    let deadline = Instant::now() + WAIT;
-    while load.seen().len() < seen_at_kill + 3000 {
-        assert!(
-            Instant::now() < deadline,
-            "the group stopped after its coordinator {before} died (new: {after})\n{}",
-            c.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let committed_by = now_unix() - 2.0;
+    // A new coordinator, which has every earlier commit and takes new ones.
+    let (after, second) = wait_committed(&c, survivor, group, topic, None, before, &first, &first);
+    let to_commit = killed_at.elapsed();
     c.restart(before);
     wait_all(&c, &[], "__consumer_offsets", WAIT, full);
-    wait_all(&c, &[], topic, WAIT, full);
     // Leadership of the offsets partition moves back to its preferred replica, the restarted
-    // node, which loads the group from its copy of the partition.
-    let deadline = Instant::now() + WAIT;
-    while coordinator(&c.addr(survivor), group) != Some(before) {
-        assert!(
-            Instant::now() < deadline,
-            "the coordinator did not move back to {before}\n{}",
-            c.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // A new member replaces the first: it starts at or after what the first had read 2 s
-    // before the restart (commits made on the new coordinator), not from the start.
+    // node, which loads the group from its copy of the partition: the commits made while it
+    // was dead are there.
+    let (back, third) = wait_committed(
+        &c,
+        survivor,
+        group,
+        topic,
+        Some(before),
+        -1,
+        &second,
+        &second,
+    );
+    // A new member replaces the first: it starts at the group's commits, not from the start.
     let first_out = load.stop_consumer();
-    let committed = read_before(&load.seen_by(1), committed_by);
-    let now_coordinator = coordinator(&c.addr(survivor), group);
     load.start_consumer();
     load.wait_progress(3000, &c);
     let (produced, consumed) = load.stop();
-    let second = load.seen_by(2);
     let mut first_read: BTreeMap<i32, i64> = BTreeMap::new();
-    for r in &second {
+    for r in &load.seen_by(2) {
         let e = first_read.entry(r.0).or_insert(i64::MAX);
         *e = (*e).min(r.1);
     }
     println!(
-        "coordinator {before} killed -> {after} after {to_coordinator:?}; coordinator when the second member joined: {now_coordinator:?}; \
-         read 2 s before the restart {committed:?}; second member's first offsets {first_read:?}"
+        "coordinator {before} killed -> {after} committing after {to_commit:?} -> back to {back}; \
+         committed {first:?} -> {second:?} -> {third:?}; second member's first offsets {first_read:?}"
     );
-    assert_eq!(committed.len(), PARTITIONS as usize, "{committed:?}");
-    for (p, &at_least) in &committed {
+    for (p, &at_least) in &third {
         let first = first_read.get(p).copied().unwrap_or(i64::MAX);
         assert!(
             first >= at_least,
