@@ -2,13 +2,15 @@
 """Clients for the cluster fault tests (confluent-kafka, librdkafka). Each runs until its time is
 up or a stop file appears, so the test that starts it controls the faults meanwhile.
 
-  produce BOOTSTRAP TOPIC SECONDS ACKED_FILE STOP_FILE
+  produce BOOTSTRAP TOPIC SECONDS ACKED_FILE STOP_FILE [RATE]
       idempotent producer, acks=all, values "v<seq>" keyed over 32 keys (so every partition gets
-      records); writes "partition<TAB>offset<TAB>value" for every acknowledged record and prints
+      records); writes "partition<TAB>offset<TAB>value<TAB>unix time" for every acknowledged
+      record (line-buffered, so the test can follow it while it runs); at most RATE records a
+      second when given (so a small machine keeps up during faults); prints
       "acked<TAB>N<TAB>failed<TAB>M" at the end
   group-consume BOOTSTRAP TOPIC GROUP SECONDS SEEN_FILE STOP_FILE
-      a consumer in GROUP (auto commit); writes "partition<TAB>offset<TAB>value" for every record
-      it receives; prints "consumed<TAB>N"
+      a consumer in GROUP (auto commit); writes "partition<TAB>offset<TAB>value<TAB>unix time"
+      for every record it receives (line-buffered); prints "consumed<TAB>N"
   verify BOOTSTRAP TOPIC ACKED_FILE [SEEN_FILE]
       reads every partition of TOPIC from its start to its end and checks: every acknowledged
       value is present exactly once, at the offset it was acknowledged at, and per partition
@@ -25,7 +27,7 @@ def stop_requested(deadline, stop_file):
     return time.time() >= deadline or os.path.exists(stop_file)
 
 
-def produce(bootstrap, topic, seconds, acked_file, stop_file):
+def produce(bootstrap, topic, seconds, acked_file, stop_file, rate=None):
     from confluent_kafka import Producer
     p = Producer({
         "bootstrap.servers": bootstrap,
@@ -38,7 +40,7 @@ def produce(bootstrap, topic, seconds, acked_file, stop_file):
     })
     acked = 0
     failed = 0
-    out = open(acked_file, "w")
+    out = open(acked_file, "w", buffering=1)
 
     def delivered(err, msg):
         nonlocal acked, failed
@@ -47,11 +49,16 @@ def produce(bootstrap, topic, seconds, acked_file, stop_file):
             print(f"delivery-error\t{err}", file=sys.stderr)
             return
         acked += 1
-        out.write(f"{msg.partition()}\t{msg.offset()}\t{msg.value().decode()}\n")
+        out.write(f"{msg.partition()}\t{msg.offset()}\t{msg.value().decode()}\t{time.time():.3f}\n")
 
-    deadline = time.time() + float(seconds)
+    start = time.time()
+    deadline = start + float(seconds)
+    rate = float(rate) if rate is not None else None
     seq = 0
     while not stop_requested(deadline, stop_file):
+        if rate is not None and seq >= (time.time() - start) * rate:
+            p.poll(0.01)
+            continue
         try:
             p.produce(topic, key=str(seq % 32).encode(), value=f"v{seq}".encode(),
                       on_delivery=delivered)
@@ -81,7 +88,7 @@ def group_consume(bootstrap, topic, group, seconds, seen_file, stop_file):
     c.subscribe([topic])
     n = 0
     deadline = time.time() + float(seconds)
-    with open(seen_file, "w") as out:
+    with open(seen_file, "w", buffering=1) as out:
         while not stop_requested(deadline, stop_file):
             m = c.poll(0.5)
             if m is None:
@@ -90,7 +97,7 @@ def group_consume(bootstrap, topic, group, seconds, seen_file, stop_file):
                 print(f"consume-error\t{m.error()}", file=sys.stderr)
                 continue
             n += 1
-            out.write(f"{m.partition()}\t{m.offset()}\t{m.value().decode()}\n")
+            out.write(f"{m.partition()}\t{m.offset()}\t{m.value().decode()}\t{time.time():.3f}\n")
     c.close()
     print(f"consumed\t{n}")
 
@@ -126,7 +133,7 @@ def read_all(bootstrap, topic):
 def verify(bootstrap, topic, acked_file, seen_file=None):
     acked = {}
     for line in open(acked_file):
-        p, off, value = line.rstrip("\n").split("\t")
+        p, off, value = line.rstrip("\n").split("\t")[:3]
         acked[value] = (int(p), int(off))
     records = read_all(bootstrap, topic)
     failures = []

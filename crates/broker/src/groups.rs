@@ -61,15 +61,60 @@ pub fn offsets_partition(group: &str) -> i32 {
 }
 
 /// Cluster mode: NOT_COORDINATOR when this node does not lead `group`'s offsets partition
-/// (the client then finds the coordinator again); `None` on its coordinator and on a single
+/// (the client then finds the coordinator again), COORDINATOR_LOAD_IN_PROGRESS while it leads
+/// it but has not yet loaded its groups at that leader epoch (the client retries: answering
+/// from a partial state would hand out no committed offset, and a commit could be
+/// overwritten by an older one the load replays); `None` on its coordinator and on a single
 /// node, which coordinates every group.
 pub fn coordinator_error(group: &str) -> Option<i16> {
     let shard = shard::current();
     shard.shared.cluster.as_ref()?;
-    let leader = shard
+    let partition = offsets_partition(group);
+    let replicas = shard
         .topic(OFFSETS_TOPIC)
-        .and_then(|t| t.replicas(offsets_partition(group)).map(|r| r.leader));
-    (leader != Some(shard.shared.node_id)).then_some(errors::NOT_COORDINATOR)
+        .and_then(|t| t.replicas(partition).map(|r| (r.leader, r.leader_epoch)));
+    match replicas {
+        Some((leader, epoch)) if leader == shard.shared.node_id => {
+            // This shard's view may be ahead of the owner shard's: the epoch this view names
+            // must be the one loaded, not merely some earlier one.
+            (shard.shared.offsets_loaded.epoch(partition) != Some(epoch))
+                .then_some(errors::COORDINATOR_LOAD_IN_PROGRESS)
+        }
+        _ => Some(errors::NOT_COORDINATOR),
+    }
+}
+
+/// Cluster mode: per offsets partition, the leader epoch at which this node has loaded its
+/// groups (-1: not coordinating it).
+#[derive(Debug)]
+pub struct OffsetsLoaded([std::sync::atomic::AtomicI32; OFFSETS_PARTITIONS]);
+
+impl Default for OffsetsLoaded {
+    fn default() -> Self {
+        OffsetsLoaded(std::array::from_fn(|_| {
+            std::sync::atomic::AtomicI32::new(-1)
+        }))
+    }
+}
+
+impl OffsetsLoaded {
+    fn slot(&self, partition: i32) -> Option<&std::sync::atomic::AtomicI32> {
+        usize::try_from(partition).ok().and_then(|p| self.0.get(p))
+    }
+
+    /// The leader epoch the groups of `partition` are loaded at, if any.
+    pub fn epoch(&self, partition: i32) -> Option<i32> {
+        let e = self
+            .slot(partition)?
+            .load(std::sync::atomic::Ordering::Acquire);
+        (e >= 0).then_some(e)
+    }
+
+    fn set(&self, partition: i32, epoch: i32) {
+        if let Some(s) = self.slot(partition) {
+            s.store(epoch, std::sync::atomic::Ordering::Release);
+        }
+    }
 }
 
 /// The shard coordinating `group`.
@@ -1767,11 +1812,18 @@ pub fn offsets_partition_led(
     if known == Some(leader_epoch) {
         return None;
     }
+    // Not coordinating until the load below is done.
+    shard.shared.offsets_loaded.set(partition, -1);
     drop_partition_groups(partition);
     let log = shard.log(OFFSETS_TOPIC, partition)?;
     let shard_id = shard.id;
+    let shared = shard.shared.clone();
     Some(ringbroker_runtime::executor::spawn(async move {
         let records = load_offsets(log).await;
+        // Still led at this epoch (no later change started another load or dropped it).
+        if LED.with(|l| l.borrow().get(&partition) == Some(&leader_epoch)) {
+            shared.offsets_loaded.set(partition, leader_epoch);
+        }
         tracing::info!(
             shard = shard_id,
             partition,
@@ -1785,8 +1837,9 @@ pub fn offsets_partition_led(
 
 /// Cluster mode, on the shard owning offsets partition `partition`: this node no longer leads
 /// it; its groups are dropped here (their new coordinator loads them from its own replica).
-pub fn offsets_partition_lost(partition: i32) {
+pub fn offsets_partition_lost(shard: &shard::Shard, partition: i32) {
     if LED.with(|l| l.borrow_mut().remove(&partition)).is_some() {
+        shard.shared.offsets_loaded.set(partition, -1);
         drop_partition_groups(partition);
         tracing::info!(
             partition,
@@ -1814,7 +1867,7 @@ pub fn offsets_topic_changed(
         if leads {
             loads.extend(offsets_partition_led(shard, p, replicas.leader_epoch));
         } else {
-            offsets_partition_lost(p);
+            offsets_partition_lost(shard, p);
         }
     }
     loads
@@ -2103,6 +2156,7 @@ mod tests {
             shard_count: 1,
             recovered_clean: false,
             shards_loaded: std::sync::atomic::AtomicUsize::new(0),
+            offsets_loaded: Default::default(),
             connections: Default::default(),
             node_id: 0,
             cluster: None,
@@ -2137,12 +2191,17 @@ mod tests {
                 .await
                 .unwrap();
             // Leadership lost: the partition's groups are gone here, the others stay.
-            offsets_partition_lost(p);
+            assert_eq!(shard.shared.offsets_loaded.epoch(p), Some(0));
+            offsets_partition_lost(&shard, p);
+            assert_eq!(shard.shared.offsets_loaded.epoch(p), None);
             assert!(fetch_offsets("g", None).is_empty());
             assert_eq!(fetch_offsets(&other, None).len(), 1);
             // Led again (a new epoch): loaded from the partition's log.
             let load = offsets_partition_led(&shard, p, 1).expect("a load");
+            // Coordinating at the new epoch only once loaded.
+            assert_eq!(shard.shared.offsets_loaded.epoch(p), None);
             assert!(load.await.unwrap() >= 1);
+            assert_eq!(shard.shared.offsets_loaded.epoch(p), Some(1));
             let found = fetch_offsets("g", None);
             assert_eq!(found.len(), 1);
             assert_eq!(found[0].2.as_ref().map(|c| c.offset), Some(7));

@@ -271,6 +271,7 @@ impl Broker {
             recovered_clean: previous_shutdown_clean,
             shard_count: shards,
             shards_loaded: std::sync::atomic::AtomicUsize::new(0),
+            offsets_loaded: Default::default(),
             connections: Arc::default(),
             node_id: config
                 .cluster

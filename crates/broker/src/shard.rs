@@ -42,6 +42,9 @@ pub struct Shared {
     pub node_id: i32,
     /// The metadata quorum this broker belongs to; `None`: a single node (no `--cluster`).
     pub cluster: Option<Arc<ringbroker_cluster::Cluster>>,
+    /// Cluster mode: per offsets partition, the leader epoch whose groups this node has
+    /// loaded (coordinates); read by every shard, written by the partition's owner shard.
+    pub offsets_loaded: crate::groups::OffsetsLoaded,
 }
 
 /// How clients and other brokers reach a broker (its Kafka listener).
