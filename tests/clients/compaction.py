@@ -96,6 +96,9 @@ def produce_keyless(lib, bootstrap, topic, codec):
         from confluent_kafka import Producer
         p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 500,
                       "compression.type": codec, "retries": 0, "enable.idempotence": False})
+        # Metadata first: records produced while librdkafka still looks the topic up can be
+        # moved to the partition's queue one by one and leave in two batches.
+        p.list_topics(topic, timeout=TIMEOUT)
         results = []
 
         def report(err, msg):
