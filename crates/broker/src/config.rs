@@ -54,9 +54,12 @@ impl FlushPolicy {
 
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
-    pub listen: SocketAddr,
-    /// Host and port clients are told to connect to; `None`: the bound listen address.
-    pub advertise: Option<(String, u16)>,
+    /// Where Kafka clients connect (`--listeners`; `--listen` is one PLAINTEXT listener):
+    /// never empty, every shard accepts on each (SO_REUSEPORT). The first is the one start-up
+    /// reports and the CLI's default.
+    pub listeners: Vec<crate::security::ListenerConfig>,
+    /// TLS, SASL and authorizer settings (issue #16).
+    pub security: crate::security::SecurityConfig,
     pub data_dir: PathBuf,
     /// One shard per CPU, pinned to it.
     pub cores: Vec<usize>,
@@ -182,8 +185,8 @@ impl BrokerConfig {
     /// Defaults for a broker on `listen` with data in `data_dir`, on `cores`.
     pub fn new(listen: SocketAddr, data_dir: PathBuf, cores: Vec<usize>) -> BrokerConfig {
         BrokerConfig {
-            listen,
-            advertise: None,
+            listeners: vec![crate::security::ListenerConfig::plaintext(listen)],
+            security: crate::security::SecurityConfig::default(),
             data_dir,
             cores,
             auto_create_topics: true,

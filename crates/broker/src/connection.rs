@@ -71,6 +71,22 @@ pub const MOVES_MAX: u32 = 3;
 /// What a request handler may learn about the connection it serves.
 pub struct Conn {
     pub peer: Rc<str>,
+    /// The listener it came in on (`Shared::listeners[listener]`): its security protocol
+    /// decides whether SASL must come first, its name which endpoints Metadata advertises.
+    pub listener: usize,
+    pub protocol: crate::security::SecurityProtocol,
+    /// Who is on the other end (`User:name`): [`crate::security::ANONYMOUS`] until TLS with a
+    /// client certificate or SASL says otherwise. Authorization checks read it.
+    pub principal: RefCell<Rc<str>>,
+    /// SASL: the client has authenticated (always true on listeners without SASL). Until it
+    /// has, only ApiVersions, SaslHandshake and SaslAuthenticate are served.
+    pub authenticated: Cell<bool>,
+    /// SASL with `connections.max.reauth.ms` (KIP-368): when the session expires; a request
+    /// other than re-authentication after it closes the connection.
+    pub session_expiry: Cell<Option<std::time::Instant>>,
+    /// SASL: the mechanism chosen by SaslHandshake, and the state of an exchange in progress
+    /// (owned by the SASL module).
+    pub sasl: RefCell<Option<Box<dyn std::any::Any>>>,
     owners: Cell<Owners>,
     /// Requests of this connection waiting on something slow (see [`Conn::park`]).
     parked: Cell<u32>,
@@ -97,9 +113,25 @@ enum Owners {
 }
 
 impl Conn {
+    /// A connection of listener 0 as a plaintext listener serves it (tests, internal callers).
     pub fn new(peer: Rc<str>) -> Conn {
+        Conn::on_listener(peer, 0, crate::security::SecurityProtocol::Plaintext)
+    }
+
+    /// A connection accepted on listener `listener` speaking `protocol`.
+    pub fn on_listener(
+        peer: Rc<str>,
+        listener: usize,
+        protocol: crate::security::SecurityProtocol,
+    ) -> Conn {
         Conn {
             peer,
+            listener,
+            protocol,
+            principal: RefCell::new(Rc::from(crate::security::ANONYMOUS)),
+            authenticated: Cell::new(!protocol.uses_sasl()),
+            session_expiry: Cell::new(None),
+            sasl: RefCell::new(None),
             owners: Cell::new(Owners::None),
             parked: Cell::new(0),
             waker: RefCell::new(None),
@@ -139,12 +171,55 @@ impl Conn {
     fn take_owners(&self) -> Owners {
         self.owners.replace(Owners::None)
     }
+
+    /// What the connection is, in a form that can move to another shard's thread; `None`
+    /// while a SASL exchange is in progress (it stays where it started).
+    fn detach(&self) -> Option<MovedConn> {
+        if self.sasl.borrow().is_some() {
+            return None;
+        }
+        Some(MovedConn {
+            peer: self.peer.to_string(),
+            listener: self.listener,
+            protocol: self.protocol,
+            principal: self.principal.borrow().to_string(),
+            authenticated: self.authenticated.get(),
+            session_expiry: self.session_expiry.get(),
+        })
+    }
 }
 
-pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>, slot: ConnectionSlot) {
+/// A [`Conn`] on its way to another shard.
+struct MovedConn {
+    peer: String,
+    listener: usize,
+    protocol: crate::security::SecurityProtocol,
+    principal: String,
+    authenticated: bool,
+    session_expiry: Option<std::time::Instant>,
+}
+
+impl MovedConn {
+    fn attach(self) -> Conn {
+        let conn = Conn::on_listener(self.peer.into(), self.listener, self.protocol);
+        *conn.principal.borrow_mut() = self.principal.into();
+        conn.authenticated.set(self.authenticated);
+        conn.session_expiry.set(self.session_expiry);
+        conn
+    }
+}
+
+/// Serves a connection accepted on listener `listener` (`Shared::listeners`).
+pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>, slot: ConnectionSlot, listener: usize) {
     let peer: Rc<str> = peer.map_or_else(|| "unknown".into(), |p| p.to_string().into());
-    tracing::debug!(%peer, "connection opened");
-    serve_here(fd, peer, slot, BytesMut::with_capacity(RECV_BYTES_MIN), 0).await
+    let protocol = shard::current()
+        .shared
+        .listeners
+        .get(listener)
+        .map_or(crate::security::SecurityProtocol::Plaintext, |l| l.protocol);
+    tracing::debug!(%peer, listener, %protocol, "connection opened");
+    let conn = Conn::on_listener(peer, listener, protocol);
+    serve_here(fd, conn, slot, BytesMut::with_capacity(RECV_BYTES_MIN), 0).await
 }
 
 /// Requests and their bytes.
@@ -197,18 +272,13 @@ type Sending<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>;
 /// first of: the send done, the oldest request(s) answered, the receive done. The receive
 /// owns the buffer while armed, so frames are only parsed between receives; every future
 /// waited on lives across turns in a local, so waiting for one never drops another.
-async fn serve_here(
-    fd: SharedFd,
-    peer: Rc<str>,
-    slot: ConnectionSlot,
-    mut buf: BytesMut,
-    moves: u32,
-) {
+async fn serve_here(fd: SharedFd, conn: Conn, slot: ConnectionSlot, mut buf: BytesMut, moves: u32) {
+    let peer = conn.peer.clone();
     let shared = shard::current().shared.clone();
     let frame_bytes_max = shared.config.frame_bytes_max;
     let budget_max = shared.config.recv_budget_bytes;
     let here = shard::current().id;
-    let conn = Rc::new(Conn::new(peer.clone()));
+    let conn = Rc::new(conn);
     let mut grant = RecvGrant::none();
     let _counted = crate::stats::ConnectionGuard::open();
     // Requests started and not yet answered, oldest first, with their frame bytes.
@@ -290,21 +360,21 @@ async fn serve_here(
             if let Some(target) = moving.take() {
                 // Nothing of this connection is in flight here now (every answer is sent, no
                 // receive is armed), so its socket can change rings.
-                if grant.bytes() == 0 {
+                let moved = conn.detach();
+                if let (0, Some(moved)) = (grant.bytes(), moved) {
                     tracing::debug!(%peer, from = here, to = target, "moving connection to the shard that owns its partitions");
                     crate::stats::connection_moved();
-                    let peer = peer.to_string();
                     let fd = fd.clone();
                     ringbroker_runtime::mesh::send(
                         target,
                         Box::new(move || {
-                            drop(spawn(serve_here(fd, peer.into(), slot, buf, moves + 1)));
+                            drop(spawn(serve_here(fd, moved.attach(), slot, buf, moves + 1)));
                         }),
                     )
                     .await;
                     return;
                 }
-                // A large frame is half read: stay.
+                // A large frame is half read, or a SASL exchange is in progress: stay.
             }
         }
         let may_read = stop.is_none()

@@ -2152,6 +2152,7 @@ mod tests {
             config,
             advertised_host: "localhost".into(),
             advertised_port: 9092,
+            listeners: Vec::new(),
             cluster_id: "c".into(),
             shard_count: 1,
             recovered_clean: false,

@@ -21,6 +21,7 @@
 //!   partition, cleans it through the storage crate, counts what it did).
 //! - [`replication`]: a partition's part in its replica set on this node (leader, follower or
 //!   neither): follower fetching, the leader's view of its followers, the high watermark.
+//! - [`security`]: listeners by security protocol, TLS, SASL and the authorizer (issue #16).
 //! - [`faults`]: fault injection for the fail-stop tests (inert unless an env var is set).
 //!
 //! Flow of a Produce: the connection's shard decodes and validates, then each partition's
@@ -42,6 +43,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod producer_state;
 pub mod replication;
+pub mod security;
 pub mod server;
 pub mod shard;
 pub mod stats;

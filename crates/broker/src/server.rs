@@ -225,30 +225,46 @@ impl Broker {
                 .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
         }
 
-        // The first listener resolves port 0; the others join its SO_REUSEPORT group.
-        let first =
-            bind_listener(config.listen).map_err(|e| StartError::Listen(config.listen, e))?;
-        let listen_addr = socket2::SockRef::from(&first)
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .ok_or_else(|| StartError::Other("listener has no local address".into()))?;
+        // Per listener, the first socket resolves port 0; each other shard's joins its
+        // SO_REUSEPORT group. `sockets[shard][listener]`.
+        let mut sockets: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut listener_infos = Vec::with_capacity(config.listeners.len());
+        for (index, listener) in config.listeners.iter().enumerate() {
+            let first =
+                bind_listener(listener.addr).map_err(|e| StartError::Listen(listener.addr, e))?;
+            let bound = socket2::SockRef::from(&first)
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| StartError::Other("listener has no local address".into()))?;
+            sockets[0].push(first);
+            for shard_sockets in sockets.iter_mut().skip(1) {
+                shard_sockets.push(bind_listener(bound).map_err(|e| StartError::Listen(bound, e))?);
+            }
+            let (advertised_host, advertised_port) = listener
+                .advertised
+                .clone()
+                .unwrap_or_else(|| (bound.ip().to_string(), bound.port()));
+            listener_infos.push(crate::security::ListenerInfo {
+                index,
+                name: listener.name.clone(),
+                protocol: listener.protocol,
+                bound,
+                advertised_host,
+                advertised_port,
+            });
+        }
+        let listen_addr = listener_infos[0].bound;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => {
                 Some(crate::metrics::bind(addr).map_err(|e| StartError::MetricsListen(addr, e))?)
             }
             None => None,
         };
-        let mut listeners = vec![first];
-        for _ in 1..shards {
-            listeners
-                .push(bind_listener(listen_addr).map_err(|e| StartError::Listen(listen_addr, e))?);
-        }
-
-        let (advertised_host, advertised_port) = config
-            .advertise
-            .clone()
-            .unwrap_or_else(|| (listen_addr.ip().to_string(), listen_addr.port()));
+        let (advertised_host, advertised_port) = (
+            listener_infos[0].advertised_host.clone(),
+            listener_infos[0].advertised_port,
+        );
         let use_msg_ring = config.use_msg_ring && features.msg_ring;
         let (mesh, endpoints) =
             Mesh::build(shards, use_msg_ring).map_err(|e| StartError::Other(e.to_string()))?;
@@ -265,6 +281,7 @@ impl Broker {
             config: config.clone(),
             advertised_host,
             advertised_port,
+            listeners: listener_infos,
             cluster_id: membership
                 .as_ref()
                 .map_or_else(|| meta.cluster_id.clone(), |m| m.image.cluster_id.clone()),
@@ -283,7 +300,7 @@ impl Broker {
         let heartbeats = Arc::new(Heartbeats::new(shards));
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
         let mut threads = Vec::with_capacity(shards);
-        for ((id, endpoint), listener) in endpoints.into_iter().enumerate().zip(listeners) {
+        for ((id, endpoint), listeners) in endpoints.into_iter().enumerate().zip(sockets) {
             let cpu = config.cores[id];
             let shared = shared.clone();
             let meta = meta.clone();
@@ -345,7 +362,10 @@ impl Broker {
                     STOP.with(|s| *s.borrow_mut() = Some(stop.clone()));
                     let _ = ready_tx.send((id, Ok(())));
                     drop(ready_tx);
-                    rt.block_on(shard_main(Arc::new(listener), stop))
+                    rt.block_on(shard_main(
+                        listeners.into_iter().map(Arc::new).collect(),
+                        stop,
+                    ))
                 })
                 .map_err(|e| StartError::Other(format!("cannot start shard thread: {e}")))?;
             threads.push(thread);
@@ -557,7 +577,7 @@ impl Broker {
 }
 
 /// A shard's life after start-up; whether its logs closed and synced at the end.
-async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
+async fn shard_main(listeners: Vec<SharedFd>, stop: Rc<StopSignals>) -> bool {
     let drain = stop.drain.notified();
     let close = stop.close.notified();
     let shard = crate::shard::current();
@@ -643,13 +663,17 @@ async fn shard_main(listener: SharedFd, stop: Rc<StopSignals>) -> bool {
     if shard.id == 0 && shard.shared.cluster.is_some() {
         background.push(spawn(crate::shard::cluster::run_applier()));
     }
-    let acceptor = spawn(accept_loop(listener.clone()));
+    let acceptors: Vec<_> = listeners
+        .iter()
+        .enumerate()
+        .map(|(index, listener)| spawn(accept_loop(listener.clone(), index)))
+        .collect();
 
     drain.await;
     DRAINING.with(|d| d.set(true));
     DRAIN_STARTED.with(|n| n.notify_all());
     crate::groups::release_waiters();
-    stop_accepting(&listener, acceptor).await;
+    stop_accepting(&listeners, acceptors).await;
     if let Some(ack) = stop.drain_ack.borrow_mut().take() {
         let _ = ack.send(shard.id);
     }
@@ -825,12 +849,16 @@ async fn close_logs() -> bool {
 /// every connection accepted here to leave: shutting its read side wakes one waiting for a
 /// request; one handling requests sees [`draining`] once it has answered them.
 async fn stop_accepting(
-    listener: &SharedFd,
-    acceptor: ringbroker_runtime::executor::JoinHandle<()>,
+    listeners: &[SharedFd],
+    acceptors: Vec<ringbroker_runtime::executor::JoinHandle<()>>,
 ) {
-    // SAFETY: shutdown(2) on a socket this shard keeps open; no memory is passed.
-    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
-    let _ = acceptor.await;
+    for listener in listeners {
+        // SAFETY: shutdown(2) on a socket this shard keeps open; no memory is passed.
+        unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+    for acceptor in acceptors {
+        let _ = acceptor.await;
+    }
     shut_accepted(libc::SHUT_RD);
 }
 
@@ -897,7 +925,8 @@ async fn cleaner_every(every: Duration) {
 /// Cleanings a shard's cleaner runs back to back before it sleeps its backoff again.
 const CLEANINGS_PER_LOOK_MAX: usize = 64;
 
-async fn accept_loop(listener: SharedFd) {
+/// Accepts the connections of listener `index` (`Shared::listeners`).
+async fn accept_loop(listener: SharedFd, index: usize) {
     let shared = crate::shard::current().shared.clone();
     loop {
         let accepted = op::accept(&listener).await;
@@ -922,7 +951,7 @@ async fn accept_loop(listener: SharedFd) {
                 let _ = sock.set_tcp_nodelay(true);
                 let fd = Arc::new(fd);
                 remember_accepted(&fd);
-                drop(spawn(crate::connection::serve(fd, peer, slot)));
+                drop(spawn(crate::connection::serve(fd, peer, slot, index)));
             }
             Err(e) => {
                 // EMFILE and friends: log, back off a little, keep serving existing clients.

@@ -28,6 +28,9 @@ pub struct Shared {
     pub config: BrokerConfig,
     pub advertised_host: String,
     pub advertised_port: u16,
+    /// Every listener as bound and advertised, in `BrokerConfig::listeners` order
+    /// (`advertised_host`/`advertised_port` are the first one's).
+    pub listeners: Vec<crate::security::ListenerInfo>,
     pub cluster_id: String,
     pub shard_count: usize,
     /// The previous run stopped cleanly (its snapshots can be trusted).

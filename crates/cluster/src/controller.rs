@@ -146,6 +146,11 @@ pub fn decide(
             partition_epoch,
             isr,
         }),
+        AdminRequest::AlterScramCredentials { upserts, deletions } => {
+            Ok(Command::AlterScramCredentials { upserts, deletions })
+        }
+        AdminRequest::CreateAcls { acls } => Ok(Command::CreateAcls { acls }),
+        AdminRequest::DeleteAcls { acls } => Ok(Command::DeleteAcls { acls }),
         AdminRequest::AlterReassignments { moves } => {
             if moves.is_empty() {
                 return Err(AdminError::InvalidReplicaAssignment(

@@ -111,6 +111,12 @@ pub struct MetadataImage {
     pub applied_index: u64,
     pub brokers: BTreeMap<NodeId, BrokerInfo>,
     pub topics: BTreeMap<String, TopicImage>,
+    /// SCRAM credentials by user name (issue #16): what AlterUserScramCredentials stored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scram_credentials: BTreeMap<String, Vec<ScramCredential>>,
+    /// Access control entries (CreateAcls), in the order they were created.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acls: Vec<AclBinding>,
     /// The active controller (raft leader) as this node last knew it when publishing; -1 when
     /// unknown. Not replicated state: filled in by the node that publishes the image.
     pub controller_id: NodeId,
@@ -122,12 +128,52 @@ pub struct BrokerInfo {
     /// Its Kafka listener, as clients and other brokers reach it.
     pub host: String,
     pub port: u16,
+    /// Every client listener of the broker as advertised, by listener name (issue #16:
+    /// Metadata answers a client with the endpoints of the listener it connected to). Empty
+    /// from a broker that registered before listeners were named: `host`/`port` then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<Endpoint>,
     /// Not heard from within the session timeout (or never since the controller started):
     /// leads nothing and is in no ISR until it heartbeats again.
     pub fenced: bool,
     /// Chosen anew by every start of the broker's process; a new one means the broker
     /// restarted (it is then fenced and unfenced: it leads nothing it led before).
     pub incarnation: u64,
+}
+
+/// One advertised listener of a broker: its name (`PLAINTEXT`, `SASL_SSL`, ...) and address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// A user's salted SCRAM credential for one mechanism (RFC 5802: the password itself is never
+/// stored, only what the server needs to check a proof).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScramCredential {
+    /// `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: String,
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+/// One access control entry bound to a resource pattern (Kafka's `AclBinding`), with Kafka's
+/// wire codes: `resource_type` (2 topic, 3 group, 4 cluster, 5 transactional id),
+/// `pattern_type` (3 literal, 4 prefixed), `operation` (`AclOperation`), `permission_type`
+/// (2 deny, 3 allow). `principal` is `User:name`, `host` an address or `*`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AclBinding {
+    pub resource_type: i8,
+    pub resource_name: String,
+    pub pattern_type: i8,
+    pub principal: String,
+    pub host: String,
+    pub operation: i8,
+    pub permission_type: i8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,6 +268,20 @@ pub enum AdminRequest {
     /// answer each on its own).
     AlterReassignments {
         moves: Vec<ReassignmentMove>,
+    },
+    /// Sets (replaces per mechanism) and deletes users' SCRAM credentials (issue #16).
+    AlterScramCredentials {
+        upserts: Vec<(String, ScramCredential)>,
+        /// (user, mechanism)
+        deletions: Vec<(String, String)>,
+    },
+    /// Adds access control entries (one already present is not added twice).
+    CreateAcls {
+        acls: Vec<AclBinding>,
+    },
+    /// Removes exactly these entries (the broker matched DeleteAcls filters against its image).
+    DeleteAcls {
+        acls: Vec<AclBinding>,
     },
 }
 

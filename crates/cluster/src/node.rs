@@ -801,6 +801,8 @@ fn grows_image(cmd: &Command) -> bool {
         Command::CreateTopic { .. }
             | Command::CreatePartitions { .. }
             | Command::SetTopicConfigs { .. }
+            | Command::AlterScramCredentials { .. }
+            | Command::CreateAcls { .. }
     )
 }
 
@@ -1005,6 +1007,7 @@ mod tests {
                 id: 1,
                 host: "h".to_string(),
                 port: 1,
+                listeners: Vec::new(),
                 fenced: false,
                 incarnation: 1,
             },

@@ -6,7 +6,8 @@
 //! that appeared meanwhile) fails or is a no-op on every node alike.
 
 use crate::{
-    AdminError, BrokerInfo, MetadataImage, NodeId, PartitionImage, ReassignmentMove, TopicImage,
+    AclBinding, AdminError, BrokerInfo, MetadataImage, NodeId, PartitionImage, ReassignmentMove,
+    ScramCredential, TopicImage,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -75,6 +76,16 @@ pub enum Command {
     /// controller and again when applied (all or none).
     AlterReassignments {
         moves: Vec<ReassignmentMove>,
+    },
+    AlterScramCredentials {
+        upserts: Vec<(String, ScramCredential)>,
+        deletions: Vec<(String, String)>,
+    },
+    CreateAcls {
+        acls: Vec<AclBinding>,
+    },
+    DeleteAcls {
+        acls: Vec<AclBinding>,
     },
 }
 
@@ -209,6 +220,34 @@ pub fn apply(image: &mut MetadataImage, index: u64, command: &Command) -> Result
             for m in moves {
                 elect(image, m);
             }
+            Ok(())
+        }
+        Command::AlterScramCredentials { upserts, deletions } => {
+            for (user, mechanism) in deletions {
+                if let Some(creds) = image.scram_credentials.get_mut(user) {
+                    creds.retain(|c| &c.mechanism != mechanism);
+                    if creds.is_empty() {
+                        image.scram_credentials.remove(user);
+                    }
+                }
+            }
+            for (user, credential) in upserts {
+                let creds = image.scram_credentials.entry(user.clone()).or_default();
+                creds.retain(|c| c.mechanism != credential.mechanism);
+                creds.push(credential.clone());
+            }
+            Ok(())
+        }
+        Command::CreateAcls { acls } => {
+            for acl in acls {
+                if !image.acls.contains(acl) {
+                    image.acls.push(acl.clone());
+                }
+            }
+            Ok(())
+        }
+        Command::DeleteAcls { acls } => {
+            image.acls.retain(|a| !acls.contains(a));
             Ok(())
         }
         Command::AlterReassignments { moves } => {
@@ -550,6 +589,7 @@ fn register_broker(image: &mut MetadataImage, id: NodeId, incarnation: u64, host
                     id,
                     host: host.to_string(),
                     port,
+                    listeners: Vec::new(),
                     fenced: true,
                     incarnation,
                 },

@@ -7,6 +7,7 @@ use ringbroker_broker::config::{
     BrokerConfig, ClusterSettings, BROKER_HEARTBEAT_INTERVAL_DEFAULT,
     BROKER_SESSION_TIMEOUT_DEFAULT, DEFAULT_REPLICATION_FACTOR_MAX,
 };
+use ringbroker_broker::security;
 use ringbroker_runtime::affinity;
 use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -211,13 +212,91 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGBROKER_BROKER_HEARTBEAT_INTERVAL_MS")]
     pub broker_heartbeat_interval_ms: Option<u64>,
 
+    /// Listeners in Kafka's syntax, `NAME://host:port,...` (NAME: PLAINTEXT, SSL,
+    /// SASL_PLAINTEXT, SASL_SSL, or a name given a protocol by
+    /// --listener-security-protocol-map). Replaces --listen. [default: PLAINTEXT://127.0.0.1:9092]
+    #[arg(long, env = "RINGBROKER_LISTENERS")]
+    pub listeners: Option<String>,
+
+    /// What Metadata tells clients per listener, `NAME://host:port,...`. Replaces --advertise.
+    /// [default: each listener's bound address]
+    #[arg(long, env = "RINGBROKER_ADVERTISED_LISTENERS")]
+    pub advertised_listeners: Option<String>,
+
+    /// Security protocol of custom listener names, `NAME:PROTOCOL,...` (Kafka's
+    /// listener.security.protocol.map).
+    #[arg(long, env = "RINGBROKER_LISTENER_SECURITY_PROTOCOL_MAP")]
+    pub listener_security_protocol_map: Option<String>,
+
+    /// PEM certificate chain of the broker (SSL and SASL_SSL listeners).
+    #[arg(long, env = "RINGBROKER_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "RINGBROKER_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// PEM CA certificate(s) client certificates must chain to: TLS clients must then present
+    /// one (mTLS), and its subject becomes the connection's principal.
+    #[arg(long, env = "RINGBROKER_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+
+    /// SASL mechanisms offered on SASL listeners, in order. [default: SCRAM-SHA-256,SCRAM-SHA-512,PLAIN]
+    #[arg(long, env = "RINGBROKER_SASL_MECHANISMS")]
+    pub sasl_mechanisms: Option<String>,
+
+    /// Principals allowed everything, `User:admin,User:other` (`;` works too, as in Kafka).
+    #[arg(long, env = "RINGBROKER_SUPER_USERS")]
+    pub super_users: Option<String>,
+
+    /// `acl` enforces ACLs (Kafka's authorizer.class.name); `none` allows everything.
+    /// [default: none]
+    #[arg(long, env = "RINGBROKER_AUTHORIZER")]
+    pub authorizer: Option<String>,
+
+    /// With --authorizer acl: a resource no ACL names is open to everyone (Kafka's
+    /// allow.everyone.if.no.acl.found). [default: false]
+    #[arg(long, env = "RINGBROKER_ALLOW_EVERYONE_IF_NO_ACL_FOUND", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_everyone_if_no_acl_found: Option<bool>,
+
+    /// SASL sessions expire after this many ms and clients re-authenticate (KIP-368,
+    /// connections.max.reauth.ms); 0: never. [default: 0]
+    #[arg(long, env = "RINGBROKER_CONNECTIONS_MAX_REAUTH_MS")]
+    pub connections_max_reauth_ms: Option<u64>,
+
+    /// A failed authentication is answered this many ms late (Kafka's
+    /// connection.failed.authentication.delay.ms). [default: 100]
+    #[arg(long, env = "RINGBROKER_FAILED_AUTHENTICATION_DELAY_MS")]
+    pub failed_authentication_delay_ms: Option<u64>,
+
+    /// The listener other brokers fetch from (cluster mode). [default: the first listener]
+    #[arg(long, env = "RINGBROKER_INTER_BROKER_LISTENER_NAME")]
+    pub inter_broker_listener_name: Option<String>,
+
+    /// SASL mechanism this broker authenticates with toward other brokers. [default: SCRAM-SHA-512]
+    #[arg(long, env = "RINGBROKER_INTER_BROKER_SASL_MECHANISM")]
+    pub inter_broker_sasl_mechanism: Option<String>,
+
+    /// SASL user this broker authenticates as toward other brokers (make it a super user).
+    #[arg(long, env = "RINGBROKER_INTER_BROKER_USER")]
+    pub inter_broker_user: Option<String>,
+
+    /// File holding the password of --inter-broker-user (first line).
+    #[arg(long, env = "RINGBROKER_INTER_BROKER_PASSWORD_FILE")]
+    pub inter_broker_password_file: Option<PathBuf>,
+
     /// TOML file with the same keys (listen, data_dir, cores, advertise, auto_create_topics,
     /// default_partitions, flush, segment_bytes, segment_ms, retention_ms, retention_bytes,
     /// retention_check_ms, recovery_checkpoint_ms, uring_fallback, metrics_listen,
     /// max_connections, frame_bytes_max, max_message_bytes, fetch_max_bytes, recv_budget_bytes,
     /// group_max_size, log_cleaner_enable, cleaner_backoff_ms, cleaner_dedupe_buffer_bytes,
     /// cleaner_io_bytes_per_turn, cleaner_duty_percent, node_id, cluster, internal_listen,
-    /// default_replication_factor, broker_session_timeout_ms, broker_heartbeat_interval_ms).
+    /// default_replication_factor, broker_session_timeout_ms, broker_heartbeat_interval_ms,
+    /// listeners, advertised_listeners, listener_security_protocol_map, tls_cert_file,
+    /// tls_key_file, tls_client_ca_file, sasl_mechanisms, super_users, authorizer,
+    /// allow_everyone_if_no_acl_found, connections_max_reauth_ms,
+    /// failed_authentication_delay_ms, inter_broker_listener_name,
+    /// inter_broker_sasl_mechanism, inter_broker_user, inter_broker_password_file).
     #[arg(long, env = "RINGBROKER_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -257,6 +336,22 @@ struct FileConfig {
     default_replication_factor: Option<i16>,
     broker_session_timeout_ms: Option<u64>,
     broker_heartbeat_interval_ms: Option<u64>,
+    listeners: Option<String>,
+    advertised_listeners: Option<String>,
+    listener_security_protocol_map: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_client_ca_file: Option<PathBuf>,
+    sasl_mechanisms: Option<String>,
+    super_users: Option<String>,
+    authorizer: Option<String>,
+    allow_everyone_if_no_acl_found: Option<bool>,
+    connections_max_reauth_ms: Option<u64>,
+    failed_authentication_delay_ms: Option<u64>,
+    inter_broker_listener_name: Option<String>,
+    inter_broker_sasl_mechanism: Option<String>,
+    inter_broker_user: Option<String>,
+    inter_broker_password_file: Option<PathBuf>,
 }
 
 pub struct Settings {
@@ -274,15 +369,6 @@ impl ServeArgs {
             }
             None => FileConfig::default(),
         };
-        let listen_text = self
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| "127.0.0.1:9092".into());
-        let listen: SocketAddr = listen_text
-            .to_socket_addrs()
-            .with_context(|| format!("--listen {listen_text:?}"))?
-            .next()
-            .with_context(|| format!("--listen {listen_text:?} resolves to no address"))?;
         let data_dir = self
             .data_dir
             .or(file.data_dir)
@@ -297,21 +383,6 @@ impl ServeArgs {
         if let Some(cpu) = cores.iter().find(|c| !allowed.contains(c)) {
             bail!("--cores: CPU {cpu} is not available to this process (allowed: {allowed:?})");
         }
-        let advertise = match self.advertise.or(file.advertise) {
-            Some(text) => {
-                let (host, port) = text
-                    .rsplit_once(':')
-                    .with_context(|| format!("--advertise {text:?}: expected host:port"))?;
-                let port: u16 = port
-                    .parse()
-                    .with_context(|| format!("--advertise {text:?}: bad port"))?;
-                Some((
-                    host.trim_matches(|c| c == '[' || c == ']').to_string(),
-                    port,
-                ))
-            }
-            None => None,
-        };
         let default_partitions = self
             .default_partitions
             .or(file.default_partitions)
@@ -319,8 +390,52 @@ impl ServeArgs {
         if default_partitions < 1 {
             bail!("--default-partitions must be at least 1");
         }
-        let mut broker = BrokerConfig::new(listen, data_dir, cores);
-        broker.advertise = advertise;
+        let listen = self.listen.or(file.listen);
+        let advertise = self.advertise.or(file.advertise);
+        let mut broker = BrokerConfig::new(
+            "127.0.0.1:9092".parse().expect("a literal address"),
+            data_dir,
+            cores,
+        );
+        broker.listeners = resolve_listeners(ListenerFlags {
+            listen,
+            advertise,
+            listeners: self.listeners.or(file.listeners),
+            advertised_listeners: self.advertised_listeners.or(file.advertised_listeners),
+            protocol_map: self
+                .listener_security_protocol_map
+                .or(file.listener_security_protocol_map),
+        })?;
+        broker.security = resolve_security(
+            SecurityFlags {
+                tls_cert_file: self.tls_cert_file.or(file.tls_cert_file),
+                tls_key_file: self.tls_key_file.or(file.tls_key_file),
+                tls_client_ca_file: self.tls_client_ca_file.or(file.tls_client_ca_file),
+                sasl_mechanisms: self.sasl_mechanisms.or(file.sasl_mechanisms),
+                super_users: self.super_users.or(file.super_users),
+                authorizer: self.authorizer.or(file.authorizer),
+                allow_everyone_if_no_acl_found: self
+                    .allow_everyone_if_no_acl_found
+                    .or(file.allow_everyone_if_no_acl_found),
+                connections_max_reauth_ms: self
+                    .connections_max_reauth_ms
+                    .or(file.connections_max_reauth_ms),
+                failed_authentication_delay_ms: self
+                    .failed_authentication_delay_ms
+                    .or(file.failed_authentication_delay_ms),
+                inter_broker_listener_name: self
+                    .inter_broker_listener_name
+                    .or(file.inter_broker_listener_name),
+                inter_broker_sasl_mechanism: self
+                    .inter_broker_sasl_mechanism
+                    .or(file.inter_broker_sasl_mechanism),
+                inter_broker_user: self.inter_broker_user.or(file.inter_broker_user),
+                inter_broker_password_file: self
+                    .inter_broker_password_file
+                    .or(file.inter_broker_password_file),
+            },
+            &broker.listeners,
+        )?;
         broker.auto_create_topics = self
             .auto_create_topics
             .or(file.auto_create_topics)
@@ -605,6 +720,195 @@ fn resolve_cluster(flags: ClusterFlags) -> Result<Option<ClusterSettings>> {
     }))
 }
 
+struct ListenerFlags {
+    listen: Option<String>,
+    advertise: Option<String>,
+    listeners: Option<String>,
+    advertised_listeners: Option<String>,
+    protocol_map: Option<String>,
+}
+
+/// The listeners from `--listeners` (Kafka's syntax) or `--listen` (one PLAINTEXT listener),
+/// with `--advertised-listeners` or `--advertise` applied.
+fn resolve_listeners(flags: ListenerFlags) -> Result<Vec<security::ListenerConfig>> {
+    if flags.listen.is_some() && flags.listeners.is_some() {
+        bail!("--listen and --listeners both given: use --listeners alone (--listen ADDR is PLAINTEXT://ADDR)");
+    }
+    if flags.advertise.is_some() && flags.advertised_listeners.is_some() {
+        bail!(
+            "--advertise and --advertised-listeners both given: use --advertised-listeners alone"
+        );
+    }
+    let mut listeners = match flags.listeners {
+        Some(text) => security::parse_listeners(&text, flags.protocol_map.as_deref())
+            .map_err(anyhow::Error::msg)?,
+        None => {
+            if flags.protocol_map.is_some() {
+                bail!("--listener-security-protocol-map needs --listeners");
+            }
+            let text = flags.listen.unwrap_or_else(|| "127.0.0.1:9092".into());
+            let addr: SocketAddr = text
+                .to_socket_addrs()
+                .with_context(|| format!("--listen {text:?}"))?
+                .next()
+                .with_context(|| format!("--listen {text:?} resolves to no address"))?;
+            vec![security::ListenerConfig::plaintext(addr)]
+        }
+    };
+    if let Some(text) = flags.advertised_listeners {
+        security::apply_advertised(&mut listeners, &text).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(text) = flags.advertise {
+        if listeners.len() > 1 {
+            bail!("--advertise names one address: with several --listeners use --advertised-listeners");
+        }
+        let (host, port) = text
+            .rsplit_once(':')
+            .with_context(|| format!("--advertise {text:?}: expected host:port"))?;
+        let port: u16 = port
+            .parse()
+            .with_context(|| format!("--advertise {text:?}: bad port"))?;
+        listeners[0].advertised = Some((
+            host.trim_matches(|c| c == '[' || c == ']').to_string(),
+            port,
+        ));
+    }
+    Ok(listeners)
+}
+
+struct SecurityFlags {
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_client_ca_file: Option<PathBuf>,
+    sasl_mechanisms: Option<String>,
+    super_users: Option<String>,
+    authorizer: Option<String>,
+    allow_everyone_if_no_acl_found: Option<bool>,
+    connections_max_reauth_ms: Option<u64>,
+    failed_authentication_delay_ms: Option<u64>,
+    inter_broker_listener_name: Option<String>,
+    inter_broker_sasl_mechanism: Option<String>,
+    inter_broker_user: Option<String>,
+    inter_broker_password_file: Option<PathBuf>,
+}
+
+/// Longest `--failed-authentication-delay-ms` (a connection waits this long holding its slot).
+const FAILED_AUTHENTICATION_DELAY_MS_MAX: u64 = 10_000;
+
+/// The security settings, checked against the listeners they serve.
+fn resolve_security(
+    flags: SecurityFlags,
+    listeners: &[security::ListenerConfig],
+) -> Result<security::SecurityConfig> {
+    let tls = match (flags.tls_cert_file, flags.tls_key_file) {
+        (Some(cert), Some(key)) => Some(security::TlsFiles {
+            cert,
+            key,
+            client_ca: flags.tls_client_ca_file,
+        }),
+        (None, None) => {
+            if flags.tls_client_ca_file.is_some() {
+                bail!("--tls-client-ca-file needs --tls-cert-file and --tls-key-file");
+            }
+            None
+        }
+        _ => bail!("--tls-cert-file and --tls-key-file go together"),
+    };
+    let mut s = security::SecurityConfig {
+        tls,
+        ..Default::default()
+    };
+    if let Some(l) = listeners.iter().find(|l| l.protocol.uses_tls()) {
+        if s.tls.is_none() {
+            bail!(
+                "listener {} uses {}: give --tls-cert-file and --tls-key-file",
+                l.name,
+                l.protocol
+            );
+        }
+    }
+    if let Some(text) = flags.sasl_mechanisms {
+        let mut mechanisms = Vec::new();
+        for name in text.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            let m = security::SaslMechanism::from_name(&name.to_ascii_uppercase())
+                .with_context(|| {
+                    format!("--sasl-mechanisms: unknown mechanism {name:?} (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)")
+                })?;
+            if !mechanisms.contains(&m) {
+                mechanisms.push(m);
+            }
+        }
+        if mechanisms.is_empty() {
+            bail!("--sasl-mechanisms names no mechanism");
+        }
+        s.sasl_mechanisms = mechanisms;
+    }
+    if let Some(text) = flags.super_users {
+        for p in text
+            .split([',', ';'])
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            match p.split_once(':') {
+                Some((kind, name)) if !kind.is_empty() && !name.is_empty() => {
+                    s.super_users.push(p.to_string())
+                }
+                _ => bail!("--super-users: {p:?} is not a principal like User:admin"),
+            }
+        }
+    }
+    s.authorizer = match flags.authorizer.as_deref() {
+        None | Some("none") => false,
+        Some("acl") => true,
+        Some(other) => bail!("--authorizer {other:?}: expected acl or none"),
+    };
+    s.allow_everyone_if_no_acl_found = flags.allow_everyone_if_no_acl_found.unwrap_or(false);
+    s.connections_max_reauth = match flags.connections_max_reauth_ms {
+        None | Some(0) => None,
+        Some(ms) => Some(std::time::Duration::from_millis(ms)),
+    };
+    if let Some(ms) = flags.failed_authentication_delay_ms {
+        if ms > FAILED_AUTHENTICATION_DELAY_MS_MAX {
+            bail!("--failed-authentication-delay-ms must be at most {FAILED_AUTHENTICATION_DELAY_MS_MAX}");
+        }
+        s.failed_authentication_delay = std::time::Duration::from_millis(ms);
+    }
+    if let Some(name) = flags.inter_broker_listener_name {
+        let name = name.to_ascii_uppercase();
+        if !listeners.iter().any(|l| l.name == name) {
+            bail!("--inter-broker-listener-name {name}: no such listener in --listeners");
+        }
+        s.inter_broker_listener = Some(name);
+    }
+    s.inter_broker_sasl = match (flags.inter_broker_user, flags.inter_broker_password_file) {
+        (Some(user), Some(file)) => {
+            let mechanism_name = flags
+                .inter_broker_sasl_mechanism
+                .unwrap_or_else(|| "SCRAM-SHA-512".into());
+            let mechanism =
+                security::SaslMechanism::from_name(&mechanism_name.to_ascii_uppercase())
+                    .with_context(|| {
+                        format!("--inter-broker-sasl-mechanism {mechanism_name:?}: unknown")
+                    })?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("--inter-broker-password-file {}", file.display()))?;
+            let password = text.lines().next().unwrap_or("").to_string();
+            if password.is_empty() {
+                bail!("--inter-broker-password-file {} is empty", file.display());
+            }
+            Some((mechanism, user, password))
+        }
+        (None, None) => {
+            if flags.inter_broker_sasl_mechanism.is_some() {
+                bail!("--inter-broker-sasl-mechanism needs --inter-broker-user and --inter-broker-password-file");
+            }
+            None
+        }
+        _ => bail!("--inter-broker-user and --inter-broker-password-file go together"),
+    };
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,7 +928,10 @@ mod tests {
             ..Default::default()
         };
         let s = args.resolve().unwrap();
-        assert_eq!(s.broker.listen, "127.0.0.1:1234".parse().unwrap());
+        assert_eq!(
+            s.broker.listeners[0].addr,
+            "127.0.0.1:1234".parse().unwrap()
+        );
         assert_eq!(s.broker.default_partitions, 5);
         assert!(!s.broker.auto_create_topics);
         assert_eq!(s.broker.data_dir, PathBuf::from("ringbroker-data"));

@@ -99,6 +99,13 @@ fn serve(args: config::ServeArgs) -> Result<()> {
         wakeups = if config.use_msg_ring && features.msg_ring { "MSG_RING" } else { "eventfd" },
         data_dir = %config.data_dir.display(),
         advertised = %format!("{}:{}", broker.shared.advertised_host, broker.shared.advertised_port),
+        listeners = %broker
+            .shared
+            .listeners
+            .iter()
+            .map(|l| format!("{}://{} (advertised {}:{})", l.name, l.bound, l.advertised_host, l.advertised_port))
+            .collect::<Vec<_>>()
+            .join(", "),
         flush = ?config.flush,
         recovery = if broker.previous_shutdown_clean { "trusted clean shutdown" } else { "scanned after the recovery checkpoints" },
         metrics = %broker.metrics_addr.map_or_else(|| "off".to_string(), |a| format!("http://{a}/metrics")),

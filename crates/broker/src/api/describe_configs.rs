@@ -75,23 +75,24 @@ fn static_broker_value(shard: &Shard, name: &str) -> String {
     let shared = &shard.shared;
     let c = &shared.config;
     match name {
-        "advertised.listeners" => format!(
-            "PLAINTEXT://{}:{}",
-            shared.advertised_host, shared.advertised_port
-        ),
+        "advertised.listeners" => shared
+            .listeners
+            .iter()
+            .map(|l| format!("{}://{}:{}", l.name, l.advertised_host, l.advertised_port))
+            .collect::<Vec<_>>()
+            .join(","),
         "auto.create.topics.enable" => c.auto_create_topics.to_string(),
         "broker.id" | "node.id" => shared.node_id.to_string(),
         "default.replication.factor" | "offsets.topic.replication.factor" => {
             crate::shard::cluster::default_replication_factor().to_string()
         }
         "fetch.max.bytes" => c.fetch_bytes_max.to_string(),
-        "listeners" => {
-            let port = match c.listen.port() {
-                0 => shared.advertised_port,
-                p => p,
-            };
-            format!("PLAINTEXT://{}:{port}", c.listen.ip())
-        }
+        "listeners" => shared
+            .listeners
+            .iter()
+            .map(|l| format!("{}://{}", l.name, l.bound))
+            .collect::<Vec<_>>()
+            .join(","),
         "log.cleaner.backoff.ms" => c.cleaner.backoff.as_millis().to_string(),
         "log.cleaner.dedupe.buffer.size" => c.cleaner.dedupe_buffer_bytes.to_string(),
         "log.cleaner.enable" => c.cleaner.enabled.to_string(),

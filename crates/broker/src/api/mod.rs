@@ -174,6 +174,9 @@ async fn dispatch(frame: Bytes, conn: &crate::connection::Conn) -> Outcome {
         }
         Err(e) => return Outcome::Close(e.to_string()),
     };
+    if let Err(outcome) = crate::security::admit(&req, conn) {
+        return outcome;
+    }
     let result = match req.api {
         ApiKey::ApiVersions => api_versions::handle(req).await,
         ApiKey::Metadata => metadata::handle(req).await,

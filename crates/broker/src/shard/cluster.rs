@@ -1049,6 +1049,7 @@ mod tests {
                     id: 1,
                     host: "h".into(),
                     port: 1,
+                    listeners: Vec::new(),
                     fenced: false,
                     incarnation: 1,
                 },
@@ -1067,6 +1068,7 @@ mod tests {
                 })
                 .collect(),
             controller_id: 1,
+            ..Default::default()
         }
     }
 
