@@ -57,7 +57,7 @@ pub fn check_configs_bytes(bytes: usize) -> Result<(), (i16, String)> {
     Ok(())
 }
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: AlterConfigsRequest = decode_body(&mut req)?;
     refuse_over(
         "AlterConfigs",

@@ -24,7 +24,7 @@ use ringbroker_cluster::{AdminRequest, MetadataImage, ReassignmentMove};
 use ringbroker_protocol::request::Request;
 use std::time::{Duration, Instant};
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: AlterPartitionReassignmentsRequest = decode_body(&mut req)?;
     refuse_over(
         "AlterPartitionReassignments",

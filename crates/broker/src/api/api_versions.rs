@@ -20,7 +20,7 @@ fn table() -> Vec<ApiVersion> {
         .collect()
 }
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let _body: ApiVersionsRequest = decode_body(&mut req)?;
     // Default-valued tagged fields (features, zk_migration_ready) stay out, as Kafka does.
     let response = ApiVersionsResponse::default()

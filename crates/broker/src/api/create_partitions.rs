@@ -13,7 +13,7 @@ use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 use std::collections::HashMap;
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: CreatePartitionsRequest = decode_body(&mut req)?;
     refuse_over(
         "CreatePartitions",

@@ -94,7 +94,7 @@ fn configs_of(
         .collect()
 }
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: CreateTopicsRequest = decode_body(&mut req)?;
     let v = req.version;
     refuse_over(

@@ -16,7 +16,7 @@ use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use ringbroker_protocol::request::Request;
 use ringbroker_storage::DeleteRecordsError;
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: DeleteRecordsRequest = decode_body(&mut req)?;
     let asked: usize = body.topics.iter().map(|t| t.partitions.len()).sum();
     refuse_over("DeleteRecords", "partitions", asked, REQUEST_PARTITIONS_MAX)?;

@@ -11,7 +11,7 @@ use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicN
 use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: DeleteTopicsRequest = decode_body(&mut req)?;
     let v = req.version;
     let count = body.topics.len() + body.topic_names.len();

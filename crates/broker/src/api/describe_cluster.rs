@@ -15,7 +15,7 @@ use ringbroker_protocol::request::Request;
 const ENDPOINT_TYPE_BROKER: i8 = 1;
 const ENDPOINT_TYPE_CONTROLLER: i8 = 2;
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: DescribeClusterRequest = decode_body(&mut req)?;
     let shard = shard::current();
     let shared = shard.shared.clone();

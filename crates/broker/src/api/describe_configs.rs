@@ -250,7 +250,7 @@ pub fn broker_scope(name: &str) -> Option<crate::shard::BrokerScope> {
     }
 }
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: DescribeConfigsRequest = decode_body(&mut req)?;
     let v = req.version;
     refuse_over(

@@ -11,7 +11,7 @@ use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 use ringbroker_runtime::mesh;
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let mut body: DescribeGroupsRequest = decode_body(&mut req)?;
     let mut seen = std::collections::HashSet::new();
     body.groups.retain(|g| seen.insert(g.0.clone()));

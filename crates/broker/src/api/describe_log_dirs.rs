@@ -20,7 +20,7 @@ use std::sync::Arc;
 /// Which partitions to describe: `None` for all, else per topic the partitions named.
 type Filter = Option<HashMap<String, HashSet<i32>>>;
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: DescribeLogDirsRequest = decode_body(&mut req)?;
     let asked: usize = body
         .topics

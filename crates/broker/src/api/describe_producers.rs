@@ -17,7 +17,7 @@ use kafka_protocol::messages::describe_producers_response::{
 use kafka_protocol::messages::{DescribeProducersRequest, DescribeProducersResponse, ProducerId};
 use ringbroker_protocol::request::Request;
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: DescribeProducersRequest = decode_body(&mut req)?;
     let asked: usize = body.topics.iter().map(|t| t.partition_indexes.len()).sum();
     refuse_over(

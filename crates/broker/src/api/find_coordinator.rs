@@ -37,7 +37,7 @@ fn group_coordinator(shard: &Shard, group: &str) -> Result<(i32, StrBytes, i32),
     }
 }
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: FindCoordinatorRequest = decode_body(&mut req)?;
     let shard = shard::current();
     let locate = |key: &str| {

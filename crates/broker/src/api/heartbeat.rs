@@ -7,7 +7,7 @@ use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 use ringbroker_protocol::request::Request;
 use ringbroker_runtime::mesh;
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: HeartbeatRequest = decode_body(&mut req)?;
     let group = body.group_id.0.to_string();
     let (generation, member, instance) = (

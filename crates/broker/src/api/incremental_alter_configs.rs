@@ -12,7 +12,7 @@ use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterC
 use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: IncrementalAlterConfigsRequest = decode_body(&mut req)?;
     refuse_over(
         "IncrementalAlterConfigs",

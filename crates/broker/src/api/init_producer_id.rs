@@ -10,7 +10,7 @@ use ringbroker_runtime::mesh;
 
 const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: InitProducerIdRequest = decode_body(&mut req)?;
     let mut response = InitProducerIdResponse::default();
     if body.transactional_id.is_some() {

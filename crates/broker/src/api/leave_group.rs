@@ -8,7 +8,7 @@ use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 use ringbroker_runtime::mesh;
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: LeaveGroupRequest = decode_body(&mut req)?;
     let group = body.group_id.0.to_string();
     let members: Vec<(String, Option<String>)> = if req.version >= 3 {

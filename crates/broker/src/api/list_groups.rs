@@ -14,7 +14,7 @@ use ringbroker_runtime::mesh;
 /// Kafka's `GroupType` name of every group this broker coordinates.
 const GROUP_TYPE: &str = "classic";
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: ListGroupsRequest = decode_body(&mut req)?;
     let lower =
         |list: &[StrBytes]| -> Vec<String> { list.iter().map(|s| s.to_lowercase()).collect() };

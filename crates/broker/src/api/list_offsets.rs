@@ -36,7 +36,7 @@ use super::offset_for_leader_epoch::LEADER_EPOCH;
 /// One partition's answer: error, offset, timestamp, leader epoch.
 type Found = (i16, i64, i64, i32);
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: ListOffsetsRequest = decode_body(&mut req)?;
     let asked: usize = body.topics.iter().map(|t| t.partitions.len()).sum();
     refuse_over("ListOffsets", "partitions", asked, REQUEST_PARTITIONS_MAX)?;

@@ -16,7 +16,7 @@ use kafka_protocol::protocol::StrBytes;
 use ringbroker_cluster::{MetadataImage, PartitionImage};
 use ringbroker_protocol::request::Request;
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: ListPartitionReassignmentsRequest = decode_body(&mut req)?;
     if let Some(topics) = &body.topics {
         refuse_over(

@@ -19,7 +19,7 @@ use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 use std::collections::BTreeMap;
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: MetadataRequest = decode_body(&mut req)?;
     let v = req.version;
     let topic_operations = acl::authorized(

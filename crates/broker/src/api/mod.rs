@@ -178,43 +178,45 @@ async fn dispatch(frame: Bytes, conn: &crate::connection::Conn) -> Outcome {
         return outcome;
     }
     let result = match req.api {
-        ApiKey::ApiVersions => api_versions::handle(req).await,
-        ApiKey::Metadata => metadata::handle(req).await,
+        ApiKey::ApiVersions => api_versions::handle(req, conn).await,
+        ApiKey::Metadata => metadata::handle(req, conn).await,
         ApiKey::Produce => produce::handle(req, conn).await,
         ApiKey::Fetch => fetch::handle(req, conn).await,
-        ApiKey::ListOffsets => list_offsets::handle(req).await,
-        ApiKey::CreateTopics => create_topics::handle(req).await,
-        ApiKey::DeleteTopics => delete_topics::handle(req).await,
-        ApiKey::FindCoordinator => find_coordinator::handle(req).await,
+        ApiKey::ListOffsets => list_offsets::handle(req, conn).await,
+        ApiKey::CreateTopics => create_topics::handle(req, conn).await,
+        ApiKey::DeleteTopics => delete_topics::handle(req, conn).await,
+        ApiKey::FindCoordinator => find_coordinator::handle(req, conn).await,
         // Both wait for the group's other members (a rebalance): the connection reads on.
         ApiKey::JoinGroup => {
             let _parked = conn.park();
-            join_group::handle(req).await
+            join_group::handle(req, conn).await
         }
         ApiKey::SyncGroup => {
             let _parked = conn.park();
-            sync_group::handle(req).await
+            sync_group::handle(req, conn).await
         }
-        ApiKey::Heartbeat => heartbeat::handle(req).await,
-        ApiKey::LeaveGroup => leave_group::handle(req).await,
-        ApiKey::OffsetCommit => offset_commit::handle(req).await,
-        ApiKey::OffsetFetch => offset_fetch::handle(req).await,
-        ApiKey::ListGroups => list_groups::handle(req).await,
-        ApiKey::DescribeGroups => describe_groups::handle(req).await,
-        ApiKey::DeleteGroups => delete_groups::handle(req).await,
-        ApiKey::InitProducerId => init_producer_id::handle(req).await,
-        ApiKey::CreatePartitions => create_partitions::handle(req).await,
-        ApiKey::DeleteRecords => delete_records::handle(req).await,
-        ApiKey::DescribeLogDirs => describe_log_dirs::handle(req).await,
-        ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(req).await,
-        ApiKey::DescribeProducers => describe_producers::handle(req).await,
-        ApiKey::OffsetDelete => offset_delete::handle(req).await,
-        ApiKey::DescribeCluster => describe_cluster::handle(req).await,
-        ApiKey::DescribeConfigs => describe_configs::handle(req).await,
-        ApiKey::AlterConfigs => alter_configs::handle(req).await,
-        ApiKey::IncrementalAlterConfigs => incremental_alter_configs::handle(req).await,
-        ApiKey::AlterPartitionReassignments => alter_partition_reassignments::handle(req).await,
-        ApiKey::ListPartitionReassignments => list_partition_reassignments::handle(req).await,
+        ApiKey::Heartbeat => heartbeat::handle(req, conn).await,
+        ApiKey::LeaveGroup => leave_group::handle(req, conn).await,
+        ApiKey::OffsetCommit => offset_commit::handle(req, conn).await,
+        ApiKey::OffsetFetch => offset_fetch::handle(req, conn).await,
+        ApiKey::ListGroups => list_groups::handle(req, conn).await,
+        ApiKey::DescribeGroups => describe_groups::handle(req, conn).await,
+        ApiKey::DeleteGroups => delete_groups::handle(req, conn).await,
+        ApiKey::InitProducerId => init_producer_id::handle(req, conn).await,
+        ApiKey::CreatePartitions => create_partitions::handle(req, conn).await,
+        ApiKey::DeleteRecords => delete_records::handle(req, conn).await,
+        ApiKey::DescribeLogDirs => describe_log_dirs::handle(req, conn).await,
+        ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(req, conn).await,
+        ApiKey::DescribeProducers => describe_producers::handle(req, conn).await,
+        ApiKey::OffsetDelete => offset_delete::handle(req, conn).await,
+        ApiKey::DescribeCluster => describe_cluster::handle(req, conn).await,
+        ApiKey::DescribeConfigs => describe_configs::handle(req, conn).await,
+        ApiKey::AlterConfigs => alter_configs::handle(req, conn).await,
+        ApiKey::IncrementalAlterConfigs => incremental_alter_configs::handle(req, conn).await,
+        ApiKey::AlterPartitionReassignments => {
+            alter_partition_reassignments::handle(req, conn).await
+        }
+        ApiKey::ListPartitionReassignments => list_partition_reassignments::handle(req, conn).await,
         other => Err(Outcome::Close(format!("{other:?} is not implemented"))),
     };
     result.unwrap_or_else(|outcome| outcome)

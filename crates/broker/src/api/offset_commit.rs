@@ -15,7 +15,7 @@ use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 use ringbroker_protocol::request::Request;
 use ringbroker_runtime::mesh;
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: OffsetCommitRequest = decode_body(&mut req)?;
     let shard = shard::current();
     let group = body.group_id.0.to_string();

@@ -14,7 +14,7 @@ use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 use ringbroker_protocol::request::Request;
 use ringbroker_runtime::mesh;
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: OffsetDeleteRequest = decode_body(&mut req)?;
     let asked_count: usize = body.topics.iter().map(|t| t.partitions.len()).sum();
     refuse_over(

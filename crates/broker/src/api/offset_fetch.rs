@@ -41,7 +41,7 @@ fn by_topic(found: Found) -> BTreeMap<String, Vec<(i32, Option<Committed>)>> {
     out
 }
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let mut body: OffsetFetchRequest = decode_body(&mut req)?;
     let v = req.version;
     let asked: usize = body

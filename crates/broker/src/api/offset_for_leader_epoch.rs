@@ -23,7 +23,7 @@ pub const LEADER_EPOCH: i32 = 0;
 /// Kafka's "no epoch" (and, for `current_leader_epoch`, "do not check").
 const UNDEFINED_EPOCH: i32 = -1;
 
-pub async fn handle(mut req: Request) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: OffsetForLeaderEpochRequest = decode_body(&mut req)?;
     let asked: usize = body.topics.iter().map(|t| t.partitions.len()).sum();
     refuse_over(
