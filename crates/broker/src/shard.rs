@@ -1038,13 +1038,14 @@ fn check_assignment(replicas: &[i32]) -> Result<(), TopicError> {
     Ok(())
 }
 
-/// Checks one growth against the table: the new partition count, or why not.
-fn check_growth(
-    meta: &ClusterMeta,
+/// Checks a CreatePartitions entry against the topic as this node knows it (both modes):
+/// the topic exists, the count grows and stays within the per-topic limit, explicit
+/// assignments are one per new partition. The number of partitions added, or why not.
+pub(crate) fn check_partition_count(
+    topic: Option<&TopicInfo>,
     request: &NewPartitions,
-    partitions_total: usize,
-) -> Result<(Arc<TopicInfo>, usize), TopicError> {
-    let Some(topic) = meta.topics.iter().find(|t| t.name == request.topic) else {
+) -> Result<usize, TopicError> {
+    let Some(topic) = topic else {
         return Err((
             errors::UNKNOWN_TOPIC_OR_PARTITION,
             "This server does not host this topic-partition.".into(),
@@ -1087,9 +1088,21 @@ fn check_growth(
                 ),
             ));
         }
-        for replicas in assignments {
-            check_assignment(replicas)?;
-        }
+    }
+    Ok(added)
+}
+
+/// Checks one growth against the single node's table: the new partition count, or why not.
+fn check_growth(
+    meta: &ClusterMeta,
+    request: &NewPartitions,
+    partitions_total: usize,
+) -> Result<(Arc<TopicInfo>, usize), TopicError> {
+    let topic = meta.topics.iter().find(|t| t.name == request.topic);
+    let added = check_partition_count(topic.map(|t| &**t), request)?;
+    let topic = topic.expect("checked: the topic exists");
+    for replicas in request.assignments.iter().flatten() {
+        check_assignment(replicas)?;
     }
     if partitions_total + added > crate::limits::PARTITIONS_MAX {
         return Err((

@@ -897,50 +897,9 @@ pub async fn create_partitions(
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
         let result = async {
-            let Some(topic) = shard.topic(&request.topic) else {
-                return Err((
-                    errors::UNKNOWN_TOPIC_OR_PARTITION,
-                    "This server does not host this topic-partition.".to_string(),
-                ));
-            };
-            let existing = topic.partition_count();
+            let topic = shard.topic(&request.topic);
+            crate::shard::check_partition_count(topic.as_deref(), &request)?;
             let count = request.count;
-            if count == existing {
-                return Err((
-                    errors::INVALID_PARTITIONS,
-                    format!("Topic already has {existing} partition(s)."),
-                ));
-            }
-            if count < existing {
-                return Err((
-                    errors::INVALID_PARTITIONS,
-                    format!(
-                        "The topic {} currently has {existing} partition(s); {count} would not be an increase.",
-                        request.topic
-                    ),
-                ));
-            }
-            if count > crate::limits::TOPIC_PARTITIONS_MAX {
-                return Err((
-                    errors::INVALID_PARTITIONS,
-                    format!(
-                        "{count} partitions requested (at most {} per topic)",
-                        crate::limits::TOPIC_PARTITIONS_MAX
-                    ),
-                ));
-            }
-            let added = (count - existing) as usize;
-            if let Some(a) = &request.assignments {
-                if a.len() != added {
-                    return Err((
-                        errors::INVALID_REPLICA_ASSIGNMENT,
-                        format!(
-                            "Attempted to add {added} additional partition(s), but only {} assignment(s) were specified.",
-                            a.len()
-                        ),
-                    ));
-                }
-            }
             if validate_only {
                 return Ok(());
             }
