@@ -271,12 +271,12 @@ async fn serve_tls(fd: SharedFd, conn: Conn, slot: ConnectionSlot) {
     if shared.ktls {
         // UNTESTED on the development machine (its kernel has no kTLS).
         match stream.into_ktls(&mut buf) {
-            Ok(Ok(fd)) => return serve_here(fd, conn, slot, buf, 0, None).await,
-            Ok(Err(e)) => {
+            tls::KtlsHandoff::Kernel(fd) => return serve_here(fd, conn, slot, buf, 0, None).await,
+            tls::KtlsHandoff::Failed(e) => {
                 warn_limited!(peer = %conn.peer, error = %e, "kTLS hand-off failed; closing");
                 return;
             }
-            Err(s) => stream = s, // stays on the userspace path
+            tls::KtlsHandoff::Userspace(s) => stream = *s,
         }
     }
     serve_here(fd, conn, slot, buf, 0, Some(stream)).await
