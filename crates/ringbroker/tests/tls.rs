@@ -514,3 +514,81 @@ fn ktls_probe_decides_the_path_and_the_metric_and_start_up_line_say_which() {
     let out = kcat_ssl_ok(&broker.addr, &pki.ca.cert, None, &["-L"], "");
     assert!(out.contains("1 brokers"), "{out}");
 }
+
+/// A port free right now on 127.0.0.1 (released before use).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn in_a_cluster_metadata_answers_with_each_brokers_endpoint_of_the_clients_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path());
+    let internal = [free_port(), free_port()];
+    let voters = format!("1@127.0.0.1:{},2@127.0.0.1:{}", internal[0], internal[1]);
+    let flags = pki.broker_flags();
+    let started: Vec<_> = (1..=2)
+        .map(|id| {
+            let data = dir.path().join(format!("node-{id}"));
+            let (voters, flags) = (voters.clone(), flags.clone());
+            std::thread::spawn(move || {
+                let id = id.to_string();
+                let mut args: Vec<&str> = vec![
+                    "--listeners",
+                    "PLAINTEXT://127.0.0.1:0,SSL://127.0.0.1:0",
+                    "--node-id",
+                    &id,
+                    "--cluster",
+                    &voters,
+                ];
+                args.extend(flags.iter().map(String::as_str));
+                Broker::start(&data, &args)
+            })
+        })
+        .collect();
+    let brokers: Vec<Broker> = started.into_iter().map(|t| t.join().unwrap()).collect();
+    let port = |a: &str| a.rsplit(':').next().unwrap().parse::<i32>().unwrap();
+    let addrs: Vec<(String, String)> = brokers
+        .iter()
+        .map(|b| {
+            let log = b.log();
+            (
+                certs::listener_addr(&log, "PLAINTEXT"),
+                certs::listener_addr(&log, "SSL"),
+            )
+        })
+        .collect();
+    let mut want_plain: Vec<i32> = addrs.iter().map(|(p, _)| port(p)).collect();
+    let mut want_ssl: Vec<i32> = addrs.iter().map(|(_, s)| port(s)).collect();
+    want_plain.sort();
+    want_ssl.sort();
+    let config = tls_client::client_config(&pki.ca.cert, None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut plain = std::net::TcpStream::connect(&addrs[0].0).unwrap();
+        plain
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let m: MetadataResponse =
+            tls_client::call(&mut plain, ApiKey::Metadata, 9, &MetadataRequest::default()).unwrap();
+        let mut got_plain: Vec<i32> = m.brokers.iter().map(|b| b.port).collect();
+        got_plain.sort();
+        let mut tls = tls_client::connect(&addrs[1].1, config.clone());
+        let m: MetadataResponse =
+            tls_client::call(&mut tls, ApiKey::Metadata, 9, &MetadataRequest::default()).unwrap();
+        let mut got_ssl: Vec<i32> = m.brokers.iter().map(|b| b.port).collect();
+        got_ssl.sort();
+        if got_plain == want_plain && got_ssl == want_ssl {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PLAINTEXT answered {got_plain:?} (want {want_plain:?}), SSL {got_ssl:?} (want {want_ssl:?})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
