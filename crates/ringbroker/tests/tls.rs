@@ -360,11 +360,11 @@ fn plaintext_kafka_bytes_on_the_tls_port_close_that_connection_only() {
         raw.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
         raw.write_all(&garbage).unwrap();
         let mut answer = Vec::new();
-        // Closed by the broker (an alert at most, then EOF), well before the read timeout.
+        // Closed by the broker at once (an alert at most, then EOF), not by the handshake timeout.
         let started = std::time::Instant::now();
         let _ = raw.read_to_end(&mut answer);
         assert!(
-            started.elapsed() < Duration::from_secs(12),
+            started.elapsed() < Duration::from_secs(5),
             "the connection was not closed"
         );
         assert!(answer.len() < 64, "no Kafka answer on garbage: {answer:?}");
