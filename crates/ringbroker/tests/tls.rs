@@ -225,17 +225,8 @@ fn plaintext_and_ssl_listeners_serve_at_once_each_advertising_its_own_endpoint()
 fn a_fetch_of_several_mib_over_tls_is_byte_identical() {
     let (data, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let pki = TestPki::new(dir.path());
-    let broker = start_ssl(
-        data.path(),
-        &pki,
-        "PLAINTEXT://127.0.0.1:0,SSL://127.0.0.1:0",
-        &[],
-    );
-    let log = broker.log();
-    let (plain, ssl) = (
-        certs::listener_addr(&log, "PLAINTEXT"),
-        certs::listener_addr(&log, "SSL"),
-    );
+    let broker = start_ssl(data.path(), &pki, "SSL://127.0.0.1:0", &[]);
+    let ssl = broker.addr.clone();
     // 48 records of 128 KiB (6 MiB), distinct pseudo-random bytes (hex) in each.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let input: String = (0..48)
@@ -250,19 +241,12 @@ fn a_fetch_of_several_mib_over_tls_is_byte_identical() {
             v + "\n"
         })
         .collect();
-    run(
-        "timeout",
-        &[
-            "60",
-            "kcat",
-            "-b",
-            &plain,
-            "-t",
-            "big",
-            "-P",
-            "-X",
-            "message.max.bytes=1000000",
-        ],
+    // Produced over TLS too (requests larger than the connection's 64 KiB receive buffer).
+    kcat_ssl_ok(
+        &ssl,
+        &pki.ca.cert,
+        None,
+        &["-t", "big", "-P", "-X", "message.max.bytes=1000000"],
         &input,
     );
     let out = kcat_ssl_ok(
@@ -379,6 +363,27 @@ fn plaintext_kafka_bytes_on_the_tls_port_close_that_connection_only() {
     let _: MetadataResponse =
         tls_client::call(&mut again, ApiKey::Metadata, 9, &MetadataRequest::default()).unwrap();
     assert!(broker.log().contains("TLS handshake failed"));
+}
+
+#[test]
+fn a_peer_that_stalls_the_handshake_is_closed_after_the_timeout() {
+    let (data, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pki = TestPki::new(dir.path());
+    let broker = start_ssl(data.path(), &pki, "SSL://127.0.0.1:0", &[]);
+    let mut raw = std::net::TcpStream::connect(&broker.addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // Half a ClientHello record, then nothing.
+    raw.write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01])
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = raw.read_to_end(&mut answer);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(8) && waited < Duration::from_secs(20),
+        "closed after {waited:?} (TLS_HANDSHAKE_TIMEOUT is 10 s)"
+    );
+    assert!(broker.log().contains("no TLS handshake within"));
 }
 
 fn start_status(data: &Path, args: &[&str]) -> (bool, String) {
