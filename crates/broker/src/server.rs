@@ -297,6 +297,17 @@ impl Broker {
             cluster: membership.as_ref().map(|m| m.cluster.clone()),
         });
         let meta = Arc::new(meta);
+        // The ACLs every shard starts with: the metadata image's in a cluster, else the
+        // data dir's.
+        let acls = match &membership {
+            Some(m) => m.image.acls.clone(),
+            None => crate::security::authorizer::load(&config.data_dir)
+                .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?,
+        };
+        let acl_table = Arc::new(crate::security::authorizer::AclTable::build(
+            &config.security,
+            acls,
+        ));
         let heartbeats = Arc::new(Heartbeats::new(shards));
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
         let mut threads = Vec::with_capacity(shards);
@@ -312,6 +323,7 @@ impl Broker {
             };
             let clean = previous_shutdown_clean;
             let heartbeats = heartbeats.clone();
+            let acl_table = acl_table.clone();
             let member = membership.as_ref().map(|m| {
                 (
                     m.slot.clone(),
@@ -332,6 +344,7 @@ impl Broker {
                             heartbeats.beat(id)
                         }));
                         endpoint.install();
+                        crate::security::authorizer::install(acl_table);
                         let recovery = if clean {
                             Recovery::TrustCleanShutdown
                         } else {
