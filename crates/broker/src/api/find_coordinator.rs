@@ -37,11 +37,25 @@ fn group_coordinator(shard: &Shard, group: &str) -> Result<(i32, StrBytes, i32),
     }
 }
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: FindCoordinatorRequest = decode_body(&mut req)?;
     let shard = shard::current();
     let locate = |key: &str| {
-        if body.key_type == KEY_TYPE_GROUP {
+        // DESCRIBE on the group (or transactional id) the key names.
+        if body.key_type == KEY_TYPE_GROUP
+            && !crate::security::authorizer::on_group(conn, crate::acl::DESCRIBE, key)
+        {
+            Err(errors::GROUP_AUTHORIZATION_FAILED)
+        } else if body.key_type != KEY_TYPE_GROUP
+            && !crate::security::authorize(
+                conn,
+                crate::acl::DESCRIBE,
+                crate::security::resource::TRANSACTIONAL_ID,
+                key,
+            )
+        {
+            Err(errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+        } else if body.key_type == KEY_TYPE_GROUP {
             group_coordinator(&shard, key)
         } else {
             Err(errors::COORDINATOR_NOT_AVAILABLE)

@@ -347,6 +347,60 @@ fn check(conn: &crate::connection::Conn, op: u8, resource_type: i8, name: &str) 
     allowed
 }
 
+/// `op` on the topic `name` (see [`authorize`]).
+#[inline]
+pub fn on_topic(conn: &crate::connection::Conn, op: u8, name: &str) -> bool {
+    authorize(conn, op, resource::TOPIC, name)
+}
+
+/// `op` on the consumer group `name`.
+#[inline]
+pub fn on_group(conn: &crate::connection::Conn, op: u8, name: &str) -> bool {
+    authorize(conn, op, resource::GROUP, name)
+}
+
+/// `op` on the cluster.
+#[inline]
+pub fn on_cluster(conn: &crate::connection::Conn, op: u8) -> bool {
+    authorize(conn, op, resource::CLUSTER, resource::CLUSTER_NAME)
+}
+
+/// The group APIs that need READ on the group (Join, Sync, Heartbeat, Leave,
+/// OffsetCommit): GROUP_AUTHORIZATION_FAILED without it.
+#[inline]
+pub fn group_read_refusal(conn: &crate::connection::Conn, group: &str) -> Option<i16> {
+    (!on_group(conn, acl::READ, group)).then_some(crate::errors::GROUP_AUTHORIZATION_FAILED)
+}
+
+/// `ConfigResource.Type` codes (DescribeConfigs, AlterConfigs).
+const CONFIG_TOPIC: i8 = 2;
+
+/// Describe/AlterConfigs: `op` (DESCRIBE_CONFIGS, ALTER_CONFIGS) on a topic's configs needs it
+/// on the topic (TOPIC_AUTHORIZATION_FAILED), on a broker's (or logger's) on the cluster
+/// (CLUSTER_AUTHORIZATION_FAILED).
+pub fn config_refusal(
+    conn: &crate::connection::Conn,
+    op: u8,
+    config_resource_type: i8,
+    name: &str,
+) -> Option<(i16, String)> {
+    if config_resource_type == CONFIG_TOPIC {
+        (!on_topic(conn, op, name)).then(|| {
+            (
+                crate::errors::TOPIC_AUTHORIZATION_FAILED,
+                "Topic authorization failed.".to_string(),
+            )
+        })
+    } else {
+        (!on_cluster(conn, op)).then(|| {
+            (
+                crate::errors::CLUSTER_AUTHORIZATION_FAILED,
+                "Cluster authorization failed.".to_string(),
+            )
+        })
+    }
+}
+
 /// Like [`authorize`] without counting or logging a denial (filters: Metadata listing all
 /// topics, ListGroups, authorized-operations fields).
 pub fn may(conn: &crate::connection::Conn, op: u8, resource_type: i8, name: &str) -> bool {
