@@ -44,8 +44,9 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
     let denied: Vec<bool> = asked
         .iter()
         .map(|(_, _, r)| {
-            r.as_ref()
-                .is_some_and(|n| !crate::security::authorizer::on_topic(conn, crate::acl::DELETE, n))
+            r.as_ref().is_some_and(|n| {
+                !crate::security::authorizer::on_topic(conn, crate::acl::DELETE, n)
+            })
         })
         .collect();
     let names: Vec<String> = asked

@@ -15,7 +15,7 @@ use ringbroker_protocol::request::Request;
 const ENDPOINT_TYPE_BROKER: i8 = 1;
 const ENDPOINT_TYPE_CONTROLLER: i8 = 2;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: DescribeClusterRequest = decode_body(&mut req)?;
     let shard = shard::current();
     let shared = shard.shared.clone();
@@ -58,9 +58,12 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
         .with_cluster_id(StrBytes::from_string(shared.cluster_id.clone()))
         .with_controller_id(BrokerId(view.controller_id))
         .with_brokers(brokers)
-        .with_cluster_authorized_operations(acl::authorized(
+        .with_cluster_authorized_operations(crate::security::authorizer::authorized_operations(
+            conn,
             body.include_cluster_authorized_operations,
             acl::CLUSTER_OPERATIONS,
+            crate::security::resource::CLUSTER,
+            crate::security::resource::CLUSTER_NAME,
         ));
     Ok(respond(&req, &response))
 }

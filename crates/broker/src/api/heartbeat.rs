@@ -16,7 +16,8 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
         body.group_instance_id.map(|s| s.to_string()),
     );
     if let Some(error) = crate::security::authorizer::group_read_refusal(conn, &group)
-        .or_else(|| groups::coordinator_error(&group)) {
+        .or_else(|| groups::coordinator_error(&group))
+    {
         return Ok(respond(
             &req,
             &HeartbeatResponse::default().with_error_code(error),

@@ -33,7 +33,8 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
         require_known_member_id: v >= 4,
     };
     let r = match crate::security::authorizer::group_read_refusal(conn, &group)
-        .or_else(|| groups::coordinator_error(&group)) {
+        .or_else(|| groups::coordinator_error(&group))
+    {
         Some(error) => groups::JoinResult {
             error,
             member_id: join.member_id,

@@ -25,7 +25,8 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
         vec![(body.member_id.to_string(), None)]
     };
     if let Some(error) = crate::security::authorizer::group_read_refusal(conn, &group)
-        .or_else(|| groups::coordinator_error(&group)) {
+        .or_else(|| groups::coordinator_error(&group))
+    {
         return Ok(respond(
             &req,
             &LeaveGroupResponse::default().with_error_code(error),

@@ -14,11 +14,11 @@
 //! this broker has not.
 
 use super::{decode_body, respond, Outcome};
-use crate::api::{refuse_over, repeated_partitions};
 use crate::acl;
+use crate::api::{refuse_over, repeated_partitions};
 use crate::errors;
-use crate::security::authorizer::{on_cluster, on_topic};
 use crate::limits::{lookup_decompressed_bytes_max, REQUEST_PARTITIONS_MAX};
+use crate::security::authorizer::{on_cluster, on_topic};
 use crate::shard;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,

@@ -13,8 +13,8 @@
 use super::{decode_body, respond, Outcome};
 use crate::api::refuse_over;
 use crate::metadata::TopicInfo;
-use crate::shard::{self, BrokersView, NewTopic};
 use crate::security::{authorizer, resource};
+use crate::shard::{self, BrokersView, NewTopic};
 use crate::{acl, errors};
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -194,15 +194,13 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
         response = response.with_cluster_id(Some(StrBytes::from_string(shared.cluster_id.clone())));
     }
     if (8..=10).contains(&v) {
-        response = response.with_cluster_authorized_operations(
-            authorizer::authorized_operations(
-                conn,
-                body.include_cluster_authorized_operations,
-                acl::CLUSTER_OPERATIONS,
-                resource::CLUSTER,
-                resource::CLUSTER_NAME,
-            ),
-        );
+        response = response.with_cluster_authorized_operations(authorizer::authorized_operations(
+            conn,
+            body.include_cluster_authorized_operations,
+            acl::CLUSTER_OPERATIONS,
+            resource::CLUSTER,
+            resource::CLUSTER_NAME,
+        ));
     }
     Ok(respond(&req, &response))
 }

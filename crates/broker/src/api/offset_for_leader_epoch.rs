@@ -11,8 +11,8 @@
 use super::{decode_body, refuse_over, respond, Outcome};
 use crate::acl;
 use crate::errors;
-use crate::security::authorizer::{on_cluster, on_topic};
 use crate::limits::REQUEST_PARTITIONS_MAX;
+use crate::security::authorizer::{on_cluster, on_topic};
 use crate::shard;
 use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,

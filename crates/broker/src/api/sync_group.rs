@@ -22,7 +22,8 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
         .collect();
     let g = group.clone();
     let r = match crate::security::authorizer::group_read_refusal(conn, &group)
-        .or_else(|| groups::coordinator_error(&group)) {
+        .or_else(|| groups::coordinator_error(&group))
+    {
         Some(error) => groups::SyncResult {
             error,
             ..groups::SyncResult::default()

@@ -267,6 +267,38 @@ impl AclTable {
     }
 }
 
+impl AclTable {
+    /// Kafka's `authorizeByResourceType`: whether `principal` may perform `op` on some
+    /// resource of `resource_type` (InitProducerId: WRITE on any topic). An ALLOW entry for
+    /// the principal anywhere of the type allows, unless a DENY on the literal `*` refuses
+    /// all of them; a type without entries follows `--allow-everyone-if-no-acl-found`.
+    pub fn authorize_any(&self, principal: &str, host: &str, op: u8, resource_type: i8) -> bool {
+        if !self.enabled || self.super_users.iter().any(|s| &**s == principal) {
+            return true;
+        }
+        let Some(index) = type_index(resource_type) else {
+            return false;
+        };
+        let t = &self.types[index];
+        let op_matches = |e: &Entry| e.operation == op || e.operation == OP_ALL as u8;
+        let applies = |e: &&Entry| e.applies_to(principal, host) && op_matches(e);
+        if t.wildcard.iter().filter(applies).any(|e| !e.allow) {
+            return false;
+        }
+        let mut all = t
+            .literal
+            .values()
+            .chain(t.prefixed.values())
+            .flatten()
+            .chain(&t.wildcard)
+            .peekable();
+        if all.peek().is_none() {
+            return self.allow_if_no_acl;
+        }
+        all.filter(applies).any(|e| e.allow)
+    }
+}
+
 thread_local! {
     /// The authorizer is on (this shard has a table with `enabled`): the one read a check
     /// makes when it is off.
@@ -399,6 +431,18 @@ pub fn config_refusal(
             )
         })
     }
+}
+
+/// See [`AclTable::authorize_any`].
+pub fn authorize_any(conn: &crate::connection::Conn, op: u8, resource_type: i8) -> bool {
+    if !ENABLED.with(Cell::get) {
+        return true;
+    }
+    let principal = conn.principal.borrow();
+    TABLE.with(|t| {
+        t.borrow()
+            .authorize_any(&principal, peer_host(&conn.peer), op, resource_type)
+    })
 }
 
 /// Like [`authorize`] without counting or logging a denial (filters: Metadata listing all
