@@ -8,6 +8,10 @@
 //! - ACLs: the authorizer each shard holds a copy of.
 
 pub mod authorizer;
+pub mod credentials;
+pub mod sasl;
+pub mod sasl_client;
+pub mod scram;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -542,6 +542,9 @@ async fn apply_image(image: Arc<MetadataImage>) {
         }
     }
     let view = Arc::new(brokers_view(&image));
+    let credentials = Arc::new(crate::security::credentials::Credentials::from_image(
+        &image.scram_credentials,
+    ));
     let changed = Arc::new(merge.changed);
     let deleted = Arc::new(merge.deleted);
     let index = image.applied_index;
@@ -559,9 +562,11 @@ async fn apply_image(image: Arc<MetadataImage>) {
         }
         let (view, changed, deleted) = (view.clone(), changed.clone(), deleted.clone());
         let acls = acls.clone();
+        let credentials = credentials.clone();
         let applied = ringbroker_runtime::mesh::call(s, move || async move {
             let shard = current();
             shard.set_brokers(view);
+            crate::security::credentials::install(credentials);
             if let Some(acls) = acls {
                 crate::security::authorizer::install(acls);
             }
