@@ -115,7 +115,12 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
     };
     let single_node = shard::current().shared.cluster.is_none();
     // CREATE on the cluster allows every topic, else CREATE on each.
-    let create_any = crate::security::authorizer::on_cluster(conn, crate::acl::CREATE);
+    let create_any = crate::security::authorizer::may(
+        conn,
+        crate::acl::CREATE,
+        crate::security::resource::CLUSTER,
+        crate::security::resource::CLUSTER_NAME,
+    );
     let refused: Vec<Option<(i16, String)>> = body
         .topics
         .iter()

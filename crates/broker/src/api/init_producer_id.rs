@@ -16,13 +16,16 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
     // An idempotent producer needs IDEMPOTENT_WRITE on the cluster or WRITE on some topic
     // (Kafka's authorizeByResourceType); transactions are not supported, so a transactional
     // id is refused with the error Kafka gives without WRITE on it.
-    let idempotent_allowed =
-        crate::security::authorizer::on_cluster(conn, crate::acl::IDEMPOTENT_WRITE)
-            || crate::security::authorizer::authorize_any(
-                conn,
-                crate::acl::WRITE,
-                crate::security::resource::TOPIC,
-            );
+    let idempotent_allowed = crate::security::authorizer::may(
+        conn,
+        crate::acl::IDEMPOTENT_WRITE,
+        crate::security::resource::CLUSTER,
+        crate::security::resource::CLUSTER_NAME,
+    ) || crate::security::authorizer::authorize_any(
+        conn,
+        crate::acl::WRITE,
+        crate::security::resource::TOPIC,
+    );
     if body.transactional_id.is_none() && !idempotent_allowed {
         response = response
             .with_error_code(crate::errors::CLUSTER_AUTHORIZATION_FAILED)

@@ -73,7 +73,8 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
         Some(list) => {
             let allow_create =
                 shared.config.auto_create_topics && (v < 4 || body.allow_auto_topic_creation);
-            let create_anywhere = allow_create && authorizer::on_cluster(conn, acl::CREATE);
+            let create_anywhere = allow_create
+                && authorizer::may(conn, acl::CREATE, resource::CLUSTER, resource::CLUSTER_NAME);
             let mut missing = Vec::new();
             let mut create_errors = BTreeMap::new();
             for (name, id) in &list {
