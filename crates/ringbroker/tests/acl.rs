@@ -494,6 +494,21 @@ fn acl_apis_follow_kafka_and_allow_everyone_if_no_acl_found() {
             describe_all(&mut c, version).resources.is_empty(),
             "v{version}"
         );
+        let nothing = DeleteAclsFilter::default()
+            .with_resource_type_filter(1)
+            .with_resource_name_filter(None)
+            .with_pattern_type_filter(1)
+            .with_principal_filter(None)
+            .with_host_filter(None)
+            .with_operation(1)
+            .with_permission_type(1);
+        let r: DeleteAclsResponse = c.call(
+            ApiKey::DeleteAcls,
+            version,
+            &DeleteAclsRequest::default().with_filters(vec![nothing]),
+        );
+        assert_eq!(r.filter_results[0].error_code, 0, "v{version}");
+        assert!(r.filter_results[0].matching_acls.is_empty(), "v{version}");
     }
     // Anonymous produces to a topic no ACL names (allow-everyone), kcat too.
     common::kcat_produce(a, "open", "k\tv\n");

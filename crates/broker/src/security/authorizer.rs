@@ -979,6 +979,56 @@ mod tests {
     }
 
     #[test]
+    fn any_resource_of_a_type_for_idempotent_producers() {
+        let t = AclTable::build(
+            &on(false),
+            vec![
+                binding(
+                    T,
+                    "logs-",
+                    PATTERN_PREFIXED,
+                    "User:w",
+                    "*",
+                    acl::WRITE,
+                    PERMISSION_ALLOW,
+                ),
+                binding(
+                    T,
+                    "*",
+                    PATTERN_LITERAL,
+                    "User:d",
+                    "*",
+                    OP_ALL as u8,
+                    PERMISSION_DENY,
+                ),
+                binding(
+                    T,
+                    "x",
+                    PATTERN_LITERAL,
+                    "User:d",
+                    "*",
+                    acl::WRITE,
+                    PERMISSION_ALLOW,
+                ),
+            ],
+        );
+        assert!(t.authorize_any("User:w", "h", acl::WRITE, T));
+        assert!(!t.authorize_any("User:w", "h", acl::READ, T));
+        assert!(!t.authorize_any("User:d", "h", acl::WRITE, T));
+        assert!(!t.authorize_any("User:n", "h", acl::WRITE, T));
+        assert!(t.authorize_any("User:admin", "h", acl::WRITE, T));
+        // A type without any entry follows allow-everyone.
+        let lax = AclTable::build(&on(true), Vec::new());
+        assert!(lax.authorize_any("User:n", "h", acl::WRITE, T));
+        assert!(!AclTable::build(&on(false), Vec::new()).authorize_any(
+            "User:n",
+            "h",
+            acl::WRITE,
+            T
+        ));
+    }
+
+    #[test]
     fn peer_hosts_drop_the_port() {
         assert_eq!(peer_host("127.0.0.1:5000"), "127.0.0.1");
         assert_eq!(peer_host("[::1]:5000"), "::1");
