@@ -593,6 +593,34 @@ fn acl_apis_follow_kafka_and_allow_everyone_if_no_acl_found() {
         describe_all(&mut c, 3).error_code,
         CLUSTER_AUTHORIZATION_FAILED
     );
+
+    // A refused admin request changes nothing: "open" has an entry (for User:x).
+    let deleted: DeleteTopicsResponse = c.call(
+        ApiKey::DeleteTopics,
+        6,
+        &DeleteTopicsRequest::default()
+            .with_topics(vec![delete_topics_request::DeleteTopicState::default()
+                .with_name(Some(TopicName(StrBytes::from_static_str("open"))))])
+            .with_timeout_ms(5000),
+    );
+    assert_eq!(deleted.responses[0].error_code, TOPIC_AUTHORIZATION_FAILED);
+    assert!(
+        broker.data_dir.join("open-0").exists(),
+        "a refused delete removed the topic"
+    );
+    // No entry names "fresh": allow-everyone lets anonymous create it (CREATE on the topic),
+    // though the cluster resource now has ACLs (for User:admin only).
+    let created: CreateTopicsResponse = c.call(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default().with_topics(vec![
+            create_topics_request::CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("fresh")))
+                .with_num_partitions(1)
+                .with_replication_factor(1),
+        ]),
+    );
+    assert_eq!(created.topics[0].error_code, 0);
 }
 
 #[test]
