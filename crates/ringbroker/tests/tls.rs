@@ -597,3 +597,65 @@ fn in_a_cluster_metadata_answers_with_each_brokers_endpoint_of_the_clients_liste
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The mTLS principal reaches the authorizer: `--super-users` names the admin certificate's
+/// subject (commas and all); another certificate of the same CA gets
+/// TOPIC_AUTHORIZATION_FAILED.
+#[test]
+fn a_client_certificates_subject_is_the_principal_acls_see() {
+    let (data, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pki = TestPki::new(dir.path());
+    let admin = certs::make_client(dir.path(), &pki.ca, "admin", "/O=acme/OU=ops/CN=admin");
+    let alice = certs::make_client(dir.path(), &pki.ca, "alice", "/O=acme/OU=eng/CN=alice");
+    let ca = pki.ca.cert.display().to_string();
+    let broker = start_ssl(
+        data.path(),
+        &pki,
+        "SSL://127.0.0.1:0",
+        &[
+            "--tls-client-ca-file",
+            &ca,
+            "--authorizer",
+            "acl",
+            "--super-users",
+            "User:CN=admin,OU=ops,O=acme",
+        ],
+    );
+    let (ok, _, err) = kcat_ssl(
+        &broker.addr,
+        &pki.ca.cert,
+        Some(&admin),
+        &["-t", "secret", "-P", "-X", "message.timeout.ms=10000"],
+        "for admins\n",
+    );
+    assert!(ok, "the super user produces: {err}");
+    let topic_error = |who: &certs::CertKey| {
+        let config = tls_client::client_config(&pki.ca.cert, Some((&who.cert, &who.key)));
+        let mut conn = tls_client::connect(&broker.addr, config);
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(kafka_protocol::messages::TopicName(
+                        StrBytes::from_static_str("secret"),
+                    ))),
+            ]))
+            .with_allow_auto_topic_creation(false);
+        let m: MetadataResponse =
+            tls_client::call(&mut conn, ApiKey::Metadata, 9, &request).unwrap();
+        m.topics[0].error_code
+    };
+    assert_eq!(topic_error(&admin), 0, "the super user sees the topic");
+    assert_eq!(
+        topic_error(&alice),
+        29,
+        "TOPIC_AUTHORIZATION_FAILED for another subject"
+    );
+    let (ok, _, _) = kcat_ssl(
+        &broker.addr,
+        &pki.ca.cert,
+        Some(&alice),
+        &["-t", "secret", "-P", "-X", "message.timeout.ms=5000"],
+        "not allowed\n",
+    );
+    assert!(!ok, "alice may not produce");
+}
