@@ -659,3 +659,91 @@ fn a_client_certificates_subject_is_the_principal_acls_see() {
     );
     assert!(!ok, "alice may not produce");
 }
+
+/// SASL over TLS: a SASL_SSL listener authenticates PLAIN users over the
+/// encrypted connection, and the SASL identity (not ANONYMOUS) is what the authorizer sees.
+#[test]
+fn sasl_ssl_authenticates_over_tls_and_the_sasl_identity_is_the_principal() {
+    let (data, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pki = TestPki::new(dir.path());
+    let script = format!(
+        "{}/../../tests/clients/acl_clients.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let data_dir = data.path().display().to_string();
+    run(
+        "python3",
+        &[
+            &script,
+            "users",
+            &data_dir,
+            "admin:admin-secret",
+            "bob:bob-secret",
+        ],
+        "",
+    );
+    let broker = start_ssl(
+        data.path(),
+        &pki,
+        "SASL_SSL://127.0.0.1:0",
+        &[
+            "--sasl-mechanisms",
+            "PLAIN,SCRAM-SHA-256",
+            "--authorizer",
+            "acl",
+            "--super-users",
+            "User:admin",
+        ],
+    );
+    let sasl = |mechanism: &str, user: &str, password: &str, args: &[&str], input: &str| {
+        let mut full = vec![
+            "-X".to_string(),
+            "security.protocol=SASL_SSL".to_string(),
+            "-X".to_string(),
+            format!("sasl.mechanism={mechanism}"),
+            "-X".to_string(),
+            format!("sasl.username={user}"),
+            "-X".to_string(),
+            format!("sasl.password={password}"),
+            "-X".to_string(),
+            "message.timeout.ms=10000".to_string(),
+        ];
+        full.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        // kcat_ssl sets security.protocol=ssl first; the later SASL_SSL wins.
+        kcat_ssl(&broker.addr, &pki.ca.cert, None, &refs, input)
+    };
+    let (ok, _, err) = sasl(
+        "PLAIN",
+        "admin",
+        "admin-secret",
+        &["-t", "s", "-P"],
+        "one\n",
+    );
+    assert!(ok, "admin over SASL_SSL (PLAIN): {err}");
+    let (ok, _, err) = sasl(
+        "PLAIN",
+        "admin",
+        "admin-secret",
+        &["-t", "s", "-P"],
+        "two\n",
+    );
+    assert!(ok, "admin over SASL_SSL (PLAIN): {err}");
+    // (SCRAM is left to sec-sasl's tests: kcat's SCRAM against the driver-written credentials
+    // failed on SASL_PLAINTEXT too when this was written.)
+    let (ok, out, err) = sasl(
+        "PLAIN",
+        "admin",
+        "admin-secret",
+        &["-t", "s", "-C", "-e", "-q"],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(common::sorted_lines(&out), vec!["one", "two"]);
+    // bob authenticates but is no super user and has no ACL.
+    let (ok, _, _) = sasl("PLAIN", "bob", "bob-secret", &["-t", "s", "-P"], "bob\n");
+    assert!(!ok, "bob may not produce");
+    // A wrong password fails authentication.
+    let (ok, _, _) = sasl("PLAIN", "admin", "wrong", &["-t", "s", "-P"], "x\n");
+    assert!(!ok, "a wrong password is refused");
+}
