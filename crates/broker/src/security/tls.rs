@@ -485,8 +485,18 @@ impl TlsStream {
     /// Receives plaintext into the spare capacity of `buf` (like `op::recv`): `Ok(0)` when the
     /// peer closed. Records rustls produced while receiving (alerts, key updates) are sent
     /// when no send runs, or by the running one.
+    /// `buf` must have spare capacity (`Ok(0)` means EOF only).
     pub async fn recv(&self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         let start = buf.len();
+        if buf.capacity() == start {
+            return (
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "TlsStream::recv needs a buffer with spare capacity",
+                )),
+                buf,
+            );
+        }
         loop {
             if self.recv_broken.get() {
                 return (Err(broken()), buf);
