@@ -56,6 +56,8 @@ pub struct ShardSnapshot {
     /// What its log cleaner did, and the compacted partitions it owns.
     pub cleaner: crate::cleaner::CleanerCounters,
     pub compacted: Vec<crate::cleaner::PartitionCleanState>,
+    /// Requests (or parts of them) the ACL authorizer refused, by resource type.
+    pub authorization_denied: Vec<(&'static str, u64)>,
 }
 
 /// Runs on a shard thread.
@@ -65,6 +67,7 @@ fn take_snapshot() -> ShardSnapshot {
     ShardSnapshot {
         cleaner,
         compacted,
+        authorization_denied: crate::security::authorizer::denied_counts().to_vec(),
         shard: shard.id,
         requests: crate::stats::snapshot(),
         ring: Some(ringbroker_runtime::driver::stats()),
@@ -151,9 +154,26 @@ fn describe() {
         "Records appended by Produce requests."
     );
     describe_gauge!("ringbroker_connections", "Open client connections.");
+    describe_gauge!(
+        "ringbroker_tls_path",
+        "Per TLS listener, 1 for the path its connections take after the handshake: \
+         userspace (rustls on the shard) or ktls (keys handed to the kernel)."
+    );
+    describe_counter!(
+        "ringbroker_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out (the connection was closed)."
+    );
+    describe_counter!(
+        "ringbroker_authorization_denied_total",
+        "Operations the ACL authorizer refused, by resource type (topic, group, cluster, transactional_id) and shard."
+    );
     describe_counter!(
         "ringbroker_connections_moved_total",
         "Connections handed from this shard to the shard that owns the partitions they use."
+    );
+    describe_counter!(
+        "ringbroker_sasl_authentications_total",
+        "SASL authentications by mechanism and result (success, failure), re-authentications included."
     );
     describe_counter!(
         "ringbroker_uring_submissions_total",
@@ -399,6 +419,7 @@ impl Publisher {
         with_local_recorder(&self.recorder, || {
             apply(&snapshots, &mesh);
             crate::replication::metrics::record();
+            crate::security::tls::record_metrics();
             for (shard, age) in ages.iter().enumerate() {
                 gauge!("ringbroker_shard_heartbeat_age_seconds", "shard" => shard.to_string())
                     .set(age.as_secs_f64());
@@ -451,6 +472,10 @@ fn record_delta(h: &metrics::Histogram, delta: &HistogramDelta) {
 fn apply(snapshots: &[ShardSnapshot], mesh: &Mesh) {
     gauge!("ringbroker_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     let mut log_ends: HashMap<(&str, i32), i64> = HashMap::new();
+    for (mechanism, result, n) in crate::security::sasl::authentication_counts() {
+        counter!("ringbroker_sasl_authentications_total", "mechanism" => mechanism, "result" => result)
+            .absolute(n);
+    }
     for s in snapshots {
         let shard = s.shard.to_string();
         let r = &s.requests;
@@ -483,6 +508,16 @@ fn apply(snapshots: &[ShardSnapshot], mesh: &Mesh) {
         gauge!("ringbroker_connections", "shard" => shard.clone()).set(r.connections as f64);
         counter!("ringbroker_connections_moved_total", "shard" => shard.clone())
             .absolute(r.connections_moved);
+        for &(resource_type, n) in &s.authorization_denied {
+            if n > 0 {
+                counter!(
+                    "ringbroker_authorization_denied_total",
+                    "resource_type" => resource_type,
+                    "shard" => shard.clone()
+                )
+                .absolute(n);
+            }
+        }
         if let Some(ring) = &s.ring {
             // Opcodes without a name of their own add up under "OTHER".
             let mut by_name: std::collections::BTreeMap<&'static str, u64> = Default::default();

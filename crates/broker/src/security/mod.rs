@@ -7,6 +7,13 @@
 //! - SASL (PLAIN, SCRAM-SHA-256/512), the SCRAM credential store.
 //! - ACLs: the authorizer each shard holds a copy of.
 
+pub mod authorizer;
+pub mod credentials;
+pub mod sasl;
+pub mod sasl_client;
+pub mod scram;
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -304,6 +311,15 @@ impl Default for SecurityConfig {
     }
 }
 
+/// The name of the listener `conn` came in on (`None` where the shard knows no listeners,
+/// e.g. unit tests).
+pub fn listener_name<'a>(
+    shared: &'a crate::shard::Shared,
+    conn: &crate::connection::Conn,
+) -> Option<&'a str> {
+    shared.listeners.get(conn.listener).map(|l| l.name.as_str())
+}
+
 /// Kafka's principal of a connection nobody authenticated (PLAINTEXT, SSL without a client
 /// certificate).
 pub const ANONYMOUS: &str = "User:ANONYMOUS";
@@ -322,14 +338,14 @@ pub mod resource {
 /// the resource `resource_type`/`name` ([`resource`] codes). Always true without
 /// `--authorizer acl`. Costs no lock and no allocation (each shard holds its own copy of the
 /// ACL table).
+#[inline]
 pub fn authorize(
     conn: &crate::connection::Conn,
     operation: u8,
     resource_type: i8,
     name: &str,
 ) -> bool {
-    let _ = (conn, operation, resource_type, name);
-    true
+    authorizer::authorize(conn, operation, resource_type, name)
 }
 
 /// The gate every request passes before its handler: on a SASL listener, a connection that
