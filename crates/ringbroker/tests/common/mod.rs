@@ -2,8 +2,10 @@
 //! port with a temporary data dir, run real Kafka clients (kcat, kafka-python) against it.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod cluster;
 pub mod sasl;
+pub mod tls_client;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
@@ -43,7 +45,7 @@ impl Broker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringbroker"));
         cmd.envs(env.iter().copied());
         cmd.arg("serve").arg("--data-dir").arg(data_dir);
-        if !extra.contains(&"--listen") {
+        if !extra.contains(&"--listen") && !extra.contains(&"--listeners") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
         if !extra.contains(&"--metrics-listen") {
