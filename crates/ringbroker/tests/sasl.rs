@@ -347,7 +347,10 @@ fn sessions_expire_without_reauthentication_and_clients_that_reauthenticate_keep
     // Its connections re-authenticated (each logs in again about every 3 s).
     let logins = wait_count(&broker, "SCRAM-SHA-256", "success", 1);
     // Without re-authentication its few connections log in once each (about 5).
-    assert!(logins >= 8, "only {logins} SCRAM-SHA-256 logins in 8 s with 3 s sessions");
+    assert!(
+        logins >= 8,
+        "only {logins} SCRAM-SHA-256 logins in 8 s with 3 s sessions"
+    );
 
     // A raw client that does not re-authenticate is closed once its session expired.
     let mut idle = Client::connect(&sasl);
@@ -536,4 +539,95 @@ fn user_scram_credential_apis_follow_kafka_and_survive_a_restart() {
         "",
     );
     assert!(ok, "carol after a restart: {out} {err}");
+}
+
+#[test]
+fn sasl_ssl_serves_scram_sha512_to_kcat_confluent_and_kafka_python() {
+    let dir = data_dir_with_alice();
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = common::certs::TestPki::new(pki_dir.path());
+    let mut extra: Vec<String> = pki.broker_flags();
+    extra.push("--sasl-mechanisms".into());
+    extra.push("SCRAM-SHA-512".into());
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let broker = Broker::start_listeners(
+        dir.path(),
+        "SASL_SSL://127.0.0.1:0,PLAINTEXT://127.0.0.1:0",
+        &extra,
+    );
+    let addr = broker.listener_addr("SASL_SSL");
+    let ca = pki.ca.cert.display().to_string();
+    let args: Vec<String> = [
+        "-b",
+        &addr,
+        "-X",
+        "security.protocol=SASL_SSL",
+        "-X",
+        &format!("ssl.ca.location={ca}"),
+        "-X",
+        "sasl.mechanisms=SCRAM-SHA-512",
+        "-X",
+        "sasl.username=alice",
+        "-X",
+        "sasl.password=alice-secret",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (ok, out, err) = kcat(&args, &["-P", "-t", "ssl-kcat"], "a\nb\n");
+    assert!(ok, "kcat produce over SASL_SSL: {out} {err}");
+    let (ok, out, err) = kcat(
+        &args,
+        &["-C", "-e", "-q", "-f", "%s\n", "-t", "ssl-kcat"],
+        "",
+    );
+    assert!(ok, "kcat consume over SASL_SSL: {out} {err}");
+    assert_eq!(common::sorted_lines(&out), ["a", "b"]);
+    for client in ["confluent", "kafka-python"] {
+        let topic = format!("ssl-{client}");
+        let group = format!("g-ssl-{client}");
+        let (ok, out, err) = sasl_script(&[
+            client,
+            "roundtrip",
+            &addr,
+            "SASL_SSL",
+            "SCRAM-SHA-512",
+            "alice",
+            "alice-secret",
+            &topic,
+            &group,
+            &ca,
+        ]);
+        assert!(ok, "{client} over SASL_SSL: {out}\n{err}");
+        assert!(
+            out.contains("ok\t5") && out.contains("committed\t5"),
+            "{out}"
+        );
+        // A wrong password over TLS is refused too.
+        let (ok, out, err) = sasl_script(&[
+            client,
+            "refused",
+            &addr,
+            "SASL_SSL",
+            "SCRAM-SHA-512",
+            "alice",
+            "wrong",
+            &ca,
+        ]);
+        assert!(ok && out.starts_with("refused"), "{client}: {out}\n{err}");
+    }
+    // Only the enabled mechanism is offered.
+    let (ok, _, err) = kcat(
+        &kcat_sasl(&addr, "PLAIN", "alice", "alice-secret")
+            .into_iter()
+            .map(|a| a.replace("SASL_PLAINTEXT", "SASL_SSL"))
+            .chain(["-X".to_string(), format!("ssl.ca.location={ca}")])
+            .collect::<Vec<_>>(),
+        &["-L", "-m", "5"],
+        "",
+    );
+    assert!(
+        !ok && err.contains("mechanism"),
+        "PLAIN was accepted: {err}"
+    );
 }
