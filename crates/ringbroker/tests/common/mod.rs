@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod sasl;
 pub mod tls_client;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
