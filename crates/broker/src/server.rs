@@ -710,6 +710,59 @@ struct Membership {
     default_replication_factor: i16,
 }
 
+/// How this node's quorum links authenticate (issue #16): TLS with mutual authentication when
+/// the broker has a certificate and a client CA (`--tls-cert-file`, `--tls-key-file`,
+/// `--tls-client-ca-file`), the challenge-response over the inter-broker password when it has
+/// inter-broker SASL credentials; both, or neither (warned about when a client listener is
+/// secured: the quorum port would then be the one unauthenticated way in).
+fn quorum_security(
+    config: &BrokerConfig,
+) -> Result<ringbroker_cluster::QuorumSecurity, StartError> {
+    let security = &config.security;
+    let tls = match &security.tls {
+        Some(crate::security::TlsFiles {
+            cert,
+            key,
+            client_ca: Some(ca),
+        }) => Some(
+            ringbroker_cluster::auth::QuorumTls::from_pem_files(cert, key, ca).map_err(|e| {
+                StartError::Other(format!(
+                    "quorum TLS (--tls-cert-file, --tls-key-file, --tls-client-ca-file): {e}"
+                ))
+            })?,
+        ),
+        _ => None,
+    };
+    let password = security
+        .inter_broker_sasl
+        .as_ref()
+        .map(
+            |(_, user, password)| ringbroker_cluster::auth::QuorumPassword {
+                user: user.clone(),
+                password: password.clone(),
+            },
+        );
+    let quorum = ringbroker_cluster::QuorumSecurity { tls, password };
+    if quorum.authenticates() {
+        tracing::info!(
+            tls = quorum.tls.is_some(),
+            inter_broker_password = quorum.password.is_some(),
+            "quorum connections are authenticated"
+        );
+    } else if config
+        .listeners
+        .iter()
+        .any(|l| l.protocol != crate::security::SecurityProtocol::Plaintext)
+    {
+        tracing::warn!(
+            "client listeners are secured but the metadata quorum's port (--internal-listen) is \
+             not authenticated: give --tls-client-ca-file (mutual TLS between brokers) and/or \
+             the inter-broker credentials (--inter-broker-user, --inter-broker-password-file)"
+        );
+    }
+    Ok(quorum)
+}
+
 /// Cluster mode: starts this node's member of the metadata quorum (`<data-dir>/meta/raft`),
 /// waits (at most [`CLUSTER_JOIN_TIMEOUT`]) until the quorum has a cluster id, then merges the
 /// newest image into `meta` (persisted) and removes the partition directories this node no
@@ -741,6 +794,7 @@ fn join_cluster(
     );
     cluster_config.broker_heartbeat_interval = settings.broker_heartbeat_interval;
     cluster_config.broker_session_timeout = settings.broker_session_timeout;
+    cluster_config.security = quorum_security(config)?;
     let slot = crate::shard::cluster::ImageSlot::new();
     let publish_to = slot.clone();
     let cluster = ringbroker_cluster::Cluster::start(
