@@ -1031,7 +1031,7 @@ fn open(
                 server_nonce,
             };
             key.verify(Role::Server, &exchange, &challenge.proof)
-                .map_err(|e| OpenError::Refused(format!("the peer's {e}")))?;
+                .map_err(|e| OpenError::Refused(e.to_string()))?;
             let proof = Frame::Proof(Proof {
                 proof: key.proof(Role::Client, &exchange),
             });
