@@ -129,6 +129,9 @@ pub struct Heartbeat {
     pub incarnation: u64,
     pub host: String,
     pub port: u16,
+    /// Every advertised client listener (issue #16; absent from older brokers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<crate::Endpoint>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1144,6 +1147,7 @@ mod tests {
                 incarnation: 9,
                 host: "h".to_string(),
                 port: 9092,
+                listeners: Vec::new(),
             }),
             Frame::ForwardReply(ForwardReply {
                 request_id: 7,
@@ -1196,6 +1200,7 @@ mod tests {
             incarnation: 1,
             host: "h".to_string(),
             port: 1,
+            listeners: Vec::new(),
         })
         .encode();
         let mut byte = [0u8; 1];
@@ -1268,6 +1273,7 @@ mod tests {
             incarnation: 1,
             host: "h".to_string(),
             port: 1,
+            listeners: Vec::new(),
         });
         good.write_all(&hb.encode()).unwrap();
         match rx.recv_timeout(Duration::from_secs(5)).unwrap() {
@@ -1359,6 +1365,7 @@ mod tests {
             incarnation: 1,
             host: "h".to_string(),
             port: 1,
+            listeners: Vec::new(),
         })
     }
 

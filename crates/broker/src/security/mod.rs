@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod sasl;
 pub mod sasl_client;
 pub mod scram;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -307,6 +308,15 @@ impl Default for SecurityConfig {
             inter_broker_sasl: None,
         }
     }
+}
+
+/// The name of the listener `conn` came in on (`None` where the shard knows no listeners,
+/// e.g. unit tests).
+pub fn listener_name<'a>(
+    shared: &'a crate::shard::Shared,
+    conn: &crate::connection::Conn,
+) -> Option<&'a str> {
+    shared.listeners.get(conn.listener).map(|l| l.name.as_str())
 }
 
 /// Kafka's principal of a connection nobody authenticated (PLAINTEXT, SSL without a client
