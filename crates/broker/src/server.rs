@@ -735,6 +735,37 @@ struct Membership {
     default_replication_factor: i16,
 }
 
+/// Cluster mode: followers can reach leaders on the inter-broker listener (default the first
+/// listener): its SASL needs the inter-broker credentials, its TLS a trust anchor for the
+/// leaders' certificates.
+fn check_inter_broker_listener(config: &BrokerConfig) -> Result<(), StartError> {
+    let security = &config.security;
+    let listener = match &security.inter_broker_listener {
+        Some(name) => config.listeners.iter().find(|l| &l.name == name),
+        None => config.listeners.first(),
+    };
+    let Some(listener) = listener else {
+        return Ok(());
+    };
+    if listener.protocol.uses_sasl() && security.inter_broker_sasl.is_none() {
+        return Err(StartError::Other(format!(
+            "the inter-broker listener {} uses {}: give --inter-broker-user and \
+             --inter-broker-password-file (a super user, for follower fetches)",
+            listener.name, listener.protocol
+        )));
+    }
+    let trust = security.inter_broker_tls_ca.is_some()
+        || security.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if listener.protocol.uses_tls() && !trust {
+        return Err(StartError::Other(format!(
+            "the inter-broker listener {} uses {}: give --tls-ca-file (the CA of the brokers' \
+             certificates) or --tls-client-ca-file",
+            listener.name, listener.protocol
+        )));
+    }
+    Ok(())
+}
+
 /// How this node's quorum links authenticate (issue #16): TLS with mutual authentication when
 /// the broker has a certificate and a client CA (`--tls-cert-file`, `--tls-key-file`,
 /// `--tls-client-ca-file`), the challenge-response over the inter-broker password when it has
@@ -828,6 +859,7 @@ fn join_cluster(
         .collect();
     cluster_config.broker_heartbeat_interval = settings.broker_heartbeat_interval;
     cluster_config.broker_session_timeout = settings.broker_session_timeout;
+    check_inter_broker_listener(config)?;
     cluster_config.security = quorum_security(config)?;
     let slot = crate::shard::cluster::ImageSlot::new();
     let publish_to = slot.clone();

@@ -14,7 +14,9 @@ use crate::security::credentials::{self, AlterError, Change};
 use crate::security::scram::{self, Algorithm, Credential};
 use crate::security::{self, sasl};
 use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
-use kafka_protocol::messages::{AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse};
+use kafka_protocol::messages::{
+    AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse,
+};
 use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 use std::collections::{BTreeMap, HashMap};
@@ -88,7 +90,11 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
         .deletions
         .iter()
         .map(|d| (d.name.as_str(), d.mechanism))
-        .chain(body.upsertions.iter().map(|u| (u.name.as_str(), u.mechanism)))
+        .chain(
+            body.upsertions
+                .iter()
+                .map(|u| (u.name.as_str(), u.mechanism)),
+        )
     {
         *pairs.entry((name, m)).or_default() += 1;
     }
@@ -97,11 +103,19 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
     for d in &body.deletions {
         let user = d.name.as_str();
         if user.is_empty() {
-            fail(user, UNACCEPTABLE_CREDENTIAL, "Username must not be empty".into());
+            fail(
+                user,
+                UNACCEPTABLE_CREDENTIAL,
+                "Username must not be empty".into(),
+            );
             continue;
         }
         let Some(m) = mechanism_of_code(d.mechanism) else {
-            fail(user, sasl::UNSUPPORTED_SASL_MECHANISM, "Unknown SCRAM mechanism".into());
+            fail(
+                user,
+                sasl::UNSUPPORTED_SASL_MECHANISM,
+                "Unknown SCRAM mechanism".into(),
+            );
             continue;
         };
         if pairs.get(&(user, d.mechanism)).copied().unwrap_or(0) > 1 {
@@ -128,7 +142,11 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
     for u in &body.upsertions {
         let user = u.name.as_str();
         if user.is_empty() {
-            fail(user, UNACCEPTABLE_CREDENTIAL, "Username must not be empty".into());
+            fail(
+                user,
+                UNACCEPTABLE_CREDENTIAL,
+                "Username must not be empty".into(),
+            );
             continue;
         }
         if user.len() > scram::USER_BYTES_MAX {
@@ -140,7 +158,11 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
             continue;
         }
         let Some(m) = mechanism_of_code(u.mechanism) else {
-            fail(user, sasl::UNSUPPORTED_SASL_MECHANISM, "Unknown SCRAM mechanism".into());
+            fail(
+                user,
+                sasl::UNSUPPORTED_SASL_MECHANISM,
+                "Unknown SCRAM mechanism".into(),
+            );
             continue;
         };
         if pairs.get(&(user, u.mechanism)).copied().unwrap_or(0) > 1 {
@@ -161,7 +183,11 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
             continue;
         }
         let Some(algorithm) = Algorithm::of(m) else {
-            fail(user, sasl::UNSUPPORTED_SASL_MECHANISM, "Unknown SCRAM mechanism".into());
+            fail(
+                user,
+                sasl::UNSUPPORTED_SASL_MECHANISM,
+                "Unknown SCRAM mechanism".into(),
+            );
             continue;
         };
         if u.salt.is_empty()

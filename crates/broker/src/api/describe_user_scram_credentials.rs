@@ -96,22 +96,22 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
                 .filter(|u| done.insert(u.name.as_str()))
                 .map(|u| {
                     let name = u.name.as_str();
-                    let result = DescribeUserScramCredentialsResult::default()
-                        .with_user(u.name.clone());
+                    let result =
+                        DescribeUserScramCredentialsResult::default().with_user(u.name.clone());
                     if seen.get(name).copied().unwrap_or(0) > 1 {
-                        result.with_error_code(DUPLICATE_RESOURCE).with_error_message(Some(
-                            StrBytes::from_string(format!(
+                        result
+                            .with_error_code(DUPLICATE_RESOURCE)
+                            .with_error_message(Some(StrBytes::from_string(format!(
                                 "Cannot describe SCRAM credentials for the same user twice in a \
                                  single request: {name}"
-                            )),
-                        ))
+                            ))))
                     } else if !store.users.contains_key(name) {
-                        result.with_error_code(RESOURCE_NOT_FOUND).with_error_message(Some(
-                            StrBytes::from_string(format!(
+                        result
+                            .with_error_code(RESOURCE_NOT_FOUND)
+                            .with_error_message(Some(StrBytes::from_string(format!(
                                 "Attempt to describe a user credential that does not exist: \
                                  {name}"
-                            )),
-                        ))
+                            ))))
                     } else {
                         result.with_credential_infos(infos(name))
                     }
