@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::cluster::{wait_metadata, Cluster};
-use common::run;
+use common::certs::{self, CertKey};
+use common::cluster::{wait_metadata, Cluster, NodeArgs};
 use kafka_protocol::messages::metadata_response::MetadataResponse;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,115 +17,53 @@ const WAIT: Duration = Duration::from_secs(30);
 const INTER_BROKER_USER: &str = "admin";
 
 /// Certificates and password files made for one test (with `openssl`, as docs/operations.md
-/// shows).
+/// shows): the cluster's CA and the brokers' certificate (for 127.0.0.1, server and client
+/// use), another CA and a certificate of it, the inter-broker password and a wrong one.
 struct Pki {
     dir: tempfile::TempDir,
+    ca: CertKey,
+    broker: CertKey,
+    intruder: CertKey,
 }
+
+/// Extensions of a broker certificate: it serves (listeners, quorum) and connects (quorum,
+/// follower fetches) as 127.0.0.1.
+const BROKER_EXT: &str = "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+                          extendedKeyUsage=serverAuth,clientAuth\n";
+const PASSWORD: &str = "inter-broker-secret";
 
 impl Pki {
     fn new() -> Pki {
-        let pki = Pki {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        pki.make_ca("ca");
-        pki.make_cert("ca", "broker", "/CN=broker");
-        pki.make_ca("other-ca");
-        pki.make_cert("other-ca", "intruder", "/CN=broker");
-        std::fs::write(pki.path("password"), "inter-broker-secret\n").unwrap();
-        std::fs::write(pki.path("wrong-password"), "guessed\n").unwrap();
-        pki
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        let dir = tempfile::tempdir().unwrap();
+        let ca = certs::make_ca(dir.path(), "ca");
+        let broker = certs::make_signed(dir.path(), &ca, "broker", "/CN=broker", BROKER_EXT);
+        let other_ca = certs::make_ca(dir.path(), "other-ca");
+        let intruder =
+            certs::make_signed(dir.path(), &other_ca, "intruder", "/CN=broker", BROKER_EXT);
+        std::fs::write(dir.path().join("password"), format!("{PASSWORD}\n")).unwrap();
+        std::fs::write(dir.path().join("wrong-password"), "guessed\n").unwrap();
+        Pki {
+            dir,
+            ca,
+            broker,
+            intruder,
+        }
     }
 
     fn s(&self, name: &str) -> String {
-        self.path(name).to_str().unwrap().to_string()
+        self.dir.path().join(name).to_str().unwrap().to_string()
     }
 
-    fn make_ca(&self, name: &str) {
-        run(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &self.s(&format!("{name}.key")),
-                "-out",
-                &self.s(&format!("{name}.pem")),
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-            "",
-        );
-    }
-
-    fn make_cert(&self, ca: &str, name: &str, subject: &str) {
-        run(
-            "openssl",
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &self.s(&format!("{name}.key")),
-                "-out",
-                &self.s(&format!("{name}.csr")),
-                "-subj",
-                subject,
-            ],
-            "",
-        );
-        std::fs::write(
-            self.path(&format!("{name}.ext")),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-             extendedKeyUsage=serverAuth,clientAuth\n",
-        )
-        .unwrap();
-        run(
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &self.s(&format!("{name}.csr")),
-                "-CA",
-                &self.s(&format!("{ca}.pem")),
-                "-CAkey",
-                &self.s(&format!("{ca}.key")),
-                "-CAcreateserial",
-                "-out",
-                &self.s(&format!("{name}.pem")),
-                "-days",
-                "2",
-                "-extfile",
-                &self.s(&format!("{name}.ext")),
-            ],
-            "",
-        );
-    }
-
-    /// The quorum security flags: this node's certificate `cert` (`<cert>.pem`/`.key`),
-    /// trusting `ca`, and the inter-broker password in `password`.
-    fn flags(&self, cert: &str, ca: &str, password: &str) -> Vec<String> {
+    /// The quorum security flags: this node's certificate `cert`, trusting our CA, and the
+    /// inter-broker password in the file `password`.
+    fn flags(&self, cert: &CertKey, password: &str) -> Vec<String> {
         vec![
             "--tls-cert-file".into(),
-            self.s(&format!("{cert}.pem")),
+            cert.cert.display().to_string(),
             "--tls-key-file".into(),
-            self.s(&format!("{cert}.key")),
+            cert.key.display().to_string(),
             "--tls-client-ca-file".into(),
-            self.s(&format!("{ca}.pem")),
+            self.ca.cert.display().to_string(),
             "--inter-broker-user".into(),
             INTER_BROKER_USER.into(),
             "--inter-broker-password-file".into(),
@@ -257,11 +195,53 @@ fn acked(out: &serde_json::Value) -> Vec<i64> {
         .collect()
 }
 
+/// "replica fetcher connected" lines in every node's log.
+fn fetcher_connections(c: &Cluster) -> usize {
+    c.nodes
+        .iter()
+        .map(|n| c.log(n.id).matches("replica fetcher connected").count())
+        .sum()
+}
+
 #[test]
-fn a_cluster_with_an_authenticated_quorum_replicates_and_fails_over() {
+fn a_sasl_ssl_cluster_with_an_authenticated_quorum_replicates_and_fails_over() {
     let pki = Pki::new();
-    let flags = pki.flags("broker", "ca", "password");
-    let mut c = Cluster::start_with(3, &strs(&flags));
+    let mut flags = pki.flags(&pki.broker, "password");
+    // SASL sessions last 4 s: followers must re-authenticate on their connections (KIP-368).
+    flags.extend(
+        [
+            "--sasl-mechanisms",
+            "SCRAM-SHA-512",
+            "--super-users",
+            "User:admin",
+            "--connections-max-reauth-ms",
+            "4000",
+        ]
+        .map(String::from),
+    );
+    // Every node: the inter-broker listener SASL_SSL first (the default inter-broker
+    // listener), a PLAINTEXT one for the test's own Metadata requests; the inter-broker user
+    // made before the first start, with the inter-broker password.
+    let node_args: NodeArgs = std::sync::Arc::new(|node| {
+        if !node.data_dir.exists() {
+            std::fs::create_dir_all(&node.data_dir).unwrap();
+            let (ok, out) = common::sasl::user_create(
+                &node.data_dir,
+                INTER_BROKER_USER,
+                "SCRAM-SHA-512",
+                PASSWORD,
+            );
+            assert!(ok, "{out}");
+        }
+        vec![
+            "--listeners".into(),
+            format!(
+                "SASL_SSL://127.0.0.1:{},PLAINTEXT://127.0.0.1:{}",
+                node.spare_port, node.client_port
+            ),
+        ]
+    });
+    let mut c = Cluster::start_with_node_args(3, &strs(&flags), node_args);
     for n in &c.nodes {
         let log = c.log(n.id);
         assert!(
@@ -270,13 +250,52 @@ fn a_cluster_with_an_authenticated_quorum_replicates_and_fails_over() {
             n.id
         );
     }
-    let client = "{}";
+    let secured: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.spare_port))
+        .collect();
+    let bootstrap = secured.join(",");
+    let client = serde_json::json!({
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": INTER_BROKER_USER,
+        "sasl.password": PASSWORD,
+        "ssl.ca.location": pki.ca.cert.display().to_string(),
+        "ssl.certificate.location": pki.broker.cert.display().to_string(),
+        "ssl.key.location": pki.broker.key.display().to_string(),
+    })
+    .to_string();
     let topic = "secured";
-    let out = py(client, &["create", &c.bootstrap(), topic, "2", "3"]);
+    let out = py(&client, &["create", &bootstrap, topic, "2", "3"]);
     assert_eq!(out["ok"], true, "{out}\n{}", c.logs());
     wait_partitions(&c, 1, topic, |_, isr| isr.len() == 3);
-    let out = py(client, &["produce", &c.bootstrap(), topic, "2000"]);
+    let out = py(&client, &["produce", &bootstrap, topic, "2000"]);
     assert_eq!(acked(&out).len(), 2000, "{out}\n{}", c.logs());
+    wait_identical_replicas(&c, &[1, 2, 3], topic, 2);
+    // The followers fetched over SASL_SSL.
+    let logs = c.logs();
+    let fetcher_lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("replica fetcher connected"))
+        .collect();
+    assert!(!fetcher_lines.is_empty(), "{logs}");
+    assert!(
+        fetcher_lines.iter().all(|l| l.contains("SASL_SSL")),
+        "{fetcher_lines:#?}"
+    );
+    // Sessions expire every 4 s: the followers re-authenticate in place, so no fetcher
+    // connection is lost over two sessions' time, and replication goes on.
+    let connections = fetcher_connections(&c);
+    let out = py(&client, &["produce", &bootstrap, topic, "500", "20"]);
+    assert_eq!(acked(&out).len(), 500, "{out}\n{}", c.logs());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        fetcher_connections(&c),
+        connections,
+        "fetcher connections were replaced (re-authentication failed?)\n{}",
+        c.logs()
+    );
     wait_identical_replicas(&c, &[1, 2, 3], topic, 2);
 
     // A leader killed: another one takes over within seconds and acks=all goes on.
@@ -291,9 +310,16 @@ fn a_cluster_with_an_authenticated_quorum_replicates_and_fails_over() {
         killed_at.elapsed()
     );
     assert!(!after[0].1.contains(&leader), "{after:?}");
-    let out = py(client, &["produce", &c.bootstrap(), topic, "500"]);
+    let survivors: Vec<String> = c
+        .nodes
+        .iter()
+        .filter(|n| n.id != leader)
+        .map(|n| format!("127.0.0.1:{}", n.spare_port))
+        .collect();
+    let out = py(&client, &["produce", &survivors.join(","), topic, "500"]);
     assert_eq!(acked(&out).len(), 500, "{out}\n{}", c.logs());
-    // It comes back through the authenticated quorum and catches up.
+    // It comes back through the authenticated quorum, catches up over SASL_SSL and rejoins
+    // the ISR.
     c.restart(leader);
     wait_partitions(&c, other, topic, |_, isr| isr.len() == 3);
     wait_identical_replicas(&c, &[1, 2, 3], topic, 2);
@@ -354,19 +380,19 @@ fn refusals(c: &Cluster) -> usize {
 #[test]
 fn nodes_without_the_clusters_credentials_stay_out_of_the_quorum() {
     let pki = Pki::new();
-    let flags = pki.flags("broker", "ca", "password");
+    let flags = pki.flags(&pki.broker, "password");
     let mut c = Cluster::start_with(3, &strs(&flags));
     wait_metadata(&c.addr(1), Some(&[]), WAIT, |m| m.brokers.len() == 3);
     let outsiders = tempfile::tempdir().unwrap();
     let cases: Vec<(&str, Vec<String>, bool)> = vec![
         (
             "the wrong inter-broker password",
-            pki.flags("broker", "ca", "wrong-password"),
+            pki.flags(&pki.broker, "wrong-password"),
             true,
         ),
         (
             "a certificate of another CA",
-            pki.flags("intruder", "ca", "password"),
+            pki.flags(&pki.intruder, "password"),
             true,
         ),
         ("no security at all", Vec::new(), false),
