@@ -746,7 +746,7 @@ fn starts_before_empty_log(log: &ringbroker_storage::PartitionLog, records: &[u8
 /// The connection's byte stream: the socket, or TLS over it.
 enum Wire {
     Plain(SharedFd),
-    Tls(crate::security::tls::TlsStream),
+    Tls(Box<crate::security::tls::TlsStream>),
 }
 
 struct LeaderConn {
@@ -818,7 +818,7 @@ impl LeaderConn {
                 crate::security::tls::TLS_HANDSHAKE_TIMEOUT,
             ))?
             .map_err(|e| FetchError::Tls(format!("handshake with {host}: {e}")))?;
-            Wire::Tls(stream)
+            Wire::Tls(Box::new(stream))
         } else {
             Wire::Plain(fd)
         };
