@@ -750,6 +750,90 @@ struct Membership {
     default_replication_factor: i16,
 }
 
+/// Cluster mode: followers can reach leaders on the inter-broker listener (default the first
+/// listener): its SASL needs the inter-broker credentials, its TLS a trust anchor for the
+/// leaders' certificates.
+fn check_inter_broker_listener(config: &BrokerConfig) -> Result<(), StartError> {
+    let security = &config.security;
+    let listener = match &security.inter_broker_listener {
+        Some(name) => config.listeners.iter().find(|l| &l.name == name),
+        None => config.listeners.first(),
+    };
+    let Some(listener) = listener else {
+        return Ok(());
+    };
+    if listener.protocol.uses_sasl() && security.inter_broker_sasl.is_none() {
+        return Err(StartError::Other(format!(
+            "the inter-broker listener {} uses {}: give --inter-broker-user and \
+             --inter-broker-password-file (a super user, for follower fetches)",
+            listener.name, listener.protocol
+        )));
+    }
+    let trust = security.inter_broker_tls_ca.is_some()
+        || security.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if listener.protocol.uses_tls() && !trust {
+        return Err(StartError::Other(format!(
+            "the inter-broker listener {} uses {}: give --tls-ca-file (the CA of the brokers' \
+             certificates) or --tls-client-ca-file",
+            listener.name, listener.protocol
+        )));
+    }
+    Ok(())
+}
+
+/// How this node's quorum links authenticate (issue #16): TLS with mutual authentication when
+/// the broker has a certificate and a client CA (`--tls-cert-file`, `--tls-key-file`,
+/// `--tls-client-ca-file`), the challenge-response over the inter-broker password when it has
+/// inter-broker SASL credentials; both, or neither (warned about when a client listener is
+/// secured: the quorum port would then be the one unauthenticated way in).
+fn quorum_security(
+    config: &BrokerConfig,
+) -> Result<ringbroker_cluster::QuorumSecurity, StartError> {
+    let security = &config.security;
+    let tls = match &security.tls {
+        Some(crate::security::TlsFiles {
+            cert,
+            key,
+            client_ca: Some(ca),
+        }) => Some(
+            ringbroker_cluster::auth::QuorumTls::from_pem_files(cert, key, ca).map_err(|e| {
+                StartError::Other(format!(
+                    "quorum TLS (--tls-cert-file, --tls-key-file, --tls-client-ca-file): {e}"
+                ))
+            })?,
+        ),
+        _ => None,
+    };
+    let password = security
+        .inter_broker_sasl
+        .as_ref()
+        .map(
+            |(_, user, password)| ringbroker_cluster::auth::QuorumPassword {
+                user: user.clone(),
+                password: password.clone(),
+            },
+        );
+    let quorum = ringbroker_cluster::QuorumSecurity { tls, password };
+    if quorum.authenticates() {
+        tracing::info!(
+            tls = quorum.tls.is_some(),
+            inter_broker_password = quorum.password.is_some(),
+            "quorum connections are authenticated"
+        );
+    } else if config
+        .listeners
+        .iter()
+        .any(|l| l.protocol != crate::security::SecurityProtocol::Plaintext)
+    {
+        tracing::warn!(
+            "client listeners are secured but the metadata quorum's port (--internal-listen) is \
+             not authenticated: give --tls-client-ca-file (mutual TLS between brokers) and/or \
+             the inter-broker credentials (--inter-broker-user, --inter-broker-password-file)"
+        );
+    }
+    Ok(quorum)
+}
+
 /// Cluster mode: starts this node's member of the metadata quorum (`<data-dir>/meta/raft`),
 /// waits (at most [`CLUSTER_JOIN_TIMEOUT`]) until the quorum has a cluster id, then merges the
 /// newest image into `meta` (persisted) and removes the partition directories this node no
@@ -790,6 +874,8 @@ fn join_cluster(
         .collect();
     cluster_config.broker_heartbeat_interval = settings.broker_heartbeat_interval;
     cluster_config.broker_session_timeout = settings.broker_session_timeout;
+    check_inter_broker_listener(config)?;
+    cluster_config.security = quorum_security(config)?;
     let slot = crate::shard::cluster::ImageSlot::new();
     let publish_to = slot.clone();
     let cluster = ringbroker_cluster::Cluster::start(

@@ -20,6 +20,7 @@
 //! per peer; none of them is a shard thread, and a dead or paused peer only fills its
 //! writer's bounded queue.
 
+pub mod auth;
 pub mod controller;
 mod logger;
 mod node;
@@ -74,6 +75,24 @@ pub struct ClusterConfig {
     pub default_replication_factor: i16,
     /// How often the active controller moves leadership back to preferred replicas.
     pub leader_rebalance_interval: Duration,
+    /// How quorum connections authenticate (issue #16); the default: neither TLS nor the
+    /// password (plaintext, the voter-list fingerprint only).
+    pub security: QuorumSecurity,
+}
+
+/// Authentication of quorum links ([`auth`]): TLS with client certificates, the inter-broker
+/// password's challenge-response, both, or neither. Every node of a cluster must use the same.
+#[derive(Debug, Clone, Default)]
+pub struct QuorumSecurity {
+    pub tls: Option<auth::QuorumTls>,
+    pub password: Option<auth::QuorumPassword>,
+}
+
+impl QuorumSecurity {
+    /// Whether connections are authenticated at all.
+    pub fn authenticates(&self) -> bool {
+        self.tls.is_some() || self.password.is_some()
+    }
 }
 
 impl ClusterConfig {
@@ -102,6 +121,7 @@ impl ClusterConfig {
             snapshot_entries: 1000,
             default_replication_factor: 1,
             leader_rebalance_interval: Duration::from_secs(5),
+            security: QuorumSecurity::default(),
         }
     }
 }
@@ -336,6 +356,9 @@ pub struct ClusterStatus {
     pub raft_term: u64,
     pub committed_index: u64,
     pub applied_index: u64,
+    /// Quorum connections refused so far (a peer that failed authentication or named another
+    /// cluster, or a peer that refused this node).
+    pub quorum_connections_refused: u64,
 }
 
 /// A running member of the cluster.
@@ -345,6 +368,8 @@ pub struct Cluster {
     events: mpsc::Sender<node::Event>,
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<ClusterStatus>>,
+    /// The transport's count of refused quorum connections.
+    refused: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -472,14 +497,25 @@ impl Cluster {
             .copied()
             .filter(|(id, _)| *id != config.node_id)
             .collect();
-        let transport = transport::Transport::start(
+        let fingerprint = transport::cluster_fingerprint(&config.voters);
+        let link_security = transport::LinkSecurity {
+            tls: config.security.tls.clone(),
+            key: config
+                .security
+                .password
+                .as_ref()
+                .map(|p| auth::QuorumKey::derive(p, fingerprint)),
+        };
+        let transport = transport::Transport::start_secured(
             config.node_id,
             config.internal_listen,
             &peers,
-            transport::cluster_fingerprint(&config.voters),
+            fingerprint,
+            link_security,
             inbound,
             stop.clone(),
         )?;
+        let refused = transport.refused();
 
         publish(Arc::new(image.clone()));
 
@@ -489,6 +525,7 @@ impl Cluster {
             raft_term: raw.raft.term,
             committed_index: raw.raft.raft_log.committed,
             applied_index: image.applied_index,
+            quorum_connections_refused: 0,
         }));
         let incarnation = new_incarnation();
         let node_id = config.node_id;
@@ -513,6 +550,7 @@ impl Cluster {
             events: tx,
             stop,
             status,
+            refused,
             thread: Mutex::new(Some(thread)),
         }))
     }
@@ -535,10 +573,12 @@ impl Cluster {
     }
 
     pub fn status(&self) -> ClusterStatus {
-        match self.status.lock() {
+        let mut status = match self.status.lock() {
             Ok(s) => s.clone(),
             Err(_) => ClusterStatus::default(),
-        }
+        };
+        status.quorum_connections_refused = self.refused.load(Ordering::SeqCst);
+        status
     }
 
     /// This process's incarnation, as the node's heartbeats carry it.

@@ -353,6 +353,8 @@ impl Node {
                     Err(e) => tracing::warn!(node = from, error = %e, "cannot reach a learner"),
                 }
             }
+            // Only in a connection's opening, which the transport handles.
+            Frame::Challenge(_) | Frame::Proof(_) => {}
         }
     }
 

@@ -288,6 +288,11 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGBROKER_INTER_BROKER_PASSWORD_FILE")]
     pub inter_broker_password_file: Option<PathBuf>,
 
+    /// PEM CA certificate(s) other brokers' server certificates must chain to (this broker's
+    /// follower fetches on a TLS inter-broker listener). [default: --tls-client-ca-file]
+    #[arg(long, env = "RINGBROKER_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+
     /// TOML file with the same keys (listen, data_dir, cores, advertise, auto_create_topics,
     /// default_partitions, flush, segment_bytes, segment_ms, retention_ms, retention_bytes,
     /// retention_check_ms, recovery_checkpoint_ms, uring_fallback, metrics_listen,
@@ -299,7 +304,8 @@ pub struct ServeArgs {
     /// tls_key_file, tls_client_ca_file, sasl_mechanisms, super_users, authorizer,
     /// allow_everyone_if_no_acl_found, connections_max_reauth_ms,
     /// failed_authentication_delay_ms, inter_broker_listener_name,
-    /// inter_broker_sasl_mechanism, inter_broker_user, inter_broker_password_file).
+    /// inter_broker_sasl_mechanism, inter_broker_user, inter_broker_password_file,
+    /// tls_ca_file).
     #[arg(long, env = "RINGBROKER_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -355,6 +361,7 @@ struct FileConfig {
     inter_broker_sasl_mechanism: Option<String>,
     inter_broker_user: Option<String>,
     inter_broker_password_file: Option<PathBuf>,
+    tls_ca_file: Option<PathBuf>,
 }
 
 pub struct Settings {
@@ -436,6 +443,7 @@ impl ServeArgs {
                 inter_broker_password_file: self
                     .inter_broker_password_file
                     .or(file.inter_broker_password_file),
+                tls_ca_file: self.tls_ca_file.or(file.tls_ca_file),
             },
             &broker.listeners,
         )?;
@@ -826,6 +834,7 @@ struct SecurityFlags {
     inter_broker_sasl_mechanism: Option<String>,
     inter_broker_user: Option<String>,
     inter_broker_password_file: Option<PathBuf>,
+    tls_ca_file: Option<PathBuf>,
 }
 
 /// Longest `--failed-authentication-delay-ms` (a connection waits this long holding its slot).
@@ -939,6 +948,10 @@ fn resolve_security(
         }
         _ => bail!("--inter-broker-user and --inter-broker-password-file go together"),
     };
+    if flags.tls_ca_file.is_some() && s.tls.is_none() {
+        bail!("--tls-ca-file needs --tls-cert-file and --tls-key-file");
+    }
+    s.inter_broker_tls_ca = flags.tls_ca_file;
     Ok(s)
 }
 

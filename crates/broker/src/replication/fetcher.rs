@@ -5,10 +5,19 @@
 //! diverges from the leader's (KIP-101/279), then Fetch v12 in a loop from the log end:
 //! append the batches (`append_replicated`), fdatasync them when the flush policy syncs for
 //! acks=all, and only then fetch again, so the offset the leader sees is durable.
+//!
+//! It connects on the inter-broker listener (`--inter-broker-listener-name`, default the
+//! first listener) at the leader's endpoint of that name. When that listener uses TLS, the
+//! connection is a TLS client on the ring ([`crate::security::tls::TlsStream`]): it verifies
+//! the leader's certificate (its advertised host) against `--tls-ca-file` (default
+//! `--tls-client-ca-file`) and presents this broker's own certificate. When it uses SASL, the
+//! fetcher authenticates first (SaslHandshake v1, SaslAuthenticate v2) as the inter-broker
+//! user, and again before the session the leader granted expires (KIP-368).
 
 use super::{log_end, UNDEFINED_EPOCH};
 use crate::errors;
 use crate::metadata::TopicInfo;
+use crate::security::SecurityProtocol;
 use crate::shard::{Partition, PartitionId, Shard};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -17,7 +26,8 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 };
 use kafka_protocol::messages::{
     ApiKey, BrokerId, FetchRequest, FetchResponse, OffsetForLeaderEpochRequest,
-    OffsetForLeaderEpochResponse, RequestHeader, ResponseHeader, TopicName,
+    OffsetForLeaderEpochResponse, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
+    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use ringbroker_protocol::frame::{next_frame, Next};
@@ -33,6 +43,16 @@ use std::time::{Duration, Instant};
 
 const FETCH_VERSION: i16 = 12;
 const OFFSET_FOR_LEADER_EPOCH_VERSION: i16 = 4;
+const SASL_HANDSHAKE_VERSION: i16 = 1;
+/// v1+ carries the session lifetime (KIP-368).
+const SASL_AUTHENTICATE_VERSION: i16 = 2;
+/// SaslAuthenticate round trips of one authentication (SCRAM needs two).
+const SASL_ROUNDS_MAX: usize = 4;
+/// Largest SASL answer frame.
+const SASL_FRAME_BYTES_MAX: usize = 64 << 10;
+/// Re-authenticate this long before the session the leader granted ends (or at half of it
+/// when it is shorter).
+const REAUTH_MARGIN: Duration = Duration::from_secs(5);
 /// How long the leader may hold a Fetch with nothing new.
 const FETCH_WAIT_MS: i32 = 500;
 /// Record bytes asked per partition and per response.
@@ -66,6 +86,10 @@ enum FetchError {
     Timeout(Duration),
     #[error("bad answer from the leader: {0}")]
     Protocol(String),
+    #[error("TLS with the leader: {0}")]
+    Tls(String),
+    #[error("SASL authentication to the leader failed: {0}")]
+    Sasl(String),
 }
 
 /// A partition this shard follows, as its fetcher sees it.
@@ -194,41 +218,82 @@ async fn first_of(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
     .await
 }
 
-/// The leader's Kafka listener from the brokers view. Hosts are normally IP literals (no
-/// lookup); a name is resolved with the system resolver (rare: once per connection).
-fn leader_address(leader: i32) -> Option<SocketAddr> {
+/// The listener followers fetch on: `--inter-broker-listener-name`, default the first
+/// listener (its name and security protocol, as this broker has it: every broker of a
+/// cluster is expected to name its listeners alike, as in Kafka).
+fn inter_broker_listener(shard: &Shard) -> (String, SecurityProtocol) {
+    let config = &shard.shared.config;
+    let listener = match &config.security.inter_broker_listener {
+        Some(name) => config.listeners.iter().find(|l| &l.name == name),
+        None => config.listeners.first(),
+    };
+    listener.map_or_else(
+        || {
+            (
+                SecurityProtocol::Plaintext.name().to_string(),
+                SecurityProtocol::Plaintext,
+            )
+        },
+        |l| (l.name.clone(), l.protocol),
+    )
+}
+
+/// The leader's endpoint for `listener` from the brokers view (its advertised host, for TLS
+/// name checks, and the address). Hosts are normally IP literals (no lookup); a name is
+/// resolved with the system resolver (rare: once per connection).
+fn leader_address(leader: i32, listener: &str) -> Option<(String, SocketAddr)> {
     let shard = crate::shard::current();
     let brokers = shard.brokers();
     let b = brokers.brokers.get(&leader)?;
-    if let Ok(ip) = b.host.parse::<std::net::IpAddr>() {
-        return Some(SocketAddr::new(ip, b.port));
+    let (host, port) = b.endpoint(Some(listener))?;
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Some((host.to_string(), SocketAddr::new(ip, port)));
     }
-    (b.host.as_str(), b.port).to_socket_addrs().ok()?.next()
+    let addr = (host, port).to_socket_addrs().ok()?.next()?;
+    Some((host.to_string(), addr))
 }
 
 async fn run(f: Rc<Fetcher>) {
     let mut backoff = RECONNECT_BACKOFF_MIN;
+    let (listener, protocol) = inter_broker_listener(&crate::shard::current());
     while registered(&f) {
-        let connected = match leader_address(f.leader) {
+        let target = leader_address(f.leader, &listener);
+        let connected = match &target {
             None => None,
-            Some(addr) => unless_stopped(&f, op::timeout(CONNECT_TIMEOUT, op::connect(addr)))
-                .await
-                .map(|r| (addr, r)),
+            Some((_, addr)) => {
+                unless_stopped(&f, op::timeout(CONNECT_TIMEOUT, op::connect(*addr))).await
+            }
         };
-        let outcome = match connected {
-            None if !registered(&f) => return,
-            None => Err(FetchError::Protocol(format!(
+        let outcome = match (connected, target) {
+            (None, _) if !registered(&f) => return,
+            (None, None) => Err(FetchError::Protocol(format!(
+                "no address known for broker {} on listener {listener}",
+                f.leader
+            ))),
+            (None, Some(_)) => return,
+            (Some(None), _) => Err(FetchError::Timeout(CONNECT_TIMEOUT)),
+            (Some(Some(Err(e))), _) => Err(FetchError::Io(e)),
+            (Some(Some(Ok(fd))), Some((host, addr))) => {
+                match unless_stopped(&f, LeaderConn::open(fd, protocol, &host)).await {
+                    None => return,
+                    Some(Err(e)) => Err(e),
+                    Some(Ok(mut conn)) => {
+                        tracing::info!(
+                            leader = f.leader,
+                            %addr,
+                            listener,
+                            protocol = protocol.name(),
+                            "replica fetcher connected"
+                        );
+                        backoff = RECONNECT_BACKOFF_MIN;
+                        session(&f, &mut conn).await
+                    }
+                }
+            }
+            (Some(Some(Ok(_))), None) => Err(FetchError::Protocol(format!(
                 "no address known for broker {}",
                 f.leader
             ))),
-            Some((_, None)) => Err(FetchError::Timeout(CONNECT_TIMEOUT)),
-            Some((_, Some(Err(e)))) => Err(FetchError::Io(e)),
-            Some((addr, Some(Ok(fd)))) => {
-                tracing::info!(leader = f.leader, %addr, "replica fetcher connected");
-                backoff = RECONNECT_BACKOFF_MIN;
-                let mut conn = LeaderConn::new(fd);
-                session(&f, &mut conn).await
-            }
         };
         match outcome {
             Ok(()) => return,
@@ -253,6 +318,15 @@ async fn session(f: &Rc<Fetcher>, conn: &mut LeaderConn) -> Result<(), FetchErro
     loop {
         if !registered(f) {
             return Ok(());
+        }
+        // KIP-368: a new SASL session before the leader's one ends (between requests).
+        if conn.reauth_due() {
+            if unless_stopped(f, conn.authenticate()).await.is_none() {
+                return Ok(());
+            }
+            if let Some(e) = conn.auth_failed.take() {
+                return Err(e);
+            }
         }
         let now = Instant::now();
         // Partitions to reconcile first: (id, generation, topic, partition, epoch, latest).
@@ -669,19 +743,197 @@ fn starts_before_empty_log(log: &ringbroker_storage::PartitionLog, records: &[u8
 }
 
 /// A connection to a leader's Kafka listener.
+/// The connection's byte stream: the socket, or TLS over it.
+enum Wire {
+    Plain(SharedFd),
+    Tls(Box<crate::security::tls::TlsStream>),
+}
+
 struct LeaderConn {
-    fd: SharedFd,
+    wire: Wire,
     buf: BytesMut,
     correlation_id: i32,
+    /// SASL: the inter-broker credentials, and when the session the leader granted needs
+    /// renewing (KIP-368; `None`: never).
+    sasl: Option<(crate::security::SaslMechanism, String, String)>,
+    reauth_at: Option<Instant>,
+    /// A re-authentication failed: the connection ends with this.
+    auth_failed: Option<FetchError>,
+}
+
+thread_local! {
+    /// This shard's TLS client configuration for inter-broker connections (built on first
+    /// use from the PEM files; an error is kept and logged on every connection attempt).
+    static TLS_CLIENT: RefCell<Option<std::sync::Arc<rustls::ClientConfig>>> =
+        const { RefCell::new(None) };
+}
+
+/// The TLS client configuration followers use: trusting `--tls-ca-file` (default
+/// `--tls-client-ca-file`), presenting this broker's certificate.
+fn tls_client_config() -> Result<std::sync::Arc<rustls::ClientConfig>, FetchError> {
+    if let Some(c) = TLS_CLIENT.with(|c| c.borrow().clone()) {
+        return Ok(c);
+    }
+    let shard = crate::shard::current();
+    let security = &shard.shared.config.security;
+    let files = security.tls.as_ref().ok_or_else(|| {
+        FetchError::Tls("the inter-broker listener uses TLS but --tls-cert-file is not set".into())
+    })?;
+    let ca = security
+        .inter_broker_tls_ca
+        .as_ref()
+        .or(files.client_ca.as_ref())
+        .ok_or_else(|| {
+            FetchError::Tls(
+                "the inter-broker listener uses TLS: give --tls-ca-file (or --tls-client-ca-file)"
+                    .into(),
+            )
+        })?;
+    let config = crate::security::tls::client_config(ca, Some((&files.cert, &files.key)))
+        .map_err(|e| FetchError::Tls(e.to_string()))?;
+    let config = std::sync::Arc::new(config);
+    TLS_CLIENT.with(|c| *c.borrow_mut() = Some(config.clone()));
+    Ok(config)
 }
 
 impl LeaderConn {
-    fn new(fd: SharedFd) -> LeaderConn {
-        LeaderConn {
-            fd,
+    /// A connection to the leader over `fd` on a listener of `protocol`: TLS handshake
+    /// (verifying `host`) and SASL authentication as that protocol needs.
+    async fn open(
+        fd: SharedFd,
+        protocol: SecurityProtocol,
+        host: &str,
+    ) -> Result<LeaderConn, FetchError> {
+        let wire = if protocol.uses_tls() {
+            let config = tls_client_config()?;
+            let conn = crate::security::tls::client_connection(config, host)
+                .map_err(|e| FetchError::Tls(format!("{host}: {e}")))?;
+            let stream = crate::security::tls::TlsStream::new(fd, conn);
+            op::timeout(
+                crate::security::tls::TLS_HANDSHAKE_TIMEOUT,
+                stream.handshake(),
+            )
+            .await
+            .ok_or(FetchError::Timeout(
+                crate::security::tls::TLS_HANDSHAKE_TIMEOUT,
+            ))?
+            .map_err(|e| FetchError::Tls(format!("handshake with {host}: {e}")))?;
+            Wire::Tls(Box::new(stream))
+        } else {
+            Wire::Plain(fd)
+        };
+        let mut conn = LeaderConn {
+            wire,
             buf: BytesMut::with_capacity(64 << 10),
             correlation_id: 0,
+            sasl: None,
+            reauth_at: None,
+            auth_failed: None,
+        };
+        if protocol.uses_sasl() {
+            let shard = crate::shard::current();
+            conn.sasl = Some(
+                shard
+                    .shared
+                    .config
+                    .security
+                    .inter_broker_sasl
+                    .clone()
+                    .ok_or_else(|| {
+                        FetchError::Sasl(
+                            "the inter-broker listener uses SASL: give --inter-broker-user and \
+                         --inter-broker-password-file"
+                                .into(),
+                        )
+                    })?,
+            );
+            conn.authenticate().await;
+            if let Some(e) = conn.auth_failed.take() {
+                return Err(e);
+            }
         }
+        Ok(conn)
+    }
+
+    /// The session the leader granted ends soon: authenticate again.
+    fn reauth_due(&self) -> bool {
+        self.reauth_at.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// SaslHandshake + SaslAuthenticate as the inter-broker user; a failure is left in
+    /// `auth_failed`.
+    async fn authenticate(&mut self) {
+        if let Err(e) = self.try_authenticate().await {
+            self.auth_failed = Some(e);
+        }
+    }
+
+    async fn try_authenticate(&mut self) -> Result<(), FetchError> {
+        use crate::security::sasl_client::{SaslClient, Step};
+        let Some((mechanism, user, password)) = self.sasl.clone() else {
+            return Ok(());
+        };
+        let node_id = crate::shard::current().shared.node_id;
+        let handshake: SaslHandshakeResponse = self
+            .call(
+                ApiKey::SaslHandshake,
+                SASL_HANDSHAKE_VERSION,
+                &SaslHandshakeRequest::default()
+                    .with_mechanism(StrBytes::from_static_str(mechanism.name())),
+                node_id,
+                SASL_FRAME_BYTES_MAX,
+            )
+            .await?;
+        if handshake.error_code != errors::NONE {
+            let offered: Vec<&str> = handshake.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(FetchError::Sasl(format!(
+                "the leader does not take {} (error {}; it offers {offered:?})",
+                mechanism.name(),
+                handshake.error_code
+            )));
+        }
+        let mut client = SaslClient::new(mechanism, &user, &password)
+            .map_err(|e| FetchError::Sasl(e.to_string()))?;
+        let mut message = client.initial();
+        for _ in 0..SASL_ROUNDS_MAX {
+            let answer: SaslAuthenticateResponse = self
+                .call(
+                    ApiKey::SaslAuthenticate,
+                    SASL_AUTHENTICATE_VERSION,
+                    &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(message)),
+                    node_id,
+                    SASL_FRAME_BYTES_MAX,
+                )
+                .await?;
+            if answer.error_code != errors::NONE {
+                return Err(FetchError::Sasl(format!(
+                    "as {user} with {}: error {} {}",
+                    mechanism.name(),
+                    answer.error_code,
+                    answer.error_message.as_deref().unwrap_or("")
+                )));
+            }
+            match client
+                .step(&answer.auth_bytes)
+                .map_err(|e| FetchError::Sasl(e.to_string()))?
+            {
+                Step::Send(next) => message = next,
+                Step::Done => {
+                    self.reauth_at = u64::try_from(answer.session_lifetime_ms)
+                        .ok()
+                        .filter(|&ms| ms > 0)
+                        .map(|ms| {
+                            let lifetime = Duration::from_millis(ms);
+                            let early = REAUTH_MARGIN.min(lifetime / 2);
+                            Instant::now() + (lifetime - early)
+                        });
+                    return Ok(());
+                }
+            }
+        }
+        Err(FetchError::Sasl(format!(
+            "no outcome after {SASL_ROUNDS_MAX} rounds"
+        )))
     }
 
     /// Sends one request and waits for its answer (one request in flight at a time).
@@ -696,7 +948,13 @@ impl LeaderConn {
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let correlation_id = self.correlation_id;
         let frame = encode_request(api, version, correlation_id, request, node_id)?;
-        op::send_all(&self.fd, vec![frame]).await?;
+        match &self.wire {
+            Wire::Plain(fd) => op::send_all(fd, vec![frame]).await?,
+            Wire::Tls(s) => {
+                s.send_chunks(vec![ringbroker_runtime::chunk::Chunk::Mem(frame)])
+                    .await?
+            }
+        }
         let body = op::timeout(RESPONSE_WAIT_MAX, self.next_frame(frame_bytes_max))
             .await
             .ok_or(FetchError::Timeout(RESPONSE_WAIT_MAX))??;
@@ -717,7 +975,10 @@ impl LeaderConn {
                 }
             }
             let buf = std::mem::take(&mut self.buf);
-            let (result, buf) = op::recv(&self.fd, buf).await;
+            let (result, buf) = match &self.wire {
+                Wire::Plain(fd) => op::recv(fd, buf).await,
+                Wire::Tls(s) => s.recv(buf).await,
+            };
             self.buf = buf;
             if result? == 0 {
                 return Err(FetchError::Closed);

@@ -293,6 +293,10 @@ pub struct SecurityConfig {
     /// SASL identity this broker uses toward other brokers on a SASL inter-broker listener
     /// (mechanism, user, password).
     pub inter_broker_sasl: Option<(SaslMechanism, String, String)>,
+    /// CA certificates other brokers' server certificates must chain to, for this broker's
+    /// follower fetches over a TLS inter-broker listener (`--tls-ca-file`); `None`:
+    /// `tls.client_ca`.
+    pub inter_broker_tls_ca: Option<PathBuf>,
 }
 
 impl Default for SecurityConfig {
@@ -307,6 +311,7 @@ impl Default for SecurityConfig {
             failed_authentication_delay: FAILED_AUTHENTICATION_DELAY_DEFAULT,
             inter_broker_listener: None,
             inter_broker_sasl: None,
+            inter_broker_tls_ca: None,
         }
     }
 }

@@ -21,6 +21,9 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub broker: Option<Broker>,
     paused: bool,
+    /// One more free port of this node's, for a second listener (see
+    /// [`Cluster::start_with_node_args`]).
+    pub spare_port: u16,
 }
 
 impl Node {
@@ -35,8 +38,15 @@ pub struct Cluster {
     /// The `--cluster` value every node gets.
     pub voters: String,
     extra: Vec<String>,
+    /// Flags made per node ([`Cluster::start_with_node_args`]).
+    node_args: Option<NodeArgs>,
     _dir: tempfile::TempDir,
 }
+
+/// Flags for one node, made from its ports and id when it starts. When they hold
+/// `--listeners`, the node gets no `--listen` (its `client_port` should then be a PLAINTEXT
+/// listener among them: the helpers here speak plaintext to it).
+pub type NodeArgs = std::sync::Arc<dyn Fn(&Node) -> Vec<String> + Send + Sync>;
 
 /// A port free right now on 127.0.0.1, below the kernel's ephemeral range (so no outgoing
 /// connection, e.g. one node dialling another before that one listens, can take it first);
@@ -74,9 +84,19 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra flags for every node.
     pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_configured(n, extra, None)
+    }
+
+    /// Like [`Cluster::start_with`], plus flags made for each node by `node_args` (also for
+    /// restarts and added nodes).
+    pub fn start_with_node_args(n: usize, extra: &[&str], node_args: NodeArgs) -> Cluster {
+        Cluster::start_configured(n, extra, Some(node_args))
+    }
+
+    fn start_configured(n: usize, extra: &[&str], node_args: Option<NodeArgs>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut ports: Vec<u16> = Vec::new();
-        while ports.len() < 2 * n {
+        while ports.len() < 3 * n {
             let p = free_port();
             if !ports.contains(&p) {
                 ports.push(p);
@@ -90,6 +110,7 @@ impl Cluster {
                 data_dir: dir.path().join(format!("node-{}", i + 1)),
                 broker: None,
                 paused: false,
+                spare_port: ports[2 * n + i],
             })
             .collect();
         let voters = nodes
@@ -101,6 +122,7 @@ impl Cluster {
             nodes,
             voters,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            node_args,
             _dir: dir,
         };
         let started: Vec<_> = cluster
@@ -122,14 +144,18 @@ impl Cluster {
     }
 
     fn args(&self, node: &Node) -> Vec<String> {
-        let mut args = vec![
-            "--listen".to_string(),
-            node.addr(),
+        let per_node = self.node_args.as_ref().map(|f| f(node)).unwrap_or_default();
+        let mut args = Vec::new();
+        if !per_node.iter().any(|a| a == "--listeners") {
+            args.push("--listen".to_string());
+            args.push(node.addr());
+        }
+        args.extend([
             "--node-id".to_string(),
             node.id.to_string(),
             "--cluster".to_string(),
             self.voters.clone(),
-        ];
+        ]);
         // A node added after the start is not among the voters: it says where it listens.
         if !self
             .voters
@@ -140,7 +166,18 @@ impl Cluster {
             args.push(format!("127.0.0.1:{}", node.internal_port));
         }
         args.extend(self.extra.iter().cloned());
+        args.extend(per_node);
         args
+    }
+
+    /// The flags node `id` is (or would be) started with, for starting a variant by hand.
+    pub fn node_command_args(&self, id: i32) -> Vec<String> {
+        self.args(self.node(id))
+    }
+
+    /// A directory that lives as long as the cluster (certificates, password files).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     /// Starts one more broker (the next id), not among the voters: it joins the running
@@ -148,12 +185,12 @@ impl Cluster {
     pub fn add_node(&mut self) -> i32 {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
         let mut ports: Vec<u16> = Vec::new();
-        while ports.len() < 2 {
+        while ports.len() < 3 {
             let p = free_port();
             let taken = self
                 .nodes
                 .iter()
-                .any(|n| n.client_port == p || n.internal_port == p);
+                .any(|n| n.client_port == p || n.internal_port == p || n.spare_port == p);
             if !ports.contains(&p) && !taken {
                 ports.push(p);
             }
@@ -165,6 +202,7 @@ impl Cluster {
             data_dir: self._dir.path().join(format!("node-{id}")),
             broker: None,
             paused: false,
+            spare_port: ports[2],
         };
         let args = self.args(&node);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
