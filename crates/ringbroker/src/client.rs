@@ -8,6 +8,14 @@
 //! `protocol::gather::GatherBuf` with a placeholder where the batch goes, and the pieces go
 //! out with one `sendmsg` whose iovecs point at the header bytes and at the shared batch.
 //! Everything read from the network is checked; a bad answer is an error, never a panic.
+//!
+//! Secured brokers ([`security`]): a connection is opened over TLS ([`transport`]) when the
+//! security protocol says so, and on SASL_PLAINTEXT / SASL_SSL it authenticates (ApiVersions,
+//! SaslHandshake v1, SaslAuthenticate; [`sasl`]) before [`Client::connect_as`] returns it.
+
+pub mod sasl;
+pub mod security;
+pub mod transport;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Bytes, BytesMut};
@@ -26,11 +34,14 @@ use kafka_protocol::ResponseError;
 use ringbroker_protocol::frame::{self, Next};
 use ringbroker_protocol::gather::{self, GatherBuf, Piece};
 use ringbroker_runtime::op::{self, SharedFd};
+pub use security::{ClientSecurity, SecurityArgs};
 use std::collections::BTreeMap;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::OwnedFd;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+use transport::Transport;
 
 pub const PRODUCE_VERSION: i16 = 9;
 pub const FETCH_VERSION: i16 = 12;
@@ -84,16 +95,16 @@ pub fn connect(addr: &str) -> Result<SharedFd> {
     })
 }
 
-/// Splits response frames off a socket.
+/// Splits response frames off a connection.
 pub struct FrameReader {
-    fd: SharedFd,
+    conn: Rc<Transport>,
     buf: BytesMut,
 }
 
 impl FrameReader {
-    pub fn new(fd: SharedFd) -> FrameReader {
+    pub fn new(conn: Rc<Transport>) -> FrameReader {
         FrameReader {
-            fd,
+            conn,
             buf: BytesMut::with_capacity(256 << 10),
         }
     }
@@ -113,7 +124,7 @@ impl FrameReader {
                 }
             }
             let buf = std::mem::take(&mut self.buf);
-            let (result, buf) = op::timeout(RESPONSE_WAIT_MAX, op::recv(&self.fd, buf))
+            let (result, buf) = op::timeout(RESPONSE_WAIT_MAX, self.conn.recv(buf))
                 .await
                 .ok_or_else(|| anyhow!("no answer from the broker within {RESPONSE_WAIT_MAX:?}"))?;
             self.buf = buf;
@@ -209,7 +220,7 @@ pub fn kafka_error(code: i16) -> anyhow::Error {
 /// One request at a time on one connection: the control plane (metadata, topics, offsets)
 /// and the consumer's fetch loop.
 pub struct Client {
-    pub fd: SharedFd,
+    pub conn: Rc<Transport>,
     /// host:port this connection went to (named in errors).
     pub addr: String,
     reader: FrameReader,
@@ -220,21 +231,32 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn connect(addr: &str) -> Result<Client> {
-        Client::connect_as(addr, CLIENT_ID)
+    /// Connects as the load generator (see [`Client::connect_as`]).
+    pub async fn connect(addr: &str, security: &ClientSecurity) -> Result<Client> {
+        Client::connect_as(addr, CLIENT_ID, security).await
     }
 
-    /// Connects, naming itself `client_id` in every request header.
-    pub fn connect_as(addr: &str, client_id: &'static str) -> Result<Client> {
+    /// Connects, naming itself `client_id` in every request header: TCP, then the TLS
+    /// handshake and SASL authentication when `security` asks for them.
+    pub async fn connect_as(
+        addr: &str,
+        client_id: &'static str,
+        security: &ClientSecurity,
+    ) -> Result<Client> {
         let fd = connect(addr)?;
-        Ok(Client {
-            reader: FrameReader::new(fd.clone()),
-            fd,
+        let conn = Rc::new(transport::open(fd, addr, security).await?);
+        let mut client = Client {
+            reader: FrameReader::new(conn.clone()),
+            conn,
             addr: addr.to_string(),
             correlation_id: 0,
             client_id,
             api_versions: None,
-        })
+        };
+        if let Some(credentials) = &security.sasl {
+            sasl::authenticate(&mut client, credentials).await?;
+        }
+        Ok(client)
     }
 
     /// The versions of each API the broker advertises (ApiVersions, asked once).
@@ -318,7 +340,7 @@ impl Client {
     }
 
     /// Sends a request and returns its answer's frame, not yet decoded.
-    async fn call_frame<Req: Encodable>(
+    pub(crate) async fn call_frame<Req: Encodable>(
         &mut self,
         api: ApiKey,
         version: i16,
@@ -333,7 +355,8 @@ impl Client {
             request,
             &[],
         )?;
-        op::send_all(&self.fd, pieces)
+        self.conn
+            .send(pieces)
             .await
             .with_context(|| format!("sending {api:?}"))?;
         self.reader.next().await
@@ -355,7 +378,8 @@ impl Client {
             request,
             &[],
         )?;
-        op::send_all(&self.fd, pieces)
+        self.conn
+            .send(pieces)
             .await
             .with_context(|| format!("sending {api:?}"))
     }
