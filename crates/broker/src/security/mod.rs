@@ -7,6 +7,9 @@
 //! - SASL (PLAIN, SCRAM-SHA-256/512), the SCRAM credential store.
 //! - ACLs: the authorizer each shard holds a copy of.
 
+pub mod sasl_client;
+pub mod scram;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
