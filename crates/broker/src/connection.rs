@@ -35,6 +35,7 @@
 
 use crate::api::{self, Outcome};
 use crate::limits::{ConnectionSlot, RecvGrant};
+use crate::security::tls;
 use crate::shard;
 use crate::warn_limited;
 use bytes::BytesMut;
@@ -219,7 +220,66 @@ pub async fn serve(fd: SharedFd, peer: Option<SocketAddr>, slot: ConnectionSlot,
         .map_or(crate::security::SecurityProtocol::Plaintext, |l| l.protocol);
     tracing::debug!(%peer, listener, %protocol, "connection opened");
     let conn = Conn::on_listener(peer, listener, protocol);
-    serve_here(fd, conn, slot, BytesMut::with_capacity(RECV_BYTES_MIN), 0).await
+    if protocol.uses_tls() {
+        return serve_tls(fd, conn, slot).await;
+    }
+    serve_here(
+        fd,
+        conn,
+        slot,
+        BytesMut::with_capacity(RECV_BYTES_MIN),
+        0,
+        None,
+    )
+    .await
+}
+
+/// Serves a connection of a TLS listener: the handshake on this shard's ring (bounded by
+/// [`tls::TLS_HANDSHAKE_TIMEOUT`]; a failure closes this connection only), the principal from
+/// the client certificate, then either the kernel takes the session (kTLS: served as
+/// plaintext from then on, splice included) or rustls on this shard encrypts and decrypts
+/// (userspace path; such a connection never moves to another shard).
+async fn serve_tls(fd: SharedFd, conn: Conn, slot: ConnectionSlot) {
+    let shared = shard::current().shared.clone();
+    let Some(config) = shared.tls.clone() else {
+        warn_limited!(peer = %conn.peer, "TLS listener without a TLS configuration; closing");
+        return;
+    };
+    let mut stream = match tls::TlsStream::server(fd.clone(), config) {
+        Ok(s) => s,
+        Err(e) => {
+            warn_limited!(peer = %conn.peer, error = %e, "cannot start a TLS session; closing");
+            return;
+        }
+    };
+    let failure = match op::timeout(tls::TLS_HANDSHAKE_TIMEOUT, stream.handshake()).await {
+        Some(Ok(())) => None,
+        Some(Err(e)) => Some(e.to_string()),
+        None => Some(format!(
+            "no TLS handshake within {:?}",
+            tls::TLS_HANDSHAKE_TIMEOUT
+        )),
+    };
+    if let Some(reason) = failure {
+        tls::handshake_failed();
+        warn_limited!(peer = %conn.peer, %reason, "TLS handshake failed; closing");
+        return;
+    }
+    *conn.principal.borrow_mut() = tls::principal_of_stream(&stream).into();
+    tracing::debug!(peer = %conn.peer, principal = %conn.principal.borrow(), session = %stream.negotiated(), "TLS session established");
+    let mut buf = BytesMut::with_capacity(RECV_BYTES_MIN);
+    if shared.ktls {
+        // UNTESTED on the development machine (its kernel has no kTLS).
+        match stream.into_ktls(&mut buf) {
+            Ok(Ok(fd)) => return serve_here(fd, conn, slot, buf, 0, None).await,
+            Ok(Err(e)) => {
+                warn_limited!(peer = %conn.peer, error = %e, "kTLS hand-off failed; closing");
+                return;
+            }
+            Err(s) => stream = s, // stays on the userspace path
+        }
+    }
+    serve_here(fd, conn, slot, buf, 0, Some(stream)).await
 }
 
 /// Requests and their bytes.
@@ -272,7 +332,14 @@ type Sending<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>;
 /// first of: the send done, the oldest request(s) answered, the receive done. The receive
 /// owns the buffer while armed, so frames are only parsed between receives; every future
 /// waited on lives across turns in a local, so waiting for one never drops another.
-async fn serve_here(fd: SharedFd, conn: Conn, slot: ConnectionSlot, mut buf: BytesMut, moves: u32) {
+async fn serve_here(
+    fd: SharedFd,
+    conn: Conn,
+    slot: ConnectionSlot,
+    mut buf: BytesMut,
+    moves: u32,
+    tls: Option<tls::TlsStream>,
+) {
     let peer = conn.peer.clone();
     let shared = shard::current().shared.clone();
     let frame_bytes_max = shared.config.frame_bytes_max;
@@ -333,7 +400,11 @@ async fn serve_here(fd: SharedFd, conn: Conn, slot: ConnectionSlot, mut buf: Byt
             } else {
                 let chunks = std::mem::take(&mut answers);
                 crate::stats::bytes_sent(chunks.iter().map(Chunk::len).sum());
-                sending = Some((Box::pin(send_chunks(&fd, chunks)), tally));
+                let send: Sending<'_> = match &tls {
+                    None => Box::pin(send_chunks(&fd, chunks)),
+                    Some(t) => Box::pin(t.send_chunks(chunks)),
+                };
+                sending = Some((send, tally));
             }
         }
         // Outstanding bytes and a large frame's buffer beyond RECV_BYTES_MIN: the shard's.
@@ -349,10 +420,12 @@ async fn serve_here(fd: SharedFd, conn: Conn, slot: ConnectionSlot, mut buf: Byt
             match &stop {
                 Some(Stop::Quiet) => {
                     tracing::debug!(%peer, "connection closed");
+                    close_tls(tls.as_ref()).await;
                     return;
                 }
                 Some(Stop::Close(reason)) => {
                     warn_limited!(%peer, %reason, "closing connection");
+                    close_tls(tls.as_ref()).await;
                     return;
                 }
                 None => {}
@@ -368,7 +441,14 @@ async fn serve_here(fd: SharedFd, conn: Conn, slot: ConnectionSlot, mut buf: Byt
                     ringbroker_runtime::mesh::send(
                         target,
                         Box::new(move || {
-                            drop(spawn(serve_here(fd, moved.attach(), slot, buf, moves + 1)));
+                            drop(spawn(serve_here(
+                                fd,
+                                moved.attach(),
+                                slot,
+                                buf,
+                                moves + 1,
+                                None,
+                            )));
                         }),
                     )
                     .await;
@@ -414,7 +494,11 @@ async fn serve_here(fd: SharedFd, conn: Conn, slot: ConnectionSlot, mut buf: Byt
                 if buf.capacity() < want {
                     buf.reserve(want - buf.len());
                 }
-                receiving = Some(Box::pin(op::recv(&fd, std::mem::take(&mut buf))));
+                let taken = std::mem::take(&mut buf);
+                receiving = Some(match &tls {
+                    None => Box::pin(op::recv(&fd, taken)),
+                    Some(t) => Box::pin(t.recv(taken)),
+                });
             }
         }
         if receiving.is_none() && sending.is_none() && running.is_empty() {
@@ -508,7 +592,8 @@ async fn serve_here(fd: SharedFd, conn: Conn, slot: ConnectionSlot, mut buf: Byt
                             _ => None,
                         };
                         if let Some((target, n)) = elsewhere {
-                            if n >= MOVE_AFTER_WINDOWS && moves < MOVES_MAX {
+                            // A userspace TLS session stays on the shard that holds it.
+                            if n >= MOVE_AFTER_WINDOWS && moves < MOVES_MAX && tls.is_none() {
                                 // Receive no more; move once everything read is answered.
                                 moving = Some(target);
                             }
@@ -521,6 +606,13 @@ async fn serve_here(fd: SharedFd, conn: Conn, slot: ConnectionSlot, mut buf: Byt
                 }
             }
         }
+    }
+}
+
+/// Sends close_notify on a userspace TLS session (bounded by [`tls::CLOSE_NOTIFY_TIMEOUT`]).
+async fn close_tls(tls: Option<&tls::TlsStream>) {
+    if let Some(t) = tls {
+        let _ = op::timeout(tls::CLOSE_NOTIFY_TIMEOUT, t.close()).await;
     }
 }
 

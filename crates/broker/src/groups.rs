@@ -2161,6 +2161,8 @@ mod tests {
             connections: Default::default(),
             node_id: 0,
             cluster: None,
+            tls: None,
+            ktls: false,
         });
         let rt =
             ringbroker_runtime::Runtime::new(&ringbroker_runtime::RingConfig::default()).unwrap();

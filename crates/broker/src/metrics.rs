@@ -151,6 +151,15 @@ fn describe() {
         "Records appended by Produce requests."
     );
     describe_gauge!("ringbroker_connections", "Open client connections.");
+    describe_gauge!(
+        "ringbroker_tls_path",
+        "Per TLS listener, 1 for the path its connections take after the handshake: \
+         userspace (rustls on the shard) or ktls (keys handed to the kernel)."
+    );
+    describe_counter!(
+        "ringbroker_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out (the connection was closed)."
+    );
     describe_counter!(
         "ringbroker_connections_moved_total",
         "Connections handed from this shard to the shard that owns the partitions they use."
@@ -399,6 +408,7 @@ impl Publisher {
         with_local_recorder(&self.recorder, || {
             apply(&snapshots, &mesh);
             crate::replication::metrics::record();
+            crate::security::tls::record_metrics();
             for (shard, age) in ages.iter().enumerate() {
                 gauge!("ringbroker_shard_heartbeat_age_seconds", "shard" => shard.to_string())
                     .set(age.as_secs_f64());

@@ -58,6 +58,10 @@ pub enum StartError {
     },
     #[error("{0}")]
     Other(String),
+    /// A TLS file (`--tls-cert-file`, `--tls-key-file`, `--tls-client-ca-file`) is missing
+    /// or unusable, or a TLS listener has none.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A running broker: its shard threads and how to stop them.
@@ -254,6 +258,7 @@ impl Broker {
                 advertised_port,
             });
         }
+        let (tls, ktls) = build_tls(&config)?;
         let listen_addr = listener_infos[0].bound;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => {
@@ -295,6 +300,8 @@ impl Broker {
                 .as_ref()
                 .map_or(crate::metadata::SINGLE_NODE_ID, |c| c.node_id),
             cluster: membership.as_ref().map(|m| m.cluster.clone()),
+            tls,
+            ktls,
         });
         let meta = Arc::new(meta);
         let heartbeats = Arc::new(Heartbeats::new(shards));
@@ -924,6 +931,38 @@ async fn cleaner_every(every: Duration) {
 
 /// Cleanings a shard's cleaner runs back to back before it sleeps its backoff again.
 const CLEANINGS_PER_LOOK_MAX: usize = 64;
+
+/// The TLS server configuration, built once when a listener uses TLS, and whether its
+/// connections are handed to the kernel (kTLS: probed, `RINGBROKER_KTLS=off` forces the
+/// userspace path). Records each TLS listener's path for `ringbroker_tls_path`.
+fn build_tls(
+    config: &BrokerConfig,
+) -> Result<(Option<Arc<rustls::ServerConfig>>, bool), StartError> {
+    let tls_listeners: Vec<&str> = config
+        .listeners
+        .iter()
+        .filter(|l| l.protocol.uses_tls())
+        .map(|l| l.name.as_str())
+        .collect();
+    if tls_listeners.is_empty() {
+        return Ok((None, false));
+    }
+    let files = config.security.tls.as_ref().ok_or_else(|| {
+        StartError::Tls(format!(
+            "listener {} uses TLS: --tls-cert-file and --tls-key-file are needed",
+            tls_listeners.join(", ")
+        ))
+    })?;
+    let (ktls, why) = crate::security::tls::ktls_decision();
+    let server = crate::security::tls::server_config(files, ktls)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let path = if ktls { "ktls" } else { "userspace" };
+    for name in &tls_listeners {
+        crate::security::tls::set_path(name, path);
+    }
+    tracing::info!(listeners = %tls_listeners.join(","), path, reason = %why, "TLS path");
+    Ok((Some(Arc::new(server)), ktls))
+}
 
 /// Accepts the connections of listener `index` (`Shared::listeners`).
 async fn accept_loop(listener: SharedFd, index: usize) {

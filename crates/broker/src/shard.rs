@@ -48,6 +48,11 @@ pub struct Shared {
     /// Cluster mode: per offsets partition, the leader epoch whose groups this node has
     /// loaded (coordinates); read by every shard, written by the partition's owner shard.
     pub offsets_loaded: crate::groups::OffsetsLoaded,
+    /// The TLS server configuration (built once at start when a listener uses TLS).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS sessions are handed to the kernel after the handshake (kTLS probed at start and
+    /// not turned off with `RINGBROKER_KTLS=off`).
+    pub ktls: bool,
 }
 
 /// How clients and other brokers reach a broker (its Kafka listener).

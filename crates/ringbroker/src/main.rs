@@ -103,7 +103,14 @@ fn serve(args: config::ServeArgs) -> Result<()> {
             .shared
             .listeners
             .iter()
-            .map(|l| format!("{}://{} (advertised {}:{})", l.name, l.bound, l.advertised_host, l.advertised_port))
+            .map(|l| {
+                let tls = match (l.protocol.uses_tls(), broker.shared.ktls) {
+                    (false, _) => "",
+                    (true, true) => ", TLS: ktls",
+                    (true, false) => ", TLS: userspace",
+                };
+                format!("{}://{} (advertised {}:{}{tls})", l.name, l.bound, l.advertised_host, l.advertised_port)
+            })
             .collect::<Vec<_>>()
             .join(", "),
         flush = ?config.flush,

@@ -9,6 +9,7 @@
 
 pub mod sasl_client;
 pub mod scram;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
