@@ -228,6 +228,10 @@ pub struct Client {
     client_id: &'static str,
     /// What the broker advertised in ApiVersions: key → (min, max); asked on first use.
     api_versions: Option<BTreeMap<i16, (i16, i16)>>,
+    /// SASL identity, kept to re-authenticate (KIP-368) when the broker limits sessions.
+    credentials: Option<security::SaslCredentials>,
+    /// When to re-authenticate (before the broker's session lifetime ends); `None`: never.
+    reauthenticate_at: Option<std::time::Instant>,
 }
 
 impl Client {
@@ -252,9 +256,12 @@ impl Client {
             correlation_id: 0,
             client_id,
             api_versions: None,
+            credentials: security.sasl.clone(),
+            reauthenticate_at: None,
         };
         if let Some(credentials) = &security.sasl {
-            sasl::authenticate(&mut client, credentials).await?;
+            let lifetime = sasl::authenticate(&mut client, credentials).await?;
+            client.reauthenticate_at = lifetime.map(sasl::reauthenticate_after);
         }
         Ok(client)
     }
@@ -346,6 +353,12 @@ impl Client {
         version: i16,
         request: &Req,
     ) -> Result<Bytes> {
+        if !matches!(
+            api,
+            ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        ) {
+            self.reauthenticate_if_due().await?;
+        }
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let pieces = encode_request(
             self.client_id,
@@ -360,6 +373,26 @@ impl Client {
             .await
             .with_context(|| format!("sending {api:?}"))?;
         self.reader.next().await
+    }
+
+    /// KIP-368: a broker with `connections.max.reauth.ms` closes a connection whose SASL
+    /// session ended; re-authenticate on this connection before that (one request at a time
+    /// here, so nothing is in flight meanwhile).
+    async fn reauthenticate_if_due(&mut self) -> Result<()> {
+        let due = self
+            .reauthenticate_at
+            .is_some_and(|at| std::time::Instant::now() >= at);
+        if !due {
+            return Ok(());
+        }
+        let Some(credentials) = self.credentials.clone() else {
+            return Ok(());
+        };
+        let lifetime = Box::pin(sasl::authenticate(self, &credentials))
+            .await
+            .context("re-authenticating (the broker's SASL session lifetime ended)")?;
+        self.reauthenticate_at = lifetime.map(sasl::reauthenticate_after);
+        Ok(())
     }
 
     /// Sends a request that gets no answer (Produce with acks=0).

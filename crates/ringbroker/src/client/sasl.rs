@@ -13,6 +13,14 @@ use kafka_protocol::messages::{
     SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
+use ringbroker_broker::security::sasl_client::{SaslClient, Step};
+use std::time::{Duration, Instant};
+
+/// When to re-authenticate a session that lasts `lifetime`: at 85% of it, as Kafka's clients
+/// do (they pick 85% to 95%), so the new session is in place before the old one ends.
+pub fn reauthenticate_after(lifetime: Duration) -> Instant {
+    Instant::now() + lifetime.mul_f64(0.85)
+}
 
 /// SaslHandshake v1: the SASL messages then travel in SaslAuthenticate requests (v0 sent
 /// them as raw frames, which Kafka's clients stopped doing).
@@ -27,8 +35,12 @@ pub const SASL_ROUNDS_MAX: usize = 8;
 const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
 const SASL_AUTHENTICATION_FAILED: i16 = 58;
 
-/// Authenticates `client` with `credentials`; on success the connection serves every API.
-pub async fn authenticate(client: &mut Client, credentials: &SaslCredentials) -> Result<()> {
+/// Authenticates `client` with `credentials`; on success the connection serves every API,
+/// for the session lifetime returned (`None`: the broker sets none; KIP-368).
+pub async fn authenticate(
+    client: &mut Client,
+    credentials: &SaslCredentials,
+) -> Result<Option<Duration>> {
     let addr = client.addr.clone();
     let mechanism = credentials.mechanism.name();
     let handshake_version = client
@@ -58,8 +70,13 @@ pub async fn authenticate(client: &mut Client, credentials: &SaslCredentials) ->
     let version = client
         .version(ApiKey::SaslAuthenticate, SASL_AUTHENTICATE_VERSIONS)
         .await?;
-    let mut exchange = Exchange::start(credentials)?;
-    let mut message = exchange.first()?;
+    let mut exchange = SaslClient::new(
+        credentials.mechanism,
+        &credentials.user,
+        &credentials.password,
+    )
+    .map_err(|e| anyhow!("SASL {mechanism}: {e}"))?;
+    let mut message = exchange.initial();
     for _ in 0..SASL_ROUNDS_MAX {
         let request = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(message));
         let response: SaslAuthenticateResponse = client
@@ -83,9 +100,14 @@ pub async fn authenticate(client: &mut Client, credentials: &SaslCredentials) ->
             return Err(kafka_error(response.error_code)
                 .context(format!("SaslAuthenticate {mechanism} with {addr}")));
         }
-        match exchange.step(&response.auth_bytes)? {
-            Some(next) => message = next,
-            None => return Ok(()),
+        match exchange.step(&response.auth_bytes).map_err(|e| {
+            anyhow!("SASL {mechanism} with {addr}: the broker's answer is not accepted: {e}")
+        })? {
+            Step::Send(next) => message = next,
+            Step::Done => {
+                return Ok((response.session_lifetime_ms > 0)
+                    .then(|| Duration::from_millis(response.session_lifetime_ms as u64)));
+            }
         }
     }
     Err(anyhow!(
@@ -123,27 +145,4 @@ impl std::error::Error for AuthenticationFailed {}
 pub fn is_authentication_failure(e: &anyhow::Error) -> bool {
     e.chain()
         .any(|c| c.downcast_ref::<AuthenticationFailed>().is_some())
-}
-
-/// One mechanism's client side.
-struct Exchange {
-    _credentials: SaslCredentials,
-}
-
-impl Exchange {
-    fn start(credentials: &SaslCredentials) -> Result<Exchange> {
-        Ok(Exchange {
-            _credentials: credentials.clone(),
-        })
-    }
-
-    /// The client's first message.
-    fn first(&mut self) -> Result<Vec<u8>> {
-        bail!("SASL client mechanisms are not merged yet")
-    }
-
-    /// The next message after the server's `challenge`; `None`: authenticated.
-    fn step(&mut self, _challenge: &[u8]) -> Result<Option<Vec<u8>>> {
-        bail!("SASL client mechanisms are not merged yet")
-    }
 }

@@ -12,9 +12,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ringbroker_broker::security::{SaslMechanism, SecurityProtocol};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use ringbroker_broker::security::{tls, SaslMechanism, SecurityProtocol};
+use rustls::pki_types::ServerName;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -174,23 +173,17 @@ impl SecurityArgs {
                 "--security-protocol {protocol} needs --tls-ca-file (the CA that signed the broker's certificate)"
             );
         };
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in read_certs(ca_file, "--tls-ca-file")? {
-            roots
-                .add(cert)
-                .with_context(|| format!("--tls-ca-file {}", ca_file.display()))?;
-        }
+        // The broker's PEM readers, naming this command's flags in their errors.
+        let roots = tls::load_roots("--tls-ca-file", ca_file)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .context("TLS protocol versions")?
             .with_root_certificates(roots);
         let config = match (&self.tls_cert_file, &self.tls_key_file) {
             (Some(cert), Some(key)) => {
-                let chain = read_certs(cert, "--tls-cert-file")?;
-                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                    anyhow::anyhow!("--tls-key-file {}: {e} (a PEM private key)", key.display())
-                })?;
+                let chain = tls::load_certs("--tls-cert-file", cert)?;
+                let key = tls::load_key("--tls-key-file", key)?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .context("--tls-cert-file / --tls-key-file do not form a usable identity")?
@@ -200,17 +193,6 @@ impl SecurityArgs {
         };
         Ok(config)
     }
-}
-
-fn read_certs(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        bail!("{flag} {}: no PEM certificate in it", path.display());
-    }
-    Ok(certs)
 }
 
 /// The first line of `path`, bounded by [`PASSWORD_FILE_BYTES_MAX`].

@@ -11,11 +11,15 @@
 
 use super::security::ClientSecurity;
 use bytes::{Bytes, BytesMut};
+use ringbroker_broker::security::tls::{TlsStream, TLS_HANDSHAKE_TIMEOUT};
+use ringbroker_runtime::chunk::Chunk;
 use ringbroker_runtime::op::{self, SharedFd};
 use std::io;
 
 pub enum Transport {
     Plain(SharedFd),
+    /// The broker crate's TLS stream on this thread's ring (client side).
+    Tls(TlsStream),
 }
 
 impl Transport {
@@ -23,6 +27,10 @@ impl Transport {
     pub async fn send(&self, pieces: Vec<Bytes>) -> io::Result<()> {
         match self {
             Transport::Plain(fd) => op::send_all(fd, pieces).await,
+            Transport::Tls(tls) => {
+                tls.send_chunks(pieces.into_iter().map(Chunk::Mem).collect())
+                    .await
+            }
         }
     }
 
@@ -30,6 +38,7 @@ impl Transport {
     pub async fn recv(&self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         match self {
             Transport::Plain(fd) => op::recv(fd, buf).await,
+            Transport::Tls(tls) => tls.recv(buf).await,
         }
     }
 }
@@ -43,9 +52,20 @@ pub async fn open(
 ) -> anyhow::Result<Transport> {
     match &security.tls {
         None => Ok(Transport::Plain(fd)),
-        Some(_config) => {
-            let _name = super::security::server_name(addr)?;
-            anyhow::bail!("TLS client transport is not merged yet")
+        Some(config) => {
+            let name = super::security::server_name(addr)?;
+            let conn = rustls::ClientConnection::new(config.clone(), name)
+                .map_err(|e| anyhow::anyhow!("TLS set-up for {addr}: {e}"))?;
+            let stream = TlsStream::new(fd, rustls::Connection::Client(conn));
+            match op::timeout(TLS_HANDSHAKE_TIMEOUT, stream.handshake()).await {
+                Some(Ok(())) => Ok(Transport::Tls(stream)),
+                Some(Err(e)) => Err(anyhow::anyhow!(
+                    "TLS handshake with {addr} failed: {e} (is it an SSL / SASL_SSL listener, and does --tls-ca-file hold the CA of its certificate?)"
+                )),
+                None => Err(anyhow::anyhow!(
+                    "TLS handshake with {addr}: no answer within {TLS_HANDSHAKE_TIMEOUT:?}"
+                )),
+            }
         }
     }
 }
