@@ -278,6 +278,7 @@ impl Broker {
                 &config,
                 settings,
                 (&advertised_host, advertised_port),
+                &listener_infos,
                 &mut meta,
             )?),
             None => None,
@@ -725,6 +726,7 @@ fn join_cluster(
     config: &BrokerConfig,
     settings: &crate::config::ClusterSettings,
     (client_host, client_port): (&str, u16),
+    listeners: &[crate::security::ListenerInfo],
     meta: &mut ClusterMeta,
 ) -> Result<Membership, StartError> {
     let raft_dir = config.data_dir.join("meta").join("raft");
@@ -746,6 +748,14 @@ fn join_cluster(
         client_port,
         raft_dir,
     );
+    cluster_config.client_listeners = listeners
+        .iter()
+        .map(|l| ringbroker_cluster::Endpoint {
+            name: l.name.clone(),
+            host: l.advertised_host.clone(),
+            port: l.advertised_port,
+        })
+        .collect();
     cluster_config.broker_heartbeat_interval = settings.broker_heartbeat_interval;
     cluster_config.broker_session_timeout = settings.broker_session_timeout;
     let slot = crate::shard::cluster::ImageSlot::new();

@@ -63,6 +63,25 @@ pub struct BrokerAddress {
     pub port: u16,
     /// Fenced by the controller (not heard from): listed by no Metadata response.
     pub fenced: bool,
+    /// Every advertised client listener by name (`host`/`port` are the first one's); empty
+    /// from a broker that registered none (it is reached at `host`/`port` on every listener).
+    pub listeners: Vec<ringbroker_cluster::Endpoint>,
+}
+
+impl BrokerAddress {
+    /// Where a client of listener `listener` (a name; `None`: unknown) reaches this broker:
+    /// its same-named listener. `None` when it has no such listener (Kafka leaves such a
+    /// broker out of the answer).
+    pub fn endpoint(&self, listener: Option<&str>) -> Option<(&str, u16)> {
+        match listener {
+            Some(name) if !self.listeners.is_empty() => self
+                .listeners
+                .iter()
+                .find(|e| e.name == name)
+                .map(|e| (e.host.as_str(), e.port)),
+            _ => Some((self.host.as_str(), self.port)),
+        }
+    }
 }
 
 /// The brokers of the cluster as this shard last heard, and the active controller.
@@ -146,6 +165,15 @@ impl Shard {
                         host: shared.advertised_host.clone(),
                         port: shared.advertised_port,
                         fenced: false,
+                        listeners: shared
+                            .listeners
+                            .iter()
+                            .map(|l| ringbroker_cluster::Endpoint {
+                                name: l.name.clone(),
+                                host: l.advertised_host.clone(),
+                                port: l.advertised_port,
+                            })
+                            .collect(),
                     },
                 )]),
                 controller_id: shared.node_id,

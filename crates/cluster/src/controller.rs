@@ -231,6 +231,7 @@ impl Controller {
                         || b.incarnation != hb.incarnation
                         || b.host != hb.host
                         || b.port != hb.port
+                        || b.listeners != hb.listeners
                 }
             };
             if !needed {
@@ -248,6 +249,7 @@ impl Controller {
                 incarnation: hb.incarnation,
                 host: hb.host.clone(),
                 port: hb.port,
+                listeners: hb.listeners.clone(),
             });
         }
         if now >= self.grace_until {
@@ -335,6 +337,7 @@ mod tests {
             incarnation,
             host: "h".to_string(),
             port: 1,
+            listeners: Vec::new(),
         }
     }
 
@@ -397,6 +400,7 @@ mod tests {
                 incarnation: 1,
                 host: "h".to_string(),
                 port: 1,
+                listeners: Vec::new(),
             },
         )
         .unwrap();
@@ -423,6 +427,7 @@ mod tests {
                     incarnation: 1,
                     host: "h".to_string(),
                     port: 1,
+                    listeners: Vec::new(),
                 },
             )
             .unwrap();
@@ -481,6 +486,7 @@ mod tests {
                     incarnation: 1,
                     host: "h".to_string(),
                     port: 1,
+                    listeners: Vec::new(),
                 },
             )
             .unwrap();

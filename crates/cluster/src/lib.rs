@@ -54,6 +54,9 @@ pub struct ClusterConfig {
     /// The Kafka listener clients and other brokers reach this broker on (advertised).
     pub client_host: String,
     pub client_port: u16,
+    /// Every advertised client listener by name (issue #16), carried in heartbeats into
+    /// `BrokerInfo::listeners`; empty: only `client_host`/`client_port`.
+    pub client_listeners: Vec<Endpoint>,
     /// Where the quorum's log, hard state and snapshots live (`<data-dir>/meta/raft`).
     pub dir: PathBuf,
     /// Raft tick.
@@ -89,6 +92,7 @@ impl ClusterConfig {
             internal_listen,
             client_host,
             client_port,
+            client_listeners: Vec::new(),
             dir,
             tick: Duration::from_millis(100),
             election_ticks: 10,

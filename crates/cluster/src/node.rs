@@ -489,6 +489,7 @@ impl Node {
                 incarnation: self.incarnation,
                 host: self.config.client_host.clone(),
                 port: self.config.client_port,
+                listeners: self.config.client_listeners.clone(),
             };
             let peers: Vec<NodeId> = self.transport.peer_ids().collect();
             for peer in peers {
@@ -862,6 +863,7 @@ mod tests {
                 incarnation: 7,
                 host: "h".to_string(),
                 port: 9000,
+                listeners: Vec::new(),
             });
         }
         for t in 0..6 {
@@ -881,6 +883,7 @@ mod tests {
             incarnation: 8,
             host: "h".to_string(),
             port: 9000,
+            listeners: Vec::new(),
         });
         cmds
     }

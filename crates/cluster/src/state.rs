@@ -20,6 +20,9 @@ pub const COMMAND_BYTES_MAX: usize = 1 << 20;
 /// Longest broker host name a heartbeat may carry (DNS names are at most 253 bytes).
 pub const HOST_BYTES_MAX: usize = 255;
 
+/// Client listeners a broker may register (a bound on what a heartbeat carries).
+pub const BROKER_LISTENERS_MAX: usize = 16;
+
 /// One change of the metadata, as committed in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -34,6 +37,9 @@ pub enum Command {
         incarnation: u64,
         host: String,
         port: u16,
+        /// Every advertised client listener (issue #16; absent from older entries).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        listeners: Vec<crate::Endpoint>,
     },
     /// The broker's session expired.
     Fence {
@@ -126,8 +132,17 @@ pub fn apply(image: &mut MetadataImage, index: u64, command: &Command) -> Result
             incarnation,
             host,
             port,
+            listeners,
         } => {
             register_broker(image, *id, *incarnation, host, *port);
+            if let Some(b) = image.brokers.get_mut(id) {
+                b.listeners = listeners
+                    .iter()
+                    .filter(|e| e.host.len() <= HOST_BYTES_MAX && e.name.len() <= HOST_BYTES_MAX)
+                    .take(BROKER_LISTENERS_MAX)
+                    .cloned()
+                    .collect();
+            }
             complete_reassignments(image);
             Ok(())
         }
@@ -773,6 +788,7 @@ mod tests {
             incarnation,
             host: "127.0.0.1".to_string(),
             port: 9000 + id as u16,
+            listeners: Vec::new(),
         };
         apply(image, *index, &cmd).expect("register");
     }

@@ -92,6 +92,9 @@ pub struct Heartbeat {
     pub incarnation: u64,
     pub host: String,
     pub port: u16,
+    /// Every advertised client listener (issue #16; absent from older brokers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<crate::Endpoint>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -654,6 +657,7 @@ mod tests {
                 incarnation: 9,
                 host: "h".to_string(),
                 port: 9092,
+                listeners: Vec::new(),
             }),
             Frame::ForwardReply(ForwardReply {
                 request_id: 7,
@@ -705,6 +709,7 @@ mod tests {
             incarnation: 1,
             host: "h".to_string(),
             port: 1,
+            listeners: Vec::new(),
         })
         .encode();
         let mut byte = [0u8; 1];
@@ -777,6 +782,7 @@ mod tests {
             incarnation: 1,
             host: "h".to_string(),
             port: 1,
+            listeners: Vec::new(),
         });
         good.write_all(&hb.encode()).unwrap();
         match rx.recv_timeout(Duration::from_secs(5)).unwrap() {

@@ -15,7 +15,7 @@ use ringbroker_protocol::request::Request;
 const ENDPOINT_TYPE_BROKER: i8 = 1;
 const ENDPOINT_TYPE_CONTROLLER: i8 = 2;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: DescribeClusterRequest = decode_body(&mut req)?;
     let shard = shard::current();
     let shared = shard.shared.clone();
@@ -41,17 +41,22 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
         ));
     }
     let view = shard.brokers();
+    // The endpoints of the listener the request came in on; brokers without it are left out.
+    let listener = crate::security::listener_name(&shared, conn);
     let brokers = view
         .brokers
         .values()
         .filter(|b| !b.fenced || (req.version >= 2 && body.include_fenced_brokers))
-        .map(|b| {
-            DescribeClusterBroker::default()
-                .with_broker_id(BrokerId(b.id))
-                .with_host(StrBytes::from_string(b.host.clone()))
-                .with_port(b.port as i32)
-                .with_rack(None)
-                .with_is_fenced(b.fenced)
+        .filter_map(|b| {
+            let (host, port) = b.endpoint(listener)?;
+            Some(
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(b.id))
+                    .with_host(StrBytes::from_string(host.to_string()))
+                    .with_port(port as i32)
+                    .with_rack(None)
+                    .with_is_fenced(b.fenced),
+            )
         })
         .collect();
     let response = DescribeClusterResponse::default()

@@ -13,14 +13,25 @@ use ringbroker_protocol::request::Request;
 
 const KEY_TYPE_GROUP: i8 = 0;
 
-/// The coordinator of group `group`: (node id, host, port).
-fn group_coordinator(shard: &Shard, group: &str) -> Result<(i32, StrBytes, i32), i16> {
+/// The coordinator of group `group`: (node id, host, port), at its endpoint of listener
+/// `listener` (the one the request came in on).
+fn group_coordinator(
+    shard: &Shard,
+    group: &str,
+    listener: Option<&str>,
+) -> Result<(i32, StrBytes, i32), i16> {
     let shared = &shard.shared;
     if shared.cluster.is_none() {
+        let (host, port) = listener
+            .and_then(|name| shared.listeners.iter().find(|l| l.name == name))
+            .map_or(
+                (shared.advertised_host.as_str(), shared.advertised_port),
+                |l| (l.advertised_host.as_str(), l.advertised_port),
+            );
         return Ok((
             shared.node_id,
-            StrBytes::from_string(shared.advertised_host.clone()),
-            shared.advertised_port as i32,
+            StrBytes::from_string(host.to_string()),
+            port as i32,
         ));
     }
     let leader = shard
@@ -32,17 +43,21 @@ fn group_coordinator(shard: &Shard, group: &str) -> Result<(i32, StrBytes, i32),
         .ok_or(errors::COORDINATOR_NOT_AVAILABLE)?;
     let view = shard.brokers();
     match view.brokers.get(&leader) {
-        Some(b) if !b.fenced => Ok((b.id, StrBytes::from_string(b.host.clone()), b.port as i32)),
+        Some(b) if !b.fenced => match b.endpoint(listener) {
+            Some((host, port)) => Ok((b.id, StrBytes::from_string(host.to_string()), port as i32)),
+            None => Err(errors::COORDINATOR_NOT_AVAILABLE),
+        },
         _ => Err(errors::COORDINATOR_NOT_AVAILABLE),
     }
 }
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: FindCoordinatorRequest = decode_body(&mut req)?;
     let shard = shard::current();
+    let listener = crate::security::listener_name(&shard.shared, conn);
     let locate = |key: &str| {
         if body.key_type == KEY_TYPE_GROUP {
-            group_coordinator(&shard, key)
+            group_coordinator(&shard, key, listener)
         } else {
             Err(errors::COORDINATOR_NOT_AVAILABLE)
         }

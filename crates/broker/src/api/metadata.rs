@@ -19,7 +19,7 @@ use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 use std::collections::BTreeMap;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: MetadataRequest = decode_body(&mut req)?;
     let v = req.version;
     let topic_operations = acl::authorized(
@@ -126,15 +126,21 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
             }
         }
     }
+    // The endpoints of the listener the request came in on; brokers without it are left
+    // out (as Kafka does).
+    let listener = crate::security::listener_name(&shared, conn);
     let broker_entries = brokers
         .brokers
         .values()
         .filter(|b| !b.fenced)
-        .map(|b| {
-            MetadataResponseBroker::default()
-                .with_node_id(BrokerId(b.id))
-                .with_host(StrBytes::from_string(b.host.clone()))
-                .with_port(b.port as i32)
+        .filter_map(|b| {
+            let (host, port) = b.endpoint(listener)?;
+            Some(
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(b.id))
+                    .with_host(StrBytes::from_string(host.to_string()))
+                    .with_port(port as i32),
+            )
         })
         .collect();
     let mut response = MetadataResponse::default()

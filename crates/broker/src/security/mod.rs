@@ -308,6 +308,15 @@ impl Default for SecurityConfig {
     }
 }
 
+/// The name of the listener `conn` came in on (`None` where the shard knows no listeners,
+/// e.g. unit tests).
+pub fn listener_name<'a>(
+    shared: &'a crate::shard::Shared,
+    conn: &crate::connection::Conn,
+) -> Option<&'a str> {
+    shared.listeners.get(conn.listener).map(|l| l.name.as_str())
+}
+
 /// Kafka's principal of a connection nobody authenticated (PLAINTEXT, SSL without a client
 /// certificate).
 pub const ANONYMOUS: &str = "User:ANONYMOUS";

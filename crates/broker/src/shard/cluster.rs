@@ -453,6 +453,7 @@ pub fn brokers_view(image: &MetadataImage) -> BrokersView {
                         host: b.host.clone(),
                         port: b.port,
                         fenced: b.fenced,
+                        listeners: b.listeners.clone(),
                     },
                 )
             })
