@@ -623,6 +623,10 @@ fn take(outcome: Outcome, answers: &mut Vec<Chunk>) -> Option<String> {
         Outcome::RespondChunks(chunks) => answers.extend(chunks),
         Outcome::Silent => {}
         Outcome::Close(reason) => return Some(reason),
+        Outcome::RespondThenClose(bytes, reason) => {
+            answers.push(Chunk::Mem(bytes));
+            return Some(reason);
+        }
     }
     None
 }

@@ -165,6 +165,10 @@ fn describe() {
         "Connections handed from this shard to the shard that owns the partitions they use."
     );
     describe_counter!(
+        "ringbroker_sasl_authentications_total",
+        "SASL authentications by mechanism and result (success, failure), re-authentications included."
+    );
+    describe_counter!(
         "ringbroker_uring_submissions_total",
         "io_uring submissions by opcode and shard."
     );
@@ -461,6 +465,10 @@ fn record_delta(h: &metrics::Histogram, delta: &HistogramDelta) {
 fn apply(snapshots: &[ShardSnapshot], mesh: &Mesh) {
     gauge!("ringbroker_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     let mut log_ends: HashMap<(&str, i32), i64> = HashMap::new();
+    for (mechanism, result, n) in crate::security::sasl::authentication_counts() {
+        counter!("ringbroker_sasl_authentications_total", "mechanism" => mechanism, "result" => result)
+            .absolute(n);
+    }
     for s in snapshots {
         let shard = s.shard.to_string();
         let r = &s.requests;

@@ -305,6 +305,15 @@ impl Broker {
             ktls,
         });
         let meta = Arc::new(meta);
+        // SCRAM credentials every shard starts with: the quorum's (a cluster member), else the
+        // data directory's file.
+        let credentials = Arc::new(match &membership {
+            Some(m) => {
+                crate::security::credentials::Credentials::from_image(&m.image.scram_credentials)
+            }
+            None => crate::security::credentials::Credentials::load(&config.data_dir)
+                .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?,
+        });
         let heartbeats = Arc::new(Heartbeats::new(shards));
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
         let mut threads = Vec::with_capacity(shards);
@@ -320,6 +329,7 @@ impl Broker {
             };
             let clean = previous_shutdown_clean;
             let heartbeats = heartbeats.clone();
+            let credentials = credentials.clone();
             let member = membership.as_ref().map(|m| {
                 (
                     m.slot.clone(),
@@ -347,6 +357,7 @@ impl Broker {
                         };
                         let shard = Shard::install(id, shared, &meta, recovery)
                             .map_err(|e| format!("opening partitions: {e}"))?;
+                        crate::security::credentials::install(credentials);
                         if let Some((slot, mesh, replication_factor, image)) = member {
                             shard
                                 .set_brokers(Arc::new(crate::shard::cluster::brokers_view(&image)));
@@ -589,6 +600,12 @@ async fn shard_main(listeners: Vec<SharedFd>, stop: Rc<StopSignals>) -> bool {
     let drain = stop.drain.notified();
     let close = stop.close.notified();
     let shard = crate::shard::current();
+    if shard.id == 0 && shard.shared.cluster.is_some() {
+        // Users created offline (`ringbroker user create`) join the quorum's store.
+        drop(spawn(crate::security::credentials::bootstrap_cluster(
+            shard.shared.config.data_dir.clone(),
+        )));
+    }
     // The loop turns at least this often even when idle, so its heartbeat stays fresh (also
     // while the state below loads).
     drop(spawn(async {

@@ -35,6 +35,8 @@ pub mod offset_delete;
 pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod sasl_authenticate;
+pub mod sasl_handshake;
 pub mod sync_group;
 
 use bytes::Bytes;
@@ -75,6 +77,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 pub fn supported(api: ApiKey, version: i16) -> bool {
@@ -93,6 +97,9 @@ pub enum Outcome {
     Silent,
     /// Close the connection, logging why.
     Close(String),
+    /// Send this response frame, then close the connection, logging why (a refused SASL
+    /// handshake or authentication).
+    RespondThenClose(Bytes, String),
 }
 
 /// Closes the connection (logged, rate limited) when one request names more `what`
@@ -163,6 +170,10 @@ pub async fn handle(frame: Bytes, conn: &crate::connection::Conn) -> Outcome {
 }
 
 async fn dispatch(frame: Bytes, conn: &crate::connection::Conn) -> Outcome {
+    if conn.protocol.uses_sasl() && crate::security::sasl::raw_expected(conn) {
+        // After a SaslHandshake v0 the client's tokens come without Kafka headers.
+        return crate::security::sasl::raw_token(frame, conn).await;
+    }
     let req = match decode_header(frame, supported) {
         Ok(req) => req,
         Err(RequestError::UnsupportedVersion {
@@ -217,6 +228,8 @@ async fn dispatch(frame: Bytes, conn: &crate::connection::Conn) -> Outcome {
             alter_partition_reassignments::handle(req, conn).await
         }
         ApiKey::ListPartitionReassignments => list_partition_reassignments::handle(req, conn).await,
+        ApiKey::SaslHandshake => sasl_handshake::handle(req, conn).await,
+        ApiKey::SaslAuthenticate => sasl_authenticate::handle(req, conn).await,
         other => Err(Outcome::Close(format!("{other:?} is not implemented"))),
     };
     result.unwrap_or_else(|outcome| outcome)

@@ -7,6 +7,8 @@
 //! - SASL (PLAIN, SCRAM-SHA-256/512), the SCRAM credential store.
 //! - ACLs: the authorizer each shard holds a copy of.
 
+pub mod credentials;
+pub mod sasl;
 pub mod sasl_client;
 pub mod scram;
 pub mod tls;

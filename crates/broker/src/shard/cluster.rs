@@ -543,6 +543,9 @@ async fn apply_image(image: Arc<MetadataImage>) {
         }
     }
     let view = Arc::new(brokers_view(&image));
+    let credentials = Arc::new(crate::security::credentials::Credentials::from_image(
+        &image.scram_credentials,
+    ));
     let changed = Arc::new(merge.changed);
     let deleted = Arc::new(merge.deleted);
     let index = image.applied_index;
@@ -552,9 +555,11 @@ async fn apply_image(image: Arc<MetadataImage>) {
             return;
         }
         let (view, changed, deleted) = (view.clone(), changed.clone(), deleted.clone());
+        let credentials = credentials.clone();
         let applied = ringbroker_runtime::mesh::call(s, move || async move {
             let shard = current();
             shard.set_brokers(view);
+            crate::security::credentials::install(credentials);
             for t in deleted.iter() {
                 shard.remove_topic_id(t);
             }
