@@ -95,6 +95,18 @@ pub fn connect(addr: &str) -> Result<SharedFd> {
     })
 }
 
+/// The broker closed the connection (TCP EOF) while an answer was awaited.
+#[derive(Debug)]
+pub struct BrokerClosed;
+
+impl std::fmt::Display for BrokerClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the broker closed the connection")
+    }
+}
+
+impl std::error::Error for BrokerClosed {}
+
 /// Splits response frames off a connection.
 pub struct FrameReader {
     conn: Rc<Transport>,
@@ -129,7 +141,7 @@ impl FrameReader {
                 .ok_or_else(|| anyhow!("no answer from the broker within {RESPONSE_WAIT_MAX:?}"))?;
             self.buf = buf;
             if result.context("receiving from the broker")? == 0 {
-                bail!("the broker closed the connection");
+                return Err(BrokerClosed.into());
             }
         }
     }
@@ -372,7 +384,17 @@ impl Client {
             .send(pieces)
             .await
             .with_context(|| format!("sending {api:?}"))?;
-        self.reader.next().await
+        let answer = self.reader.next().await;
+        let closed = answer
+            .as_ref()
+            .is_err_and(|e| e.downcast_ref::<BrokerClosed>().is_some());
+        if closed && self.credentials.is_none() {
+            // A SASL listener closes a connection whose first request is not SASL's.
+            return answer.context(
+                "no SASL credentials given: if this is a SASL_PLAINTEXT or SASL_SSL listener, add --security-protocol, --sasl-user and --sasl-password-file",
+            );
+        }
+        answer
     }
 
     /// KIP-368: a broker with `connections.max.reauth.ms` closes a connection whose SASL

@@ -27,10 +27,10 @@ impl Transport {
     pub async fn send(&self, pieces: Vec<Bytes>) -> io::Result<()> {
         match self {
             Transport::Plain(fd) => op::send_all(fd, pieces).await,
-            Transport::Tls(tls) => {
-                tls.send_chunks(pieces.into_iter().map(Chunk::Mem).collect())
-                    .await
-            }
+            Transport::Tls(tls) => tls
+                .send_chunks(pieces.into_iter().map(Chunk::Mem).collect())
+                .await
+                .map_err(tls_error),
         }
     }
 
@@ -38,9 +38,18 @@ impl Transport {
     pub async fn recv(&self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         match self {
             Transport::Plain(fd) => op::recv(fd, buf).await,
-            Transport::Tls(tls) => tls.recv(buf).await,
+            Transport::Tls(tls) => {
+                let (result, buf) = tls.recv(buf).await;
+                (result.map_err(tls_error), buf)
+            }
         }
     }
+}
+
+/// Names TLS in an error of the TLS stream (with TLS 1.3 a broker that refuses the client's
+/// certificate says so in an alert after the handshake, on the first receive).
+fn tls_error(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("TLS: {e}"))
 }
 
 /// The transport `security` asks for over the connected socket `fd` to `addr` (host:port;

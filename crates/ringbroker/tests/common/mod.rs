@@ -42,7 +42,7 @@ impl Broker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringbroker"));
         cmd.envs(env.iter().copied());
         cmd.arg("serve").arg("--data-dir").arg(data_dir);
-        if !extra.contains(&"--listen") {
+        if !extra.contains(&"--listen") && !extra.contains(&"--listeners") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
         if !extra.contains(&"--metrics-listen") {
