@@ -6,7 +6,8 @@
 //!
 //! Produce requests never copy their record batch: the request is encoded through
 //! `protocol::gather::GatherBuf` with a placeholder where the batch goes, and the pieces go
-//! out with one `sendmsg` whose iovecs point at the header bytes and at the shared batch.
+//! out with one `sendmsg` whose iovecs point at the header bytes and at the shared batch
+//! (over TLS the same pieces are encrypted into TLS records instead: [`transport`]).
 //! Everything read from the network is checked; a bad answer is an error, never a panic.
 //!
 //! Secured brokers ([`security`]): a connection is opened over TLS ([`transport`]) when the
@@ -359,7 +360,7 @@ impl Client {
     }
 
     /// Sends a request and returns its answer's frame, not yet decoded.
-    pub(crate) async fn call_frame<Req: Encodable>(
+    async fn call_frame<Req: Encodable>(
         &mut self,
         api: ApiKey,
         version: i16,
