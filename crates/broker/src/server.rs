@@ -140,7 +140,9 @@ fn write_marker(marker: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
+/// Takes the data directory's lock (`<dir>/.lock`, flock) for as long as the file lives; an
+/// offline tool (`ringbroker user create`) takes it too, so it never writes under a broker.
+pub fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
     std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir(dir.to_path_buf(), e))?;
     let file = File::options()
         .create(true)

@@ -46,6 +46,9 @@ pub enum Command {
     Produce(crate::cli::ProduceArgs),
     /// Print a topic's record values; stops at the end it saw at the start unless --follow.
     Consume(crate::cli::ConsumeArgs),
+    /// SCRAM users of a stopped broker's data directory (create before the first start,
+    /// list, delete); a running broker takes AlterUserScramCredentials instead.
+    User(crate::cli::user::UserArgs),
 }
 
 #[derive(Args, Debug, Default)]

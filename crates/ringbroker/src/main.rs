@@ -47,6 +47,7 @@ fn main() {
         config::Command::Cluster(args) => cli::cluster(args),
         config::Command::Produce(args) => cli::produce(args),
         config::Command::Consume(args) => cli::consume(args),
+        config::Command::User(args) => cli::user::run(args),
     };
     if let Err(e) = result {
         eprintln!("ringbroker: {e:#}");

@@ -8,6 +8,7 @@
 
 pub mod alter_configs;
 pub mod alter_partition_reassignments;
+pub mod alter_user_scram_credentials;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
@@ -19,6 +20,7 @@ pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
 pub mod describe_producers;
+pub mod describe_user_scram_credentials;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -79,6 +81,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListPartitionReassignments, 0, 0),
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 pub fn supported(api: ApiKey, version: i16) -> bool {
@@ -230,6 +234,10 @@ async fn dispatch(frame: Bytes, conn: &crate::connection::Conn) -> Outcome {
         ApiKey::ListPartitionReassignments => list_partition_reassignments::handle(req, conn).await,
         ApiKey::SaslHandshake => sasl_handshake::handle(req, conn).await,
         ApiKey::SaslAuthenticate => sasl_authenticate::handle(req, conn).await,
+        ApiKey::DescribeUserScramCredentials => {
+            describe_user_scram_credentials::handle(req, conn).await
+        }
+        ApiKey::AlterUserScramCredentials => alter_user_scram_credentials::handle(req, conn).await,
         other => Err(Outcome::Close(format!("{other:?} is not implemented"))),
     };
     result.unwrap_or_else(|outcome| outcome)

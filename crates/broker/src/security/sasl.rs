@@ -337,7 +337,10 @@ fn step(exchange: &mut Exchange, message: &[u8]) -> Result<Step, Failure> {
                     "channel binding does not match",
                 ));
             }
-            if scram::attribute(without_proof, 'r') != Some(nonce.as_str()) {
+            // As Kafka's ScramSaslServer: the nonce must end with the server's (librdkafka
+            // before 2.x sends the client nonce followed by the whole combined nonce).
+            let echoed = scram::attribute(without_proof, 'r').unwrap_or("");
+            if !echoed.ends_with(nonce.as_str()) || echoed.len() > 3 * scram::NONCE_CHARS_MAX {
                 return Err(malformed(mechanism, Some(user), "nonce does not match"));
             }
             let proof = scram::unb64(proof)
@@ -349,6 +352,7 @@ fn step(exchange: &mut Exchange, message: &[u8]) -> Result<Step, Failure> {
             let client_signature = algorithm.hmac(&credential.stored_key, auth_message.as_bytes());
             let client_key = scram::xor(&proof, &client_signature);
             if !scram::constant_time_eq(&algorithm.hash(&client_key), &credential.stored_key) {
+                tracing::debug!(%auth_message, "SCRAM proof does not match");
                 return Err(scram_invalid(mechanism, Some(user)));
             }
             let server_signature = algorithm.hmac(&credential.server_key, auth_message.as_bytes());
@@ -361,7 +365,11 @@ fn step(exchange: &mut Exchange, message: &[u8]) -> Result<Step, Failure> {
 }
 
 fn malformed(mechanism: SaslMechanism, user: Option<String>, what: &str) -> Failure {
-    let _ = what;
+    tracing::debug!(
+        mechanism = mechanism.name(),
+        what,
+        "malformed SCRAM message"
+    );
     // Kafka answers a malformed message like invalid credentials (its SaslException path).
     scram_invalid(mechanism, user)
 }

@@ -217,9 +217,10 @@ pub fn random_bytes(n: usize) -> Result<Vec<u8>, SaslError> {
     Ok(out)
 }
 
-/// A fresh nonce: [`NONCE_RANDOM_BYTES`] random bytes, base64 (printable, no comma).
+/// A fresh nonce: [`NONCE_RANDOM_BYTES`] random bytes in URL-safe base64 without padding
+/// (letters, digits, `-`, `_`: librdkafka mis-parses a nonce holding `=`, `+` or `/`).
 pub fn new_nonce() -> Result<String, SaslError> {
-    Ok(b64(&random_bytes(NONCE_RANDOM_BYTES)?))
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes(NONCE_RANDOM_BYTES)?))
 }
 
 pub fn b64(bytes: &[u8]) -> String {

@@ -16,6 +16,7 @@ mod group;
 mod output;
 mod records;
 mod topic;
+pub mod user;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
