@@ -29,6 +29,7 @@ use crate::security::TlsFiles;
 use bytes::{Buf, Bytes, BytesMut};
 use ringbroker_runtime::chunk::Chunk;
 use ringbroker_runtime::op::{self, SharedFd};
+pub use rustls;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::cell::{Cell, RefCell};
@@ -594,11 +595,17 @@ impl TlsStream {
     }
 }
 
-/// The length of the leading whole TLS records of `bytes`.
+/// The length of the leading whole TLS records of `bytes`; all of `bytes` once a record
+/// header is not one TLS can have (rustls then says what is wrong at once, instead of the
+/// handshake waiting for a record that never completes).
 fn whole_records_len(bytes: &[u8]) -> usize {
     let mut at = 0;
     while bytes.len() - at >= 5 {
+        let (kind, major) = (bytes[at], bytes[at + 1]);
         let len = u16::from_be_bytes([bytes[at + 3], bytes[at + 4]]) as usize;
+        if !(20..=24).contains(&kind) || major != 3 || 5 + len > rustls_max_record() {
+            return bytes.len();
+        }
         if bytes.len() - at < 5 + len {
             break;
         }
@@ -928,6 +935,66 @@ mod tests {
         b.extend_from_slice(&[23, 3, 3, 0, 4, 9]);
         assert_eq!(whole_records_len(&b), 7);
         assert_eq!(whole_records_len(&b[..3]), 0);
+        // Not TLS (a Kafka frame, an oversized record): everything, so rustls refuses it.
+        assert_eq!(whole_records_len(&[0, 0, 0, 20, 0, 3, 0]), 7);
+        assert_eq!(whole_records_len(&[22, 3, 1, 0xff, 0xff, 1]), 6);
+    }
+
+    #[test]
+    fn a_subject_is_written_as_javas_rfc2253_name() {
+        use std::str::FromStr;
+        let name = x509_cert::name::Name::from_str("CN=alice,OU=eng,O=acme").unwrap();
+        assert_eq!(rfc2253(&name), "CN=alice,OU=eng,O=acme");
+        let name = x509_cert::name::Name::from_str("CN=a\\,b,OU=x+OU=y,C=US").unwrap();
+        assert_eq!(rfc2253(&name), "CN=a\\,b,OU=x+OU=y,C=US");
+    }
+
+    /// A certificate made by `openssl` (as the docs show) maps to Kafka's default principal.
+    #[test]
+    fn a_client_certificate_maps_to_user_and_its_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "k.pem",
+            "-out",
+            "c.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/emailAddress=a@b.c/O=acme/OU=eng/CN=alice",
+        ]);
+        let certs = load_certs("test", &dir.path().join("c.pem")).unwrap();
+        assert_eq!(
+            principal_of(&certs[0]).unwrap(),
+            "User:CN=alice,OU=eng,O=acme,1.2.840.113549.1.9.1=#16056140622e63"
+        );
+        // Keys in PKCS#8 load; so do SEC1 ones.
+        load_key("test", &dir.path().join("k.pem")).unwrap();
+        run(&["ec", "-in", "k.pem", "-out", "sec1.pem"]);
+        assert!(std::fs::read_to_string(dir.path().join("sec1.pem"))
+            .unwrap()
+            .contains("EC PRIVATE KEY"));
+        load_key("test", &dir.path().join("sec1.pem")).unwrap();
+        assert!(load_key("test", &dir.path().join("c.pem")).is_err());
     }
 
     #[test]

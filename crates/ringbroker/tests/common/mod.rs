@@ -2,8 +2,10 @@
 //! port with a temporary data dir, run real Kafka clients (kcat, kafka-python) against it.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod cluster;
 pub mod sasl;
+pub mod tls_client;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
