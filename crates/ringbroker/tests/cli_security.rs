@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 
 const CLI: &str = env!("CARGO_BIN_EXE_ringbroker");
 
-/// PEM files made by `openssl` for one test: a CA, the broker's certificate for 127.0.0.1
-/// signed by it, and a client certificate (CN=bench-client) signed by it.
+/// PEM files made by `openssl` for one test (the shared helpers of `common::certs`): a CA,
+/// the broker's certificate for 127.0.0.1 signed by it, and a client certificate
+/// (CN=bench-client) signed by it.
 struct Certs {
     ca: PathBuf,
     broker_cert: PathBuf,
@@ -23,128 +24,17 @@ struct Certs {
     client_key: PathBuf,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl (scripts/test installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn make_certs(dir: &Path) -> Certs {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend_from_slice(&ec);
-    ca.extend_from_slice(&[
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ]);
-    openssl(dir, &ca);
-    std::fs::write(
-        dir.join("broker.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for (name, cn) in [("broker", "/CN=127.0.0.1"), ("client", "/CN=bench-client")] {
-        let mut req = vec!["req"];
-        req.extend_from_slice(&ec);
-        let key = format!("{name}.key");
-        let csr = format!("{name}.csr");
-        let crt = format!("{name}.crt");
-        let ext = format!("{name}.ext");
-        req.extend_from_slice(&["-subj", cn, "-keyout", &key, "-out", &csr]);
-        openssl(dir, &req);
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-                "-out",
-                &crt,
-            ],
-        );
-    }
+    let ca = certs::make_ca(dir, "ca");
+    let server = certs::make_server(dir, &ca);
+    let client = certs::make_client(dir, &ca, "client", "/CN=bench-client");
     Certs {
-        ca: dir.join("ca.crt"),
-        broker_cert: dir.join("broker.crt"),
-        broker_key: dir.join("broker.key"),
-        client_cert: dir.join("client.crt"),
-        client_key: dir.join("client.key"),
+        ca: ca.cert,
+        broker_cert: server.cert,
+        broker_key: server.key,
+        client_cert: client.cert,
+        client_key: client.key,
     }
-}
-
-/// Listener name → host:port, from the broker's start-up line
-/// (`listeners=PLAINTEXT://127.0.0.1:P (advertised ...), SSL://...`).
-fn listener_addrs(broker: &Broker) -> BTreeMap<String, String> {
-    let log = broker.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("listening on"))
-        .unwrap_or_else(|| panic!("no start-up line:\n{log}"));
-    let mut out = BTreeMap::new();
-    for part in line.split("://").collect::<Vec<_>>().windows(2) {
-        let name = part[0]
-            .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .next()
-            .unwrap_or("");
-        let addr = part[1]
-            .split(|c: char| c.is_whitespace() || c == ',')
-            .next()
-            .unwrap_or("");
-        if !name.is_empty() && addr.contains(':') && !out.contains_key(name) {
-            out.insert(name.to_string(), addr.to_string());
-        }
-    }
-    out
-}
-
-/// `ringbroker user create alice --mechanism SCRAM-SHA-512` into `data` (before the broker
-/// starts there).
-fn create_user(data: &Path, password_file: &Path) {
-    run(
-        CLI,
-        &[
-            "user",
-            "create",
-            "alice",
-            "--mechanism",
-            "SCRAM-SHA-512",
-            "--password-file",
-            password_file.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        "",
-    );
 }
 
 /// A broker with PLAINTEXT, SSL and SASL_SSL listeners (port 0 each) and a SCRAM user
@@ -168,7 +58,8 @@ fn start_secured(mtls: bool, with_user: bool) -> Secured {
     let wrong_password_file = dir.path().join("wrong.password");
     std::fs::write(&wrong_password_file, "not-alices-password\n").unwrap();
     if with_user {
-        create_user(&data, &password_file);
+        let (ok, out) = sasl::user_create(&data, "alice", "SCRAM-SHA-512", "alice-secret");
+        assert!(ok, "user create: {out}");
     }
     let mut args = vec![
         "--listeners",
@@ -182,14 +73,11 @@ fn start_secured(mtls: bool, with_user: bool) -> Secured {
         args.extend_from_slice(&["--tls-client-ca-file", certs.ca.to_str().unwrap()]);
     }
     let broker = Broker::start(&data, &args);
-    let listeners = listener_addrs(&broker);
-    for name in ["PLAINTEXT", "SSL", "SASL_SSL"] {
-        assert!(
-            listeners.contains_key(name),
-            "{name} missing in {listeners:?}:\n{}",
-            broker.log()
-        );
-    }
+    let log = broker.log();
+    let listeners = ["PLAINTEXT", "SSL", "SASL_SSL"]
+        .into_iter()
+        .map(|name| (name.to_string(), certs::listener_addr(&log, name)))
+        .collect();
     Secured {
         dir,
         _broker: broker,
@@ -340,54 +228,80 @@ fn a_wrong_password_is_a_clear_cli_error() {
     assert!(!listed.contains("nope"), "{listed}");
 }
 
-#[test]
-fn bench_produce_over_tls_counts_records() {
-    let s = start_secured(false, false);
-    let json = s.dir.path().join("bench.json");
-    let out = run(
-        "timeout",
-        &[
-            "120",
-            CLI,
-            "bench",
-            "produce",
-            "--bootstrap",
-            &s.addr("SSL"),
-            "--security-protocol",
-            "SSL",
-            "--tls-ca-file",
-            s.certs.ca.to_str().unwrap(),
-            "--topic",
-            "bench-tls",
-            "--partitions",
-            "2",
-            "--producers",
-            "2",
-            "--batch-bytes",
-            "16KiB",
-            "--duration",
-            "2",
-            "--json",
-            json.to_str().unwrap(),
-        ],
-        "",
-    );
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let records = r["records"].as_u64().unwrap();
-    assert!(records > 0, "{out}\n{r}");
-    // The broker holds them: the end offsets over plaintext add up to at least that many
-    // (acknowledged records; a few more may have been in flight when the run ended).
-    let offsets = cli(
-        &["topic", "describe", "bench-tls", "--format", "json"],
+/// `ringbroker bench MODE` over `listener` with `args`; the run's JSON result.
+fn bench(s: &Secured, listener: &str, mode: &str, args: &[&str]) -> Value {
+    let json = s.dir.path().join(format!("bench-{listener}-{mode}.json"));
+    let mut full: Vec<String> = vec!["120".into(), CLI.into(), "bench".into(), mode.into()];
+    for f in s.client_flags(listener) {
+        full.push(if f == "-b" { "--bootstrap".into() } else { f });
+    }
+    full.extend(args.iter().map(|a| a.to_string()));
+    full.extend(["--json".into(), json.display().to_string()]);
+    let full: Vec<&str> = full.iter().map(String::as_str).collect();
+    let out = run("timeout", &full, "");
+    let text = std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("{e}: {out}"));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Sum of the high watermarks of `topic`, read over plaintext.
+fn stored_records(s: &Secured, topic: &str) -> u64 {
+    let out = cli(
+        &["topic", "describe", topic, "--format", "json"],
         &s.client_flags("PLAINTEXT"),
         "",
     );
-    let v: Value = serde_json::from_str(&offsets).unwrap();
-    let stored: i64 = v["partitions"]
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["partitions"]
         .as_array()
-        .map(|ps| ps.iter().filter_map(|p| p["high_watermark"].as_i64()).sum())
-        .unwrap_or(0);
-    assert!(stored as u64 >= records, "stored {stored} < {records}: {v}");
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p["high_watermark"].as_i64())
+                .sum::<i64>()
+        })
+        .unwrap_or(0) as u64
+}
+
+#[test]
+fn bench_produce_over_tls_counts_records() {
+    let s = start_secured(false, true);
+    for listener in ["SSL", "SASL_SSL"] {
+        let topic = format!("bench-{}", listener.to_lowercase());
+        let produced = bench(
+            &s,
+            listener,
+            "produce",
+            &[
+                "--topic",
+                &topic,
+                "--partitions",
+                "2",
+                "--producers",
+                "2",
+                "--batch-bytes",
+                "16KiB",
+                "--duration",
+                "2",
+            ],
+        );
+        let records = produced["records"].as_u64().unwrap();
+        assert!(records > 0, "{listener}: {produced}");
+        // The broker holds them (acknowledged records; a few more may have been in flight
+        // when the run ended).
+        let stored = stored_records(&s, &topic);
+        assert!(stored >= records, "{listener}: stored {stored} < {records}");
+        // And the load generator's consumer reads every one of them back over the listener.
+        let consumed = bench(
+            &s,
+            listener,
+            "consume",
+            &["--topic", &topic, "--consumers", "2"],
+        );
+        assert_eq!(
+            consumed["records"].as_u64().unwrap(),
+            stored,
+            "{listener}: {consumed}"
+        );
+    }
 }
 
 #[test]
