@@ -19,7 +19,7 @@ use std::io;
 pub enum Transport {
     Plain(SharedFd),
     /// The broker crate's TLS stream on this thread's ring (client side).
-    Tls(TlsStream),
+    Tls(Box<TlsStream>),
 }
 
 impl Transport {
@@ -67,7 +67,7 @@ pub async fn open(
                 .map_err(|e| anyhow::anyhow!("TLS set-up for {addr}: {e}"))?;
             let stream = TlsStream::new(fd, rustls::Connection::Client(conn));
             match op::timeout(TLS_HANDSHAKE_TIMEOUT, stream.handshake()).await {
-                Some(Ok(())) => Ok(Transport::Tls(stream)),
+                Some(Ok(())) => Ok(Transport::Tls(Box::new(stream))),
                 Some(Err(e)) => Err(anyhow::anyhow!(
                     "TLS handshake with {addr} failed: {e} (is it an SSL / SASL_SSL listener, and does --tls-ca-file hold the CA of its certificate?)"
                 )),
