@@ -108,9 +108,12 @@ def section(d):
     out += ["```", "", "Caveats: the broker's TLS path here is rustls in user space (this kernel has no "
             "kTLS), so every byte the broker sends is read from the page cache into memory and "
             "encrypted instead of being spliced from the file to the socket, and every byte it "
-            "receives is decrypted before it is appended. The generator's CPU is on the other "
-            "CPU, so the broker's shard is what limits both listeners' figures. Quick mode runs "
-            "are short (seconds) and carry page-cache and writeback noise.", "", END]
+            "receives is decrypted before it is appended. The generator has the other CPU to "
+            "itself; a side using about one core is what limits a figure (plaintext Fetch, "
+            "spliced by the broker, is bounded by the generator). CPU per MB counts the "
+            "command's whole run time (connecting included), so it overstates short runs. Quick "
+            "mode runs are short (seconds; a quick Fetch run well under one) and carry page-cache "
+            "and writeback noise.", "", END]
     return "\n".join(out) + "\n", summary
 
 
