@@ -24,6 +24,12 @@
 //! connection where its partitions live saves a cross-shard round trip per request. It then
 //! stops receiving, answers what it read, and moves once nothing of it is in flight.
 //!
+//! TLS listeners (`SSL`, `SASL_SSL`): the handshake runs first in the same task, on this
+//! shard's ring ([`crate::security::tls`]); then either the kernel holds the session (kTLS:
+//! the loop below serves the socket as plaintext) or the loop receives and sends through the
+//! connection's `TlsStream` (one branch per receive and send; the plaintext path is
+//! unchanged). A userspace TLS connection never moves to another shard.
+//!
 //! Bounds: a request is outstanding from the moment it is read until its answer is sent. At
 //! most [`INFLIGHT_REQUESTS_MAX`] requests and [`INFLIGHT_BYTES_MAX`] bytes of them may be
 //! outstanding; at either bound the socket is not read (TCP back-pressure), so a client that
@@ -271,12 +277,12 @@ async fn serve_tls(fd: SharedFd, conn: Conn, slot: ConnectionSlot) {
     if shared.ktls {
         // UNTESTED on the development machine (its kernel has no kTLS).
         match stream.into_ktls(&mut buf) {
-            Ok(Ok(fd)) => return serve_here(fd, conn, slot, buf, 0, None).await,
-            Ok(Err(e)) => {
+            tls::KtlsHandoff::Kernel(fd) => return serve_here(fd, conn, slot, buf, 0, None).await,
+            tls::KtlsHandoff::Failed(e) => {
                 warn_limited!(peer = %conn.peer, error = %e, "kTLS hand-off failed; closing");
                 return;
             }
-            Err(s) => stream = s, // stays on the userspace path
+            tls::KtlsHandoff::Userspace(s) => stream = *s,
         }
     }
     serve_here(fd, conn, slot, buf, 0, Some(stream)).await

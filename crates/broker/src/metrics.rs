@@ -56,6 +56,8 @@ pub struct ShardSnapshot {
     /// What its log cleaner did, and the compacted partitions it owns.
     pub cleaner: crate::cleaner::CleanerCounters,
     pub compacted: Vec<crate::cleaner::PartitionCleanState>,
+    /// Requests (or parts of them) the ACL authorizer refused, by resource type.
+    pub authorization_denied: Vec<(&'static str, u64)>,
 }
 
 /// Runs on a shard thread.
@@ -65,6 +67,7 @@ fn take_snapshot() -> ShardSnapshot {
     ShardSnapshot {
         cleaner,
         compacted,
+        authorization_denied: crate::security::authorizer::denied_counts().to_vec(),
         shard: shard.id,
         requests: crate::stats::snapshot(),
         ring: Some(ringbroker_runtime::driver::stats()),
@@ -159,6 +162,10 @@ fn describe() {
     describe_counter!(
         "ringbroker_tls_handshake_failures_total",
         "TLS handshakes that failed or timed out (the connection was closed)."
+    );
+    describe_counter!(
+        "ringbroker_authorization_denied_total",
+        "Operations the ACL authorizer refused, by resource type (topic, group, cluster, transactional_id) and shard."
     );
     describe_counter!(
         "ringbroker_connections_moved_total",
@@ -501,6 +508,16 @@ fn apply(snapshots: &[ShardSnapshot], mesh: &Mesh) {
         gauge!("ringbroker_connections", "shard" => shard.clone()).set(r.connections as f64);
         counter!("ringbroker_connections_moved_total", "shard" => shard.clone())
             .absolute(r.connections_moved);
+        for &(resource_type, n) in &s.authorization_denied {
+            if n > 0 {
+                counter!(
+                    "ringbroker_authorization_denied_total",
+                    "resource_type" => resource_type,
+                    "shard" => shard.clone()
+                )
+                .absolute(n);
+            }
+        }
         if let Some(ring) = &s.ring {
             // Opcodes without a name of their own add up under "OTHER".
             let mut by_name: std::collections::BTreeMap<&'static str, u64> = Default::default();

@@ -307,6 +307,17 @@ impl Broker {
             ktls,
         });
         let meta = Arc::new(meta);
+        // The ACLs every shard starts with: the metadata image's in a cluster, else the
+        // data dir's.
+        let acls = match &membership {
+            Some(m) => m.image.acls.clone(),
+            None => crate::security::authorizer::load(&config.data_dir)
+                .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?,
+        };
+        let acl_table = Arc::new(crate::security::authorizer::AclTable::build(
+            &config.security,
+            acls,
+        ));
         // SCRAM credentials every shard starts with: the quorum's (a cluster member), else the
         // data directory's file.
         let credentials = Arc::new(match &membership {
@@ -331,6 +342,7 @@ impl Broker {
             };
             let clean = previous_shutdown_clean;
             let heartbeats = heartbeats.clone();
+            let acl_table = acl_table.clone();
             let credentials = credentials.clone();
             let member = membership.as_ref().map(|m| {
                 (
@@ -352,6 +364,7 @@ impl Broker {
                             heartbeats.beat(id)
                         }));
                         endpoint.install();
+                        crate::security::authorizer::install(acl_table);
                         let recovery = if clean {
                             Recovery::TrustCleanShutdown
                         } else {

@@ -163,6 +163,24 @@ top_level_error!(
     InitProducerIdResponse
 );
 
+impl ErrorCodes for CreateAclsResponse {
+    fn each_error(&self, f: &mut dyn FnMut(i16)) {
+        self.results.iter().for_each(|r| f(r.error_code));
+    }
+}
+
+impl ErrorCodes for DescribeAclsResponse {
+    fn each_error(&self, f: &mut dyn FnMut(i16)) {
+        f(self.error_code);
+    }
+}
+
+impl ErrorCodes for DeleteAclsResponse {
+    fn each_error(&self, f: &mut dyn FnMut(i16)) {
+        self.filter_results.iter().for_each(|r| f(r.error_code));
+    }
+}
+
 impl ErrorCodes for MetadataResponse {
     fn each_error(&self, f: &mut dyn FnMut(i16)) {
         for t in &self.topics {

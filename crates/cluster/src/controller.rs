@@ -575,4 +575,41 @@ mod tests {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert_ne!(a, new_cluster_id());
     }
+
+    /// Issue #16: a broker's advertised listeners travel in its heartbeat into the image; a
+    /// heartbeat of an older broker (no listeners field) still decodes.
+    #[test]
+    fn heartbeat_listeners_reach_the_image() {
+        let t0 = Instant::now();
+        let session = Duration::from_secs(2);
+        let mut image = MetadataImage {
+            cluster_id: "c".to_string(),
+            ..MetadataImage::default()
+        };
+        let mut c = Controller::new(t0, session, 0);
+        let endpoints = vec![
+            crate::Endpoint {
+                name: "PLAINTEXT".into(),
+                host: "h".into(),
+                port: 1,
+            },
+            crate::Endpoint {
+                name: "SSL".into(),
+                host: "h".into(),
+                port: 2,
+            },
+        ];
+        let mut beat = hb(1, 10);
+        beat.listeners = endpoints.clone();
+        let beats = HashMap::from([(1, (t0, beat))]);
+        let cmds = c.duties(t0, &image, &beats, session, Duration::from_secs(60));
+        assert_eq!(cmds.len(), 1);
+        // Through the log's encoding, as committed.
+        let cmd = Command::decode(&cmds[0].encode()).unwrap();
+        apply(&mut image, 1, &cmd).unwrap();
+        assert_eq!(image.brokers[&1].listeners, endpoints);
+        let old: Heartbeat =
+            serde_json::from_str(r#"{"node_id":1,"incarnation":1,"host":"h","port":1}"#).unwrap();
+        assert!(old.listeners.is_empty());
+    }
 }

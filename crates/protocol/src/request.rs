@@ -100,6 +100,9 @@ pub fn decode_request_body(api: ApiKey, version: i16, mut body: Bytes) -> Result
         ApiKey::DescribeGroups => decode!(DescribeGroupsRequest),
         ApiKey::DeleteGroups => decode!(DeleteGroupsRequest),
         ApiKey::InitProducerId => decode!(InitProducerIdRequest),
+        ApiKey::CreateAcls => decode!(CreateAclsRequest),
+        ApiKey::DescribeAcls => decode!(DescribeAclsRequest),
+        ApiKey::DeleteAcls => decode!(DeleteAclsRequest),
         _ => return Ok(false),
     }
     Ok(true)

@@ -733,6 +733,39 @@ struct ListenerFlags {
 
 /// The listeners from `--listeners` (Kafka's syntax) or `--listen` (one PLAINTEXT listener),
 /// with `--advertised-listeners` or `--advertise` applied.
+/// Splits a list of principals at `;` and at `,` where a new `Kind:` principal starts: the
+/// commas inside a certificate's distinguished name (`User:CN=admin,OU=ops,O=acme`, an mTLS
+/// principal) stay in it.
+fn split_principals(text: &str) -> Vec<String> {
+    let starts_principal = |piece: &str| {
+        piece.split_once(':').is_some_and(|(kind, _)| {
+            !kind.is_empty() && kind.chars().all(|c| c.is_ascii_alphabetic())
+        })
+    };
+    let mut out: Vec<String> = Vec::new();
+    for group in text.split(';') {
+        let mut current: Option<String> = None;
+        for piece in group.split(',') {
+            let piece = piece.trim();
+            match current.as_mut() {
+                Some(c) if !starts_principal(piece) => {
+                    c.push(',');
+                    c.push_str(piece);
+                }
+                _ => {
+                    if let Some(c) = current.take() {
+                        out.push(c);
+                    }
+                    current = Some(piece.to_string());
+                }
+            }
+        }
+        out.extend(current);
+    }
+    out.retain(|p| !p.is_empty());
+    out
+}
+
 fn resolve_listeners(flags: ListenerFlags) -> Result<Vec<security::ListenerConfig>> {
     if flags.listen.is_some() && flags.listeners.is_some() {
         bail!("--listen and --listeners both given: use --listeners alone (--listen ADDR is PLAINTEXT://ADDR)");
@@ -847,11 +880,8 @@ fn resolve_security(
         s.sasl_mechanisms = mechanisms;
     }
     if let Some(text) = flags.super_users {
-        for p in text
-            .split([',', ';'])
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
+        for p in split_principals(&text) {
+            let p = p.as_str();
             match p.split_once(':') {
                 Some((kind, name)) if !kind.is_empty() && !name.is_empty() => {
                     s.super_users.push(p.to_string())
@@ -915,6 +945,18 @@ fn resolve_security(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn super_users_keep_the_commas_of_a_distinguished_name() {
+        assert_eq!(
+            split_principals("User:CN=admin,OU=ops,O=acme;User:bob, User:carol"),
+            vec!["User:CN=admin,OU=ops,O=acme", "User:bob", "User:carol"]
+        );
+        assert_eq!(
+            split_principals("User:admin,User:CN=x,O=y"),
+            vec!["User:admin", "User:CN=x,O=y"]
+        );
+    }
 
     #[test]
     fn flags_override_the_file_and_defaults_fill_the_rest() {

@@ -225,17 +225,8 @@ fn plaintext_and_ssl_listeners_serve_at_once_each_advertising_its_own_endpoint()
 fn a_fetch_of_several_mib_over_tls_is_byte_identical() {
     let (data, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let pki = TestPki::new(dir.path());
-    let broker = start_ssl(
-        data.path(),
-        &pki,
-        "PLAINTEXT://127.0.0.1:0,SSL://127.0.0.1:0",
-        &[],
-    );
-    let log = broker.log();
-    let (plain, ssl) = (
-        certs::listener_addr(&log, "PLAINTEXT"),
-        certs::listener_addr(&log, "SSL"),
-    );
+    let broker = start_ssl(data.path(), &pki, "SSL://127.0.0.1:0", &[]);
+    let ssl = broker.addr.clone();
     // 48 records of 128 KiB (6 MiB), distinct pseudo-random bytes (hex) in each.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let input: String = (0..48)
@@ -250,19 +241,12 @@ fn a_fetch_of_several_mib_over_tls_is_byte_identical() {
             v + "\n"
         })
         .collect();
-    run(
-        "timeout",
-        &[
-            "60",
-            "kcat",
-            "-b",
-            &plain,
-            "-t",
-            "big",
-            "-P",
-            "-X",
-            "message.max.bytes=1000000",
-        ],
+    // Produced over TLS too (requests larger than the connection's 64 KiB receive buffer).
+    kcat_ssl_ok(
+        &ssl,
+        &pki.ca.cert,
+        None,
+        &["-t", "big", "-P", "-X", "message.max.bytes=1000000"],
         &input,
     );
     let out = kcat_ssl_ok(
@@ -360,11 +344,11 @@ fn plaintext_kafka_bytes_on_the_tls_port_close_that_connection_only() {
         raw.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
         raw.write_all(&garbage).unwrap();
         let mut answer = Vec::new();
-        // Closed by the broker (an alert at most, then EOF), well before the read timeout.
+        // Closed by the broker at once (an alert at most, then EOF), not by the handshake timeout.
         let started = std::time::Instant::now();
         let _ = raw.read_to_end(&mut answer);
         assert!(
-            started.elapsed() < Duration::from_secs(12),
+            started.elapsed() < Duration::from_secs(5),
             "the connection was not closed"
         );
         assert!(answer.len() < 64, "no Kafka answer on garbage: {answer:?}");
@@ -379,6 +363,27 @@ fn plaintext_kafka_bytes_on_the_tls_port_close_that_connection_only() {
     let _: MetadataResponse =
         tls_client::call(&mut again, ApiKey::Metadata, 9, &MetadataRequest::default()).unwrap();
     assert!(broker.log().contains("TLS handshake failed"));
+}
+
+#[test]
+fn a_peer_that_stalls_the_handshake_is_closed_after_the_timeout() {
+    let (data, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pki = TestPki::new(dir.path());
+    let broker = start_ssl(data.path(), &pki, "SSL://127.0.0.1:0", &[]);
+    let mut raw = std::net::TcpStream::connect(&broker.addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // Half a ClientHello record, then nothing.
+    raw.write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01])
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = raw.read_to_end(&mut answer);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(8) && waited < Duration::from_secs(20),
+        "closed after {waited:?} (TLS_HANDSHAKE_TIMEOUT is 10 s)"
+    );
+    assert!(broker.log().contains("no TLS handshake within"));
 }
 
 fn start_status(data: &Path, args: &[&str]) -> (bool, String) {
@@ -513,4 +518,232 @@ fn ktls_probe_decides_the_path_and_the_metric_and_start_up_line_say_which() {
     // Served on that path.
     let out = kcat_ssl_ok(&broker.addr, &pki.ca.cert, None, &["-L"], "");
     assert!(out.contains("1 brokers"), "{out}");
+}
+
+/// A port free right now on 127.0.0.1 (released before use).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn in_a_cluster_metadata_answers_with_each_brokers_endpoint_of_the_clients_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path());
+    let internal = [free_port(), free_port()];
+    let voters = format!("1@127.0.0.1:{},2@127.0.0.1:{}", internal[0], internal[1]);
+    let flags = pki.broker_flags();
+    let started: Vec<_> = (1..=2)
+        .map(|id| {
+            let data = dir.path().join(format!("node-{id}"));
+            let (voters, flags) = (voters.clone(), flags.clone());
+            std::thread::spawn(move || {
+                let id = id.to_string();
+                let mut args: Vec<&str> = vec![
+                    "--listeners",
+                    "PLAINTEXT://127.0.0.1:0,SSL://127.0.0.1:0",
+                    "--node-id",
+                    &id,
+                    "--cluster",
+                    &voters,
+                ];
+                args.extend(flags.iter().map(String::as_str));
+                Broker::start(&data, &args)
+            })
+        })
+        .collect();
+    let brokers: Vec<Broker> = started.into_iter().map(|t| t.join().unwrap()).collect();
+    let port = |a: &str| a.rsplit(':').next().unwrap().parse::<i32>().unwrap();
+    let addrs: Vec<(String, String)> = brokers
+        .iter()
+        .map(|b| {
+            let log = b.log();
+            (
+                certs::listener_addr(&log, "PLAINTEXT"),
+                certs::listener_addr(&log, "SSL"),
+            )
+        })
+        .collect();
+    let mut want_plain: Vec<i32> = addrs.iter().map(|(p, _)| port(p)).collect();
+    let mut want_ssl: Vec<i32> = addrs.iter().map(|(_, s)| port(s)).collect();
+    want_plain.sort();
+    want_ssl.sort();
+    let config = tls_client::client_config(&pki.ca.cert, None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut plain = std::net::TcpStream::connect(&addrs[0].0).unwrap();
+        plain
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let m: MetadataResponse =
+            tls_client::call(&mut plain, ApiKey::Metadata, 9, &MetadataRequest::default()).unwrap();
+        let mut got_plain: Vec<i32> = m.brokers.iter().map(|b| b.port).collect();
+        got_plain.sort();
+        let mut tls = tls_client::connect(&addrs[1].1, config.clone());
+        let m: MetadataResponse =
+            tls_client::call(&mut tls, ApiKey::Metadata, 9, &MetadataRequest::default()).unwrap();
+        let mut got_ssl: Vec<i32> = m.brokers.iter().map(|b| b.port).collect();
+        got_ssl.sort();
+        if got_plain == want_plain && got_ssl == want_ssl {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PLAINTEXT answered {got_plain:?} (want {want_plain:?}), SSL {got_ssl:?} (want {want_ssl:?})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The mTLS principal reaches the authorizer: `--super-users` names the admin certificate's
+/// subject (commas and all); another certificate of the same CA gets
+/// TOPIC_AUTHORIZATION_FAILED.
+#[test]
+fn a_client_certificates_subject_is_the_principal_acls_see() {
+    let (data, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pki = TestPki::new(dir.path());
+    let admin = certs::make_client(dir.path(), &pki.ca, "admin", "/O=acme/OU=ops/CN=admin");
+    let alice = certs::make_client(dir.path(), &pki.ca, "alice", "/O=acme/OU=eng/CN=alice");
+    let ca = pki.ca.cert.display().to_string();
+    let broker = start_ssl(
+        data.path(),
+        &pki,
+        "SSL://127.0.0.1:0",
+        &[
+            "--tls-client-ca-file",
+            &ca,
+            "--authorizer",
+            "acl",
+            "--super-users",
+            "User:CN=admin,OU=ops,O=acme",
+        ],
+    );
+    let (ok, _, err) = kcat_ssl(
+        &broker.addr,
+        &pki.ca.cert,
+        Some(&admin),
+        &["-t", "secret", "-P", "-X", "message.timeout.ms=10000"],
+        "for admins\n",
+    );
+    assert!(ok, "the super user produces: {err}");
+    let topic_error = |who: &certs::CertKey| {
+        let config = tls_client::client_config(&pki.ca.cert, Some((&who.cert, &who.key)));
+        let mut conn = tls_client::connect(&broker.addr, config);
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(kafka_protocol::messages::TopicName(
+                        StrBytes::from_static_str("secret"),
+                    ))),
+            ]))
+            .with_allow_auto_topic_creation(false);
+        let m: MetadataResponse =
+            tls_client::call(&mut conn, ApiKey::Metadata, 9, &request).unwrap();
+        m.topics[0].error_code
+    };
+    assert_eq!(topic_error(&admin), 0, "the super user sees the topic");
+    assert_eq!(
+        topic_error(&alice),
+        29,
+        "TOPIC_AUTHORIZATION_FAILED for another subject"
+    );
+    let (ok, _, _) = kcat_ssl(
+        &broker.addr,
+        &pki.ca.cert,
+        Some(&alice),
+        &["-t", "secret", "-P", "-X", "message.timeout.ms=5000"],
+        "not allowed\n",
+    );
+    assert!(!ok, "alice may not produce");
+}
+
+/// SASL over TLS: a SASL_SSL listener authenticates PLAIN users over the
+/// encrypted connection, and the SASL identity (not ANONYMOUS) is what the authorizer sees.
+#[test]
+fn sasl_ssl_authenticates_over_tls_and_the_sasl_identity_is_the_principal() {
+    let (data, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pki = TestPki::new(dir.path());
+    let script = format!(
+        "{}/../../tests/clients/acl_clients.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let data_dir = data.path().display().to_string();
+    run(
+        "python3",
+        &[
+            &script,
+            "users",
+            &data_dir,
+            "admin:admin-secret",
+            "bob:bob-secret",
+        ],
+        "",
+    );
+    let broker = start_ssl(
+        data.path(),
+        &pki,
+        "SASL_SSL://127.0.0.1:0",
+        &[
+            "--sasl-mechanisms",
+            "PLAIN,SCRAM-SHA-256",
+            "--authorizer",
+            "acl",
+            "--super-users",
+            "User:admin",
+        ],
+    );
+    let sasl = |mechanism: &str, user: &str, password: &str, args: &[&str], input: &str| {
+        let mut full = vec![
+            "-X".to_string(),
+            "security.protocol=SASL_SSL".to_string(),
+            "-X".to_string(),
+            format!("sasl.mechanism={mechanism}"),
+            "-X".to_string(),
+            format!("sasl.username={user}"),
+            "-X".to_string(),
+            format!("sasl.password={password}"),
+            "-X".to_string(),
+            "message.timeout.ms=10000".to_string(),
+        ];
+        full.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        // kcat_ssl sets security.protocol=ssl first; the later SASL_SSL wins.
+        kcat_ssl(&broker.addr, &pki.ca.cert, None, &refs, input)
+    };
+    let (ok, _, err) = sasl(
+        "PLAIN",
+        "admin",
+        "admin-secret",
+        &["-t", "s", "-P"],
+        "one\n",
+    );
+    assert!(ok, "admin over SASL_SSL (PLAIN): {err}");
+    let (ok, _, err) = sasl(
+        "PLAIN",
+        "admin",
+        "admin-secret",
+        &["-t", "s", "-P"],
+        "two\n",
+    );
+    assert!(ok, "admin over SASL_SSL (PLAIN): {err}");
+    // (SCRAM is left to sec-sasl's tests: kcat's SCRAM against the driver-written credentials
+    // failed on SASL_PLAINTEXT too when this was written.)
+    let (ok, out, err) = sasl(
+        "PLAIN",
+        "admin",
+        "admin-secret",
+        &["-t", "s", "-C", "-e", "-q"],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(common::sorted_lines(&out), vec!["one", "two"]);
+    // bob authenticates but is no super user and has no ACL.
+    let (ok, _, _) = sasl("PLAIN", "bob", "bob-secret", &["-t", "s", "-P"], "bob\n");
+    assert!(!ok, "bob may not produce");
+    // A wrong password fails authentication.
+    let (ok, _, _) = sasl("PLAIN", "admin", "wrong", &["-t", "s", "-P"], "x\n");
+    assert!(!ok, "a wrong password is refused");
 }

@@ -57,7 +57,7 @@ pub fn check_configs_bytes(bytes: usize) -> Result<(), (i16, String)> {
     Ok(())
 }
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: AlterConfigsRequest = decode_body(&mut req)?;
     refuse_over(
         "AlterConfigs",
@@ -75,7 +75,14 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
             .sum();
         let mut seen = std::collections::HashSet::new();
         let duplicate = r.configs.iter().find(|c| !seen.insert(c.name.as_str()));
+        let refusal = crate::security::authorizer::config_refusal(
+            conn,
+            crate::acl::ALTER_CONFIGS,
+            r.resource_type,
+            &r.resource_name,
+        );
         let result = match duplicate {
+            _ if refusal.is_some() => Err(refusal.unwrap_or_default()),
             Some(c) => Err((
                 errors::INVALID_REQUEST,
                 format!("Error due to duplicate config keys: {}", c.name.as_str()),

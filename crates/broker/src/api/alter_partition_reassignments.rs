@@ -24,7 +24,7 @@ use ringbroker_cluster::{AdminRequest, MetadataImage, ReassignmentMove};
 use ringbroker_protocol::request::Request;
 use std::time::{Duration, Instant};
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: AlterPartitionReassignmentsRequest = decode_body(&mut req)?;
     refuse_over(
         "AlterPartitionReassignments",
@@ -40,6 +40,38 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
         REQUEST_PARTITIONS_MAX,
     )?;
     let allow_rf_change = req.version < 1 || body.allow_replication_factor_change;
+    // ALTER on the cluster: refused whole, every partition with the same error.
+    if !crate::security::authorizer::on_cluster(conn, crate::acl::ALTER) {
+        let code = errors::CLUSTER_AUTHORIZATION_FAILED;
+        let message = || Some(StrBytes::from_static_str("Cluster authorization failed."));
+        let responses = body
+            .topics
+            .iter()
+            .map(|t| {
+                ReassignableTopicResponse::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .map(|p| {
+                                ReassignablePartitionResponse::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_error_code(code)
+                                    .with_error_message(message())
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        let mut response = AlterPartitionReassignmentsResponse::default()
+            .with_error_code(code)
+            .with_error_message(message())
+            .with_responses(responses);
+        if req.version >= 1 {
+            response = response.with_allow_replication_factor_change(allow_rf_change);
+        }
+        return Ok(respond(&req, &response));
+    }
     let timeout = match u64::try_from(body.timeout_ms) {
         Ok(ms) if ms > 0 => Duration::from_millis(ms).min(cluster::ADMIN_TIMEOUT),
         _ => cluster::ADMIN_TIMEOUT,

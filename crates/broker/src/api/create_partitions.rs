@@ -13,7 +13,7 @@ use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 use std::collections::HashMap;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: CreatePartitionsRequest = decode_body(&mut req)?;
     refuse_over(
         "CreatePartitions",
@@ -25,10 +25,18 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
     for t in &body.topics {
         *times_named.entry(t.name.0.as_str()).or_insert(0) += 1;
     }
+    // ALTER on each topic (TOPIC_AUTHORIZATION_FAILED), decided once.
+    let allowed: Vec<bool> = body
+        .topics
+        .iter()
+        .map(|t| crate::security::authorizer::on_topic(conn, crate::acl::ALTER, &t.name.0))
+        .collect();
     let requested: Vec<NewPartitions> = body
         .topics
         .iter()
-        .filter(|t| times_named[t.name.0.as_str()] == 1)
+        .zip(&allowed)
+        .filter(|(t, &allowed)| allowed && times_named[t.name.0.as_str()] == 1)
+        .map(|(t, _)| t)
         .map(|t| NewPartitions {
             topic: t.name.0.to_string(),
             count: t.count,
@@ -44,12 +52,17 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
         .into_iter();
     let mut answered_duplicates = std::collections::HashSet::new();
     let mut results = Vec::with_capacity(body.topics.len());
-    for t in &body.topics {
+    for (t, allowed) in body.topics.iter().zip(allowed) {
         let result = if times_named[t.name.0.as_str()] > 1 {
             if !answered_duplicates.insert(t.name.0.as_str()) {
                 continue;
             }
             Err((errors::INVALID_REQUEST, "Duplicate topic name.".to_string()))
+        } else if !allowed {
+            Err((
+                errors::TOPIC_AUTHORIZATION_FAILED,
+                "Authorization failed.".to_string(),
+            ))
         } else {
             grown.next().expect("one result per topic asked")
         };

@@ -94,7 +94,7 @@ fn configs_of(
         .collect()
 }
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: CreateTopicsRequest = decode_body(&mut req)?;
     let v = req.version;
     refuse_over(
@@ -114,6 +114,13 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
             .sum::<usize>()
     };
     let single_node = shard::current().shared.cluster.is_none();
+    // CREATE on the cluster allows every topic, else CREATE on each.
+    let create_any = crate::security::authorizer::may(
+        conn,
+        crate::acl::CREATE,
+        crate::security::resource::CLUSTER,
+        crate::security::resource::CLUSTER_NAME,
+    );
     let refused: Vec<Option<(i16, String)>> = body
         .topics
         .iter()
@@ -123,6 +130,13 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
                 Some((
                     errors::INVALID_REQUEST,
                     "topic named more than once in one request".to_string(),
+                ))
+            } else if !create_any
+                && !crate::security::authorizer::on_topic(conn, crate::acl::CREATE, &t.name.0)
+            {
+                Some((
+                    errors::TOPIC_AUTHORIZATION_FAILED,
+                    "Authorization failed.".to_string(),
                 ))
             } else if bytes > TOPIC_CONFIGS_BYTES_MAX {
                 Some((

@@ -7,13 +7,15 @@ use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 use ringbroker_protocol::request::Request;
 use ringbroker_runtime::mesh;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: DeleteGroupsRequest = decode_body(&mut req)?;
     let mut results = Vec::new();
     for group in body.groups_names {
         let name = group.0.to_string();
         let n = name.clone();
-        let code = match groups::coordinator_error(&name) {
+        let refused = (!crate::security::authorizer::on_group(conn, crate::acl::DELETE, &name))
+            .then_some(crate::errors::GROUP_AUTHORIZATION_FAILED);
+        let code = match refused.or_else(|| groups::coordinator_error(&name)) {
             Some(error) => error,
             None => {
                 mesh::call_detached(groups::group_shard(&name), move || async move {

@@ -16,7 +16,7 @@ use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use ringbroker_protocol::request::Request;
 use ringbroker_storage::DeleteRecordsError;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: DeleteRecordsRequest = decode_body(&mut req)?;
     let asked: usize = body.topics.iter().map(|t| t.partitions.len()).sum();
     refuse_over("DeleteRecords", "partitions", asked, REQUEST_PARTITIONS_MAX)?;
@@ -24,9 +24,11 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
     let mut topics = Vec::with_capacity(body.topics.len());
     for t in body.topics {
         let topic = shard.topic(&t.name.0);
+        let allowed = crate::security::authorizer::on_topic(conn, crate::acl::DELETE, &t.name.0);
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
             let (error, low_watermark) = match &topic {
+                _ if !allowed => (errors::TOPIC_AUTHORIZATION_FAILED, -1),
                 None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1),
                 // Kafka refuses internal topics (the group offsets live there).
                 Some(topic) if topic.name == crate::groups::OFFSETS_TOPIC => {

@@ -11,7 +11,7 @@ use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicN
 use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: DeleteTopicsRequest = decode_body(&mut req)?;
     let v = req.version;
     let count = body.topics.len() + body.topic_names.len();
@@ -40,9 +40,21 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
         .iter()
         .map(|(_, _, r)| r.as_ref().is_some_and(|n| !seen.insert(n.clone())))
         .collect();
+    // DELETE on each topic (TOPIC_AUTHORIZATION_FAILED; an unknown id stays unknown).
+    let denied: Vec<bool> = asked
+        .iter()
+        .map(|(_, _, r)| {
+            r.as_ref().is_some_and(|n| {
+                !crate::security::authorizer::on_topic(conn, crate::acl::DELETE, n)
+            })
+        })
+        .collect();
     let names: Vec<String> = asked
         .iter()
         .zip(&repeated)
+        .zip(&denied)
+        .filter(|(_, &denied)| !denied)
+        .map(|(pair, _)| pair)
         .filter(|(_, &repeat)| !repeat)
         .filter_map(|((_, _, r), _)| r.clone())
         .collect();
@@ -50,8 +62,13 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
     let responses = asked
         .into_iter()
         .zip(repeated)
-        .map(|((name, id, resolved), repeat)| {
+        .zip(denied)
+        .map(|(((name, id, resolved), repeat), denied)| {
             let outcome = match resolved {
+                Some(_) if denied => Err((
+                    errors::TOPIC_AUTHORIZATION_FAILED,
+                    "Authorization failed.".into(),
+                )),
                 Some(_) if repeat => Err((
                     errors::INVALID_REQUEST,
                     "topic named twice in one request".into(),

@@ -63,9 +63,12 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
         .with_cluster_id(StrBytes::from_string(shared.cluster_id.clone()))
         .with_controller_id(BrokerId(view.controller_id))
         .with_brokers(brokers)
-        .with_cluster_authorized_operations(acl::authorized(
+        .with_cluster_authorized_operations(crate::security::authorizer::authorized_operations(
+            conn,
             body.include_cluster_authorized_operations,
             acl::CLUSTER_OPERATIONS,
+            crate::security::resource::CLUSTER,
+            crate::security::resource::CLUSTER_NAME,
         ));
     Ok(respond(&req, &response))
 }

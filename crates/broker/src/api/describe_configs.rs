@@ -250,7 +250,7 @@ pub fn broker_scope(name: &str) -> Option<crate::shard::BrokerScope> {
     }
 }
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: DescribeConfigsRequest = decode_body(&mut req)?;
     let v = req.version;
     refuse_over(
@@ -269,7 +269,15 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone());
             let described = if seen.insert((r.resource_type, r.resource_name.clone())) {
-                describe_resource(&shard, r.resource_type, &r.resource_name)
+                match crate::security::authorizer::config_refusal(
+                    conn,
+                    crate::acl::DESCRIBE_CONFIGS,
+                    r.resource_type,
+                    &r.resource_name,
+                ) {
+                    Some(refusal) => Err(refusal),
+                    None => describe_resource(&shard, r.resource_type, &r.resource_name),
+                }
             } else {
                 Err((
                     errors::INVALID_REQUEST,

@@ -11,7 +11,7 @@ use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 use ringbroker_runtime::mesh;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let mut body: DescribeGroupsRequest = decode_body(&mut req)?;
     let mut seen = std::collections::HashSet::new();
     body.groups.retain(|g| seen.insert(g.0.clone()));
@@ -19,7 +19,9 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
     for group in body.groups {
         let name = group.0.to_string();
         let n = name.clone();
-        if let Some(error) = groups::coordinator_error(&name) {
+        let refused = (!crate::security::authorizer::on_group(conn, acl::DESCRIBE, &name))
+            .then_some(crate::errors::GROUP_AUTHORIZATION_FAILED);
+        if let Some(error) = refused.or_else(|| groups::coordinator_error(&name)) {
             described.push(
                 DescribedGroup::default()
                     .with_group_id(group)
@@ -33,9 +35,12 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
         .await;
         let mut d = DescribedGroup::default().with_group_id(group);
         if req.version >= 3 {
-            d = d.with_authorized_operations(acl::authorized(
+            d = d.with_authorized_operations(crate::security::authorizer::authorized_operations(
+                conn,
                 body.include_authorized_operations,
                 acl::GROUP_OPERATIONS,
+                crate::security::resource::GROUP,
+                &name,
             ));
         }
         match found {

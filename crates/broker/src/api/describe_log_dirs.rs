@@ -20,7 +20,7 @@ use std::sync::Arc;
 /// Which partitions to describe: `None` for all, else per topic the partitions named.
 type Filter = Option<HashMap<String, HashSet<i32>>>;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: DescribeLogDirsRequest = decode_body(&mut req)?;
     let asked: usize = body
         .topics
@@ -34,6 +34,15 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
         asked,
         REQUEST_PARTITIONS_MAX,
     )?;
+    // DESCRIBE on the cluster (v3+ carry CLUSTER_AUTHORIZATION_FAILED; older ones list
+    // nothing, as Kafka answers them).
+    if !crate::security::authorizer::on_cluster(conn, crate::acl::DESCRIBE) {
+        let mut response = DescribeLogDirsResponse::default();
+        if req.version >= 3 {
+            response = response.with_error_code(errors::CLUSTER_AUTHORIZATION_FAILED);
+        }
+        return Ok(respond(&req, &response));
+    }
     let filter: Arc<Filter> = Arc::new(body.topics.map(|topics| {
         let mut f: HashMap<String, HashSet<i32>> = HashMap::new();
         for t in topics {

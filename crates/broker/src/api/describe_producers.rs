@@ -17,7 +17,7 @@ use kafka_protocol::messages::describe_producers_response::{
 use kafka_protocol::messages::{DescribeProducersRequest, DescribeProducersResponse, ProducerId};
 use ringbroker_protocol::request::Request;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: DescribeProducersRequest = decode_body(&mut req)?;
     let asked: usize = body.topics.iter().map(|t| t.partition_indexes.len()).sum();
     refuse_over(
@@ -36,9 +36,14 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
     let mut topics = Vec::with_capacity(body.topics.len());
     for t in body.topics {
         let topic = shard.topic(&t.name.0);
+        let readable = crate::security::authorizer::on_topic(conn, crate::acl::READ, &t.name.0);
         let mut partitions = Vec::with_capacity(t.partition_indexes.len());
         for index in t.partition_indexes {
             let r = PartitionResponse::default().with_partition_index(index);
+            if !readable {
+                partitions.push(r.with_error_code(errors::TOPIC_AUTHORIZATION_FAILED));
+                continue;
+            }
             if !repeated.is_empty() && repeated.contains(&(t.name.0.to_string(), index)) {
                 partitions.push(r.with_error_code(errors::INVALID_REQUEST));
                 continue;

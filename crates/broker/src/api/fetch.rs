@@ -172,6 +172,15 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
     } else {
         errors::UNKNOWN_TOPIC_OR_PARTITION
     };
+    // A follower's fetch needs CLUSTER_ACTION on the cluster, a consumer's READ on each
+    // topic (refused: TOPIC_AUTHORIZATION_FAILED; an unknown topic id stays unknown).
+    let follower_allowed = replica_id < 0
+        || crate::security::authorize(
+            conn,
+            crate::acl::CLUSTER_ACTION,
+            crate::security::resource::CLUSTER,
+            crate::security::resource::CLUSTER_NAME,
+        );
     let wanted: Vec<_> = body
         .topics
         .into_iter()
@@ -181,6 +190,21 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
             } else {
                 shard.topic(&t.topic.0)
             };
+            let name: &str = match &info {
+                Some(i) => &i.name,
+                None => &t.topic.0,
+            };
+            let known = v < TOPIC_ID_VERSION || info.is_some();
+            let denied = known
+                && !(follower_allowed
+                    && (replica_id >= 0
+                        || crate::security::authorize(
+                            conn,
+                            crate::acl::READ,
+                            crate::security::resource::TOPIC,
+                            name,
+                        )));
+            let info = if denied { None } else { info };
             let parts: Vec<Wanted> = t
                 .partitions
                 .iter()
@@ -196,7 +220,7 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
                     }
                 })
                 .collect();
-            (t.topic, t.topic_id, info, parts)
+            (t.topic, t.topic_id, info, parts, denied)
         })
         .collect();
     let wanted = Rc::new(wanted);
@@ -223,7 +247,7 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
     let topics = wanted
         .iter()
         .zip(results)
-        .map(|((name, id, _, parts), got)| {
+        .map(|((name, id, _, parts, _), got)| {
             let partitions = parts
                 .iter()
                 .zip(got)
@@ -306,12 +330,19 @@ type WantedTopics = Vec<(
     uuid::Uuid,
     Option<Arc<TopicInfo>>,
     Vec<Wanted>,
+    // Not authorized: answered TOPIC_AUTHORIZATION_FAILED, never read.
+    bool,
 )>;
 
 /// Reads every wanted partition, in parallel across their owner shards.
 async fn read_all(wanted: &Rc<WantedTopics>, unknown_code: i16, replica_id: i32) -> Vec<Vec<Got>> {
     let mut handles = Vec::new();
-    for (ti, (_, _, info, parts)) in wanted.iter().enumerate() {
+    for (ti, (_, _, info, parts, denied)) in wanted.iter().enumerate() {
+        let unknown_code = if *denied {
+            errors::TOPIC_AUTHORIZATION_FAILED
+        } else {
+            unknown_code
+        };
         for pi in 0..parts.len() {
             let wanted = wanted.clone();
             let info = info.clone();
@@ -346,7 +377,7 @@ async fn wait_for_append(
 ) {
     let woke = Notify::new();
     let released = woke.notified();
-    for ((_, _, info, parts), got) in wanted.iter().zip(seen) {
+    for ((_, _, info, parts, _), got) in wanted.iter().zip(seen) {
         let Some(topic) = info.clone() else { continue };
         for (w, g) in parts.iter().zip(got) {
             let (partition, woke) = (w.partition, woke.clone());

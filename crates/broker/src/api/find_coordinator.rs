@@ -56,7 +56,21 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
     let shard = shard::current();
     let listener = crate::security::listener_name(&shard.shared, conn);
     let locate = |key: &str| {
-        if body.key_type == KEY_TYPE_GROUP {
+        // DESCRIBE on the group (or transactional id) the key names.
+        if body.key_type == KEY_TYPE_GROUP
+            && !crate::security::authorizer::on_group(conn, crate::acl::DESCRIBE, key)
+        {
+            Err(errors::GROUP_AUTHORIZATION_FAILED)
+        } else if body.key_type != KEY_TYPE_GROUP
+            && !crate::security::authorize(
+                conn,
+                crate::acl::DESCRIBE,
+                crate::security::resource::TRANSACTIONAL_ID,
+                key,
+            )
+        {
+            Err(errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+        } else if body.key_type == KEY_TYPE_GROUP {
             group_coordinator(&shard, key, listener)
         } else {
             Err(errors::COORDINATOR_NOT_AVAILABLE)

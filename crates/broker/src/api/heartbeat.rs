@@ -7,7 +7,7 @@ use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 use ringbroker_protocol::request::Request;
 use ringbroker_runtime::mesh;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: HeartbeatRequest = decode_body(&mut req)?;
     let group = body.group_id.0.to_string();
     let (generation, member, instance) = (
@@ -15,7 +15,9 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
         body.member_id.to_string(),
         body.group_instance_id.map(|s| s.to_string()),
     );
-    if let Some(error) = groups::coordinator_error(&group) {
+    if let Some(error) = crate::security::authorizer::group_read_refusal(conn, &group)
+        .or_else(|| groups::coordinator_error(&group))
+    {
         return Ok(respond(
             &req,
             &HeartbeatResponse::default().with_error_code(error),

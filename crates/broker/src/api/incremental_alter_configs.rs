@@ -12,7 +12,7 @@ use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterC
 use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: IncrementalAlterConfigsRequest = decode_body(&mut req)?;
     refuse_over(
         "IncrementalAlterConfigs",
@@ -28,7 +28,14 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
             // Each entry counts one byte more, so empty names cannot come in unbounded numbers.
             .map(|c| 1 + c.name.len() + c.value.as_ref().map_or(0, |v| v.len()))
             .sum();
+        let refusal = crate::security::authorizer::config_refusal(
+            conn,
+            crate::acl::ALTER_CONFIGS,
+            r.resource_type,
+            &r.resource_name,
+        );
         let result = match check_configs_bytes(bytes) {
+            _ if refusal.is_some() => Err(refusal.unwrap_or_default()),
             Err(e) => Err(e),
             Ok(()) => {
                 let ops = r

@@ -10,9 +10,29 @@ use ringbroker_runtime::mesh;
 
 const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: InitProducerIdRequest = decode_body(&mut req)?;
     let mut response = InitProducerIdResponse::default();
+    // An idempotent producer needs IDEMPOTENT_WRITE on the cluster or WRITE on some topic
+    // (Kafka's authorizeByResourceType); transactions are not supported, so a transactional
+    // id is refused with the error Kafka gives without WRITE on it.
+    let idempotent_allowed = crate::security::authorizer::may(
+        conn,
+        crate::acl::IDEMPOTENT_WRITE,
+        crate::security::resource::CLUSTER,
+        crate::security::resource::CLUSTER_NAME,
+    ) || crate::security::authorizer::authorize_any(
+        conn,
+        crate::acl::WRITE,
+        crate::security::resource::TOPIC,
+    );
+    if body.transactional_id.is_none() && !idempotent_allowed {
+        response = response
+            .with_error_code(crate::errors::CLUSTER_AUTHORIZATION_FAILED)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        return Ok(respond(&req, &response));
+    }
     if body.transactional_id.is_some() {
         response = response
             .with_error_code(TRANSACTIONAL_ID_AUTHORIZATION_FAILED)

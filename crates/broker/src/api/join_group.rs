@@ -8,7 +8,7 @@ use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 use ringbroker_runtime::mesh;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: JoinGroupRequest = decode_body(&mut req)?;
     let v = req.version;
     let group = body.group_id.0.to_string();
@@ -32,7 +32,9 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
             .collect(),
         require_known_member_id: v >= 4,
     };
-    let r = match groups::coordinator_error(&group) {
+    let r = match crate::security::authorizer::group_read_refusal(conn, &group)
+        .or_else(|| groups::coordinator_error(&group))
+    {
         Some(error) => groups::JoinResult {
             error,
             member_id: join.member_id,

@@ -8,7 +8,7 @@ use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 use ringbroker_runtime::mesh;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: LeaveGroupRequest = decode_body(&mut req)?;
     let group = body.group_id.0.to_string();
     let members: Vec<(String, Option<String>)> = if req.version >= 3 {
@@ -24,7 +24,9 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
     } else {
         vec![(body.member_id.to_string(), None)]
     };
-    if let Some(error) = groups::coordinator_error(&group) {
+    if let Some(error) = crate::security::authorizer::group_read_refusal(conn, &group)
+        .or_else(|| groups::coordinator_error(&group))
+    {
         return Ok(respond(
             &req,
             &LeaveGroupResponse::default().with_error_code(error),

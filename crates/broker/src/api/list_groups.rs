@@ -14,17 +14,34 @@ use ringbroker_runtime::mesh;
 /// Kafka's `GroupType` name of every group this broker coordinates.
 const GROUP_TYPE: &str = "classic";
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: ListGroupsRequest = decode_body(&mut req)?;
     let lower =
         |list: &[StrBytes]| -> Vec<String> { list.iter().map(|s| s.to_lowercase()).collect() };
     let states = lower(&body.states_filter);
     let types = lower(&body.types_filter);
+    // DESCRIBE on the cluster lists every group, else those with DESCRIBE on them.
+    let all = crate::security::authorizer::may(
+        conn,
+        crate::acl::DESCRIBE,
+        crate::security::resource::CLUSTER,
+        crate::security::resource::CLUSTER_NAME,
+    );
     let mut listed = Vec::new();
     if types.is_empty() || types.iter().any(|t| t == GROUP_TYPE) {
         for s in 0..shard::current().shared.shard_count {
             for (id, ptype, state) in mesh::call(s, || async { groups::list() }).await {
                 if !states.is_empty() && !states.contains(&state.to_lowercase()) {
+                    continue;
+                }
+                if !all
+                    && !crate::security::authorizer::may(
+                        conn,
+                        crate::acl::DESCRIBE,
+                        crate::security::resource::GROUP,
+                        &id,
+                    )
+                {
                     continue;
                 }
                 let mut g = ListedGroup::default()

@@ -14,9 +14,11 @@
 //! this broker has not.
 
 use super::{decode_body, respond, Outcome};
+use crate::acl;
 use crate::api::{refuse_over, repeated_partitions};
 use crate::errors;
 use crate::limits::{lookup_decompressed_bytes_max, REQUEST_PARTITIONS_MAX};
+use crate::security::authorizer::{on_cluster, on_topic};
 use crate::shard;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -36,7 +38,7 @@ use super::offset_for_leader_epoch::LEADER_EPOCH;
 /// One partition's answer: error, offset, timestamp, leader epoch.
 type Found = (i16, i64, i64, i32);
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: ListOffsetsRequest = decode_body(&mut req)?;
     let asked: usize = body.topics.iter().map(|t| t.partitions.len()).sum();
     refuse_over("ListOffsets", "partitions", asked, REQUEST_PARTITIONS_MAX)?;
@@ -49,13 +51,18 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
     let shard = shard::current();
     let alone = shard.shared.cluster.is_none();
     let mut topics = Vec::with_capacity(body.topics.len());
+    // A replica's request needs CLUSTER_ACTION, a client's DESCRIBE on each topic.
+    let replica = body.replica_id.0 >= 0;
+    let replica_allowed = !replica || on_cluster(conn, acl::CLUSTER_ACTION);
     for t in body.topics {
         let topic = shard.topic(&t.name.0);
+        let allowed = replica_allowed && (replica || on_topic(conn, acl::DESCRIBE, &t.name.0));
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
             let index = p.partition_index;
             let twice = !repeated.is_empty() && repeated.contains(&(t.name.0.to_string(), index));
             let (error, offset, timestamp, leader_epoch) = match &topic {
+                _ if !allowed => (errors::TOPIC_AUTHORIZATION_FAILED, -1, -1, -1),
                 _ if twice => (errors::INVALID_REQUEST, -1, -1, -1),
                 None => (errors::UNKNOWN_TOPIC_OR_PARTITION, -1, -1, -1),
                 Some(_) if p.timestamp < LATEST_TIERED => (errors::INVALID_REQUEST, -1, -1, -1),

@@ -16,7 +16,7 @@ use kafka_protocol::protocol::StrBytes;
 use ringbroker_cluster::{MetadataImage, PartitionImage};
 use ringbroker_protocol::request::Request;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: ListPartitionReassignmentsRequest = decode_body(&mut req)?;
     if let Some(topics) = &body.topics {
         refuse_over(
@@ -32,6 +32,16 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
             named,
             REQUEST_PARTITIONS_MAX,
         )?;
+    }
+    if !crate::security::authorizer::on_cluster(conn, crate::acl::DESCRIBE) {
+        return Ok(respond(
+            &req,
+            &ListPartitionReassignmentsResponse::default()
+                .with_error_code(crate::errors::CLUSTER_AUTHORIZATION_FAILED)
+                .with_error_message(Some(StrBytes::from_static_str(
+                    "Cluster authorization failed.",
+                ))),
+        ));
     }
     let topics = match cluster::latest_image() {
         Some(image) => ongoing(&image, &body),

@@ -4,11 +4,16 @@
 //! gets LEADER_NOT_AVAILABLE. Unknown topics are created when auto-creation is on and the
 //! client allows it. A topic named twice is answered once (as Kafka does), so a response is
 //! never a multiple of the broker's state. v8+ reports the operations allowed on each topic
-//! (and, v8-10, on the cluster) when asked: all of them, as there is no authorizer yet.
+//! (and, v8-10, on the cluster) when asked: those the connection's principal may perform.
+//!
+//! Authorization: a topic is listed only with DESCRIBE on it (a named one without gets
+//! TOPIC_AUTHORIZATION_FAILED, all-topics requests leave it out); auto-creation needs CREATE
+//! on the cluster or on the topic (TOPIC_AUTHORIZATION_FAILED otherwise).
 
 use super::{decode_body, respond, Outcome};
 use crate::api::refuse_over;
 use crate::metadata::TopicInfo;
+use crate::security::{authorizer, resource};
 use crate::shard::{self, BrokersView, NewTopic};
 use crate::{acl, errors};
 use kafka_protocol::messages::metadata_response::{
@@ -22,10 +27,16 @@ use std::collections::BTreeMap;
 pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: MetadataRequest = decode_body(&mut req)?;
     let v = req.version;
-    let topic_operations = acl::authorized(
-        body.include_topic_authorized_operations,
-        acl::TOPIC_OPERATIONS,
-    );
+    let asked_operations = body.include_topic_authorized_operations;
+    let topic_operations = |name: &str| {
+        authorizer::authorized_operations(
+            conn,
+            asked_operations,
+            acl::TOPIC_OPERATIONS,
+            resource::TOPIC,
+            name,
+        )
+    };
     let count = body.topics.as_ref().map_or(0, Vec::len);
     refuse_over(
         "Metadata",
@@ -54,13 +65,18 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
     match requested {
         None => {
             for t in shard.all_topics() {
-                topics.push(topic_entry(&t, v, topic_operations, &brokers));
+                if authorizer::may(conn, acl::DESCRIBE, resource::TOPIC, &t.name) {
+                    topics.push(topic_entry(&t, v, topic_operations(&t.name), &brokers));
+                }
             }
         }
         Some(list) => {
             let allow_create =
                 shared.config.auto_create_topics && (v < 4 || body.allow_auto_topic_creation);
+            let create_anywhere = allow_create
+                && authorizer::may(conn, acl::CREATE, resource::CLUSTER, resource::CLUSTER_NAME);
             let mut missing = Vec::new();
+            let mut create_errors = BTreeMap::new();
             for (name, id) in &list {
                 let known = match name {
                     Some(n) => shard.topic(n),
@@ -68,7 +84,14 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
                 };
                 if known.is_none() {
                     if let Some(n) = name {
-                        if allow_create {
+                        // Not describable: refused below without a word about it.
+                        let describable = authorizer::may(conn, acl::DESCRIBE, resource::TOPIC, n);
+                        let may_create = describable
+                            && (create_anywhere
+                                || (allow_create && authorizer::on_topic(conn, acl::CREATE, n)));
+                        if allow_create && describable && !may_create {
+                            create_errors.insert(n.clone(), errors::TOPIC_AUTHORIZATION_FAILED);
+                        } else if may_create {
                             missing.push(NewTopic {
                                 name: n.clone(),
                                 partitions: shared.config.default_partitions,
@@ -80,7 +103,6 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
                     }
                 }
             }
-            let mut create_errors = BTreeMap::new();
             if !missing.is_empty() {
                 for (t, result) in missing
                     .clone()
@@ -100,8 +122,30 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
                     Some(n) => shard.topic(n),
                     None => shard.topic_by_id(&id),
                 };
+                // Kafka refuses a named topic without DESCRIBE whether it exists or not (its
+                // existence is not told); a topic id only once resolved.
+                let denied = match (&name, &known) {
+                    (Some(n), _) => !authorizer::on_topic(conn, acl::DESCRIBE, n),
+                    (None, Some(t)) => !authorizer::on_topic(conn, acl::DESCRIBE, &t.name),
+                    (None, None) => false,
+                };
                 topics.push(match known {
-                    Some(t) => topic_entry(&t, v, topic_operations, &brokers),
+                    _ if denied => {
+                        let mut entry = MetadataResponseTopic::default()
+                            .with_error_code(errors::TOPIC_AUTHORIZATION_FAILED)
+                            .with_name(name.map(|n| TopicName(StrBytes::from_string(n))));
+                        if v >= 10 {
+                            entry = entry.with_topic_id(id);
+                        }
+                        if v >= 8 {
+                            entry = entry.with_topic_authorized_operations(acl::authorized(
+                                asked_operations,
+                                &[],
+                            ));
+                        }
+                        entry
+                    }
+                    Some(t) => topic_entry(&t, v, topic_operations(&t.name), &brokers),
                     None => {
                         let code = name
                             .as_ref()
@@ -111,6 +155,10 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
                             } else {
                                 errors::UNKNOWN_TOPIC_ID
                             });
+                        let ops = match &name {
+                            Some(n) => topic_operations(n),
+                            None => acl::authorized(asked_operations, &[]),
+                        };
                         let mut entry = MetadataResponseTopic::default()
                             .with_error_code(code)
                             .with_name(name.map(|n| TopicName(StrBytes::from_string(n))));
@@ -118,7 +166,7 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
                             entry = entry.with_topic_id(id);
                         }
                         if v >= 8 {
-                            entry = entry.with_topic_authorized_operations(topic_operations);
+                            entry = entry.with_topic_authorized_operations(ops);
                         }
                         entry
                     }
@@ -153,9 +201,12 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
         response = response.with_cluster_id(Some(StrBytes::from_string(shared.cluster_id.clone())));
     }
     if (8..=10).contains(&v) {
-        response = response.with_cluster_authorized_operations(acl::authorized(
+        response = response.with_cluster_authorized_operations(authorizer::authorized_operations(
+            conn,
             body.include_cluster_authorized_operations,
             acl::CLUSTER_OPERATIONS,
+            resource::CLUSTER,
+            resource::CLUSTER_NAME,
         ));
     }
     Ok(respond(&req, &response))

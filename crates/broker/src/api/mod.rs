@@ -10,11 +10,14 @@ pub mod alter_configs;
 pub mod alter_partition_reassignments;
 pub mod alter_user_scram_credentials;
 pub mod api_versions;
+pub mod create_acls;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_acls;
 pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
+pub mod describe_acls;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
@@ -79,6 +82,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
@@ -232,6 +238,9 @@ async fn dispatch(frame: Bytes, conn: &crate::connection::Conn) -> Outcome {
             alter_partition_reassignments::handle(req, conn).await
         }
         ApiKey::ListPartitionReassignments => list_partition_reassignments::handle(req, conn).await,
+        ApiKey::CreateAcls => create_acls::handle(req, conn).await,
+        ApiKey::DescribeAcls => describe_acls::handle(req, conn).await,
+        ApiKey::DeleteAcls => delete_acls::handle(req, conn).await,
         ApiKey::SaslHandshake => sasl_handshake::handle(req, conn).await,
         ApiKey::SaslAuthenticate => sasl_authenticate::handle(req, conn).await,
         ApiKey::DescribeUserScramCredentials => {

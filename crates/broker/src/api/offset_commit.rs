@@ -15,7 +15,7 @@ use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 use ringbroker_protocol::request::Request;
 use ringbroker_runtime::mesh;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: OffsetCommitRequest = decode_body(&mut req)?;
     let shard = shard::current();
     let group = body.group_id.0.to_string();
@@ -26,10 +26,14 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
         asked_count,
         REQUEST_PARTITIONS_MAX,
     )?;
+    // READ on the group (GROUP_AUTHORIZATION_FAILED for every partition), READ on each
+    // topic (TOPIC_AUTHORIZATION_FAILED for its partitions): refused ones are not stored.
+    let group_refused = crate::security::authorizer::group_read_refusal(conn, &group);
     // (topic, partition, error known here, commit)
     let mut asked = Vec::new();
     for t in &body.topics {
         let topic = shard.topic(&t.name.0);
+        let readable = crate::security::authorizer::on_topic(conn, crate::acl::READ, &t.name.0);
         for p in &t.partitions {
             let known = topic
                 .as_ref()
@@ -40,7 +44,11 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
                 metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
             };
             let metadata_bytes = commit.metadata.as_ref().map_or(0, String::len);
-            let error = if !known {
+            let error = if let Some(refused) = group_refused {
+                refused
+            } else if !readable {
+                errors::TOPIC_AUTHORIZATION_FAILED
+            } else if !known {
                 errors::UNKNOWN_TOPIC_OR_PARTITION
             } else if metadata_bytes > OFFSET_METADATA_BYTES_MAX {
                 errors::OFFSET_METADATA_TOO_LARGE
@@ -61,7 +69,7 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
         .filter(|a| a.2 == errors::NONE)
         .map(|(t, p, _, c)| (t.clone(), *p, Some(c.clone())))
         .collect();
-    let not_coordinator = groups::coordinator_error(&group);
+    let not_coordinator = group_refused.or_else(|| groups::coordinator_error(&group));
     let group_error = if let Some(error) = not_coordinator {
         error
     } else {

@@ -14,7 +14,7 @@ use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 use ringbroker_protocol::request::Request;
 use ringbroker_runtime::mesh;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: OffsetDeleteRequest = decode_body(&mut req)?;
     let asked_count: usize = body.topics.iter().map(|t| t.partitions.len()).sum();
     refuse_over(
@@ -30,11 +30,15 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
     let mut deletable = Vec::new();
     for t in &body.topics {
         let topic = shard.topic(&t.name.0);
+        // READ on the topic (TOPIC_AUTHORIZATION_FAILED; its offsets stay).
+        let readable = crate::security::authorizer::on_topic(conn, crate::acl::READ, &t.name.0);
         for p in &t.partitions {
             let exists = topic
                 .as_ref()
                 .is_some_and(|ti| ti.owner(p.partition_index).is_some());
-            if exists {
+            if !readable {
+                known_errors.push(errors::TOPIC_AUTHORIZATION_FAILED);
+            } else if exists {
                 known_errors.push(errors::NONE);
                 deletable.push((t.name.0.to_string(), p.partition_index));
             } else {
@@ -42,7 +46,9 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
             }
         }
     }
-    if let Some(error) = groups::coordinator_error(&group) {
+    let refused = (!crate::security::authorizer::on_group(conn, crate::acl::DELETE, &group))
+        .then_some(errors::GROUP_AUTHORIZATION_FAILED);
+    if let Some(error) = refused.or_else(|| groups::coordinator_error(&group)) {
         return Ok(respond(
             &req,
             &OffsetDeleteResponse::default().with_error_code(error),

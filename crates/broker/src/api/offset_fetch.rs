@@ -33,6 +33,36 @@ fn wanted<'a>(topics: impl Iterator<Item = (&'a str, &'a [i32])>) -> Vec<(String
         .collect()
 }
 
+/// DESCRIBE on the group (GROUP_AUTHORIZATION_FAILED).
+fn group_refusal(conn: &crate::connection::Conn, group: &str) -> Option<i16> {
+    (!crate::security::authorizer::on_group(conn, crate::acl::DESCRIBE, group))
+        .then_some(crate::errors::GROUP_AUTHORIZATION_FAILED)
+}
+
+/// A topic's offsets need DESCRIBE on it: without, a named topic's partitions are answered
+/// TOPIC_AUTHORIZATION_FAILED (and no offsets), and a request for all offsets leaves it out.
+#[allow(clippy::type_complexity)]
+fn describable(
+    conn: &crate::connection::Conn,
+    all: bool,
+    topic: String,
+    partitions: Vec<(i32, Option<Committed>)>,
+) -> Option<(String, Vec<(i32, Option<Committed>)>, i16)> {
+    if crate::security::authorizer::may(
+        conn,
+        crate::acl::DESCRIBE,
+        crate::security::resource::TOPIC,
+        &topic,
+    ) {
+        return Some((topic, partitions, crate::errors::NONE));
+    }
+    if all {
+        return None;
+    }
+    let hidden = partitions.into_iter().map(|(p, _)| (p, None)).collect();
+    Some((topic, hidden, crate::errors::TOPIC_AUTHORIZATION_FAILED))
+}
+
 fn by_topic(found: Found) -> BTreeMap<String, Vec<(i32, Option<Committed>)>> {
     let mut out: BTreeMap<String, Vec<(i32, Option<Committed>)>> = BTreeMap::new();
     for (t, p, c) in found {
@@ -41,7 +71,7 @@ fn by_topic(found: Found) -> BTreeMap<String, Vec<(i32, Option<Committed>)>> {
     out
 }
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let mut body: OffsetFetchRequest = decode_body(&mut req)?;
     let v = req.version;
     let asked: usize = body
@@ -69,7 +99,9 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
     if v >= 8 {
         let mut groups_out = Vec::new();
         for g in body.groups {
-            if let Some(error) = groups::coordinator_error(&g.group_id.0) {
+            if let Some(error) = group_refusal(conn, &g.group_id.0)
+                .or_else(|| groups::coordinator_error(&g.group_id.0))
+            {
                 groups_out.push(
                     OffsetFetchResponseGroup::default()
                         .with_group_id(GroupId(g.group_id.0))
@@ -80,14 +112,17 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
             let wanted = g
                 .topics
                 .map(|ts| wanted(ts.iter().map(|t| (&*t.name.0, &t.partition_indexes[..]))));
+            let all = wanted.is_none();
             let found = fetch(g.group_id.0.to_string(), wanted).await;
             let topics = by_topic(found)
                 .into_iter()
-                .map(|(t, ps)| {
+                .filter_map(|(t, ps)| describable(conn, all, t, ps))
+                .map(|(t, ps, refused)| {
                     let partitions = ps
                         .into_iter()
                         .map(|(p, c)| {
                             OffsetFetchResponsePartitions::default()
+                                .with_error_code(refused)
                                 .with_partition_index(p)
                                 .with_committed_offset(c.as_ref().map_or(-1, |c| c.offset))
                                 .with_committed_leader_epoch(
@@ -112,7 +147,9 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
             &OffsetFetchResponse::default().with_groups(groups_out),
         ));
     }
-    if let Some(error) = groups::coordinator_error(&body.group_id.0) {
+    if let Some(error) = group_refusal(conn, &body.group_id.0)
+        .or_else(|| groups::coordinator_error(&body.group_id.0))
+    {
         // v2+ carry a top-level error; v1 only per-partition ones.
         let topics = body
             .topics
@@ -143,14 +180,17 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
     let wanted = body
         .topics
         .map(|ts| wanted(ts.iter().map(|t| (&*t.name.0, &t.partition_indexes[..]))));
+    let all = wanted.is_none();
     let found = fetch(body.group_id.0.to_string(), wanted).await;
     let topics = by_topic(found)
         .into_iter()
-        .map(|(t, ps)| {
+        .filter_map(|(t, ps)| describable(conn, all, t, ps))
+        .map(|(t, ps, refused)| {
             let partitions = ps
                 .into_iter()
                 .map(|(p, c)| {
                     let r = OffsetFetchResponsePartition::default()
+                        .with_error_code(refused)
                         .with_partition_index(p)
                         .with_committed_offset(c.as_ref().map_or(-1, |c| c.offset))
                         .with_metadata(metadata(&c));

@@ -9,8 +9,10 @@
 //! followers, and without an authorizer a follower's request is answered like a consumer's.
 
 use super::{decode_body, refuse_over, respond, Outcome};
+use crate::acl;
 use crate::errors;
 use crate::limits::REQUEST_PARTITIONS_MAX;
+use crate::security::authorizer::{on_cluster, on_topic};
 use crate::shard;
 use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
@@ -23,7 +25,7 @@ pub const LEADER_EPOCH: i32 = 0;
 /// Kafka's "no epoch" (and, for `current_leader_epoch`, "do not check").
 const UNDEFINED_EPOCH: i32 = -1;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: OffsetForLeaderEpochRequest = decode_body(&mut req)?;
     let asked: usize = body.topics.iter().map(|t| t.partitions.len()).sum();
     refuse_over(
@@ -36,8 +38,19 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
     let alone = shard.shared.cluster.is_none();
     let replica_id = body.replica_id.0;
     let mut topics = Vec::with_capacity(body.topics.len());
+    // A follower needs CLUSTER_ACTION (CLUSTER_AUTHORIZATION_FAILED), a client DESCRIBE on
+    // each topic (TOPIC_AUTHORIZATION_FAILED).
+    let refusal = if replica_id >= 0 {
+        (!on_cluster(conn, acl::CLUSTER_ACTION)).then_some(errors::CLUSTER_AUTHORIZATION_FAILED)
+    } else {
+        None
+    };
     for t in body.topics {
         let topic = shard.topic(&t.topic.0);
+        let refusal = refusal.or_else(|| {
+            (replica_id < 0 && !on_topic(conn, acl::DESCRIBE, &t.topic.0))
+                .then_some(errors::TOPIC_AUTHORIZATION_FAILED)
+        });
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
             let answer = EpochEndOffset::default()
@@ -46,6 +59,7 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
                 .with_end_offset(-1);
             let current = p.current_leader_epoch;
             let answer = match &topic {
+                _ if refusal.is_some() => answer.with_error_code(refusal.unwrap_or_default()),
                 None => answer.with_error_code(errors::UNKNOWN_TOPIC_OR_PARTITION),
                 // A cluster member answers from the partition's leader epoch cache.
                 Some(topic) if !alone => {

@@ -269,11 +269,22 @@ pub async fn handle(mut req: Request, conn: &Conn) -> Result<Outcome, Outcome> {
         // The topic's configs (its own, else the broker's) as they are now.
         let settings = topic.as_ref().map(|t| shard.produce_settings(t));
         let message_bytes_max = settings.map_or(broker_message_bytes_max, |s| s.message_bytes_max);
+        // Kafka checks WRITE before the topic's existence (no hint that it exists).
+        let writable = crate::security::authorize(
+            conn,
+            crate::acl::WRITE,
+            crate::security::resource::TOPIC,
+            &topic_data.name.0,
+        );
         let mut partitions = Vec::with_capacity(topic_data.partition_data.len());
         for pd in topic_data.partition_data {
             let index = pd.index;
             let records = pd.records.unwrap_or_default();
             let early = match &topic {
+                _ if !writable => Some(PartitionResult::error(
+                    errors::TOPIC_AUTHORIZATION_FAILED,
+                    "Topic authorization failed.".into(),
+                )),
                 None => Some(PartitionResult::error(
                     errors::UNKNOWN_TOPIC_OR_PARTITION,
                     "unknown topic".into(),

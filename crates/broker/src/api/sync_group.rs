@@ -7,7 +7,7 @@ use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
 use ringbroker_runtime::mesh;
 
-pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
+pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: SyncGroupRequest = decode_body(&mut req)?;
     let group = body.group_id.0.to_string();
     let (generation, member, instance) = (
@@ -21,7 +21,9 @@ pub async fn handle(mut req: Request, _conn: &crate::connection::Conn) -> Result
         .map(|a| (a.member_id.to_string(), a.assignment))
         .collect();
     let g = group.clone();
-    let r = match groups::coordinator_error(&group) {
+    let r = match crate::security::authorizer::group_read_refusal(conn, &group)
+        .or_else(|| groups::coordinator_error(&group))
+    {
         Some(error) => groups::SyncResult {
             error,
             ..groups::SyncResult::default()

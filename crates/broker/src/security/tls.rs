@@ -195,6 +195,17 @@ fn broken() -> io::Error {
     )
 }
 
+/// What [`TlsStream::into_ktls`] did.
+pub enum KtlsHandoff {
+    /// The kernel has the session: the socket is read and written as plaintext from now on.
+    Kernel(SharedFd),
+    /// The session cannot be handed over (cipher suite, records still buffered): it stays
+    /// on the userspace path.
+    Userspace(Box<TlsStream>),
+    /// The keys were taken but the kernel refused them (or rustls failed): close.
+    Failed(io::Error),
+}
+
 /// A TLS connection over a socket, driven through the shard's ring.
 pub struct TlsStream {
     fd: SharedFd,
@@ -204,8 +215,11 @@ pub struct TlsStream {
     /// A writer drains rustls' records to the socket.
     writing: Cell<bool>,
     write_waiters: RefCell<Vec<Waker>>,
-    /// An interrupted op may have moved part of a record: nothing more is sent or received.
+    /// An interrupted or failed send may have sent part of a record: nothing more is sent.
     broken: Cell<bool>,
+    /// An interrupted or failed receive may have lost ciphertext: nothing more is received
+    /// (sending goes on: the answers to requests read before still leave, then close_notify).
+    recv_broken: Cell<bool>,
     /// The peer closed (TCP EOF).
     eof: Cell<bool>,
 }
@@ -243,6 +257,7 @@ impl TlsStream {
             writing: Cell::new(false),
             write_waiters: RefCell::new(Vec::new()),
             broken: Cell::new(false),
+            recv_broken: Cell::new(false),
             eof: Cell::new(false),
         }
     }
@@ -381,7 +396,7 @@ impl TlsStream {
         if cipher.capacity() - cipher.len() < CIPHER_RECV_BYTES / 4 {
             cipher.reserve(CIPHER_RECV_BYTES);
         }
-        let mut guard = BreakOnDrop(&self.broken, true);
+        let mut guard = BreakOnDrop(&self.recv_broken, true);
         let (result, cipher) = op::recv(&self.fd, cipher).await;
         guard.1 = false;
         *self.cipher.borrow_mut() = cipher;
@@ -392,10 +407,36 @@ impl TlsStream {
             }
             Ok(_) => Ok(true),
             Err(e) => {
-                self.broken.set(true);
+                self.recv_broken.set(true);
                 Err(e)
             }
         }
+    }
+
+    /// Feeds the whole records received to rustls while it handshakes; how many bytes.
+    fn feed_handshake(&self) -> io::Result<usize> {
+        let mut conn = self.conn.borrow_mut();
+        let mut cipher = self.cipher.borrow_mut();
+        let whole = whole_records_len(&cipher);
+        let mut fed = 0;
+        let mut result = Ok(());
+        while fed < whole && conn.is_handshaking() {
+            let mut rd: &[u8] = &cipher[fed..whole];
+            match conn.read_tls(&mut rd) {
+                Ok(0) => break,
+                Ok(n) => fed += n,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            if let Err(e) = conn.process_new_packets() {
+                result = Err(tls_error(e));
+                break;
+            }
+        }
+        cipher.advance(fed);
+        result.map(|()| fed)
     }
 
     /// Does the handshake (bounded by the caller, e.g. with [`TLS_HANDSHAKE_TIMEOUT`]).
@@ -408,34 +449,20 @@ impl TlsStream {
             if !self.conn.borrow().is_handshaking() {
                 return Ok(());
             }
-            if self.broken.get() {
+            if self.recv_broken.get() {
                 return Err(broken());
             }
             // Feed whole records only (so nothing is half-fed when the handshake ends: the
             // kTLS hand-off needs rustls' input buffer empty).
-            let fed = {
-                let mut conn = self.conn.borrow_mut();
-                let mut cipher = self.cipher.borrow_mut();
-                let whole = whole_records_len(&cipher);
-                let mut fed = 0;
-                while fed < whole && conn.is_handshaking() {
-                    let mut rd: &[u8] = &cipher[fed..whole];
-                    match conn.read_tls(&mut rd) {
-                        Ok(0) => break,
-                        Ok(n) => fed += n,
-                        Err(e) => return Err(e),
-                    }
-                    if let Err(e) = conn.process_new_packets() {
-                        cipher.advance(fed);
-                        drop((conn, cipher));
-                        // Tell the peer why (an alert), best effort.
-                        let token = self.lock_writer().await;
-                        let _ = self.flush_locked(&token).await;
-                        return Err(tls_error(e));
-                    }
+            let fed = match self.feed_handshake() {
+                Ok(fed) => fed,
+                Err(e) => {
+                    self.recv_broken.set(true);
+                    // Tell the peer why (the alert rustls queued), best effort.
+                    let token = self.lock_writer().await;
+                    let _ = self.flush_locked(&token).await;
+                    return Err(e);
                 }
-                cipher.advance(fed);
-                fed
             };
             if fed > 0 {
                 continue;
@@ -461,18 +488,22 @@ impl TlsStream {
     pub async fn recv(&self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         let start = buf.len();
         loop {
-            if self.broken.get() {
+            if self.recv_broken.get() {
                 return (Err(broken()), buf);
             }
             if let Err(e) = self.pump(&mut buf) {
                 // Send the alert rustls queued, best effort, then fail.
+                self.recv_broken.set(true);
                 let _ = self.flush_if_idle().await;
-                self.broken.set(true);
                 return (Err(e), buf);
             }
             let n = buf.len() - start;
             if n > 0 || buf.capacity() == buf.len() {
-                if let Err(e) = self.flush_if_idle().await {
+                // Dropped while sending what rustls queued, the plaintext in `buf` is lost.
+                let mut guard = BreakOnDrop(&self.recv_broken, n > 0);
+                let flushed = self.flush_if_idle().await;
+                guard.1 = false;
+                if let Err(e) = flushed {
                     return (Err(e), buf);
                 }
                 return (Ok(n), buf);
@@ -539,7 +570,11 @@ impl TlsStream {
     /// The session can go to the kernel: handshake done, nothing queued either way, a cipher
     /// suite kTLS knows.
     fn ktls_ready(&self) -> bool {
-        if self.broken.get() || !self.cipher.borrow().is_empty() || self.writing.get() {
+        if self.broken.get()
+            || self.recv_broken.get()
+            || !self.cipher.borrow().is_empty()
+            || self.writing.get()
+        {
             return false;
         }
         let conn = self.conn.borrow();
@@ -565,33 +600,32 @@ impl TlsStream {
 
     /// Hands the session to the kernel (kTLS) after the handshake: plaintext rustls already
     /// decrypted is appended to `buf`, the keys go to the socket (TLS_TX, TLS_RX) and the
-    /// socket is from then on read and written as plaintext. `Err(self)`: the session cannot
-    /// be handed over (cipher suite, buffered records) and stays in userspace. `Ok(Err(e))`:
-    /// the keys were taken but the kernel refused them: the connection must be closed.
+    /// socket is from then on read and written as plaintext. See [`KtlsHandoff`].
     ///
     /// UNTESTED on the development machine (no kTLS in its kernel).
-    pub fn into_ktls(self, buf: &mut BytesMut) -> Result<io::Result<SharedFd>, TlsStream> {
+    pub fn into_ktls(self, buf: &mut BytesMut) -> KtlsHandoff {
         if !self.ktls_ready() {
-            return Err(self);
+            return KtlsHandoff::Userspace(Box::new(self));
         }
         // Plaintext already decrypted must reach the frame buffer first.
         let spare_before = buf.capacity() - buf.len();
-        if let Err(_e) = self.pump(buf) {
-            return Ok(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "TLS error before the kTLS hand-off",
-            )));
+        if let Err(e) = self.pump(buf) {
+            return KtlsHandoff::Failed(e);
         }
         if spare_before > 0 && buf.capacity() == buf.len() {
-            return Err(self); // maybe more plaintext buffered: stay in userspace
+            // Maybe more plaintext buffered: stay in userspace.
+            return KtlsHandoff::Userspace(Box::new(self));
         }
         let version = self.conn.borrow().protocol_version();
         let TlsStream { fd, conn, .. } = self;
         let secrets = match conn.into_inner().dangerous_extract_secrets() {
             Ok(s) => s,
-            Err(e) => return Ok(Err(tls_error(e))),
+            Err(e) => return KtlsHandoff::Failed(tls_error(e)),
         };
-        Ok(ktls::install(&fd, version, secrets).map(|()| fd))
+        match ktls::install(&fd, version, secrets) {
+            Ok(()) => KtlsHandoff::Kernel(fd),
+            Err(e) => KtlsHandoff::Failed(e),
+        }
     }
 }
 

@@ -549,17 +549,28 @@ async fn apply_image(image: Arc<MetadataImage>) {
     let changed = Arc::new(merge.changed);
     let deleted = Arc::new(merge.deleted);
     let index = image.applied_index;
+    // ACLs changed: one new table, installed on every shard with the image.
+    let acls = (image.acls != local().merged.borrow().acls).then(|| {
+        Arc::new(crate::security::authorizer::AclTable::build(
+            &shard.shared.config.security,
+            image.acls.clone(),
+        ))
+    });
     for s in 0..shard.shared.shard_count {
         // A stopping shard may have left its loop: no call waits for it then.
         if crate::server::draining() {
             return;
         }
         let (view, changed, deleted) = (view.clone(), changed.clone(), deleted.clone());
+        let acls = acls.clone();
         let credentials = credentials.clone();
         let applied = ringbroker_runtime::mesh::call(s, move || async move {
             let shard = current();
             shard.set_brokers(view);
             crate::security::credentials::install(credentials);
+            if let Some(acls) = acls {
+                crate::security::authorizer::install(acls);
+            }
             for t in deleted.iter() {
                 shard.remove_topic_id(t);
             }
