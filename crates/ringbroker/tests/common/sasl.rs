@@ -60,10 +60,17 @@ impl Broker {
     pub fn listener_addr(&self, name: &str) -> String {
         let log = self.log();
         let marker = format!("{name}://");
-        let rest = log
-            .split(&marker)
-            .nth(1)
+        // The name must not be the tail of another (PLAINTEXT in SASL_PLAINTEXT).
+        let at = log
+            .match_indices(&marker)
+            .map(|(i, _)| i)
+            .find(|&i| {
+                i == 0
+                    || !log.as_bytes()[i - 1].is_ascii_alphanumeric()
+                        && log.as_bytes()[i - 1] != b'_'
+            })
             .unwrap_or_else(|| panic!("no {name} listener in the start-up line:\n{log}"));
+        let rest = &log[at + marker.len()..];
         rest.split_whitespace().next().unwrap().to_string()
     }
 
@@ -117,4 +124,40 @@ pub fn sasl_script(args: &[&str]) -> (bool, String, String) {
     let mut full = vec!["120", "python3", path.as_str()];
     full.extend_from_slice(args);
     super::run_status("timeout", &full, "")
+}
+
+impl super::Client {
+    /// Sends `frame` and reports whether the broker closed the connection instead of
+    /// answering (EOF or reset within 10 s).
+    pub fn closed_after(&mut self, frame: &[u8]) -> bool {
+        use std::io::{Read, Write};
+        if self.stream.write_all(frame).is_err() {
+            return true;
+        }
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 4];
+        match self.stream.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+        }
+    }
+
+    /// Writes raw bytes and reads one size-prefixed raw frame back (SASL v0 tokens).
+    pub fn raw_exchange(&mut self, token: &[u8]) -> Option<Vec<u8>> {
+        use std::io::{Read, Write};
+        let mut frame = (token.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(token);
+        self.stream.write_all(&frame).ok()?;
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).ok()?;
+        let mut buf = vec![0u8; u32::from_be_bytes(size) as usize];
+        self.stream.read_exact(&mut buf).ok()?;
+        Some(buf)
+    }
 }
