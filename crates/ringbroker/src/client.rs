@@ -6,8 +6,17 @@
 //!
 //! Produce requests never copy their record batch: the request is encoded through
 //! `protocol::gather::GatherBuf` with a placeholder where the batch goes, and the pieces go
-//! out with one `sendmsg` whose iovecs point at the header bytes and at the shared batch.
+//! out with one `sendmsg` whose iovecs point at the header bytes and at the shared batch
+//! (over TLS the same pieces are encrypted into TLS records instead: [`transport`]).
 //! Everything read from the network is checked; a bad answer is an error, never a panic.
+//!
+//! Secured brokers ([`security`]): a connection is opened over TLS ([`transport`]) when the
+//! security protocol says so, and on SASL_PLAINTEXT / SASL_SSL it authenticates (ApiVersions,
+//! SaslHandshake v1, SaslAuthenticate; [`sasl`]) before [`Client::connect_as`] returns it.
+
+pub mod sasl;
+pub mod security;
+pub mod transport;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Bytes, BytesMut};
@@ -26,11 +35,14 @@ use kafka_protocol::ResponseError;
 use ringbroker_protocol::frame::{self, Next};
 use ringbroker_protocol::gather::{self, GatherBuf, Piece};
 use ringbroker_runtime::op::{self, SharedFd};
+pub use security::{ClientSecurity, SecurityArgs};
 use std::collections::BTreeMap;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::OwnedFd;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+use transport::Transport;
 
 pub const PRODUCE_VERSION: i16 = 9;
 pub const FETCH_VERSION: i16 = 12;
@@ -84,16 +96,28 @@ pub fn connect(addr: &str) -> Result<SharedFd> {
     })
 }
 
-/// Splits response frames off a socket.
+/// The broker closed the connection (TCP EOF) while an answer was awaited.
+#[derive(Debug)]
+pub struct BrokerClosed;
+
+impl std::fmt::Display for BrokerClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the broker closed the connection")
+    }
+}
+
+impl std::error::Error for BrokerClosed {}
+
+/// Splits response frames off a connection.
 pub struct FrameReader {
-    fd: SharedFd,
+    conn: Rc<Transport>,
     buf: BytesMut,
 }
 
 impl FrameReader {
-    pub fn new(fd: SharedFd) -> FrameReader {
+    pub fn new(conn: Rc<Transport>) -> FrameReader {
         FrameReader {
-            fd,
+            conn,
             buf: BytesMut::with_capacity(256 << 10),
         }
     }
@@ -113,12 +137,12 @@ impl FrameReader {
                 }
             }
             let buf = std::mem::take(&mut self.buf);
-            let (result, buf) = op::timeout(RESPONSE_WAIT_MAX, op::recv(&self.fd, buf))
+            let (result, buf) = op::timeout(RESPONSE_WAIT_MAX, self.conn.recv(buf))
                 .await
                 .ok_or_else(|| anyhow!("no answer from the broker within {RESPONSE_WAIT_MAX:?}"))?;
             self.buf = buf;
             if result.context("receiving from the broker")? == 0 {
-                bail!("the broker closed the connection");
+                return Err(BrokerClosed.into());
             }
         }
     }
@@ -209,7 +233,7 @@ pub fn kafka_error(code: i16) -> anyhow::Error {
 /// One request at a time on one connection: the control plane (metadata, topics, offsets)
 /// and the consumer's fetch loop.
 pub struct Client {
-    pub fd: SharedFd,
+    pub conn: Rc<Transport>,
     /// host:port this connection went to (named in errors).
     pub addr: String,
     reader: FrameReader,
@@ -217,24 +241,42 @@ pub struct Client {
     client_id: &'static str,
     /// What the broker advertised in ApiVersions: key → (min, max); asked on first use.
     api_versions: Option<BTreeMap<i16, (i16, i16)>>,
+    /// SASL identity, kept to re-authenticate (KIP-368) when the broker limits sessions.
+    credentials: Option<security::SaslCredentials>,
+    /// When to re-authenticate (before the broker's session lifetime ends); `None`: never.
+    reauthenticate_at: Option<std::time::Instant>,
 }
 
 impl Client {
-    pub fn connect(addr: &str) -> Result<Client> {
-        Client::connect_as(addr, CLIENT_ID)
+    /// Connects as the load generator (see [`Client::connect_as`]).
+    pub async fn connect(addr: &str, security: &ClientSecurity) -> Result<Client> {
+        Client::connect_as(addr, CLIENT_ID, security).await
     }
 
-    /// Connects, naming itself `client_id` in every request header.
-    pub fn connect_as(addr: &str, client_id: &'static str) -> Result<Client> {
+    /// Connects, naming itself `client_id` in every request header: TCP, then the TLS
+    /// handshake and SASL authentication when `security` asks for them.
+    pub async fn connect_as(
+        addr: &str,
+        client_id: &'static str,
+        security: &ClientSecurity,
+    ) -> Result<Client> {
         let fd = connect(addr)?;
-        Ok(Client {
-            reader: FrameReader::new(fd.clone()),
-            fd,
+        let conn = Rc::new(transport::open(fd, addr, security).await?);
+        let mut client = Client {
+            reader: FrameReader::new(conn.clone()),
+            conn,
             addr: addr.to_string(),
             correlation_id: 0,
             client_id,
             api_versions: None,
-        })
+            credentials: security.sasl.clone(),
+            reauthenticate_at: None,
+        };
+        if let Some(credentials) = &security.sasl {
+            let lifetime = sasl::authenticate(&mut client, credentials).await?;
+            client.reauthenticate_at = lifetime.map(sasl::reauthenticate_after);
+        }
+        Ok(client)
     }
 
     /// The versions of each API the broker advertises (ApiVersions, asked once).
@@ -324,6 +366,12 @@ impl Client {
         version: i16,
         request: &Req,
     ) -> Result<Bytes> {
+        if !matches!(
+            api,
+            ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        ) {
+            self.reauthenticate_if_due().await?;
+        }
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let pieces = encode_request(
             self.client_id,
@@ -333,10 +381,41 @@ impl Client {
             request,
             &[],
         )?;
-        op::send_all(&self.fd, pieces)
+        self.conn
+            .send(pieces)
             .await
             .with_context(|| format!("sending {api:?}"))?;
-        self.reader.next().await
+        let answer = self.reader.next().await;
+        let closed = answer
+            .as_ref()
+            .is_err_and(|e| e.downcast_ref::<BrokerClosed>().is_some());
+        if closed && self.credentials.is_none() {
+            // A SASL listener closes a connection whose first request is not SASL's.
+            return answer.context(
+                "no SASL credentials given: if this is a SASL_PLAINTEXT or SASL_SSL listener, add --security-protocol, --sasl-user and --sasl-password-file",
+            );
+        }
+        answer
+    }
+
+    /// KIP-368: a broker with `connections.max.reauth.ms` closes a connection whose SASL
+    /// session ended; re-authenticate on this connection before that (one request at a time
+    /// here, so nothing is in flight meanwhile).
+    async fn reauthenticate_if_due(&mut self) -> Result<()> {
+        let due = self
+            .reauthenticate_at
+            .is_some_and(|at| std::time::Instant::now() >= at);
+        if !due {
+            return Ok(());
+        }
+        let Some(credentials) = self.credentials.clone() else {
+            return Ok(());
+        };
+        let lifetime = Box::pin(sasl::authenticate(self, &credentials))
+            .await
+            .context("re-authenticating (the broker's SASL session lifetime ended)")?;
+        self.reauthenticate_at = lifetime.map(sasl::reauthenticate_after);
+        Ok(())
     }
 
     /// Sends a request that gets no answer (Produce with acks=0).
@@ -355,7 +434,8 @@ impl Client {
             request,
             &[],
         )?;
-        op::send_all(&self.fd, pieces)
+        self.conn
+            .send(pieces)
             .await
             .with_context(|| format!("sending {api:?}"))
     }

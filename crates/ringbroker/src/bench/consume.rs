@@ -39,7 +39,7 @@ pub fn run(args: &LoadArgs) -> Result<RunReport> {
     let ranges = super::block_on({
         let args = args.clone();
         async move {
-            let mut client = Client::connect(&args.bootstrap)?;
+            let mut client = Client::connect(&args.bootstrap, &args.client_security()).await?;
             let layout = kafka::describe_topic(&mut client, &args.topic)
                 .await?
                 .with_context(|| format!("topic {:?} does not exist: produce first", args.topic))?;
@@ -170,9 +170,10 @@ async fn consume(
             .or_default()
             .push(r.clone());
     }
+    let security = args.client_security();
     let mut clients = Vec::new();
     for (leader, ranges) in by_leader {
-        let mut client = Client::connect(&leader)?;
+        let mut client = Client::connect(&leader, &security).await?;
         kafka::wait_for_topic(&mut client, &args.topic).await?;
         clients.push((client, ranges));
     }

@@ -23,7 +23,7 @@ pub fn run(args: &LoadArgs) -> Result<RunReport> {
     let (layout, ranges) = super::block_on({
         let args = args.clone();
         async move {
-            let mut client = Client::connect(&args.bootstrap)?;
+            let mut client = Client::connect(&args.bootstrap, &args.client_security()).await?;
             let layout = kafka::ensure_topic(&mut client, &args.topic, args.partitions).await?;
             let ranges =
                 consume::partition_ranges(&mut client, &args.topic, &layout, "latest", false)

@@ -63,6 +63,8 @@ pub struct DeleteArgs {
     /// Topics to delete.
     #[arg(required = true)]
     pub topics: Vec<String>,
+    #[command(flatten)]
+    pub security: kafka::SecurityArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -128,6 +130,12 @@ pub struct LoadArgs {
     /// Process id of a broker on this machine: its CPU time during the run is reported too.
     #[arg(long)]
     pub broker_pid: Option<u32>,
+    /// How to reach a secured broker (TLS, SASL).
+    #[command(flatten)]
+    pub security: kafka::SecurityArgs,
+    /// `security` resolved (files read) once, by `run`.
+    #[arg(skip)]
+    pub resolved_security: Option<Arc<kafka::ClientSecurity>>,
 }
 
 impl LoadArgs {
@@ -179,6 +187,13 @@ impl LoadArgs {
         (self.batch_bytes.saturating_sub(header) / (self.record_size + framing)).max(1) as usize
     }
 
+    /// What every connection of the run uses (resolved by `run`; plaintext before that).
+    pub fn client_security(&self) -> Arc<kafka::ClientSecurity> {
+        self.resolved_security
+            .clone()
+            .unwrap_or_else(kafka::ClientSecurity::plaintext)
+    }
+
     fn cores(&self) -> Result<Option<Vec<usize>>> {
         self.cores
             .as_deref()
@@ -211,20 +226,22 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let (a, load): (LoadArgs, fn(&LoadArgs) -> Result<report::RunReport>) = match args.command {
+    let (mut a, load): (LoadArgs, fn(&LoadArgs) -> Result<report::RunReport>) = match args.command {
         BenchCommand::Produce(a) => (a, produce::run),
         BenchCommand::Consume(a) => (a, consume::run),
         BenchCommand::E2e(a) => (a, e2e::run),
         BenchCommand::Report(r) => return report::render(&r),
         BenchCommand::ImportRdkafka(i) => return rdkafka::import(&i),
         BenchCommand::DeleteTopics(d) => {
+            let security = d.security.resolve()?;
             return block_on(async move {
-                let mut client = kafka::Client::connect(&d.bootstrap)?;
+                let mut client = kafka::Client::connect(&d.bootstrap, &security).await?;
                 kafka::delete_topics(&mut client, &d.topics).await
-            })
+            });
         }
     };
     a.check()?;
+    a.resolved_security = Some(a.security.resolve()?);
     let wall = Instant::now();
     let client_cpu = process_cpu_s();
     let broker_cpu = a.broker_pid.and_then(pid_cpu_s);

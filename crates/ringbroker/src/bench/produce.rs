@@ -5,6 +5,7 @@
 //! counts from the scheduled time, so a stall shows up in the percentiles instead of
 //! silently lowering the offered load (coordinated omission).
 
+use super::kafka::transport::Transport;
 use super::kafka::{self, BatchTemplate, FrameReader, TopicLayout};
 use super::report::{Latency, RunReport};
 use super::{assign, join_all, run_threads, LoadArgs, Start, Window, WorkerStats};
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use ringbroker_runtime::notify::Notify;
-use ringbroker_runtime::op::{self, SharedFd};
+use ringbroker_runtime::op;
 use ringbroker_runtime::spawn;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -54,7 +55,7 @@ pub fn run(args: &LoadArgs) -> Result<RunReport> {
 
 /// Creates the topic if needed and finds its partitions' leaders.
 pub async fn prepare(args: &LoadArgs) -> Result<TopicLayout> {
-    let mut client = kafka::Client::connect(&args.bootstrap)?;
+    let mut client = kafka::Client::connect(&args.bootstrap, &args.client_security()).await?;
     kafka::ensure_topic(&mut client, &args.topic, args.partitions).await
 }
 
@@ -92,7 +93,7 @@ struct Pending {
 
 /// A connection to one partition leader and what its answer reader shares with the sender.
 struct Connection {
-    fd: SharedFd,
+    conn: Rc<Transport>,
     pending: RefCell<VecDeque<Pending>>,
     /// Fires when an answer arrived, a request was queued, or the connection closed.
     changed: Rc<Notify>,
@@ -132,16 +133,17 @@ pub async fn produce(
     let frozen = template.frozen();
     let stats = Rc::new(RefCell::new(WorkerStats::new()));
 
+    let security = args.client_security();
     let mut connections: BTreeMap<String, Rc<Connection>> = BTreeMap::new();
     for (_, leader) in partitions {
         if !connections.contains_key(leader) {
-            let mut client = kafka::Client::connect(leader)?;
+            let mut client = kafka::Client::connect(leader, &security).await?;
             kafka::wait_for_topic(&mut client, &args.topic).await?;
-            let fd = client.fd.clone();
+            let conn = client.conn.clone();
             connections.insert(
                 leader.clone(),
                 Rc::new(Connection {
-                    fd,
+                    conn,
                     pending: RefCell::new(VecDeque::new()),
                     changed: Notify::new(),
                     closed: Cell::new(false),
@@ -238,7 +240,9 @@ pub async fn produce(
                 });
                 connection.changed.notify_all();
             }
-            op::send_all(&connection.fd, pieces)
+            connection
+                .conn
+                .send(pieces)
                 .await
                 .with_context(|| format!("sending Produce to {leader}"))?;
             sent_batches += 1;
@@ -287,7 +291,7 @@ async fn read_answers(
     shared: Arc<ProduceShared>,
     window: Window,
 ) {
-    let mut reader = FrameReader::new(connection.fd.clone());
+    let mut reader = FrameReader::new(connection.conn.clone());
     loop {
         while connection.pending.borrow().is_empty() {
             if connection.closed.get() {

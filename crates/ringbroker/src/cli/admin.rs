@@ -5,7 +5,8 @@
 //! Kafka error codes become [`KafkaError`], named as Kafka names them
 //! (`TOPIC_ALREADY_EXISTS (36): ...`); the names come from `kafka_protocol::ResponseError`.
 
-use crate::client::{Client, CLI_CLIENT_ID};
+use crate::client::sasl::is_authentication_failure;
+use crate::client::{Client, ClientSecurity, CLI_CLIENT_ID};
 use anyhow::{anyhow, bail, Context, Result};
 use kafka_protocol::messages::{
     find_coordinator_request::FindCoordinatorRequest, metadata_request::MetadataRequestTopic,
@@ -14,6 +15,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Versions this CLI speaks, per API (inclusive); [`Client::version`] picks the highest one
 /// the broker supports too. The caps mark where Kafka replaced topic names by topic ids
@@ -247,22 +249,27 @@ impl ClusterInfo {
 pub struct Admin {
     bootstrap_addr: String,
     clients: BTreeMap<String, Client>,
+    security: Arc<ClientSecurity>,
 }
 
 impl Admin {
     /// Connects to the first of the comma-separated `brokers` that accepts.
-    pub fn connect(brokers: &str) -> Result<Admin> {
+    /// Connections use `security` (TLS, SASL); an authentication failure ends the command
+    /// at once (another bootstrap broker would refuse the same credentials).
+    pub async fn connect(brokers: &str, security: Arc<ClientSecurity>) -> Result<Admin> {
         let mut errors = Vec::new();
         for addr in brokers.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            match Client::connect_as(addr, CLI_CLIENT_ID) {
+            match Client::connect_as(addr, CLI_CLIENT_ID, &security).await {
                 Ok(client) => {
                     let mut clients = BTreeMap::new();
                     clients.insert(addr.to_string(), client);
                     return Ok(Admin {
                         bootstrap_addr: addr.to_string(),
                         clients,
+                        security,
                     });
                 }
+                Err(e) if is_authentication_failure(&e) => return Err(e),
                 Err(e) => errors.push(format!("{e:#}")),
             }
         }
@@ -276,9 +283,9 @@ impl Admin {
     }
 
     /// The connection to `addr`, opened on first use.
-    pub fn at(&mut self, addr: &str) -> Result<&mut Client> {
+    pub async fn at(&mut self, addr: &str) -> Result<&mut Client> {
         if !self.clients.contains_key(addr) {
-            let client = Client::connect_as(addr, CLI_CLIENT_ID)?;
+            let client = Client::connect_as(addr, CLI_CLIENT_ID, &self.security).await?;
             self.clients.insert(addr.to_string(), client);
         }
         self.clients
@@ -287,9 +294,9 @@ impl Admin {
     }
 
     /// The first bootstrap broker that accepted the connection.
-    pub fn any(&mut self) -> Result<&mut Client> {
+    pub async fn any(&mut self) -> Result<&mut Client> {
         let addr = self.bootstrap_addr.clone();
-        self.at(&addr)
+        self.at(&addr).await
     }
 
     /// Negotiates `api` with the client at `addr` and sends the request `build(version)`.
@@ -300,7 +307,7 @@ impl Admin {
         ours: (i16, i16),
         build: impl FnOnce(i16) -> Req,
     ) -> Result<(i16, Resp)> {
-        let client = self.at(addr)?;
+        let client = self.at(addr).await?;
         let version = client.version(api, ours).await?;
         let request = build(version);
         let response = client
@@ -323,7 +330,7 @@ impl Admin {
 
     /// Whether the bootstrap broker advertises `api`.
     pub async fn supports(&mut self, api: ApiKey) -> Result<bool> {
-        self.any()?.supports(api).await
+        self.any().await?.supports(api).await
     }
 
     /// Metadata for `topics` (`None`: every topic), never creating one.

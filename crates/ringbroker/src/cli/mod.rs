@@ -37,6 +37,9 @@ pub struct Common {
     /// `text` (tables) or `json` (stable field names; produce/consume: one object per line).
     #[arg(long, value_enum, default_value_t = Format::Text, global = true)]
     pub format: Format,
+    /// How to reach a secured broker (TLS, SASL).
+    #[command(flatten)]
+    pub security: crate::client::SecurityArgs,
 }
 
 #[derive(Args, Debug)]
@@ -105,8 +108,9 @@ where
     F: FnOnce(Context) -> Fut + 'static,
     Fut: std::future::Future<Output = Result<()>> + 'static,
 {
+    let security = common.security.resolve()?;
     crate::bench::block_on(async move {
-        let admin = admin::Admin::connect(&common.brokers)?;
+        let admin = admin::Admin::connect(&common.brokers, security).await?;
         command(Context {
             admin,
             format: common.format,

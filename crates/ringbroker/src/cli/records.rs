@@ -328,7 +328,7 @@ async fn produce_lines(
         };
         if args.acks == 0 {
             // No answer comes: send without waiting for one.
-            let client = admin.at(leader)?;
+            let client = admin.at(leader).await?;
             let version = client.version(ApiKey::Produce, versions::PRODUCE).await?;
             client
                 .send_only(ApiKey::Produce, version, &request(version))
