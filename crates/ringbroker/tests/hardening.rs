@@ -317,6 +317,74 @@ fn populated(api: ApiKey, version: i16) -> Option<Vec<u8>> {
             ])),
             version,
         ),
+        ApiKey::CreateAcls => encode(
+            &CreateAclsRequest::default().with_creations(vec![
+                create_acls_request::AclCreation::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name())
+                    .with_resource_pattern_type(3)
+                    .with_principal(name())
+                    .with_host(name())
+                    .with_operation(4)
+                    .with_permission_type(3),
+            ]),
+            version,
+        ),
+        ApiKey::DescribeAcls => encode(
+            &DescribeAclsRequest::default()
+                .with_resource_type_filter(1)
+                .with_resource_name_filter(Some(name()))
+                .with_pattern_type_filter(1)
+                .with_principal_filter(Some(name()))
+                .with_host_filter(Some(name()))
+                .with_operation(1)
+                .with_permission_type(1),
+            version,
+        ),
+        ApiKey::DeleteAcls => encode(
+            &DeleteAclsRequest::default().with_filters(vec![
+                delete_acls_request::DeleteAclsFilter::default()
+                    .with_resource_type_filter(1)
+                    .with_resource_name_filter(Some(name()))
+                    .with_pattern_type_filter(1)
+                    .with_principal_filter(Some(name()))
+                    .with_host_filter(Some(name()))
+                    .with_operation(1)
+                    .with_permission_type(1),
+            ]),
+            version,
+        ),
+        ApiKey::SaslHandshake => encode(
+            &SaslHandshakeRequest::default().with_mechanism(name()),
+            version,
+        ),
+        ApiKey::SaslAuthenticate => encode(
+            &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"n,,n=x,r=y")),
+            version,
+        ),
+        ApiKey::DescribeUserScramCredentials => encode(
+            &DescribeUserScramCredentialsRequest::default().with_users(Some(vec![
+                describe_user_scram_credentials_request::UserName::default().with_name(name()),
+            ])),
+            version,
+        ),
+        ApiKey::AlterUserScramCredentials => encode(
+            &AlterUserScramCredentialsRequest::default()
+                .with_deletions(vec![
+                    alter_user_scram_credentials_request::ScramCredentialDeletion::default()
+                        .with_name(name())
+                        .with_mechanism(1),
+                ])
+                .with_upsertions(vec![
+                    alter_user_scram_credentials_request::ScramCredentialUpsertion::default()
+                        .with_name(name())
+                        .with_mechanism(1)
+                        .with_iterations(4096)
+                        .with_salt(Bytes::from_static(b"salt"))
+                        .with_salted_password(Bytes::from_static(&[7; 32])),
+                ]),
+            version,
+        ),
         other => panic!(
             "no populated request for {other:?}: add one (every advertised API must be probed)"
         ),
