@@ -3,9 +3,6 @@
 (KafkaAdminClient, KafkaProducer, KafkaConsumer) as a SASL/PLAIN user, or anonymous on
 PLAINTEXT with the user "-".
 
-  users DATA_DIR NAME:PASSWORD...       write <DATA_DIR>/meta/scram-credentials.json (SCRAM-SHA-256
-                                        and -512 credentials, the broker's file format) before a
-                                        broker starts
   LIB BOOTSTRAP USER PASSWORD COMMAND ARGS...   LIB: confluent | kafka-python
     create-acl RTYPE NAME PATTERN PRINCIPAL HOST OP PERM
                                         prints "ok" or "error NAME"
@@ -21,10 +18,6 @@ PLAINTEXT with the user "-".
 Codes and names are Kafka's (topic, group, cluster, transactional_id, any; literal, prefixed,
 match, any; read, write, ..., all, any; allow, deny, any).
 """
-import hashlib
-import hmac
-import json
-import os
 import sys
 import time
 
@@ -38,28 +31,6 @@ PERMS = {"any": 1, "deny": 2, "allow": 3}
 
 def name_of(table, code):
     return next(k for k, v in table.items() if v == int(code))
-
-
-def users(data_dir, specs):
-    stored = {}
-    for spec in specs:
-        user, password = spec.split(":", 1)
-        creds = []
-        for mech, algo in (("SCRAM-SHA-256", "sha256"), ("SCRAM-SHA-512", "sha512")):
-            salt = os.urandom(16)
-            iterations = 4096
-            salted = hashlib.pbkdf2_hmac(algo, password.encode(), salt, iterations)
-            client_key = hmac.new(salted, b"Client Key", algo).digest()
-            stored_key = hashlib.new(algo, client_key).digest()
-            server_key = hmac.new(salted, b"Server Key", algo).digest()
-            creds.append({"mechanism": mech, "iterations": iterations, "salt": list(salt),
-                          "stored_key": list(stored_key), "server_key": list(server_key)})
-        stored[user] = creds
-    os.makedirs(os.path.join(data_dir, "meta"), exist_ok=True)
-    path = os.path.join(data_dir, "meta", "scram-credentials.json")
-    with open(path, "w") as f:
-        json.dump(stored, f)
-    os.chmod(path, 0o600)
 
 
 def parse_binding(args):
@@ -262,9 +233,6 @@ def kafka_python(bootstrap, user, password, command, args):
 
 
 def main():
-    if sys.argv[1] == "users":
-        users(sys.argv[2], sys.argv[3:])
-        return
     lib, bootstrap, user, password, command, args = (sys.argv[1], sys.argv[2], sys.argv[3],
                                                      sys.argv[4], sys.argv[5], sys.argv[6:])
     {"confluent": confluent, "kafka-python": kafka_python}[lib](bootstrap, user, password,

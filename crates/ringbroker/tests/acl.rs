@@ -25,13 +25,15 @@ fn script() -> String {
     )
 }
 
-/// Writes the users' SCRAM credentials into `data_dir` (before the broker starts).
+/// Creates the users' SCRAM credentials (both mechanisms) in `data_dir` with
+/// `ringbroker user create`, before the broker starts.
 fn write_users(data_dir: &Path, users: &[(&str, &str)]) {
-    let specs: Vec<String> = users.iter().map(|(u, p)| format!("{u}:{p}")).collect();
-    let mut args = vec![script(), "users".into(), data_dir.display().to_string()];
-    args.extend(specs);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run("python3", &args, "");
+    for (user, password) in users {
+        for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
+            let (ok, out) = common::sasl::user_create(data_dir, user, mechanism, password);
+            assert!(ok, "user create {user} {mechanism}: {out}");
+        }
+    }
 }
 
 /// Runs the driver with `lib` (confluent, kafka-python) as `user` ("-": anonymous on
