@@ -795,6 +795,7 @@ fn quorum_security(
             cert,
             key,
             client_ca: Some(ca),
+            ..
         }) => Some(
             ringbroker_cluster::auth::QuorumTls::from_pem_files(cert, key, ca).map_err(|e| {
                 StartError::Other(format!(

@@ -244,6 +244,13 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGBROKER_TLS_CLIENT_CA_FILE")]
     pub tls_client_ca_file: Option<PathBuf>,
 
+    /// What TLS listeners ask of clients (Kafka's ssl.client.auth): `required` (a certificate
+    /// of --tls-client-ca-file), `requested` (one is checked if shown; without one the client
+    /// is anonymous or authenticates with SASL) or `none`. [default: required with
+    /// --tls-client-ca-file, else none]
+    #[arg(long, env = "RINGBROKER_TLS_CLIENT_AUTH")]
+    pub tls_client_auth: Option<String>,
+
     /// SASL mechanisms offered on SASL listeners, in order. [default: SCRAM-SHA-256,SCRAM-SHA-512,PLAIN]
     #[arg(long, env = "RINGBROKER_SASL_MECHANISMS")]
     pub sasl_mechanisms: Option<String>,
@@ -301,7 +308,7 @@ pub struct ServeArgs {
     /// cleaner_io_bytes_per_turn, cleaner_duty_percent, node_id, cluster, internal_listen,
     /// default_replication_factor, broker_session_timeout_ms, broker_heartbeat_interval_ms,
     /// listeners, advertised_listeners, listener_security_protocol_map, tls_cert_file,
-    /// tls_key_file, tls_client_ca_file, sasl_mechanisms, super_users, authorizer,
+    /// tls_key_file, tls_client_ca_file, tls_client_auth, sasl_mechanisms, super_users, authorizer,
     /// allow_everyone_if_no_acl_found, connections_max_reauth_ms,
     /// failed_authentication_delay_ms, inter_broker_listener_name,
     /// inter_broker_sasl_mechanism, inter_broker_user, inter_broker_password_file,
@@ -351,6 +358,7 @@ struct FileConfig {
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
     tls_client_ca_file: Option<PathBuf>,
+    tls_client_auth: Option<String>,
     sasl_mechanisms: Option<String>,
     super_users: Option<String>,
     authorizer: Option<String>,
@@ -421,6 +429,7 @@ impl ServeArgs {
                 tls_cert_file: self.tls_cert_file.or(file.tls_cert_file),
                 tls_key_file: self.tls_key_file.or(file.tls_key_file),
                 tls_client_ca_file: self.tls_client_ca_file.or(file.tls_client_ca_file),
+                tls_client_auth: self.tls_client_auth.or(file.tls_client_auth),
                 sasl_mechanisms: self.sasl_mechanisms.or(file.sasl_mechanisms),
                 super_users: self.super_users.or(file.super_users),
                 authorizer: self.authorizer.or(file.authorizer),
@@ -824,6 +833,7 @@ struct SecurityFlags {
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
     tls_client_ca_file: Option<PathBuf>,
+    tls_client_auth: Option<String>,
     sasl_mechanisms: Option<String>,
     super_users: Option<String>,
     authorizer: Option<String>,
@@ -845,11 +855,22 @@ fn resolve_security(
     flags: SecurityFlags,
     listeners: &[security::ListenerConfig],
 ) -> Result<security::SecurityConfig> {
+    let client_auth = match flags.tls_client_auth.as_deref() {
+        None if flags.tls_client_ca_file.is_some() => security::ClientAuth::Required,
+        None => security::ClientAuth::None,
+        Some(text) => security::ClientAuth::from_name(text).with_context(|| {
+            format!("--tls-client-auth {text:?}: expected required, requested or none")
+        })?,
+    };
+    if client_auth != security::ClientAuth::None && flags.tls_client_ca_file.is_none() {
+        bail!("--tls-client-auth required|requested needs --tls-client-ca-file");
+    }
     let tls = match (flags.tls_cert_file, flags.tls_key_file) {
         (Some(cert), Some(key)) => Some(security::TlsFiles {
             cert,
             key,
             client_ca: flags.tls_client_ca_file,
+            client_auth,
         }),
         (None, None) => {
             if flags.tls_client_ca_file.is_some() {

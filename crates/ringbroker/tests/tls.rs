@@ -666,22 +666,12 @@ fn a_client_certificates_subject_is_the_principal_acls_see() {
 fn sasl_ssl_authenticates_over_tls_and_the_sasl_identity_is_the_principal() {
     let (data, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let pki = TestPki::new(dir.path());
-    let script = format!(
-        "{}/../../tests/clients/acl_clients.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let data_dir = data.path().display().to_string();
-    run(
-        "python3",
-        &[
-            &script,
-            "users",
-            &data_dir,
-            "admin:admin-secret",
-            "bob:bob-secret",
-        ],
-        "",
-    );
+    for (user, password) in [("admin", "admin-secret"), ("bob", "bob-secret")] {
+        for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
+            let (ok, out) = common::sasl::user_create(data.path(), user, mechanism, password);
+            assert!(ok, "user create {user}: {out}");
+        }
+    }
     let broker = start_ssl(
         data.path(),
         &pki,
@@ -722,15 +712,13 @@ fn sasl_ssl_authenticates_over_tls_and_the_sasl_identity_is_the_principal() {
     );
     assert!(ok, "admin over SASL_SSL (PLAIN): {err}");
     let (ok, _, err) = sasl(
-        "PLAIN",
+        "SCRAM-SHA-256",
         "admin",
         "admin-secret",
         &["-t", "s", "-P"],
         "two\n",
     );
-    assert!(ok, "admin over SASL_SSL (PLAIN): {err}");
-    // (SCRAM is left to sec-sasl's tests: kcat's SCRAM against the driver-written credentials
-    // failed on SASL_PLAINTEXT too when this was written.)
+    assert!(ok, "admin over SASL_SSL (SCRAM-SHA-256): {err}");
     let (ok, out, err) = sasl(
         "PLAIN",
         "admin",
@@ -746,4 +734,48 @@ fn sasl_ssl_authenticates_over_tls_and_the_sasl_identity_is_the_principal() {
     // A wrong password fails authentication.
     let (ok, _, _) = sasl("PLAIN", "admin", "wrong", &["-t", "s", "-P"], "x\n");
     assert!(!ok, "a wrong password is refused");
+}
+
+#[test]
+fn requested_client_auth_serves_clients_without_a_certificate_and_checks_the_ones_shown() {
+    let (data, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pki = TestPki::new(dir.path());
+    let alice = certs::make_client(dir.path(), &pki.ca, "alice", "/O=acme/OU=eng/CN=alice");
+    let other_ca = certs::make_ca(dir.path(), "other-ca");
+    let mallory = certs::make_client(dir.path(), &other_ca, "mallory", "/CN=mallory");
+    let ca = pki.ca.cert.display().to_string();
+    let broker = start_ssl(
+        data.path(),
+        &pki,
+        "SSL://127.0.0.1:0",
+        &[
+            "--tls-client-ca-file",
+            &ca,
+            "--tls-client-auth",
+            "requested",
+        ],
+    );
+    let produce = |client: Option<&certs::CertKey>| {
+        kcat_ssl(
+            &broker.addr,
+            &pki.ca.cert,
+            client,
+            &["-t", "r", "-P", "-X", "message.timeout.ms=5000"],
+            "hello\n",
+        )
+    };
+    let (ok, _, err) = produce(None);
+    assert!(ok, "a client without a certificate is served: {err}");
+    let (ok, _, err) = produce(Some(&alice));
+    assert!(ok, "a certificate of the CA is served: {err}");
+    let (ok, _, _) = produce(Some(&mallory));
+    assert!(!ok, "a certificate of another CA is still refused");
+    let out = kcat_ssl_ok(
+        &broker.addr,
+        &pki.ca.cert,
+        None,
+        &["-t", "r", "-C", "-e", "-q"],
+        "",
+    );
+    assert_eq!(out.lines().filter(|l| *l == "hello").count(), 2);
 }

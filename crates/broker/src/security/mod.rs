@@ -224,12 +224,39 @@ fn resolve_host_port(text: &str) -> Result<SocketAddr, String> {
 }
 
 /// PEM files of the broker's TLS identity (`--tls-cert-file`, `--tls-key-file`) and the CA
-/// that client certificates must chain to (`--tls-client-ca-file`: mTLS, required then).
+/// that client certificates must chain to (`--tls-client-ca-file`), with what the TLS
+/// listeners ask of clients (`--tls-client-auth`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+}
+
+/// Kafka's `ssl.client.auth` for the client TLS listeners (`--tls-client-auth`); it needs
+/// `--tls-client-ca-file` unless `None`. The quorum's links always authenticate both ends
+/// when a client CA is given, whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every TLS client must present a certificate of the CA (the default with a CA).
+    Required,
+    /// A client may present one (checked against the CA: its subject becomes the principal)
+    /// or none (`User:ANONYMOUS`, or its SASL identity).
+    Requested,
+    /// Client certificates are not asked for.
+    None,
+}
+
+impl ClientAuth {
+    pub fn from_name(name: &str) -> Option<ClientAuth> {
+        match name {
+            "required" => Some(ClientAuth::Required),
+            "requested" => Some(ClientAuth::Requested),
+            "none" => Some(ClientAuth::None),
+            _ => None,
+        }
+    }
 }
 
 /// SASL mechanisms the broker offers.

@@ -123,18 +123,27 @@ pub fn server_config(files: &TlsFiles, ktls: bool) -> Result<rustls::ServerConfi
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| file_error("--tls-cert-file", &files.cert, e))?;
-    let builder = match &files.client_ca {
-        Some(ca) => {
+    let builder = match (&files.client_ca, files.client_auth) {
+        (
+            Some(ca),
+            crate::security::ClientAuth::Required | crate::security::ClientAuth::Requested,
+        ) => {
             let roots = load_roots("--tls-client-ca-file", ca)?;
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider(),
-            )
-            .build()
-            .map_err(|e| file_error("--tls-client-ca-file", ca, e))?;
+            );
+            let verifier = if files.client_auth == crate::security::ClientAuth::Requested {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| file_error("--tls-client-ca-file", ca, e))?;
             builder.with_client_cert_verifier(verifier)
         }
-        None => builder.with_no_client_auth(),
+        _ => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(certs, key).map_err(|e| {
         file_error(
