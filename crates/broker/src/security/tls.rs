@@ -299,7 +299,11 @@ impl TlsStream {
     async fn lock_writer(&self) -> WriteToken<'_> {
         std::future::poll_fn(|cx| {
             if self.writing.get() {
-                self.write_waiters.borrow_mut().push(cx.waker().clone());
+                let mut waiters = self.write_waiters.borrow_mut();
+                // One entry per waiting task, however often it is polled meanwhile.
+                if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    waiters.push(cx.waker().clone());
+                }
                 Poll::Pending
             } else {
                 self.writing.set(true);
@@ -540,6 +544,9 @@ impl TlsStream {
     /// Encrypts and sends `chunks` in order; file ranges are read through the ring first.
     pub async fn send_chunks(&self, chunks: Vec<Chunk>) -> io::Result<()> {
         let token = self.lock_writer().await;
+        // Dropped (or failed) once part of the answers may sit encrypted in rustls' queue, the
+        // next writer would send a truncated answer: the stream is broken instead.
+        let mut whole = BreakOnDrop(&self.broken, true);
         let mut file_buf: Option<BytesMut> = None;
         for chunk in chunks {
             match chunk {
@@ -563,7 +570,9 @@ impl TlsStream {
                 }
             }
         }
-        self.flush_locked(&token).await
+        self.flush_locked(&token).await?;
+        whole.1 = false;
+        Ok(())
     }
 
     /// Encrypts `plain`, sending records whenever [`ENCRYPT_BYTES_MAX`] are queued.
