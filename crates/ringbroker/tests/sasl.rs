@@ -631,3 +631,52 @@ fn sasl_ssl_serves_scram_sha512_to_kcat_confluent_and_kafka_python() {
         "PLAIN was accepted: {err}"
     );
 }
+
+/// SASL_SSL with the mechanisms the SCRAM-SHA-512 test above leaves out (PLAIN and
+/// SCRAM-SHA-256, offered by default): kcat, confluent-kafka and kafka-python each produce,
+/// consume in a group and commit over TLS.
+#[test]
+fn sasl_ssl_serves_plain_and_scram_sha256_to_kcat_confluent_and_kafka_python() {
+    let dir = data_dir_with_alice();
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = common::certs::TestPki::new(pki_dir.path());
+    let extra: Vec<String> = pki.broker_flags();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let broker = Broker::start_listeners(dir.path(), "SASL_SSL://127.0.0.1:0", &extra);
+    let addr = broker.listener_addr("SASL_SSL");
+    let ca = pki.ca.cert.display().to_string();
+    for mechanism in ["PLAIN", "SCRAM-SHA-256"] {
+        let args: Vec<String> = kcat_sasl(&addr, mechanism, "alice", "alice-secret")
+            .into_iter()
+            .map(|a| a.replace("SASL_PLAINTEXT", "SASL_SSL"))
+            .chain(["-X".to_string(), format!("ssl.ca.location={ca}")])
+            .collect();
+        let topic = format!("kcat-{mechanism}");
+        let (ok, out, err) = kcat(&args, &["-P", "-t", &topic], "a\nb\n");
+        assert!(ok, "kcat {mechanism} produce over SASL_SSL: {out} {err}");
+        let (ok, out, err) = kcat(&args, &["-C", "-e", "-q", "-f", "%s\n", "-t", &topic], "");
+        assert!(ok, "kcat {mechanism} consume over SASL_SSL: {out} {err}");
+        assert_eq!(common::sorted_lines(&out), ["a", "b"]);
+        for client in ["confluent", "kafka-python"] {
+            let topic = format!("ssl-{client}-{mechanism}");
+            let group = format!("g-{topic}");
+            let (ok, out, err) = sasl_script(&[
+                client,
+                "roundtrip",
+                &addr,
+                "SASL_SSL",
+                mechanism,
+                "alice",
+                "alice-secret",
+                &topic,
+                &group,
+                &ca,
+            ]);
+            assert!(ok, "{client} {mechanism} over SASL_SSL: {out}\n{err}");
+            assert!(
+                out.contains("ok\t5") && out.contains("committed\t5"),
+                "{client} {mechanism}: {out}"
+            );
+        }
+    }
+}
