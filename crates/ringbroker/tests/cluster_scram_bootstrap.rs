@@ -47,7 +47,10 @@ fn a_deleted_bootstrap_user_does_not_come_back_at_the_next_start() {
     let u = wait_users(&addr, Duration::from_secs(30), |u| {
         u.iter().any(|x| x == "alice")
     });
-    assert!(u.iter().any(|x| x == "alice"), "bootstrap user not submitted: {u:?}");
+    assert!(
+        u.iter().any(|x| x == "alice"),
+        "bootstrap user not submitted: {u:?}"
+    );
     // The file is out of the way once submitted (kept, 0600).
     let meta = data_dir.join("meta");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -68,7 +71,11 @@ fn a_deleted_bootstrap_user_does_not_come_back_at_the_next_start() {
         ]),
     );
     assert_eq!(r.results.len(), 1);
-    assert_eq!(r.results[0].error_code, 0, "{:?}", r.results[0].error_message);
+    assert_eq!(
+        r.results[0].error_code, 0,
+        "{:?}",
+        r.results[0].error_message
+    );
     assert!(!users(&addr).iter().any(|x| x == "alice"));
 
     c.kill(1);

@@ -151,7 +151,9 @@ pub fn file_path(data_dir: &Path) -> PathBuf {
 /// Where a cluster member keeps its bootstrap file once the quorum has taken it
 /// (`<data-dir>/meta/scram-credentials.json.submitted`, never read again).
 pub fn submitted_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("meta").join("scram-credentials.json.submitted")
+    data_dir
+        .join("meta")
+        .join("scram-credentials.json.submitted")
 }
 
 /// Cluster mode: the bootstrap file is in the quorum's store; renames it out of the way
