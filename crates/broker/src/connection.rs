@@ -94,6 +94,13 @@ pub struct Conn {
     /// SASL: the mechanism chosen by SaslHandshake, and the state of an exchange in progress
     /// (owned by the SASL module).
     pub sasl: RefCell<Option<Box<dyn std::any::Any>>>,
+    /// SASL: the mechanism of the last successful authentication (KIP-368: re-authentication
+    /// must use the same one).
+    pub sasl_mechanism: Cell<Option<crate::security::SaslMechanism>>,
+    /// SASL: terminal. An authentication failed or the SASL order was broken; set the moment
+    /// it happens (before the failure delay), so that requests pipelined behind it are not
+    /// served: SASL requests and [`crate::security::admit`] close the connection unanswered.
+    pub auth_failed: Cell<bool>,
     owners: Cell<Owners>,
     /// Requests of this connection waiting on something slow (see [`Conn::park`]).
     parked: Cell<u32>,
@@ -139,6 +146,8 @@ impl Conn {
             authenticated: Cell::new(!protocol.uses_sasl()),
             session_expiry: Cell::new(None),
             sasl: RefCell::new(None),
+            sasl_mechanism: Cell::new(None),
+            auth_failed: Cell::new(false),
             owners: Cell::new(Owners::None),
             parked: Cell::new(0),
             waker: RefCell::new(None),
@@ -192,6 +201,8 @@ impl Conn {
             principal: self.principal.borrow().to_string(),
             authenticated: self.authenticated.get(),
             session_expiry: self.session_expiry.get(),
+            sasl_mechanism: self.sasl_mechanism.get(),
+            auth_failed: self.auth_failed.get(),
         })
     }
 }
@@ -204,6 +215,8 @@ struct MovedConn {
     principal: String,
     authenticated: bool,
     session_expiry: Option<std::time::Instant>,
+    sasl_mechanism: Option<crate::security::SaslMechanism>,
+    auth_failed: bool,
 }
 
 impl MovedConn {
@@ -212,6 +225,8 @@ impl MovedConn {
         *conn.principal.borrow_mut() = self.principal.into();
         conn.authenticated.set(self.authenticated);
         conn.session_expiry.set(self.session_expiry);
+        conn.sasl_mechanism.set(self.sasl_mechanism);
+        conn.auth_failed.set(self.auth_failed);
         conn
     }
 }
@@ -377,7 +392,14 @@ async fn serve_here(
             while outstanding.requests < INFLIGHT_REQUESTS_MAX
                 && outstanding.bytes < INFLIGHT_BYTES_MAX
             {
-                match next_frame(&mut buf, frame_bytes_max) {
+                // Before SASL authentication frames are small (Kafka's
+                // sasl.server.max.receive.size); a larger one closes the connection.
+                let limit = if conn.authenticated.get() {
+                    frame_bytes_max
+                } else {
+                    frame_bytes_max.min(crate::security::SASL_FRAME_BYTES_MAX)
+                };
+                match next_frame(&mut buf, limit) {
                     Ok(Next::Frame(frame)) => {
                         let bytes = frame.len();
                         let conn = conn.clone();

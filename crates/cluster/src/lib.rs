@@ -175,7 +175,7 @@ pub struct Endpoint {
 
 /// A user's salted SCRAM credential for one mechanism (RFC 5802: the password itself is never
 /// stored, only what the server needs to check a proof).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScramCredential {
     /// `SCRAM-SHA-256` or `SCRAM-SHA-512`.
     pub mechanism: String,
@@ -183,6 +183,20 @@ pub struct ScramCredential {
     pub salt: Vec<u8>,
     pub stored_key: Vec<u8>,
     pub server_key: Vec<u8>,
+}
+
+/// StoredKey and ServerKey are secrets (either lets a client be impersonated toward this
+/// server or the server toward a client): never printed.
+impl std::fmt::Debug for ScramCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramCredential")
+            .field("mechanism", &self.mechanism)
+            .field("iterations", &self.iterations)
+            .field("salt_bytes", &self.salt.len())
+            .field("stored_key", &"<redacted>")
+            .field("server_key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// One access control entry bound to a resource pattern (Kafka's `AclBinding`), with Kafka's

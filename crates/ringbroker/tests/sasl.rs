@@ -363,13 +363,14 @@ fn sessions_expire_without_reauthentication_and_clients_that_reauthenticate_keep
     );
     assert_eq!(r.error_code, 0);
     assert_eq!(r.session_lifetime_ms, 3000);
-    // One that re-authenticates within the lifetime is served past it.
+    // One that re-authenticates within the lifetime (with the same mechanism, KIP-368) is
+    // served past it.
     let mut active = Client::connect(&sasl);
     assert_eq!(
         login(
             &mut active,
             2,
-            SaslMechanism::Plain,
+            SaslMechanism::ScramSha256,
             "alice",
             "alice-secret"
         )
@@ -679,4 +680,96 @@ fn sasl_ssl_serves_plain_and_scram_sha256_to_kcat_confluent_and_kafka_python() {
             );
         }
     }
+}
+
+/// Review fix: a failed authentication is terminal at once. Requests pipelined behind it
+/// (another handshake, the right password, Metadata) are never served: the failure's answer
+/// comes after the delay, then the connection closes, and the second login never happened.
+#[test]
+fn requests_pipelined_behind_a_failed_authentication_are_never_served() {
+    let dir = data_dir_with_alice();
+    let broker = Broker::start_listeners(dir.path(), LISTENERS, &[]);
+    let sasl = broker.listener_addr("SASL_PLAINTEXT");
+    let mut c = Client::connect(&sasl);
+    let handshake_frame = |c: &mut Client| {
+        c.frame(
+            ApiKey::SaslHandshake,
+            1,
+            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+        )
+    };
+    let authenticate_frame = |c: &mut Client, password: &str| {
+        c.frame(
+            ApiKey::SaslAuthenticate,
+            2,
+            &SaslAuthenticateRequest::default()
+                .with_auth_bytes(format!("\0alice\0{password}").into_bytes().into()),
+        )
+    };
+    let (h1, mut bytes) = handshake_frame(&mut c);
+    let (a1, f) = authenticate_frame(&mut c, "wrong");
+    bytes.extend(f);
+    bytes.extend(handshake_frame(&mut c).1);
+    bytes.extend(authenticate_frame(&mut c, "alice-secret").1);
+    bytes.extend(metadata_frame(&mut c));
+    c.send(&bytes);
+    let h: SaslHandshakeResponse = c.read(ApiKey::SaslHandshake, 1, h1);
+    assert_eq!(h.error_code, 0);
+    let a: SaslAuthenticateResponse = c.read(ApiKey::SaslAuthenticate, 2, a1);
+    assert_eq!(a.error_code, 58);
+    assert!(
+        c.closed_after(&[]),
+        "answered after a failed authentication"
+    );
+    assert_eq!(wait_count(&broker, "PLAIN", "failure", 1), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        broker.sasl_count("PLAIN", "success"),
+        0,
+        "a login pipelined behind a failed one ran"
+    );
+}
+
+/// Review fix: before authenticating, a client may not announce a frame larger than
+/// Kafka's `sasl.server.max.receive.size` (512 KiB): the connection closes at once, without
+/// waiting for (or buffering) the bytes.
+#[test]
+fn a_large_frame_before_sasl_authentication_closes_the_connection() {
+    let dir = data_dir_with_alice();
+    let broker = Broker::start_listeners(dir.path(), LISTENERS, &[]);
+    let sasl = broker.listener_addr("SASL_PLAINTEXT");
+    let mut c = Client::connect(&sasl);
+    let announced_bytes: u32 = 1024 * 1024;
+    assert!(
+        c.closed_after(&announced_bytes.to_be_bytes()),
+        "a 1 MiB frame was awaited before authentication"
+    );
+    // The same size once authenticated is only awaited (the connection stays open).
+    let mut c = Client::connect(&sasl);
+    let r = login(&mut c, 2, SaslMechanism::Plain, "alice", "alice-secret");
+    assert_eq!(r.error_code, 0);
+    let _: MetadataResponse = c.call(ApiKey::Metadata, 12, &MetadataRequest::default());
+}
+
+/// Review fix: KIP-368 re-authentication must use the first authentication's mechanism
+/// (Kafka answers another one UNSUPPORTED_SASL_MECHANISM and closes).
+#[test]
+fn reauthentication_with_another_mechanism_is_refused_and_closes() {
+    let dir = data_dir_with_alice();
+    let broker = Broker::start_listeners(
+        dir.path(),
+        LISTENERS,
+        &["--connections-max-reauth-ms", "60000"],
+    );
+    let sasl = broker.listener_addr("SASL_PLAINTEXT");
+    let mut c = Client::connect(&sasl);
+    let r = login(&mut c, 2, SaslMechanism::Plain, "alice", "alice-secret");
+    assert_eq!(r.error_code, 0);
+    // The same mechanism re-authenticates.
+    let r = login(&mut c, 2, SaslMechanism::Plain, "alice", "alice-secret");
+    assert_eq!(r.error_code, 0, "{:?}", r.error_message);
+    let h = handshake(&mut c, 1, "SCRAM-SHA-256");
+    assert_eq!(h.error_code, 33, "mechanism switched on re-authentication");
+    let frame = metadata_frame(&mut c);
+    assert!(c.closed_after(&frame));
 }

@@ -19,7 +19,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use ringbroker_protocol::request::Request;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Deletions and upsertions one request may carry together.
 pub const ALTERATIONS_PER_REQUEST_MAX: usize = 10_000;
@@ -34,20 +34,28 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
         body.deletions.len() + body.upsertions.len(),
         ALTERATIONS_PER_REQUEST_MAX,
     )?;
-    // Users in request order, each with its first error.
+    let authorized = security::authorize(
+        conn,
+        crate::acl::ALTER,
+        security::resource::CLUSTER,
+        security::resource::CLUSTER_NAME,
+    );
+    // Users in request order (each once: a set, the request may name 10,000), each with its
+    // first error.
     let mut users: Vec<String> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
     let mut errors: HashMap<String, (i16, String)> = HashMap::new();
-    let note = |users: &mut Vec<String>, user: &str| {
-        if !users.iter().any(|u| u == user) {
-            users.push(user.to_string());
+    for name in body
+        .deletions
+        .iter()
+        .map(|d| d.name.as_str())
+        .chain(body.upsertions.iter().map(|u| u.name.as_str()))
+    {
+        if seen.insert(name) {
+            users.push(name.to_string());
         }
-    };
-    for d in &body.deletions {
-        note(&mut users, d.name.as_str());
     }
-    for u in &body.upsertions {
-        note(&mut users, u.name.as_str());
-    }
+    drop(seen);
     let answer = |users: &[String], errors: &HashMap<String, (i16, String)>| {
         let results = users
             .iter()
@@ -64,12 +72,7 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
             .collect();
         AlterUserScramCredentialsResponse::default().with_results(results)
     };
-    if !security::authorize(
-        conn,
-        crate::acl::ALTER,
-        security::resource::CLUSTER,
-        security::resource::CLUSTER_NAME,
-    ) {
+    if !authorized {
         for u in &users {
             errors.insert(
                 u.clone(),

@@ -11,6 +11,9 @@ use ringbroker_protocol::request::Request;
 
 pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: SaslAuthenticateRequest = decode_body(&mut req)?;
+    if let Some(closed) = sasl::refused_after_failure(conn) {
+        return Ok(closed);
+    }
     if !sasl::exchange_in_progress(conn) {
         // No SaslHandshake v1 before it: on an authenticated connection Kafka's request
         // handler answers this (the connection stays); before authentication the
@@ -21,6 +24,9 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
                 "SaslAuthenticate request received after successful authentication",
             )));
         let answer = respond(&req, &response);
+        if !conn.authenticated.get() {
+            conn.auth_failed.set(true);
+        }
         return Ok(match answer {
             Outcome::Respond(frame) if !conn.authenticated.get() => Outcome::RespondThenClose(
                 frame,

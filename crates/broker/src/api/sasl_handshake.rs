@@ -11,6 +11,9 @@ use ringbroker_protocol::request::Request;
 
 pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<Outcome, Outcome> {
     let body: SaslHandshakeRequest = decode_body(&mut req)?;
+    if let Some(closed) = sasl::refused_after_failure(conn) {
+        return Ok(closed);
+    }
     let outcome = sasl::handshake(conn, body.mechanism.as_str(), req.version);
     let mechanisms = if conn.protocol.uses_sasl() {
         sasl::enabled_mechanisms()

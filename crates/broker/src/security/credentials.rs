@@ -11,7 +11,10 @@
 //!   applied. The local file is then only a bootstrap: credentials it holds for a
 //!   (user, mechanism) the image lacks are submitted to the quorum once at start
 //!   ([`bootstrap_cluster`]), so `ringbroker user create` works before the first start in both
-//!   modes.
+//!   modes. Once submitted (or found in the image) the file is renamed
+//!   `scram-credentials.json.submitted`, so a credential later deleted through the quorum is
+//!   not brought back by the next start; a later `ringbroker user create` on that node writes
+//!   a fresh file, submitted once at its next start.
 
 use super::scram::Credential;
 use super::SaslMechanism;
@@ -145,6 +148,21 @@ pub fn file_path(data_dir: &Path) -> PathBuf {
     data_dir.join("meta").join("scram-credentials.json")
 }
 
+/// Where a cluster member keeps its bootstrap file once the quorum has taken it
+/// (`<data-dir>/meta/scram-credentials.json.submitted`, never read again).
+pub fn submitted_path(data_dir: &Path) -> PathBuf {
+    data_dir
+        .join("meta")
+        .join("scram-credentials.json.submitted")
+}
+
+/// Cluster mode: the bootstrap file is in the quorum's store; renames it out of the way
+/// (keeping its mode, 0600) so no later start submits it again. The directory is fsynced.
+pub fn mark_submitted(data_dir: &Path) -> io::Result<()> {
+    std::fs::rename(file_path(data_dir), submitted_path(data_dir))?;
+    std::fs::File::open(data_dir.join("meta"))?.sync_all()
+}
+
 thread_local! {
     static LOCAL: RefCell<Arc<Credentials>> = RefCell::new(Arc::new(Credentials::default()));
 }
@@ -240,7 +258,8 @@ pub const ALTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30
 
 /// Cluster mode, shard 0 at start: submits the credentials of the local file whose
 /// (user, mechanism) the image lacks (users created with `ringbroker user create` before the
-/// node joined). Retries until the quorum takes them or the broker stops.
+/// node joined). Retries until the quorum takes them or the broker stops; then the file is
+/// renamed ([`mark_submitted`]): it is submitted once, never again at later starts.
 pub async fn bootstrap_cluster(data_dir: PathBuf) {
     let local = match Credentials::load(&data_dir) {
         Ok(c) => c,
@@ -269,6 +288,7 @@ pub async fn bootstrap_cluster(data_dir: PathBuf) {
             .map(|(u, c)| Change::Upsert(u.clone(), c.clone()))
             .collect();
         if missing.is_empty() {
+            done_submitting(&data_dir);
             return;
         }
         let n = missing.len();
@@ -278,6 +298,7 @@ pub async fn bootstrap_cluster(data_dir: PathBuf) {
                     credentials = n,
                     "SCRAM credentials of the local bootstrap file submitted to the quorum"
                 );
+                done_submitting(&data_dir);
                 return;
             }
             Err(AlterError::Failed(_, why)) => {
@@ -285,6 +306,13 @@ pub async fn bootstrap_cluster(data_dir: PathBuf) {
                 ringbroker_runtime::op::sleep(std::time::Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// The bootstrap file is in the quorum's store: rename it (see [`mark_submitted`]).
+fn done_submitting(data_dir: &Path) {
+    if let Err(e) = mark_submitted(data_dir) {
+        tracing::error!(error = %e, "could not rename the submitted SCRAM credential bootstrap file; its credentials will be submitted again at the next start");
     }
 }
 
@@ -319,6 +347,14 @@ mod tests {
         let mut back = back;
         assert!(back.remove("alice", SaslMechanism::ScramSha256));
         assert!(back.users.is_empty());
+        // Cluster mode, once submitted: out of the way (still 0600), a fresh file may follow.
+        mark_submitted(&dir).unwrap();
+        assert_eq!(Credentials::load(&dir).unwrap(), Credentials::default());
+        let mode = std::fs::metadata(submitted_path(&dir))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

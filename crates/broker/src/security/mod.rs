@@ -295,8 +295,9 @@ pub const FAILED_AUTHENTICATION_DELAY_DEFAULT: Duration = Duration::from_millis(
 
 /// The security settings of a broker (flags `--tls-*`, `--sasl-mechanisms`, `--super-users`,
 /// `--authorizer`, ...). The default is what a broker without any of them does today: no
-/// TLS, no SASL, everything allowed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// TLS, no SASL, everything allowed. Its Debug form (and so `BrokerConfig`'s) leaves the
+/// inter-broker password out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct SecurityConfig {
     /// Needed when any listener uses TLS.
     pub tls: Option<TlsFiles>,
@@ -324,6 +325,33 @@ pub struct SecurityConfig {
     /// follower fetches over a TLS inter-broker listener (`--tls-ca-file`); `None`:
     /// `tls.client_ca`.
     pub inter_broker_tls_ca: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SecurityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inter_broker_sasl = self
+            .inter_broker_sasl
+            .as_ref()
+            .map(|(mechanism, user, _password)| (mechanism, user, "<redacted>"));
+        f.debug_struct("SecurityConfig")
+            .field("tls", &self.tls)
+            .field("sasl_mechanisms", &self.sasl_mechanisms)
+            .field("super_users", &self.super_users)
+            .field("authorizer", &self.authorizer)
+            .field(
+                "allow_everyone_if_no_acl_found",
+                &self.allow_everyone_if_no_acl_found,
+            )
+            .field("connections_max_reauth", &self.connections_max_reauth)
+            .field(
+                "failed_authentication_delay",
+                &self.failed_authentication_delay,
+            )
+            .field("inter_broker_listener", &self.inter_broker_listener)
+            .field("inter_broker_sasl", &inter_broker_sasl)
+            .field("inter_broker_tls_ca", &self.inter_broker_tls_ca)
+            .finish()
+    }
 }
 
 impl Default for SecurityConfig {
@@ -380,15 +408,26 @@ pub fn authorize(
     authorizer::authorize(conn, operation, resource_type, name)
 }
 
+/// The largest frame a SASL listener reads before the client has authenticated (Kafka's
+/// `sasl.server.max.receive.size`, 512 KiB); a larger one closes the connection.
+pub const SASL_FRAME_BYTES_MAX: usize = 512 * 1024;
+
 /// The gate every request passes before its handler: on a SASL listener, a connection that
 /// has not authenticated gets only ApiVersions, SaslHandshake and SaslAuthenticate (anything
 /// else closes it, as Kafka does); one whose session expired (KIP-368) may only
-/// re-authenticate.
+/// re-authenticate. After a failed authentication (`Conn::auth_failed`) nothing is
+/// served.
 pub fn admit(
     req: &ringbroker_protocol::request::Request,
     conn: &crate::connection::Conn,
 ) -> Result<(), crate::api::Outcome> {
     use kafka_protocol::messages::ApiKey;
+    if conn.auth_failed.get() {
+        // A request pipelined behind a failed authentication: never served.
+        return Err(crate::api::Outcome::Close(
+            "request after a failed SASL authentication".to_string(),
+        ));
+    }
     let sasl_api = matches!(
         req.api,
         ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
@@ -397,6 +436,7 @@ pub fn admit(
         return Ok(());
     }
     if !conn.authenticated.get() {
+        conn.auth_failed.set(true);
         crate::warn_limited!(peer = %conn.peer, api = ?req.api, "request before SASL authentication; closing");
         return Err(crate::api::Outcome::Close(format!(
             "{:?} before SASL authentication",
@@ -417,6 +457,42 @@ pub fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_leaves_secrets_out() {
+        let security = SecurityConfig {
+            inter_broker_sasl: Some((
+                SaslMechanism::ScramSha256,
+                "broker".to_string(),
+                "hunter2-pw".to_string(),
+            )),
+            ..SecurityConfig::default()
+        };
+        let text = format!("{security:?}");
+        assert!(!text.contains("hunter2-pw"), "{text}");
+        assert!(text.contains("broker"), "{text}");
+        let mut config = crate::config::BrokerConfig::new(
+            "127.0.0.1:9092".parse().unwrap(),
+            "/nonexistent".into(),
+            vec![0],
+        );
+        config.security = security;
+        let text = format!("{config:?}");
+        assert!(!text.contains("hunter2-pw"), "{text}");
+
+        let credential = scram::Credential {
+            mechanism: SaslMechanism::ScramSha256,
+            iterations: 4096,
+            salt: vec![1; 32],
+            stored_key: vec![0xab; 32],
+            server_key: vec![0xcd; 32],
+        };
+        let stored = credential.to_stored();
+        for text in [format!("{credential:?}"), format!("{stored:?}")] {
+            assert!(!text.contains("171") && !text.contains("205"), "{text}");
+            assert!(text.contains("4096"), "{text}");
+        }
+    }
 
     #[test]
     fn listeners_parse_in_kafkas_syntax() {

@@ -132,6 +132,7 @@ pub fn handshake(conn: &Conn, mechanism: &str, version: i16) -> HandshakeOutcome
         return ok(ILLEGAL_SASL_STATE);
     }
     if conn.sasl.borrow().is_some() {
+        conn.auth_failed.set(true);
         return HandshakeOutcome {
             error_code: ILLEGAL_SASL_STATE,
             close: Some("SaslHandshake during a SASL exchange".to_string()),
@@ -156,11 +157,24 @@ pub fn handshake(conn: &Conn, mechanism: &str, version: i16) -> HandshakeOutcome
         .flatten()
         .filter(|m| enabled_mechanisms().contains(m));
     let Some(mechanism) = mechanism else {
+        conn.auth_failed.set(true);
         return HandshakeOutcome {
             error_code: UNSUPPORTED_SASL_MECHANISM,
             close: Some("unsupported SASL mechanism".to_string()),
         };
     };
+    if reauth && conn.sasl_mechanism.get() != Some(mechanism) {
+        // KIP-368 (Kafka's SaslServerAuthenticator): re-authentication keeps the mechanism.
+        conn.auth_failed.set(true);
+        return HandshakeOutcome {
+            error_code: UNSUPPORTED_SASL_MECHANISM,
+            close: Some(format!(
+                "SASL mechanism {} is not supported for re-authentication of mechanism {}",
+                mechanism.name(),
+                conn.sasl_mechanism.get().map_or("none", |m| m.name())
+            )),
+        };
+    }
     *conn.sasl.borrow_mut() = Some(Box::new(Exchange {
         mechanism,
         raw: version == 0,
@@ -218,10 +232,28 @@ pub fn authentication_counts() -> Vec<(&'static str, &'static str, u64)> {
     out
 }
 
+/// The outcome for a SASL request that arrives after a failed authentication
+/// (`Conn::auth_failed`): closed unanswered, so that pipelined attempts neither skip the
+/// failure delay nor run at all.
+pub fn refused_after_failure(conn: &Conn) -> Option<crate::api::Outcome> {
+    conn.auth_failed.get().then(|| {
+        crate::api::Outcome::Close("SASL request after a failed authentication".to_string())
+    })
+}
+
 /// Handles one client message of the exchange in progress. On success the connection is
-/// authenticated (principal, session expiry set; `Conn::sasl` cleared); on failure the
-/// exchange is cleared and the caller answers after the delay, then closes.
+/// authenticated (principal, mechanism, session expiry set; `Conn::sasl` cleared); on
+/// failure the exchange is cleared, `Conn::auth_failed` set at once (nothing pipelined
+/// behind it is served), and the caller answers after the delay, then closes.
 pub fn authenticate(conn: &Conn, message: &[u8]) -> Result<Answer, Failure> {
+    let result = authenticate_message(conn, message);
+    if result.is_err() {
+        conn.auth_failed.set(true);
+    }
+    result
+}
+
+fn authenticate_message(conn: &Conn, message: &[u8]) -> Result<Answer, Failure> {
     let taken = conn.sasl.borrow_mut().take();
     let Some(exchange) = taken.and_then(|s| s.downcast::<Exchange>().ok()) else {
         return Err(Failure {
@@ -267,6 +299,7 @@ pub fn authenticate(conn: &Conn, message: &[u8]) -> Result<Answer, Failure> {
             count(Some(mechanism), true);
             *conn.principal.borrow_mut() = Rc::from(principal);
             conn.authenticated.set(true);
+            conn.sasl_mechanism.set(Some(mechanism));
             let reauth = crate::shard::current()
                 .shared
                 .config
@@ -428,6 +461,12 @@ pub fn plain_password_matches(
         .into_iter()
         .find_map(|m| store.get(user, m))
     else {
+        // An unknown user costs the same PBKDF2 as a known one (the time must not tell
+        // whether the user exists).
+        if let Some(algorithm) = Algorithm::of(SaslMechanism::ScramSha256) {
+            let salt = [0u8; UNKNOWN_USER_SALT_BYTES];
+            let _ = algorithm.salted_password(password, &salt, UNKNOWN_USER_ITERATIONS);
+        }
         return false;
     };
     let Some(algorithm) = Algorithm::of(credential.mechanism) else {
@@ -437,6 +476,11 @@ pub fn plain_password_matches(
     let stored_key = algorithm.hash(&algorithm.client_key(&salted));
     scram::constant_time_eq(&stored_key, &credential.stored_key)
 }
+
+/// Salt length of the PBKDF2 run for a PLAIN login of an unknown user.
+const UNKNOWN_USER_SALT_BYTES: usize = scram::SALT_RANDOM_BYTES;
+/// Its iterations: the default of `ringbroker user create` (Kafka's 4096).
+const UNKNOWN_USER_ITERATIONS: u32 = scram::ITERATIONS_MIN;
 
 /// SCRAM client-first: `gs2-header client-first-bare` with gs2-header `n,,` or
 /// `n,a=user,` (no channel binding).
@@ -522,6 +566,9 @@ pub async fn failure_delay() {
 /// answers with a size-prefixed raw token, or closes the connection on failure.
 pub async fn raw_token(frame: bytes::Bytes, conn: &Conn) -> crate::api::Outcome {
     use crate::api::Outcome;
+    if let Some(closed) = refused_after_failure(conn) {
+        return closed;
+    }
     match authenticate(conn, &frame) {
         Ok(Answer::Continue(bytes) | Answer::Done(bytes)) => {
             let mut out = Vec::with_capacity(4 + bytes.len());

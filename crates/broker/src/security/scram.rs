@@ -149,14 +149,27 @@ impl Algorithm {
     }
 }
 
-/// What a server keeps of a user's password for one SCRAM mechanism.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a server keeps of a user's password for one SCRAM mechanism (its Debug form leaves
+/// the keys out).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
     pub mechanism: SaslMechanism,
     pub iterations: u32,
     pub salt: Vec<u8>,
     pub stored_key: Vec<u8>,
     pub server_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("mechanism", &self.mechanism)
+            .field("iterations", &self.iterations)
+            .field("salt_bytes", &self.salt.len())
+            .field("stored_key", &"<redacted>")
+            .field("server_key", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Credential {
