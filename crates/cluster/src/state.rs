@@ -1408,10 +1408,12 @@ mod tests {
 
     #[test]
     fn acls_beyond_the_total_are_refused_on_apply() {
-        let mut image = MetadataImage::default();
-        image.acls = (0..ACLS_TOTAL_MAX - 1)
-            .map(|i| acl(&i.to_string()))
-            .collect();
+        let mut image = MetadataImage {
+            acls: (0..ACLS_TOTAL_MAX - 1)
+                .map(|i| acl(&i.to_string()))
+                .collect(),
+            ..MetadataImage::default()
+        };
         // Up to the limit (one already present is not counted).
         let at_limit = Command::CreateAcls {
             acls: vec![acl("0"), acl("last")],
