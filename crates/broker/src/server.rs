@@ -784,8 +784,9 @@ fn check_inter_broker_listener(config: &BrokerConfig) -> Result<(), StartError> 
 /// How this node's quorum links authenticate (issue #16): TLS with mutual authentication when
 /// the broker has a certificate and a client CA (`--tls-cert-file`, `--tls-key-file`,
 /// `--tls-client-ca-file`), the challenge-response over the inter-broker password when it has
-/// inter-broker SASL credentials; both, or neither (warned about when a client listener is
-/// secured: the quorum port would then be the one unauthenticated way in).
+/// inter-broker SASL credentials; both, or neither. A secured client listener (SSL, SASL_*)
+/// requires the password: it is what authenticates quorum members (the client CA also signs
+/// clients' certificates), otherwise the start is refused.
 fn quorum_security(
     config: &BrokerConfig,
 ) -> Result<ringbroker_cluster::QuorumSecurity, StartError> {
@@ -814,22 +815,31 @@ fn quorum_security(
                 password: password.clone(),
             },
         );
+    // The inter-broker password is what names a quorum member: the client CA also signs
+    // Kafka clients' certificates, so mutual TLS alone would let any client certificate join
+    // the quorum (and read the image: SCRAM keys, ACLs). Secured client listeners therefore
+    // need it; mutual TLS then adds encryption and a second factor.
+    if let Some(secured) = config
+        .listeners
+        .iter()
+        .find(|l| l.protocol != crate::security::SecurityProtocol::Plaintext)
+    {
+        if password.is_none() {
+            return Err(StartError::Other(format!(
+                "the client listener {} uses {}: in a cluster give --inter-broker-user and \
+                 --inter-broker-password-file too (the inter-broker password authenticates the \
+                 metadata quorum's members on --internal-listen; mutual TLS with \
+                 --tls-client-ca-file alone would admit any client certificate)",
+                secured.name, secured.protocol
+            )));
+        }
+    }
     let quorum = ringbroker_cluster::QuorumSecurity { tls, password };
     if quorum.authenticates() {
         tracing::info!(
             tls = quorum.tls.is_some(),
             inter_broker_password = quorum.password.is_some(),
             "quorum connections are authenticated"
-        );
-    } else if config
-        .listeners
-        .iter()
-        .any(|l| l.protocol != crate::security::SecurityProtocol::Plaintext)
-    {
-        tracing::warn!(
-            "client listeners are secured but the metadata quorum's port (--internal-listen) is \
-             not authenticated: give --tls-client-ca-file (mutual TLS between brokers) and/or \
-             the inter-broker credentials (--inter-broker-user, --inter-broker-password-file)"
         );
     }
     Ok(quorum)

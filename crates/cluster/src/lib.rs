@@ -352,6 +352,10 @@ pub enum AdminError {
     /// A cancel of a partition that has no reassignment ongoing.
     #[error("no reassignment in progress")]
     NoReassignmentInProgress,
+    /// A change that would take the metadata past one of its limits
+    /// ([`state::ACLS_TOTAL_MAX`], [`state::SCRAM_USERS_MAX`]).
+    #[error("{0}")]
+    LimitExceeded(String),
     #[error("{0}")]
     Other(String),
 }

@@ -10,7 +10,7 @@ use crate::{
     ScramCredential, TopicImage,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use uuid::Uuid;
 
 /// Largest encoded command the controller proposes (requests whose command would be larger
@@ -22,6 +22,12 @@ pub const HOST_BYTES_MAX: usize = 255;
 
 /// Client listeners a broker may register (a bound on what a heartbeat carries).
 pub const BROKER_LISTENERS_MAX: usize = 16;
+
+/// Most ACL bindings the metadata holds (the broker's `authorizer::ACLS_TOTAL_MAX`).
+pub const ACLS_TOTAL_MAX: usize = 100_000;
+/// Most users with SCRAM credentials the metadata holds (the broker's
+/// `credentials::USERS_MAX`).
+pub const SCRAM_USERS_MAX: usize = 10_000;
 
 /// One change of the metadata, as committed in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +244,11 @@ pub fn apply(image: &mut MetadataImage, index: u64, command: &Command) -> Result
             Ok(())
         }
         Command::AlterScramCredentials { upserts, deletions } => {
+            if scram_users_after(image, upserts, deletions) > SCRAM_USERS_MAX {
+                return Err(AdminError::LimitExceeded(format!(
+                    "the credential store holds at most {SCRAM_USERS_MAX} users"
+                )));
+            }
             for (user, mechanism) in deletions {
                 if let Some(creds) = image.scram_credentials.get_mut(user) {
                     creds.retain(|c| &c.mechanism != mechanism);
@@ -254,15 +265,25 @@ pub fn apply(image: &mut MetadataImage, index: u64, command: &Command) -> Result
             Ok(())
         }
         Command::CreateAcls { acls } => {
-            for acl in acls {
-                if !image.acls.contains(acl) {
-                    image.acls.push(acl.clone());
-                }
+            // Appended in creation order, each binding once.
+            let mut present: HashSet<&AclBinding> = image.acls.iter().collect();
+            let added: Vec<AclBinding> = acls
+                .iter()
+                .filter(|a| present.insert(*a))
+                .cloned()
+                .collect();
+            let total = image.acls.len() + added.len();
+            if total > ACLS_TOTAL_MAX {
+                return Err(AdminError::LimitExceeded(format!(
+                    "the cluster would hold {total} ACLs, more than {ACLS_TOTAL_MAX}"
+                )));
             }
+            image.acls.extend(added);
             Ok(())
         }
         Command::DeleteAcls { acls } => {
-            image.acls.retain(|a| !acls.contains(a));
+            let gone: HashSet<&AclBinding> = acls.iter().collect();
+            image.acls.retain(|a| !gone.contains(a));
             Ok(())
         }
         Command::AlterReassignments { moves } => {
@@ -286,6 +307,46 @@ pub fn apply(image: &mut MetadataImage, index: u64, command: &Command) -> Result
             Ok(())
         }
     }
+}
+
+/// Users with SCRAM credentials once `deletions`, then `upserts`, are applied to `image`.
+fn scram_users_after(
+    image: &MetadataImage,
+    upserts: &[(String, ScramCredential)],
+    deletions: &[(String, String)],
+) -> usize {
+    let mut added: HashSet<&str> = HashSet::new();
+    for (user, _) in upserts {
+        if !image.scram_credentials.contains_key(user) {
+            added.insert(user);
+        }
+    }
+    if image.scram_credentials.len() + added.len() <= SCRAM_USERS_MAX {
+        return image.scram_credentials.len() + added.len();
+    }
+    // Near the limit: exactly, users whose every credential is deleted (and none upserted)
+    // leave.
+    let upserted: HashSet<&str> = upserts.iter().map(|(u, _)| u.as_str()).collect();
+    let deleted: HashSet<(&str, &str)> = deletions
+        .iter()
+        .map(|(u, m)| (u.as_str(), m.as_str()))
+        .collect();
+    let mut left = 0;
+    let mut checked: HashSet<&str> = HashSet::new();
+    for (user, _) in deletions {
+        if upserted.contains(user.as_str()) || !checked.insert(user) {
+            continue;
+        }
+        if let Some(creds) = image.scram_credentials.get(user) {
+            if creds
+                .iter()
+                .all(|c| deleted.contains(&(user.as_str(), c.mechanism.as_str())))
+            {
+                left += 1;
+            }
+        }
+    }
+    image.scram_credentials.len() + added.len() - left
 }
 
 /// Partition `partition` of `topic`, or UnknownTopic.
@@ -1312,5 +1373,113 @@ mod tests {
         };
         assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
         assert!(Command::decode(b"{not json").is_err());
+    }
+
+    fn acl(name: &str) -> AclBinding {
+        AclBinding {
+            resource_type: 2,
+            resource_name: name.to_string(),
+            pattern_type: 3,
+            principal: "User:u".to_string(),
+            host: "*".to_string(),
+            operation: 4,
+            permission_type: 3,
+        }
+    }
+
+    #[test]
+    fn acls_are_kept_once_in_creation_order() {
+        let mut image = MetadataImage::default();
+        let create = |names: &[&str]| Command::CreateAcls {
+            acls: names.iter().map(|n| acl(n)).collect(),
+        };
+        apply(&mut image, 1, &create(&["c", "a", "c"])).unwrap();
+        apply(&mut image, 2, &create(&["b", "a", "d"])).unwrap();
+        let names = |i: &MetadataImage| -> Vec<String> {
+            i.acls.iter().map(|a| a.resource_name.clone()).collect()
+        };
+        assert_eq!(names(&image), ["c", "a", "b", "d"]);
+        let delete = Command::DeleteAcls {
+            acls: vec![acl("a"), acl("x"), acl("d")],
+        };
+        apply(&mut image, 3, &delete).unwrap();
+        assert_eq!(names(&image), ["c", "b"]);
+    }
+
+    #[test]
+    fn acls_beyond_the_total_are_refused_on_apply() {
+        let mut image = MetadataImage {
+            acls: (0..ACLS_TOTAL_MAX - 1)
+                .map(|i| acl(&i.to_string()))
+                .collect(),
+            ..MetadataImage::default()
+        };
+        // Up to the limit (one already present is not counted).
+        let at_limit = Command::CreateAcls {
+            acls: vec![acl("0"), acl("last")],
+        };
+        apply(&mut image, 1, &at_limit).unwrap();
+        assert_eq!(image.acls.len(), ACLS_TOTAL_MAX);
+        let beyond = Command::CreateAcls {
+            acls: vec![acl("one-more")],
+        };
+        assert!(matches!(
+            apply(&mut image, 2, &beyond),
+            Err(AdminError::LimitExceeded(_))
+        ));
+        assert_eq!(image.acls.len(), ACLS_TOTAL_MAX);
+    }
+
+    fn scram(mechanism: &str) -> ScramCredential {
+        ScramCredential {
+            mechanism: mechanism.to_string(),
+            iterations: 4096,
+            salt: vec![1],
+            stored_key: vec![2],
+            server_key: vec![3],
+        }
+    }
+
+    #[test]
+    fn scram_users_beyond_the_limit_are_refused_on_apply() {
+        const SHA256: &str = "SCRAM-SHA-256";
+        const SHA512: &str = "SCRAM-SHA-512";
+        let mut image = MetadataImage::default();
+        for i in 0..SCRAM_USERS_MAX {
+            image
+                .scram_credentials
+                .insert(format!("u{i}"), vec![scram(SHA256)]);
+        }
+        image
+            .scram_credentials
+            .insert("u0".to_string(), vec![scram(SHA256), scram(SHA512)]);
+        let alter =
+            |upserts: &[(&str, &str)], deletions: &[(&str, &str)]| Command::AlterScramCredentials {
+                upserts: upserts
+                    .iter()
+                    .map(|(u, m)| (u.to_string(), scram(m)))
+                    .collect(),
+                deletions: deletions
+                    .iter()
+                    .map(|(u, m)| (u.to_string(), m.to_string()))
+                    .collect(),
+            };
+        // A new user at the limit: refused, nothing changed.
+        assert!(matches!(
+            apply(&mut image, 1, &alter(&[("new", SHA256)], &[])),
+            Err(AdminError::LimitExceeded(_))
+        ));
+        assert!(!image.scram_credentials.contains_key("new"));
+        // Deleting one of u0's two mechanisms frees no user.
+        assert!(matches!(
+            apply(&mut image, 2, &alter(&[("new", SHA256)], &[("u0", SHA512)])),
+            Err(AdminError::LimitExceeded(_))
+        ));
+        // Existing users' credentials change; a user leaving makes room for a new one.
+        apply(&mut image, 3, &alter(&[("u1", SHA512)], &[])).unwrap();
+        apply(&mut image, 4, &alter(&[("new", SHA256)], &[("u2", SHA256)])).unwrap();
+        assert_eq!(image.scram_credentials.len(), SCRAM_USERS_MAX);
+        assert!(image.scram_credentials.contains_key("new"));
+        assert!(!image.scram_credentials.contains_key("u2"));
     }
 }

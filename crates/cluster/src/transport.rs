@@ -218,9 +218,26 @@ impl Frame {
 #[derive(Debug, Default)]
 pub struct FrameReader {
     buf: Vec<u8>,
+    /// Every frame is capped at [`CONTROL_FRAME_BYTES_MAX`], raft ones too: an accepted
+    /// connection that has not authenticated yet.
+    control_only: bool,
 }
 
 impl FrameReader {
+    /// A reader for an accepted connection before it authenticated: no frame larger than
+    /// [`CONTROL_FRAME_BYTES_MAX`] is buffered, until [`FrameReader::authenticated`].
+    pub fn unauthenticated() -> FrameReader {
+        FrameReader {
+            buf: Vec::new(),
+            control_only: true,
+        }
+    }
+
+    /// The connection authenticated: raft frames may be [`FRAME_BYTES_MAX`] long.
+    pub fn authenticated(&mut self) {
+        self.control_only = false;
+    }
+
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
@@ -232,7 +249,9 @@ impl FrameReader {
         if len > FRAME_BYTES_MAX {
             return Some(Err(FrameError::TooLong(len)));
         }
-        if len > CONTROL_FRAME_BYTES_MAX && self.buf.get(4).is_some_and(|k| *k != KIND_RAFT) {
+        if len > CONTROL_FRAME_BYTES_MAX
+            && (self.control_only || self.buf.get(4).is_some_and(|k| *k != KIND_RAFT))
+        {
             return Some(Err(FrameError::TooLong(len)));
         }
         if self.buf.len() < 4 + len {
@@ -706,7 +725,7 @@ fn read_loop(
         stream.shutdown();
         return;
     }
-    let mut reader = FrameReader::default();
+    let mut reader = FrameReader::unauthenticated();
     let mut buf = vec![0u8; 64 << 10];
     let mut last_read = started;
     let mut opening = Opening::Hello;
@@ -763,6 +782,9 @@ fn read_loop(
                         // Nobody listens any more.
                         return;
                     };
+                    if matches!(next, Opening::Open(_)) {
+                        reader.authenticated();
+                    }
                     opening = next;
                     if let Some((peer, why)) = refused {
                         me.refuse(addr, peer, &why);
@@ -1678,5 +1700,26 @@ mod tests {
             r.next_frame().is_none(),
             "a raft frame waits for its payload"
         );
+    }
+
+    #[test]
+    fn unauthenticated_connections_get_no_long_frames() {
+        // Before the opening completes, a raft frame is capped like a control frame: an
+        // unauthenticated peer cannot make the node buffer FRAME_BYTES_MAX.
+        let long = ((CONTROL_FRAME_BYTES_MAX + 1) as u32).to_be_bytes();
+        let mut r = FrameReader::unauthenticated();
+        r.push(&long);
+        r.push(&[KIND_RAFT]);
+        assert!(matches!(r.next_frame(), Some(Err(FrameError::TooLong(_)))));
+        // Once authenticated, the same frame waits for its payload.
+        let mut r = FrameReader::unauthenticated();
+        r.authenticated();
+        r.push(&long);
+        r.push(&[KIND_RAFT]);
+        assert!(r.next_frame().is_none());
+        // Control-sized frames are read either way.
+        let mut r = FrameReader::unauthenticated();
+        r.push(&Frame::Raft(vec![7; 10]).encode());
+        assert!(matches!(r.next_frame(), Some(Ok((Frame::Raft(b), _))) if b.len() == 10));
     }
 }

@@ -438,3 +438,92 @@ fn nodes_without_the_clusters_credentials_stay_out_of_the_quorum() {
         m.brokers.iter().any(|b| b.node_id.0 == id)
     });
 }
+
+/// Runs `ringbroker serve` in cluster mode (a single voter) with `flags` until it exits or
+/// serves (then it is killed; at most 30 s): its exit status if it exited, and its log.
+fn serve_until_exit(dir: &Path, flags: &[String]) -> (Option<std::process::ExitStatus>, String) {
+    let internal = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let log = dir.join("serve.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringbroker"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(["--cores", &common::two_cores()])
+        .args(["--node-id", "1", "--cluster", &format!("1@{internal}")])
+        .args(["--internal-listen", &internal.to_string()])
+        .args(flags)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start ringbroker");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        let serving = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("listening on");
+        if serving || Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+#[test]
+fn a_cluster_with_secured_client_listeners_refuses_to_start_without_the_inter_broker_password() {
+    let pki = Pki::new();
+    // Mutual TLS alone does not name quorum members (the client CA signs clients'
+    // certificates too): the inter-broker password is required.
+    let mut tls_only = pki.flags(&pki.broker, "password");
+    tls_only.truncate(6);
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        ("SSL://127.0.0.1:0", tls_only.clone()),
+        (
+            "PLAINTEXT://127.0.0.1:0,SSL://127.0.0.1:0",
+            tls_only[..4].to_vec(),
+        ),
+    ];
+    for (listeners, security) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut flags = vec!["--listeners".to_string(), listeners.to_string()];
+        flags.extend(security);
+        let (status, log) = serve_until_exit(dir.path(), &flags);
+        let status =
+            status.unwrap_or_else(|| panic!("{listeners} started without the password:\n{log}"));
+        assert!(!status.success(), "{listeners}: {status}\n{log}");
+        assert!(
+            log.contains("--inter-broker-user") && log.contains("--inter-broker-password-file"),
+            "{listeners}: the refusal names no flags:\n{log}"
+        );
+        assert!(!log.contains("listening on"), "{listeners} served:\n{log}");
+    }
+    // With the password it starts (what the refusals are measured against); a cluster with
+    // only PLAINTEXT listeners needs none.
+    let with_password = pki.flags(&pki.broker, "password");
+    for flags in [
+        [
+            vec!["--listeners".into(), "SSL://127.0.0.1:0".into()],
+            with_password,
+        ]
+        .concat(),
+        vec!["--listeners".into(), "PLAINTEXT://127.0.0.1:0".into()],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (status, log) = serve_until_exit(dir.path(), &flags);
+        assert!(status.is_none(), "{flags:?} exited {status:?}:\n{log}");
+        assert!(
+            log.contains("listening on"),
+            "{flags:?} did not serve:\n{log}"
+        );
+    }
+}

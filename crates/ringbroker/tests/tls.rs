@@ -535,7 +535,17 @@ fn in_a_cluster_metadata_answers_with_each_brokers_endpoint_of_the_clients_liste
     let pki = TestPki::new(dir.path());
     let internal = [free_port(), free_port()];
     let voters = format!("1@127.0.0.1:{},2@127.0.0.1:{}", internal[0], internal[1]);
-    let flags = pki.broker_flags();
+    // A secured client listener in a cluster needs the inter-broker password (it
+    // authenticates the metadata quorum's members).
+    let password = dir.path().join("inter-broker-password");
+    std::fs::write(&password, "inter-broker-secret\n").unwrap();
+    let mut flags = pki.broker_flags();
+    flags.extend([
+        "--inter-broker-user".to_string(),
+        "admin".to_string(),
+        "--inter-broker-password-file".to_string(),
+        password.display().to_string(),
+    ]);
     let started: Vec<_> = (1..=2)
         .map(|id| {
             let data = dir.path().join(format!("node-{id}"));

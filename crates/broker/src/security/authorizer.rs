@@ -57,7 +57,7 @@ pub const WILDCARD_HOST: &str = "*";
 /// ACL creations (or deletion filters) one request may carry; more close the connection.
 pub const ACLS_PER_REQUEST_MAX: usize = 1_000;
 /// ACL entries a broker (or cluster) holds at most; a creation beyond is refused.
-pub const ACLS_TOTAL_MAX: usize = 100_000;
+pub const ACLS_TOTAL_MAX: usize = ringbroker_cluster::state::ACLS_TOTAL_MAX;
 /// Bytes of a resource name, principal or host in an ACL.
 pub const ACL_FIELD_BYTES_MAX: usize = 1_024;
 
@@ -338,10 +338,20 @@ pub fn denied_counts() -> [(&'static str, u64); RESOURCE_TYPES] {
     })
 }
 
-/// The address part of a peer written `ip:port` (`[v6]:port`).
-pub fn peer_host(peer: &str) -> &str {
+/// The address part of a peer written `ip:port` (`[v6]:port`), canonical: an IPv4 peer of a
+/// listener bound to `[::]` (`[::ffff:a.b.c.d]:port`) is `a.b.c.d`, as host rules name it.
+pub fn peer_host(peer: &str) -> std::borrow::Cow<'_, str> {
     let host = peer.rsplit_once(':').map_or(peer, |(h, _)| h);
-    host.trim_start_matches('[').trim_end_matches(']')
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.contains(':') {
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            let canonical = ip.to_canonical();
+            if canonical != ip {
+                return canonical.to_string().into();
+            }
+        }
+    }
+    host.into()
 }
 
 /// See [`crate::security::authorize`].
@@ -358,7 +368,7 @@ fn check(conn: &crate::connection::Conn, op: u8, resource_type: i8, name: &str) 
     let principal = conn.principal.borrow();
     let allowed = TABLE.with(|t| {
         t.borrow()
-            .authorize(&principal, peer_host(&conn.peer), op, resource_type, name)
+            .authorize(&principal, &peer_host(&conn.peer), op, resource_type, name)
     });
     if !allowed {
         if let Some(i) = type_index(resource_type) {
@@ -441,7 +451,7 @@ pub fn authorize_any(conn: &crate::connection::Conn, op: u8, resource_type: i8) 
     let principal = conn.principal.borrow();
     TABLE.with(|t| {
         t.borrow()
-            .authorize_any(&principal, peer_host(&conn.peer), op, resource_type)
+            .authorize_any(&principal, &peer_host(&conn.peer), op, resource_type)
     })
 }
 
@@ -454,7 +464,7 @@ pub fn may(conn: &crate::connection::Conn, op: u8, resource_type: i8, name: &str
     let principal = conn.principal.borrow();
     TABLE.with(|t| {
         t.borrow()
-            .authorize(&principal, peer_host(&conn.peer), op, resource_type, name)
+            .authorize(&principal, &peer_host(&conn.peer), op, resource_type, name)
     })
 }
 
@@ -971,6 +981,9 @@ mod tests {
         assert!(t.authorize("User:w", "10.0.0.1", acl::DESCRIBE, T, "t"));
         assert!(t.authorize("User:w", "10.0.0.1", acl::WRITE, T, "t"));
         assert!(!t.authorize("User:w", "10.0.0.2", acl::WRITE, T, "t"));
+        // The same client through a listener bound to [::].
+        let mapped = peer_host("[::ffff:10.0.0.1]:5000");
+        assert!(t.authorize("User:w", &mapped, acl::WRITE, T, "t"));
         assert!(t.authorize("User:c", "h", acl::DESCRIBE_CONFIGS, T, "t"));
         assert!(!t.authorize("User:c", "h", acl::DESCRIBE, T, "t"));
         // An explicit DENY DESCRIBE beats the DESCRIBE a READ implies.
@@ -1032,6 +1045,9 @@ mod tests {
     fn peer_hosts_drop_the_port() {
         assert_eq!(peer_host("127.0.0.1:5000"), "127.0.0.1");
         assert_eq!(peer_host("[::1]:5000"), "::1");
+        // An IPv4 client of a listener bound to [::] is its IPv4 address.
+        assert_eq!(peer_host("[::ffff:10.1.2.3]:5000"), "10.1.2.3");
+        assert_eq!(peer_host("[2001:db8::1]:5000"), "2001:db8::1");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Users the store may hold (bounds the file and every shard's copy).
-pub const USERS_MAX: usize = 10_000;
+pub const USERS_MAX: usize = ringbroker_cluster::state::SCRAM_USERS_MAX;
 /// Largest credentials file read at start.
 pub const FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 

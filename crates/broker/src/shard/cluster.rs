@@ -316,6 +316,7 @@ pub fn admin_error(e: AdminError) -> TopicError {
         AdminError::NotController => NOT_CONTROLLER,
         AdminError::Timeout => REQUEST_TIMED_OUT,
         AdminError::NoReassignmentInProgress => errors::NO_REASSIGNMENT_IN_PROGRESS,
+        AdminError::LimitExceeded(_) => errors::INVALID_REQUEST,
         AdminError::FencedLeaderEpoch
         | AdminError::InvalidUpdateVersion
         | AdminError::IneligibleReplica(_)
