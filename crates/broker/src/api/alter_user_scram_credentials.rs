@@ -105,30 +105,13 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
     let mut changes: BTreeMap<String, Vec<Change>> = BTreeMap::new();
     for d in &body.deletions {
         let user = d.name.as_str();
-        if user.is_empty() {
-            fail(
-                user,
-                UNACCEPTABLE_CREDENTIAL,
-                "Username must not be empty".into(),
-            );
-            continue;
-        }
-        let Some(m) = mechanism_of_code(d.mechanism) else {
-            fail(
-                user,
-                sasl::UNSUPPORTED_SASL_MECHANISM,
-                "Unknown SCRAM mechanism".into(),
-            );
-            continue;
+        let m = match check_named(user, d.mechanism, &pairs) {
+            Ok(m) => m,
+            Err((code, message)) => {
+                fail(user, code, message);
+                continue;
+            }
         };
-        if pairs.get(&(user, d.mechanism)).copied().unwrap_or(0) > 1 {
-            fail(
-                user,
-                DUPLICATE_RESOURCE,
-                "A user credential cannot be altered twice in the same request".into(),
-            );
-            continue;
-        }
         if store.get(user, m).is_none() {
             fail(
                 user,
@@ -144,14 +127,6 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
     }
     for u in &body.upsertions {
         let user = u.name.as_str();
-        if user.is_empty() {
-            fail(
-                user,
-                UNACCEPTABLE_CREDENTIAL,
-                "Username must not be empty".into(),
-            );
-            continue;
-        }
         if user.len() > scram::USER_BYTES_MAX {
             fail(
                 user,
@@ -160,22 +135,13 @@ pub async fn handle(mut req: Request, conn: &crate::connection::Conn) -> Result<
             );
             continue;
         }
-        let Some(m) = mechanism_of_code(u.mechanism) else {
-            fail(
-                user,
-                sasl::UNSUPPORTED_SASL_MECHANISM,
-                "Unknown SCRAM mechanism".into(),
-            );
-            continue;
+        let m = match check_named(user, u.mechanism, &pairs) {
+            Ok(m) => m,
+            Err((code, message)) => {
+                fail(user, code, message);
+                continue;
+            }
         };
-        if pairs.get(&(user, u.mechanism)).copied().unwrap_or(0) > 1 {
-            fail(
-                user,
-                DUPLICATE_RESOURCE,
-                "A user credential cannot be altered twice in the same request".into(),
-            );
-            continue;
-        }
         let iterations = u.iterations;
         if iterations < scram::ITERATIONS_MIN as i32 {
             fail(user, UNACCEPTABLE_CREDENTIAL, "Too few iterations".into());
@@ -243,4 +209,30 @@ impl crate::stats::ErrorCodes for AlterUserScramCredentialsResponse {
             f(r.error_code);
         }
     }
+}
+
+/// The checks a deletion and an upsertion share, in Kafka's order: a user name, a known
+/// mechanism, the (user, mechanism) pair named once in the request. The mechanism, or the
+/// error code and message.
+fn check_named(
+    user: &str,
+    mechanism: i8,
+    pairs: &HashMap<(&str, i8), usize>,
+) -> Result<security::SaslMechanism, (i16, String)> {
+    if user.is_empty() {
+        return Err((UNACCEPTABLE_CREDENTIAL, "Username must not be empty".into()));
+    }
+    let Some(m) = mechanism_of_code(mechanism) else {
+        return Err((
+            sasl::UNSUPPORTED_SASL_MECHANISM,
+            "Unknown SCRAM mechanism".into(),
+        ));
+    };
+    if pairs.get(&(user, mechanism)).copied().unwrap_or(0) > 1 {
+        return Err((
+            DUPLICATE_RESOURCE,
+            "A user credential cannot be altered twice in the same request".into(),
+        ));
+    }
+    Ok(m)
 }
